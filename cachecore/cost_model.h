@@ -1,0 +1,98 @@
+// CostModel: the one source of latency truth (DESIGN.md §3.1).
+//
+// Contract: eviction, chunk budgets, routing and rebuild-versus-fetch all ask
+// this model; nothing else in the code base holds a GPU number. Parameters come
+// from a calibration file (JSON, schema "asymcache.calibration.v1", documented in
+// docs/calibration.md) or from one of the built-in defaults below. A CostModel is
+// immutable after construction and thread-safe.
+//
+// Units: seconds, tokens, bytes, FLOPs.
+#ifndef ASYMCACHE_CACHECORE_COST_MODEL_H_
+#define ASYMCACHE_CACHECORE_COST_MODEL_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "cachecore/model_config.h"
+
+namespace asymcache {
+
+// Calibrated hardware parameters for one device and one model shape.
+struct CalibrationParams {
+  std::string device = "cpu";   // e.g. "NVIDIA H100 80GB HBM3"
+  std::string source;           // how it was produced (command, date)
+  // Linear layers of one whole step (all layers, QKV+O+MLP, LM head for the
+  // step's sampled tokens) as a function of tokens in the step: points
+  // (tokens, seconds) sorted by tokens, interpolated linearly between points and
+  // extrapolated with the last segment's slope. At least one point.
+  std::vector<std::pair<int64_t, double>> linear_step_s;
+  double attn_flops_per_s = 0;     // P_att: achieved attention FLOP rate
+  double attn_kv_bytes_per_s = 0;  // BW_att: achieved KV-scan bandwidth
+  double segment_overhead_s = 0;   // c_seg: per extra segment per layer
+  double step_overhead_s = 0;      // fixed cost of one engine step (launches, sync)
+
+  absl::Status Validate() const;   // INVALID_ARGUMENT naming the bad field
+};
+
+// Attention work of one sequence in one step.
+struct AttentionWork {
+  int64_t query_tokens = 0;      // query rows (holes rebuilt + new tokens, or 1 for decode)
+  int64_t attended_pairs = 0;    // sum over query tokens of keys visible to it
+  int64_t kv_tokens_scanned = 0; // distinct KV tokens read (the scan, shared by packed queries)
+  int64_t segments = 1;          // query segments (>1 adds segment overhead)
+};
+
+class CostModel {
+ public:
+  CostModel(ModelConfig model, CalibrationParams params);
+
+  // Parses a calibration JSON document. INVALID_ARGUMENT with the JSON path of
+  // the offending field on any schema violation; `origin` (e.g. a file name) is
+  // prefixed to messages.
+  static absl::StatusOr<CalibrationParams> ParseCalibration(absl::string_view json,
+                                                            absl::string_view origin);
+  // Reads and parses a calibration file; NOT_FOUND if it does not exist.
+  static absl::StatusOr<CalibrationParams> LoadCalibrationFile(const std::string& path);
+  // Serializes params (and the model shape they were measured for) as JSON.
+  static std::string CalibrationToJson(const CalibrationParams& params, const ModelConfig& model);
+
+  // Built-in defaults. "cpu": the fp32 CPU backend on a small core count.
+  // "h100-llama-3-8b": fitted to ../shared/docs/H100_REFERENCE.md until a
+  // measured calibration file replaces it.
+  static CalibrationParams DefaultCpu(const ModelConfig& model);
+  static CalibrationParams DefaultH100Llama3_8B();
+
+  const ModelConfig& model() const { return model_; }
+  const CalibrationParams& params() const { return params_; }
+
+  // Linear-layer time of a step holding `tokens` tokens (all layers).
+  double LinearStepTime(int64_t tokens) const;
+  // LinearStepTime(step_tokens + extra) - LinearStepTime(step_tokens).
+  double MarginalLinearTime(int64_t step_tokens, int64_t extra_tokens) const;
+  // Attention time over all layers for one sequence's work: L * max(flops/P, bytes/BW)
+  // + L * (segments-1) * c_seg.
+  double AttentionTime(const AttentionWork& work) const;
+  // Predicted latency of one step: step overhead + linear(total tokens) + sum of attention.
+  double StepLatency(int64_t total_tokens, absl::Span<const AttentionWork> work) const;
+
+  // DESIGN.md §3.1: cost to rebuild `block_tokens` tokens starting at absolute
+  // position `position`, riding in a step that already holds `step_tokens`
+  // tokens (marginal linear cost), with scan-sharing factor `sigma` in [0, 1]
+  // (1 = isolated hole, 0 = packed with other queries of the sequence).
+  double RebuildCost(int64_t block_tokens, int64_t position, double sigma,
+                     int64_t step_tokens) const;
+
+ private:
+  ModelConfig model_;
+  CalibrationParams params_;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_CACHECORE_COST_MODEL_H_

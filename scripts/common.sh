@@ -1,0 +1,44 @@
+# Shared by scripts/demo.sh and scripts/test.sh. Source it; do not run it.
+#
+# ensure_packages: installs the Debian packages the build needs when any is
+# missing (one apt-get call; nothing happens when all are present).
+# configure_build DIR [cmake args...]: configures DIR once (Ninja) and builds it.
+set -euo pipefail
+
+ASYMCACHE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ASYMCACHE_JOBS="${ASYMCACHE_JOBS:-$(nproc)}"
+
+# Every Debian package a build or test needs. Keep this list the single source.
+ASYMCACHE_PACKAGES=(
+  build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
+  libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev nlohmann-json3-dev
+  python3
+)
+
+log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }
+
+ensure_packages() {
+  local missing=()
+  for p in "${ASYMCACHE_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+configure_build() {
+  local dir="$1"; shift
+  if [[ ! -f "$dir/build.ninja" ]]; then
+    log "configuring $dir"
+    cmake -S "$ASYMCACHE_ROOT" -B "$dir" -G Ninja "$@" >/dev/null
+  fi
+  log "building $dir"
+  cmake --build "$dir" -j "$ASYMCACHE_JOBS"
+}
