@@ -1,0 +1,254 @@
+// AsymPolicy ("asym"): position-aware, reuse-rate-weighted eviction
+// (DESIGN.md §3.2). FrontFirstPolicy (Pensieve) is the same engine with the
+// AsymCache refinements switched off (front_first_policy.h).
+//
+//   value(b) = reuse_rate(b) * (T_rebuild(b) + Δseg(b) * c_seg * L)   evict the lowest
+//
+// * reuse_rate: a block used by one distinct sequence ("private") has rate
+//   1 / idle, idle = now - the last time that sequence accessed any block (or
+//   wrote one). A block used by >= 2 distinct sequences ("shared") has rate
+//   D(now) / W(age): D is an exponentially decayed count of the DISTINCT
+//   sequences that used it (each counted once, at its first use, half-life
+//   options.shared_rate_half_life = h), W(age) = (1 - 2^(-age/h)) * h / ln 2 is
+//   the decay kernel integrated over the block's age, so D/W estimates the
+//   arrival rate of new sequences per second, also for young blocks. Repeated
+//   accesses (steps) of one sequence never raise a rate. Idle times and ages
+//   below kMinIdle count as kMinIdle.
+// * T_rebuild: CostModel::RebuildCost at the block's position with the
+//   marginal linear cost under the current load (SetLoadHint; kDefaultLoadTokens
+//   until the first hint). σ = 1 when both chain neighbours are resident
+//   (evicting would leave an isolated hole whose KV scan nobody shares), else 0
+//   (the hole joins an adjacent hole or the new-token tail and shares its scan).
+// * Δseg: query segments added by evicting the block: +1 if both chain
+//   neighbours are resident (a run is split), 0 at a run edge, -1 if neither is
+//   (two holes merge). Position 0 counts as having a resident left neighbour
+//   (evicting a leading block adds a segment); a block with no resident child
+//   has none on the right (its hole merges with the next turn's tail).
+//   Neighbours are found through IndexedBlockInfo.parent_hash; keys of the
+//   neighbours are updated whenever a block enters or leaves the index.
+//
+// Values are never frozen: PopVictim(now) returns a block of minimum value AT
+// `now` (exact; see sample_sequences below for the one approximation). The
+// search is cheap because values only fall while nothing happens (idle times
+// and ages grow, decayed counts shrink), so a value computed for a later time
+// is a lower bound of the value now:
+// * Private blocks are grouped per sequence in a B-tree ordered by the
+//   load-independent part of their cost (at equal idle time the cheapest
+//   block of a sequence is its minimum). Evictable shared blocks stand alone.
+// * Two indexed min-heaps (sequences, shared blocks) are keyed by the value of
+//   the sequence's cheapest block / the shared block at the HORIZON
+//   T_h = T_refresh + AsymPolicyOptions::refresh_interval. For any now <= T_h
+//   a key is <= the current value. Every event that changes a value (access,
+//   seal, evictability, neighbour change) re-keys its entry at T_h in O(log n).
+// * PopVictim(now) walks both heaps best-first in key order, evaluates the
+//   current value of each entry it meets and stops when the next key is no
+//   lower than the best value found: the result is the exact minimum. Entries
+//   walked are those whose value at T_h is below the minimum now, i.e. few
+//   when refresh_interval is short against idle times.
+// * When now > T_h (or SetLoadHint changed the marginal cost), the next
+//   PopVictim recomputes every key for a new horizon now + refresh_interval:
+//   O(S + shared) with a linear-time heapify. Cost per victim: O(log S) plus
+//   that refresh amortized over the victims popped before the next one (all
+//   victims of one allocation share one `now`, so one refresh per step).
+// With options.sample_sequences = k > 0 a search evaluates at most k entries
+// (approximate, bounded cost). refresh_interval = 0 refreshes at every pop
+// whose `now` moved (kept for tests; same results, more work).
+//
+// Contract: implements EvictionPolicy (not thread-safe; the owner serializes
+// calls with non-decreasing `now`). `cost` must outlive the policy. Calls
+// naming an id that is not tracked are ignored; OnIndexed on a tracked id
+// replaces the old block. O(log n) per operation plus the victim search.
+#ifndef ASYMCACHE_CACHECORE_ASYM_POLICY_H_
+#define ASYMCACHE_CACHECORE_ASYM_POLICY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "cachecore/cost_model.h"
+#include "cachecore/eviction_policy.h"
+
+namespace asymcache {
+
+// Knobs of the victim search only; they never change which block is chosen
+// (unless sample_sequences > 0), only how much work finding it takes.
+struct AsymPolicyOptions {
+  // How far ahead of a refresh the heap keys are computed (see above). Short:
+  // tight keys, few entries walked per search, but a refresh (O(S)) each time
+  // the clock has moved that far. 0: refresh whenever `now` moved (the
+  // reference behaviour for tests). Must be finite and >= 0. Default 5 ms:
+  // well below the idle times that decide evictions (seconds), and one
+  // refresh per engine step at most.
+  absl::Duration refresh_interval = absl::Milliseconds(5);
+
+  absl::Status Validate() const;  // INVALID_ARGUMENT naming the bad field
+};
+
+class AsymPolicy : public EvictionPolicy {
+ public:
+  // Load assumed until the first SetLoadHint: a typical chunked-prefill step.
+  static constexpr int64_t kDefaultLoadTokens = 512;
+  // Floor for idle times and ages (a sequence used "right now").
+  static constexpr absl::Duration kMinIdle = absl::Milliseconds(1);
+
+  // Precondition: asym_options.Validate().ok() (an invalid interval is
+  // clamped into [0, 1 h]). MakeEvictionPolicy uses the defaults.
+  AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
+             const AsymPolicyOptions& asym_options = {});
+
+  absl::string_view name() const override;
+  void OnIndexed(const IndexedBlockInfo& info, absl::Time now) override;
+  void SetEvictable(BlockId id, bool evictable, absl::Time now) override;
+  void OnAccess(BlockId id, SequenceId seq, absl::Time now) override;
+  std::optional<BlockId> PopVictim(absl::Time now) override;
+  void OnRemoved(BlockId id) override;
+  void SetLoadHint(int64_t step_tokens) override;
+  size_t evictable_count() const override { return evictable_; }
+  size_t tracked_count() const override { return tracked_; }
+
+  // Current value of a tracked block (for tests and diagnostics); nullopt if
+  // the id is not tracked.
+  std::optional<double> ValueOf(BlockId id, absl::Time now) const;
+
+  // Work counters of the victim search (diagnostics, benchmarks).
+  struct SearchStats {
+    int64_t searches = 0;
+    int64_t entries_evaluated = 0;  // current values computed while searching
+    int64_t refreshes = 0;          // full key recomputations
+  };
+  const SearchStats& search_stats() const { return stats_; }
+
+ protected:
+  // What distinguishes Pensieve's front-first from asym.
+  struct Mode {
+    absl::string_view name = "asym";
+    bool shared_rates = true;    // false: a block belongs to its last accessor
+    bool segment_aware = true;   // false: σ = 1 and Δseg = 0 for every block
+    bool follow_load = true;     // false: ignore SetLoadHint
+  };
+  AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
+             const AsymPolicyOptions& asym_options, Mode mode);
+
+ private:
+  using CostKey = std::pair<double, BlockId>;  // (load-independent cost, id)
+
+  // Binary min-heap of (key, ref) that knows where each ref sits, so a key can
+  // be changed or removed in O(log n). Refs are small non-negative integers.
+  class KeyHeap {
+   public:
+    struct Entry {
+      double key;
+      int32_t ref;
+    };
+    void Set(int32_t ref, double key);  // insert or re-key
+    void Remove(int32_t ref);           // no-op if absent
+    // Replaces the contents (refs must be distinct); O(n).
+    void Assign(std::vector<Entry> entries);
+    const std::vector<Entry>& entries() const { return heap_; }
+
+   private:
+    void Place(size_t i, Entry e);
+    void SiftUp(size_t i);
+    void SiftDown(size_t i);
+    std::vector<Entry> heap_;
+    std::vector<int32_t> pos_;  // by ref; -1 = absent
+  };
+
+  struct Block {
+    bool tracked = false;
+    bool evictable = false;
+    bool shared = false;
+    int8_t dseg = 0;
+    BlockHash hash;
+    BlockHash parent;
+    int64_t position = 0;
+    int64_t tokens = 0;
+    SequenceId seq = 0;       // private: its sequence
+    double static_cost = 0;   // attention + segment part, without linear time
+    double log_count_key = 0; // shared: ln(sum over distinct seqs of 2^(t_i/h))
+    absl::Time first_use;
+  };
+  struct Sequence {
+    absl::Time last_access = absl::InfinitePast();
+    size_t private_blocks = 0;              // tracked private blocks naming it
+    absl::btree_set<CostKey> evictable;     // its evictable private blocks
+    int32_t slot = -1;                      // its ref in sequence_heap_
+  };
+
+  bool IsTracked(BlockId id) const {
+    return id >= 0 && static_cast<size_t>(id) < blocks_.size() && blocks_[id].tracked;
+  }
+  double LinearCost(int64_t tokens) const;
+  void CacheLinearCosts();
+  void CountEvictable(int delta);
+  double IdleSeconds(absl::Time last, absl::Time now) const;
+  double SharedRate(const Block& b, absl::Time now) const;
+  double Value(const Block& b, absl::Time now) const;
+  // Value of the cheapest evictable block of `s` at `now` (s.evictable non-empty).
+  double SequenceValue(const Sequence& s, absl::Time now) const;
+
+  // Structure maintenance.
+  Sequence& SequenceFor(SequenceId seq);
+  void Rekey(const Sequence& s);   // sequence_heap_ entry of s, at horizon_
+  void RekeyShared(BlockId id);    // shared_heap_ entry of id, at horizon_
+  void MaybeErase(SequenceId seq);
+  void Insert(BlockId id);   // into the evictable structures
+  void Erase(BlockId id);    // from the evictable structures
+  void RecomputeStatic(BlockId id);
+  void RefreshNeighbours(const Block& b);
+  void Forget(BlockId id);
+  void TouchSequence(SequenceId seq, absl::Time now);
+
+  // Victim search.
+  void RefreshKeys(absl::Time now);
+  BlockId Search(absl::Time now);
+
+  // Immutable after construction.
+  const CostModel* cost_;
+  const EvictionPolicyOptions options_;
+  const absl::Duration refresh_interval_;
+  const Mode mode_;
+  const double decay_per_s_;  // ln 2 / half-life
+  const double seg_cost_;     // c_seg * L
+
+  int64_t load_tokens_ = kDefaultLoadTokens;
+  std::vector<double> linear_cost_by_tokens_;  // LinearCost(t) for t <= block_tokens
+  std::vector<Block> blocks_;
+  absl::flat_hash_map<BlockHash, BlockId> by_hash_;
+  absl::flat_hash_map<BlockHash, absl::InlinedVector<BlockId, 1>> children_;
+  absl::node_hash_map<SequenceId, Sequence> sequences_;  // node map: stable addresses
+  std::vector<Sequence*> sequence_by_slot_;               // null for a free slot
+  std::vector<int32_t> free_slots_;
+  absl::flat_hash_map<BlockId, absl::flat_hash_set<SequenceId>> shared_users_;
+
+  // Victim search state. While keys_valid_, sequence_heap_ holds every
+  // sequence with an evictable block keyed by SequenceValue(at horizon_), and
+  // shared_heap_ every evictable shared block keyed by Value(at horizon_).
+  // While !keys_valid_ both are left alone and rebuilt by the next search.
+  bool keys_valid_ = false;
+  absl::Time horizon_ = absl::InfinitePast();
+  KeyHeap sequence_heap_;  // ref = Sequence::slot
+  KeyHeap shared_heap_;    // ref = BlockId
+  struct Candidate {
+    double key;
+    bool shared;
+    size_t index;  // into the heap's entries()
+  };
+  std::vector<Candidate> frontier_;  // scratch of Search, kept for its capacity
+  SearchStats stats_;
+  size_t evictable_ = 0;
+  size_t tracked_ = 0;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_CACHECORE_ASYM_POLICY_H_

@@ -1,0 +1,12 @@
+#include "cachecore/front_first_policy.h"
+
+namespace asymcache {
+
+FrontFirstPolicy::FrontFirstPolicy(const CostModel* cost, const EvictionPolicyOptions& options)
+    : AsymPolicy(cost, options,
+                 Mode{.name = "front-first",
+                      .shared_rates = false,
+                      .segment_aware = false,
+                      .follow_load = false}) {}
+
+}  // namespace asymcache

@@ -1,0 +1,53 @@
+#include "cachecore/lru_tail_policy.h"
+
+namespace asymcache {
+
+void LruTailPolicy::OnIndexed(const IndexedBlockInfo& info, absl::Time now) {
+  if (info.id < 0) return;
+  if (IsTracked(info.id)) OnRemoved(info.id);
+  if (static_cast<size_t>(info.id) >= states_.size()) states_.resize(info.id + 1);
+  states_[info.id] = State{.tracked = true, .evictable = false, .position = info.position,
+                           .touched_ns = absl::ToUnixNanos(now)};
+  ++tracked_;
+}
+
+void LruTailPolicy::Touch(BlockId id, absl::Time now) {
+  State& s = states_[id];
+  if (s.evictable) order_.erase(KeyOf(id));
+  s.touched_ns = absl::ToUnixNanos(now);
+  if (s.evictable) order_.insert(KeyOf(id));
+}
+
+void LruTailPolicy::SetEvictable(BlockId id, bool evictable, absl::Time now) {
+  if (!IsTracked(id) || states_[id].evictable == evictable) return;
+  State& s = states_[id];
+  if (evictable) {
+    s.touched_ns = absl::ToUnixNanos(now);
+    s.evictable = true;
+    order_.insert(KeyOf(id));
+  } else {
+    order_.erase(KeyOf(id));
+    s.evictable = false;
+  }
+}
+
+void LruTailPolicy::OnAccess(BlockId id, SequenceId /*seq*/, absl::Time now) {
+  if (!IsTracked(id)) return;
+  Touch(id, now);
+}
+
+std::optional<BlockId> LruTailPolicy::PopVictim(absl::Time /*now*/) {
+  if (order_.empty()) return std::nullopt;
+  const BlockId victim = std::get<2>(*order_.begin());
+  OnRemoved(victim);
+  return victim;
+}
+
+void LruTailPolicy::OnRemoved(BlockId id) {
+  if (!IsTracked(id)) return;
+  if (states_[id].evictable) order_.erase(KeyOf(id));
+  states_[id] = State{};
+  --tracked_;
+}
+
+}  // namespace asymcache

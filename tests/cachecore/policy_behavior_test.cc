@@ -1,0 +1,274 @@
+// Policy-specific ordering tests: what each policy evicts first, and why.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "cachecore/asym_policy.h"
+#include "cachecore/clock.h"
+#include "cachecore/cost_model.h"
+#include "cachecore/eviction_policy.h"
+#include "cachecore/model_config.h"
+#include "gtest/gtest.h"
+
+namespace asymcache {
+namespace {
+
+const CostModel& H100() {
+  static const CostModel* model =
+      new CostModel(ModelConfig{}, CostModel::DefaultH100Llama3_8B());
+  return *model;
+}
+
+std::unique_ptr<EvictionPolicy> Make(absl::string_view name,
+                                     const EvictionPolicyOptions& options = {}) {
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> p = MakeEvictionPolicy(name, &H100(), options);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *std::move(p);
+}
+
+BlockHash HashOf(SequenceId seq, int64_t index) {
+  return BlockHash{seq * 1000003 + static_cast<uint64_t>(index) + 1, seq};
+}
+
+// Indexes blocks [first, first+count) of `seq`'s chain as ids starting at
+// `first_id`, accessed by `seq` and released at clock->Now().
+void AddChain(EvictionPolicy& p, FakeClock& clock, SequenceId seq, BlockId first_id,
+              int64_t first, int64_t count) {
+  for (int64_t i = first; i < first + count; ++i) {
+    IndexedBlockInfo info;
+    info.id = first_id + static_cast<BlockId>(i - first);
+    info.hash = HashOf(seq, i);
+    info.parent_hash = i == 0 ? BlockHash{} : HashOf(seq, i - 1);
+    info.position = i * 16;
+    info.tokens = 16;
+    info.owner = seq;
+    p.OnIndexed(info, clock.Now());
+    p.OnAccess(info.id, seq, clock.Now());
+    p.SetEvictable(info.id, true, clock.Now());
+  }
+}
+
+std::vector<BlockId> Drain(EvictionPolicy& p, absl::Time now, int n = 1 << 30) {
+  std::vector<BlockId> out;
+  while (n-- > 0) {
+    std::optional<BlockId> v = p.PopVictim(now);
+    if (!v) break;
+    out.push_back(*v);
+  }
+  return out;
+}
+
+TEST(LruPolicyTest, EvictsLeastRecentlyTouchedFirst) {
+  FakeClock clock;
+  auto p = Make("lru");
+  AddChain(*p, clock, 1, 0, 0, 4);  // ids 0..3, released in that order
+  p->OnAccess(1, 1, clock.Now());   // 1 becomes most recent
+  EXPECT_EQ(Drain(*p, clock.Now()), (std::vector<BlockId>{0, 2, 3, 1}));
+}
+
+TEST(LfuPolicyTest, EvictsLeastFrequentlyUsedTiesByRecency) {
+  FakeClock clock;
+  auto p = Make("lfu");
+  AddChain(*p, clock, 1, 0, 0, 4);  // one access each
+  for (int i = 0; i < 3; ++i) p->OnAccess(0, 1, clock.Now());
+  p->OnAccess(2, 1, clock.Now());
+  // counts: 0->4, 1->1, 2->2, 3->1; among 1 and 3, block 1 was touched first.
+  EXPECT_EQ(Drain(*p, clock.Now()), (std::vector<BlockId>{1, 3, 2, 0}));
+}
+
+TEST(LruTailPolicyTest, EvictsTheTailOfASequenceFirst) {
+  FakeClock clock;
+  auto p = Make("lru-tail");
+  AddChain(*p, clock, 1, 0, 0, 6);  // all touched at the same instant
+  clock.Advance(absl::Seconds(1));
+  AddChain(*p, clock, 2, 10, 0, 3);
+  EXPECT_EQ(Drain(*p, clock.Now()), (std::vector<BlockId>{5, 4, 3, 2, 1, 0, 12, 11, 10}));
+}
+
+TEST(LruTailPolicyTest, AccessRefreshesTheWholeTouchedPrefix) {
+  FakeClock clock;
+  auto p = Make("lru-tail");
+  AddChain(*p, clock, 1, 0, 0, 4);
+  clock.Advance(absl::Seconds(1));
+  AddChain(*p, clock, 2, 10, 0, 2);
+  clock.Advance(absl::Seconds(1));
+  p->OnAccess(0, 1, clock.Now());  // sequence 1 hits its first two blocks again
+  p->OnAccess(1, 1, clock.Now());
+  EXPECT_EQ(Drain(*p, clock.Now()), (std::vector<BlockId>{3, 2, 11, 10, 1, 0}));
+}
+
+TEST(FrontFirstPolicyTest, EvictsLeadingBlocksOfTheIdleSequenceFirst) {
+  FakeClock clock;
+  auto p = Make("front-first");
+  AddChain(*p, clock, 1, 0, 0, 8);  // idle sequence
+  clock.Advance(absl::Seconds(9));
+  AddChain(*p, clock, 2, 100, 0, 8);  // recently used
+  clock.Advance(absl::Seconds(1));
+  EXPECT_EQ(Drain(*p, clock.Now(), 8), (std::vector<BlockId>{0, 1, 2, 3, 4, 5, 6, 7}));
+}
+
+TEST(FrontFirstPolicyTest, ValuesAreCurrentNotFrozen) {
+  // Sequence 1: deep blocks, used at t=0. Sequence 2: shallow blocks, used at
+  // t=9. Early on the idle sequence 1 goes first; much later both are old and
+  // cost decides: the shallow sequence 2 goes first.
+  auto build = [](FakeClock& clock) {
+    auto p = Make("front-first");
+    AddChain(*p, clock, 1, 0, 2000, 1);  // position 32000
+    clock.Advance(absl::Seconds(9));
+    AddChain(*p, clock, 2, 10, 0, 1);  // position 0
+    return p;
+  };
+  FakeClock c1, c2;
+  auto early = build(c1);
+  auto late = build(c2);
+  EXPECT_EQ(early->PopVictim(c1.Now() + absl::Seconds(1)), std::optional<BlockId>(0));
+  EXPECT_EQ(late->PopVictim(c2.Now() + absl::Hours(10)), std::optional<BlockId>(10));
+}
+
+TEST(AsymPolicyTest, PrefersLeadingBlocksOverDeepOnesAtEqualReuse) {
+  FakeClock clock;
+  auto p = Make("asym");
+  AddChain(*p, clock, 1, 0, 0, 512);  // an 8k-token context
+  clock.Advance(absl::Seconds(5));
+  EXPECT_EQ(Drain(*p, clock.Now(), 6), (std::vector<BlockId>{0, 1, 2, 3, 4, 5}));
+}
+
+TEST(AsymPolicyTest, AvoidsSplittingARunInTheMiddle) {
+  FakeClock clock;
+  auto p = Make("asym");
+  AddChain(*p, clock, 1, 0, 0, 512);
+  // Make block 256 (middle) and block 0 compete: the middle one would leave an
+  // isolated hole with an unshared KV scan and an extra segment.
+  clock.Advance(absl::Seconds(5));
+  auto* asym = static_cast<AsymPolicy*>(p.get());
+  EXPECT_LT(*asym->ValueOf(0, clock.Now()), *asym->ValueOf(256, clock.Now()));
+  EXPECT_LT(*asym->ValueOf(511, clock.Now()), *asym->ValueOf(510, clock.Now()));
+}
+
+TEST(AsymPolicyTest, KeepsASharedBlockUsedByManySequencesOverAPrivateOne) {
+  FakeClock clock;
+  auto p = Make("asym");
+  // Two single-block chains at the same position: a document block read by
+  // ten sequences over ten seconds, and a private block of sequence 100.
+  IndexedBlockInfo shared{.id = 1, .hash = HashOf(1, 64), .parent_hash = HashOf(1, 63),
+                          .position = 64 * 16, .tokens = 16, .owner = 1};
+  IndexedBlockInfo priv{.id = 2, .hash = HashOf(100, 64), .parent_hash = HashOf(100, 63),
+                        .position = 64 * 16, .tokens = 16, .owner = 100};
+  p->OnIndexed(shared, clock.Now());
+  p->OnIndexed(priv, clock.Now());
+  for (SequenceId s = 1; s <= 10; ++s) {
+    p->OnAccess(1, s, clock.Now());
+    if (s == 5) p->OnAccess(2, 100, clock.Now());
+    clock.Advance(absl::Seconds(1));
+  }
+  p->SetEvictable(1, true, clock.Now());
+  p->SetEvictable(2, true, clock.Now());
+  EXPECT_EQ(p->PopVictim(clock.Now()), std::optional<BlockId>(2));
+}
+
+TEST(AsymPolicyTest, StepsOfOneSequenceDoNotRaiseItsValue) {
+  // An old agent job took 100 steps (t = 0..99 s); a young sequence took one
+  // step at t = 100 s. Same positions. The agent job is idle longer, so its
+  // block goes first, however many steps it took. LFU does the opposite.
+  for (absl::string_view name : {"asym", "lfu"}) {
+    FakeClock clock;
+    auto p = Make(name);
+    AddChain(*p, clock, 1, 0, 10, 1);
+    for (int step = 1; step < 100; ++step) {
+      clock.Advance(absl::Seconds(1));
+      p->OnAccess(0, 1, clock.Now());
+    }
+    clock.Advance(absl::Seconds(1));
+    AddChain(*p, clock, 2, 1, 10, 1);
+    clock.Advance(absl::Seconds(10));
+    EXPECT_EQ(p->PopVictim(clock.Now()), std::optional<BlockId>(name == "asym" ? 0 : 1))
+        << name;
+  }
+}
+
+TEST(AsymPolicyTest, ChoiceChangesAsTimePasses) {
+  // A shared block read by 3 sequences at t = 0, and a private block of a
+  // sequence last used at t = 1 s, same position. Soon after, the shared block
+  // is hot (3 distinct users in 1 s); hours later its decayed rate is far
+  // below 1/idle of the private one.
+  auto build = [](FakeClock& clock) {
+    auto p = Make("asym");
+    IndexedBlockInfo shared{.id = 1, .hash = HashOf(1, 8), .parent_hash = HashOf(1, 7),
+                            .position = 128, .tokens = 16, .owner = 1};
+    p->OnIndexed(shared, clock.Now());
+    p->OnAccess(1, 2, clock.Now());
+    p->OnAccess(1, 3, clock.Now());
+    clock.Advance(absl::Seconds(1));
+    IndexedBlockInfo priv{.id = 2, .hash = HashOf(9, 8), .parent_hash = HashOf(9, 7),
+                          .position = 128, .tokens = 16, .owner = 9};
+    p->OnIndexed(priv, clock.Now());
+    p->SetEvictable(1, true, clock.Now());
+    p->SetEvictable(2, true, clock.Now());
+    return p;
+  };
+  FakeClock c1, c2;
+  auto soon = build(c1);
+  auto later = build(c2);
+  EXPECT_EQ(soon->PopVictim(c1.Now() + absl::Seconds(1)), std::optional<BlockId>(2));
+  EXPECT_EQ(later->PopVictim(c2.Now() + absl::Hours(2)), std::optional<BlockId>(1));
+}
+
+TEST(AsymPolicyTest, LoadHintChangesTheMarginalCost) {
+  FakeClock clock;
+  auto p = Make("asym");
+  AddChain(*p, clock, 1, 0, 100, 1);
+  auto* asym = static_cast<AsymPolicy*>(p.get());
+  p->SetLoadHint(16);  // weight-bound step: rebuilt tokens ride almost free
+  const double light = *asym->ValueOf(0, clock.Now() + absl::Seconds(1));
+  p->SetLoadHint(2048);  // compute-bound: every token costs ~20 us
+  const double heavy = *asym->ValueOf(0, clock.Now() + absl::Seconds(1));
+  EXPECT_GT(heavy, 2 * light);
+}
+
+// The exact victim search (threshold algorithm) must return a block of minimum
+// current value among all evictable blocks.
+TEST(AsymPolicyTest, VictimSearchIsExact) {
+  for (absl::string_view name : {"asym", "front-first"}) {
+    const uint32_t seed = std::random_device{}();
+    SCOPED_TRACE(::testing::Message() << name << " seed " << seed);
+    std::mt19937 rng(seed);
+    auto p = Make(name);
+    auto* policy = static_cast<AsymPolicy*>(p.get());
+    absl::Time now = absl::UnixEpoch();
+    std::set<BlockId> evictable;
+    BlockId next_id = 0;
+    for (int round = 0; round < 300; ++round) {
+      now += absl::Milliseconds(rng() % 3000);
+      const SequenceId seq = 1 + rng() % 20;
+      const int64_t index = rng() % 64;
+      IndexedBlockInfo info{.id = next_id++, .hash = HashOf(seq, index),
+                            .parent_hash = index == 0 ? BlockHash{} : HashOf(seq, index - 1),
+                            .position = index * 16, .tokens = 16, .owner = seq};
+      p->OnIndexed(info, now);
+      if (rng() % 3 == 0) p->OnAccess(info.id, 1 + rng() % 20, now);
+      p->SetEvictable(info.id, true, now);
+      evictable.insert(info.id);
+      if (rng() % 2 == 0) {
+        double best = 1e300;
+        std::map<BlockId, double> values;
+        for (BlockId id : evictable) {
+          values[id] = *policy->ValueOf(id, now);
+          best = std::min(best, values[id]);
+        }
+        std::optional<BlockId> v = p->PopVictim(now);
+        ASSERT_TRUE(v.has_value());
+        ASSERT_TRUE(evictable.contains(*v));
+        EXPECT_LE(values[*v], best * (1 + 1e-9)) << "victim " << *v;
+        evictable.erase(*v);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace asymcache
