@@ -1,0 +1,10 @@
+// Explicit instantiation of the MSA attention launcher: bf16, head dim 64.
+// One file per (dtype, head dim) keeps the CUDA build parallel.
+#include "kernels/msa_kernel.cuh"
+
+namespace asymcache::msa::cuda {
+
+template cudaError_t LaunchMsaAttention<__nv_bfloat16, 64>(const MsaKernelParams&, int32_t, int32_t,
+                                                    cudaStream_t);
+
+}  // namespace asymcache::msa::cuda

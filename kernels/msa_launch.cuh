@@ -1,0 +1,67 @@
+// MSA CUDA launch interface: the kernels' POD parameter block and the
+// templated host launchers (defined in msa_kernel.cuh, explicitly
+// instantiated in msa_inst_*.cu and merge_states.cu; declared here so the
+// dispatcher in msa_cuda.cu compiles no device code).
+//
+// Launchers return cudaError_t (the launch error; kernels run asynchronously)
+// and allocate nothing, so they are capturable in a CUDA graph.
+// Thread-safety: reentrant.
+#ifndef ASYMCACHE_KERNELS_MSA_LAUNCH_CUH_
+#define ASYMCACHE_KERNELS_MSA_LAUNCH_CUH_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/msa_plan.h"
+
+namespace asymcache::msa::cuda {
+
+// Early-return on a CUDA error inside functions returning cudaError_t.
+#define ASYMCACHE_CUDA_TRY(expr)          \
+  do {                                    \
+    const cudaError_t cuda_try_ = (expr); \
+    if (cuda_try_ != cudaSuccess) {       \
+      return cuda_try_;                   \
+    }                                     \
+  } while (0)
+
+// Everything the attention kernels read; passed by value as __grid_constant__.
+struct MsaKernelParams {
+  const void* q = nullptr;        // [total_q][Hq][D]
+  const void* kv_pool = nullptr;  // [pages][2][page_size][Hkv][D]
+  void* out = nullptr;            // [total_q][Hq][D]
+  float* lse = nullptr;           // [total_q][Hq] or null
+  const MsaWorkItem* items = nullptr;
+  const int32_t* q_pos = nullptr;
+  const int32_t* page_ids = nullptr;
+  const int32_t* page_pos = nullptr;
+  const int32_t* page_token_start = nullptr;
+  float* partial_out = nullptr;  // [partial rows][D]
+  float* partial_lse = nullptr;  // [partial rows]
+  int32_t num_q_heads = 0;
+  int32_t group_size = 0;
+  int32_t page_size = 0;
+  float scale_log2 = 0.0f;      // sm_scale * log2(e)
+  int64_t page_stride = 0;      // elements per page: 2 * page_size * Hkv * D
+  int64_t kv_half_stride = 0;   // elements from K to V of a page: page_size * Hkv * D
+  int64_t token_stride = 0;     // elements per token row of a page: Hkv * D
+};
+
+// Runs items [0, num_prefill) with 64-row tiles and
+// [num_prefill, num_prefill + num_decode) with 16-row tiles.
+template <typename T, int kHeadDim>
+cudaError_t LaunchMsaAttention(const MsaKernelParams& params, int32_t num_prefill,
+                               int32_t num_decode, cudaStream_t stream);
+
+// Merges the partial states of split items into out/lse. max_rows bounds
+// the groups' num_rows (16 when every split item is a decode tile, else 64).
+template <typename T>
+cudaError_t LaunchMsaMerge(const MsaMergeGroup* groups, int32_t num_groups,
+                           const float* partial_out, const float* partial_lse, void* out,
+                           float* lse, int32_t num_q_heads, int32_t group_size, int32_t head_dim,
+                           int32_t max_rows, cudaStream_t stream);
+
+}  // namespace asymcache::msa::cuda
+
+#endif  // ASYMCACHE_KERNELS_MSA_LAUNCH_CUH_

@@ -1,0 +1,149 @@
+// MSA CUDA planner: turns a batch (kernels/msa.h BatchTables) into the work
+// list the CUDA kernels run, on the CPU, into a caller-provided workspace.
+//
+// What (FlashInfer plan/run, MSA_NOTES.md §3): one work item per
+// (sequence, kv head, query tile of packed GQA rows row = token * G + g, KV
+// chunk). A sequence whose packed rows (q_len * G) fit in 16 uses the decode
+// tile (16 rows); others use 64-row prefill tiles. Each item stores kv_end =
+// the number of the sequence's keys with position <= the tile's largest query
+// position, so later pages are never read. When the batch has too few items to
+// fill the GPU (fewer than num_sms * target_ctas_per_sm), the KV range of each
+// item is split into chunks (a binary search picks the smallest 128-aligned
+// chunk that keeps #items <= the target); split items write fp32 partial states
+// into the device workspace and a merge pass combines them per row.
+//
+// Workspace: the plan writes, into host_ws, a block that is copied byte for
+// byte to the start of device_ws (UploadMsaPlan in msa_cuda.h): work items,
+// merge groups, q_pos and the page tables (ids, positions, token offsets).
+// Behind that block device_ws holds the fp32 partial states. Offsets in MsaPlan
+// are byte offsets from the workspace start, identical on host and device.
+// The plan is reused for every layer of a step (same batch, same shape).
+//
+// Ownership: PlanMsa borrows the batch and host_ws for the call only; the
+// returned MsaPlan is a POD value (no pointers). Thread-safety: PlanMsa is
+// reentrant; concurrent calls need distinct host workspaces.
+//
+// Compiled on every machine (no CUDA header), so plans are testable on CPUs.
+#ifndef ASYMCACHE_KERNELS_MSA_PLAN_H_
+#define ASYMCACHE_KERNELS_MSA_PLAN_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/msa.h"
+
+namespace asymcache::msa {
+
+struct MsaPlanOptions {
+  // Streaming multiprocessors of the target GPU (H100 SXM: 132). Use
+  // QueryGpu().sm_count when a device is present.
+  int32_t num_sms = 132;
+  // Split-KV target: a batch with fewer items than num_sms * target_ctas_per_sm
+  // is split until it has about that many. Must be >= 1.
+  int32_t target_ctas_per_sm = 2;
+  // Split KV ranges when the batch is too small to fill the GPU.
+  bool allow_split_kv = true;
+  // Smallest chunk of a split, in KV tokens (a multiple of 128, >= 128).
+  int32_t min_kv_chunk_tokens = 256;
+  // > 0: split every item at this many KV tokens (multiple of 64; tests and
+  // benchmarks). Overrides the automatic choice and allow_split_kv.
+  int32_t forced_kv_chunk_tokens = 0;
+
+  absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
+};
+
+// Packed query rows per tile of the two kernels.
+inline constexpr int32_t kMsaDecodeTileRows = 16;
+inline constexpr int32_t kMsaPrefillTileRows = 64;
+
+// One CTA's work (device layout; 48 bytes).
+struct MsaWorkItem {
+  int32_t q_token_begin;  // global index (into q/out) of the tile's first query token
+  int32_t num_rows;       // packed rows in the tile (<= tile rows)
+  int32_t kv_head;
+  int32_t page_begin;     // global index (page tables) of the sequence's first page
+  int32_t num_pages;      // pages of the sequence
+  int32_t kv_begin;       // logical key range [kv_begin, kv_end) (keys of the sequence,
+  int32_t kv_end;         //   concatenated page by page in position order)
+  int32_t q_pos_min;      // smallest query position of the tile
+  int32_t partial_row;    // -1: write out/lse directly; else first row in the partial buffers
+  int32_t uniform_pages;  // 1: every page of the sequence but the last is full (key -> page is a division)
+  int32_t reserved0;
+  int32_t reserved1;
+};
+static_assert(sizeof(MsaWorkItem) == 48, "MsaWorkItem is a device layout");
+
+// One split (sequence, kv head, query tile) whose chunks are merged (20 bytes).
+struct MsaMergeGroup {
+  int32_t q_token_begin;
+  int32_t num_rows;
+  int32_t kv_head;
+  int32_t partial_row;  // chunk c, row r is partial row partial_row + c * num_rows + r
+  int32_t num_chunks;
+};
+static_assert(sizeof(MsaMergeGroup) == 20, "MsaMergeGroup is a device layout");
+
+// Workspace sizes for a batch bound (MsaWorkspaceSizesFor).
+struct MsaWorkspaceSizes {
+  size_t host_bytes = 0;    // plain or pinned host memory for PlanMsa
+  size_t device_bytes = 0;  // device memory for UploadMsaPlan / RunMsaCuda
+};
+
+// A plan: counts and byte offsets into the workspaces. POD, copyable.
+struct MsaPlan {
+  // The shape and batch the plan was built for (RunMsaCuda checks them).
+  int32_t num_q_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 0;
+  DType dtype = DType::kBFloat16;
+  int32_t batch_size = 0;
+  int32_t total_q = 0;
+  int32_t total_pages = 0;
+  int64_t num_pool_pages = 0;
+
+  // Work: items [0, num_prefill_items) use 64-row tiles, the next
+  // num_decode_items use 16-row tiles.
+  int32_t num_prefill_items = 0;
+  int32_t num_decode_items = 0;
+  int32_t num_merge_groups = 0;
+  int32_t num_partial_rows = 0;
+  int32_t kv_chunk_tokens = 0;  // 0: no split; else the chunk size used
+
+  // Byte offsets from the workspace start (same on host and device).
+  size_t items_offset = 0;
+  size_t merge_groups_offset = 0;
+  size_t q_pos_offset = 0;
+  size_t page_ids_offset = 0;
+  size_t page_pos_offset = 0;
+  size_t page_token_start_offset = 0;  // per page: keys of the sequence before it
+  size_t upload_bytes = 0;             // [0, upload_bytes) is copied host -> device
+  size_t partial_out_offset = 0;       // device only: float [num_partial_rows][head_dim]
+  size_t partial_lse_offset = 0;       // device only: float [num_partial_rows]
+  size_t device_bytes_used = 0;
+
+  int32_t num_items() const { return num_prefill_items + num_decode_items; }
+};
+
+// Workspace sizes that hold any plan of a batch with at most max_batch
+// sequences, max_total_q query tokens and max_total_pages pages, under
+// `options` (a forced chunk size needs room for every chunk: the bound grows
+// with max_total_pages * page_size / forced_kv_chunk_tokens).
+MsaWorkspaceSizes MsaWorkspaceSizesFor(const AttentionShape& shape, int32_t max_batch,
+                                       int32_t max_total_q, int32_t max_total_pages,
+                                       const MsaPlanOptions& options);
+
+// Plans one step. Validates shape (head_dim in {64,128,256}, group size in
+// {1,2,4,8}, 16-bit dtype), options and the batch (ValidateBatch):
+// INVALID_ARGUMENT. RESOURCE_EXHAUSTED when host_ws (or, implied, the device
+// workspace sized by the same bound) is too small. host_ws must be 16-byte
+// aligned. Writes only into host_ws.
+absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& batch,
+                                int64_t num_pool_pages, const MsaPlanOptions& options,
+                                void* host_ws, size_t host_bytes);
+
+}  // namespace asymcache::msa
+
+#endif  // ASYMCACHE_KERNELS_MSA_PLAN_H_

@@ -1,0 +1,722 @@
+// Tests of the MSA CUDA backend (kernels/msa_cuda.h) and its CPU planner
+// (kernels/msa_plan.h).
+//
+// Planner tests run everywhere. GPU tests skip (GTEST_SKIP, with the reason)
+// where QueryGpu() fails: no CUDA in the build or no device. Every GPU test
+// draws a fresh random structure and fresh random inputs (seed printed and in
+// every failure message; replay with ASYMCACHE_TEST_SEED=<seed>), poisons the
+// device outputs with NaN before each run, and compares with the naive double
+// reference (tests/kernels/msa_reference.h) by the relative error norm: bf16
+// <= 1e-2, fp16 <= 2e-3; NaN never passes; LSE within 2e-3 + 1e-4 |lse|.
+// Plain C++: no CUDA header here.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/dtype.h"
+#include "kernels/msa.h"
+#include "kernels/msa_cpu.h"
+#include "kernels/msa_cuda.h"
+#include "kernels/msa_plan.h"
+#include "tests/kernels/msa_reference.h"
+#include "tests/kernels/msa_test_util.h"
+
+namespace asymcache::msa {
+namespace {
+
+using testing::BuildOptions;
+using testing::BuildTestBatch;
+using testing::PositionRun;
+using testing::RandomLayout;
+using testing::RandomLayoutOptions;
+using testing::SequenceLayout;
+using testing::TestBatch;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+double ToleranceFor(DType dtype) { return dtype == DType::kBFloat16 ? 1e-2 : 2e-3; }
+
+AttentionShape MakeShape(int32_t q_heads, int32_t kv_heads, int32_t head_dim, int32_t page_size,
+                         DType dtype) {
+  AttentionShape shape;
+  shape.num_q_heads = q_heads;
+  shape.num_kv_heads = kv_heads;
+  shape.head_dim = head_dim;
+  shape.page_size = page_size;
+  shape.dtype = dtype;
+  return shape;
+}
+
+// Host workspace, 16-byte aligned (operator new alignment).
+struct HostWorkspace {
+  explicit HostWorkspace(size_t bytes) : words(bytes / 8 + 2) {}
+  void* data() { return words.data(); }
+  size_t size() const { return words.size() * 8; }
+  std::vector<uint64_t> words;
+};
+
+struct GpuOutputs {
+  std::vector<uint8_t> out;  // shape.dtype
+  std::vector<float> lse;
+  MsaPlan plan;
+};
+
+// Uploads q and the pool, plans, runs once with NaN-poisoned outputs, copies
+// the outputs back.
+absl::StatusOr<GpuOutputs> RunOnGpu(const TestBatch& batch, const MsaPlanOptions& options) {
+  const AttentionShape& shape = batch.shape;
+  const BatchTables tables = batch.view();
+  const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
+      shape, tables.batch_size(), tables.total_q(), tables.total_pages(), options);
+  HostWorkspace host_ws(sizes.host_bytes);
+  absl::StatusOr<MsaPlan> plan =
+      PlanMsa(shape, tables, batch.num_pages, options, host_ws.data(), host_ws.size());
+  if (!plan.ok()) return plan.status();
+
+  const size_t out_bytes = static_cast<size_t>(batch.out_elements() * DTypeBytes(shape.dtype));
+  const size_t lse_bytes = static_cast<size_t>(batch.lse_elements()) * sizeof(float);
+  absl::StatusOr<DeviceBuffer> d_q = DeviceBuffer::Allocate(batch.q.size());
+  absl::StatusOr<DeviceBuffer> d_kv = DeviceBuffer::Allocate(batch.kv_pool.size());
+  absl::StatusOr<DeviceBuffer> d_out = DeviceBuffer::Allocate(out_bytes);
+  absl::StatusOr<DeviceBuffer> d_lse = DeviceBuffer::Allocate(lse_bytes);
+  absl::StatusOr<DeviceBuffer> d_ws = DeviceBuffer::Allocate(sizes.device_bytes);
+  for (const auto* buffer : {&d_q, &d_kv, &d_out, &d_lse, &d_ws}) {
+    if (!buffer->ok()) return buffer->status();
+  }
+  absl::Status status = CopyHostToDevice(d_q->data(), batch.q.data(), batch.q.size());
+  status.Update(CopyHostToDevice(d_kv->data(), batch.kv_pool.data(), batch.kv_pool.size()));
+  // 0xFF bytes: NaN in bf16, fp16 and fp32.
+  status.Update(FillDeviceBytes(d_out->data(), 0xFF, out_bytes));
+  status.Update(FillDeviceBytes(d_lse->data(), 0xFF, lse_bytes));
+  // Stale partial states must not matter either.
+  status.Update(FillDeviceBytes(d_ws->data(), 0xFF, sizes.device_bytes));
+  if (!status.ok()) return status;
+  status.Update(UploadMsaPlan(*plan, host_ws.data(), d_ws->data(), d_ws->size(), nullptr));
+  status.Update(RunMsaCuda(*plan, shape, d_q->data(), d_kv->data(), d_out->data(),
+                           static_cast<float*>(d_lse->data()), d_ws->data(), nullptr));
+  status.Update(SynchronizeStream(nullptr));
+  if (!status.ok()) return status;
+  GpuOutputs outputs;
+  outputs.plan = *plan;
+  outputs.out.resize(out_bytes);
+  outputs.lse.resize(static_cast<size_t>(batch.lse_elements()));
+  status.Update(CopyDeviceToHost(outputs.out.data(), d_out->data(), out_bytes));
+  status.Update(CopyDeviceToHost(outputs.lse.data(), d_lse->data(), lse_bytes));
+  if (!status.ok()) return status;
+  return outputs;
+}
+
+// Fully written, no NaN, relative error norm within the dtype tolerance, LSE
+// close, exact 0 / -inf where no key is visible.
+void ExpectMatchesReference(const TestBatch& batch, const GpuOutputs& outputs,
+                            const std::string& note) {
+  SCOPED_TRACE(note);
+  std::vector<double> ref_out;
+  std::vector<double> ref_lse;
+  testing::ReferenceAttention(batch.shape, batch.view(), batch.q.data(), batch.kv_pool.data(),
+                              batch.num_pages, &ref_out, &ref_lse);
+  const std::vector<double> out =
+      testing::ToDoubles(batch.shape.dtype, outputs.out.data(), batch.out_elements());
+  ASSERT_EQ(testing::CountNaN(out), 0) << "output not fully written or NaN produced";
+  EXPECT_LE(testing::RelativeErrorNorm(out, ref_out), ToleranceFor(batch.shape.dtype))
+      << "dtype " << testing::DTypeName(batch.shape.dtype) << " D=" << batch.shape.head_dim
+      << " G=" << batch.shape.group_size() << " page=" << batch.shape.page_size;
+  int64_t lse_mismatches = 0;
+  for (size_t i = 0; i < ref_lse.size(); ++i) {
+    const double lse = outputs.lse[i];
+    const bool ok = std::isinf(ref_lse[i])
+                        ? (lse == -kInf)
+                        : std::abs(lse - ref_lse[i]) <= 2e-3 + 1e-4 * std::abs(ref_lse[i]);
+    if (!ok && ++lse_mismatches <= 5) {
+      ADD_FAILURE() << "lse[" << i << "] = " << lse << ", reference " << ref_lse[i];
+    }
+  }
+  EXPECT_EQ(lse_mismatches, 0);
+  const int64_t dim = batch.shape.head_dim;
+  for (size_t row = 0; row < ref_lse.size(); ++row) {
+    if (!std::isinf(ref_lse[row])) continue;
+    for (int64_t d = 0; d < dim; ++d) ASSERT_EQ(out[row * dim + d], 0.0) << "row " << row;
+  }
+}
+
+class SeededTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = testing::FreshSeed();
+    rng_.seed(seed_);
+    std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed_));
+    RecordProperty("seed", std::to_string(seed_));
+  }
+  std::string SeedNote() const { return absl::StrCat("seed=", seed_); }
+
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
+
+// GPU tests: skip without a usable device.
+class MsaCudaTest : public SeededTest {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<GpuInfo> gpu = QueryGpu();
+    if (!gpu.ok()) GTEST_SKIP() << "no CUDA GPU: " << gpu.status();
+    num_sms_ = gpu->sm_count;
+    SeededTest::SetUp();
+  }
+  MsaPlanOptions Options(int32_t forced_chunk = 0, bool allow_split = true) const {
+    MsaPlanOptions options;
+    options.num_sms = num_sms_;
+    options.forced_kv_chunk_tokens = forced_chunk;
+    options.allow_split_kv = allow_split;
+    return options;
+  }
+  // Runs unsplit, auto and forced-split plans; each must match the reference.
+  void RunAndCheckAllPlans(const TestBatch& batch, const std::string& what) {
+    for (const auto& [name, options] :
+         {std::pair<const char*, MsaPlanOptions>{"unsplit", Options(0, false)},
+          {"auto", Options()},
+          {"chunk64", Options(64)},
+          {"chunk192", Options(192)}}) {
+      absl::StatusOr<GpuOutputs> outputs = RunOnGpu(batch, options);
+      ASSERT_TRUE(outputs.ok()) << outputs.status();
+      ExpectMatchesReference(batch, *outputs,
+                             absl::StrCat(what, " plan=", name, " chunk=",
+                                          outputs->plan.kv_chunk_tokens, " ", SeedNote()));
+    }
+  }
+
+  int32_t num_sms_ = 132;
+};
+
+// ---- sweeps: dtype x head dim x GQA group x page size ----------------------
+
+class MsaCudaSweepTest
+    : public MsaCudaTest,
+      public ::testing::WithParamInterface<std::tuple<DType, int32_t, int32_t, int32_t>> {};
+
+TEST_P(MsaCudaSweepTest, MatchesReferenceSplitAndUnsplit) {
+  const auto [dtype, head_dim, group, page_size] = GetParam();
+  const AttentionShape shape = MakeShape(2 * group, 2, head_dim, page_size, dtype);
+  std::vector<SequenceLayout> layouts;
+  for (int i = 0; i < 4; ++i) {
+    RandomLayoutOptions options;
+    options.context_len = testing::UniformInt(rng_, 40, 400);
+    options.num_holes = testing::UniformInt(rng_, 0, 3);
+    options.hole_at_front = i == 1;
+    options.hole_at_tail = i == 2;
+    options.num_q_runs = i == 3 ? 0 : testing::UniformInt(rng_, 1, 3);
+    options.max_q_run_len = 40;
+    options.decode_query = i != 0;
+    layouts.push_back(RandomLayout(options, rng_));
+  }
+  BuildOptions build;
+  build.aligned_pages = testing::UniformInt(rng_, 0, 1) == 1;
+  const TestBatch batch = BuildTestBatch(shape, layouts, build, rng_);
+  RunAndCheckAllPlans(batch, "sweep");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DTypeHeadDimGroup, MsaCudaSweepTest,
+    ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
+                       ::testing::Values(64, 128, 256), ::testing::Values(1, 2, 4, 8),
+                       ::testing::Values(16)));
+INSTANTIATE_TEST_SUITE_P(
+    OddPageSizes, MsaCudaSweepTest,
+    ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
+                       ::testing::Values(64, 128), ::testing::Values(1, 4),
+                       ::testing::Values(7, 32)));
+
+// ---- structures ---------------------------------------------------------------
+
+TEST_F(MsaCudaTest, HolesAtFrontMiddleAndTail) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    const AttentionShape shape = MakeShape(8, 2, 128, 16, dtype);
+    std::vector<SequenceLayout> layouts;
+    for (int i = 0; i < 3; ++i) {
+      RandomLayoutOptions options;
+      options.context_len = testing::UniformInt(rng_, 200, 900);
+      options.num_holes = 4;
+      options.max_hole_len = 100;
+      options.hole_at_front = true;
+      options.hole_at_tail = true;
+      options.num_q_runs = 3;
+      options.decode_query = true;
+      layouts.push_back(RandomLayout(options, rng_));
+    }
+    RunAndCheckAllPlans(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "holes");
+  }
+}
+
+TEST_F(MsaCudaTest, InterleavedQuerySegmentsInOneTile) {
+  const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
+  SequenceLayout layout;
+  layout.kv_runs = {PositionRun{0, 3000}};
+  // Many short query runs spread over the context: tiles mix far-apart positions.
+  for (int32_t pos = testing::UniformInt(rng_, 0, 30); pos < 2990;
+       pos += testing::UniformInt(rng_, 20, 200)) {
+    layout.q_runs.push_back(PositionRun{pos, pos + testing::UniformInt(rng_, 1, 6)});
+  }
+  RunAndCheckAllPlans(BuildTestBatch(shape, {layout}, BuildOptions{}, rng_), "interleaved");
+}
+
+TEST_F(MsaCudaTest, QueryAtPositionZeroAndQueryWithNoVisibleKey) {
+  const AttentionShape shape = MakeShape(4, 4, 64, 16, DType::kFloat16);
+  std::vector<SequenceLayout> layouts;
+  layouts.push_back(SequenceLayout{{PositionRun{0, 40}}, {PositionRun{0, 3}, PositionRun{20, 25}}});
+  layouts.push_back(SequenceLayout{{PositionRun{5, 300}}, {PositionRun{0, 3}, PositionRun{5, 8}}});
+  layouts.push_back(SequenceLayout{{}, {PositionRun{10, 12}}});
+  RunAndCheckAllPlans(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "pos0/no-key");
+}
+
+TEST_F(MsaCudaTest, PartialPagesEverywhere) {
+  for (int32_t page_size : {7, 16, 32}) {
+    const AttentionShape shape = MakeShape(8, 2, 64, page_size, DType::kBFloat16);
+    std::vector<SequenceLayout> layouts;
+    for (int i = 0; i < 3; ++i) {
+      int32_t length = testing::UniformInt(rng_, 20, 500);
+      if (length % page_size == 0) ++length;
+      layouts.push_back(SequenceLayout{{PositionRun{0, length / 3}, PositionRun{length / 3 + 5, length}},
+                                       {PositionRun{length - 9, length}}});
+    }
+    BuildOptions build;
+    build.aligned_pages = true;  // runs starting mid-page give partial first pages too
+    RunAndCheckAllPlans(BuildTestBatch(shape, layouts, build, rng_), "partial pages");
+  }
+}
+
+TEST_F(MsaCudaTest, TwoHundredFiftySixTinySegments) {
+  const AttentionShape shape = MakeShape(8, 2, 128, 16, DType::kBFloat16);
+  SequenceLayout layout;
+  int32_t pos = testing::UniformInt(rng_, 0, 3);
+  for (int i = 0; i < 256; ++i) {
+    const int32_t length = testing::UniformInt(rng_, 1, 4);
+    layout.kv_runs.push_back(PositionRun{pos, pos + length});
+    if (i % 3 == 0) layout.q_runs.push_back(PositionRun{pos, pos + 1});
+    pos += length + testing::UniformInt(rng_, 1, 5);
+  }
+  layout.q_runs.push_back(PositionRun{pos, pos + 1});
+  RunAndCheckAllPlans(BuildTestBatch(shape, {layout}, BuildOptions{}, rng_), "256 segments");
+}
+
+TEST_F(MsaCudaTest, LongContextDecodeAtBatchOne) {
+  const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
+  RandomLayoutOptions options;
+  options.context_len = 128 * 1024;
+  options.num_holes = 8;
+  options.max_hole_len = 2000;
+  options.num_q_runs = 1;
+  options.max_q_run_len = 4;
+  options.decode_query = true;
+  const TestBatch batch =
+      BuildTestBatch(shape, {RandomLayout(options, rng_)}, BuildOptions{}, rng_);
+  absl::StatusOr<GpuOutputs> outputs = RunOnGpu(batch, Options());
+  ASSERT_TRUE(outputs.ok()) << outputs.status();
+  EXPECT_GT(outputs->plan.kv_chunk_tokens, 0) << "B=1 long decode must split";
+  ExpectMatchesReference(batch, *outputs, SeedNote());
+}
+
+TEST_F(MsaCudaTest, MixedDecodePrefillAndRebuildBatch) {
+  const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
+  std::vector<SequenceLayout> layouts;
+  for (int i = 0; i < 9; ++i) {
+    RandomLayoutOptions options;
+    options.context_len = testing::UniformInt(rng_, 50, 2000);
+    if (i % 3 == 0) {
+      options.num_holes = 0;
+      options.num_q_runs = 0;
+      options.decode_query = true;
+      layouts.push_back(RandomLayout(options, rng_));
+    } else if (i % 3 == 1) {
+      options.num_holes = 0;
+      options.num_q_runs = 0;
+      layouts.push_back(RandomLayout(options, rng_));
+      const int32_t chunk = testing::UniformInt(rng_, 1, 300);
+      const int32_t end = options.context_len;
+      layouts.back().q_runs = {PositionRun{std::max(0, end - chunk), end}};
+    } else {
+      options.num_holes = 3;
+      options.num_q_runs = 3;
+      options.decode_query = true;
+      layouts.push_back(RandomLayout(options, rng_));
+    }
+  }
+  const TestBatch batch = BuildTestBatch(shape, layouts, BuildOptions{}, rng_);
+  RunAndCheckAllPlans(batch, "mixed");
+}
+
+TEST_F(MsaCudaTest, EmptyBatchAndSequencesWithoutQueries) {
+  const AttentionShape shape = MakeShape(4, 2, 64, 16, DType::kBFloat16);
+  std::vector<SequenceLayout> layouts;
+  layouts.push_back(SequenceLayout{{PositionRun{0, 50}}, {}});
+  layouts.push_back(SequenceLayout{{PositionRun{0, 70}}, {PositionRun{60, 70}}});
+  layouts.push_back(SequenceLayout{{}, {}});
+  layouts.push_back(SequenceLayout{{PositionRun{3, 33}}, {PositionRun{32, 33}}});
+  RunAndCheckAllPlans(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "no-query seqs");
+  // B = 0: planning and running are no-ops.
+  BatchTablesStorage empty;
+  HostWorkspace ws(1024);
+  absl::StatusOr<MsaPlan> plan = PlanMsa(shape, empty.view(), 0, Options(), ws.data(), ws.size());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->num_items(), 0);
+  EXPECT_TRUE(RunMsaCuda(*plan, shape, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr).ok());
+}
+
+TEST_F(MsaCudaTest, SplitAndUnsplitAgree) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    const AttentionShape shape = MakeShape(16, 4, 128, 16, dtype);
+    RandomLayoutOptions options;
+    options.context_len = 5000;
+    options.num_holes = 5;
+    options.max_hole_len = 300;
+    options.num_q_runs = 4;
+    options.max_q_run_len = 30;
+    options.decode_query = true;
+    const TestBatch batch = BuildTestBatch(
+        shape, {RandomLayout(options, rng_), RandomLayout(options, rng_)}, BuildOptions{}, rng_);
+    absl::StatusOr<GpuOutputs> unsplit = RunOnGpu(batch, Options(0, false));
+    absl::StatusOr<GpuOutputs> split = RunOnGpu(batch, Options(128));
+    ASSERT_TRUE(unsplit.ok()) << unsplit.status();
+    ASSERT_TRUE(split.ok()) << split.status();
+    EXPECT_EQ(unsplit->plan.num_merge_groups, 0);
+    EXPECT_GT(split->plan.num_merge_groups, 0);
+    const std::vector<double> a = testing::ToDoubles(dtype, unsplit->out.data(), batch.out_elements());
+    const std::vector<double> b = testing::ToDoubles(dtype, split->out.data(), batch.out_elements());
+    EXPECT_LE(testing::RelativeErrorNorm(b, a), ToleranceFor(dtype)) << SeedNote();
+    for (size_t i = 0; i < unsplit->lse.size(); ++i) {
+      ASSERT_NEAR(split->lse[i], unsplit->lse[i], 1e-3 + 1e-4 * std::abs(unsplit->lse[i]))
+          << "lse " << i << " " << SeedNote();
+    }
+  }
+}
+
+// ---- plan reuse, CUDA graph ------------------------------------------------------
+
+TEST_F(MsaCudaTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers) {
+  const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
+  std::vector<SequenceLayout> layouts;
+  for (int i = 0; i < 4; ++i) {
+    RandomLayoutOptions options;
+    options.context_len = testing::UniformInt(rng_, 500, 3000);
+    options.num_q_runs = i % 2;
+    options.decode_query = true;
+    layouts.push_back(RandomLayout(options, rng_));
+  }
+  // Two "layers": same tables, different q and pool contents.
+  const TestBatch layer0 = BuildTestBatch(shape, layouts, BuildOptions{}, rng_);
+  std::mt19937_64 rng_copy = rng_;
+  TestBatch layer1 = layer0;
+  testing::FillNormal(shape.dtype, layer1.q.data(), layer1.out_elements(), 1.0, rng_copy);
+  for (size_t p = 0; p < layer1.tables.kv_page_ids.size(); ++p) {
+    const int64_t base = int64_t{layer1.tables.kv_page_ids[p]} * shape.PageElements() * 2;
+    const int64_t rows = layer1.tables.kv_page_len[p];
+    const int64_t row_bytes = int64_t{shape.num_kv_heads} * shape.head_dim * 2;
+    for (int block = 0; block < 2; ++block) {
+      testing::FillNormal(shape.dtype,
+                          layer1.kv_pool.data() + base + block * shape.page_size * row_bytes,
+                          rows * row_bytes / 2, 1.0, rng_copy);
+    }
+  }
+  const MsaPlanOptions options = Options();
+  const BatchTables tables = layer0.view();
+  const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
+      shape, tables.batch_size(), tables.total_q(), tables.total_pages(), options);
+  absl::StatusOr<PinnedHostBuffer> host_ws = PinnedHostBuffer::Allocate(sizes.host_bytes);
+  ASSERT_TRUE(host_ws.ok()) << host_ws.status();
+  absl::StatusOr<MsaPlan> plan =
+      PlanMsa(shape, tables, layer0.num_pages, options, host_ws->data(), host_ws->size());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const size_t out_bytes = static_cast<size_t>(layer0.out_elements()) * 2;
+  const size_t lse_bytes = static_cast<size_t>(layer0.lse_elements()) * 4;
+  std::vector<DeviceBuffer> q(2), kv(2), out(2), lse(2);
+  for (int l = 0; l < 2; ++l) {
+    const TestBatch& layer = l == 0 ? layer0 : layer1;
+    for (auto [buffer, bytes] : {std::pair{&q[l], layer.q.size()},
+                                 std::pair{&kv[l], layer.kv_pool.size()},
+                                 std::pair{&out[l], out_bytes}, std::pair{&lse[l], lse_bytes}}) {
+      absl::StatusOr<DeviceBuffer> allocated = DeviceBuffer::Allocate(bytes);
+      ASSERT_TRUE(allocated.ok()) << allocated.status();
+      *buffer = std::move(*allocated);
+    }
+    ASSERT_TRUE(CopyHostToDevice(q[l].data(), layer.q.data(), layer.q.size()).ok());
+    ASSERT_TRUE(CopyHostToDevice(kv[l].data(), layer.kv_pool.data(), layer.kv_pool.size()).ok());
+  }
+  absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Allocate(sizes.device_bytes);
+  ASSERT_TRUE(ws.ok()) << ws.status();
+
+  // Direct run of both layers with one upload.
+  auto run_layers = [&](void* stream) -> absl::Status {
+    for (int l = 0; l < 2; ++l) {
+      absl::Status status = RunMsaCuda(*plan, shape, q[l].data(), kv[l].data(), out[l].data(),
+                                       static_cast<float*>(lse[l].data()), ws->data(), stream);
+      if (!status.ok()) return status;
+    }
+    return absl::OkStatus();
+  };
+  auto fetch = [&](int l) {
+    GpuOutputs o;
+    o.plan = *plan;
+    o.out.resize(out_bytes);
+    o.lse.resize(layer0.lse_elements());
+    EXPECT_TRUE(CopyDeviceToHost(o.out.data(), out[l].data(), out_bytes).ok());
+    EXPECT_TRUE(CopyDeviceToHost(o.lse.data(), lse[l].data(), lse_bytes).ok());
+    return o;
+  };
+  auto poison = [&]() {
+    for (int l = 0; l < 2; ++l) {
+      ASSERT_TRUE(FillDeviceBytes(out[l].data(), 0xFF, out_bytes).ok());
+      ASSERT_TRUE(FillDeviceBytes(lse[l].data(), 0xFF, lse_bytes).ok());
+    }
+  };
+  poison();
+  ASSERT_TRUE(UploadMsaPlan(*plan, host_ws->data(), ws->data(), ws->size(), nullptr).ok());
+  ASSERT_TRUE(run_layers(nullptr).ok());
+  ASSERT_TRUE(SynchronizeStream(nullptr).ok());
+  const GpuOutputs direct0 = fetch(0);
+  const GpuOutputs direct1 = fetch(1);
+  ExpectMatchesReference(layer0, direct0, absl::StrCat("layer 0 ", SeedNote()));
+  ExpectMatchesReference(layer1, direct1, absl::StrCat("layer 1 ", SeedNote()));
+
+  // Captured upload + both layers, replayed: bitwise identical outputs.
+  poison();
+  absl::Status graph_status = CaptureAndReplay(
+      [&](void* stream) -> absl::Status {
+        absl::Status status = UploadMsaPlan(*plan, host_ws->data(), ws->data(), ws->size(), stream);
+        if (!status.ok()) return status;
+        return run_layers(stream);
+      },
+      3);
+  ASSERT_TRUE(graph_status.ok()) << graph_status;
+  for (int l = 0; l < 2; ++l) {
+    const GpuOutputs replayed = fetch(l);
+    const GpuOutputs& direct = l == 0 ? direct0 : direct1;
+    EXPECT_EQ(replayed.out, direct.out) << "layer " << l;
+    EXPECT_EQ(0, std::memcmp(replayed.lse.data(), direct.lse.data(), lse_bytes)) << "layer " << l;
+  }
+}
+
+// ---- KV append --------------------------------------------------------------------
+
+TEST_F(MsaCudaTest, AppendRoundTripMatchesCpuAppend) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (int32_t page_size : {16, 7}) {
+      const AttentionShape shape = MakeShape(8, 2, 128, page_size, dtype);
+      const int64_t num_pages = 40;
+      const int64_t pool_elems = num_pages * shape.PageElements();
+      std::vector<uint8_t> pool = testing::NaNTensor(dtype, pool_elems);
+      // Distinct random slots.
+      std::vector<std::pair<int32_t, int32_t>> slots;
+      for (int32_t p = 0; p < num_pages; ++p) {
+        for (int32_t o = 0; o < page_size; ++o) slots.push_back({p, o});
+      }
+      std::shuffle(slots.begin(), slots.end(), rng_);
+      const int32_t tokens = testing::UniformInt(rng_, 1, static_cast<int32_t>(slots.size()));
+      std::vector<int32_t> slot_pages, slot_offsets;
+      for (int32_t t = 0; t < tokens; ++t) {
+        slot_pages.push_back(slots[t].first);
+        slot_offsets.push_back(slots[t].second);
+      }
+      const int64_t row_elems = int64_t{shape.num_kv_heads} * shape.head_dim;
+      std::vector<uint8_t> k(tokens * row_elems * 2), v(tokens * row_elems * 2);
+      testing::FillNormal(dtype, k.data(), tokens * row_elems, 1.0, rng_);
+      testing::FillNormal(dtype, v.data(), tokens * row_elems, 1.0, rng_);
+
+      std::vector<uint8_t> expected = pool;
+      ASSERT_TRUE(AppendKvCpu(shape, slot_pages, slot_offsets, k.data(), v.data(),
+                              expected.data(), num_pages)
+                      .ok());
+      absl::StatusOr<DeviceBuffer> d_pool = DeviceBuffer::Allocate(pool.size());
+      absl::StatusOr<DeviceBuffer> d_k = DeviceBuffer::Allocate(k.size());
+      absl::StatusOr<DeviceBuffer> d_v = DeviceBuffer::Allocate(v.size());
+      absl::StatusOr<DeviceBuffer> d_pages = DeviceBuffer::Allocate(tokens * 4);
+      absl::StatusOr<DeviceBuffer> d_offsets = DeviceBuffer::Allocate(tokens * 4);
+      ASSERT_TRUE(d_pool.ok() && d_k.ok() && d_v.ok() && d_pages.ok() && d_offsets.ok());
+      ASSERT_TRUE(CopyHostToDevice(d_pool->data(), pool.data(), pool.size()).ok());
+      ASSERT_TRUE(CopyHostToDevice(d_k->data(), k.data(), k.size()).ok());
+      ASSERT_TRUE(CopyHostToDevice(d_v->data(), v.data(), v.size()).ok());
+      ASSERT_TRUE(CopyHostToDevice(d_pages->data(), slot_pages.data(), tokens * 4).ok());
+      ASSERT_TRUE(CopyHostToDevice(d_offsets->data(), slot_offsets.data(), tokens * 4).ok());
+      ASSERT_TRUE(AppendKvCuda(shape, static_cast<const int32_t*>(d_pages->data()),
+                               static_cast<const int32_t*>(d_offsets->data()), tokens,
+                               d_k->data(), d_v->data(), d_pool->data(), num_pages, nullptr)
+                      .ok());
+      ASSERT_TRUE(SynchronizeStream(nullptr).ok());
+      std::vector<uint8_t> actual(pool.size());
+      ASSERT_TRUE(CopyDeviceToHost(actual.data(), d_pool->data(), actual.size()).ok());
+      EXPECT_EQ(0, std::memcmp(actual.data(), expected.data(), actual.size()))
+          << "GPU append differs from CPU append; " << SeedNote();
+    }
+  }
+}
+
+// ---- planner (runs everywhere) -----------------------------------------------------
+
+TEST(MsaPlanTest, RejectsBadBatchesShapesAndOptions) {
+  const AttentionShape shape = MakeShape(8, 2, 128, 16, DType::kBFloat16);
+  BatchTablesStorage good;
+  good.q_indptr = {0, 2};
+  good.q_pos = {5, 9};
+  good.kv_indptr = {0, 1};
+  good.kv_page_ids = {0};
+  good.kv_page_pos = {0};
+  good.kv_page_len = {10};
+  HostWorkspace ws(1 << 16);
+  EXPECT_TRUE(PlanMsa(shape, good.view(), 1, MsaPlanOptions{}, ws.data(), ws.size()).ok());
+
+  BatchTablesStorage bad = good;
+  bad.q_pos = {9, 5};  // not increasing
+  EXPECT_EQ(PlanMsa(shape, bad.view(), 1, MsaPlanOptions{}, ws.data(), ws.size()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = good;
+  bad.kv_page_ids = {3};  // outside the pool
+  EXPECT_EQ(PlanMsa(shape, bad.view(), 1, MsaPlanOptions{}, ws.data(), ws.size()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = good;
+  bad.kv_page_len = {17};  // longer than a page
+  EXPECT_EQ(PlanMsa(shape, bad.view(), 1, MsaPlanOptions{}, ws.data(), ws.size()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  AttentionShape fp32 = shape;
+  fp32.dtype = DType::kFloat32;
+  EXPECT_EQ(PlanMsa(fp32, good.view(), 1, MsaPlanOptions{}, ws.data(), ws.size()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  MsaPlanOptions options;
+  options.forced_kv_chunk_tokens = 100;  // not a multiple of 64
+  EXPECT_EQ(options.Validate().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(PlanMsa(shape, good.view(), 1, options, ws.data(), ws.size()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options = MsaPlanOptions{};
+  options.num_sms = 0;
+  EXPECT_EQ(options.Validate().code(), absl::StatusCode::kInvalidArgument);
+  // Too small a workspace.
+  EXPECT_EQ(PlanMsa(shape, good.view(), 1, MsaPlanOptions{}, ws.data(), 64).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST(MsaPlanTest, ItemsCoverEveryRowAndStopAtTheTilesLastQuery) {
+  const uint64_t seed = testing::FreshSeed();
+  std::mt19937_64 rng(seed);
+  SCOPED_TRACE(absl::StrCat("seed=", seed));
+  const AttentionShape shape = MakeShape(16, 4, 128, 16, DType::kBFloat16);
+  std::vector<SequenceLayout> layouts;
+  for (int i = 0; i < 6; ++i) {
+    RandomLayoutOptions options;
+    options.context_len = testing::UniformInt(rng, 10, 3000);
+    options.num_q_runs = testing::UniformInt(rng, 0, 4);
+    options.max_q_run_len = 100;
+    options.decode_query = i % 2 == 0;
+    layouts.push_back(RandomLayout(options, rng));
+  }
+  const TestBatch batch = BuildTestBatch(shape, layouts, BuildOptions{}, rng);
+  const BatchTables tables = batch.view();
+  for (int32_t chunk : {0, 64, 256}) {
+    MsaPlanOptions options;
+    options.forced_kv_chunk_tokens = chunk;
+    options.allow_split_kv = false;
+    const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
+        shape, tables.batch_size(), tables.total_q(), tables.total_pages(), options);
+    HostWorkspace ws(sizes.host_bytes);
+    absl::StatusOr<MsaPlan> plan =
+        PlanMsa(shape, tables, batch.num_pages, options, ws.data(), ws.size());
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_LE(plan->device_bytes_used, sizes.device_bytes);
+    const auto* items = reinterpret_cast<const MsaWorkItem*>(
+        reinterpret_cast<const uint8_t*>(ws.data()) + plan->items_offset);
+    // Every (token, q head) row is covered by exactly the items whose KV
+    // ranges tile [0, keys visible to the tile's last query).
+    std::vector<int64_t> covered_keys(tables.total_q() * shape.num_q_heads, 0);
+    for (int32_t i = 0; i < plan->num_items(); ++i) {
+      const MsaWorkItem& item = items[i];
+      const int32_t tile = i < plan->num_prefill_items ? kMsaPrefillTileRows : kMsaDecodeTileRows;
+      ASSERT_LE(item.num_rows, tile);
+      ASSERT_LE(item.kv_begin, item.kv_end);
+      if (chunk > 0) {
+        ASSERT_LE(item.kv_end - item.kv_begin, chunk);
+      }
+      for (int32_t r = 0; r < item.num_rows; ++r) {
+        const int32_t token = item.q_token_begin + r / shape.group_size();
+        const int32_t head = item.kv_head * shape.group_size() + r % shape.group_size();
+        covered_keys[token * shape.num_q_heads + head] += item.kv_end - item.kv_begin;
+      }
+    }
+    for (int32_t s = 0; s < tables.batch_size(); ++s) {
+      int32_t keys = 0;
+      for (int32_t p = tables.kv_indptr[s]; p < tables.kv_indptr[s + 1]; ++p) {
+        keys += tables.kv_page_len[p];
+      }
+      for (int32_t t = tables.q_indptr[s]; t < tables.q_indptr[s + 1]; ++t) {
+        // Keys visible to this token <= covered <= keys of the sequence.
+        int32_t visible = 0;
+        for (int32_t p = tables.kv_indptr[s]; p < tables.kv_indptr[s + 1]; ++p) {
+          visible += std::clamp(tables.q_pos[t] - tables.kv_page_pos[p] + 1, 0,
+                                tables.kv_page_len[p]);
+        }
+        for (int32_t h = 0; h < shape.num_q_heads; ++h) {
+          const int64_t covered = covered_keys[t * shape.num_q_heads + h];
+          ASSERT_GE(covered, visible) << "token " << t << " head " << h << " chunk " << chunk;
+          ASSERT_LE(covered, keys) << "token " << t << " head " << h;
+        }
+      }
+    }
+  }
+}
+
+TEST(MsaPlanTest, SplitsSmallDecodeBatchesOnlyAndChunksAre128Aligned) {
+  const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
+  auto decode_batch = [](int32_t batch_size, int32_t context) {
+    BatchTablesStorage tables;
+    int32_t page = 0;
+    for (int32_t s = 0; s < batch_size; ++s) {
+      tables.q_pos.push_back(context - 1);
+      tables.q_indptr.push_back(static_cast<int32_t>(tables.q_pos.size()));
+      for (int32_t pos = 0; pos < context; pos += 16) {
+        tables.kv_page_ids.push_back(page++);
+        tables.kv_page_pos.push_back(pos);
+        tables.kv_page_len.push_back(std::min(16, context - pos));
+      }
+      tables.kv_indptr.push_back(static_cast<int32_t>(tables.kv_page_ids.size()));
+    }
+    return tables;
+  };
+  MsaPlanOptions options;  // 132 SMs, 2 CTAs per SM
+  for (auto [batch_size, expect_split] : {std::pair{1, true}, std::pair{8, true},
+                                          std::pair{64, false}}) {
+    const BatchTablesStorage tables = decode_batch(batch_size, 16384);
+    const MsaWorkspaceSizes sizes =
+        MsaWorkspaceSizesFor(shape, batch_size, batch_size,
+                             static_cast<int32_t>(tables.kv_page_ids.size()), options);
+    HostWorkspace ws(sizes.host_bytes);
+    absl::StatusOr<MsaPlan> plan = PlanMsa(shape, tables.view(),
+                                           static_cast<int64_t>(tables.kv_page_ids.size()),
+                                           options, ws.data(), ws.size());
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->num_decode_items > batch_size * shape.num_kv_heads, expect_split)
+        << "B=" << batch_size;
+    EXPECT_EQ(plan->num_prefill_items, 0);
+    EXPECT_LE(plan->num_items(), std::max(batch_size * shape.num_kv_heads,
+                                          options.num_sms * options.target_ctas_per_sm));
+    if (expect_split) {
+      EXPECT_EQ(plan->kv_chunk_tokens % 128, 0);
+      EXPECT_EQ(plan->num_merge_groups, batch_size * shape.num_kv_heads);
+    }
+  }
+}
+
+TEST(MsaCudaUnavailableTest, EntryPointsReportUnavailableWithoutGpu) {
+  if (QueryGpu().ok()) GTEST_SKIP() << "a GPU is present; this checks builds without one";
+  EXPECT_EQ(DeviceBuffer::Allocate(16).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(QueryGpu().status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace asymcache::msa
