@@ -1,0 +1,401 @@
+#include "cachecore/kv_cache.h"
+
+#include <limits>
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/strings/str_cat.h"
+
+namespace asymcache {
+
+absl::Status KvCacheOptions::Validate() const {
+  if (absl::Status s = model.Validate(); !s.ok()) return s;
+  if (absl::Status s = BlockPoolOptions{capacity_blocks}.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KvCacheOptions.capacity_blocks must be in [1, 2^31-1], got ", capacity_blocks));
+  }
+  if (lease_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("KvCacheOptions.lease_timeout must be positive, got ",
+                                                   absl::FormatDuration(lease_timeout)));
+  }
+  if (session_chain_token_budget < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KvCacheOptions.session_chain_token_budget must be >= 0, got ", session_chain_token_budget));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(KvCacheOptions options,
+                                                         std::unique_ptr<EvictionPolicy> policy,
+                                                         Clock* clock) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (policy == nullptr) return absl::InvalidArgumentError("KvCache::Create: null eviction policy");
+  if (clock == nullptr) return absl::InvalidArgumentError("KvCache::Create: null clock");
+  if (policy->tracked_count() != 0) {
+    return absl::InvalidArgumentError("KvCache::Create: the eviction policy must be fresh");
+  }
+  return std::unique_ptr<KvCache>(new KvCache(std::move(options), std::move(policy), clock));
+}
+
+KvCache::KvCache(KvCacheOptions options, std::unique_ptr<EvictionPolicy> policy, Clock* clock)
+    : options_(std::move(options)),
+      clock_(clock),
+      pool_(BlockPoolOptions{options_.capacity_blocks}, std::move(policy), clock),
+      planner_(&pool_, &index_, options_.model.block_tokens) {}
+
+KvCache::~KvCache() = default;
+
+// ---------------------------------------------------------------- sessions
+
+KvCache::SessionChain KvCache::TakeChain(absl::string_view salt, SequenceId sequence,
+                                         absl::Span<const TokenId> tokens, int64_t* hashed) {
+  std::optional<SessionChain> cached;
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    auto it = sessions_.find(sequence);
+    if (it != sessions_.end()) {
+      session_tokens_ -= it->second.chain.token_count();
+      session_lru_.erase(it->second.lru_it);
+      cached.emplace(std::move(it->second));
+      sessions_.erase(it);
+    }
+  }
+  // Verified outside the lock: same salt, and every cached token matches.
+  if (cached.has_value() && cached->chain.salt() == salt && cached->chain.IsPrefixOf(tokens)) {
+    const int64_t before = cached->chain.token_count();
+    const int64_t b = cached->chain.block_tokens();
+    const int64_t added = static_cast<int64_t>(tokens.size()) - before;
+    *hashed = added > 0 ? added + before % b : 0;
+    cached->chain.Extend(tokens.subspan(static_cast<size_t>(before)));
+    return std::move(*cached);
+  }
+  SessionChain fresh{HashChain(salt, options_.model.block_tokens), {}, {}};
+  fresh.chain.Extend(tokens);
+  *hashed = static_cast<int64_t>(tokens.size());
+  return fresh;
+}
+
+void KvCache::PutChain(SequenceId sequence, SessionChain chain) {
+  absl::MutexLock lock(&sessions_mu_);
+  if (chain.chain.token_count() > options_.session_chain_token_budget) return;
+  auto it = sessions_.find(sequence);
+  if (it != sessions_.end()) {  // a concurrent step of the same session got there first
+    session_tokens_ -= it->second.chain.token_count();
+    session_lru_.erase(it->second.lru_it);
+    sessions_.erase(it);
+  }
+  session_lru_.push_front(sequence);
+  chain.lru_it = session_lru_.begin();
+  session_tokens_ += chain.chain.token_count();
+  sessions_.emplace(sequence, std::move(chain));
+  while (session_tokens_ > options_.session_chain_token_budget) {
+    auto victim = sessions_.find(session_lru_.back());
+    session_tokens_ -= victim->second.chain.token_count();
+    sessions_.erase(victim);
+    session_lru_.pop_back();
+  }
+}
+
+void KvCache::ForgetSession(SequenceId sequence) {
+  absl::MutexLock lock(&sessions_mu_);
+  auto it = sessions_.find(sequence);
+  if (it == sessions_.end()) return;
+  session_tokens_ -= it->second.chain.token_count();
+  session_lru_.erase(it->second.lru_it);
+  sessions_.erase(it);
+}
+
+// ---------------------------------------------------------------- steps
+
+absl::StatusOr<StepLease> KvCache::BeginStep(const StepRequest& request) {
+  return BeginStep(request.salt, request.sequence, request.tokens);
+}
+
+absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId sequence,
+                                             absl::Span<const TokenId> tokens) {
+  if (tokens.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("BeginStep: sequence ", sequence, " has no tokens"));
+  }
+  if (tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat("BeginStep: sequence ", sequence, " has ",
+                                                   tokens.size(), " tokens, more than int32 positions"));
+  }
+  int64_t hashed = 0;
+  SessionChain chain = TakeChain(salt, sequence, tokens, &hashed);
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    hashed_tokens_ += hashed;
+  }
+  PlanInput input;
+  input.sequence = sequence;
+  input.context_tokens = static_cast<int64_t>(tokens.size());
+  input.hashes = chain.chain.hashes();
+  input.residency_hint = chain.page_ids;
+  input.contiguous_prefix_only = pool_.contiguous_prefix_only();
+  absl::StatusOr<PlannedStep> planned = planner_.Plan(input);
+  if (!planned.ok()) {
+    PutChain(sequence, std::move(chain));
+    return absl::Status(planned.status().code(),
+                        absl::StrCat("BeginStep: sequence ", sequence, ": ", planned.status().message()));
+  }
+  Emit(KvEvent::Kind::kRemoved, planned->evicted);
+  chain.page_ids = planned->plan.page_ids;
+
+  const StepPlan& plan = planned->plan;
+  Lease lease;
+  lease.sequence = sequence;
+  lease.deadline = clock_->Now() + options_.lease_timeout;
+  lease.pins = std::move(planned->resident_pins);
+  lease.allocated = plan.allocated;
+  lease.to_seal.reserve(plan.allocated.size());
+  for (size_t i = 0; i < plan.allocated.size(); ++i) {
+    const int32_t k = plan.allocated_pages[i];
+    IndexedBlockInfo info;
+    info.id = plan.allocated[i];
+    info.hash = plan.hashes[k];
+    info.parent_hash = k == 0 ? BlockHash{} : plan.hashes[k - 1];
+    info.position = plan.page_positions[k];
+    info.tokens = plan.page_lengths[k];
+    info.owner = sequence;
+    lease.to_seal.push_back(info);
+  }
+  PutChain(sequence, std::move(chain));
+
+  StepLease result;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    result.lease_id = next_lease_id_++;
+    ++steps_;
+    hit_tokens_ += plan.hit_tokens;
+    rebuild_tokens_ += plan.rebuild_tokens;
+    new_tokens_ += plan.new_tokens;
+    leases_.emplace(result.lease_id, std::move(lease));
+  }
+  result.plan = std::move(planned->plan);
+  return result;
+}
+
+absl::Status KvCache::CommitStep(uint64_t lease_id) {
+  Lease lease;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) {
+      return absl::NotFoundError(absl::StrCat("CommitStep: no lease ", lease_id,
+                                              " (never issued, released or expired)"));
+    }
+    if (it->second.committed) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("CommitStep: lease ", lease_id, " is already committed"));
+    }
+    // Taken out while the pool and index are updated (no lock held); a
+    // concurrent Commit/Release of the same lease sees NOT_FOUND meanwhile.
+    lease = std::move(it->second);
+    leases_.erase(it);
+  }
+  // Index first, then seal: a concurrent planner that finds the entry before
+  // the seal fails PinIfIndexed (block still writing) and treats it as a miss.
+  std::vector<IndexedBlockInfo> sealing;
+  std::vector<BlockId> duplicates;
+  sealing.reserve(lease.to_seal.size());
+  for (const IndexedBlockInfo& info : lease.to_seal) {
+    const PrefixIndex::Entry entry{info.id, info.position};
+    bool indexed = false;
+    for (int attempt = 0; attempt < 4 && !indexed; ++attempt) {
+      if (index_.Insert(info.hash, entry).ok()) {
+        indexed = true;
+        break;
+      }
+      const std::optional<PrefixIndex::Entry> existing = index_.Lookup(info.hash);
+      if (!existing.has_value()) continue;  // erased meanwhile: insert again
+      // Stale only when the existing block is free or sealed under another
+      // hash; a sealed twin or a block being written is kept (ours is a duplicate).
+      const BlockState s = pool_.state(existing->id);
+      const std::optional<IndexedBlockInfo> other = pool_.sealed_info(existing->id);
+      const bool stale = s == BlockState::kFree || (other.has_value() && other->hash != info.hash);
+      if (!stale) break;
+      indexed = index_.Replace(info.hash, existing->id, entry);
+    }
+    if (indexed) {
+      sealing.push_back(info);
+    } else {
+      duplicates.push_back(info.id);
+    }
+  }
+  const absl::Status sealed = pool_.SealMany(sealing, &lease.pins);
+  ABSL_RAW_CHECK(sealed.ok(), "CommitStep: sealing the lease's own blocks failed");
+  lease.allocated = std::move(duplicates);
+  lease.to_seal.clear();
+  lease.committed = true;
+  lease.deadline = clock_->Now() + options_.lease_timeout;
+  EmitStored(sealing);
+  absl::MutexLock lock(&leases_mu_);
+  leases_.emplace(lease_id, std::move(lease));
+  return absl::OkStatus();
+}
+
+void KvCache::ReleaseLease(Lease lease) {
+  lease.pins.Reset();
+  const absl::Status aborted = pool_.AbortMany(lease.allocated);
+  ABSL_RAW_CHECK(aborted.ok(), "ReleaseStep: freeing the lease's own blocks failed");
+}
+
+absl::Status KvCache::ReleaseStep(uint64_t lease_id) {
+  Lease lease;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) {
+      return absl::NotFoundError(absl::StrCat("ReleaseStep: no lease ", lease_id,
+                                              " (never issued, released or expired)"));
+    }
+    lease = std::move(it->second);
+    leases_.erase(it);
+  }
+  ReleaseLease(std::move(lease));
+  return absl::OkStatus();
+}
+
+int64_t KvCache::ExpireLeases() {
+  const absl::Time now = clock_->Now();
+  std::vector<Lease> expired;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    for (auto it = leases_.begin(); it != leases_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second));
+        leases_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (Lease& lease : expired) ReleaseLease(std::move(lease));
+  return static_cast<int64_t>(expired.size());
+}
+
+// ---------------------------------------------------------------- pins, invalidation
+
+absl::StatusOr<BlockPool::PinSet> KvCache::PinContext(absl::string_view salt,
+                                                      absl::Span<const TokenId> tokens) {
+  if (tokens.empty()) return absl::InvalidArgumentError("PinContext: no tokens");
+  const std::vector<BlockHash> hashes = ChainHashes(salt, tokens, options_.model.block_tokens);
+  std::vector<PrefixIndex::Entry> found;
+  index_.LookupMany(hashes, &found);
+  std::vector<BlockId> ids;
+  ids.reserve(found.size());
+  for (const PrefixIndex::Entry& e : found) ids.push_back(e.id);
+  BlockPool::PinSet pins;
+  std::vector<bool> pinned;
+  pool_.PinIndexedMany(ids, hashes, std::nullopt, &pins, &pinned);
+  return pins;
+}
+
+absl::Status KvCache::InvalidateBlock(BlockId id) {
+  absl::StatusOr<EvictedBlock> dropped = pool_.Invalidate(id);
+  if (!dropped.ok()) return dropped.status();
+  index_.EraseIf(dropped->hash, dropped->id);
+  Emit(KvEvent::Kind::kRemoved, absl::MakeConstSpan(&*dropped, 1));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- events, stats
+
+void KvCache::SetEventListener(std::function<void(const KvEvent&)> listener) {
+  absl::MutexLock lock(&events_mu_);
+  listener_ = std::move(listener);
+}
+
+void KvCache::Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks) {
+  if (blocks.empty()) return;
+  absl::MutexLock lock(&events_mu_);
+  for (const EvictedBlock& b : blocks) {
+    const KvEvent event{kind, b.hash, b.position, next_event_++};
+    if (listener_) listener_(event);
+  }
+}
+
+void KvCache::EmitStored(absl::Span<const IndexedBlockInfo> blocks) {
+  if (blocks.empty()) return;
+  absl::MutexLock lock(&events_mu_);
+  for (const IndexedBlockInfo& b : blocks) {
+    const KvEvent event{KvEvent::Kind::kStored, b.hash, b.position, next_event_++};
+    if (listener_) listener_(event);
+  }
+}
+
+KvCache::Stats KvCache::GetStats() const {
+  Stats stats;
+  stats.pool = pool_.GetStats();
+  stats.indexed_blocks = static_cast<int64_t>(index_.size());
+  {
+    absl::MutexLock lock(&leases_mu_);
+    stats.active_leases = static_cast<int64_t>(leases_.size());
+    stats.steps = steps_;
+    stats.hit_tokens = hit_tokens_;
+    stats.rebuild_tokens = rebuild_tokens_;
+    stats.new_tokens = new_tokens_;
+  }
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    stats.session_chains = static_cast<int64_t>(sessions_.size());
+    stats.session_chain_tokens = session_tokens_;
+    stats.hashed_tokens = hashed_tokens_;
+  }
+  return stats;
+}
+
+absl::Status KvCache::CheckConsistency() const {
+  auto fail = [](auto&&... parts) {
+    return absl::FailedPreconditionError(absl::StrCat("KvCache inconsistent: ", parts...));
+  };
+  const BlockPool::Stats stats = pool_.GetStats();
+  if (stats.free + stats.writing + stats.sealed_evictable + stats.pinned + stats.in_transfer !=
+      stats.capacity) {
+    return fail("pool counts free=", stats.free, " writing=", stats.writing,
+                " evictable=", stats.sealed_evictable, " pinned=", stats.pinned,
+                " in_transfer=", stats.in_transfer, " do not add up to ", stats.capacity);
+  }
+  const auto entries = index_.Snapshot();
+  for (const auto& [hash, entry] : entries) {
+    const std::optional<IndexedBlockInfo> info = pool_.sealed_info(entry.id);
+    if (!info.has_value()) {
+      return fail("index entry ", hash.ToHex(), " -> block ", entry.id, " which is ",
+                  entry.id >= 0 && entry.id < pool_.capacity() ? BlockStateName(pool_.state(entry.id))
+                                                               : "out of range");
+    }
+    if (info->hash != hash || info->position != entry.position) {
+      return fail("index entry ", hash.ToHex(), " -> block ", entry.id, " at ", entry.position,
+                  " but the block holds ", info->hash.ToHex(), " at ", info->position);
+    }
+  }
+  int64_t sealed = 0;
+  int64_t pins_seen = 0;
+  for (BlockId id = 0; id < pool_.capacity(); ++id) {
+    const BlockState s = pool_.state(id);
+    const int pins = pool_.pin_count(id);
+    if ((s == BlockState::kPinned) != (pins > 0)) {
+      return fail("block ", id, " is ", BlockStateName(s), " with ", pins, " pins");
+    }
+    pins_seen += pins > 0;
+    sealed += s == BlockState::kSealed || s == BlockState::kPinned;
+  }
+  if (pins_seen != stats.pinned) return fail("pinned counter ", stats.pinned, " vs ", pins_seen);
+  if (sealed != static_cast<int64_t>(entries.size())) {
+    return fail(sealed, " sealed blocks but ", entries.size(), " index entries");
+  }
+  size_t tracked = 0, evictable = 0;
+  pool_.WithPolicy([&](const EvictionPolicy& policy) {
+    tracked = policy.tracked_count();
+    evictable = policy.evictable_count();
+  });
+  if (static_cast<int64_t>(tracked) != sealed ||
+      static_cast<int64_t>(evictable) != stats.sealed_evictable) {
+    return fail("policy tracks ", tracked, " (", evictable, " evictable), pool has ", sealed,
+                " sealed (", stats.sealed_evictable, " evictable)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace asymcache

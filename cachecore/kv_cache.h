@@ -1,0 +1,207 @@
+// KvCache: the engine's KV cache, the facade the daemon and the simulator use.
+//
+// What it is: a BlockPool (blocks + lifecycle + eviction policy), a PrefixIndex
+// (chain hash -> block), a StepPlanner, per-step leases and a bounded cache of
+// session hash chains. One step of a request:
+//   BeginStep   hash the context (only the new tokens for a known session),
+//               plan it, pin the resident pages, allocate holes + tail;
+//               returns a lease (id + plan). The engine then writes the
+//               allocated blocks.
+//   CommitStep  the allocated blocks were written: index and seal them (the
+//               lease keeps them pinned). A block whose hash another block
+//               indexed meanwhile is a duplicate: it stays private to the lease
+//               and is freed at release.
+//   ReleaseStep drop the lease's pins; allocated blocks not committed are freed.
+// Leases not released within lease_timeout (measured on the injected clock
+// from BeginStep, renewed by CommitStep) are released by ExpireLeases().
+//
+// Session chains: per SequenceId the cache keeps the HashChain of the last
+// BeginStep (its salt, every token, every block hash) and the page ids of
+// that plan. A follow-up BeginStep with the same salt whose tokens start with
+// ALL the cached tokens (compared token by token, a memcmp) hashes only the
+// new tokens (and the old partial last block); otherwise the chain is rebuilt
+// from scratch. Chains are evicted least-recently-used when their total token
+// count exceeds session_chain_token_budget.
+//
+// Invariant at quiescence (no call in flight), checked by CheckConsistency():
+// every index entry maps to a sealed block with that hash and position, and
+// every sealed block is indexed.
+//
+// Thread-safety: thread-safe. Locks: the pool's mutex, the index shards, and
+// the cache's own leases_mu_ / sessions_mu_ / events_mu_ (never held while
+// hashing or planning). The event listener runs under events_mu_ only (no
+// pool/index lock), in sequence_number order; it must not call into KvCache.
+#ifndef ASYMCACHE_CACHECORE_KV_CACHE_H_
+#define ASYMCACHE_CACHECORE_KV_CACHE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cachecore/block_hash.h"
+#include "cachecore/block_pool.h"
+#include "cachecore/clock.h"
+#include "cachecore/eviction_policy.h"
+#include "cachecore/model_config.h"
+#include "cachecore/prefix_index.h"
+#include "cachecore/step_plan.h"
+#include "cachecore/step_planner.h"
+#include "cachecore/types.h"
+
+namespace asymcache {
+
+struct KvCacheOptions {
+  ModelConfig model;                                 // default: llama-3-8b shape, B = 16
+  int64_t capacity_blocks = 0;                       // required, >= 1
+  absl::Duration lease_timeout = absl::Seconds(30);  // > 0
+  int64_t session_chain_token_budget = 16 << 20;     // tokens of cached session chains; 0 = none
+  absl::Status Validate() const;                     // INVALID_ARGUMENT naming the field
+};
+
+struct StepRequest {
+  std::string salt;
+  SequenceId sequence = 0;
+  std::vector<TokenId> tokens;  // the whole context after this step; not empty
+};
+
+struct StepLease {
+  uint64_t lease_id = 0;
+  StepPlan plan;
+};
+
+struct KvEvent {
+  enum class Kind : uint8_t { kStored = 0, kRemoved = 1 };
+  Kind kind = Kind::kStored;
+  BlockHash hash;
+  int64_t position = 0;
+  uint64_t sequence_number = 0;  // 1, 2, 3, ... per KvCache
+};
+
+class KvCache {
+ public:
+  // INVALID_ARGUMENT for bad options or a null policy/clock. The clock must
+  // outlive the cache.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(KvCacheOptions options,
+                                                         std::unique_ptr<EvictionPolicy> policy,
+                                                         Clock* clock);
+  ~KvCache();
+
+  // INVALID_ARGUMENT for empty tokens (or > INT32_MAX); RESOURCE_EXHAUSTED when
+  // the pool cannot supply the holes and tail (nothing pinned or allocated
+  // then).
+  absl::StatusOr<StepLease> BeginStep(const StepRequest& request);
+  absl::StatusOr<StepLease> BeginStep(absl::string_view salt, SequenceId sequence,
+                                      absl::Span<const TokenId> tokens);
+  // NOT_FOUND for an unknown (or expired) lease; FAILED_PRECONDITION if
+  // already committed.
+  absl::Status CommitStep(uint64_t lease_id);
+  // NOT_FOUND for an unknown (or expired) lease.
+  absl::Status ReleaseStep(uint64_t lease_id);
+  // Releases every lease whose deadline is <= now. Returns how many.
+  int64_t ExpireLeases();
+
+  // Pins every resident page of a context (non-contiguous; nothing is
+  // allocated) and hands the pins out, e.g. for an agent job waiting on a tool
+  // call. An empty set is a miss, not an error. INVALID_ARGUMENT for empty tokens.
+  absl::StatusOr<BlockPool::PinSet> PinContext(absl::string_view salt,
+                                               absl::Span<const TokenId> tokens);
+  // Drops an unpinned sealed block from pool and index (kRemoved event).
+  // FAILED_PRECONDITION when it is pinned or not sealed.
+  absl::Status InvalidateBlock(BlockId id);
+  // Forgets the cached hash chain of a session (e.g. when it ends).
+  void ForgetSession(SequenceId sequence);
+
+  void SetEventListener(std::function<void(const KvEvent&)> listener);
+  void SetLoadHint(int64_t step_tokens) { pool_.SetLoadHint(step_tokens); }
+
+  struct Stats {
+    BlockPool::Stats pool;
+    int64_t indexed_blocks = 0;
+    int64_t active_leases = 0;
+    int64_t session_chains = 0;
+    int64_t session_chain_tokens = 0;
+    int64_t steps = 0;            // successful BeginStep calls
+    int64_t hit_tokens = 0;       // summed over steps
+    int64_t rebuild_tokens = 0;
+    int64_t new_tokens = 0;
+    int64_t hashed_tokens = 0;    // tokens hashed by BeginStep (chain reuse saves these)
+  };
+  Stats GetStats() const;
+
+  // Verifies the quiescent invariant (see above) and the pool's counters.
+  // FAILED_PRECONDITION describing the first violation. O(capacity + index).
+  absl::Status CheckConsistency() const;
+
+  const ModelConfig& model() const { return options_.model; }
+  const KvCacheOptions& options() const { return options_; }
+  BlockPool& pool() { return pool_; }
+  const BlockPool& pool() const { return pool_; }
+  const PrefixIndex& index() const { return index_; }
+
+ private:
+  struct Lease {
+    SequenceId sequence = 0;
+    absl::Time deadline;
+    bool committed = false;
+    BlockPool::PinSet pins;              // resident pages, then sealed allocated pages
+    std::vector<BlockId> allocated;      // not yet sealed (uncommitted) or duplicates
+    std::vector<IndexedBlockInfo> to_seal;  // identities of `allocated` (before commit)
+  };
+  struct SessionChain {
+    HashChain chain;
+    std::vector<BlockId> page_ids;  // of the last plan (residency hint)
+    std::list<SequenceId>::iterator lru_it;
+  };
+
+  KvCache(KvCacheOptions options, std::unique_ptr<EvictionPolicy> policy, Clock* clock);
+
+  // Takes the session's chain out of the cache (or builds one) and extends it
+  // to `tokens`. Adds to hashed_tokens.
+  SessionChain TakeChain(absl::string_view salt, SequenceId sequence,
+                         absl::Span<const TokenId> tokens, int64_t* hashed);
+  void PutChain(SequenceId sequence, SessionChain chain);
+  void ReleaseLease(Lease lease);
+  void Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks);
+  void EmitStored(absl::Span<const IndexedBlockInfo> blocks);
+
+  // Immutable after construction.
+  const KvCacheOptions options_;
+  Clock* const clock_;
+  BlockPool pool_;
+  PrefixIndex index_;
+  const StepPlanner planner_;
+
+  mutable absl::Mutex leases_mu_;
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
+  uint64_t next_lease_id_ ABSL_GUARDED_BY(leases_mu_) = 1;
+  int64_t steps_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  int64_t hit_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  int64_t rebuild_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  int64_t new_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
+
+  mutable absl::Mutex sessions_mu_;
+  absl::flat_hash_map<SequenceId, SessionChain> sessions_ ABSL_GUARDED_BY(sessions_mu_);
+  std::list<SequenceId> session_lru_ ABSL_GUARDED_BY(sessions_mu_);  // front = most recent
+  int64_t session_tokens_ ABSL_GUARDED_BY(sessions_mu_) = 0;
+  int64_t hashed_tokens_ ABSL_GUARDED_BY(sessions_mu_) = 0;
+
+  mutable absl::Mutex events_mu_;
+  std::function<void(const KvEvent&)> listener_ ABSL_GUARDED_BY(events_mu_);
+  uint64_t next_event_ ABSL_GUARDED_BY(events_mu_) = 1;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_CACHECORE_KV_CACHE_H_

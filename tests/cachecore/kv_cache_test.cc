@@ -1,0 +1,431 @@
+#include "cachecore/kv_cache.h"
+
+#include <iostream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/container/flat_hash_map.h"
+
+namespace asymcache {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kB = 16;
+
+std::unique_ptr<KvCache> MakeCache(FakeClock* clock, int64_t capacity,
+                                   const std::string& policy_name = "lru",
+                                   const CostModel* cost = nullptr) {
+  KvCacheOptions options;
+  options.model = *ModelConfig::Named("tiny");
+  options.capacity_blocks = capacity;
+  options.lease_timeout = absl::Seconds(10);
+  auto policy = MakeEvictionPolicy(policy_name, cost);
+  EXPECT_TRUE(policy.ok()) << policy.status();
+  auto cache = KvCache::Create(options, *std::move(policy), clock);
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  return *std::move(cache);
+}
+
+std::vector<TokenId> Tokens(int n, int base = 0) {
+  std::vector<TokenId> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) t[i] = base + i;
+  return t;
+}
+
+TEST(KvCacheTest, OptionsAndCreateErrors) {
+  FakeClock clock;
+  KvCacheOptions options;
+  options.capacity_blocks = 0;
+  EXPECT_THAT(options.Validate().message(), HasSubstr("capacity_blocks"));
+  options.capacity_blocks = 8;
+  options.lease_timeout = absl::ZeroDuration();
+  EXPECT_THAT(options.Validate().message(), HasSubstr("lease_timeout"));
+  options.lease_timeout = absl::Seconds(1);
+  options.model.num_layers = 0;
+  EXPECT_THAT(options.Validate().message(), HasSubstr("num_layers"));
+  options.model.num_layers = 2;
+  EXPECT_EQ(KvCache::Create(options, nullptr, &clock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), &clock).ok());
+}
+
+TEST(KvCacheTest, BadInputAndLeaseErrors) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 8);
+  absl::StatusOr<StepLease> empty = cache->BeginStep(StepRequest{"s", 4, {}});
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(empty.status().message(), HasSubstr("no tokens"));
+  EXPECT_EQ(cache->CommitStep(12345).code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(cache->ReleaseStep(12345).message(), HasSubstr("no lease 12345"));
+  auto lease = cache->BeginStep(StepRequest{"s", 1, Tokens(40)});
+  ASSERT_TRUE(lease.ok());
+  ASSERT_TRUE(cache->CommitStep(lease->lease_id).ok());
+  const absl::Status twice = cache->CommitStep(lease->lease_id);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(twice.message(), HasSubstr("already committed"));
+  ASSERT_TRUE(cache->ReleaseStep(lease->lease_id).ok());
+  EXPECT_EQ(cache->ReleaseStep(lease->lease_id).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(cache->PinContext("s", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, ExhaustionChangesNothing) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 5);
+  auto held = cache->BeginStep(StepRequest{"s", 1, Tokens(48)});  // 3 blocks
+  ASSERT_TRUE(held.ok());
+  ASSERT_TRUE(cache->CommitStep(held->lease_id).ok());
+  auto blocker = cache->BeginStep(StepRequest{"s", 3, Tokens(16, 5000)});  // 1 block
+  ASSERT_TRUE(blocker.ok());
+  const KvCache::Stats before = cache->GetStats();
+  // Shares the first 3 blocks, needs 2 more: only 1 is free, the rest is held.
+  std::vector<TokenId> other = Tokens(80);
+  auto fail = cache->BeginStep(StepRequest{"s", 2, other});
+  EXPECT_EQ(fail.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(fail.status().message(), HasSubstr("sequence 2"));
+  const KvCache::Stats after = cache->GetStats();
+  EXPECT_EQ(after.pool.pinned, before.pool.pinned);
+  EXPECT_EQ(after.pool.writing, before.pool.writing);
+  EXPECT_EQ(after.pool.free, before.pool.free);
+  EXPECT_EQ(after.pool.evictions, before.pool.evictions);
+  EXPECT_EQ(after.active_leases, 2);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+  ASSERT_TRUE(cache->ReleaseStep(blocker->lease_id).ok());
+  // Now two blocks are free: the bigger step fits, reusing the held prefix.
+  auto ok = cache->BeginStep(StepRequest{"s", 2, other});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->plan.hit_tokens, 48);
+  EXPECT_EQ(ok->plan.new_tokens, 32);
+}
+
+TEST(KvCacheTest, LeasesExpireOnTheFakeClock) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 16);
+  auto uncommitted = cache->BeginStep(StepRequest{"s", 1, Tokens(32)});
+  ASSERT_TRUE(uncommitted.ok());
+  clock.Advance(absl::Seconds(6));
+  auto committed = cache->BeginStep(StepRequest{"s", 2, Tokens(32, 1000)});
+  ASSERT_TRUE(committed.ok());
+  ASSERT_TRUE(cache->CommitStep(committed->lease_id).ok());
+  EXPECT_EQ(cache->ExpireLeases(), 0);
+  clock.Advance(absl::Seconds(4));  // first lease hits its 10 s deadline
+  EXPECT_EQ(cache->ExpireLeases(), 1);
+  EXPECT_EQ(cache->GetStats().pool.writing, 0);  // its blocks were freed
+  EXPECT_EQ(cache->CommitStep(uncommitted->lease_id).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(cache->GetStats().pool.pinned, 2);
+  clock.Advance(absl::Seconds(6));  // commit renewed the second one to 16 s
+  EXPECT_EQ(cache->ExpireLeases(), 1);
+  EXPECT_EQ(cache->GetStats().pool.pinned, 0);
+  EXPECT_EQ(cache->GetStats().pool.sealed_evictable, 2);
+  EXPECT_EQ(cache->GetStats().active_leases, 0);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, FollowUpTurnHashesOnlyNewTokensAndReusesBlocks) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 64);
+  std::vector<TokenId> turn1 = Tokens(40);  // 2 full + 1 partial (8)
+  auto a = cache->BeginStep(StepRequest{"s", 1, turn1});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().hashed_tokens, 40);
+
+  std::vector<TokenId> turn2 = turn1;
+  for (int i = 0; i < 30; ++i) turn2.push_back(5000 + i);  // 70 tokens
+  auto b = cache->BeginStep(StepRequest{"s", 1, turn2});
+  ASSERT_TRUE(b.ok());
+  // 30 new tokens + the 8 of the old partial block.
+  EXPECT_EQ(cache->GetStats().hashed_tokens, 40 + 38);
+  EXPECT_EQ(b->plan.hit_tokens, 32);
+  EXPECT_EQ(b->plan.new_tokens, 38);
+  EXPECT_EQ(b->plan.hashes, ChainHashes("s", turn2, kB));
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+
+  // An edited early token: the chain is rebuilt and the edited block misses.
+  std::vector<TokenId> edited = turn2;
+  edited[3] = -9;
+  auto c = cache->BeginStep(StepRequest{"s", 1, edited});
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(cache->GetStats().hashed_tokens, 40 + 38 + 70);
+  EXPECT_EQ(c->plan.hashes, ChainHashes("s", edited, kB));
+  EXPECT_EQ(c->plan.hit_tokens, 0);
+  ASSERT_TRUE(cache->ReleaseStep(c->lease_id).ok());
+
+  // Another salt never hits this tenant's blocks.
+  auto d = cache->BeginStep(StepRequest{"other-tenant", 2, turn1});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->plan.hit_tokens, 0);
+  ASSERT_TRUE(cache->ReleaseStep(d->lease_id).ok());
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, SessionChainsAreBoundedByTokenBudget) {
+  FakeClock clock;
+  KvCacheOptions options;
+  options.model = *ModelConfig::Named("tiny");
+  options.capacity_blocks = 64;
+  options.session_chain_token_budget = 100;
+  auto cache = *KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), &clock);
+  for (SequenceId s = 1; s <= 4; ++s) {
+    auto lease = cache->BeginStep(StepRequest{"s", s, Tokens(40, int(s) * 100)});
+    ASSERT_TRUE(lease.ok());
+    ASSERT_TRUE(cache->ReleaseStep(lease->lease_id).ok());
+    EXPECT_LE(cache->GetStats().session_chain_tokens, 100);
+  }
+  EXPECT_EQ(cache->GetStats().session_chains, 2);
+  cache->ForgetSession(4);
+  EXPECT_EQ(cache->GetStats().session_chains, 1);
+}
+
+TEST(KvCacheTest, EventsReportStoredAndRemovedInOrder) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 3);
+  std::vector<KvEvent> events;
+  cache->SetEventListener([&events](const KvEvent& e) { events.push_back(e); });
+  const auto tokens = Tokens(40);
+  auto a = cache->BeginStep(StepRequest{"s", 1, tokens});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  const auto hashes = ChainHashes("s", tokens, kB);
+  ASSERT_EQ(events.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(events[i].kind, KvEvent::Kind::kStored);
+    EXPECT_EQ(events[i].hash, hashes[i]);
+    EXPECT_EQ(events[i].position, i * kB);
+    EXPECT_EQ(events[i].sequence_number, uint64_t(i + 1));
+  }
+  auto b = cache->BeginStep(StepRequest{"s", 2, Tokens(16, 900)});  // evicts one
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[3].kind, KvEvent::Kind::kRemoved);
+  EXPECT_EQ(events[3].sequence_number, 4u);
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  // Invalidation reports too.
+  const BlockId victim = a->plan.page_ids[2] == b->plan.page_ids[0] ? a->plan.page_ids[1]
+                                                                    : a->plan.page_ids[2];
+  if (cache->pool().state(victim) == BlockState::kSealed) {
+    ASSERT_TRUE(cache->InvalidateBlock(victim).ok());
+    EXPECT_EQ(events.back().kind, KvEvent::Kind::kRemoved);
+  }
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, PinContextHoldsBlocksAgainstEviction) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 4);
+  const auto tokens = Tokens(48);
+  auto a = cache->BeginStep(StepRequest{"s", 1, tokens});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  absl::StatusOr<BlockPool::PinSet> pins = cache->PinContext("s", tokens);
+  ASSERT_TRUE(pins.ok());
+  EXPECT_EQ(pins->size(), 3u);
+  EXPECT_TRUE(cache->PinContext("other", tokens)->empty());  // a miss is a value
+  // Only one block is free; the pinned ones cannot be taken.
+  EXPECT_EQ(cache->BeginStep(StepRequest{"s", 2, Tokens(32, 7000)}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  pins->Reset();
+  EXPECT_TRUE(cache->BeginStep(StepRequest{"s", 2, Tokens(32, 7000)}).ok());
+}
+
+TEST(KvCacheTest, ConcurrentDuplicateWritersKeepOneIndexedCopy) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 16);
+  const auto tokens = Tokens(32);
+  auto a = cache->BeginStep(StepRequest{"s", 1, tokens});
+  auto b = cache->BeginStep(StepRequest{"s", 2, tokens});  // misses too: a not committed
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->plan.hit_tokens, 0);
+  ASSERT_TRUE(cache->CommitStep(a->lease_id).ok());
+  ASSERT_TRUE(cache->CommitStep(b->lease_id).ok());  // duplicates stay private to b
+  EXPECT_EQ(cache->GetStats().indexed_blocks, 2);
+  EXPECT_EQ(cache->GetStats().pool.writing, 2);
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().pool.writing, 0);
+  EXPECT_EQ(cache->GetStats().pool.free, 14);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+// Randomized operations: never evict a pinned or in-use block, never exceed
+// capacity, index and pool consistent after every operation, no leak at the end.
+void RunRandomCacheOps(uint32_t seed, const std::string& policy_name) {
+  SCOPED_TRACE(testing::Message() << "seed " << seed << " policy " << policy_name);
+  FakeClock clock;
+  const ModelConfig model = *ModelConfig::Named("tiny");
+  CostModel cost(model, CostModel::DefaultCpu(model));
+  constexpr int64_t kCapacity = 48;
+  auto cache = MakeCache(&clock, kCapacity, policy_name, &cost);
+  std::mt19937 rng(seed);
+  // Held blocks: every page of a live lease and every PinContext pin, with the
+  // hash it must keep.
+  struct Held {
+    std::vector<std::pair<BlockId, BlockHash>> blocks;
+    bool committed = false;
+  };
+  std::map<uint64_t, Held> leases;
+  std::vector<std::pair<BlockPool::PinSet, std::vector<std::pair<BlockId, BlockHash>>>> agent_pins;
+  std::vector<std::vector<TokenId>> contexts(6);
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    // Contexts 0-2 share a 32-token prefix.
+    contexts[i] = i < 3 ? Tokens(32, 0) : Tokens(8 + static_cast<int>(rng() % 40), 10000 * int(i));
+  }
+  absl::flat_hash_map<BlockHash, int> removed_while_held;
+  cache->SetEventListener([&](const KvEvent& e) {
+    if (e.kind != KvEvent::Kind::kRemoved) return;
+    for (const auto& [id, held] : leases) {
+      for (const auto& [bid, hash] : held.blocks) {
+        if (hash == e.hash && cache->pool().state(bid) != BlockState::kWriting) ++removed_while_held[hash];
+      }
+    }
+  });
+  for (int step = 0; step < 1500; ++step) {
+    clock.Advance(absl::Milliseconds(rng() % 800));
+    const int op = static_cast<int>(rng() % 7);
+    if (op <= 1) {  // begin a step: grow a context and plan it
+      const size_t c = rng() % contexts.size();
+      const int grow = static_cast<int>(rng() % 24);
+      for (int i = 0; i < grow; ++i) contexts[c].push_back(static_cast<TokenId>(rng() % 50000));
+      auto lease = cache->BeginStep(StepRequest{"salt", SequenceId(c + 1), contexts[c]});
+      if (!lease.ok()) {
+        ASSERT_EQ(lease.status().code(), absl::StatusCode::kResourceExhausted) << lease.status();
+        if (contexts[c].size() > 400) contexts[c].resize(32);
+      } else {
+        ASSERT_TRUE(ValidateStepPlan(lease->plan).ok()) << ValidateStepPlan(lease->plan);
+        ASSERT_EQ(lease->plan.hashes, ChainHashes("salt", contexts[c], kB));
+        Held held;
+        for (size_t k = 0; k < lease->plan.page_ids.size(); ++k) {
+          held.blocks.emplace_back(lease->plan.page_ids[k], lease->plan.hashes[k]);
+        }
+        leases[lease->lease_id] = std::move(held);
+      }
+    } else if (op == 2 && !leases.empty()) {
+      auto it = leases.begin();
+      std::advance(it, rng() % leases.size());
+      const absl::Status s = cache->CommitStep(it->first);
+      ASSERT_EQ(s.ok(), !it->second.committed) << s;
+      it->second.committed = true;
+    } else if (op == 3 && !leases.empty()) {
+      auto it = leases.begin();
+      std::advance(it, rng() % leases.size());
+      ASSERT_TRUE(cache->ReleaseStep(it->first).ok());
+      leases.erase(it);
+    } else if (op == 4) {
+      clock.Advance(absl::Seconds(rng() % 6));
+      const int64_t expired = cache->ExpireLeases();
+      ASSERT_GE(expired, 0);
+      for (auto it = leases.begin(); it != leases.end();) {
+        if (cache->CommitStep(it->first).code() == absl::StatusCode::kNotFound) {
+          it = leases.erase(it);
+        } else {
+          it->second.committed = true;
+          ++it;
+        }
+      }
+    } else if (op == 5) {
+      if (!agent_pins.empty() && rng() % 2) {
+        agent_pins.erase(agent_pins.begin() + static_cast<std::ptrdiff_t>(rng() % agent_pins.size()));
+      } else {
+        const auto& ctx = contexts[rng() % contexts.size()];
+        auto pins = cache->PinContext("salt", ctx);
+        ASSERT_TRUE(pins.ok());
+        std::vector<std::pair<BlockId, BlockHash>> blocks;
+        for (BlockId id : pins->ids()) blocks.emplace_back(id, cache->pool().sealed_info(id)->hash);
+        agent_pins.emplace_back(*std::move(pins), std::move(blocks));
+      }
+    } else if (op == 6) {
+      const BlockId id = static_cast<BlockId>(rng() % kCapacity);
+      const BlockState before = cache->pool().state(id);
+      const absl::Status s = cache->InvalidateBlock(id);
+      ASSERT_EQ(s.ok(), before == BlockState::kSealed) << s;
+    }
+    // Invariants after every operation.
+    ASSERT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency() << " at step " << step;
+    const KvCache::Stats stats = cache->GetStats();
+    ASSERT_LE(stats.indexed_blocks, kCapacity);
+    ASSERT_EQ(stats.active_leases, static_cast<int64_t>(leases.size()));
+    for (const auto& [id, held] : leases) {
+      for (const auto& [bid, hash] : held.blocks) {
+        const BlockState s = cache->pool().state(bid);
+        ASSERT_NE(s, BlockState::kFree) << "a lease's block was freed";
+        ASSERT_NE(s, BlockState::kSealed) << "a lease's block is evictable";
+        if (s == BlockState::kPinned && held.committed) {
+          // Sealed by this lease or resident: keeps its hash (a duplicate stays writing).
+          ASSERT_EQ(cache->pool().sealed_info(bid)->hash, hash) << "block reused under a lease";
+        }
+      }
+    }
+    for (const auto& [pins, blocks] : agent_pins) {
+      for (const auto& [bid, hash] : blocks) {
+        ASSERT_EQ(cache->pool().state(bid), BlockState::kPinned);
+        ASSERT_EQ(cache->pool().sealed_info(bid)->hash, hash);
+      }
+    }
+  }
+  EXPECT_TRUE(removed_while_held.empty()) << "a held block was evicted";
+  // Release everything: no pins, no writing blocks, nothing leaked.
+  for (const auto& [id, held] : leases) ASSERT_TRUE(cache->ReleaseStep(id).ok());
+  agent_pins.clear();
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.pool.pinned, 0);
+  EXPECT_EQ(stats.pool.writing, 0);
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.pool.free + stats.pool.sealed_evictable, kCapacity);
+  EXPECT_EQ(stats.indexed_blocks, stats.pool.sealed_evictable);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheRandomTest, FixedSeedsEveryPolicy) {
+  for (const std::string& name : EvictionPolicyNames()) {
+    for (uint32_t seed : {7u, 8u}) RunRandomCacheOps(seed, name);
+  }
+}
+
+TEST(KvCacheRandomTest, FreshSeed) {
+  const uint32_t seed = std::random_device{}();
+  std::cout << "KvCacheRandomTest.FreshSeed seed " << seed << "\n";
+  for (const std::string& name : EvictionPolicyNames()) RunRandomCacheOps(seed, name);
+}
+
+TEST(KvCacheThreadTest, ConcurrentStepsStayConsistent) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 256);
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&cache, t] {
+      std::mt19937 rng(100 + t);
+      std::vector<TokenId> ctx = Tokens(64, 0);  // shared prefix across threads
+      for (int i = 0; i < 300; ++i) {
+        for (int k = 0; k < 8; ++k) ctx.push_back(static_cast<TokenId>(rng() % 1000));
+        if (ctx.size() > 600) ctx.resize(64);
+        auto lease = cache->BeginStep(StepRequest{"s", SequenceId(t + 1), ctx});
+        if (!lease.ok()) {
+          ASSERT_EQ(lease.status().code(), absl::StatusCode::kResourceExhausted);
+          continue;
+        }
+        if (rng() % 4) ASSERT_TRUE(cache->CommitStep(lease->lease_id).ok());
+        ASSERT_TRUE(cache->ReleaseStep(lease->lease_id).ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.pool.pinned, 0);
+  EXPECT_EQ(stats.pool.writing, 0);
+  EXPECT_GT(stats.hit_tokens, 0);
+}
+
+}  // namespace
+}  // namespace asymcache
