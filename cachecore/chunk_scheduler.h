@@ -1,0 +1,148 @@
+// ChunkScheduler: chooses, for one engine step, which slices of pending
+// prefill/rebuild work run beside the step's decode tokens (DESIGN.md §3.4).
+//
+// Contract:
+//   * The step's token budget (prefill/rebuild query tokens, decodes not
+//     counted) is either fixed (kFixed: the common serving-engine default) or
+//     adaptive (kAdaptive: the largest multiple of `tile_tokens` whose
+//     predicted step latency, decodes included, stays within `tpot_target`;
+//     with no decode waiting it grows to `max_budget_tokens` so a prefill
+//     finishes in as few steps as possible: TTFT first).
+//   * Chunks never exceed the budget in total; sequences are served in the
+//     order given (the caller's FCFS order); within a sequence strictly in
+//     position order, never skipping a run, so every chunk's queries find all
+//     earlier positions present (already resident, rebuilt by an earlier step,
+//     or in this step's earlier chunks of the same sequence).
+//   * A chunk that stops inside a run ends at an absolute position that is a
+//     multiple of `tile_tokens` (block/tile aligned); only the end of a run may
+//     be unaligned. When the budget left cannot reach the next aligned cut of a
+//     sequence, that sequence waits and later sequences' (small) runs are
+//     packed into the remaining budget.
+//   * Latency prediction goes through the CostModel only (see docs/scheduling.md
+//     for how attention work of a chunk is counted).
+//
+// Ownership: borrows the CostModel, which must outlive the scheduler.
+// Thread-safety: immutable after construction; Schedule() is const and may be
+// called concurrently.
+#ifndef ASYMCACHE_CACHECORE_CHUNK_SCHEDULER_H_
+#define ASYMCACHE_CACHECORE_CHUNK_SCHEDULER_H_
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cachecore/cost_model.h"
+#include "cachecore/types.h"
+
+namespace asymcache {
+
+struct ChunkSchedulerOptions {
+  enum class Mode { kFixed, kAdaptive };
+  // kAdaptive is the AsymCache default; kFixed reproduces vLLM/Sarathi-style
+  // token budgets for baselines.
+  Mode mode = Mode::kAdaptive;
+  // kFixed: prefill/rebuild tokens per step. 2048 is vLLM's common
+  // max_num_batched_tokens default for chunked prefill. Multiple of tile_tokens.
+  int64_t fixed_budget_tokens = 2048;
+  // kAdaptive: the largest predicted step latency allowed while decodes wait
+  // (the TPOT SLO). 50 ms is a typical interactive decode SLO and, with the
+  // H100 Llama-3-8B calibration, leaves room for ~2k prefill tokens per step.
+  absl::Duration tpot_target = absl::Milliseconds(50);
+  // Budgets and in-run cuts are multiples of this: the KV block size (16) and
+  // the attention kernels' tile rows, so chunks fill whole blocks.
+  int64_t tile_tokens = 16;
+  // kAdaptive cap when no decode waits (and the search's upper end): 16k tokens
+  // finishes most prompts in one step while bounding one step's activations.
+  // Multiple of tile_tokens.
+  int64_t max_budget_tokens = 16384;
+  // Never starve prefill: even when the decodes alone exceed the target, each
+  // step takes at least this much prefill work. One tile. Multiple of tile_tokens.
+  int64_t min_budget_tokens = 16;
+
+  // INVALID_ARGUMENT naming the field: tile_tokens <= 0; budgets not positive
+  // multiples of tile_tokens; min_budget_tokens > max_budget_tokens;
+  // tpot_target <= 0 or infinite.
+  absl::Status Validate() const;
+};
+
+// One sequence decoding this step: one query token that sees `context_tokens`
+// keys (its whole context, itself included).
+struct DecodeWork {
+  SequenceId sequence = 0;
+  int64_t context_tokens = 0;
+};
+
+// The remaining prefill/rebuild work of one sequence: query runs [begin, end)
+// of absolute positions, sorted, non-overlapping, non-empty (holes first, then
+// the uncached tail, as the StepPlanner emits them), and the sequence's
+// context size (>= the last run's end). Positions outside the runs are
+// resident (or were rebuilt by earlier steps).
+struct PrefillWork {
+  SequenceId sequence = 0;
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  int64_t context_tokens = 0;
+};
+
+// A slice [begin, end) of one run of `sequence`, scheduled this step.
+struct Chunk {
+  SequenceId sequence = 0;
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t tokens() const { return end - begin; }
+  friend bool operator==(const Chunk& a, const Chunk& b) {
+    return a.sequence == b.sequence && a.begin == b.begin && a.end == b.end;
+  }
+};
+
+struct StepSchedule {
+  // In service order: sequences in the order given, each sequence's chunks in
+  // position order (consecutive).
+  std::vector<Chunk> chunks;
+  // The budget chosen (kFixed: fixed_budget_tokens; kAdaptive: the searched
+  // budget, capped at the pending work rounded up to a tile; 0 with no work).
+  int64_t budget_tokens = 0;
+  // Sum of chunk tokens (<= budget_tokens).
+  int64_t prefill_tokens = 0;
+  // CostModel::StepLatency of the decodes plus the chunks.
+  double predicted_latency_s = 0;
+};
+
+class ChunkScheduler {
+ public:
+  // Preconditions: cost non-null and outlives the scheduler;
+  // options.Validate().ok() (checked; a violation aborts).
+  ChunkScheduler(const CostModel* cost, ChunkSchedulerOptions options);
+
+  // Chooses this step's chunks. Preconditions on `pending` as documented on
+  // PrefillWork (checked in debug builds). A sequence should not appear twice.
+  StepSchedule Schedule(absl::Span<const DecodeWork> decodes,
+                        absl::Span<const PrefillWork> pending) const;
+
+  // The chunks that a budget of `budget_tokens` takes from `pending`, by the
+  // rules above (exposed for tests and the simulator's what-ifs).
+  std::vector<Chunk> FillBudget(int64_t budget_tokens,
+                                absl::Span<const PrefillWork> pending) const;
+
+  // Predicted latency of a step running `decodes` plus `chunks` (chunks of one
+  // sequence consecutive and in position order, as FillBudget returns them).
+  double PredictStepLatency(absl::Span<const DecodeWork> decodes,
+                            absl::Span<const Chunk> chunks) const;
+
+  // Attended (query, key) pairs of queries [begin, end) under causal
+  // attention when every earlier position is present:
+  // sum_{q=begin}^{end-1} (q + 1) = (end - begin) * (begin + end + 1) / 2.
+  static int64_t CausalAttendedPairs(int64_t begin, int64_t end);
+
+  const ChunkSchedulerOptions& options() const { return options_; }
+
+ private:
+  const CostModel* const cost_;
+  const ChunkSchedulerOptions options_;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_CACHECORE_CHUNK_SCHEDULER_H_
