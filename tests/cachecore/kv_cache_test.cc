@@ -414,7 +414,9 @@ TEST(KvCacheThreadTest, ConcurrentStepsStayConsistent) {
           ASSERT_EQ(lease.status().code(), absl::StatusCode::kResourceExhausted);
           continue;
         }
-        if (rng() % 4) ASSERT_TRUE(cache->CommitStep(lease->lease_id).ok());
+        if (rng() % 4) {
+          ASSERT_TRUE(cache->CommitStep(lease->lease_id).ok());
+        }
         ASSERT_TRUE(cache->ReleaseStep(lease->lease_id).ok());
       }
     });

@@ -38,7 +38,9 @@ TEST(PrefixIndexTest, LookupManyAgreesWithLookup) {
   std::mt19937 rng(11);
   std::vector<BlockHash> probes;
   for (uint64_t i = 0; i < 3000; ++i) {
-    if (rng() % 2) ASSERT_TRUE(index.Insert(H(i), Entry{static_cast<BlockId>(i), int64_t(i) * 16}).ok());
+    if (rng() % 2) {
+      ASSERT_TRUE(index.Insert(H(i), Entry{static_cast<BlockId>(i), int64_t(i) * 16}).ok());
+    }
     probes.push_back(H(i));
   }
   std::shuffle(probes.begin(), probes.end(), rng);
@@ -49,7 +51,9 @@ TEST(PrefixIndexTest, LookupManyAgreesWithLookup) {
     for (size_t i = 0; i < n; ++i) {
       const std::optional<Entry> one = index.Lookup(probes[i]);
       ASSERT_EQ(one.has_value(), out[i].id != kNoBlock);
-      if (one) ASSERT_EQ(*one, out[i]);
+      if (one) {
+        ASSERT_EQ(*one, out[i]);
+      }
     }
   }
   EXPECT_EQ(index.Snapshot().size(), index.size());
@@ -64,7 +68,9 @@ TEST(PrefixIndexTest, ConcurrentWritersOnDisjointKeys) {
       for (int i = 0; i < kPerThread; ++i) {
         const uint64_t key = uint64_t(t) * kPerThread + i;
         ASSERT_TRUE(index.Insert(H(key), Entry{static_cast<BlockId>(key), 0}).ok());
-        if (i % 2) ASSERT_TRUE(index.EraseIf(H(key), static_cast<BlockId>(key)));
+        if (i % 2) {
+          ASSERT_TRUE(index.EraseIf(H(key), static_cast<BlockId>(key)));
+        }
       }
     });
   }
