@@ -30,6 +30,14 @@ absl::Status AsymPolicyOptions::Validate() const {
         absl::StrCat("AsymPolicyOptions.refresh_interval: must be finite and >= 0, got ",
                      absl::FormatDuration(refresh_interval)));
   }
+  if (search_budget < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AsymPolicyOptions.search_budget: must be >= 0, got ", search_budget));
+  }
+  if (refresh_work_per_victim < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AsymPolicyOptions.refresh_work_per_victim: must be >= 0, got ", refresh_work_per_victim));
+  }
   return absl::OkStatus();
 }
 
@@ -117,6 +125,13 @@ AsymPolicy::AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& optio
     : cost_(cost),
       options_(options),
       refresh_interval_(ClampInterval(asym_options.refresh_interval)),
+      search_budget_(std::max(0, options.sample_sequences > 0
+                                     ? (asym_options.search_budget > 0
+                                            ? std::min(asym_options.search_budget,
+                                                       options.sample_sequences)
+                                            : options.sample_sequences)
+                                     : asym_options.search_budget)),
+      refresh_work_per_victim_(std::max(0, asym_options.refresh_work_per_victim)),
       mode_(mode),
       decay_per_s_(std::log(2.0) / absl::ToDoubleSeconds(options.shared_rate_half_life)),
       seg_cost_(cost->params().segment_overhead_s * cost->model().num_layers) {
@@ -129,7 +144,7 @@ void AsymPolicy::SetLoadHint(int64_t step_tokens) {
   if (!mode_.follow_load || std::max<int64_t>(step_tokens, 0) == load_tokens_) return;
   load_tokens_ = std::max<int64_t>(step_tokens, 0);
   CacheLinearCosts();
-  keys_valid_ = false;  // every value changed: the next search re-keys everything
+  load_changed_ = true;  // every value changed: the next refresh re-keys everything
 }
 
 double AsymPolicy::LinearCost(int64_t tokens) const {
@@ -170,8 +185,8 @@ double AsymPolicy::Value(const Block& b, absl::Time now) const {
 }
 
 double AsymPolicy::SequenceValue(const Sequence& s, absl::Time now) const {
-  const auto& [static_cost, id] = *s.evictable.begin();
-  return (static_cost + LinearCost(blocks_[id].tokens)) / IdleSeconds(s.last_access, now);
+  return (s.cheapest.first + LinearCost(blocks_[s.cheapest.second].tokens)) /
+         IdleSeconds(s.last_access, now);
 }
 
 std::optional<double> AsymPolicy::ValueOf(BlockId id, absl::Time now) const {
@@ -222,9 +237,11 @@ void AsymPolicy::MaybeErase(SequenceId seq) {
   auto it = sequences_.find(seq);
   if (it == sequences_.end() || it->second.private_blocks > 0) return;
   // No private block names it: nothing is evictable under it either.
-  sequence_heap_.Remove(it->second.slot);
-  sequence_by_slot_[it->second.slot] = nullptr;
-  free_slots_.push_back(it->second.slot);
+  if (const int32_t slot = it->second.slot; slot >= 0) {
+    sequence_heap_.Remove(slot);
+    sequence_by_slot_[slot] = nullptr;
+    free_slots_.push_back(slot);
+  }
   sequences_.erase(it);
 }
 
@@ -245,7 +262,10 @@ void AsymPolicy::Insert(BlockId id) {
     Sequence& s = SequenceFor(b.seq);
     const bool new_min = s.evictable.empty() || CostKey{b.static_cost, id} < *s.evictable.begin();
     s.evictable.insert({b.static_cost, id});
-    if (new_min) Rekey(s);
+    if (new_min) {
+      s.cheapest = *s.evictable.begin();
+      Rekey(s);
+    }
   }
 }
 
@@ -259,7 +279,10 @@ void AsymPolicy::Erase(BlockId id) {
     Sequence& s = it->second;
     const bool was_min = !s.evictable.empty() && *s.evictable.begin() == CostKey{b.static_cost, id};
     s.evictable.erase({b.static_cost, id});
-    if (was_min) Rekey(s);
+    if (was_min) {
+      s.cheapest = s.evictable.empty() ? CostKey{0, kNoBlock} : *s.evictable.begin();
+      Rekey(s);
+    }
   }
 }
 
@@ -380,8 +403,19 @@ void AsymPolicy::OnAccess(BlockId id, SequenceId seq, absl::Time now) {
 
 void AsymPolicy::RefreshKeys(absl::Time now) {
   ++stats_.refreshes;
+  // Once keys are valid every change keeps the heaps complete.
+  const bool heaps_complete = keys_valid_;
   horizon_ = now + refresh_interval_;
   keys_valid_ = true;
+  load_changed_ = false;
+  searches_since_refresh_ = 0;
+  if (heaps_complete) {
+    // The heaps hold exactly the candidates: recompute their keys in place.
+    sequence_heap_.Rekey(
+        [&](int32_t slot) { return SequenceValue(*sequence_by_slot_[slot], horizon_); });
+    shared_heap_.Rekey([&](int32_t id) { return Value(blocks_[id], horizon_); });
+    return;
+  }
   std::vector<KeyHeap::Entry> entries;
   entries.reserve(sequences_.size());
   for (const auto& [seq, s] : sequences_) {
@@ -438,7 +472,7 @@ BlockId AsymPolicy::Search(absl::Time now) {
       victim = id;
     }
     ++evaluated;
-    if (options_.sample_sequences > 0 && evaluated >= options_.sample_sequences) break;
+    if (search_budget_ > 0 && evaluated >= search_budget_) break;
     push(c.shared, 2 * c.index + 1);
     push(c.shared, 2 * c.index + 2);
   }
@@ -448,7 +482,16 @@ BlockId AsymPolicy::Search(absl::Time now) {
 
 std::optional<BlockId> AsymPolicy::PopVictim(absl::Time now) {
   if (evictable_ == 0) return std::nullopt;
-  if (!keys_valid_ || now > horizon_) RefreshKeys(now);
+  if (!keys_valid_) {
+    RefreshKeys(now);
+  } else if (now > horizon_ || load_changed_) {
+    const size_t entries = sequence_heap_.entries().size() + shared_heap_.entries().size();
+    if (refresh_work_per_victim_ == 0 || entries < kAlwaysRefreshBelow ||
+        searches_since_refresh_ * refresh_work_per_victim_ >= static_cast<int64_t>(entries)) {
+      RefreshKeys(now);
+    }
+  }
+  ++searches_since_refresh_;
   const BlockId victim = Search(now);
   if (victim == kNoBlock) return std::nullopt;  // unreachable while evictable_ > 0
   Forget(victim);

@@ -27,32 +27,39 @@
 //   Neighbours are found through IndexedBlockInfo.parent_hash; keys of the
 //   neighbours are updated whenever a block enters or leaves the index.
 //
-// Values are never frozen: PopVictim(now) returns a block of minimum value AT
-// `now` (exact; see sample_sequences below for the one approximation). The
-// search is cheap because values only fall while nothing happens (idle times
-// and ages grow, decayed counts shrink), so a value computed for a later time
-// is a lower bound of the value now:
+// Values are never frozen: PopVictim(now) evaluates CURRENT values (idle
+// times grow). Values only fall while nothing happens (idle times and ages
+// grow, decayed counts shrink), so a value computed for a later time is a
+// lower bound of the value now. The search uses that:
 // * Private blocks are grouped per sequence in a B-tree ordered by the
 //   load-independent part of their cost (at equal idle time the cheapest
 //   block of a sequence is its minimum). Evictable shared blocks stand alone.
 // * Two indexed min-heaps (sequences, shared blocks) are keyed by the value of
-//   the sequence's cheapest block / the shared block at the HORIZON
-//   T_h = T_refresh + AsymPolicyOptions::refresh_interval. For any now <= T_h
-//   a key is <= the current value. Every event that changes a value (access,
-//   seal, evictability, neighbour change) re-keys its entry at T_h in O(log n).
-// * PopVictim(now) walks both heaps best-first in key order, evaluates the
-//   current value of each entry it meets and stops when the next key is no
-//   lower than the best value found: the result is the exact minimum. Entries
-//   walked are those whose value at T_h is below the minimum now, i.e. few
-//   when refresh_interval is short against idle times.
-// * When now > T_h (or SetLoadHint changed the marginal cost), the next
-//   PopVictim recomputes every key for a new horizon now + refresh_interval:
-//   O(S + shared) with a linear-time heapify. Cost per victim: O(log S) plus
-//   that refresh amortized over the victims popped before the next one (all
-//   victims of one allocation share one `now`, so one refresh per step).
-// With options.sample_sequences = k > 0 a search evaluates at most k entries
-// (approximate, bounded cost). refresh_interval = 0 refreshes at every pop
-// whose `now` moved (kept for tests; same results, more work).
+//   the sequence's cheapest block / of the shared block at the HORIZON
+//   H = T_refresh + refresh_interval; for now <= H a key is <= the current
+//   value. Every event that changes a value (access, seal, evictability,
+//   neighbour change) re-keys its entry at H in O(log n).
+// * PopVictim(now) walks both heaps best-first in key order, evaluates current
+//   values, and stops when the next key is no lower than the best value found
+//   (then the victim is the exact minimum) or after search_budget entries.
+//   Budget bound (now <= H): the victim's value is at most the minimum times
+//   (1 + (H - now) / idle) for a private victim, idle = its sequence's current
+//   idle time (>= kMinIdle), or (1 + (H - now) / age) * 2^((H - now) / h) for
+//   a shared victim of age `age`. With the 5 ms default and idle times of
+//   seconds that is within ~0.5%: near-equal values are where a budget bites
+//   (a min-value policy drives many sequences to near-equal values).
+// * Keys are recomputed for a new horizon now + refresh_interval (O(S + shared
+//   evictable), linear heapify) when a search finds now > H or the load hint
+//   changed, but at most once per (entries / refresh_work_per_victim)
+//   searches when the heaps hold more than kAlwaysRefreshBelow entries. While
+//   a refresh is deferred the keys are values at H < now (or under an older
+//   load): the bound above then holds with (now - H) + refresh_interval in
+//   place of (H - now), and the load change on top.
+// Cost per victim: O(log S) for the re-keys, O(budget log budget) search, and
+// at most refresh_work_per_victim key computations of refresh, amortized.
+// AsymPolicyOptions::Exact() (no budget, refresh whenever now moved past H)
+// always returns the exact minimum; options.sample_sequences = k > 0 caps the
+// budget at k.
 //
 // Contract: implements EvictionPolicy (not thread-safe; the owner serializes
 // calls with non-decreasing `now`). `cost` must outlive the policy. Calls
@@ -79,17 +86,27 @@
 
 namespace asymcache {
 
-// Knobs of the victim search only; they never change which block is chosen
-// (unless sample_sequences > 0), only how much work finding it takes.
+// Knobs of the victim search only (see above): they trade search work against
+// how close the victim's value is to the exact minimum.
 struct AsymPolicyOptions {
-  // How far ahead of a refresh the heap keys are computed (see above). Short:
-  // tight keys, few entries walked per search, but a refresh (O(S)) each time
-  // the clock has moved that far. 0: refresh whenever `now` moved (the
-  // reference behaviour for tests). Must be finite and >= 0. Default 5 ms:
-  // well below the idle times that decide evictions (seconds), and one
-  // refresh per engine step at most.
+  // Keys are values this far ahead of their refresh. Short: tight keys, but a
+  // refresh each time the clock has moved this far. 0: refresh whenever `now`
+  // moved. Finite, >= 0. Default 5 ms: well below the idle times that decide
+  // evictions (seconds), below one engine step.
   absl::Duration refresh_interval = absl::Milliseconds(5);
+  // Current values computed per search at most; 0 = unbounded (exact).
+  // Default 8.
+  int search_budget = 8;
+  // Refresh work allowed per victim, amortized, in key computations; 0 = no
+  // limit (refresh as soon as the horizon passed). Default 32.
+  int refresh_work_per_victim = 32;
 
+  // Exact search: refresh whenever `now` moved, no budget, no refresh limit.
+  static AsymPolicyOptions Exact() {
+    return AsymPolicyOptions{.refresh_interval = absl::ZeroDuration(),
+                             .search_budget = 0,
+                             .refresh_work_per_victim = 0};
+  }
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the bad field
 };
 
@@ -99,9 +116,13 @@ class AsymPolicy : public EvictionPolicy {
   static constexpr int64_t kDefaultLoadTokens = 512;
   // Floor for idle times and ages (a sequence used "right now").
   static constexpr absl::Duration kMinIdle = absl::Milliseconds(1);
+  // Heaps this small are refreshed whenever needed (refresh_work_per_victim
+  // does not apply).
+  static constexpr size_t kAlwaysRefreshBelow = 1024;
 
-  // Precondition: asym_options.Validate().ok() (an invalid interval is
-  // clamped into [0, 1 h]). MakeEvictionPolicy uses the defaults.
+  // Precondition: asym_options.Validate().ok() (invalid values are clamped:
+  // interval into [0, 1 h], counts to >= 0). MakeEvictionPolicy uses the
+  // defaults.
   AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
              const AsymPolicyOptions& asym_options = {});
 
@@ -153,6 +174,12 @@ class AsymPolicy : public EvictionPolicy {
     void Remove(int32_t ref);           // no-op if absent
     // Replaces the contents (refs must be distinct); O(n).
     void Assign(std::vector<Entry> entries);
+    // Recomputes every key as key_of(ref), then restores the heap; O(n).
+    template <typename KeyOf>
+    void Rekey(KeyOf key_of) {
+      for (Entry& e : heap_) e.key = key_of(e.ref);
+      for (size_t i = heap_.size() / 2; i-- > 0;) SiftDown(i);
+    }
     const std::vector<Entry>& entries() const { return heap_; }
 
    private:
@@ -181,6 +208,7 @@ class AsymPolicy : public EvictionPolicy {
     absl::Time last_access = absl::InfinitePast();
     size_t private_blocks = 0;              // tracked private blocks naming it
     absl::btree_set<CostKey> evictable;     // its evictable private blocks
+    CostKey cheapest{0, kNoBlock};          // *evictable.begin() when non-empty
     int32_t slot = -1;                      // its ref in sequence_heap_
   };
 
@@ -216,6 +244,8 @@ class AsymPolicy : public EvictionPolicy {
   const CostModel* cost_;
   const EvictionPolicyOptions options_;
   const absl::Duration refresh_interval_;
+  const int64_t search_budget_;          // 0 = unbounded
+  const int64_t refresh_work_per_victim_;  // 0 = unbounded
   const Mode mode_;
   const double decay_per_s_;  // ln 2 / half-life
   const double seg_cost_;     // c_seg * L
@@ -234,7 +264,10 @@ class AsymPolicy : public EvictionPolicy {
   // sequence with an evictable block keyed by SequenceValue(at horizon_), and
   // shared_heap_ every evictable shared block keyed by Value(at horizon_).
   // While !keys_valid_ both are left alone and rebuilt by the next search.
+  // load_changed_: keys still ordered, but computed under an older load.
   bool keys_valid_ = false;
+  bool load_changed_ = false;         // keys were computed under another load hint
+  int64_t searches_since_refresh_ = 0;
   absl::Time horizon_ = absl::InfinitePast();
   KeyHeap sequence_heap_;  // ref = Sequence::slot
   KeyHeap shared_heap_;    // ref = BlockId

@@ -75,7 +75,9 @@ class EvictionPolicy {
 struct EvictionPolicyOptions {
   // Half-life of the decayed distinct-sequence reuse rate of shared blocks (asym).
   absl::Duration shared_rate_half_life = absl::Seconds(60);
-  // Candidate sequences sampled per victim search (asym, front-first); 0 = exact.
+  // Caps the current values computed per victim search (asym, front-first);
+  // 0 = the policy's own default search budget (AsymPolicyOptions::search_budget,
+  // 8, with the documented error bound in cachecore/asym_policy.h).
   int sample_sequences = 0;
 };
 

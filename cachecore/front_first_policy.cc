@@ -2,8 +2,9 @@
 
 namespace asymcache {
 
-FrontFirstPolicy::FrontFirstPolicy(const CostModel* cost, const EvictionPolicyOptions& options)
-    : AsymPolicy(cost, options,
+FrontFirstPolicy::FrontFirstPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
+                                   const AsymPolicyOptions& asym_options)
+    : AsymPolicy(cost, options, asym_options,
                  Mode{.name = "front-first",
                       .shared_rates = false,
                       .segment_aware = false,

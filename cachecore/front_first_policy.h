@@ -8,7 +8,8 @@
 // per conversation; no shared-block rate), Cost = CostModel::RebuildCost with
 // σ = 1, no Δseg term, and a fixed load of AsymPolicy::kDefaultLoadTokens tokens
 // per step (Pensieve profiles its cost offline; SetLoadHint is ignored). Values
-// are evaluated at PopVictim(now) (idle times grow), never frozen.
+// are evaluated at PopVictim(now) (idle times grow), never frozen; the victim is
+// the exact minimum, found through AsymPolicy's lower-bound heaps.
 //
 // Contract: as AsymPolicy (not thread-safe; `cost` must outlive the policy).
 #ifndef ASYMCACHE_CACHECORE_FRONT_FIRST_POLICY_H_
@@ -20,7 +21,10 @@ namespace asymcache {
 
 class FrontFirstPolicy final : public AsymPolicy {
  public:
-  FrontFirstPolicy(const CostModel* cost, const EvictionPolicyOptions& options);
+  // asym_options: as for AsymPolicy (search knobs only); MakeEvictionPolicy
+  // uses the defaults.
+  FrontFirstPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
+                   const AsymPolicyOptions& asym_options = {});
 };
 
 }  // namespace asymcache
