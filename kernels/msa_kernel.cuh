@@ -1,14 +1,18 @@
 // MSA CUDA device code: the paged multi-segment attention kernel (prefill and
 // decode tiles) and its launcher template. Included only by msa_inst_*.cu.
 //
-// Tile (docs/msa_kernel.md): a CTA of 4 warps runs one MsaWorkItem. Prefill
-// tiles hold 64 packed query rows (4 warps x 16 rows, each warp over the whole
-// KV tile); decode tiles hold 16 rows and the 4 warps split every KV tile into
-// 4 slices, combining their softmax states at the end. K/V tiles of kBlockN
-// keys are gathered page by page with cp.async (16-byte vectors, zero-fill
-// past the end) into a kStages-deep shared-memory ring with an XOR swizzle;
-// QK^T and PV use mma.sync m16n8k16 (16-bit in, fp32 accumulate) fed by
-// ldmatrix. Online softmax in fp32, base 2 (scale * log2 e folded in). Only
+// Tiles (docs/msa_kernel.md): one CTA runs one MsaWorkItem. Prefill tiles
+// (MsaAttentionKernel): 128 packed query rows, 8 warps x 16 rows, each warp
+// over the whole 64-key tile with its Q fragments in registers (D <= 128);
+// each thread gathers a quarter of one key's row per tile from its own
+// page-table lookup (loaded a tile ahead), so the loop has one barrier per
+// tile. Decode tiles (MsaDecodeKernel): 16 rows, 4 warps split every KV tile
+// into 4 slices and combine their softmax states at the end; the tile's keys
+// are resolved into a shared table and copied as whole rows. K/V tiles are
+// gathered page by page with cp.async (16-byte vectors, zero-fill past the
+// end) into a 2-stage shared-memory ring with an XOR swizzle; QK^T and PV use
+// mma.sync m16n8k16 (16-bit in, fp32 accumulate) fed by ldmatrix. Online
+// softmax in fp32, base 2 (scale * log2 e folded into the exponent). Only
 // tiles whose last key position exceeds the item's smallest query position
 // (or that end early) are masked.
 #ifndef ASYMCACHE_KERNELS_MSA_KERNEL_CUH_
@@ -23,8 +27,6 @@
 #include "kernels/msa_launch.cuh"
 
 namespace asymcache::msa::cuda {
-
-constexpr int kMsaThreads = 128;
 
 // ---- element types --------------------------------------------------------
 
@@ -111,8 +113,470 @@ __device__ __forceinline__ int Swizzle(int row, int chunk) {
 
 // ---- tile configuration ---------------------------------------------------
 
+// Prefill: 8 warps x 16 rows = 128 packed rows, every warp over the whole KV
+// tile, Q fragments in registers for D <= 128, a 2-stage ring, one barrier per
+// tile. The kDecode = true shape (16 rows, 4 warps over 16-key slices) still
+// compiles but is not launched: decode tiles run MsaDecodeKernel below.
 template <int kHeadDim, bool kDecode>
 struct MsaTileConfig {
+  // m16 row tiles per warp (2 = FA2-style 4 warps x 32 rows: measured
+  // slower at one CTA per SM, docs/msa_kernel.md).
+  static constexpr int kMT = 1;
+  static constexpr int kWarpsM = kDecode ? 1 : 8 / kMT;
+  static constexpr int kWarpsN = kDecode ? 4 : 1;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kRows = 16 * kMT * kWarpsM;
+  static constexpr int kBlockN = (!kDecode && kHeadDim == 256) ? 32 : 64;
+  static constexpr int kStages = 2;  // 3 stages measured 1-2% slower for prefill
+  static constexpr bool kQInRegs = !kDecode && kHeadDim <= 128 && kMT == 1;
+  // Issue the next tile before waiting (2 barriers per tile, kStages - 1
+  // tiles in flight during the wait) or after (1 barrier, kStages - 2;
+  // measured 3-4% faster for prefill).
+  static constexpr bool kIssueEarly = kDecode;
+  static constexpr int kWarpKeys = kBlockN / kWarpsN;  // keys per warp per tile
+  static constexpr int kChunks = kHeadDim / 8;         // 16-byte chunks per row
+  static constexpr int kOStride = kHeadDim + 8;        // fp32 epilogue row stride
+  // K/V gather: kThreadsPerKey threads copy one key's row, kChunksPerThread
+  // 16-byte chunks each (the threads of a key cover adjacent chunks per copy).
+  // The tile is copied in kGatherRounds rounds of kKeysPerRound keys. Decode
+  // (bandwidth-bound) uses 16 threads per key so each copy instruction reads
+  // whole 256-byte rows; prefill one round (fewer page-table lookups).
+  static constexpr int kThreadsPerKey =
+      kDecode ? (kChunks < 16 ? kChunks : 16) : kThreads / kBlockN;
+  static constexpr int kChunksPerThread = kChunks / kThreadsPerKey;
+  static constexpr int kKeysPerRound = kThreads / kThreadsPerKey;
+  static constexpr int kGatherRounds = kBlockN / kKeysPerRound;
+  static_assert(kWarpKeys % 16 == 0, "each warp needs whole k16 steps of keys");
+  static_assert(kThreads % kThreadsPerKey == 0 && kChunks % kThreadsPerKey == 0 &&
+                    kBlockN % kKeysPerRound == 0,
+                "gather layout");
+  static_assert(kStages >= 2, "the ring needs two stages at least");
+
+  static constexpr int kQBytes = kRows * kHeadDim * 2;
+  static constexpr int kKvBytes = 2 * kStages * kBlockN * kHeadDim * 2;
+  static constexpr int kEpilogueBytes = kWarpsN * kRows * (kOStride + 2) * 4;
+  // The epilogue's fp32 buffer aliases Q and the KV ring (both dead by then).
+  static constexpr int kRegionBytes =
+      kQBytes + kKvBytes > kEpilogueBytes ? kQBytes + kKvBytes : kEpilogueBytes;
+  static constexpr int kTableBytes = kStages * kBlockN * 4 + 16 + kRows * 4;
+  static constexpr int kSmemBytes = kRegionBytes + kTableBytes;
+};
+
+// ---- attention kernel -----------------------------------------------------
+
+template <typename T, int kHeadDim, bool kDecode>
+__global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
+    MsaAttentionKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
+  using Cfg = MsaTileConfig<kHeadDim, kDecode>;
+  using Ops = ElementOps<T>;
+  constexpr int D = kHeadDim;
+  constexpr int kThreads = Cfg::kThreads;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kChunks = Cfg::kChunks;
+  constexpr int kRows = Cfg::kRows;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* s_q = reinterpret_cast<T*>(smem);
+  T* s_k = reinterpret_cast<T*>(smem + Cfg::kQBytes);
+  T* s_v = s_k + kStages * kBlockN * D;
+  float* s_o = reinterpret_cast<float*>(smem);  // epilogue alias of Q and the KV ring
+  int32_t* s_tok_pos = reinterpret_cast<int32_t*>(smem + Cfg::kRegionBytes);
+  int32_t* s_flag = s_tok_pos + kStages * kBlockN;  // 4 slots reserved
+  int32_t* s_row_qpos = s_flag + 4;
+
+  const MsaWorkItem item = p.items[item_base + blockIdx.x];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wm = warp / Cfg::kWarpsN;
+  const int wn = warp % Cfg::kWarpsN;
+  const int group = p.group_size;
+  const T* q = static_cast<const T*>(p.q);
+  const T* kv = static_cast<const T*>(p.kv_pool);
+
+  // Q tile (rows past num_rows are zero) and each row's query position.
+  for (int c = tid; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int ch = c % kChunks;
+    const bool valid = r < item.num_rows;
+    const T* src = q;
+    if (valid) {
+      const int64_t token = item.q_token_begin + r / group;
+      const int head = item.kv_head * group + r % group;
+      src = q + (token * p.num_q_heads + head) * D + ch * 8;
+    }
+    CpAsync16(SmemAddr(s_q + Swizzle<D>(r, ch)), src, valid);
+  }
+  CpAsyncCommit();
+  for (int r = tid; r < kRows; r += kThreads) {
+    s_row_qpos[r] = r < item.num_rows ? p.q_pos[item.q_token_begin + r / group] : -1;
+  }
+
+  // K/V gather. In round r this thread copies chunks of key
+  // r * kKeysPerRound + gather_key of each tile. Its page-table entries are
+  // loaded one loop iteration before the tile is issued (in registers), so
+  // the loads overlap a tile of compute.
+  constexpr int kRounds = Cfg::kGatherRounds;
+  const int gather_key = tid / Cfg::kThreadsPerKey;
+  const int gather_lane = tid % Cfg::kThreadsPerKey;
+  struct KeyEntry {
+    int32_t page_id;
+    int32_t page_pos;
+    int32_t in_page;  // -1: past the item's end
+  };
+  struct TileEntries {
+    KeyEntry key[kRounds];
+  };
+  auto load_entries = [&](int tile) {
+    TileEntries entries;
+#pragma unroll
+    for (int round = 0; round < kRounds; ++round) {
+      KeyEntry e{0, 0, -1};
+      const int t =
+          item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key;
+      if (t < item.kv_end) {
+        int gp;
+        if (item.uniform_pages) {
+          const int page = t / p.page_size;
+          gp = item.page_begin + page;
+          e.in_page = t - page * p.page_size;
+        } else {
+          int lo = 0;
+          int hi = item.num_pages - 1;  // largest page with token_start <= t
+          while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (p.page_token_start[item.page_begin + mid] <= t) {
+              lo = mid;
+            } else {
+              hi = mid - 1;
+            }
+          }
+          gp = item.page_begin + lo;
+          e.in_page = t - p.page_token_start[gp];
+        }
+        e.page_id = p.page_ids[gp];
+        e.page_pos = p.page_pos[gp];
+      }
+      entries.key[round] = e;
+    }
+    return entries;
+  };
+  // Copies tile `tile` into ring slot `slot` and records its key positions
+  // and whether it needs the causal mask.
+  auto issue_tile = [&](const TileEntries& entries, int tile, int slot) {
+    T* dst_k = s_k + slot * kBlockN * D;
+    T* dst_v = s_v + slot * kBlockN * D;
+    const int last = min(kBlockN, item.kv_end - (item.kv_begin + tile * kBlockN)) - 1;
+#pragma unroll
+    for (int round = 0; round < kRounds; ++round) {
+      const KeyEntry& e = entries.key[round];
+      const int key = round * Cfg::kKeysPerRound + gather_key;
+      const bool valid = e.in_page >= 0;
+      int64_t off = 0;
+      if (valid) {
+        off = static_cast<int64_t>(e.page_id) * p.page_stride + e.in_page * p.token_stride +
+              static_cast<int64_t>(item.kv_head) * D;
+      }
+      const T* src_k = kv + off;
+      const T* src_v = src_k + p.kv_half_stride;
+#pragma unroll
+      for (int i = 0; i < Cfg::kChunksPerThread; ++i) {
+        const int ch = gather_lane + i * Cfg::kThreadsPerKey;
+        const int so = Swizzle<D>(key, ch);
+        CpAsync16(SmemAddr(dst_k + so), valid ? src_k + ch * 8 : kv, valid);
+        CpAsync16(SmemAddr(dst_v + so), valid ? src_v + ch * 8 : kv, valid);
+      }
+      if (gather_lane == 0) {
+        const int32_t pos = valid ? e.page_pos + e.in_page : INT32_MAX;
+        s_tok_pos[slot * kBlockN + key] = pos;
+        if (key == last) s_flag[slot] = (last < kBlockN - 1 || pos > item.q_pos_min) ? 1 : 0;
+      }
+    }
+  };
+
+  // Prologue: tiles 0 .. kStages-2 in flight, the next entries in registers.
+  const int num_tiles = (item.kv_end - item.kv_begin + kBlockN - 1) / kBlockN;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_tiles) issue_tile(load_entries(s), s, s);
+    CpAsyncCommit();
+  }
+  TileEntries next_entries{};
+  if (kStages - 1 < num_tiles) next_entries = load_entries(kStages - 1);
+
+  const int g = lane >> 2;
+  const int t4 = lane & 3;
+  constexpr int kMT = Cfg::kMT;
+  const int row_base = wm * 16 * kMT;
+  const int key_base = wn * Cfg::kWarpKeys;
+
+  // Q fragments in registers (prefill, D <= 128): loaded once, after the Q
+  // group (committed first) has landed.
+  constexpr int kQFrags = Cfg::kQInRegs ? D / 16 : 1;
+  uint32_t q_frag[kQFrags][4];
+  if constexpr (Cfg::kQInRegs) {
+    CpAsyncWait<kStages - 1>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int r = row_base + (lane & 15);
+      Ldmatrix4(q_frag[kk], SmemAddr(s_q + Swizzle<D>(r, kk * 2 + (lane >> 4))));
+    }
+  }
+
+  float o_acc[kMT][D / 8][4];
+  float row_max[kMT][2];  // scaled (base 2)
+  float row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o_acc[mt][i][0] = o_acc[mt][i][1] = o_acc[mt][i][2] = o_acc[mt][i][3] = 0.0f;
+    }
+    row_max[mt][0] = row_max[mt][1] = ASYMCACHE_MSA_NEG_INF;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+  const float scale = p.scale_log2;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    // Wait for tile `tile` (this thread's copies); the barrier makes every
+    // thread's copies visible. Tile `ahead` goes into the slot of tile - 1.
+    const int ahead = tile + kStages - 1;
+    if constexpr (Cfg::kIssueEarly) {
+      // The slot of tile - 1 was freed by the barrier closing the last
+      // iteration: issue first, so kStages - 1 tiles are in flight while
+      // this thread waits for tile `tile`.
+      if (ahead < num_tiles) issue_tile(next_entries, ahead, ahead % kStages);
+      CpAsyncCommit();
+      if (ahead + 1 < num_tiles) next_entries = load_entries(ahead + 1);
+      CpAsyncWait<kStages - 1>();
+      __syncthreads();
+    } else {
+      // Wait first; the barrier also frees the slot of tile - 1.
+      CpAsyncWait<kStages - 2>();
+      __syncthreads();
+      if (ahead < num_tiles) issue_tile(next_entries, ahead, ahead % kStages);
+      CpAsyncCommit();
+      if (ahead + 1 < num_tiles) next_entries = load_entries(ahead + 1);
+    }
+
+    // Warps whose rows are all past the item's rows only help gather.
+    if (row_base < item.num_rows) {
+      const int slot = tile % kStages;
+      const T* k_s = s_k + slot * kBlockN * D;
+      const T* v_s = s_v + slot * kBlockN * D;
+
+      // S = Q K^T (raw scores) for this warp's rows x kWarpKeys keys; each K
+      // fragment feeds kMT m16 tiles.
+      constexpr int kNb = Cfg::kWarpKeys / 8;
+      float s_acc[kMT][kNb][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int i = 0; i < kNb; ++i) {
+          s_acc[mt][i][0] = s_acc[mt][i][1] = s_acc[mt][i][2] = s_acc[mt][i][3] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[kMT][4];
+        if constexpr (Cfg::kQInRegs) {
+          a[0][0] = q_frag[kk][0];
+          a[0][1] = q_frag[kk][1];
+          a[0][2] = q_frag[kk][2];
+          a[0][3] = q_frag[kk][3];
+        } else {
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            const int r = row_base + mt * 16 + (lane & 15);
+            Ldmatrix4(a[mt], SmemAddr(s_q + Swizzle<D>(r, kk * 2 + (lane >> 4))));
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < kNb; nb += 2) {
+          uint32_t b[4];
+          const int r = key_base + nb * 8 + (lane & 7) + ((lane >> 4) << 3);
+          Ldmatrix4(b, SmemAddr(k_s + Swizzle<D>(r, kk * 2 + ((lane >> 3) & 1))));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Ops::Mma(s_acc[mt][nb], a[mt], b[0], b[1]);
+            Ops::Mma(s_acc[mt][nb + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+
+      // Mask, online softmax (rows g and g + 8 of each m16 tile). The scale
+      // (> 0) is folded into the exponent: p = 2^(s * scale - max * scale).
+      const bool need_mask = s_flag[slot] != 0;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if (need_mask) {
+          const int qp0 = s_row_qpos[row_base + mt * 16 + g];
+          const int qp1 = s_row_qpos[row_base + mt * 16 + g + 8];
+#pragma unroll
+          for (int nb = 0; nb < kNb; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int kp = s_tok_pos[slot * kBlockN + key_base + nb * 8 + 2 * t4 + e];
+              if (kp > qp0) s_acc[mt][nb][e] = ASYMCACHE_MSA_NEG_INF;
+              if (kp > qp1) s_acc[mt][nb][2 + e] = ASYMCACHE_MSA_NEG_INF;
+            }
+          }
+        }
+        float tile_max0 = ASYMCACHE_MSA_NEG_INF;
+        float tile_max1 = ASYMCACHE_MSA_NEG_INF;
+#pragma unroll
+        for (int nb = 0; nb < kNb; ++nb) {
+          tile_max0 = fmaxf(tile_max0, fmaxf(s_acc[mt][nb][0], s_acc[mt][nb][1]));
+          tile_max1 = fmaxf(tile_max1, fmaxf(s_acc[mt][nb][2], s_acc[mt][nb][3]));
+        }
+        tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 1));
+        tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 2));
+        tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 1));
+        tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 2));
+        const float new_max0 = fmaxf(row_max[mt][0], tile_max0 * scale);
+        const float new_max1 = fmaxf(row_max[mt][1], tile_max1 * scale);
+        const float base0 = new_max0 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max0;
+        const float base1 = new_max1 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max1;
+        const float alpha0 = FastExp2(row_max[mt][0] - base0);
+        const float alpha1 = FastExp2(row_max[mt][1] - base1);
+        row_max[mt][0] = new_max0;
+        row_max[mt][1] = new_max1;
+        row_sum[mt][0] *= alpha0;
+        row_sum[mt][1] *= alpha1;
+#pragma unroll
+        for (int nb = 0; nb < kNb; ++nb) {
+          s_acc[mt][nb][0] = FastExp2(fmaf(s_acc[mt][nb][0], scale, -base0));
+          s_acc[mt][nb][1] = FastExp2(fmaf(s_acc[mt][nb][1], scale, -base0));
+          s_acc[mt][nb][2] = FastExp2(fmaf(s_acc[mt][nb][2], scale, -base1));
+          s_acc[mt][nb][3] = FastExp2(fmaf(s_acc[mt][nb][3], scale, -base1));
+          row_sum[mt][0] += s_acc[mt][nb][0] + s_acc[mt][nb][1];
+          row_sum[mt][1] += s_acc[mt][nb][2] + s_acc[mt][nb][3];
+        }
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          o_acc[mt][nd][0] *= alpha0;
+          o_acc[mt][nd][1] *= alpha0;
+          o_acc[mt][nd][2] *= alpha1;
+          o_acc[mt][nd][3] *= alpha1;
+        }
+      }
+
+      // O += P V; each V fragment feeds kMT m16 tiles.
+#pragma unroll
+      for (int kt = 0; kt < Cfg::kWarpKeys / 16; ++kt) {
+        uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          a[mt][0] = Ops::Pack(s_acc[mt][2 * kt][0], s_acc[mt][2 * kt][1]);
+          a[mt][1] = Ops::Pack(s_acc[mt][2 * kt][2], s_acc[mt][2 * kt][3]);
+          a[mt][2] = Ops::Pack(s_acc[mt][2 * kt + 1][0], s_acc[mt][2 * kt + 1][1]);
+          a[mt][3] = Ops::Pack(s_acc[mt][2 * kt + 1][2], s_acc[mt][2 * kt + 1][3]);
+        }
+        const int r = key_base + kt * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd += 2) {
+          uint32_t b[4];
+          Ldmatrix4Trans(b, SmemAddr(v_s + Swizzle<D>(r, nd + (lane >> 4))));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Ops::Mma(o_acc[mt][nd], a[mt], b[0], b[1]);
+            Ops::Mma(o_acc[mt][nd + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+    if constexpr (Cfg::kIssueEarly) __syncthreads();  // frees this tile's slot
+  }
+  CpAsyncWait<0>();
+  __syncthreads();
+
+  // Epilogue: every warp's (max, sum, O) to shared memory, then combine.
+  constexpr int kOStride = Cfg::kOStride;
+  float* s_ow = s_o + wn * kRows * kOStride;
+  float* s_m = s_o + Cfg::kWarpsN * kRows * kOStride;
+  float* s_l = s_m + Cfg::kWarpsN * kRows;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_sum[mt][h] += __shfl_xor_sync(0xffffffffu, row_sum[mt][h], 1);
+      row_sum[mt][h] += __shfl_xor_sync(0xffffffffu, row_sum[mt][h], 2);
+    }
+    const int r0 = row_base + mt * 16 + g;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) {
+      const int col = nd * 8 + 2 * t4;
+      *reinterpret_cast<float2*>(&s_ow[r0 * kOStride + col]) =
+          make_float2(o_acc[mt][nd][0], o_acc[mt][nd][1]);
+      *reinterpret_cast<float2*>(&s_ow[(r0 + 8) * kOStride + col]) =
+          make_float2(o_acc[mt][nd][2], o_acc[mt][nd][3]);
+    }
+    if (t4 == 0) {
+      s_m[wn * kRows + r0] = row_max[mt][0];
+      s_l[wn * kRows + r0] = row_sum[mt][0];
+      s_m[wn * kRows + r0 + 8] = row_max[mt][1];
+      s_l[wn * kRows + r0 + 8] = row_sum[mt][1];
+    }
+  }
+  __syncthreads();
+
+  const bool partial = item.partial_row >= 0;
+  T* out = static_cast<T*>(p.out);
+  for (int c = tid; c < item.num_rows * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int ch = c % kChunks;
+    float mx = ASYMCACHE_MSA_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < Cfg::kWarpsN; ++w) mx = fmaxf(mx, s_m[w * kRows + r]);
+    const float base = mx == ASYMCACHE_MSA_NEG_INF ? 0.0f : mx;
+    float sum = 0.0f;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+    for (int w = 0; w < Cfg::kWarpsN; ++w) {
+      const float scale = FastExp2(s_m[w * kRows + r] - base);
+      sum += s_l[w * kRows + r] * scale;
+      const float* src = s_o + (w * kRows + r) * kOStride + ch * 8;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += src[j] * scale;
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float lse_value = sum > 0.0f ? base + __log2f(sum) : ASYMCACHE_MSA_NEG_INF;
+    if (partial) {
+      float* dst = p.partial_out + static_cast<int64_t>(item.partial_row + r) * D + ch * 8;
+      *reinterpret_cast<float4*>(dst) =
+          make_float4(acc[0] * inv, acc[1] * inv, acc[2] * inv, acc[3] * inv);
+      *reinterpret_cast<float4*>(dst + 4) =
+          make_float4(acc[4] * inv, acc[5] * inv, acc[6] * inv, acc[7] * inv);
+      if (ch == 0) p.partial_lse[item.partial_row + r] = lse_value;
+    } else {
+      const int64_t token = item.q_token_begin + r / group;
+      const int head = item.kv_head * group + r % group;
+      const int64_t row = token * p.num_q_heads + head;
+      uint4 packed;
+      packed.x = Ops::Pack(acc[0] * inv, acc[1] * inv);
+      packed.y = Ops::Pack(acc[2] * inv, acc[3] * inv);
+      packed.z = Ops::Pack(acc[4] * inv, acc[5] * inv);
+      packed.w = Ops::Pack(acc[6] * inv, acc[7] * inv);
+      *reinterpret_cast<uint4*>(out + row * D + ch * 8) = packed;
+      if (ch == 0 && p.lse != nullptr) p.lse[row] = lse_value;
+    }
+  }
+}
+
+constexpr int kMsaDecodeThreads = 128;
+
+// ---- decode kernel ----------------------------------------------------------
+//
+// Decode tiles (16 rows) keep the first kernel's gather: 64 threads resolve
+// the tile's keys into a shared (offset, position) table, then all 128
+// threads copy whole 256-byte rows; the next tile is issued before waiting
+// (2 tiles in flight). It reaches ~3.0 TB/s; the prefill kernel's per-thread
+// gather ran decode 5-25% slower (docs/msa_kernel.md).
+
+template <int kHeadDim, bool kDecode>
+struct MsaDecodeTileConfig {
   static constexpr int kWarpsM = kDecode ? 1 : 4;
   static constexpr int kWarpsN = kDecode ? 4 : 1;
   static constexpr int kRows = 16 * kWarpsM;
@@ -134,9 +598,9 @@ struct MsaTileConfig {
 // ---- attention kernel -----------------------------------------------------
 
 template <typename T, int kHeadDim, bool kDecode>
-__global__ void __launch_bounds__(kMsaThreads)
-    MsaAttentionKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
-  using Cfg = MsaTileConfig<kHeadDim, kDecode>;
+__global__ void __launch_bounds__(kMsaDecodeThreads)
+    MsaDecodeKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
+  using Cfg = MsaDecodeTileConfig<kHeadDim, kDecode>;
   using Ops = ElementOps<T>;
   constexpr int D = kHeadDim;
   constexpr int kBlockN = Cfg::kBlockN;
@@ -165,7 +629,7 @@ __global__ void __launch_bounds__(kMsaThreads)
   const T* kv = static_cast<const T*>(p.kv_pool);
 
   // Q tile (rows past num_rows are zero) and each row's query position.
-  for (int c = tid; c < kRows * kChunks; c += kMsaThreads) {
+  for (int c = tid; c < kRows * kChunks; c += kMsaDecodeThreads) {
     const int r = c / kChunks;
     const int ch = c % kChunks;
     const bool valid = r < item.num_rows;
@@ -177,7 +641,7 @@ __global__ void __launch_bounds__(kMsaThreads)
     }
     CpAsync16(SmemAddr(s_q + Swizzle<D>(r, ch)), src, valid);
   }
-  for (int r = tid; r < kRows; r += kMsaThreads) {
+  for (int r = tid; r < kRows; r += kMsaDecodeThreads) {
     s_row_qpos[r] = r < item.num_rows ? p.q_pos[item.q_token_begin + r / group] : -1;
   }
 
@@ -233,7 +697,7 @@ __global__ void __launch_bounds__(kMsaThreads)
     }
   };
   auto issue_tile = [&](int slot) {
-    for (int c = tid; c < kBlockN * kChunks; c += kMsaThreads) {
+    for (int c = tid; c < kBlockN * kChunks; c += kMsaDecodeThreads) {
       const int r = c / kChunks;
       const int ch = c % kChunks;
       const int64_t off = s_tok_off[slot * kBlockN + r];
@@ -404,7 +868,7 @@ __global__ void __launch_bounds__(kMsaThreads)
 
   const bool partial = item.partial_row >= 0;
   T* out = static_cast<T*>(p.out);
-  for (int c = tid; c < item.num_rows * kChunks; c += kMsaThreads) {
+  for (int c = tid; c < item.num_rows * kChunks; c += kMsaDecodeThreads) {
     const int r = c / kChunks;
     const int ch = c % kChunks;
     float mx = ASYMCACHE_MSA_NEG_INF;
@@ -449,11 +913,23 @@ template <typename T, int kHeadDim, bool kDecode>
 cudaError_t LaunchMsaAttentionTiles(const MsaKernelParams& params, int32_t item_base,
                                     int32_t num_items, cudaStream_t stream) {
   if (num_items <= 0) return cudaSuccess;
-  constexpr int kSmem = MsaTileConfig<kHeadDim, kDecode>::kSmemBytes;
-  auto kernel = MsaAttentionKernel<T, kHeadDim, kDecode>;
-  ASYMCACHE_CUDA_TRY(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  kernel<<<num_items, kMsaThreads, kSmem, stream>>>(params, item_base);
+  if constexpr (kDecode) {
+    using Cfg = MsaDecodeTileConfig<kHeadDim, true>;
+    constexpr int kSmem = Cfg::kSmemBytes;
+    static_assert(Cfg::kRows == kMsaDecodeTileRows, "planner/kernel decode rows");
+    auto kernel = MsaDecodeKernel<T, kHeadDim, true>;
+    ASYMCACHE_CUDA_TRY(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    kernel<<<num_items, kMsaDecodeThreads, kSmem, stream>>>(params, item_base);
+  } else {
+    using Cfg = MsaTileConfig<kHeadDim, false>;
+    constexpr int kSmem = Cfg::kSmemBytes;
+    static_assert(Cfg::kRows == kMsaPrefillTileRows, "planner/kernel prefill rows");
+    auto kernel = MsaAttentionKernel<T, kHeadDim, false>;
+    ASYMCACHE_CUDA_TRY(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    kernel<<<num_items, Cfg::kThreads, kSmem, stream>>>(params, item_base);
+  }
   return cudaGetLastError();
 }
 

@@ -48,14 +48,14 @@ struct MsaKernelParams {
   int64_t token_stride = 0;     // elements per token row of a page: Hkv * D
 };
 
-// Runs items [0, num_prefill) with 64-row tiles and
+// Runs items [0, num_prefill) with 128-row tiles and
 // [num_prefill, num_prefill + num_decode) with 16-row tiles.
 template <typename T, int kHeadDim>
 cudaError_t LaunchMsaAttention(const MsaKernelParams& params, int32_t num_prefill,
                                int32_t num_decode, cudaStream_t stream);
 
 // Merges the partial states of split items into out/lse. max_rows bounds
-// the groups' num_rows (16 when every split item is a decode tile, else 64).
+// the groups' num_rows (16 when every split item is a decode tile, else 128).
 template <typename T>
 cudaError_t LaunchMsaMerge(const MsaMergeGroup* groups, int32_t num_groups,
                            const float* partial_out, const float* partial_lse, void* out,

@@ -19,7 +19,7 @@ size_t AlignUp(size_t value) { return (value + kAlign - 1) / kAlign * kAlign; }
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Upper bound on unsplit items: decode sequences take one tile, prefill
-// sequences ceil(rows / 64) <= rows / 64 + 1, per kv head.
+// sequences ceil(rows / tile) <= rows / tile + 1, per kv head.
 int64_t UnsplitItemBound(const AttentionShape& shape, int64_t max_batch, int64_t max_total_q) {
   const int64_t rows = max_total_q * shape.group_size();
   return static_cast<int64_t>(shape.num_kv_heads) *
@@ -69,6 +69,10 @@ struct TileItem {
   MsaWorkItem item;
   bool decode;
 };
+
+// CTA slots an item takes in the split-KV target: the prefill kernel runs
+// 8 warps per CTA (one CTA per SM), the decode kernel 4.
+int64_t SlotsOf(const TileItem& t) { return t.decode ? 1 : 2; }
 
 }  // namespace
 
@@ -202,24 +206,28 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   // 2. Chunk size.
   const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
   int32_t chunk = 0;
-  auto items_with_chunk = [&](int64_t c) {
+  auto slots_with_chunk = [&](int64_t c) {
     int64_t n = 0;
-    for (const TileItem& t : tiles) n += std::max<int64_t>(1, CeilDiv(t.item.kv_end, c));
+    for (const TileItem& t : tiles) {
+      n += SlotsOf(t) * std::max<int64_t>(1, CeilDiv(t.item.kv_end, c));
+    }
     return n;
   };
+  int64_t unsplit_slots = 0;
+  for (const TileItem& t : tiles) unsplit_slots += SlotsOf(t);
   if (options.forced_kv_chunk_tokens > 0) {
     chunk = options.forced_kv_chunk_tokens;
   } else if (options.allow_split_kv && !tiles.empty() &&
-             static_cast<int64_t>(tiles.size()) < target) {
+             unsplit_slots < target) {
     int32_t max_kv = 0;
     for (const TileItem& t : tiles) max_kv = std::max(max_kv, t.item.kv_end);
-    // Smallest multiple of 128 (>= min) with items <= target; items(c) is
+    // Smallest multiple of 128 (>= min) with slots <= target; slots(c) is
     // non-increasing in c.
     int64_t lo = options.min_kv_chunk_tokens / 128;
     int64_t hi = std::max<int64_t>(lo, CeilDiv(max_kv, 128));
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
-      if (items_with_chunk(mid * 128) <= target) {
+      if (slots_with_chunk(mid * 128) <= target) {
         hi = mid;
       } else {
         lo = mid + 1;

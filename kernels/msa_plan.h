@@ -4,12 +4,13 @@
 // What (FlashInfer plan/run, MSA_NOTES.md §3): one work item per
 // (sequence, kv head, query tile of packed GQA rows row = token * G + g, KV
 // chunk). A sequence whose packed rows (q_len * G) fit in 16 uses the decode
-// tile (16 rows); others use 64-row prefill tiles. Each item stores kv_end =
+// tile (16 rows); others use 128-row prefill tiles. Each item stores kv_end =
 // the number of the sequence's keys with position <= the tile's largest query
 // position, so later pages are never read. When the batch has too few items to
-// fill the GPU (fewer than num_sms * target_ctas_per_sm), the KV range of each
-// item is split into chunks (a binary search picks the smallest 128-aligned
-// chunk that keeps #items <= the target); split items write fp32 partial states
+// fill the GPU (fewer than num_sms * target_ctas_per_sm CTA slots; a prefill
+// item is an 8-warp CTA and counts as two slots, a decode item as one), the KV
+// range of each item is split into chunks (a binary search picks the smallest
+// 128-aligned chunk that keeps the slots <= the target); split items write fp32 partial states
 // into the device workspace and a merge pass combines them per row.
 //
 // Workspace: the plan writes, into host_ws, a block that is copied byte for
@@ -40,8 +41,10 @@ struct MsaPlanOptions {
   // Streaming multiprocessors of the target GPU (H100 SXM: 132). Use
   // QueryGpu().sm_count when a device is present.
   int32_t num_sms = 132;
-  // Split-KV target: a batch with fewer items than num_sms * target_ctas_per_sm
-  // is split until it has about that many. Must be >= 1.
+  // Split-KV target, in 4-warp CTA slots per SM (a decode item takes one, a
+  // 128-row prefill item two): a batch needing fewer than
+  // num_sms * target_ctas_per_sm slots is split until it needs about that
+  // many. Must be >= 1.
   int32_t target_ctas_per_sm = 2;
   // Split KV ranges when the batch is too small to fill the GPU.
   bool allow_split_kv = true;
@@ -56,7 +59,7 @@ struct MsaPlanOptions {
 
 // Packed query rows per tile of the two kernels.
 inline constexpr int32_t kMsaDecodeTileRows = 16;
-inline constexpr int32_t kMsaPrefillTileRows = 64;
+inline constexpr int32_t kMsaPrefillTileRows = 128;
 
 // One CTA's work (device layout; 48 bytes).
 struct MsaWorkItem {
@@ -104,7 +107,7 @@ struct MsaPlan {
   int32_t total_pages = 0;
   int64_t num_pool_pages = 0;
 
-  // Work: items [0, num_prefill_items) use 64-row tiles, the next
+  // Work: items [0, num_prefill_items) use 128-row tiles, the next
   // num_decode_items use 16-row tiles.
   int32_t num_prefill_items = 0;
   int32_t num_decode_items = 0;
