@@ -1,0 +1,92 @@
+#include "sim/system.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace asymcache {
+namespace {
+
+struct BaseSystem {
+  const char* name;
+  const char* policy;
+  bool adaptive;
+  bool reuse;
+};
+
+constexpr BaseSystem kSystems[] = {
+    {"vllm", "lru-tail", false, true},
+    {"pensieve", "front-first", false, true},
+    {"asymcache", "asym", true, true},
+    {"asym-fixed", "asym", false, true},
+    {"front-first-adaptive", "front-first", true, true},
+    {"lru-fixed", "lru", false, true},
+    {"none", "lru", false, false},
+};
+
+}  // namespace
+
+std::vector<std::string> SystemNames() {
+  std::vector<std::string> names;
+  for (const BaseSystem& s : kSystems) names.push_back(s.name);
+  return names;
+}
+
+absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
+                                                     int64_t default_budget_tokens,
+                                                     int64_t tile_tokens) {
+  auto bad_budget = [&](int64_t b) {
+    return b <= 0 || tile_tokens <= 0 || b % tile_tokens != 0;
+  };
+  if (bad_budget(default_budget_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat("budget ", default_budget_tokens,
+                                                   " must be a positive multiple of ",
+                                                   tile_tokens));
+  }
+  std::vector<SystemSpec> out;
+  auto add = [&](const SystemSpec& s) {
+    if (std::none_of(out.begin(), out.end(), [&](const SystemSpec& o) { return o.name == s.name; })) {
+      out.push_back(s);
+    }
+  };
+  for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    item = absl::StripAsciiWhitespace(item);
+    std::vector<absl::string_view> parts = absl::StrSplit(item, absl::MaxSplits(':', 1));
+    const absl::string_view base = parts[0];
+    const bool has_budget = parts.size() == 2;
+    int64_t budget = default_budget_tokens;
+    if (has_budget && (!absl::SimpleAtoi(parts[1], &budget) || bad_budget(budget))) {
+      return absl::InvalidArgumentError(absl::StrCat("system '", item, "': budget must be a positive ",
+                                                     "multiple of ", tile_tokens));
+    }
+    if (base == "all") {
+      if (has_budget) return absl::InvalidArgumentError("'all' takes no budget suffix");
+      for (const BaseSystem& b : kSystems) {
+        add(SystemSpec{b.name, b.name, b.policy, b.adaptive, default_budget_tokens, b.reuse});
+      }
+      continue;
+    }
+    const BaseSystem* found = nullptr;
+    for (const BaseSystem& b : kSystems) {
+      if (base == b.name) found = &b;
+    }
+    if (found == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown system '", base, "'; known: all, ",
+                                                     absl::StrJoin(SystemNames(), ", ")));
+    }
+    if (found->adaptive && has_budget) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("system '", base, "' uses adaptive chunking and takes no budget suffix"));
+    }
+    add(SystemSpec{std::string(item), found->name, found->policy, found->adaptive, budget,
+                   found->reuse});
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no system given");
+  return out;
+}
+
+}  // namespace asymcache

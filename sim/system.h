@@ -1,0 +1,51 @@
+// System: what a user picks between — an eviction policy plus a chunking
+// scheduler (plus whether the cache is reused at all).
+//
+// Named systems (`--system`):
+//   vllm                  lru-tail    + fixed budget   (vLLM automatic prefix caching + chunked prefill)
+//   pensieve              front-first + fixed budget   (Pensieve: leading blocks first, non-contiguous reuse)
+//   asymcache             asym        + adaptive budget (ours)
+//   asym-fixed            asym        + fixed budget   (ablation: eviction lever only)
+//   front-first-adaptive  front-first + adaptive       (ablation: chunking lever only)
+//   lru-fixed             lru         + fixed budget   (ablation: plain LRU with non-contiguous reuse)
+//   none                  lru         + fixed budget, no reuse (a fresh salt per request: nothing ever hits)
+// `all` expands to all seven in this order. A fixed-budget system takes an
+// explicit budget with a suffix, e.g. `vllm:512`, `pensieve:8192`; without one
+// it uses the default budget given to ParseSystems (the `--budget` flag).
+//
+// Contract: plain values; thread-safe as values.
+#ifndef ASYMCACHE_SIM_SYSTEM_H_
+#define ASYMCACHE_SIM_SYSTEM_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace asymcache {
+
+struct SystemSpec {
+  std::string name;            // as reported: "vllm", "vllm:512", "asymcache", ...
+  std::string base;            // the named system without a budget suffix
+  std::string policy;          // MakeEvictionPolicy name
+  bool adaptive_chunking = false;
+  int64_t fixed_budget_tokens = 2048;  // used when !adaptive_chunking
+  bool reuse = true;           // false: `none` (every request gets a fresh salt)
+};
+
+// The seven base names, in report order.
+std::vector<std::string> SystemNames();
+
+// Parses a comma-separated list of names (`all` allowed, `name:N` budget
+// suffix for fixed-budget systems). Duplicates are dropped (first wins).
+// INVALID_ARGUMENT for unknown names, a suffix on an adaptive system, or a
+// budget that is not a positive multiple of `tile_tokens`.
+absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
+                                                     int64_t default_budget_tokens,
+                                                     int64_t tile_tokens = 16);
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_SIM_SYSTEM_H_

@@ -1,0 +1,244 @@
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cachecore/cost_model.h"
+#include "cachecore/model_config.h"
+#include "gtest/gtest.h"
+#include "sim/comparison.h"
+#include "sim/engine.h"
+#include "sim/generators.h"
+#include "sim/report.h"
+#include "sim/system.h"
+#include "sim/trace.h"
+
+namespace asymcache {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kScale = 1;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kScale = 1;
+#else
+constexpr int kScale = 2;
+#endif
+#else
+constexpr int kScale = 2;
+#endif
+
+const CostModel& Cost() {
+  static const CostModel* cost =
+      new CostModel(ModelConfig(), CostModel::DefaultH100Llama3_8B());
+  return *cost;
+}
+
+Workload Generate(const std::string& name, int64_t sessions, double rate, uint64_t seed = 1) {
+  GeneratorOptions o;
+  o.workload = name;
+  o.sessions = sessions;
+  o.rate = rate;
+  o.seed = seed;
+  absl::StatusOr<Workload> w = GenerateWorkload(o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return *std::move(w);
+}
+
+std::vector<SystemSpec> AllSystems() {
+  absl::StatusOr<std::vector<SystemSpec>> s = ParseSystems("all", 2048);
+  EXPECT_TRUE(s.ok());
+  return *std::move(s);
+}
+
+EngineOptions Options(int64_t pool_blocks, bool pins = false) {
+  EngineOptions o;
+  o.pool_blocks = pool_blocks;
+  o.agent_pins = pins;
+  return o;
+}
+
+void ExpectConservation(const Workload& w, const RunResult& r) {
+  SCOPED_TRACE(r.system);
+  ASSERT_EQ(static_cast<int64_t>(r.requests.size()), w.total_steps());
+  int64_t generated = 0, expected = 0;
+  for (const RequestRecord& q : r.requests) {
+    const StepSpec& step = w.sessions[q.session].steps[q.step];
+    ASSERT_TRUE(q.finished()) << "session " << q.session << " step " << q.step;
+    EXPECT_FALSE(q.rejected);
+    EXPECT_GE(q.admitted_s, q.arrival_s);
+    EXPECT_GE(q.first_token_s, q.admitted_s);
+    EXPECT_LE(q.first_token_s, q.finish_s);
+    EXPECT_LE(q.ttft_s(), q.finish_s - q.arrival_s);
+    EXPECT_EQ(q.output_tokens, step.output_tokens);
+    EXPECT_EQ(q.hit_tokens + q.rebuild_tokens + q.new_tokens, q.prompt_tokens);
+    EXPECT_LE(q.hit_blocks, q.prompt_blocks);
+    generated += q.output_tokens;
+    expected += step.output_tokens;
+  }
+  EXPECT_EQ(generated, expected);
+  // Every output token but each request's first comes from a decode step.
+  EXPECT_EQ(r.decode_tokens, expected - static_cast<int64_t>(r.requests.size()));
+  EXPECT_TRUE(r.consistency.ok()) << r.consistency;
+  EXPECT_EQ(r.final_pool.pinned, 0);
+  EXPECT_EQ(r.final_pool.writing, 0);
+  EXPECT_GT(r.engine_steps, 0);
+  for (const JobRecord& j : r.jobs) EXPECT_GT(j.finish_s, j.start_s);
+}
+
+TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
+  const Workload w = Generate("chat", 20 * kScale, 3.0);
+  for (const SystemSpec& s : AllSystems()) {
+    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(1500));
+    ASSERT_TRUE(r.ok()) << s.name << ": " << r.status();
+    ExpectConservation(w, *r);
+    EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
+  }
+}
+
+TEST(Engine, AgentJobsWithPinsConserveAndReportJobLatency) {
+  const Workload w = Generate("agent", 6 * kScale, 0.5);
+  for (const char* name : {"vllm", "asymcache", "pensieve"}) {
+    const SystemSpec s = (*ParseSystems(name, 2048))[0];
+    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(6000, /*pins=*/true));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectConservation(w, *r);
+    EXPECT_EQ(r->jobs.size(), w.sessions.size());
+    EXPECT_GT(r->pins_granted, 0);
+    const SystemSummary summary = Summarize(*r);
+    EXPECT_GT(summary.job_latency_mean_s, 0);
+    EXPECT_EQ(summary.jobs_finished, summary.jobs);
+  }
+}
+
+TEST(Engine, NoneNeverHits) {
+  const Workload w = Generate("doc-qa", 8 * kScale, 0.5);
+  const SystemSpec none = (*ParseSystems("none", 2048))[0];
+  absl::StatusOr<RunResult> r = RunSystem(w, none, Cost(), Options(1 << 20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectConservation(w, *r);
+  for (const RequestRecord& q : r->requests) {
+    EXPECT_EQ(q.hit_tokens, 0);
+    EXPECT_EQ(q.new_tokens + q.rebuild_tokens, q.prompt_tokens);
+  }
+}
+
+TEST(Engine, FollowUpTurnsHitTheirOwnContext) {
+  const Workload w = Generate("chat", 3, 0.001);  // sessions never overlap
+  const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
+  absl::StatusOr<RunResult> r = RunSystem(w, vllm, Cost(), Options(1 << 20));
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const RequestRecord& q : r->requests) {
+    if (q.step == 0) continue;
+    // Everything of the previous context but its partial last block is resident.
+    const auto lengths = SessionLengths(w.sessions[q.session]);
+    const int64_t previous = lengths[q.step - 1].context_tokens;
+    EXPECT_EQ(q.hit_tokens, previous / 16 * 16) << q.session << "/" << q.step;
+    EXPECT_EQ(q.rebuild_tokens, 0);
+  }
+}
+
+TEST(Engine, UnlimitedPoolGivesEveryReuseSystemTheSameHits) {
+  // Sessions far apart (no two run at once), pool never full: every system
+  // that reuses the cache must hit exactly the same blocks.
+  const Workload w = Generate("chat", 12 * kScale, 0.002);
+  std::vector<int64_t> hits;
+  for (const SystemSpec& s : AllSystems()) {
+    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(1 << 20));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->evictions, 0);
+    if (!s.reuse) continue;
+    const SystemSummary summary = Summarize(*r);
+    hits.push_back(summary.hit_tokens);
+    EXPECT_GT(summary.block_hit_rate, 0.3) << s.name;
+  }
+  ASSERT_EQ(hits.size(), 6u);
+  for (int64_t h : hits) EXPECT_EQ(h, hits[0]);
+}
+
+TEST(Engine, SameSeedSameReportAndThreadCountDoesNotMatter) {
+  const Workload a = Generate("agent", 3 * kScale, 1.0, 77);
+  const Workload b = Generate("agent", 3 * kScale, 1.0, 77);
+  ComparisonOptions one;
+  one.engine = Options(3000, true);
+  one.threads = 1;
+  ComparisonOptions two = one;
+  two.threads = 2;
+  const std::vector<SystemSpec> systems = *ParseSystems("vllm,asymcache,pensieve", 1024);
+  absl::StatusOr<std::vector<RunResult>> ra = RunSystems(a, systems, Cost(), one);
+  absl::StatusOr<std::vector<RunResult>> rb = RunSystems(b, systems, Cost(), two);
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  std::vector<SystemSummary> sa, sb;
+  for (const RunResult& r : *ra) sa.push_back(Summarize(r));
+  for (const RunResult& r : *rb) sb.push_back(Summarize(r));
+  RunHeader header;
+  EXPECT_EQ(ToJson(header, sa), ToJson(header, sb));
+  EXPECT_EQ(FormatTable(sa), FormatTable(sb));
+  for (size_t i = 0; i < ra->size(); ++i) {
+    ASSERT_EQ((*ra)[i].requests.size(), (*rb)[i].requests.size());
+    for (size_t k = 0; k < (*ra)[i].requests.size(); ++k) {
+      EXPECT_EQ((*ra)[i].requests[k].finish_s, (*rb)[i].requests[k].finish_s);
+    }
+  }
+}
+
+TEST(Engine, ContextLargerThanThePoolIsRejectedWithItsSession) {
+  const Workload w = Generate("doc-qa", 4, 0.5);
+  const SystemSpec s = (*ParseSystems("asymcache", 2048))[0];
+  absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(100));  // 1600 tokens
+  ASSERT_TRUE(r.ok()) << r.status();
+  const SystemSummary summary = Summarize(*r);
+  EXPECT_EQ(summary.rejected, static_cast<int64_t>(w.sessions.size()));
+  EXPECT_EQ(summary.finished, 0);
+  EXPECT_EQ(r->final_pool.pinned, 0);
+  EXPECT_FALSE(MeetsSlo(summary, SloTargets{100, 100}));
+}
+
+TEST(Engine, RejectsBadOptions) {
+  const Workload w = Generate("chat", 2, 1.0);
+  const SystemSpec s = (*ParseSystems("vllm", 2048))[0];
+  EXPECT_EQ(RunSystem(w, s, Cost(), Options(0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EngineOptions o = Options(100);
+  o.tpot_target = absl::ZeroDuration();
+  EXPECT_EQ(RunSystem(w, s, Cost(), o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Sweep, FindsACapacityBetweenLightAndHeavyLoad) {
+  // Light load: one 8-16k document at a time. Heavy load: every session
+  // arrives within a fraction of a second, so document prefills queue up.
+  // The TTFT SLO is put between the two, so the capacity is the light rate.
+  const int64_t sessions = 10 * kScale;
+  WorkloadAtRate make = [&](double rate) {
+    return GenerateWorkload({"doc-qa", rate, sessions, 0, 5});
+  };
+  ComparisonOptions options;
+  options.engine = Options(1 << 16);
+  options.threads = 2;
+  const std::vector<SystemSpec> systems = *ParseSystems("vllm,asymcache", 2048);
+  absl::StatusOr<std::vector<SweepPoint>> sweep =
+      RunSweep(make, {0.01, 100.0}, systems, Cost(), options);
+  ASSERT_TRUE(sweep.ok()) << sweep.status();
+  double light = 0, heavy = 1e9;
+  for (const SystemSummary& s : (*sweep)[0].systems) light = std::max(light, s.ttft_s.mean);
+  for (const SystemSummary& s : (*sweep)[1].systems) heavy = std::min(heavy, s.ttft_s.mean);
+  ASSERT_GT(heavy, 2 * light) << "heavy load should queue prefills";
+  const SloTargets slo{(light + heavy) / 2, 0.2};
+  for (const Capacity& c : CapacityAtSlo(*sweep, slo)) {
+    EXPECT_EQ(c.rate, 0.01) << c.system;
+    EXPECT_TRUE(c.saturated) << c.system;
+  }
+  absl::StatusOr<std::vector<SweepPoint>> autosweep =
+      RunAutoSweep(make, 0.1, 10.0, 6, slo, systems, Cost(), options);
+  ASSERT_TRUE(autosweep.ok()) << autosweep.status();
+  ASSERT_GE(autosweep->size(), 2u);
+  for (const Capacity& c : CapacityAtSlo(*autosweep, slo)) {
+    EXPECT_GT(c.rate, 0) << c.system;
+    EXPECT_LT(c.rate, 100) << c.system;
+    EXPECT_TRUE(c.saturated) << c.system;
+  }
+  EXPECT_NE(FormatSweep(*autosweep, slo).find("Capacity at SLO"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace asymcache

@@ -1,0 +1,107 @@
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "sim/report.h"
+#include "sim/system.h"
+
+namespace asymcache {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(Systems, ParseNamesBudgetsAndErrors) {
+  absl::StatusOr<std::vector<SystemSpec>> all = ParseSystems("all", 1024);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 7u);
+  EXPECT_EQ((*all)[0].name, "vllm");
+  EXPECT_EQ((*all)[0].policy, "lru-tail");
+  EXPECT_FALSE((*all)[0].adaptive_chunking);
+  EXPECT_EQ((*all)[0].fixed_budget_tokens, 1024);
+  EXPECT_EQ((*all)[2].name, "asymcache");
+  EXPECT_EQ((*all)[2].policy, "asym");
+  EXPECT_TRUE((*all)[2].adaptive_chunking);
+  EXPECT_FALSE((*all)[6].reuse);
+
+  absl::StatusOr<std::vector<SystemSpec>> some = ParseSystems("vllm:512, vllm:8192,pensieve,vllm:512", 2048);
+  ASSERT_TRUE(some.ok());
+  ASSERT_EQ(some->size(), 3u);
+  EXPECT_EQ((*some)[0].fixed_budget_tokens, 512);
+  EXPECT_EQ((*some)[1].fixed_budget_tokens, 8192);
+  EXPECT_EQ((*some)[2].fixed_budget_tokens, 2048);
+
+  EXPECT_EQ(ParseSystems("vllm:500", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("asymcache:512", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("sglang", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("all", 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Report, NearestRankPercentiles) {
+  std::vector<double> v;
+  for (int i = 100; i >= 1; --i) v.push_back(i);
+  const Distribution d = Summarize(v);
+  EXPECT_EQ(d.count, 100);
+  EXPECT_DOUBLE_EQ(d.mean, 50.5);
+  EXPECT_DOUBLE_EQ(d.p50, 50);
+  EXPECT_DOUBLE_EQ(d.p99, 99);
+  EXPECT_EQ(Summarize(std::vector<double>{}).count, 0);
+}
+
+SystemSummary Row(const std::string& name, double ttft, double tpot) {
+  SystemSummary s;
+  s.system = name;
+  s.requests = s.finished = 10;
+  s.ttft_s = Distribution{10, ttft, ttft, ttft};
+  s.tpot_s = Distribution{10, tpot, tpot, tpot};
+  return s;
+}
+
+TEST(Report, TableHasRatiosAgainstVllmAndPensieve) {
+  const std::vector<SystemSummary> rows = {Row("vllm:512", 4, 0.08), Row("pensieve", 2, 0.04),
+                                           Row("asymcache", 1, 0.02)};
+  EXPECT_EQ(FindReference(rows, "vllm"), 0);
+  EXPECT_EQ(FindReference(rows, "pensieve"), 1);
+  EXPECT_EQ(FindReference(rows, "lru"), -1);
+  const std::string table = FormatTable(rows);
+  EXPECT_THAT(table, HasSubstr("TTFT vs vllm"));
+  EXPECT_THAT(table, HasSubstr("TPOT vs pensieve"));
+  EXPECT_THAT(table, HasSubstr("4.00x"));  // asymcache vs vllm
+  EXPECT_THAT(table, HasSubstr("2.00x"));  // asymcache vs pensieve
+  RunHeader header;
+  header.workload = "chat";
+  const nlohmann::json j = nlohmann::json::parse(ToJson(header, rows));
+  EXPECT_EQ(j["schema"], "asymcache.sim.report.v1");
+  EXPECT_EQ(j["systems"].size(), 3u);
+  EXPECT_DOUBLE_EQ(j["systems"][2]["ttft_s"]["mean"].get<double>(), 1.0);
+}
+
+TEST(Report, CapacityIsTheHighestRateMeetingTheSloAtEveryLowerRate) {
+  const SloTargets slo{2.0, 0.1};
+  std::vector<SweepPoint> sweep = {
+      {4.0, {Row("vllm", 3.0, 0.05), Row("asymcache", 1.5, 0.05)}},
+      {1.0, {Row("vllm", 1.0, 0.05), Row("asymcache", 0.5, 0.05)}},
+      {2.0, {Row("vllm", 1.9, 0.05), Row("asymcache", 1.0, 0.20)}},
+      {3.0, {Row("vllm", 1.0, 0.05), Row("asymcache", 1.0, 0.05)}},
+  };
+  const std::vector<Capacity> c = CapacityAtSlo(sweep, slo);
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_EQ(c[0].system, "vllm");
+  EXPECT_EQ(c[0].rate, 3.0);
+  EXPECT_TRUE(c[0].saturated);
+  EXPECT_EQ(c[1].rate, 1.0);  // TPOT misses at 2.0, so 3.0 does not count
+  SystemSummary rejected = Row("x", 0.1, 0.01);
+  rejected.rejected = 1;
+  EXPECT_FALSE(MeetsSlo(rejected, slo));
+  const std::string text = FormatSweep(sweep, slo);
+  EXPECT_THAT(text, HasSubstr("Capacity at SLO"));
+  EXPECT_THAT(text, HasSubstr("MISS"));
+  const nlohmann::json j = nlohmann::json::parse(SweepToJson(RunHeader{}, sweep, slo));
+  EXPECT_EQ(j["points"].size(), 4u);
+  EXPECT_EQ(j["capacity"][0]["rate"].get<double>(), 3.0);
+}
+
+}  // namespace
+}  // namespace asymcache
