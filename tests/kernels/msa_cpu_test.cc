@@ -23,6 +23,7 @@
 #include "kernels/dtype.h"
 #include "kernels/msa.h"
 #include "kernels/msa_cpu.h"
+#include "tests/kernels/msa_expect.h"
 #include "tests/kernels/msa_reference.h"
 #include "tests/kernels/msa_test_util.h"
 
@@ -126,24 +127,8 @@ void ExpectMatchesReference(const TestBatch& batch, const MsaOutputs& outputs,
   if (tolerance < 0) tolerance = ToleranceFor(batch.shape.dtype);
   EXPECT_LE(testing::RelativeErrorNorm(out, ref_out), tolerance)
       << "dtype " << testing::DTypeName(batch.shape.dtype);
-  ASSERT_EQ(outputs.lse.size(), ref_lse.size());
-  int64_t lse_mismatches = 0;
-  for (size_t i = 0; i < ref_lse.size(); ++i) {
-    const double lse = outputs.lse[i];
-    const bool ok = std::isinf(ref_lse[i])
-                        ? (lse == -kInf)
-                        : std::abs(lse - ref_lse[i]) <= 2e-5 + 2e-6 * std::abs(ref_lse[i]);
-    if (!ok && ++lse_mismatches <= 5) {
-      ADD_FAILURE() << "lse[" << i << "] = " << lse << ", reference " << ref_lse[i];
-    }
-  }
-  EXPECT_EQ(lse_mismatches, 0);
-  // Rows without visible key: exactly 0.
-  const int64_t dim = batch.shape.head_dim;
-  for (size_t row = 0; row < ref_lse.size(); ++row) {
-    if (!std::isinf(ref_lse[row])) continue;
-    for (int64_t d = 0; d < dim; ++d) ASSERT_EQ(out[row * dim + d], 0.0) << "row " << row;
-  }
+  testing::ExpectLseMatchesReference(outputs.lse, ref_lse, 2e-5, 2e-6);
+  testing::ExpectRowsWithoutKeysAreZero(out, ref_lse, batch.shape.head_dim);
 }
 
 void RunAndCheck(const TestBatch& batch, const std::string& note, int num_threads = 0) {

@@ -30,6 +30,7 @@
 #include "kernels/msa_cpu.h"
 #include "kernels/msa_cuda.h"
 #include "kernels/msa_plan.h"
+#include "tests/kernels/msa_expect.h"
 #include "tests/kernels/msa_reference.h"
 #include "tests/kernels/msa_test_util.h"
 
@@ -133,22 +134,8 @@ void ExpectMatchesReference(const TestBatch& batch, const GpuOutputs& outputs,
   EXPECT_LE(testing::RelativeErrorNorm(out, ref_out), ToleranceFor(batch.shape.dtype))
       << "dtype " << testing::DTypeName(batch.shape.dtype) << " D=" << batch.shape.head_dim
       << " G=" << batch.shape.group_size() << " page=" << batch.shape.page_size;
-  int64_t lse_mismatches = 0;
-  for (size_t i = 0; i < ref_lse.size(); ++i) {
-    const double lse = outputs.lse[i];
-    const bool ok = std::isinf(ref_lse[i])
-                        ? (lse == -kInf)
-                        : std::abs(lse - ref_lse[i]) <= 2e-3 + 1e-4 * std::abs(ref_lse[i]);
-    if (!ok && ++lse_mismatches <= 5) {
-      ADD_FAILURE() << "lse[" << i << "] = " << lse << ", reference " << ref_lse[i];
-    }
-  }
-  EXPECT_EQ(lse_mismatches, 0);
-  const int64_t dim = batch.shape.head_dim;
-  for (size_t row = 0; row < ref_lse.size(); ++row) {
-    if (!std::isinf(ref_lse[row])) continue;
-    for (int64_t d = 0; d < dim; ++d) ASSERT_EQ(out[row * dim + d], 0.0) << "row " << row;
-  }
+  testing::ExpectLseMatchesReference(outputs.lse, ref_lse, 2e-3, 1e-4);
+  testing::ExpectRowsWithoutKeysAreZero(out, ref_lse, batch.shape.head_dim);
 }
 
 class SeededTest : public ::testing::Test {
