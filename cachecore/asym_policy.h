@@ -24,21 +24,34 @@
 //   (two holes merge). Position 0 counts as having a resident left neighbour
 //   (evicting a leading block adds a segment); a block with no resident child
 //   has none on the right (its hole merges with the next turn's tail).
-//   Neighbours are found through IndexedBlockInfo.parent_hash; keys of the
-//   neighbours are updated whenever a block enters or leaves the index.
+//   Neighbours are found through IndexedBlockInfo.parent_hash: one hash
+//   lookup per hash when a block is indexed (hash nodes list the blocks
+//   holding a hash and the blocks naming it as parent); afterwards neighbour
+//   links are plain indices, and a block leaving the index updates its
+//   neighbours without hash lookups.
 //
 // Values are never frozen: PopVictim(now) evaluates CURRENT values (idle
 // times grow). Values only fall while nothing happens (idle times and ages
 // grow, decayed counts shrink), so a value computed for a later time is a
 // lower bound of the value now. The search uses that:
-// * Private blocks are grouped per sequence in a B-tree ordered by the
-//   load-independent part of their cost (at equal idle time the cheapest
-//   block of a sequence is its minimum). Evictable shared blocks stand alone.
+// * Private blocks are grouped per sequence in a lazy 4-ary min-heap ordered
+//   by the load-independent part of their cost (at equal idle time and equal
+//   token counts the cheapest block of a sequence is its minimum; a partial
+//   block, whose linear cost differs, may be ranked off by that difference).
+//   Pinning a block leaves its entry in place (skipped while pinned, revived
+//   for free on release unless it reached the top meanwhile); a cost change
+//   pushes a new entry and kills the old one; dead entries are dropped when
+//   they reach the top or by an O(n) compaction once they outnumber the live
+//   ones: O(1) amortized per pin, release or access, O(log n) per entry popped.
+//   Evictable shared blocks stand alone.
 // * Two indexed min-heaps (sequences, shared blocks) are keyed by the value of
 //   the sequence's cheapest block / of the shared block at the HORIZON
 //   H = T_refresh + refresh_interval; for now <= H a key is <= the current
 //   value. Every event that changes a value (access, seal, evictability,
-//   neighbour change) re-keys its entry at H in O(log n).
+//   neighbour change) re-keys its entry at H: shared blocks at once, a
+//   sequence once per search (the event marks it dirty; the next PopVictim
+//   normalizes its cost heap and re-keys it in O(log S)), so a batch of
+//   accesses to one sequence costs one re-key.
 // * PopVictim(now) walks both heaps best-first in key order, evaluates current
 //   values, and stops when the next key is no lower than the best value found
 //   (then the victim is the exact minimum) or after search_budget entries.
@@ -55,7 +68,7 @@
 //   a refresh is deferred the keys are values at H < now (or under an older
 //   load): the bound above then holds with (now - H) + refresh_interval in
 //   place of (H - now), and the load change on top.
-// Cost per victim: O(log S) for the re-keys, O(budget log budget) search, and
+// Cost per victim: O(log S) per dirty sequence, O(budget log budget) search, and
 // at most refresh_work_per_victim key computations of refresh, amortized.
 // AsymPolicyOptions::Exact() (no budget, refresh whenever now moved past H)
 // always returns the exact minimum; options.sample_sequences = k > 0 caps the
@@ -64,23 +77,23 @@
 // Contract: implements EvictionPolicy (not thread-safe; the owner serializes
 // calls with non-decreasing `now`). `cost` must outlive the policy. Calls
 // naming an id that is not tracked are ignored; OnIndexed on a tracked id
-// replaces the old block. O(log n) per operation plus the victim search.
+// replaces the old block. Per operation: O(1) amortized plus the pops above
+// (OnIndexed: one hash lookup per hash) and the victim search.
 #ifndef ASYMCACHE_CACHECORE_ASYM_POLICY_H_
 #define ASYMCACHE_CACHECORE_ASYM_POLICY_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
 
-#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/container/inlined_vector.h"
-#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/eviction_policy.h"
 
@@ -130,6 +143,8 @@ class AsymPolicy : public EvictionPolicy {
   void OnIndexed(const IndexedBlockInfo& info, absl::Time now) override;
   void SetEvictable(BlockId id, bool evictable, absl::Time now) override;
   void OnAccess(BlockId id, SequenceId seq, absl::Time now) override;
+  void SetEvictableMany(absl::Span<const BlockId> ids, bool evictable, absl::Time now) override;
+  void OnAccessMany(absl::Span<const BlockId> ids, SequenceId seq, absl::Time now) override;
   std::optional<BlockId> PopVictim(absl::Time now) override;
   void OnRemoved(BlockId id) override;
   void SetLoadHint(int64_t step_tokens) override;
@@ -160,24 +175,28 @@ class AsymPolicy : public EvictionPolicy {
              const AsymPolicyOptions& asym_options, Mode mode);
 
  private:
-  using CostKey = std::pair<double, BlockId>;  // (load-independent cost, id)
-
   // Binary min-heap of (key, ref) that knows where each ref sits, so a key can
   // be changed or removed in O(log n). Refs are small non-negative integers.
   class KeyHeap {
    public:
+    // key and ref, plus what the sequence heap needs to recompute a key
+    // without touching the sequence (the shared heap leaves them zero).
     struct Entry {
       double key;
       int32_t ref;
+      int32_t tokens = 0;    // tokens of the sequence's cheapest block
+      double cost = 0;       // its load-independent cost
+      int64_t last_ns = 0;   // the sequence's last access
     };
-    void Set(int32_t ref, double key);  // insert or re-key
+    void Set(int32_t ref, double key) { Set(Entry{key, ref}); }
+    void Set(const Entry& entry);  // insert or re-key entry.ref
     void Remove(int32_t ref);           // no-op if absent
     // Replaces the contents (refs must be distinct); O(n).
     void Assign(std::vector<Entry> entries);
-    // Recomputes every key as key_of(ref), then restores the heap; O(n).
+    // Recomputes every key as key_of(entry), then restores the heap; O(n).
     template <typename KeyOf>
     void Rekey(KeyOf key_of) {
-      for (Entry& e : heap_) e.key = key_of(e.ref);
+      for (Entry& e : heap_) e.key = key_of(e);
       for (size_t i = heap_.size() / 2; i-- > 0;) SiftDown(i);
     }
     const std::vector<Entry>& entries() const { return heap_; }
@@ -190,26 +209,81 @@ class AsymPolicy : public EvictionPolicy {
     std::vector<int32_t> pos_;  // by ref; -1 = absent
   };
 
-  struct Block {
+  // One entry of a sequence's cost heap: a private block at the cost it had
+  // when pushed. Live while `stamp` equals the block's stamp (every cost or
+  // owner change bumps the block's stamp, killing old entries); a live entry of
+  // a non-evictable (pinned) block stays in place and is revived for free when
+  // the block becomes evictable again.
+  struct CostEntry {
+    double cost;  // load-independent cost (Block::static_cost)
+    BlockId id;
+    uint32_t stamp;
+  };
+  static bool CostLess(const CostEntry& a, const CostEntry& b) {
+    return a.cost < b.cost || (a.cost == b.cost && a.id < b.id);
+  }
+
+  // Per-block state, dense by BlockId (ids are small: a pool's [0, capacity)).
+  // What every operation reads fits one cache line; the rest is in BlockCold.
+  struct alignas(64) Block {
     bool tracked = false;
     bool evictable = false;
     bool shared = false;
+    bool has_entry = false;   // a live entry sits in its sequence's cost heap
+    bool left = false;        // segment-aware: a resident left neighbour (or position 0)
+    bool right = false;       // segment-aware: a resident child
     int8_t dseg = 0;
-    BlockHash hash;
-    BlockHash parent;
+    uint32_t stamp = 0;       // see CostEntry; survives Forget
+    int32_t seq_slot = -1;    // private: its sequence's slot in sequences_
+    int32_t tokens = 0;
     int64_t position = 0;
-    int64_t tokens = 0;
-    SequenceId seq = 0;       // private: its sequence
     double static_cost = 0;   // attention + segment part, without linear time
-    double log_count_key = 0; // shared: ln(sum over distinct seqs of 2^(t_i/h))
-    absl::Time first_use;
+    // Chain neighbours (segment-aware mode): the hash node of the block's own
+    // hash and of its parent hash (-1 at position 0), and its links in the
+    // node lists "blocks with this hash" (holders) and "blocks whose parent
+    // has this hash" (children).
+    int32_t node = -1;
+    int32_t parent_node = -1;
+    BlockId prev_holder = kNoBlock;
+    BlockId next_holder = kNoBlock;
+    BlockId prev_sibling = kNoBlock;
+    BlockId next_sibling = kNoBlock;
   };
+  // Per-block state read only by sharing and ownership changes.
+  struct BlockCold {
+    SequenceId owner = 0;        // the sequence that wrote it (front-first: its last accessor)
+    int64_t first_use_ns = 0;    // indexing time, Unix nanoseconds
+    double log_count_key = 0;    // shared: ln(sum over distinct seqs of 2^(t_i/h))
+  };
+  // One hash seen in the index: who holds it, who names it as parent. Lets
+  // neighbour changes be found without hash lookups once a block is indexed.
+  // A node left empty stays in node_of_ (revived if its hash comes back) until
+  // empty nodes outnumber the others: then one sequential sweep drops them all,
+  // so a block leaving the index costs no hash lookup.
+  struct HashNode {
+    BlockHash hash;
+    bool live = false;  // in node_of_
+    BlockId first_holder = kNoBlock;
+    BlockId first_child = kNoBlock;
+  };
+  // Per-sequence state, dense by slot (a slot is reused after the sequence
+  // owns no private block any more).
   struct Sequence {
-    absl::Time last_access = absl::InfinitePast();
-    size_t private_blocks = 0;              // tracked private blocks naming it
-    absl::btree_set<CostKey> evictable;     // its evictable private blocks
-    CostKey cheapest{0, kNoBlock};          // *evictable.begin() when non-empty
-    int32_t slot = -1;                      // its ref in sequence_heap_
+    SequenceId id = 0;
+    bool in_use = false;
+    bool dirty = false;           // queued in dirty_ (its key needs recomputing)
+    int64_t last_access_ns = std::numeric_limits<int64_t>::min();  // Unix nanoseconds
+    size_t private_blocks = 0;    // tracked private blocks naming it
+    size_t evictable = 0;         // evictable private blocks naming it
+    size_t live_entries = 0;      // blocks with has_entry naming it
+    // [0, heap_size): min-heap by CostLess; [heap_size, size): pushed since
+    // the last Normalize, unordered. Dead entries are dropped lazily.
+    std::vector<CostEntry> heap;
+    size_t heap_size = 0;
+    // The cheapest evictable block, valid while !dirty and evictable > 0
+    // (when keys_valid_; otherwise recomputed by the full refresh).
+    CostEntry cheapest{0, kNoBlock, 0};
+    int64_t cheapest_tokens = 0;  // blocks_[cheapest.id].tokens
   };
 
   bool IsTracked(BlockId id) const {
@@ -219,22 +293,44 @@ class AsymPolicy : public EvictionPolicy {
   void CacheLinearCosts();
   void CountEvictable(int delta);
   double IdleSeconds(absl::Time last, absl::Time now) const;
-  double SharedRate(const Block& b, absl::Time now) const;
-  double Value(const Block& b, absl::Time now) const;
-  // Value of the cheapest evictable block of `s` at `now` (s.evictable non-empty).
-  double SequenceValue(const Sequence& s, absl::Time now) const;
+  static double IdleSeconds(int64_t last_ns, int64_t now_ns);
+  double SharedRate(BlockId id, absl::Time now) const;
+  double Value(BlockId id, absl::Time now) const;
+  // Value of the cheapest evictable block of `s` at `now` (s normalized, s.evictable > 0).
+  double SequenceValue(const Sequence& s, int64_t now_ns) const;
+  // The same from a sequence_heap_ entry.
+  double EntryValue(const KeyHeap::Entry& e, int64_t now_ns) const {
+    return (e.cost + LinearCost(e.tokens)) / IdleSeconds(e.last_ns, now_ns);
+  }
+
+  // Sequences.
+  int32_t SlotFor(SequenceId seq);            // finds or creates
+  int32_t FindSlot(SequenceId seq) const;     // -1 if none
+  void TouchSlot(int32_t slot, int64_t now_ns);
+  void MarkDirty(int32_t slot);
+  void MaybeErase(int32_t slot);
+  // Drops dead and dormant entries off the top and sets s.cheapest.
+  void Normalize(Sequence& s);
+  void Compact(Sequence& s);                  // drops dead entries, heapifies
+  void ProcessDirty();                        // re-keys every dirty sequence
+  void Kill(Block& b);                        // kills b's cost-heap entry
 
   // Structure maintenance.
-  Sequence& SequenceFor(SequenceId seq);
-  void Rekey(const Sequence& s);   // sequence_heap_ entry of s, at horizon_
+  void SetEvictableOne(BlockId id, bool evictable);
+  void OnAccessOne(BlockId id, SequenceId seq, absl::Time now, int64_t now_ns);
   void RekeyShared(BlockId id);    // shared_heap_ entry of id, at horizon_
-  void MaybeErase(SequenceId seq);
   void Insert(BlockId id);   // into the evictable structures
   void Erase(BlockId id);    // from the evictable structures
   void RecomputeStatic(BlockId id);
-  void RefreshNeighbours(const Block& b);
   void Forget(BlockId id);
-  void TouchSequence(SequenceId seq, absl::Time now);
+
+  // Hash nodes (segment-aware mode).
+  int32_t NodeFor(const BlockHash& hash);  // finds or creates (or revives)
+  void MaybeFreeNode(int32_t n);           // counts n as empty when it is
+  void CollectNodes();                     // drops every empty node from node_of_
+  // Sets `right` / `left` of every holder / child of node n, then RecomputeStatic.
+  void RecomputeHolders(int32_t n, bool right);
+  void RecomputeChildren(int32_t n, bool left);
 
   // Victim search.
   void RefreshKeys(absl::Time now);
@@ -253,15 +349,20 @@ class AsymPolicy : public EvictionPolicy {
   int64_t load_tokens_ = kDefaultLoadTokens;
   std::vector<double> linear_cost_by_tokens_;  // LinearCost(t) for t <= block_tokens
   std::vector<Block> blocks_;
-  absl::flat_hash_map<BlockHash, BlockId> by_hash_;
-  absl::flat_hash_map<BlockHash, absl::InlinedVector<BlockId, 1>> children_;
-  absl::node_hash_map<SequenceId, Sequence> sequences_;  // node map: stable addresses
-  std::vector<Sequence*> sequence_by_slot_;               // null for a free slot
+  std::vector<BlockCold> cold_;  // by BlockId, as blocks_
+  std::vector<HashNode> nodes_;
+  std::vector<int32_t> free_nodes_;
+  absl::flat_hash_map<BlockHash, int32_t> node_of_;
+  size_t empty_nodes_ = 0;                            // in node_of_, no holder, no child
+  std::vector<Sequence> sequences_;                   // by slot
+  absl::flat_hash_map<SequenceId, int32_t> slot_of_;  // in-use sequences
   std::vector<int32_t> free_slots_;
+  std::vector<int32_t> dirty_;                        // slots with dirty set
   absl::flat_hash_map<BlockId, absl::flat_hash_set<SequenceId>> shared_users_;
 
   // Victim search state. While keys_valid_, sequence_heap_ holds every
-  // sequence with an evictable block keyed by SequenceValue(at horizon_), and
+  // sequence with an evictable block keyed by SequenceValue(at horizon_)
+  // (dirty sequences: once ProcessDirty ran, at the start of each search), and
   // shared_heap_ every evictable shared block keyed by Value(at horizon_).
   // While !keys_valid_ both are left alone and rebuilt by the next search.
   // load_changed_: keys still ordered, but computed under an older load.
@@ -269,7 +370,7 @@ class AsymPolicy : public EvictionPolicy {
   bool load_changed_ = false;         // keys were computed under another load hint
   int64_t searches_since_refresh_ = 0;
   absl::Time horizon_ = absl::InfinitePast();
-  KeyHeap sequence_heap_;  // ref = Sequence::slot
+  KeyHeap sequence_heap_;  // ref = sequence slot
   KeyHeap shared_heap_;    // ref = BlockId
   struct Candidate {
     double key;

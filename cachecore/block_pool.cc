@@ -1,6 +1,7 @@
 #include "cachecore/block_pool.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/base/internal/raw_logging.h"
 #include "absl/strings/str_cat.h"
@@ -194,8 +195,19 @@ void BlockPool::Unpin(BlockId id) {
 
 void BlockPool::UnpinMany(absl::Span<const BlockId> ids) {
   const absl::Time now = clock_->Now();
+  std::vector<BlockId> released;  // blocks whose last pin went: one policy call for all
+  released.reserve(ids.size());
   absl::MutexLock lock(&mu_);
-  for (BlockId id : ids) UnpinLocked(id, now);
+  for (BlockId id : ids) {
+    Slot& slot = slots_[static_cast<size_t>(id)];
+    ABSL_RAW_CHECK(slot.state == BlockState::kPinned && slot.pins > 0,
+                   "BlockPool: unpin of a block that is not pinned");
+    if (--slot.pins == 0) {
+      Transition(id, BlockState::kSealed);
+      released.push_back(id);
+    }
+  }
+  policy_->SetEvictableMany(released, true, now);
 }
 
 absl::StatusOr<std::vector<BlockId>> BlockPool::AllocateLocked(
@@ -332,17 +344,27 @@ int64_t BlockPool::PinIndexedMany(absl::Span<const BlockId> ids,
   absl::MutexLock lock(&mu_);
   if (pins->pool_ == nullptr) pins->pool_ = this;
   ABSL_RAW_CHECK(pins->pool_ == this, "PinIndexedMany: PinSet of another pool");
+  // Pins first, then the policy hears of the batch in two calls (each block
+  // still sees SetEvictable(false) before OnAccess, as with PinLocked).
+  std::vector<BlockId> held;  // blocks that were evictable until now
+  const size_t first_pin = pins->ids_.size();
   int64_t count = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     const BlockId id = ids[i];
     if (!ValidId(id)) continue;
-    const Slot& slot = slots_[static_cast<size_t>(id)];
+    Slot& slot = slots_[static_cast<size_t>(id)];
     if (!IsSealed(slot.state) || slot.info.hash != hashes[i]) continue;
-    PinLocked(id, now);
-    if (accessor.has_value()) policy_->OnAccess(id, *accessor, now);
+    if (slot.pins++ == 0) {
+      Transition(id, BlockState::kPinned);
+      held.push_back(id);
+    }
     pins->ids_.push_back(id);
     (*pinned)[i] = true;
     ++count;
+  }
+  policy_->SetEvictableMany(held, false, now);
+  if (accessor.has_value()) {
+    policy_->OnAccessMany(absl::MakeConstSpan(pins->ids_).subspan(first_pin), *accessor, now);
   }
   return count;
 }

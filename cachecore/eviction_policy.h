@@ -11,6 +11,8 @@
 //   OnAccess(id, seq, now)     a sequence hit it (planning) or wrote it; any state
 //   PopVictim(now)             pick an evictable block, forget it, return it
 //   OnRemoved(id)              the block left the index by other means (invalidation)
+// Batch forms (SetEvictableMany, OnAccessMany) mean the same calls in span
+// order; the pool uses them on its batch paths (one virtual call per batch).
 // A block id is reused after removal; a policy must forget everything about it
 // in PopVictim/OnRemoved. Policies never evict non-evictable blocks: PopVictim
 // returns std::nullopt when no evictable block exists.
@@ -28,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/types.h"
 
@@ -60,6 +63,15 @@ class EvictionPolicy {
   virtual void OnAccess(BlockId id, SequenceId seq, absl::Time now) = 0;
   virtual std::optional<BlockId> PopVictim(absl::Time now) = 0;
   virtual void OnRemoved(BlockId id) = 0;
+
+  // Same as SetEvictable / OnAccess for each id in order. Policies may
+  // override them to amortize per-call work over a batch.
+  virtual void SetEvictableMany(absl::Span<const BlockId> ids, bool evictable, absl::Time now) {
+    for (BlockId id : ids) SetEvictable(id, evictable, now);
+  }
+  virtual void OnAccessMany(absl::Span<const BlockId> ids, SequenceId seq, absl::Time now) {
+    for (BlockId id : ids) OnAccess(id, seq, now);
+  }
 
   // Hint from the scheduler about the current load: tokens per engine step
   // (marginal-cost policies use it; others ignore it).

@@ -478,6 +478,187 @@ TEST(FrontFirstPolicyTest, BudgetedSearchStaysWithinTheDocumentedBound) {
   std::printf("budgeted front-first: %d of %d victims above the exact minimum\n", inexact, pops);
 }
 
+// Private values against an independent model of DESIGN.md §3.2: rate
+// 1 / idle of the owner, σ and Δseg from which chain neighbours are resident
+// (any tracked block holding the parent hash / naming the block's hash as its
+// parent), the marginal linear cost at the load hint. (Full blocks only: a
+// sequence's blocks are ranked by the load-independent part of their cost,
+// exact at equal token counts; see asym_policy.h.) Blocks are indexed out
+// of chain order, under duplicate hashes, removed, evicted and re-indexed, so
+// every neighbour update path runs; every value is checked after every op.
+TEST(AsymPolicyTest, ValuesFollowNeighbourChangesInAnyOrder) {
+  const uint32_t seed = std::random_device{}();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const CostModel& cost = H100();
+  const double seg_cost = cost.params().segment_overhead_s * cost.model().num_layers;
+  AsymPolicy p(&cost, EvictionPolicyOptions{}, AsymPolicyOptions::Exact());
+  struct Tracked {
+    IndexedBlockInfo info;
+    bool evictable = false;
+  };
+  std::map<BlockId, Tracked> tracked;
+  std::map<SequenceId, absl::Time> last_access;
+  int64_t load = AsymPolicy::kDefaultLoadTokens;
+  absl::Time now = absl::UnixEpoch() + absl::Hours(1);
+  auto expected = [&](const IndexedBlockInfo& info) {
+    bool left = info.position == 0, right = false;
+    for (const auto& [id, t] : tracked) {
+      if (info.position > 0 && t.info.hash == info.parent_hash) left = true;
+      if (t.info.position > 0 && t.info.parent_hash == info.hash) right = true;
+    }
+    const int dseg = (left ? 1 : 0) + (right ? 1 : 0) - 1;
+    const double sigma = left && right ? 1 : 0;
+    const double static_cost =
+        std::max(0.0, cost.RebuildCost(info.tokens, info.position, sigma, 0) -
+                          cost.MarginalLinearTime(0, info.tokens) + dseg * seg_cost);
+    const double idle =
+        absl::ToDoubleSeconds(std::max(now - last_access[info.owner], AsymPolicy::kMinIdle));
+    return (static_cost + cost.MarginalLinearTime(load, info.tokens)) / idle;
+  };
+  int pops = 0;
+  for (int op = 0; op < 1500; ++op) {
+    now += absl::Milliseconds(rng() % 50);
+    const BlockId id = static_cast<BlockId>(rng() % 96);
+    const SequenceId seq = 1 + rng() % 4;
+    switch (rng() % 8) {
+      case 0:
+      case 1: {
+        // Short chains (indices 0..11) so that neighbours collide often; the
+        // same (seq, index) may be indexed under two ids.
+        const int64_t index = rng() % 12;
+        IndexedBlockInfo info{.id = id, .hash = HashOf(seq, index),
+                              .parent_hash = index == 0 ? BlockHash{} : HashOf(seq, index - 1),
+                              .position = index * 16, .tokens = 16, .owner = seq};
+        p.OnIndexed(info, now);
+        tracked[id] = Tracked{info, false};
+        last_access[seq] = now;
+        break;
+      }
+      case 2:
+      case 3: {
+        const bool evictable = rng() % 3 != 0;
+        p.SetEvictable(id, evictable, now);
+        if (auto it = tracked.find(id); it != tracked.end()) it->second.evictable = evictable;
+        break;
+      }
+      case 4: {
+        // Accesses by the owner only: the block stays private.
+        if (auto it = tracked.find(id); it != tracked.end()) {
+          p.OnAccess(id, it->second.info.owner, now);
+          last_access[it->second.info.owner] = now;
+        }
+        break;
+      }
+      case 5:
+        p.OnRemoved(id);
+        tracked.erase(id);
+        break;
+      case 6:
+        if (rng() % 4 == 0) {
+          load = 16 + rng() % 4096;
+          p.SetLoadHint(load);
+        }
+        break;
+      default: {
+        double best = 1e300;
+        for (const auto& [b, t] : tracked) {
+          if (t.evictable) best = std::min(best, expected(t.info));
+        }
+        std::optional<BlockId> v = p.PopVictim(now);
+        if (best == 1e300) {
+          ASSERT_EQ(v, std::nullopt) << "op " << op;
+          break;
+        }
+        ASSERT_TRUE(v.has_value()) << "op " << op;
+        ASSERT_TRUE(tracked.contains(*v) && tracked[*v].evictable) << "op " << op;
+        EXPECT_LE(expected(tracked[*v].info), best * (1 + 1e-9)) << "op " << op;
+        tracked.erase(*v);
+        ++pops;
+        break;
+      }
+    }
+    ASSERT_EQ(p.tracked_count(), tracked.size()) << "op " << op;
+    for (const auto& [b, t] : tracked) {
+      const double want = expected(t.info);
+      ASSERT_NEAR(*p.ValueOf(b, now), want, want * 1e-9) << "op " << op << " block " << b;
+    }
+  }
+  EXPECT_GT(pops, 50);
+}
+
+// The batch calls mean the same as their single forms: two policies fed the
+// same random history, one through SetEvictableMany / OnAccessMany and one
+// call per block, pick the same victims. Batches repeat ids and name
+// untracked ones; pins of many blocks of one sequence alternate with pops.
+TEST(AsymPolicyTest, BatchCallsMatchSingleCalls) {
+  for (absl::string_view name : {"asym", "front-first"}) {
+    const uint32_t seed = std::random_device{}();
+    SCOPED_TRACE(::testing::Message() << name << " seed " << seed);
+    std::mt19937 rng(seed);
+    auto batched = Make(name);
+    auto single = Make(name);
+    absl::Time now = absl::UnixEpoch() + absl::Hours(1);
+    for (SequenceId seq = 1; seq <= 6; ++seq) {
+      for (int64_t i = 0; i < 40; ++i) {
+        IndexedBlockInfo info{.id = static_cast<BlockId>(seq * 40 + i), .hash = HashOf(seq, i),
+                              .parent_hash = i == 0 ? BlockHash{} : HashOf(seq, i - 1),
+                              .position = i * 16, .tokens = 16, .owner = seq};
+        for (EvictionPolicy* p : {batched.get(), single.get()}) {
+          p->OnIndexed(info, now);
+          p->OnAccess(info.id, seq, now);
+          p->SetEvictable(info.id, true, now);
+        }
+      }
+      now += absl::Milliseconds(300);
+    }
+    int popped = 0;
+    for (int round = 0; round < 300; ++round) {
+      now += absl::Milliseconds(rng() % 40);
+      std::vector<BlockId> ids(1 + rng() % 64);
+      const SequenceId seq = 1 + rng() % 7;  // 7 owns nothing
+      for (BlockId& id : ids) {
+        id = rng() % 8 == 0 ? static_cast<BlockId>(rng() % 400)
+                            : static_cast<BlockId>(seq * 40 + rng() % 40);
+      }
+      switch (rng() % 3) {
+        case 0: {
+          const bool evictable = rng() % 2 == 0;
+          batched->SetEvictableMany(ids, evictable, now);
+          for (BlockId id : ids) single->SetEvictable(id, evictable, now);
+          break;
+        }
+        case 1:
+          batched->OnAccessMany(ids, seq, now);
+          for (BlockId id : ids) single->OnAccess(id, seq, now);
+          break;
+        default: {
+          const int n = 1 + static_cast<int>(rng() % 8);
+          const std::vector<BlockId> a = Drain(*batched, now, n);
+          ASSERT_EQ(a, Drain(*single, now, n)) << "round " << round;
+          popped += static_cast<int>(a.size());
+          // Re-index what was evicted so the policies never run dry.
+          for (BlockId id : a) {
+            const SequenceId owner = id / 40;
+            const int64_t i = id % 40;
+            IndexedBlockInfo info{.id = id, .hash = HashOf(owner, i),
+                                  .parent_hash = i == 0 ? BlockHash{} : HashOf(owner, i - 1),
+                                  .position = i * 16, .tokens = 16, .owner = owner};
+            for (EvictionPolicy* p : {batched.get(), single.get()}) {
+              p->OnIndexed(info, now);
+              p->SetEvictable(id, true, now);
+            }
+          }
+          break;
+        }
+      }
+      ASSERT_EQ(batched->evictable_count(), single->evictable_count()) << "round " << round;
+      ASSERT_EQ(batched->tracked_count(), single->tracked_count()) << "round " << round;
+    }
+    EXPECT_GT(popped, 100);
+  }
+}
+
 TEST(AsymPolicyTest, OptionsValidate) {
   EXPECT_TRUE(AsymPolicyOptions{}.Validate().ok());
   EXPECT_EQ(AsymPolicyOptions{}.refresh_interval, absl::Milliseconds(5));
