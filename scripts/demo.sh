@@ -12,6 +12,9 @@ cd "$ASYMCACHE_ROOT"
 ensure_packages
 configure_build build/main -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
+# Time comes from the cost model calibrated on an H100 by bench/gpu (see
+# docs/results/msa_h100.md); every system replays the same trace.
 SIM=build/main/sim/asymcache-sim
-log "running: $SIM --workload long-agent --system all $*"
-"$SIM" --workload long-agent --system all "$@"
+ARGS=(--workload long-agent --system all --calibration calibration/h100-llama-3-8b.json)
+log "running: $SIM ${ARGS[*]} $*"
+"$SIM" "${ARGS[@]}" "$@"
