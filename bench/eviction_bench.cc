@@ -49,7 +49,7 @@ struct BenchCase {
   std::string policy;
   int victims_per_ms = 1;
   int sample_sequences = 0;                   // EvictionPolicyOptions
-  std::optional<absl::Duration> refresh;      // AsymPolicyOptions; nullopt = default
+  std::optional<absl::Duration> refresh = std::nullopt;  // AsymPolicyOptions; nullopt = default
   bool exact = false;                         // AsymPolicyOptions::Exact()
 };
 
