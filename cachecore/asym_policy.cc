@@ -194,8 +194,11 @@ AsymPolicy::AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& optio
 absl::string_view AsymPolicy::name() const { return mode_.name; }
 
 void AsymPolicy::SetLoadHint(int64_t step_tokens) {
-  if (!mode_.follow_load || std::max<int64_t>(step_tokens, 0) == load_tokens_) return;
-  load_tokens_ = std::max<int64_t>(step_tokens, 0);
+  // A rebuild is prefill work: it rides in a step that carries a prefill
+  // chunk, never in the decode-only step the last hint may describe.
+  const int64_t load = std::max<int64_t>(step_tokens, kMinRebuildStepTokens);
+  if (!mode_.follow_load || load == load_tokens_) return;
+  load_tokens_ = load;
   CacheLinearCosts();
   load_changed_ = true;  // every value changed: the next refresh re-keys everything
 }
@@ -230,7 +233,9 @@ double AsymPolicy::SharedRate(BlockId id, absl::Time now) const {
   const double count = std::exp(c.log_count_key - Seconds(now) * decay_per_s_);
   const double age = IdleSeconds(c.first_use_ns, Nanos(now));
   const double window = -std::expm1(-age * decay_per_s_) / decay_per_s_;
-  return count / window;
+  // New readers (distinct sequences per second) plus the readers it already
+  // has coming back (Pensieve's 1/idle over the last access by any of them).
+  return count / window + 1.0 / IdleSeconds(c.last_access_ns, Nanos(now));
 }
 
 double AsymPolicy::Value(BlockId id, absl::Time now) const {
@@ -592,10 +597,14 @@ void AsymPolicy::OnAccessOne(BlockId id, SequenceId seq, absl::Time now, int64_t
         shared_users_[id] = {c.owner, seq};
         c.log_count_key = LogAddExp(static_cast<double>(c.first_use_ns) * 1e-9 * decay_per_s_,
                                     Seconds(now) * decay_per_s_);
+        c.last_access_ns = now_ns;
         if (b.evictable) Insert(id);
         MaybeErase(old);
-      } else if (shared_users_[id].insert(seq).second) {
-        cold_[id].log_count_key = LogAddExp(cold_[id].log_count_key, Seconds(now) * decay_per_s_);
+      } else {
+        if (shared_users_[id].insert(seq).second) {
+          cold_[id].log_count_key = LogAddExp(cold_[id].log_count_key, Seconds(now) * decay_per_s_);
+        }
+        cold_[id].last_access_ns = std::max(cold_[id].last_access_ns, now_ns);
         if (b.evictable) RekeyShared(id);
       }
     } else {

@@ -11,12 +11,22 @@
 //   sequences that used it (each counted once, at its first use, half-life
 //   options.shared_rate_half_life = h), W(age) = (1 - 2^(-age/h)) * h / ln 2 is
 //   the decay kernel integrated over the block's age, so D/W estimates the
-//   arrival rate of new sequences per second, also for young blocks. Repeated
-//   accesses (steps) of one sequence never raise a rate. Idle times and ages
-//   below kMinIdle count as kMinIdle.
+//   arrival rate of new sequences per second, also for young blocks. To that
+//   it adds 1 / idle_any, idle_any = now - the last access by ANY sequence:
+//   the readers it already has come back too (Pensieve's signal, which a
+//   private block gets through its sequence). Without that term a document
+//   that two live sessions keep reading would be worth less than a private
+//   block of either of them. Repeated accesses (steps) of one sequence never
+//   raise D (they only reset idle_any, as they reset a private block's idle
+//   time). Idle times and ages below kMinIdle count as kMinIdle.
 // * T_rebuild: CostModel::RebuildCost at the block's position with the
-//   marginal linear cost under the current load (SetLoadHint; kDefaultLoadTokens
-//   until the first hint). σ = 1 when both chain neighbours are resident
+//   marginal linear cost under the current load: SetLoadHint(tokens), floored
+//   at kMinRebuildStepTokens (a rebuilt block is prefill work and rides in a
+//   step that carries a prefill chunk, not in the decode-only step the last
+//   hint may describe; on an H100 such a step is weight-bound, so without the
+//   floor every rebuilt token would look free at light load and leading
+//   blocks worthless); kDefaultLoadTokens until the first hint. σ = 1 when
+//   both chain neighbours are resident
 //   (evicting would leave an isolated hole whose KV scan nobody shares), else 0
 //   (the hole joins an adjacent hole or the new-token tail and shares its scan).
 // * Δseg: query segments added by evicting the block: +1 if both chain
@@ -127,6 +137,9 @@ class AsymPolicy : public EvictionPolicy {
  public:
   // Load assumed until the first SetLoadHint: a typical chunked-prefill step.
   static constexpr int64_t kDefaultLoadTokens = 512;
+  // Least load a rebuild is priced at (SetLoadHint floors its argument here):
+  // the smallest prefill chunk of common serving engines (vLLM's 512).
+  static constexpr int64_t kMinRebuildStepTokens = 512;
   // Floor for idle times and ages (a sequence used "right now").
   static constexpr absl::Duration kMinIdle = absl::Milliseconds(1);
   // Heaps this small are refreshed whenever needed (refresh_work_per_victim
@@ -254,6 +267,7 @@ class AsymPolicy : public EvictionPolicy {
     SequenceId owner = 0;        // the sequence that wrote it (front-first: its last accessor)
     int64_t first_use_ns = 0;    // indexing time, Unix nanoseconds
     double log_count_key = 0;    // shared: ln(sum over distinct seqs of 2^(t_i/h))
+    int64_t last_access_ns = 0;  // shared: the last access by any sequence
   };
   // One hash seen in the index: who holds it, who names it as parent. Lets
   // neighbour changes be found without hash lookups once a block is indexed.

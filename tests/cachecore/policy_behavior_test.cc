@@ -223,15 +223,65 @@ TEST(AsymPolicyTest, ChoiceChangesAsTimePasses) {
 }
 
 TEST(AsymPolicyTest, LoadHintChangesTheMarginalCost) {
+  // A linear-layer curve whose slope grows with the step's tokens, so the
+  // marginal cost of a rebuilt token depends on the load it rides in.
+  CalibrationParams params = CostModel::DefaultH100Llama3_8B();
+  params.linear_step_s = {{1, 0.005}, {512, 0.010}, {2048, 0.020}, {4096, 0.100}};
+  const CostModel cost(ModelConfig{}, params);
+  FakeClock clock;
+  AsymPolicy p(&cost, EvictionPolicyOptions{});
+  AddChain(p, clock, 1, 0, 100, 1);
+  p.SetLoadHint(AsymPolicy::kMinRebuildStepTokens);
+  const double light = *p.ValueOf(0, clock.Now() + absl::Seconds(1));
+  p.SetLoadHint(2048);  // steeper part of the curve: every token costs more
+  const double heavy = *p.ValueOf(0, clock.Now() + absl::Seconds(1));
+  EXPECT_GT(heavy, 2 * light);
+}
+
+TEST(AsymPolicyTest, ADecodeOnlyStepDoesNotMakeRebuildsFree) {
+  // After a step of 16 decode tokens (weight-bound on the H100: 16 more
+  // tokens cost almost nothing) a rebuild is still priced as the prefill work
+  // it is: at the marginal cost of a step that carries a prefill chunk.
   FakeClock clock;
   auto p = Make("asym");
-  AddChain(*p, clock, 1, 0, 100, 1);
+  AddChain(*p, clock, 1, 0, 0, 4);
   auto* asym = static_cast<AsymPolicy*>(p.get());
-  p->SetLoadHint(16);  // weight-bound step: rebuilt tokens ride almost free
-  const double light = *asym->ValueOf(0, clock.Now() + absl::Seconds(1));
-  p->SetLoadHint(2048);  // compute-bound: every token costs ~20 us
-  const double heavy = *asym->ValueOf(0, clock.Now() + absl::Seconds(1));
-  EXPECT_GT(heavy, 2 * light);
+  const absl::Time later = clock.Now() + absl::Seconds(1);
+  p->SetLoadHint(AsymPolicy::kMinRebuildStepTokens);
+  const double chunk = *asym->ValueOf(0, later);
+  p->SetLoadHint(16);
+  EXPECT_DOUBLE_EQ(*asym->ValueOf(0, later), chunk);
+  // The linear layers dominate a leading block's rebuild: it is far from free.
+  EXPECT_GT(chunk, 0.5 * H100().MarginalLinearTime(AsymPolicy::kMinRebuildStepTokens, 16));
+}
+
+TEST(AsymPolicyTest, ADocumentItsReadersKeepUsingOutranksAnIdlePrivateBlock) {
+  // A document block read by sequences 1 and 2 since t = 0, both still asking
+  // questions every 8 s (last at t = 117 s), against a private block of
+  // sequence 3 at the same position last used at t = 116 s. The document is
+  // used more recently AND by more readers: the private block goes first. (A
+  // rate of new readers alone, 2 per two minutes, would evict the document.)
+  FakeClock clock;
+  auto p = Make("asym");
+  IndexedBlockInfo doc{.id = 1, .hash = HashOf(1, 64), .parent_hash = HashOf(1, 63),
+                       .position = 64 * 16, .tokens = 16, .owner = 1};
+  IndexedBlockInfo priv{.id = 2, .hash = HashOf(3, 64), .parent_hash = HashOf(3, 63),
+                        .position = 64 * 16, .tokens = 16, .owner = 3};
+  p->OnIndexed(doc, clock.Now());
+  p->OnAccess(1, 1, clock.Now());
+  p->OnAccess(1, 2, clock.Now());
+  p->OnIndexed(priv, clock.Now());
+  for (int t = 0; t <= 117; ++t) {
+    if (t % 8 == 5) {
+      p->OnAccess(1, 1 + (t / 8) % 2, clock.Now());
+    }
+    if (t == 116) p->OnAccess(2, 3, clock.Now());
+    if (t == 117) p->OnAccess(1, 1, clock.Now());
+    clock.Advance(absl::Seconds(1));
+  }
+  p->SetEvictable(1, true, clock.Now());
+  p->SetEvictable(2, true, clock.Now());
+  EXPECT_EQ(p->PopVictim(clock.Now() + absl::Seconds(2)), std::optional<BlockId>(2));
 }
 
 // The exact victim search (threshold algorithm) must return a block of minimum
@@ -514,7 +564,10 @@ TEST(AsymPolicyTest, ValuesFollowNeighbourChangesInAnyOrder) {
                           cost.MarginalLinearTime(0, info.tokens) + dseg * seg_cost);
     const double idle =
         absl::ToDoubleSeconds(std::max(now - last_access[info.owner], AsymPolicy::kMinIdle));
-    return (static_cost + cost.MarginalLinearTime(load, info.tokens)) / idle;
+    return (static_cost +
+            cost.MarginalLinearTime(std::max(load, AsymPolicy::kMinRebuildStepTokens),
+                                    info.tokens)) /
+           idle;
   };
   int pops = 0;
   for (int op = 0; op < 1500; ++op) {
