@@ -75,20 +75,7 @@ AttentionShape MakeShape(int32_t q_heads, int32_t kv_heads, int32_t head_dim, in
   return shape;
 }
 
-// A fresh seeded generator; the seed goes to stdout and into failure messages.
-class SeededTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed_ = testing::FreshSeed();
-    rng_.seed(seed_);
-    std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed_));
-    RecordProperty("seed", std::to_string(seed_));
-  }
-  std::string SeedNote() const { return absl::StrCat("seed=", seed_); }
-
-  uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
-};
+using testing::SeededTest;
 
 struct MsaOutputs {
   std::vector<uint8_t> out;  // shape.dtype

@@ -138,19 +138,7 @@ void ExpectMatchesReference(const TestBatch& batch, const GpuOutputs& outputs,
   testing::ExpectRowsWithoutKeysAreZero(out, ref_lse, batch.shape.head_dim);
 }
 
-class SeededTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed_ = testing::FreshSeed();
-    rng_.seed(seed_);
-    std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed_));
-    RecordProperty("seed", std::to_string(seed_));
-  }
-  std::string SeedNote() const { return absl::StrCat("seed=", seed_); }
-
-  uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
-};
+using testing::SeededTest;
 
 // GPU tests: skip without a usable device.
 class MsaCudaTest : public SeededTest {

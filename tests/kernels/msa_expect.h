@@ -1,5 +1,6 @@
-// GoogleTest checks shared by the MSA CPU and CUDA tests: LSE against the
-// reference within a tolerance, and rows that see no key written as exact zeros.
+// GoogleTest helpers shared by the MSA CPU and CUDA tests: a fixture with a
+// fresh logged seed, LSE against the reference within a tolerance, and rows
+// that see no key written as exact zeros.
 //
 // Header-only; call from inside a TEST body (uses ADD_FAILURE/ASSERT).
 #ifndef ASYMCACHE_TESTS_KERNELS_MSA_EXPECT_H_
@@ -7,12 +8,33 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
+#include <random>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/kernels/msa_test_util.h"
 
 namespace asymcache::msa::testing {
+
+// A fresh seeded generator per test (ASYMCACHE_TEST_SEED replays one); the
+// seed goes to stdout, the test's XML properties and failure messages.
+class SeededTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = FreshSeed();
+    rng_.seed(seed_);
+    std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed_));
+    RecordProperty("seed", std::to_string(seed_));
+  }
+  std::string SeedNote() const { return absl::StrCat("seed=", seed_); }
+
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
 
 // Each lse[i] must equal ref_lse[i] within abs_tol + rel_tol * |ref|; a -inf
 // reference (no visible key) must be exactly -inf. Reports the first five

@@ -24,21 +24,9 @@
 
 #include "kernels/dtype.h"
 #include "kernels/msa.h"
+#include "tests/kernels/msa_test_util.h"
 
 namespace asymcache::msa::testing {
-
-// Element `index` of an array of `dtype` elements, as double.
-inline double ReadElementAsDouble(DType dtype, const void* base, int64_t index) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return static_cast<const float*>(base)[index];
-    case DType::kBFloat16:
-      return ToFloat(static_cast<const bf16_t*>(base)[index]);
-    case DType::kFloat16:
-      return ToFloat(static_cast<const fp16_t*>(base)[index]);
-  }
-  return std::numeric_limits<double>::quiet_NaN();
-}
 
 inline void ReferenceAttention(const AttentionShape& shape, const BatchTables& batch,
                                const void* q, const void* kv_pool, int64_t num_pages,
@@ -82,8 +70,8 @@ inline void ReferenceAttention(const AttentionShape& shape, const BatchTables& b
       for (size_t j = 0; j < keys.size(); ++j) {
         for (int64_t d = 0; d < dim; ++d) {
           const int64_t offset = keys[j].k_offset + kvh * dim + d;
-          k_dense[j * dim + d] = ReadElementAsDouble(shape.dtype, kv_pool, offset);
-          v_dense[j * dim + d] = ReadElementAsDouble(shape.dtype, kv_pool, offset + v_shift);
+          k_dense[j * dim + d] = LoadElement(shape.dtype, kv_pool, offset);
+          v_dense[j * dim + d] = LoadElement(shape.dtype, kv_pool, offset + v_shift);
         }
       }
       for (int32_t t = batch.q_indptr[seq]; t < batch.q_indptr[seq + 1]; ++t) {
@@ -92,7 +80,7 @@ inline void ReferenceAttention(const AttentionShape& shape, const BatchTables& b
           const int64_t head = kvh * group + g;
           const int64_t q_offset = (int64_t{t} * hq + head) * dim;
           for (int64_t d = 0; d < dim; ++d) {
-            q_row[d] = ReadElementAsDouble(shape.dtype, q, q_offset + d);
+            q_row[d] = LoadElement(shape.dtype, q, q_offset + d);
           }
           scores.clear();
           double max_score = -std::numeric_limits<double>::infinity();
