@@ -29,7 +29,11 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
   }
   if (options.sample_sequences < 0) {
     return absl::InvalidArgumentError(
-        "EvictionPolicyOptions.sample_sequences: must be >= 0 (0 = exact)");
+        "EvictionPolicyOptions.sample_sequences: must be >= 0 (0 = the policy's default)");
+  }
+  if (options.exact_victim_search && options.sample_sequences > 0) {
+    return absl::InvalidArgumentError(
+        "EvictionPolicyOptions: exact_victim_search and sample_sequences > 0 contradict");
   }
   if (name == "lru") return std::unique_ptr<EvictionPolicy>(new LruPolicy());
   if (name == "lfu") return std::unique_ptr<EvictionPolicy>(new LfuPolicy());
@@ -39,8 +43,12 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(
       return absl::InvalidArgumentError(
           absl::StrCat("eviction policy \"", name, "\" needs a CostModel (got null)"));
     }
-    if (name == "asym") return std::unique_ptr<EvictionPolicy>(new AsymPolicy(cost, options));
-    return std::unique_ptr<EvictionPolicy>(new FrontFirstPolicy(cost, options));
+    const AsymPolicyOptions search =
+        options.exact_victim_search ? AsymPolicyOptions::Exact() : AsymPolicyOptions{};
+    if (name == "asym") {
+      return std::unique_ptr<EvictionPolicy>(new AsymPolicy(cost, options, search));
+    }
+    return std::unique_ptr<EvictionPolicy>(new FrontFirstPolicy(cost, options, search));
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown eviction policy \"", name,
                                                  "\"; known: ",

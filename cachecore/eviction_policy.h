@@ -91,6 +91,11 @@ struct EvictionPolicyOptions {
   // 0 = the policy's own default search budget (AsymPolicyOptions::search_budget,
   // 8, with the documented error bound in cachecore/asym_policy.h).
   int sample_sequences = 0;
+  // asym, front-first: exact victim search (AsymPolicyOptions::Exact(): keys
+  // refreshed whenever the clock moved, no search budget). Slower at scale;
+  // for experiments that must not depend on the search bound. Default false.
+  // Cannot be combined with sample_sequences > 0.
+  bool exact_victim_search = false;
 };
 
 // Names accepted by MakeEvictionPolicy, in report order.

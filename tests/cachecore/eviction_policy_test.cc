@@ -307,6 +307,15 @@ TEST(EvictionPolicyFactoryTest, KnowsEveryNameAndRejectsOthers) {
   options.sample_sequences = -1;
   EXPECT_EQ(MakeEvictionPolicy("asym", &TestCostModel(), options).status().code(),
             absl::StatusCode::kInvalidArgument);
+  options = {};
+  options.exact_victim_search = true;
+  options.sample_sequences = 4;
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> contradiction =
+      MakeEvictionPolicy("asym", &TestCostModel(), options);
+  EXPECT_EQ(contradiction.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(contradiction.status().message(), HasSubstr("exact_victim_search"));
+  options.sample_sequences = 0;
+  EXPECT_TRUE(MakeEvictionPolicy("front-first", &TestCostModel(), options).ok());
 }
 
 }  // namespace
