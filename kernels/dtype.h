@@ -104,6 +104,17 @@ inline bf16_t ToBf16(float value) { return bf16_t{Bf16BitsFromFloat(value)}; }
 inline fp16_t ToFp16(float value) { return fp16_t{Fp16BitsFromFloat(value)}; }
 inline float ToFloat(bf16_t value) { return FloatFromBf16Bits(value.bits); }
 inline float ToFloat(fp16_t value) { return FloatFromFp16Bits(value.bits); }
+inline float ToFloat(float value) { return value; }
+
+// FromFloat<T>: float -> storage type T in {float, bf16_t, fp16_t}, the inverse of ToFloat.
+template <typename T>
+T FromFloat(float value);
+template <>
+inline float FromFloat<float>(float value) { return value; }
+template <>
+inline bf16_t FromFloat<bf16_t>(float value) { return ToBf16(value); }
+template <>
+inline fp16_t FromFloat<fp16_t>(float value) { return ToFp16(value); }
 
 }  // namespace asymcache::msa
 

@@ -28,43 +28,11 @@ constexpr int32_t kKeysPerBlock = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// ---- element conversion -------------------------------------------------------
-
-template <typename T>
-float ElementToFloat(T value);
-template <>
-inline float ElementToFloat<float>(float value) {
-  return value;
-}
-template <>
-inline float ElementToFloat<bf16_t>(bf16_t value) {
-  return ToFloat(value);
-}
-template <>
-inline float ElementToFloat<fp16_t>(fp16_t value) {
-  return ToFloat(value);
-}
-
-template <typename T>
-T FloatToElement(float value);
-template <>
-inline float FloatToElement<float>(float value) {
-  return value;
-}
-template <>
-inline bf16_t FloatToElement<bf16_t>(float value) {
-  return ToBf16(value);
-}
-template <>
-inline fp16_t FloatToElement<fp16_t>(float value) {
-  return ToFp16(value);
-}
-
 // dst[i] = src[i] * scale for n elements starting at element `offset` of `base`.
 template <typename T>
 void LoadRowScaledT(const void* base, int64_t offset, int32_t n, float scale, float* dst) {
   const T* src = static_cast<const T*>(base) + offset;
-  for (int32_t i = 0; i < n; ++i) dst[i] = ElementToFloat<T>(src[i]) * scale;
+  for (int32_t i = 0; i < n; ++i) dst[i] = ToFloat(src[i]) * scale;
 }
 
 template <typename T>
@@ -73,14 +41,14 @@ void LoadRowT(const void* base, int64_t offset, int32_t n, float* dst) {
   if constexpr (std::is_same_v<T, float>) {
     std::memcpy(dst, src, sizeof(float) * n);
   } else {
-    for (int32_t i = 0; i < n; ++i) dst[i] = ElementToFloat<T>(src[i]);
+    for (int32_t i = 0; i < n; ++i) dst[i] = ToFloat(src[i]);
   }
 }
 
 template <typename T>
 void StoreRowT(const float* src, int32_t n, void* base, int64_t offset) {
   T* dst = static_cast<T*>(base) + offset;
-  for (int32_t i = 0; i < n; ++i) dst[i] = FloatToElement<T>(src[i]);
+  for (int32_t i = 0; i < n; ++i) dst[i] = FromFloat<T>(src[i]);
 }
 
 void LoadRowScaled(DType dtype, const void* base, int64_t offset, int32_t n, float scale,
