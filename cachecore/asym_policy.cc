@@ -176,7 +176,6 @@ AsymPolicy::AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& optio
 AsymPolicy::AsymPolicy(const CostModel* cost, const EvictionPolicyOptions& options,
                        const AsymPolicyOptions& asym_options, Mode mode)
     : cost_(cost),
-      options_(options),
       refresh_interval_(ClampInterval(asym_options.refresh_interval)),
       search_budget_(std::max(0, options.sample_sequences > 0
                                      ? (asym_options.search_budget > 0
@@ -216,10 +215,6 @@ void AsymPolicy::CacheLinearCosts() {
   for (size_t t = 0; t < linear_cost_by_tokens_.size(); ++t) {
     linear_cost_by_tokens_[t] = cost_->MarginalLinearTime(load_tokens_, static_cast<int64_t>(t));
   }
-}
-
-double AsymPolicy::IdleSeconds(absl::Time last, absl::Time now) const {
-  return absl::ToDoubleSeconds(std::max(now - last, kMinIdle));
 }
 
 double AsymPolicy::IdleSeconds(int64_t last_ns, int64_t now_ns) {
@@ -425,9 +420,8 @@ void AsymPolicy::RecomputeStatic(BlockId id) {
     dseg = (left ? 1 : 0) + (right ? 1 : 0) - 1;
     sigma = (left && right) ? 1 : 0;
   }
-  const double static_cost = std::max(0.0, cost_->RebuildCost(b.tokens, b.position, sigma, 0) -
-                                               cost_->MarginalLinearTime(0, b.tokens) +
-                                               dseg * seg_cost_);
+  const double static_cost = std::max(
+      0.0, cost_->RebuildAttentionCost(b.tokens, b.position, sigma) + dseg * seg_cost_);
   if (static_cost == b.static_cost && dseg == b.dseg) return;
   if (b.evictable) Erase(id);
   Kill(b);
@@ -454,7 +448,7 @@ int32_t AsymPolicy::NodeFor(const BlockHash& hash) {
     n = free_nodes_.back();
     free_nodes_.pop_back();
   }
-  nodes_[n] = HashNode{.hash = hash, .live = true};
+  nodes_[n] = HashNode{.live = true};
   it->second = n;
   return n;  // the caller links a block into it at once
 
@@ -543,9 +537,6 @@ void AsymPolicy::OnIndexed(const IndexedBlockInfo& info, absl::Time now) {
       if (b.next_sibling != kNoBlock) blocks_[b.next_sibling].prev_sibling = id;
       parent.first_child = id;
     }
-  }
-  if (mode_.segment_aware) {
-    Block& b = blocks_[id];
     b.left = b.position == 0 || nodes_[b.parent_node].first_holder != kNoBlock;
     b.right = nodes_[b.node].first_child != kNoBlock;
   }

@@ -275,7 +275,6 @@ class AsymPolicy : public EvictionPolicy {
   // empty nodes outnumber the others: then one sequential sweep drops them all,
   // so a block leaving the index costs no hash lookup.
   struct HashNode {
-    BlockHash hash;
     bool live = false;  // in node_of_
     BlockId first_holder = kNoBlock;
     BlockId first_child = kNoBlock;
@@ -306,7 +305,6 @@ class AsymPolicy : public EvictionPolicy {
   double LinearCost(int64_t tokens) const;
   void CacheLinearCosts();
   void CountEvictable(int delta);
-  double IdleSeconds(absl::Time last, absl::Time now) const;
   static double IdleSeconds(int64_t last_ns, int64_t now_ns);
   double SharedRate(BlockId id, absl::Time now) const;
   double Value(BlockId id, absl::Time now) const;
@@ -352,7 +350,6 @@ class AsymPolicy : public EvictionPolicy {
 
   // Immutable after construction.
   const CostModel* cost_;
-  const EvictionPolicyOptions options_;
   const absl::Duration refresh_interval_;
   const int64_t search_budget_;          // 0 = unbounded
   const int64_t refresh_work_per_victim_;  // 0 = unbounded

@@ -387,13 +387,18 @@ double CostModel::MarginalLinearTime(int64_t step_tokens, int64_t extra_tokens) 
       0.0, LinearStepTime(step_tokens + extra_tokens) - LinearStepTime(step_tokens));
 }
 
+double CostModel::LayerAttentionTime(double attended_pairs, double kv_tokens_scanned) const {
+  const double flops = 4.0 * model_.head_dim * model_.num_q_heads * attended_pairs;
+  const double kv_bytes_per_token_per_layer =
+      model_.num_layers > 0 ? static_cast<double>(model_.KvBytesPerToken() / model_.num_layers)
+                            : 0.0;
+  const double bytes = kv_tokens_scanned * kv_bytes_per_token_per_layer;
+  return std::max(flops / params_.attn_flops_per_s, bytes / params_.attn_kv_bytes_per_s);
+}
+
 double CostModel::AttentionTime(const AttentionWork& work) const {
-  const double d = model_.head_dim;
-  const double flops = 4.0 * d * model_.num_q_heads * static_cast<double>(work.attended_pairs);
-  const double bytes = static_cast<double>(work.kv_tokens_scanned) * model_.num_kv_heads * d *
-                       2.0 * model_.dtype_bytes;
-  const double per_layer =
-      std::max(flops / params_.attn_flops_per_s, bytes / params_.attn_kv_bytes_per_s);
+  const double per_layer = LayerAttentionTime(static_cast<double>(work.attended_pairs),
+                                              static_cast<double>(work.kv_tokens_scanned));
   const double extra_segments = static_cast<double>(std::max<int64_t>(work.segments - 1, 0));
   return model_.num_layers * (per_layer + extra_segments * params_.segment_overhead_s);
 }
@@ -407,18 +412,20 @@ double CostModel::StepLatency(int64_t total_tokens, absl::Span<const AttentionWo
 double CostModel::RebuildCost(int64_t block_tokens, int64_t position, double sigma,
                               int64_t step_tokens) const {
   if (block_tokens <= 0) return 0;
+  return MarginalLinearTime(step_tokens, block_tokens) +
+         RebuildAttentionCost(block_tokens, position, sigma);
+}
+
+double CostModel::RebuildAttentionCost(int64_t block_tokens, int64_t position,
+                                       double sigma) const {
+  if (block_tokens <= 0) return 0;
   position = std::max<int64_t>(position, 0);
   sigma = std::clamp(sigma, 0.0, 1.0);
   const double b = static_cast<double>(block_tokens);
   const double p = static_cast<double>(position);
-  const double d = model_.head_dim;
-  const double flops = 4.0 * d * model_.num_q_heads * b * (p + b / 2);
-  const double bytes = sigma * (p + b) * model_.num_kv_heads * d * 2.0 * model_.dtype_bytes;
-  const double attention =
-      model_.num_layers *
-      std::max(flops / params_.attn_flops_per_s, bytes / params_.attn_kv_bytes_per_s);
-  return MarginalLinearTime(step_tokens, block_tokens) + attention +
-         params_.segment_overhead_s * model_.num_layers;
+  // Query i of the block sees the p earlier tokens and ~b/2 of the block.
+  return model_.num_layers *
+         (LayerAttentionTime(b * (p + b / 2), sigma * (p + b)) + params_.segment_overhead_s);
 }
 
 }  // namespace asymcache

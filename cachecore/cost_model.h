@@ -85,10 +85,23 @@ class CostModel {
   // position `position`, riding in a step that already holds `step_tokens`
   // tokens (marginal linear cost), with scan-sharing factor `sigma` in [0, 1]
   // (1 = isolated hole, 0 = packed with other queries of the sequence).
+  // Equals MarginalLinearTime(step_tokens, block_tokens) +
+  // RebuildAttentionCost(block_tokens, position, sigma).
   double RebuildCost(int64_t block_tokens, int64_t position, double sigma,
                      int64_t step_tokens) const;
+  // The load-independent part of RebuildCost: attention over all layers,
+  // L * max(flops/P, sigma * bytes/BW) with flops of b queries attending to
+  // position + their causal prefix, plus one segment overhead per layer
+  // (L * c_seg). 0 if block_tokens <= 0; position is floored at 0 and sigma
+  // clamped into [0, 1] as in RebuildCost.
+  double RebuildAttentionCost(int64_t block_tokens, int64_t position, double sigma) const;
 
  private:
+  // Attention time of ONE layer: max(flops/P, bytes/BW) for `attended_pairs`
+  // (query, key) pairs and `kv_tokens_scanned` KV tokens read (fractional
+  // values allowed: a rebuild's causal half-block and scan sharing).
+  double LayerAttentionTime(double attended_pairs, double kv_tokens_scanned) const;
+
   ModelConfig model_;
   CalibrationParams params_;
 };
