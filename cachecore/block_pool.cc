@@ -177,20 +177,19 @@ void BlockPool::PinLocked(BlockId id, absl::Time now) {
   }
 }
 
-void BlockPool::UnpinLocked(BlockId id, absl::Time now) {
+bool BlockPool::UnpinLocked(BlockId id) {
   Slot& slot = slots_[static_cast<size_t>(id)];
   ABSL_RAW_CHECK(slot.state == BlockState::kPinned && slot.pins > 0,
                  "BlockPool: unpin of a block that is not pinned");
-  if (--slot.pins == 0) {
-    Transition(id, BlockState::kSealed);
-    policy_->SetEvictable(id, true, now);
-  }
+  if (--slot.pins != 0) return false;
+  Transition(id, BlockState::kSealed);
+  return true;
 }
 
 void BlockPool::Unpin(BlockId id) {
   const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
-  UnpinLocked(id, now);
+  if (UnpinLocked(id)) policy_->SetEvictable(id, true, now);
 }
 
 void BlockPool::UnpinMany(absl::Span<const BlockId> ids) {
@@ -199,13 +198,7 @@ void BlockPool::UnpinMany(absl::Span<const BlockId> ids) {
   released.reserve(ids.size());
   absl::MutexLock lock(&mu_);
   for (BlockId id : ids) {
-    Slot& slot = slots_[static_cast<size_t>(id)];
-    ABSL_RAW_CHECK(slot.state == BlockState::kPinned && slot.pins > 0,
-                   "BlockPool: unpin of a block that is not pinned");
-    if (--slot.pins == 0) {
-      Transition(id, BlockState::kSealed);
-      released.push_back(id);
-    }
+    if (UnpinLocked(id)) released.push_back(id);
   }
   policy_->SetEvictableMany(released, true, now);
 }
@@ -325,12 +318,15 @@ absl::Status BlockPool::AbortMany(absl::Span<const BlockId> ids) {
 }
 
 std::optional<BlockPool::PinHandle> BlockPool::PinIfIndexed(BlockId id, const BlockHash& hash) {
-  const absl::Time now = clock_->Now();
-  absl::MutexLock lock(&mu_);
-  if (!ValidId(id)) return std::nullopt;
-  const Slot& slot = slots_[static_cast<size_t>(id)];
-  if (!IsSealed(slot.state) || slot.info.hash != hash) return std::nullopt;
-  PinLocked(id, now);
+  PinSet pins;
+  std::vector<bool> pinned;
+  if (PinIndexedMany(absl::MakeConstSpan(&id, 1), absl::MakeConstSpan(&hash, 1),
+                     /*accessor=*/std::nullopt, &pins, &pinned) == 0) {
+    return std::nullopt;
+  }
+  // Hand the single pin over to a PinHandle without unpinning.
+  pins.ids_.clear();
+  pins.pool_ = nullptr;
   return PinHandle(this, id);
 }
 
@@ -380,13 +376,6 @@ absl::StatusOr<BlockPool::PinHandle> BlockPool::PinSealed(BlockId id) {
   }
   PinLocked(id, now);
   return PinHandle(this, id);
-}
-
-void BlockPool::Touch(BlockId id, SequenceId seq) {
-  const absl::Time now = clock_->Now();
-  absl::MutexLock lock(&mu_);
-  if (!ValidId(id) || !IsSealed(slots_[static_cast<size_t>(id)].state)) return;
-  policy_->OnAccess(id, seq, now);
 }
 
 absl::StatusOr<EvictedBlock> BlockPool::Invalidate(BlockId id) {

@@ -142,6 +142,7 @@ class BlockPool {
   // keeps no index, e.g. tests). RESOURCE_EXHAUSTED naming the counts (needed,
   // free, evictable, pinned, writing) and no change when impossible.
   // INVALID_ARGUMENT for n < 0. Ids are returned in allocation order.
+  // `owner` is unused for now: reserved for per-owner quotas (issue 9).
   absl::StatusOr<std::vector<BlockId>> Allocate(int64_t n, SequenceId owner,
                                                 std::vector<EvictedBlock>* evicted);
   // Same, but the blocks enter kInTransfer (an import over the network).
@@ -175,8 +176,6 @@ class BlockPool {
   // step's pins). FAILED_PRECONDITION unless sealed.
   absl::StatusOr<PinHandle> PinSealed(BlockId id);
 
-  // Forwards OnAccess to the policy (sealed blocks only; otherwise ignored).
-  void Touch(BlockId id, SequenceId seq);
   // kSealed (unpinned) -> kFree, policy OnRemoved. Returns what was dropped so the
   // caller erases it from the index. FAILED_PRECONDITION when pinned or not sealed.
   absl::StatusOr<EvictedBlock> Invalidate(BlockId id);
@@ -221,7 +220,9 @@ class BlockPool {
   absl::Status CheckDistinctLocked(size_t n, const std::function<BlockId(size_t)>& id_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PinLocked(BlockId id, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void UnpinLocked(BlockId id, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops one pin; true when it was the last one (the block is now kSealed and
+  // the caller tells the policy it is evictable).
+  bool UnpinLocked(BlockId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unpin(BlockId id);
   void UnpinMany(absl::Span<const BlockId> ids);
   bool ValidId(BlockId id) const { return id >= 0 && id < capacity_; }

@@ -34,8 +34,12 @@ void LfuPolicy::OnAccess(BlockId id, SequenceId /*seq*/, absl::Time /*now*/) {
 
 std::optional<BlockId> LfuPolicy::PopVictim(absl::Time /*now*/) {
   if (order_.empty()) return std::nullopt;
+  // The victim is order_'s first key: erase it through the iterator rather
+  // than searching the tree again (OnRemoved), then drop its state.
   const BlockId victim = std::get<2>(*order_.begin());
-  OnRemoved(victim);
+  order_.erase(order_.begin());
+  states_[victim] = State{};
+  --tracked_;
   return victim;
 }
 

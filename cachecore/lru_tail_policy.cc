@@ -38,8 +38,12 @@ void LruTailPolicy::OnAccess(BlockId id, SequenceId /*seq*/, absl::Time now) {
 
 std::optional<BlockId> LruTailPolicy::PopVictim(absl::Time /*now*/) {
   if (order_.empty()) return std::nullopt;
+  // The victim is order_'s first key: erase it through the iterator rather
+  // than searching the tree again (OnRemoved), then drop its state.
   const BlockId victim = std::get<2>(*order_.begin());
-  OnRemoved(victim);
+  order_.erase(order_.begin());
+  states_[victim] = State{};
+  --tracked_;
   return victim;
 }
 

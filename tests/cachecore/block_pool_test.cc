@@ -170,6 +170,45 @@ TEST_F(BlockPoolTest, MisuseIsFailedPreconditionAndChangesNothing) {
   ExpectStatsAddUp(pool);
 }
 
+TEST_F(BlockPoolTest, SealRejectsBadTokensOrPositionAndChangesNothing) {
+  BlockPool pool(BlockPoolOptions{4}, Lru(), &clock_);
+  absl::StatusOr<std::vector<BlockId>> ids = pool.Allocate(2, 7, nullptr);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  const BlockId a = (*ids)[0];
+  const BlockId b = (*ids)[1];
+  auto expect_unchanged = [&] {
+    EXPECT_EQ(pool.state(a), BlockState::kWriting);
+    EXPECT_EQ(pool.state(b), BlockState::kWriting);
+    EXPECT_EQ(pool.GetStats().writing, 2);
+    EXPECT_EQ(pool.GetStats().pinned, 0);
+    pool.WithPolicy([](const EvictionPolicy& p) { EXPECT_EQ(p.tracked_count(), 0u); });
+  };
+  IndexedBlockInfo zero_tokens = Info(b, 2);
+  zero_tokens.tokens = 0;
+  IndexedBlockInfo negative_tokens = Info(b, 2);
+  negative_tokens.tokens = -5;
+  IndexedBlockInfo negative_position = Info(b, 2, /*position=*/-16);
+  for (const IndexedBlockInfo& bad : {zero_tokens, negative_tokens, negative_position}) {
+    absl::StatusOr<BlockPool::PinHandle> single = pool.Seal(bad);
+    EXPECT_EQ(single.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(single.status().message(), HasSubstr("tokens="));
+    expect_unchanged();
+    // In a batch, a valid first entry is not sealed either (all or nothing).
+    BlockPool::PinSet pins;
+    const std::vector<IndexedBlockInfo> batch = {Info(a, 1), bad};
+    const absl::Status status = pool.SealMany(batch, &pins);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(status.message(), HasSubstr("position="));
+    EXPECT_TRUE(pins.empty());
+    expect_unchanged();
+  }
+  ExpectStatsAddUp(pool);
+  // The same blocks seal once the identity is valid.
+  BlockPool::PinSet pins;
+  ASSERT_TRUE(pool.SealMany({Info(a, 1), Info(b, 2, 16)}, &pins).ok());
+  EXPECT_EQ(pool.GetStats().pinned, 2);
+}
+
 TEST_F(BlockPoolTest, TransferPath) {
   BlockPool pool(BlockPoolOptions{2}, Lru(), &clock_);
   auto ids = pool.AllocateForTransfer(2, 1, nullptr);

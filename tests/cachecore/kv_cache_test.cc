@@ -56,6 +56,42 @@ TEST(KvCacheTest, OptionsAndCreateErrors) {
   EXPECT_TRUE(KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), &clock).ok());
 }
 
+TEST(KvCacheTest, CreateRejectsNegativeSessionChainBudget) {
+  FakeClock clock;
+  KvCacheOptions options;
+  options.model = *ModelConfig::Named("tiny");
+  options.capacity_blocks = 8;
+  options.session_chain_token_budget = -1;
+  absl::StatusOr<std::unique_ptr<KvCache>> cache =
+      KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), &clock);
+  EXPECT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cache.status().message(), HasSubstr("session_chain_token_budget"));
+  options.session_chain_token_budget = 0;  // 0 = keep no chains: allowed
+  EXPECT_TRUE(KvCache::Create(options, *MakeEvictionPolicy("lru", nullptr), &clock).ok());
+}
+
+TEST(KvCacheTest, CreateRejectsAPolicyThatAlreadyTracksBlocks) {
+  FakeClock clock;
+  KvCacheOptions options;
+  options.model = *ModelConfig::Named("tiny");
+  options.capacity_blocks = 8;
+  for (const char* name : {"lru", "lfu", "lru-tail"}) {
+    absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy = MakeEvictionPolicy(name, nullptr);
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    IndexedBlockInfo info;
+    info.id = 3;
+    info.hash = BlockHash{1, 2};
+    info.tokens = kB;
+    info.owner = 1;
+    (*policy)->OnIndexed(info, clock.Now());
+    ASSERT_EQ((*policy)->tracked_count(), 1u) << name;
+    absl::StatusOr<std::unique_ptr<KvCache>> cache =
+        KvCache::Create(options, *std::move(policy), &clock);
+    EXPECT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_THAT(cache.status().message(), HasSubstr("fresh")) << name;
+  }
+}
+
 TEST(KvCacheTest, BadInputAndLeaseErrors) {
   FakeClock clock;
   auto cache = MakeCache(&clock, 8);

@@ -142,6 +142,72 @@ TEST(StepPlanTest, ValidateRejectsBrokenPlans) {
   EXPECT_EQ(ValidateStepPlan(geometry).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// One mutation per ValidateStepPlan branch; each message names the branch, so
+// the test fails if that check were removed (a later check would not name it).
+TEST(StepPlanTest, ValidateRejectsEachBrokenInvariant) {
+  auto expect_rejected = [](const StepPlan& plan, const std::string& what) {
+    const absl::Status status = ValidateStepPlan(plan);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << what;
+    EXPECT_THAT(status.message(), HasSubstr(what));
+  };
+  std::vector<BlockHash> hashes(3);
+  // B=4, 12 tokens: resident, hole, resident.
+  const StepPlan holed = AssemblePlan(1, 12, 4, hashes, {1, kNoBlock, 3}, {7});
+  ASSERT_TRUE(ValidateStepPlan(holed).ok()) << ValidateStepPlan(holed);
+  // All three pages resident: one segment.
+  const StepPlan cached = AssemblePlan(1, 12, 4, hashes, {1, 2, 3}, {});
+  ASSERT_TRUE(ValidateStepPlan(cached).ok()) << ValidateStepPlan(cached);
+  ASSERT_EQ(cached.segments.size(), 1u);
+  // Resident page then a two-page tail.
+  const StepPlan tailed = AssemblePlan(1, 12, 4, hashes, {1, kNoBlock, kNoBlock}, {7, 8});
+  ASSERT_TRUE(ValidateStepPlan(tailed).ok()) << ValidateStepPlan(tailed);
+  ASSERT_EQ(tailed.segments.size(), 2u);
+  ASSERT_EQ(tailed.segments[1].kind, Kind::kTail);
+
+  StepPlan p = holed;
+  p.context_tokens = 0;
+  expect_rejected(p, "context_tokens=0");
+  p = holed;
+  p.block_tokens = 0;
+  expect_rejected(p, "block_tokens=0");
+  p = holed;
+  p.hashes.pop_back();
+  expect_rejected(p, "page arrays");
+  p = holed;
+  p.segments[0].end = 5;  // continuous, but cuts page 1
+  p.segments[1].begin = 5;
+  expect_rejected(p, "not page aligned");
+  p = cached;  // split the single resident segment in two of the same kind
+  p.segments = {Segment{0, 4, Kind::kResident}, Segment{4, 12, Kind::kResident}};
+  expect_rejected(p, "not merged");
+  p = tailed;  // a tail followed by (a hole at the end)
+  p.segments = {Segment{0, 4, Kind::kResident}, Segment{4, 8, Kind::kTail},
+                Segment{8, 12, Kind::kHole}};
+  expect_rejected(p, "is not last");
+  p = tailed;  // the missing suffix labelled as a hole
+  p.segments[1].kind = Kind::kHole;
+  expect_rejected(p, "not followed by a resident");
+  p = cached;
+  p.segments[0].end = 8;
+  expect_rejected(p, "segments end at 8");
+  p = cached;
+  p.page_ids[1] = kNoBlock;
+  expect_rejected(p, "has no block");
+  p = holed;
+  p.page_resident[0] = 0;
+  expect_rejected(p, "residency disagrees");
+  p = holed;
+  p.allocated[0] = 8;
+  expect_rejected(p, "out of order");
+  p = holed;
+  p.allocated_pages.clear();
+  expect_rejected(p, "out of order");
+  p = holed;
+  p.allocated.push_back(9);
+  p.allocated_pages.push_back(2);
+  expect_rejected(p, "extra allocated");
+}
+
 TEST(BatchCsrTest, AppendsPlansInKernelLayout) {
   std::vector<BlockHash> h2(2), h3(3);
   std::vector<BlockId> ids_a = {4, kNoBlock};
