@@ -164,6 +164,7 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
   if (options_.mode == ChunkSchedulerOptions::Mode::kFixed) {
     schedule.budget_tokens = options_.fixed_budget_tokens;
     schedule.chunks = FillBudget(schedule.budget_tokens, pending);
+    schedule.predicted_latency_s = PredictStepLatency(decodes, schedule.chunks);
   } else {
     // A budget at or above the pending work (rounded to a tile) takes all of it.
     const int64_t cap = std::min(options_.max_budget_tokens, AlignUp(pending_tokens, tile));
@@ -171,6 +172,7 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       // TTFT first: nobody waits on this step, finish as much prefill as allowed.
       schedule.budget_tokens = cap;
       schedule.chunks = FillBudget(cap, pending);
+      schedule.predicted_latency_s = PredictStepLatency(decodes, schedule.chunks);
     } else {
       // Largest tile multiple in [min, cap] whose predicted step fits the
       // target. Latency grows with the budget (a larger budget takes the same
@@ -181,15 +183,20 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       const double target_s = absl::ToDoubleSeconds(options_.tpot_target);
       int64_t lo = options_.min_budget_tokens / tile;  // fallback, need not fit
       int64_t hi = cap / tile;
+      // `best` and its latency are kept together, so the result needs no
+      // second evaluation.
       std::vector<Chunk> best = FillBudget(lo * tile, pending);
-      if (PredictStepLatency(decodes, best) <= target_s) {
+      double best_latency_s = PredictStepLatency(decodes, best);
+      if (best_latency_s <= target_s) {
         // Invariant: lo fits; find the largest fitting count in (lo, hi].
         while (lo < hi) {
           const int64_t mid = lo + (hi - lo + 1) / 2;
           std::vector<Chunk> candidate = FillBudget(mid * tile, pending);
-          if (PredictStepLatency(decodes, candidate) <= target_s) {
+          const double candidate_latency_s = PredictStepLatency(decodes, candidate);
+          if (candidate_latency_s <= target_s) {
             lo = mid;
             best = std::move(candidate);
+            best_latency_s = candidate_latency_s;
           } else {
             hi = mid - 1;
           }
@@ -197,10 +204,10 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       }
       schedule.budget_tokens = lo * tile;
       schedule.chunks = std::move(best);
+      schedule.predicted_latency_s = best_latency_s;
     }
   }
   for (const Chunk& chunk : schedule.chunks) schedule.prefill_tokens += chunk.tokens();
-  schedule.predicted_latency_s = PredictStepLatency(decodes, schedule.chunks);
   return schedule;
 }
 

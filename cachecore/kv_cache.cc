@@ -54,10 +54,7 @@ KvCache::SessionChain KvCache::TakeChain(absl::string_view salt, SequenceId sequ
     absl::MutexLock lock(&sessions_mu_);
     auto it = sessions_.find(sequence);
     if (it != sessions_.end()) {
-      session_tokens_ -= it->second.chain.token_count();
-      session_lru_.erase(it->second.lru_it);
-      cached.emplace(std::move(it->second));
-      sessions_.erase(it);
+      cached.emplace(EraseSessionLocked(it));
     }
   }
   // Verified outside the lock: same salt, and every cached token matches.
@@ -75,14 +72,21 @@ KvCache::SessionChain KvCache::TakeChain(absl::string_view salt, SequenceId sequ
   return fresh;
 }
 
-void KvCache::PutChain(SequenceId sequence, SessionChain chain) {
+KvCache::SessionChain KvCache::EraseSessionLocked(SessionMap::iterator it) {
+  session_tokens_ -= it->second.chain.token_count();
+  session_lru_.erase(it->second.lru_it);
+  SessionChain removed = std::move(it->second);
+  sessions_.erase(it);
+  return removed;
+}
+
+void KvCache::PutChain(SequenceId sequence, SessionChain chain, int64_t hashed) {
   absl::MutexLock lock(&sessions_mu_);
+  hashed_tokens_ += hashed;
   if (chain.chain.token_count() > options_.session_chain_token_budget) return;
   auto it = sessions_.find(sequence);
   if (it != sessions_.end()) {  // a concurrent step of the same session got there first
-    session_tokens_ -= it->second.chain.token_count();
-    session_lru_.erase(it->second.lru_it);
-    sessions_.erase(it);
+    EraseSessionLocked(it);
   }
   session_lru_.push_front(sequence);
   chain.lru_it = session_lru_.begin();
@@ -90,9 +94,7 @@ void KvCache::PutChain(SequenceId sequence, SessionChain chain) {
   sessions_.emplace(sequence, std::move(chain));
   while (session_tokens_ > options_.session_chain_token_budget) {
     auto victim = sessions_.find(session_lru_.back());
-    session_tokens_ -= victim->second.chain.token_count();
-    sessions_.erase(victim);
-    session_lru_.pop_back();
+    EraseSessionLocked(victim);
   }
 }
 
@@ -100,9 +102,7 @@ void KvCache::ForgetSession(SequenceId sequence) {
   absl::MutexLock lock(&sessions_mu_);
   auto it = sessions_.find(sequence);
   if (it == sessions_.end()) return;
-  session_tokens_ -= it->second.chain.token_count();
-  session_lru_.erase(it->second.lru_it);
-  sessions_.erase(it);
+  EraseSessionLocked(it);
 }
 
 // ---------------------------------------------------------------- steps
@@ -123,10 +123,8 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   }
   int64_t hashed = 0;
   SessionChain chain = TakeChain(salt, sequence, tokens, &hashed);
-  {
-    absl::MutexLock lock(&sessions_mu_);
-    hashed_tokens_ += hashed;
-  }
+  // Every path below returns the chain through PutChain, which also counts
+  // `hashed` under the lock it takes anyway.
   PlanInput input;
   input.sequence = sequence;
   input.context_tokens = static_cast<int64_t>(tokens.size());
@@ -135,7 +133,7 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   input.contiguous_prefix_only = pool_.contiguous_prefix_only();
   absl::StatusOr<PlannedStep> planned = planner_.Plan(input);
   if (!planned.ok()) {
-    PutChain(sequence, std::move(chain));
+    PutChain(sequence, std::move(chain), hashed);
     return absl::Status(planned.status().code(),
                         absl::StrCat("BeginStep: sequence ", sequence, ": ", planned.status().message()));
   }
@@ -160,7 +158,7 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
     info.owner = sequence;
     lease.to_seal.push_back(info);
   }
-  PutChain(sequence, std::move(chain));
+  PutChain(sequence, std::move(chain), hashed);
 
   StepLease result;
   {
@@ -307,22 +305,24 @@ void KvCache::SetEventListener(std::function<void(const KvEvent&)> listener) {
   listener_ = std::move(listener);
 }
 
-void KvCache::Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks) {
+// EvictedBlock and IndexedBlockInfo both carry `hash` and `position`: one
+// loop numbers and delivers the events for either.
+template <typename Block>
+void KvCache::EmitEach(KvEvent::Kind kind, absl::Span<const Block> blocks) {
   if (blocks.empty()) return;
   absl::MutexLock lock(&events_mu_);
-  for (const EvictedBlock& b : blocks) {
+  for (const Block& b : blocks) {
     const KvEvent event{kind, b.hash, b.position, next_event_++};
     if (listener_) listener_(event);
   }
 }
 
+void KvCache::Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks) {
+  EmitEach(kind, blocks);
+}
+
 void KvCache::EmitStored(absl::Span<const IndexedBlockInfo> blocks) {
-  if (blocks.empty()) return;
-  absl::MutexLock lock(&events_mu_);
-  for (const IndexedBlockInfo& b : blocks) {
-    const KvEvent event{KvEvent::Kind::kStored, b.hash, b.position, next_event_++};
-    if (listener_) listener_(event);
-  }
+  EmitEach(KvEvent::Kind::kStored, blocks);
 }
 
 KvCache::Stats KvCache::GetStats() const {

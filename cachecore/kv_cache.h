@@ -167,14 +167,29 @@ class KvCache {
 
   KvCache(KvCacheOptions options, std::unique_ptr<EvictionPolicy> policy, Clock* clock);
 
+  using SessionMap = absl::flat_hash_map<SequenceId, SessionChain>;
+
   // Takes the session's chain out of the cache (or builds one) and extends it
-  // to `tokens`. Adds to hashed_tokens.
+  // to `tokens`; sets *hashed to the tokens hashed doing so (not yet counted).
   SessionChain TakeChain(absl::string_view salt, SequenceId sequence,
-                         absl::Span<const TokenId> tokens, int64_t* hashed);
-  void PutChain(SequenceId sequence, SessionChain chain);
+                         absl::Span<const TokenId> tokens, int64_t* hashed)
+      ABSL_LOCKS_EXCLUDED(sessions_mu_);
+  // Returns the chain to the cache (unless over the session budget) and adds
+  // `hashed` (TakeChain's count) to hashed_tokens.
+  void PutChain(SequenceId sequence, SessionChain chain, int64_t hashed)
+      ABSL_LOCKS_EXCLUDED(sessions_mu_);
+  // Removes the entry at `it` from the map, the LRU list and session_tokens_;
+  // returns its chain.
+  SessionChain EraseSessionLocked(SessionMap::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   void ReleaseLease(Lease lease);
-  void Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks);
-  void EmitStored(absl::Span<const IndexedBlockInfo> blocks);
+  void Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks)
+      ABSL_LOCKS_EXCLUDED(events_mu_);
+  void EmitStored(absl::Span<const IndexedBlockInfo> blocks) ABSL_LOCKS_EXCLUDED(events_mu_);
+  // The one event loop behind Emit and EmitStored (Block has hash, position).
+  template <typename Block>
+  void EmitEach(KvEvent::Kind kind, absl::Span<const Block> blocks)
+      ABSL_LOCKS_EXCLUDED(events_mu_);
 
   // Immutable after construction.
   const KvCacheOptions options_;
@@ -192,7 +207,7 @@ class KvCache {
   int64_t new_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
 
   mutable absl::Mutex sessions_mu_;
-  absl::flat_hash_map<SequenceId, SessionChain> sessions_ ABSL_GUARDED_BY(sessions_mu_);
+  SessionMap sessions_ ABSL_GUARDED_BY(sessions_mu_);
   std::list<SequenceId> session_lru_ ABSL_GUARDED_BY(sessions_mu_);  // front = most recent
   int64_t session_tokens_ ABSL_GUARDED_BY(sessions_mu_) = 0;
   int64_t hashed_tokens_ ABSL_GUARDED_BY(sessions_mu_) = 0;
