@@ -96,7 +96,10 @@ struct MsaWorkspaceSizes {
 
 // A plan: counts and byte offsets into the workspaces. POD, copyable.
 struct MsaPlan {
-  // The shape and batch the plan was built for (RunMsaCuda checks them).
+  // The shape and batch the plan was built for. RunMsaCuda checks only the
+  // shape fields (num_q_heads, num_kv_heads, head_dim, page_size, dtype)
+  // against its shape argument; the batch fields are not checked against any
+  // table (the plan's uploaded workspace carries the batch).
   int32_t num_q_heads = 0;
   int32_t num_kv_heads = 0;
   int32_t head_dim = 0;

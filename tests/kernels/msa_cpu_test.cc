@@ -44,36 +44,15 @@ namespace {
 using ::testing::HasSubstr;
 using testing::BuildOptions;
 using testing::BuildTestBatch;
+using testing::MakeShape;
 using testing::PositionRun;
 using testing::RandomLayout;
 using testing::RandomLayoutOptions;
 using testing::SequenceLayout;
 using testing::TestBatch;
+using testing::ToleranceFor;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-double ToleranceFor(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return 1e-5;
-    case DType::kBFloat16:
-      return 1e-2;
-    case DType::kFloat16:
-      return 2e-3;
-  }
-  return 0.0;
-}
-
-AttentionShape MakeShape(int32_t q_heads, int32_t kv_heads, int32_t head_dim, int32_t page_size,
-                         DType dtype) {
-  AttentionShape shape;
-  shape.num_q_heads = q_heads;
-  shape.num_kv_heads = kv_heads;
-  shape.head_dim = head_dim;
-  shape.page_size = page_size;
-  shape.dtype = dtype;
-  return shape;
-}
 
 using testing::SeededTest;
 
@@ -474,6 +453,24 @@ TEST(MsaCpuMergeStatesTest, EmptyStatesMergeToZeroAndMinusInfinity) {
   const PartialState null_state[] = {{nullptr, a_lse.data()}};
   EXPECT_EQ(MergeStatesCpu(DType::kFloat32, 1, dim, null_state, out.data(), nullptr).code(),
             absl::StatusCode::kInvalidArgument);
+
+  // Bad dtype, negative row count, null output: INVALID_ARGUMENT, outputs untouched.
+  std::fill(out.begin(), out.end(), nan);
+  std::fill(lse.begin(), lse.end(), nan);
+  absl::Status status =
+      MergeStatesCpu(static_cast<DType>(7), 3, dim, states, out.data(), lse.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("dtype"));
+  status = MergeStatesCpu(DType::kFloat32, -1, dim, states, out.data(), lse.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("num_rows"));
+  status = MergeStatesCpu(DType::kFloat32, 3, dim, states, nullptr, lse.data());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("out_values is null"));
+  EXPECT_EQ(testing::CountNaN(std::vector<double>(out.begin(), out.end())),
+            static_cast<int64_t>(out.size()));
+  EXPECT_EQ(testing::CountNaN(std::vector<double>(lse.begin(), lse.end())),
+            static_cast<int64_t>(lse.size()));
 }
 
 // ---- KV append --------------------------------------------------------------------
@@ -539,6 +536,39 @@ TEST_F(MsaCpuAppendTest, RoundTripThroughAttention) {
     status = AppendKvCpu(shape, good_pages, std::vector<int32_t>{0}, k.data(), v.data(),
                          batch.kv_pool.data(), batch.num_pages);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    const std::vector<int32_t> zero_offsets = {0, 0};  // valid slots
+    // Invalid shape, negative num_pages, negative page id, negative offset.
+    AttentionShape bad_shape = shape;
+    bad_shape.head_dim = 96;
+    status = AppendKvCpu(bad_shape, good_pages, zero_offsets, k.data(), v.data(),
+                         batch.kv_pool.data(), batch.num_pages);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("head_dim"));
+    status = AppendKvCpu(shape, good_pages, zero_offsets, k.data(), v.data(),
+                         batch.kv_pool.data(), -1);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("num_pages"));
+    status = AppendKvCpu(shape, std::vector<int32_t>{slot_pages[0], -1}, zero_offsets, k.data(),
+                         v.data(), batch.kv_pool.data(), batch.num_pages);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("slot_page_ids[1]=-1"));
+    status = AppendKvCpu(shape, good_pages, std::vector<int32_t>{0, -1}, k.data(), v.data(),
+                         batch.kv_pool.data(), batch.num_pages);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), HasSubstr("slot_offsets[1]=-1"));
+    // Null k, v or pool with tokens to write.
+    EXPECT_EQ(AppendKvCpu(shape, good_pages, zero_offsets, nullptr, v.data(),
+                          batch.kv_pool.data(), batch.num_pages)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(AppendKvCpu(shape, good_pages, zero_offsets, k.data(), nullptr,
+                          batch.kv_pool.data(), batch.num_pages)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(AppendKvCpu(shape, good_pages, zero_offsets, k.data(), v.data(), nullptr,
+                          batch.num_pages)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(batch.kv_pool, before);
   }
 }
@@ -648,6 +678,10 @@ TEST_F(MsaCpuValidationTest, EveryBatchFailureModeIsInvalidArgumentNamingTheInde
                         nullptr)
                   .message(),
               HasSubstr("kv_pool is null"));
+  EXPECT_THAT(RunMsaCpu(shape, good.view(), buffer.data(), buffer.data(), kNumPages, nullptr,
+                        nullptr)
+                  .message(),
+              HasSubstr("out is null"));
   CpuRunOptions bad_options;
   bad_options.num_threads = -1;
   EXPECT_THAT(RunMsaCpu(shape, good.view(), buffer.data(), buffer.data(), kNumPages, buffer.data(),

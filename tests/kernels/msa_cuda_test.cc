@@ -18,6 +18,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -37,28 +38,18 @@
 namespace asymcache::msa {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::BuildOptions;
 using testing::BuildTestBatch;
+using testing::MakeShape;
 using testing::PositionRun;
 using testing::RandomLayout;
 using testing::RandomLayoutOptions;
 using testing::SequenceLayout;
 using testing::TestBatch;
+using testing::ToleranceFor;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-double ToleranceFor(DType dtype) { return dtype == DType::kBFloat16 ? 1e-2 : 2e-3; }
-
-AttentionShape MakeShape(int32_t q_heads, int32_t kv_heads, int32_t head_dim, int32_t page_size,
-                         DType dtype) {
-  AttentionShape shape;
-  shape.num_q_heads = q_heads;
-  shape.num_kv_heads = kv_heads;
-  shape.head_dim = head_dim;
-  shape.page_size = page_size;
-  shape.dtype = dtype;
-  return shape;
-}
 
 // Host workspace, 16-byte aligned (operator new alignment).
 struct HostWorkspace {
@@ -573,8 +564,39 @@ TEST(MsaPlanTest, RejectsBadBatchesShapesAndOptions) {
   options = MsaPlanOptions{};
   options.num_sms = 0;
   EXPECT_EQ(options.Validate().code(), absl::StatusCode::kInvalidArgument);
-  // Too small a workspace.
+  for (int32_t ctas : {0, -1}) {
+    options = MsaPlanOptions{};
+    options.target_ctas_per_sm = ctas;
+    EXPECT_THAT(options.Validate().message(), HasSubstr("target_ctas_per_sm")) << ctas;
+    EXPECT_EQ(PlanMsa(shape, good.view(), 1, options, ws.data(), ws.size()).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << ctas;
+  }
+  for (int32_t chunk : {0, -128, 64, 200}) {
+    options = MsaPlanOptions{};
+    options.min_kv_chunk_tokens = chunk;
+    EXPECT_THAT(options.Validate().message(), HasSubstr("min_kv_chunk_tokens")) << chunk;
+    EXPECT_EQ(PlanMsa(shape, good.view(), 1, options, ws.data(), ws.size()).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << chunk;
+  }
+  options = MsaPlanOptions{};
+  options.min_kv_chunk_tokens = 256;
+  EXPECT_TRUE(options.Validate().ok());
+
+  // Workspace: null with bytes, misaligned, too small.
+  absl::Status status =
+      PlanMsa(shape, good.view(), 1, MsaPlanOptions{}, nullptr, ws.size()).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("host_ws is null"));
+  status = PlanMsa(shape, good.view(), 1, MsaPlanOptions{},
+                   static_cast<unsigned char*>(ws.data()) + 4, ws.size() - 16)
+               .status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("aligned"));
   EXPECT_EQ(PlanMsa(shape, good.view(), 1, MsaPlanOptions{}, ws.data(), 64).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(PlanMsa(shape, good.view(), 1, MsaPlanOptions{}, nullptr, 0).status().code(),
             absl::StatusCode::kResourceExhausted);
 }
 
@@ -687,10 +709,70 @@ TEST(MsaPlanTest, SplitsSmallDecodeBatchesOnlyAndChunksAre128Aligned) {
   }
 }
 
-TEST(MsaCudaUnavailableTest, EntryPointsReportUnavailableWithoutGpu) {
-  if (QueryGpu().ok()) GTEST_SKIP() << "a GPU is present; this checks builds without one";
-  EXPECT_EQ(DeviceBuffer::Allocate(16).status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(QueryGpu().status().code(), absl::StatusCode::kUnavailable);
+// Builds without CUDA link kernels/cuda_unavailable.cc: every msa_cuda.h entry
+// point must answer UNAVAILABLE (and never touch its arguments). CUDA builds
+// compile the real backend (msa_cuda.cu), whose answers depend on the device,
+// so the test skips there.
+TEST(MsaCudaUnavailableTest, EveryEntryPointReportsUnavailableWithoutCuda) {
+#if defined(ASYMCACHE_WITH_CUDA)
+  GTEST_SKIP() << "built with CUDA (ASYMCACHE_WITH_CUDA): the real backend is linked, not "
+                  "kernels/cuda_unavailable.cc";
+#else
+  constexpr absl::StatusCode kUnavailable = absl::StatusCode::kUnavailable;
+  const AttentionShape shape = MakeShape(8, 2, 128, 16, DType::kBFloat16);
+  BatchTablesStorage tables;
+  tables.q_indptr = {0, 1};
+  tables.q_pos = {3};
+  tables.kv_indptr = {0, 1};
+  tables.kv_page_ids = {0};
+  tables.kv_page_pos = {0};
+  tables.kv_page_len = {4};
+  HostWorkspace ws(1 << 16);
+  absl::StatusOr<MsaPlan> plan =
+      PlanMsa(shape, tables.view(), 1, MsaPlanOptions{}, ws.data(), ws.size());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  std::vector<uint64_t> host(1024, 0);
+  std::vector<float> lse(8, 0.0f);
+  const int32_t slot[] = {0};
+
+  EXPECT_EQ(QueryGpu().status().code(), kUnavailable);
+  EXPECT_EQ(QueryGpu(1).status().code(), kUnavailable);
+  EXPECT_EQ(UploadMsaPlan(*plan, ws.data(), host.data(), 1 << 16, nullptr).code(), kUnavailable);
+  EXPECT_EQ(RunMsaCuda(*plan, shape, host.data(), host.data(), host.data(), lse.data(),
+                       host.data(), nullptr)
+                .code(),
+            kUnavailable);
+  EXPECT_EQ(AppendKvCuda(shape, slot, slot, 1, host.data(), host.data(), host.data(), 1, nullptr)
+                .code(),
+            kUnavailable);
+  EXPECT_EQ(DeviceBuffer::Allocate(16).status().code(), kUnavailable);
+  EXPECT_EQ(PinnedHostBuffer::Allocate(16).status().code(), kUnavailable);
+  EXPECT_EQ(CudaStream::Create().status().code(), kUnavailable);
+  EXPECT_EQ(CopyHostToDevice(host.data(), host.data() + 8, 8).code(), kUnavailable);
+  EXPECT_EQ(CopyDeviceToHost(host.data(), host.data() + 8, 8).code(), kUnavailable);
+  EXPECT_EQ(FillDeviceBytes(host.data(), 0xFF, 8).code(), kUnavailable);
+  EXPECT_EQ(SynchronizeStream(nullptr).code(), kUnavailable);
+  int body_calls = 0;
+  const auto body = [&body_calls](void*) {
+    ++body_calls;
+    return absl::OkStatus();
+  };
+  EXPECT_EQ(CaptureAndReplay(body, 3).code(), kUnavailable);
+  EXPECT_EQ(TimeOnStream(body, 1, 3).status().code(), kUnavailable);
+  EXPECT_EQ(body_calls, 0);
+  // Nothing was written through the pointers.
+  EXPECT_THAT(host, ::testing::Each(uint64_t{0}));
+  EXPECT_THAT(lse, ::testing::Each(0.0f));
+
+  // Default-constructed and moved-from handles are empty.
+  DeviceBuffer device_buffer;
+  EXPECT_EQ(device_buffer.data(), nullptr);
+  EXPECT_EQ(DeviceBuffer(std::move(device_buffer)).size(), 0u);
+  PinnedHostBuffer pinned;
+  EXPECT_EQ(PinnedHostBuffer(std::move(pinned)).data(), nullptr);
+  CudaStream stream;
+  EXPECT_EQ(CudaStream(std::move(stream)).get(), nullptr);
+#endif
 }
 
 }  // namespace

@@ -275,6 +275,33 @@ inline std::string DTypeName(DType dtype) {
   return "unknown";
 }
 
+// An AttentionShape with the given heads, head size, page size and dtype
+// (sm_scale left at its default).
+inline AttentionShape MakeShape(int32_t q_heads, int32_t kv_heads, int32_t head_dim,
+                                int32_t page_size, DType dtype) {
+  AttentionShape shape;
+  shape.num_q_heads = q_heads;
+  shape.num_kv_heads = kv_heads;
+  shape.head_dim = head_dim;
+  shape.page_size = page_size;
+  shape.dtype = dtype;
+  return shape;
+}
+
+// Largest relative error norm a backend's output may have against the double
+// reference, by dtype: fp32 1e-5 (CPU only), bf16 1e-2, fp16 2e-3.
+inline double ToleranceFor(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return 1e-5;
+    case DType::kBFloat16:
+      return 1e-2;
+    case DType::kFloat16:
+      return 2e-3;
+  }
+  return 0.0;
+}
+
 }  // namespace asymcache::msa::testing
 
 #endif  // ASYMCACHE_TESTS_KERNELS_MSA_TEST_UTIL_H_
