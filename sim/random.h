@@ -46,12 +46,13 @@ class SimRandom {
   // Independent stream `stream` of `seed` (e.g. one per session).
   SimRandom(uint64_t seed, uint64_t stream) : state_(HashCombine(seed, stream)) {}
 
+  // SplitMix64: advance the state by the golden-ratio increment and mix it.
+  // Mix64 adds that increment itself, so mixing the pre-advance state is the
+  // same draw.
   uint64_t Next() {
+    const uint64_t draw = Mix64(state_);
     state_ += 0x9e3779b97f4a7c15ULL;
-    uint64_t z = state_;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    return draw;
   }
   // Uniform in [0, 1) with 53 bits.
   double UniformReal() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }

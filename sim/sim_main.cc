@@ -124,7 +124,8 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.trace = absl::GetFlag(FLAGS_trace);
   const WorkloadDefaults defaults = DefaultsFor(o.trace.empty() ? o.workload : "");
   absl::StatusOr<std::vector<SystemSpec>> systems =
-      ParseSystems(absl::GetFlag(FLAGS_system), absl::GetFlag(FLAGS_budget));
+      ParseSystems(absl::GetFlag(FLAGS_system), absl::GetFlag(FLAGS_budget),
+                   o.engine.tile_tokens);
   if (!systems.ok()) return systems.status();
   o.systems = *std::move(systems);
   o.rate = absl::GetFlag(FLAGS_rate);

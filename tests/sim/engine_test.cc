@@ -2,6 +2,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
 #include "gtest/gtest.h"
@@ -204,6 +207,22 @@ TEST(Engine, RejectsBadOptions) {
   EXPECT_EQ(RunSystem(w, s, Cost(), o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(Engine, OptionsValidateEveryField) {
+  EXPECT_TRUE(Options(100).Validate().ok());
+  EngineOptions o = Options(100);
+  o.max_running_requests = 0;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o = Options(100);
+  o.tile_tokens = 0;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o = Options(100);
+  o.max_budget_tokens = o.tile_tokens * 4 + 1;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o = Options(100);
+  o.tpot_target = absl::InfiniteDuration();
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Sweep, FindsACapacityBetweenLightAndHeavyLoad) {
   // Light load: one 8-16k document at a time. Heavy load: every session
   // arrives within a fraction of a second, so document prefills queue up.
@@ -237,7 +256,26 @@ TEST(Sweep, FindsACapacityBetweenLightAndHeavyLoad) {
     EXPECT_LT(c.rate, 100) << c.system;
     EXPECT_TRUE(c.saturated) << c.system;
   }
-  EXPECT_NE(FormatSweep(*autosweep, slo).find("Capacity at SLO"), std::string::npos);
+  const std::string text = FormatSweep(*autosweep, slo);
+  const size_t section = text.find("Capacity at SLO");
+  ASSERT_NE(section, std::string::npos) << text;
+  // Each system's capacity row shows the rate CapacityAtSlo found and that the sweep bounded it.
+  for (const Capacity& c : CapacityAtSlo(*autosweep, slo)) {
+    bool found = false;
+    for (absl::string_view line : absl::StrSplit(absl::string_view(text).substr(section), '\n')) {
+      std::vector<std::string> cells;
+      for (absl::string_view cell : absl::StrSplit(line, "  ", absl::SkipWhitespace())) {
+        cells.emplace_back(absl::StripAsciiWhitespace(cell));
+      }
+      if (cells.empty() || cells[0] != c.system) continue;
+      found = true;
+      ASSERT_GE(cells.size(), 3u) << line;
+      EXPECT_EQ(cells[1], absl::StrFormat("%.3g", c.rate)) << line;
+      EXPECT_EQ(cells[2], "yes") << line;
+      break;
+    }
+    EXPECT_TRUE(found) << c.system << " has no capacity row in\n" << text;
+  }
 }
 
 }  // namespace

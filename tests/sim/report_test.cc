@@ -1,6 +1,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -11,6 +13,22 @@ namespace asymcache {
 namespace {
 
 using ::testing::HasSubstr;
+
+// Cells of the first table row after the line containing `section` whose first
+// cell is `first` (Align separates cells by at least two spaces); empty if none.
+std::vector<std::string> RowCells(const std::string& text, const std::string& section,
+                                  const std::string& first) {
+  const size_t start = text.find(section);
+  if (start == std::string::npos) return {};
+  for (absl::string_view line : absl::StrSplit(absl::string_view(text).substr(start), '\n')) {
+    std::vector<std::string> cells;
+    for (absl::string_view cell : absl::StrSplit(line, "  ", absl::SkipWhitespace())) {
+      cells.emplace_back(absl::StripAsciiWhitespace(cell));
+    }
+    if (!cells.empty() && cells[0] == first) return cells;
+  }
+  return {};
+}
 
 TEST(Systems, ParseNamesBudgetsAndErrors) {
   absl::StatusOr<std::vector<SystemSpec>> all = ParseSystems("all", 1024);
@@ -37,6 +55,12 @@ TEST(Systems, ParseNamesBudgetsAndErrors) {
   EXPECT_EQ(ParseSystems("sglang", 2048).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseSystems("", 2048).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseSystems("all", 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("all:512", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("vllm:abc", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseSystems("vllm:-16", 2048).status().code(), absl::StatusCode::kInvalidArgument);
+  // The budget must be a multiple of the given tile, not of the default 16.
+  EXPECT_EQ(ParseSystems("vllm:48", 2048, 32).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ParseSystems("vllm:64", 2048, 32).ok());
 }
 
 TEST(Report, NearestRankPercentiles) {
@@ -70,6 +94,17 @@ TEST(Report, TableHasRatiosAgainstVllmAndPensieve) {
   EXPECT_THAT(table, HasSubstr("TPOT vs pensieve"));
   EXPECT_THAT(table, HasSubstr("4.00x"));  // asymcache vs vllm
   EXPECT_THAT(table, HasSubstr("2.00x"));  // asymcache vs pensieve
+  // The asymcache row ends with TTFT/TPOT vs vllm (4x) then vs pensieve (2x).
+  const std::vector<std::string> asym = RowCells(table, "system", "asymcache");
+  ASSERT_GE(asym.size(), 4u) << table;
+  EXPECT_EQ(std::vector<std::string>(asym.end() - 4, asym.end()),
+            (std::vector<std::string>{"4.00x", "4.00x", "2.00x", "2.00x"}))
+      << table;
+  const std::vector<std::string> pensieve = RowCells(table, "system", "pensieve");
+  ASSERT_GE(pensieve.size(), 4u) << table;
+  EXPECT_EQ(std::vector<std::string>(pensieve.end() - 4, pensieve.end()),
+            (std::vector<std::string>{"2.00x", "2.00x", "1.00x", "1.00x"}))
+      << table;
   RunHeader header;
   header.workload = "chat";
   const nlohmann::json j = nlohmann::json::parse(ToJson(header, rows));
@@ -97,6 +132,14 @@ TEST(Report, CapacityIsTheHighestRateMeetingTheSloAtEveryLowerRate) {
   EXPECT_FALSE(MeetsSlo(rejected, slo));
   const std::string text = FormatSweep(sweep, slo);
   EXPECT_THAT(text, HasSubstr("Capacity at SLO"));
+  // Capacity rows: system, rate, bounded by sweep, vs the best baseline (vllm at 3/s).
+  EXPECT_THAT(text, HasSubstr("vs best baseline (vllm)"));
+  EXPECT_EQ(RowCells(text, "Capacity at SLO", "vllm"),
+            (std::vector<std::string>{"vllm", "3", "yes", "+0%"}))
+      << text;
+  EXPECT_EQ(RowCells(text, "Capacity at SLO", "asymcache"),
+            (std::vector<std::string>{"asymcache", "1", "yes", "-67%"}))
+      << text;
   EXPECT_THAT(text, HasSubstr("MISS"));
   const nlohmann::json j = nlohmann::json::parse(SweepToJson(RunHeader{}, sweep, slo));
   EXPECT_EQ(j["points"].size(), 4u);

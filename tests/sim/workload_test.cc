@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 #include <string>
@@ -58,10 +59,26 @@ TEST_P(EveryWorkload, FollowUpStepExtendsThePreviousContextTokenForToken) {
   for (const SessionSpec& s : w.sessions) {
     std::vector<TokenId> context;
     std::vector<BlockHash> previous;
+    const std::vector<StepLengths> lengths = SessionLengths(s);
     for (size_t k = 0; k < s.steps.size(); ++k) {
+      // Step k's prompt rebuilt from scratch (steps 0..k-1 with their outputs,
+      // then step k's parts, in a fresh vector) must start with exactly the
+      // context step k-1 ended with, its outputs included.
+      std::vector<TokenId> prompt;
+      for (size_t j = 0; j <= k; ++j) {
+        for (size_t p = 0; p < s.steps[j].input.size(); ++p) {
+          AppendInputTokens(s, static_cast<int>(j), static_cast<int>(p), &prompt);
+        }
+        if (j < k) AppendOutputTokens(s, s.steps[j].output_tokens, &prompt);
+      }
+      ASSERT_EQ(static_cast<int64_t>(prompt.size()), lengths[k].prompt_tokens) << s.id << " step " << k;
+      ASSERT_GE(prompt.size(), context.size());
+      ASSERT_TRUE(std::equal(context.begin(), context.end(), prompt.begin()))
+          << s.id << " step " << k << " does not extend step " << k - 1 << "'s context + output";
       for (size_t p = 0; p < s.steps[k].input.size(); ++p) {
         AppendInputTokens(s, static_cast<int>(k), static_cast<int>(p), &context);
       }
+      ASSERT_EQ(context, prompt) << s.id << " step " << k;
       const std::vector<BlockHash> hashes = ChainHashes(s.salt, context, 16);
       // Every complete block hashed at the end of step k-1 is a prefix of this prompt's chain.
       const size_t full = previous.size() - (previous.empty() ? 0 : 1);
@@ -204,6 +221,14 @@ TEST(Generators, DurationModeAndBadOptions) {
   EXPECT_EQ(GenerateWorkload(o).status().code(), absl::StatusCode::kInvalidArgument);
   o.workload = "chat";
   o.rate = 0;
+  EXPECT_EQ(GenerateWorkload(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.rate = std::nan("");
+  EXPECT_EQ(GenerateWorkload(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.rate = 2;
+  o.duration_s = -1;
+  EXPECT_EQ(GenerateWorkload(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.duration_s = 0;
+  o.sessions = -3;
   EXPECT_EQ(GenerateWorkload(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
