@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 
 namespace asymcache {
@@ -174,7 +175,36 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   return result;
 }
 
-absl::Status KvCache::CommitStep(uint64_t lease_id) {
+void KvCache::IndexNewBlocks(absl::Span<const IndexedBlockInfo> infos,
+                             std::vector<IndexedBlockInfo>* indexed,
+                             std::vector<BlockId>* duplicates) {
+  for (const IndexedBlockInfo& info : infos) {
+    const PrefixIndex::Entry entry{info.id, info.position};
+    bool done = false;
+    for (int attempt = 0; attempt < 4 && !done; ++attempt) {
+      if (index_.Insert(info.hash, entry).ok()) {
+        done = true;
+        break;
+      }
+      const std::optional<PrefixIndex::Entry> existing = index_.Lookup(info.hash);
+      if (!existing.has_value()) continue;  // erased meanwhile: insert again
+      // Stale only when the existing block is free or sealed under another
+      // hash; a sealed twin or a block being written is kept (ours is a duplicate).
+      const BlockState s = pool_.state(existing->id);
+      const std::optional<IndexedBlockInfo> other = pool_.sealed_info(existing->id);
+      const bool stale = s == BlockState::kFree || (other.has_value() && other->hash != info.hash);
+      if (!stale) break;
+      done = index_.Replace(info.hash, existing->id, entry);
+    }
+    if (done) {
+      indexed->push_back(info);
+    } else {
+      duplicates->push_back(info.id);
+    }
+  }
+}
+
+absl::Status KvCache::CommitStep(uint64_t lease_id, CommitResult* result) {
   Lease lease;
   {
     absl::MutexLock lock(&leases_mu_);
@@ -197,32 +227,13 @@ absl::Status KvCache::CommitStep(uint64_t lease_id) {
   std::vector<IndexedBlockInfo> sealing;
   std::vector<BlockId> duplicates;
   sealing.reserve(lease.to_seal.size());
-  for (const IndexedBlockInfo& info : lease.to_seal) {
-    const PrefixIndex::Entry entry{info.id, info.position};
-    bool indexed = false;
-    for (int attempt = 0; attempt < 4 && !indexed; ++attempt) {
-      if (index_.Insert(info.hash, entry).ok()) {
-        indexed = true;
-        break;
-      }
-      const std::optional<PrefixIndex::Entry> existing = index_.Lookup(info.hash);
-      if (!existing.has_value()) continue;  // erased meanwhile: insert again
-      // Stale only when the existing block is free or sealed under another
-      // hash; a sealed twin or a block being written is kept (ours is a duplicate).
-      const BlockState s = pool_.state(existing->id);
-      const std::optional<IndexedBlockInfo> other = pool_.sealed_info(existing->id);
-      const bool stale = s == BlockState::kFree || (other.has_value() && other->hash != info.hash);
-      if (!stale) break;
-      indexed = index_.Replace(info.hash, existing->id, entry);
-    }
-    if (indexed) {
-      sealing.push_back(info);
-    } else {
-      duplicates.push_back(info.id);
-    }
-  }
+  IndexNewBlocks(lease.to_seal, &sealing, &duplicates);
   const absl::Status sealed = pool_.SealMany(sealing, &lease.pins);
   ABSL_RAW_CHECK(sealed.ok(), "CommitStep: sealing the lease's own blocks failed");
+  if (result != nullptr) {
+    result->sealed_blocks = static_cast<int64_t>(sealing.size());
+    result->duplicate_blocks = static_cast<int64_t>(duplicates.size());
+  }
   lease.allocated = std::move(duplicates);
   lease.to_seal.clear();
   lease.committed = true;
@@ -239,19 +250,41 @@ void KvCache::ReleaseLease(Lease lease) {
   ABSL_RAW_CHECK(aborted.ok(), "ReleaseStep: freeing the lease's own blocks failed");
 }
 
-absl::Status KvCache::ReleaseStep(uint64_t lease_id) {
-  Lease lease;
-  {
-    absl::MutexLock lock(&leases_mu_);
-    auto it = leases_.find(lease_id);
-    if (it == leases_.end()) {
-      return absl::NotFoundError(absl::StrCat("ReleaseStep: no lease ", lease_id,
-                                              " (never issued, released or expired)"));
-    }
-    lease = std::move(it->second);
-    leases_.erase(it);
+absl::StatusOr<KvCache::Lease> KvCache::TakeLease(uint64_t lease_id, absl::string_view op) {
+  absl::MutexLock lock(&leases_mu_);
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat(op, ": no lease ", lease_id, " (never issued, released or expired)"));
   }
-  ReleaseLease(std::move(lease));
+  Lease lease = std::move(it->second);
+  leases_.erase(it);
+  return lease;
+}
+
+absl::Status KvCache::ReleaseStep(uint64_t lease_id) {
+  absl::StatusOr<Lease> lease = TakeLease(lease_id, "ReleaseStep");
+  if (!lease.ok()) return lease.status();
+  ReleaseLease(*std::move(lease));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlockPool::PinSet> KvCache::ReleaseStepKeepPins(uint64_t lease_id) {
+  absl::StatusOr<Lease> lease = TakeLease(lease_id, "ReleaseStep");
+  if (!lease.ok()) return lease.status();
+  BlockPool::PinSet pins = std::move(lease->pins);
+  ReleaseLease(*std::move(lease));
+  return pins;
+}
+
+absl::Status KvCache::RenewLease(uint64_t lease_id) {
+  absl::MutexLock lock(&leases_mu_);
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) {
+    return absl::NotFoundError(absl::StrCat("RenewLease: no lease ", lease_id,
+                                            " (never issued, released or expired)"));
+  }
+  it->second.deadline = clock_->Now() + options_.lease_timeout;
   return absl::OkStatus();
 }
 
@@ -288,6 +321,76 @@ absl::StatusOr<BlockPool::PinSet> KvCache::PinContext(absl::string_view salt,
   std::vector<bool> pinned;
   pool_.PinIndexedMany(ids, hashes, std::nullopt, &pins, &pinned);
   return pins;
+}
+
+KvCache::ExportedBlocks KvCache::PinForExport(absl::Span<const BlockHash> hashes) {
+  std::vector<PrefixIndex::Entry> found;
+  index_.LookupMany(hashes, &found);
+  std::vector<BlockId> ids;
+  ids.reserve(found.size());
+  for (const PrefixIndex::Entry& e : found) ids.push_back(e.id);
+  ExportedBlocks out;
+  std::vector<bool> pinned;
+  pool_.PinIndexedMany(ids, hashes, std::nullopt, &out.pins, &pinned);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!pinned[i]) continue;
+    std::optional<IndexedBlockInfo> info = pool_.sealed_info(ids[i]);
+    ABSL_RAW_CHECK(info.has_value(), "PinForExport: a pinned block is not sealed");
+    out.blocks.push_back(*info);
+  }
+  return out;
+}
+
+std::vector<int64_t> KvCache::LookupPositions(absl::Span<const BlockHash> hashes) const {
+  std::vector<PrefixIndex::Entry> found;
+  index_.LookupMany(hashes, &found);
+  std::vector<int64_t> positions(found.size(), -1);
+  for (size_t i = 0; i < found.size(); ++i) {
+    if (found[i].id != kNoBlock) positions[i] = found[i].position;
+  }
+  return positions;
+}
+
+absl::StatusOr<std::vector<BlockId>> KvCache::AllocateForImport(int64_t n) {
+  std::vector<EvictedBlock> evicted;
+  absl::StatusOr<std::vector<BlockId>> ids = pool_.AllocateForTransfer(n, 0, &evicted);
+  for (const EvictedBlock& e : evicted) index_.EraseIf(e.hash, e.id);
+  Emit(KvEvent::Kind::kRemoved, evicted);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(),
+                        absl::StrCat("AllocateForImport: ", ids.status().message()));
+  }
+  return ids;
+}
+
+absl::StatusOr<int64_t> KvCache::FinishImport(absl::Span<const IndexedBlockInfo> infos) {
+  absl::flat_hash_set<BlockId> seen;
+  for (const IndexedBlockInfo& info : infos) {
+    if (info.id < 0 || info.id >= pool_.capacity() ||
+        pool_.state(info.id) != BlockState::kInTransfer) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("FinishImport: block ", info.id, " is not an import in transfer"));
+    }
+    if (!seen.insert(info.id).second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("FinishImport: block ", info.id, " listed twice"));
+    }
+  }
+  std::vector<IndexedBlockInfo> sealing;
+  std::vector<BlockId> duplicates;
+  IndexNewBlocks(infos, &sealing, &duplicates);
+  BlockPool::PinSet pins;
+  const absl::Status sealed = pool_.SealMany(sealing, &pins);
+  ABSL_RAW_CHECK(sealed.ok(), "FinishImport: sealing in-transfer blocks failed");
+  const absl::Status freed = pool_.AbortMany(duplicates);
+  ABSL_RAW_CHECK(freed.ok(), "FinishImport: freeing duplicate imports failed");
+  EmitStored(sealing);
+  pins.Reset();
+  return static_cast<int64_t>(sealing.size());
+}
+
+absl::Status KvCache::AbortImport(absl::Span<const BlockId> ids) {
+  return pool_.AbortMany(ids);
 }
 
 absl::Status KvCache::InvalidateBlock(BlockId id) {

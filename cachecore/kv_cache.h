@@ -105,10 +105,20 @@ class KvCache {
   absl::StatusOr<StepLease> BeginStep(absl::string_view salt, SequenceId sequence,
                                       absl::Span<const TokenId> tokens);
   // NOT_FOUND for an unknown (or expired) lease; FAILED_PRECONDITION if
-  // already committed.
-  absl::Status CommitStep(uint64_t lease_id);
+  // already committed. `result`, when given, receives the counts.
+  struct CommitResult {
+    int64_t sealed_blocks = 0;     // indexed by this commit
+    int64_t duplicate_blocks = 0;  // another block indexed the hash first (freed at release)
+  };
+  absl::Status CommitStep(uint64_t lease_id, CommitResult* result = nullptr);
   // NOT_FOUND for an unknown (or expired) lease.
   absl::Status ReleaseStep(uint64_t lease_id);
+  // Releases the lease like ReleaseStep but hands its pins (resident pages
+  // and, once committed, the sealed allocated pages) to the caller instead of
+  // dropping them, e.g. for an agent job's pins. NOT_FOUND as ReleaseStep.
+  absl::StatusOr<BlockPool::PinSet> ReleaseStepKeepPins(uint64_t lease_id);
+  // Pushes the lease's deadline to now + lease_timeout. NOT_FOUND as above.
+  absl::Status RenewLease(uint64_t lease_id);
   // Releases every lease whose deadline is <= now. Returns how many.
   int64_t ExpireLeases();
 
@@ -117,6 +127,32 @@ class KvCache {
   // call. An empty set is a miss, not an error. INVALID_ARGUMENT for empty tokens.
   absl::StatusOr<BlockPool::PinSet> PinContext(absl::string_view salt,
                                                absl::Span<const TokenId> tokens);
+  // Block transfer between caches (the daemon's export/import).
+  //
+  // PinForExport: pins the indexed blocks among `hashes` (a miss is skipped,
+  // not an error) and describes them in request order; the pins keep them
+  // from being evicted while a peer reads them.
+  struct ExportedBlocks {
+    BlockPool::PinSet pins;
+    std::vector<IndexedBlockInfo> blocks;
+  };
+  ExportedBlocks PinForExport(absl::Span<const BlockHash> hashes);
+  // Which of `hashes` are indexed now (no pins; a hint that may be stale by
+  // the time the caller acts on it). Positions of the indexed ones, -1 else.
+  std::vector<int64_t> LookupPositions(absl::Span<const BlockHash> hashes) const;
+  // AllocateForImport: n blocks in kInTransfer (evicting others, kRemoved
+  // events); RESOURCE_EXHAUSTED and nothing allocated when the pool cannot.
+  absl::StatusOr<std::vector<BlockId>> AllocateForImport(int64_t n);
+  // The bytes of infos[i].id arrived completely: index and seal them
+  // (kStored events), then drop the import's pins (they become evictable).
+  // A hash indexed meanwhile by another block makes that import block a
+  // duplicate, which is freed. Returns the number indexed. Every infos[i].id
+  // must come from AllocateForImport and not be finished or aborted yet
+  // (FAILED_PRECONDITION and nothing changed otherwise).
+  absl::StatusOr<int64_t> FinishImport(absl::Span<const IndexedBlockInfo> infos);
+  // The import failed: frees the blocks (nothing was indexed).
+  absl::Status AbortImport(absl::Span<const BlockId> ids);
+
   // Drops an unpinned sealed block from pool and index (kRemoved event).
   // FAILED_PRECONDITION when it is pinned or not sealed.
   absl::Status InvalidateBlock(BlockId id);
@@ -183,6 +219,14 @@ class KvCache {
   SessionChain EraseSessionLocked(SessionMap::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   void ReleaseLease(Lease lease);
+  // Takes the lease out of leases_ (NOT_FOUND naming `op` when absent).
+  absl::StatusOr<Lease> TakeLease(uint64_t lease_id, absl::string_view op)
+      ABSL_LOCKS_EXCLUDED(leases_mu_);
+  // Indexes each info's hash -> id, as CommitStep and FinishImport do: a hash
+  // already indexed by a live block leaves ours a duplicate. Appends to
+  // *indexed or *duplicates.
+  void IndexNewBlocks(absl::Span<const IndexedBlockInfo> infos,
+                      std::vector<IndexedBlockInfo>* indexed, std::vector<BlockId>* duplicates);
   void Emit(KvEvent::Kind kind, absl::Span<const EvictedBlock> blocks)
       ABSL_LOCKS_EXCLUDED(events_mu_);
   void EmitStored(absl::Span<const IndexedBlockInfo> blocks) ABSL_LOCKS_EXCLUDED(events_mu_);

@@ -13,6 +13,9 @@ ASYMCACHE_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev nlohmann-json3-dev
   python3
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev
+  python3-grpcio python3-grpc-tools python3-protobuf
 )
 
 log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }

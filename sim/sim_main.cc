@@ -31,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
+#include "util/dashed_flags.h"
 #include "sim/comparison.h"
 #include "sim/engine.h"
 #include "sim/generators.h"
@@ -324,16 +325,7 @@ int main(int argc, char** argv) {
       "Replays LLM-serving workloads on KV-cache systems (vllm, pensieve, asymcache, ablations) "
       "in modeled time.\nExample: asymcache-sim --workload long-agent --system all --sweep-auto");
   // Accept --flag-name as well as --flag_name (absl flag names are identifiers).
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string& a = args[i];
-    if (a == "--") break;
-    if (a.rfind("--", 0) != 0) continue;
-    const size_t end = std::min(a.find('='), a.size());
-    for (size_t c = 2; c < end; ++c) {
-      if (a[c] == '-') a[c] = '_';
-    }
-  }
+  std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
   std::vector<char*> normalized;
   for (std::string& a : args) normalized.push_back(a.data());
   absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());

@@ -1,0 +1,239 @@
+#include "services/daemon/block_transfer.h"
+
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/strings/str_cat.h"
+
+namespace asymcache {
+
+namespace {
+
+MemoryKind KindOf(daemon::PoolBackend backend) {
+  return backend == daemon::PoolBackend::kCuda ? MemoryKind::kCuda : MemoryKind::kHost;
+}
+
+}  // namespace
+
+absl::Status BlockTransferOptions::Validate() const {
+  if (export_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("export_timeout must be positive, got ",
+                                                   absl::FormatDuration(export_timeout)));
+  }
+  if (max_blocks < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_transfer_blocks must be >= 1, got ", max_blocks));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<BlockTransfer>> BlockTransfer::Create(
+    KvCache* cache, daemon::PoolMemory* pool, BlockTransport* transport, Clock* clock,
+    BlockTransferOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (cache == nullptr || pool == nullptr || transport == nullptr || clock == nullptr) {
+    return absl::InvalidArgumentError("BlockTransfer: null cache, pool, transport or clock");
+  }
+  std::unique_ptr<BlockTransfer> transfer(
+      new BlockTransfer(cache, pool, transport, clock, options));
+  const MemoryKind kind = KindOf(pool->backend());
+  if (transport->SupportsMemory(kind)) {
+    absl::StatusOr<std::unique_ptr<RegisteredRegion>> region = transport->Register(
+        pool->base(), static_cast<size_t>(pool->layout().bytes()), kind);
+    if (!region.ok()) {
+      return absl::Status(region.status().code(),
+                          absl::StrCat("registering the KV pool for transfer: ",
+                                       region.status().message()));
+    }
+    transfer->pool_region_ = *std::move(region);
+  }
+  return transfer;
+}
+
+BlockTransfer::BlockTransfer(KvCache* cache, daemon::PoolMemory* pool, BlockTransport* transport,
+                             Clock* clock, BlockTransferOptions options)
+    : cache_(cache), pool_(pool), transport_(transport), clock_(clock), options_(options) {}
+
+BlockTransfer::~BlockTransfer() {
+  absl::flat_hash_map<uint64_t, ExportEntry> exports;
+  {
+    absl::MutexLock lock(&mu_);
+    exports.swap(exports_);
+  }
+}
+
+absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHash> hashes) {
+  if (hashes.empty()) return absl::InvalidArgumentError("ExportBlocks: no hashes");
+  if (static_cast<int64_t>(hashes.size()) > options_.max_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat("ExportBlocks: ", hashes.size(),
+                                                   " hashes, more than the limit of ",
+                                                   options_.max_blocks));
+  }
+  const daemon::PoolLayout& layout = pool_->layout();
+  ExportEntry entry;
+  entry.pinned = cache_->PinForExport(hashes);
+  entry.deadline = clock_->Now() + options_.export_timeout;
+
+  ExportDescriptor out;
+  out.worker_address = transport_->address();
+  out.piece_bytes = static_cast<uint64_t>(layout.piece_bytes());
+  out.num_layers = layout.num_layers;
+  out.timeout = options_.export_timeout;
+  out.blocks.reserve(entry.pinned.blocks.size());
+  const RegisteredRegion* region = pool_region_.get();
+  if (region != nullptr) {
+    out.remote_base = reinterpret_cast<uint64_t>(pool_->base());
+    out.layer_stride_bytes = static_cast<uint64_t>(layout.layer_stride_bytes());
+    for (const IndexedBlockInfo& info : entry.pinned.blocks) {
+      out.blocks.push_back({info, static_cast<uint64_t>(info.id) * out.piece_bytes});
+    }
+  } else if (!entry.pinned.blocks.empty()) {
+    // Stage into host memory in the wire layout, registered for this export.
+    std::vector<int64_t> ids;
+    ids.reserve(entry.pinned.blocks.size());
+    for (const IndexedBlockInfo& info : entry.pinned.blocks) ids.push_back(info.id);
+    const uint64_t block_bytes = static_cast<uint64_t>(layout.block_bytes());
+    entry.staging.resize(ids.size() * block_bytes);
+    if (absl::Status s = pool_->CopyBlocksToHost(ids, absl::MakeSpan(entry.staging)); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<std::unique_ptr<RegisteredRegion>> staged =
+        transport_->Register(entry.staging.data(), entry.staging.size(), MemoryKind::kHost);
+    if (!staged.ok()) return staged.status();
+    entry.staging_region = *std::move(staged);
+    region = entry.staging_region.get();
+    out.remote_base = reinterpret_cast<uint64_t>(entry.staging.data());
+    out.layer_stride_bytes = out.piece_bytes;
+    for (size_t i = 0; i < entry.pinned.blocks.size(); ++i) {
+      out.blocks.push_back({entry.pinned.blocks[i], i * block_bytes});
+    }
+  }
+  if (region != nullptr) out.rkey = region->packed_rkey();
+  absl::MutexLock lock(&mu_);
+  out.export_id = next_export_id_++;
+  exports_.emplace(out.export_id, std::move(entry));
+  return out;
+}
+
+absl::Status BlockTransfer::ReleaseExport(uint64_t export_id) {
+  ExportEntry released;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = exports_.find(export_id);
+    if (it == exports_.end()) {
+      return absl::NotFoundError(absl::StrCat("ReleaseExport: no export ", export_id,
+                                              " (never issued, released or expired)"));
+    }
+    released = std::move(it->second);
+    exports_.erase(it);
+  }
+  return absl::OkStatus();  // `released` unpins and unregisters outside the lock
+}
+
+int64_t BlockTransfer::ExpireExports() {
+  const absl::Time now = clock_->Now();
+  std::vector<ExportEntry> expired;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = exports_.begin(); it != exports_.end();) {
+      if (it->second.deadline <= now) {
+        expired.push_back(std::move(it->second));
+        exports_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  return static_cast<int64_t>(expired.size());
+}
+
+int64_t BlockTransfer::active_exports() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(exports_.size());
+}
+
+absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remote) {
+  const absl::Time start = absl::Now();
+  const daemon::PoolLayout& layout = pool_->layout();
+  if (remote.num_layers != layout.num_layers ||
+      remote.piece_bytes != static_cast<uint64_t>(layout.piece_bytes())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ImportBlocks: the peer's blocks have ", remote.num_layers, " layers of ",
+        remote.piece_bytes, " bytes, this pool ", layout.num_layers, " layers of ",
+        layout.piece_bytes(), " bytes (different model shapes)"));
+  }
+  if (static_cast<int64_t>(remote.blocks.size()) > options_.max_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat("ImportBlocks: ", remote.blocks.size(),
+                                                   " blocks, more than the limit of ",
+                                                   options_.max_blocks));
+  }
+  ImportResult result;
+  std::vector<BlockHash> hashes;
+  hashes.reserve(remote.blocks.size());
+  for (const ExportDescriptor::Block& b : remote.blocks) hashes.push_back(b.info.hash);
+  const std::vector<int64_t> resident = cache_->LookupPositions(hashes);
+  std::vector<const ExportDescriptor::Block*> wanted;
+  for (size_t i = 0; i < remote.blocks.size(); ++i) {
+    if (resident[i] >= 0) {
+      ++result.already_resident;
+    } else {
+      wanted.push_back(&remote.blocks[i]);
+    }
+  }
+  if (wanted.empty()) {
+    result.elapsed = absl::Now() - start;
+    return result;
+  }
+  if (remote.worker_address.empty() || remote.rkey.empty()) {
+    return absl::InvalidArgumentError("ImportBlocks: the export has no transport address or key");
+  }
+  absl::StatusOr<std::vector<BlockId>> ids =
+      cache_->AllocateForImport(static_cast<int64_t>(wanted.size()));
+  if (!ids.ok()) return ids.status();
+
+  const int64_t piece = layout.piece_bytes();
+  std::vector<uint8_t> staging;
+  if (pool_region_ == nullptr) staging.resize(wanted.size() * layout.block_bytes());
+  std::vector<RemoteRead> reads;
+  reads.reserve(wanted.size() * static_cast<size_t>(layout.num_layers));
+  uint8_t* pool_base = static_cast<uint8_t*>(pool_->base());
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    for (int32_t l = 0; l < layout.num_layers; ++l) {
+      RemoteRead r;
+      r.remote_addr = remote.remote_base + wanted[i]->remote_offset +
+                      static_cast<uint64_t>(l) * remote.layer_stride_bytes;
+      r.bytes = static_cast<size_t>(piece);
+      r.local = pool_region_ != nullptr
+                    ? pool_base + layout.PieceOffset(l, (*ids)[i])
+                    : staging.data() + (i * layout.num_layers + l) * piece;
+      reads.push_back(r);
+    }
+  }
+  absl::Status read = transport_->Read(remote.worker_address, remote.rkey, reads);
+  if (read.ok() && pool_region_ == nullptr) {
+    std::vector<int64_t> local(ids->begin(), ids->end());
+    read = pool_->CopyBlocksFromHost(local, staging);
+  }
+  if (!read.ok()) {
+    const absl::Status aborted = cache_->AbortImport(*ids);
+    ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
+    return absl::Status(read.code(), absl::StrCat("ImportBlocks: ", read.message()));
+  }
+  std::vector<IndexedBlockInfo> infos;
+  infos.reserve(wanted.size());
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    IndexedBlockInfo info = wanted[i]->info;
+    info.id = (*ids)[i];
+    info.owner = 0;
+    infos.push_back(info);
+  }
+  absl::StatusOr<int64_t> indexed = cache_->FinishImport(infos);
+  ABSL_RAW_CHECK(indexed.ok(), "ImportBlocks: indexing received blocks failed");
+  result.imported = *indexed;
+  result.duplicates = static_cast<int64_t>(wanted.size()) - *indexed;
+  result.bytes = static_cast<int64_t>(wanted.size()) * layout.block_bytes();
+  result.elapsed = absl::Now() - start;
+  return result;
+}
+
+}  // namespace asymcache

@@ -1,0 +1,125 @@
+// BlockTransfer: moves sealed KV blocks between daemons (DESIGN.md §3.3, §4).
+//
+// Pull model. The exporter pins the requested resident blocks and describes
+// where their bytes are in memory it registered with the transport (Export);
+// the importer allocates in-transfer blocks, reads every piece over the
+// transport, and only when every byte arrived indexes them (Import). A failed
+// read (peer died, timeout) frees the in-transfer blocks: nothing partial is
+// ever indexed. The exporter's pins last until ReleaseExport or the export
+// timeout (ExpireExports), so a vanished importer leaks nothing.
+//
+// Memory: a host pool is registered once and read in place (layer-major,
+// docs/pool.md). A CUDA pool is read in place when the transport supports CUDA
+// memory; otherwise each export stages its blocks into host memory in the
+// wire layout ([block][layer][piece]) and the importer stages likewise before
+// copying into its pool (Debian's UCX has no CUDA transports).
+//
+// Thread-safety: thread-safe. The cache, pool and transport must outlive it.
+#ifndef ASYMCACHE_SERVICES_DAEMON_BLOCK_TRANSFER_H_
+#define ASYMCACHE_SERVICES_DAEMON_BLOCK_TRANSFER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cachecore/clock.h"
+#include "cachecore/kv_cache.h"
+#include "services/daemon/pool_memory.h"
+#include "services/transport/block_transport.h"
+
+namespace asymcache {
+
+struct BlockTransferOptions {
+  absl::Duration export_timeout = absl::Seconds(30);  // > 0
+  int64_t max_blocks = 65536;                         // per Export/Import, >= 1
+  absl::Status Validate() const;
+};
+
+// An export, as the importer sees it (ExportBlocksResponse in core types).
+struct ExportDescriptor {
+  uint64_t export_id = 0;
+  std::string worker_address;
+  std::string rkey;
+  uint64_t remote_base = 0;
+  uint64_t layer_stride_bytes = 0;
+  uint64_t piece_bytes = 0;
+  int32_t num_layers = 0;
+  struct Block {
+    IndexedBlockInfo info;       // id = the exporter's block id
+    uint64_t remote_offset = 0;  // layer l at remote_base + remote_offset + l * layer_stride_bytes
+  };
+  std::vector<Block> blocks;
+  absl::Duration timeout;
+};
+
+struct ImportResult {
+  int64_t imported = 0;          // read and indexed
+  int64_t already_resident = 0;  // skipped: indexed here already
+  int64_t duplicates = 0;        // read, but indexed meanwhile by another block (freed)
+  int64_t bytes = 0;
+  absl::Duration elapsed;
+};
+
+class BlockTransfer {
+ public:
+  // Registers the pool with the transport (when it can be read in place).
+  // INVALID_ARGUMENT for bad options; the transport's error when registration fails.
+  static absl::StatusOr<std::unique_ptr<BlockTransfer>> Create(KvCache* cache,
+                                                               daemon::PoolMemory* pool,
+                                                               BlockTransport* transport,
+                                                               Clock* clock,
+                                                               BlockTransferOptions options);
+  ~BlockTransfer();
+
+  // Exporter. INVALID_ARGUMENT for an empty list or more than max_blocks.
+  // A hash not resident is left out of the descriptor (not an error).
+  absl::StatusOr<ExportDescriptor> Export(absl::Span<const BlockHash> hashes);
+  // NOT_FOUND for an unknown (released or expired) export.
+  absl::Status ReleaseExport(uint64_t export_id);
+  int64_t ExpireExports();  // drops exports past their deadline; returns how many
+  int64_t active_exports() const;
+
+  // Importer: reads `remote`'s blocks that are not resident here and indexes
+  // them. FAILED_PRECONDITION when the remote geometry (layers, piece bytes)
+  // differs from this pool; RESOURCE_EXHAUSTED when the pool cannot take
+  // them; UNAVAILABLE / DEADLINE_EXCEEDED when the transfer fails (nothing
+  // indexed, nothing leaked).
+  absl::StatusOr<ImportResult> Import(const ExportDescriptor& remote);
+
+  bool reads_in_place() const { return pool_region_ != nullptr; }
+
+ private:
+  struct ExportEntry {
+    KvCache::ExportedBlocks pinned;
+    std::vector<uint8_t> staging;                   // staged exports only
+    std::unique_ptr<RegisteredRegion> staging_region;
+    absl::Time deadline;
+  };
+
+  BlockTransfer(KvCache* cache, daemon::PoolMemory* pool, BlockTransport* transport, Clock* clock,
+                BlockTransferOptions options);
+
+  // Immutable after construction.
+  KvCache* const cache_;
+  daemon::PoolMemory* const pool_;
+  BlockTransport* const transport_;
+  Clock* const clock_;
+  const BlockTransferOptions options_;
+  std::unique_ptr<RegisteredRegion> pool_region_;  // null: stage through host memory
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, ExportEntry> exports_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_SERVICES_DAEMON_BLOCK_TRANSFER_H_

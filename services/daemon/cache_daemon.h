@@ -1,0 +1,56 @@
+// CacheDaemon: one running cache daemon (DESIGN.md §4) — the KV pool, the
+// KvCache over it, agent pins, KV event hub, block transfer, metrics and the
+// gRPC server (CacheDaemon service + grpc.health.v1 + reflection). The binary
+// asymcache-daemon is flag parsing around Start(); tests start daemons
+// in-process on 127.0.0.1:0.
+//
+// Lifecycle: Start() builds everything, binds the ports and serves; Shutdown()
+// (or the destructor) marks the health service NOT_SERVING, refuses new RPCs
+// with UNAVAILABLE, gives in-flight RPCs shutdown_grace to finish, ends event
+// streams (after flushing queued events), releases every lease, export and pin,
+// and stops the server. Thread-safe.
+#ifndef ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
+#define ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "services/daemon/daemon_options.h"
+
+namespace asymcache {
+
+class CacheDaemonState;  // services/daemon/daemon_state.h
+
+class CacheDaemon {
+ public:
+  // Validates options, creates the pool, loads or measures the calibration,
+  // starts the server. INVALID_ARGUMENT for bad options; UNAVAILABLE when a
+  // port cannot be bound; RESOURCE_EXHAUSTED when the pool cannot be allocated.
+  static absl::StatusOr<std::unique_ptr<CacheDaemon>> Start(const DaemonOptions& options);
+  ~CacheDaemon();  // Shutdown()
+
+  // Bound ports (the real ones when 0 was asked for); metrics_port() is -1
+  // when metrics are disabled.
+  int grpc_port() const;
+  int metrics_port() const;
+  // "127.0.0.1:<grpc_port>" for local clients.
+  std::string local_address() const;
+
+  void Shutdown();
+  // Blocks until Shutdown() has finished (e.g. from a signal handler thread).
+  void Wait();
+
+  // The assembled core (tests inspect stats and consistency through it).
+  CacheDaemonState& state();
+
+ private:
+  struct Server;
+  explicit CacheDaemon(std::unique_ptr<Server> server);
+  std::unique_ptr<Server> server_;
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_

@@ -1,0 +1,532 @@
+#include "services/daemon/cache_daemon_service.h"
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cachecore/block_hash.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "services/common/grpc_status.h"
+#include "services/common/proto_convert.h"
+
+namespace asymcache {
+
+namespace {
+
+// Peers cached for ImportBlocks; beyond this the map is cleared (bounded memory).
+constexpr size_t kMaxPeerChannels = 256;
+// Deadline of the ExportBlocks/ReleaseExport calls an importer makes.
+constexpr absl::Duration kPeerCallTimeout = absl::Seconds(10);
+// How long WatchEvents waits for events before checking for cancellation.
+constexpr absl::Duration kWatchPoll = absl::Milliseconds(200);
+
+int64_t ToMillis(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
+int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
+
+absl::Status CheckTokens(absl::string_view method, const google::protobuf::RepeatedField<int32_t>& tokens,
+                         const DaemonOptions& options) {
+  if (tokens.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(method, ": tokens is empty"));
+  }
+  if (tokens.size() > options.max_context_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(method, ": ", tokens.size(),
+                                                   " tokens, more than max_context_tokens ",
+                                                   options.max_context_tokens));
+  }
+  const int64_t vocab = options.model.vocab_size;
+  for (int i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(method, ": tokens[", i, "] = ", tokens[i],
+                                                     " is outside the vocabulary [0, ", vocab,
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHashCount(absl::string_view method, int count, int64_t limit) {
+  if (count == 0) return absl::InvalidArgumentError(absl::StrCat(method, ": hashes is empty"));
+  if (count > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(method, ": ", count, " hashes, more than the limit of ", limit));
+  }
+  return absl::OkStatus();
+}
+
+void ToProto(const PinDecision& decision, int64_t blocks, v1::PinDecision* out) {
+  out->set_pinned(decision.pinned);
+  out->set_outcome(std::string(PinOutcomeName(decision.outcome)));
+  out->set_ttl_ms(ToMillis(decision.ttl));
+  out->set_blocks(blocks);
+  out->set_reason(decision.reason);
+}
+
+// What rebuilding the pinned blocks would cost the job's next step: each
+// block rebuilt at its position, packed with the rest of its context
+// (sigma = 0) in a step of its own.
+double ExpectedRebuildCost(const CacheDaemonState& state, const BlockPool::PinSet& pins) {
+  double cost = 0;
+  for (BlockId id : pins.ids()) {
+    std::optional<IndexedBlockInfo> info = state.cache().pool().sealed_info(id);
+    if (!info.has_value()) continue;
+    cost += state.cost().RebuildCost(info->tokens, info->position, 0.0, 0);
+  }
+  return cost;
+}
+
+}  // namespace
+
+CacheDaemonService::CacheDaemonService(CacheDaemonState* state) : state_(state) {}
+
+template <typename Body>
+grpc::Status CacheDaemonService::Serve(absl::string_view method, Body&& body) {
+  const absl::Time start = absl::Now();
+  absl::Status status = accepting_.load()
+                            ? body()
+                            : absl::UnavailableError(absl::StrCat(
+                                  method, ": the daemon is shutting down; retry elsewhere"));
+  if (DaemonMetrics* metrics = state_->metrics()) {
+    metrics->ObserveRpc(method, status.code(), absl::Now() - start);
+  }
+  return ToGrpcStatus(status);
+}
+
+// ---------------------------------------------------------------- steps
+
+grpc::Status CacheDaemonService::PlanStep(grpc::ServerContext*, const v1::PlanStepRequest* request,
+                                          v1::PlanStepResponse* response) {
+  return Serve("PlanStep", [&]() -> absl::Status {
+    const DaemonOptions& options = state_->options();
+    if (request->sequence_id() == 0) {
+      return absl::InvalidArgumentError("PlanStep: sequence_id must be non-zero");
+    }
+    if (absl::Status s = CheckTokens("PlanStep", request->tokens(), options); !s.ok()) return s;
+    if (absl::Status s = CheckSameShape(request->expected_model(), state_->model(),
+                                        "PlanStep: expected_model");
+        !s.ok()) {
+      return s;
+    }
+    const absl::Span<const TokenId> tokens(request->tokens().data(), request->tokens().size());
+    if (!request->block_hashes().empty()) {
+      const std::vector<BlockHash> ours =
+          ChainHashes(request->salt(), tokens, state_->model().block_tokens);
+      if (static_cast<size_t>(request->block_hashes_size()) != ours.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "PlanStep: ", request->block_hashes_size(), " block_hashes for ", tokens.size(),
+            " tokens; expected ", ours.size(), " (one per block of ",
+            state_->model().block_tokens, " tokens, the last may be partial)"));
+      }
+      for (size_t i = 0; i < ours.size(); ++i) {
+        if (FromProto(request->block_hashes(static_cast<int>(i))) != ours[i]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "PlanStep: block_hashes[", i, "] does not match the hash of its tokens (expected ",
+              ours[i].ToHex(), ")"));
+        }
+      }
+    }
+    const absl::Time start = absl::Now();
+    absl::StatusOr<StepLease> lease =
+        state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens);
+    if (!lease.ok()) return lease.status();
+    const PlanTokenCounts counts = CountPlanTokens(lease->plan);
+    if (DaemonMetrics* metrics = state_->metrics()) {
+      metrics->ObservePlan(absl::Now() - start, counts);
+    }
+    // The plan pinned what it reads; the job's own pins can go now.
+    if (!request->agent().job_id().empty()) state_->pins().OnJobResumed(request->agent().job_id());
+    response->set_lease_id(lease->lease_id);
+    response->set_lease_timeout_ms(ToMillis(options.lease_timeout));
+    ToProto(lease->plan, counts.contiguous_hit_tokens, response->mutable_plan());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::CommitStep(grpc::ServerContext*,
+                                            const v1::CommitStepRequest* request,
+                                            v1::CommitStepResponse* response) {
+  return Serve("CommitStep", [&]() -> absl::Status {
+    KvCache::CommitResult result;
+    if (absl::Status s = state_->cache().CommitStep(request->lease_id(), &result); !s.ok()) {
+      return s;
+    }
+    response->set_sealed_blocks(result.sealed_blocks);
+    response->set_duplicate_blocks(result.duplicate_blocks);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::ReleaseStep(grpc::ServerContext*,
+                                             const v1::ReleaseStepRequest* request,
+                                             v1::ReleaseStepResponse* response) {
+  return Serve("ReleaseStep", [&]() -> absl::Status {
+    const v1::AgentJob& agent = request->agent();
+    if (agent.job_id().empty()) {
+      if (!agent.tool().empty() || agent.last_step()) {
+        return absl::InvalidArgumentError("ReleaseStep: agent fields without agent.job_id");
+      }
+      return state_->cache().ReleaseStep(request->lease_id());
+    }
+    if (agent.tool().empty() && !agent.last_step()) {
+      return absl::InvalidArgumentError(
+          "ReleaseStep: agent.tool is required unless agent.last_step is set");
+    }
+    absl::StatusOr<BlockPool::PinSet> pins = state_->cache().ReleaseStepKeepPins(request->lease_id());
+    if (!pins.ok()) return pins.status();
+    const int64_t blocks = static_cast<int64_t>(pins->size());
+    const double cost = ExpectedRebuildCost(*state_, *pins);
+    const PinDecision decision =
+        state_->pins().PinJob(agent.job_id(), agent.tool(), agent.last_step(), *std::move(pins), cost);
+    ToProto(decision, blocks, response->mutable_pin());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::RenewLease(grpc::ServerContext*,
+                                            const v1::RenewLeaseRequest* request,
+                                            v1::RenewLeaseResponse* response) {
+  return Serve("RenewLease", [&]() -> absl::Status {
+    if (absl::Status s = state_->cache().RenewLease(request->lease_id()); !s.ok()) return s;
+    response->set_lease_timeout_ms(ToMillis(state_->options().lease_timeout));
+    return absl::OkStatus();
+  });
+}
+
+// ---------------------------------------------------------------- lookup
+
+grpc::Status CacheDaemonService::Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
+                                        v1::LookupResponse* response) {
+  return Serve("Lookup", [&]() -> absl::Status {
+    const DaemonOptions& options = state_->options();
+    const int64_t limit = options.max_context_tokens / options.model.block_tokens + 1;
+    if (absl::Status s = CheckHashCount("Lookup", request->hashes_size(), limit); !s.ok()) return s;
+    const std::vector<BlockHash> hashes = FromProto(request->hashes());
+    for (int64_t position : state_->cache().LookupPositions(hashes)) {
+      response->add_resident(position >= 0);
+      response->add_positions(position);
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::InvalidateBlocks(grpc::ServerContext*,
+                                                  const v1::InvalidateBlocksRequest* request,
+                                                  v1::InvalidateBlocksResponse* response) {
+  return Serve("InvalidateBlocks", [&]() -> absl::Status {
+    if (request->block_ids().empty()) {
+      return absl::InvalidArgumentError("InvalidateBlocks: block_ids is empty");
+    }
+    const BlockPool& pool = state_->cache().pool();
+    const int64_t capacity = pool.capacity();
+    // Validate every id before touching any (all or nothing).
+    for (int i = 0; i < request->block_ids_size(); ++i) {
+      const int32_t id = request->block_ids(i);
+      if (id < 0 || id >= capacity) {
+        return absl::OutOfRangeError(absl::StrCat("InvalidateBlocks: block_ids[", i, "] = ", id,
+                                                  " is outside the pool [0, ", capacity, ")"));
+      }
+      if (pool.state(id) != BlockState::kSealed) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("InvalidateBlocks: block ", id, " is ", BlockStateName(pool.state(id)),
+                         "; only sealed, unpinned blocks can be invalidated"));
+      }
+    }
+    int64_t done = 0;
+    for (int32_t id : request->block_ids()) {
+      // A block pinned or evicted since the check above is skipped, not an error.
+      if (state_->cache().InvalidateBlock(id).ok()) ++done;
+    }
+    if (DaemonMetrics* metrics = state_->metrics()) {
+      metrics->AddEvictions(EvictionReason::kInvalidate, done);
+    }
+    response->set_invalidated(done);
+    return absl::OkStatus();
+  });
+}
+
+// ---------------------------------------------------------------- agent pins
+
+grpc::Status CacheDaemonService::PinJob(grpc::ServerContext*, const v1::PinJobRequest* request,
+                                        v1::PinJobResponse* response) {
+  return Serve("PinJob", [&]() -> absl::Status {
+    const v1::AgentJob& agent = request->agent();
+    if (agent.job_id().empty()) return absl::InvalidArgumentError("PinJob: agent.job_id is empty");
+    if (agent.tool().empty() && !agent.last_step()) {
+      return absl::InvalidArgumentError(
+          "PinJob: agent.tool is required unless agent.last_step is set");
+    }
+    if (absl::Status s = CheckTokens("PinJob", request->tokens(), state_->options()); !s.ok()) {
+      return s;
+    }
+    const absl::Span<const TokenId> tokens(request->tokens().data(), request->tokens().size());
+    absl::StatusOr<BlockPool::PinSet> pins = state_->cache().PinContext(request->salt(), tokens);
+    if (!pins.ok()) return pins.status();
+    const int64_t blocks = static_cast<int64_t>(pins->size());
+    const double cost = ExpectedRebuildCost(*state_, *pins);
+    const PinDecision decision =
+        state_->pins().PinJob(agent.job_id(), agent.tool(), agent.last_step(), *std::move(pins), cost);
+    ToProto(decision, blocks, response->mutable_decision());
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::RefreshPin(grpc::ServerContext*,
+                                            const v1::RefreshPinRequest* request,
+                                            v1::RefreshPinResponse*) {
+  return Serve("RefreshPin", [&]() -> absl::Status {
+    if (request->job_id().empty()) return absl::InvalidArgumentError("RefreshPin: job_id is empty");
+    absl::Status s = state_->pins().Refresh(request->job_id(), absl::Milliseconds(request->ttl_ms()));
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("RefreshPin: ", s.message()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* request,
+                                       v1::UnpinResponse* response) {
+  return Serve("Unpin", [&]() -> absl::Status {
+    if (request->job_id().empty()) return absl::InvalidArgumentError("Unpin: job_id is empty");
+    response->set_unpinned(state_->pins().Unpin(request->job_id()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::ListPins(grpc::ServerContext*, const v1::ListPinsRequest*,
+                                          v1::ListPinsResponse* response) {
+  return Serve("ListPins", [&]() -> absl::Status {
+    for (const JobPinInfo& job : state_->pins().List()) {
+      v1::ListPinsResponse::Job* out = response->add_jobs();
+      out->set_job_id(job.job_id);
+      out->set_tool(job.tool);
+      out->set_blocks(job.blocks);
+      out->set_pinned_at_unix_ms(UnixMillis(job.pinned_at));
+      out->set_expires_at_unix_ms(UnixMillis(job.expires_at));
+      out->set_expected_benefit_s(job.expected_benefit_s);
+    }
+    response->set_pinned_blocks(state_->pins().pinned_blocks());
+    response->set_pinned_capacity_cap(state_->pins().pinned_capacity_cap());
+    return absl::OkStatus();
+  });
+}
+
+// ---------------------------------------------------------------- transfer
+
+grpc::Status CacheDaemonService::ExportBlocks(grpc::ServerContext*,
+                                              const v1::ExportBlocksRequest* request,
+                                              v1::ExportBlocksResponse* response) {
+  return Serve("ExportBlocks", [&]() -> absl::Status {
+    if (absl::Status s = CheckHashCount("ExportBlocks", request->hashes_size(),
+                                        state_->options().max_transfer_blocks);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckSameShape(request->model(), state_->model(), "ExportBlocks: model");
+        !s.ok()) {
+      return s;
+    }
+    const std::vector<BlockHash> hashes = FromProto(request->hashes());
+    absl::StatusOr<ExportDescriptor> exported = state_->transfer().Export(hashes);
+    if (!exported.ok()) return exported.status();
+    response->set_export_id(exported->export_id);
+    response->set_ucx_worker_address(exported->worker_address);
+    response->set_ucx_rkey(exported->rkey);
+    response->set_remote_base(exported->remote_base);
+    response->set_layer_stride_bytes(exported->layer_stride_bytes);
+    response->set_piece_bytes(exported->piece_bytes);
+    response->set_num_layers(exported->num_layers);
+    response->set_export_timeout_ms(ToMillis(exported->timeout));
+    for (const ExportDescriptor::Block& b : exported->blocks) {
+      v1::ExportBlocksResponse::Block* out = response->add_blocks();
+      ToProto(b.info.hash, out->mutable_hash());
+      ToProto(b.info.parent_hash, out->mutable_parent_hash());
+      out->set_block_id(b.info.id);
+      out->set_position(b.info.position);
+      out->set_tokens(static_cast<int32_t>(b.info.tokens));
+      out->set_remote_offset(b.remote_offset);
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::ReleaseExport(grpc::ServerContext*,
+                                               const v1::ReleaseExportRequest* request,
+                                               v1::ReleaseExportResponse*) {
+  return Serve("ReleaseExport",
+               [&]() -> absl::Status { return state_->transfer().ReleaseExport(request->export_id()); });
+}
+
+v1::CacheDaemon::Stub* CacheDaemonService::PeerStub(const std::string& address) {
+  absl::MutexLock lock(&peers_mu_);
+  auto it = peers_.find(address);
+  if (it != peers_.end()) return it->second.get();
+  if (peers_.size() >= kMaxPeerChannels) peers_.clear();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(state_->options().max_message_bytes);
+  auto stub = v1::CacheDaemon::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  return peers_.emplace(address, std::move(stub)).first->second.get();
+}
+
+grpc::Status CacheDaemonService::ImportBlocks(grpc::ServerContext*,
+                                              const v1::ImportBlocksRequest* request,
+                                              v1::ImportBlocksResponse* response) {
+  return Serve("ImportBlocks", [&]() -> absl::Status {
+    if (request->peer().empty()) return absl::InvalidArgumentError("ImportBlocks: peer is empty");
+    if (absl::Status s = CheckHashCount("ImportBlocks", request->hashes_size(),
+                                        state_->options().max_transfer_blocks);
+        !s.ok()) {
+      return s;
+    }
+    v1::CacheDaemon::Stub* peer = PeerStub(request->peer());
+    v1::ExportBlocksRequest export_request;
+    *export_request.mutable_hashes() = request->hashes();
+    ToProto(state_->model(), export_request.mutable_model());
+    v1::ExportBlocksResponse exported;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(kPeerCallTimeout));
+      absl::Status s = FromGrpcStatus(peer->ExportBlocks(&ctx, export_request, &exported));
+      if (!s.ok()) {
+        // The peer's answer is not ours to pass on as is: a peer that is
+        // unreachable or refuses makes this import UNAVAILABLE / its code.
+        return absl::Status(s.code(), absl::StrCat("ImportBlocks: ExportBlocks on peer ",
+                                                   request->peer(), " failed: ", s.message()));
+      }
+    }
+    ExportDescriptor remote;
+    remote.export_id = exported.export_id();
+    remote.worker_address = exported.ucx_worker_address();
+    remote.rkey = exported.ucx_rkey();
+    remote.remote_base = exported.remote_base();
+    remote.layer_stride_bytes = exported.layer_stride_bytes();
+    remote.piece_bytes = exported.piece_bytes();
+    remote.num_layers = exported.num_layers();
+    for (const v1::ExportBlocksResponse::Block& b : exported.blocks()) {
+      ExportDescriptor::Block block;
+      block.info.id = b.block_id();
+      block.info.hash = FromProto(b.hash());
+      block.info.parent_hash = FromProto(b.parent_hash());
+      block.info.position = b.position();
+      block.info.tokens = b.tokens();
+      block.remote_offset = b.remote_offset();
+      remote.blocks.push_back(block);
+    }
+    absl::StatusOr<ImportResult> imported = state_->transfer().Import(remote);
+    {
+      // Best effort: an export not released expires on the peer.
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(kPeerCallTimeout));
+      v1::ReleaseExportRequest release;
+      release.set_export_id(exported.export_id());
+      v1::ReleaseExportResponse ignored;
+      (void)peer->ReleaseExport(&ctx, release, &ignored);
+    }
+    DaemonMetrics* metrics = state_->metrics();
+    if (!imported.ok()) {
+      if (metrics != nullptr) metrics->AddTransfer(TransferDirection::kImport, 0, false);
+      return imported.status();
+    }
+    if (metrics != nullptr) metrics->AddTransfer(TransferDirection::kImport, imported->bytes, true);
+    response->set_imported(imported->imported);
+    response->set_already_resident(imported->already_resident);
+    response->set_not_on_peer(request->hashes_size() - exported.blocks_size());
+    response->set_bytes(imported->bytes);
+    response->set_transfer_seconds(absl::ToDoubleSeconds(imported->elapsed));
+    return absl::OkStatus();
+  });
+}
+
+// ---------------------------------------------------------------- events
+
+grpc::Status CacheDaemonService::WatchEvents(grpc::ServerContext* ctx,
+                                             const v1::WatchEventsRequest* request,
+                                             grpc::ServerWriter<v1::KvEventBatch>* writer) {
+  return Serve("WatchEvents", [&]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<KvEventHub::Watcher>> watcher =
+        state_->events().Watch(request->after_sequence(), request->snapshot());
+    if (!watcher.ok()) return watcher.status();
+    v1::KvEventBatch batch;
+    while (!ctx->IsCancelled()) {
+      absl::StatusOr<std::optional<KvEventBatchView>> next = (*watcher)->Next(kWatchPoll);
+      if (!next.ok()) return next.status();
+      if (!next->has_value()) continue;
+      const KvEventBatchView& view = **next;
+      batch.Clear();
+      batch.set_daemon_instance(state_->instance());
+      batch.set_snapshot_begin(view.snapshot_begin);
+      batch.set_snapshot_end(view.snapshot_end);
+      batch.set_sequence_number(view.sequence_number);
+      batch.mutable_events()->Reserve(static_cast<int>(view.events.size()));
+      for (const KvEvent& e : view.events) {
+        v1::KvEvent* out = batch.add_events();
+        out->set_kind(e.kind == KvEvent::Kind::kStored ? v1::KvEvent::STORED : v1::KvEvent::REMOVED);
+        ToProto(e.hash, out->mutable_hash());
+        out->set_position(e.position);
+        out->set_sequence_number(e.sequence_number);
+      }
+      if (!writer->Write(batch)) return absl::OkStatus();  // the watcher went away
+    }
+    return absl::CancelledError("WatchEvents: cancelled by the client");
+  });
+}
+
+// ---------------------------------------------------------------- pool, stats
+
+grpc::Status CacheDaemonService::AttachPool(grpc::ServerContext*,
+                                            const v1::AttachPoolRequest* request,
+                                            v1::AttachPoolResponse* response) {
+  return Serve("AttachPool", [&]() -> absl::Status {
+    if (absl::Status s = CheckSameShape(request->expected_model(), state_->model(),
+                                        "AttachPool: expected_model");
+        !s.ok()) {
+      return s;
+    }
+    const daemon::PoolDescriptor d = state_->pool().Describe();
+    response->set_backend(std::string(daemon::PoolBackendName(d.backend)));
+    response->set_shm_name(d.shm_name);
+    response->set_cuda_ipc_handle(d.cuda_ipc_handle);
+    response->set_cuda_device(d.cuda_device);
+    ToProto(state_->model(), response->mutable_model());
+    response->set_num_blocks(d.layout.num_blocks);
+    response->set_layer_stride_bytes(static_cast<uint64_t>(d.layout.layer_stride_bytes()));
+    response->set_piece_bytes(static_cast<uint64_t>(d.layout.piece_bytes()));
+    response->set_pool_bytes(static_cast<uint64_t>(d.layout.bytes()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CacheDaemonService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+                                          v1::GetStatsResponse* response) {
+  return Serve("GetStats", [&]() -> absl::Status {
+    const DaemonOptions& options = state_->options();
+    const KvCache::Stats stats = state_->cache().GetStats();
+    response->set_daemon_instance(state_->instance());
+    response->set_backend(options.backend);
+    response->set_policy(options.policy);
+    ToProto(state_->model(), response->mutable_model());
+    ToProto(state_->calibration(), response->mutable_calibration());
+    response->set_capacity_blocks(stats.pool.capacity);
+    response->set_free_blocks(stats.pool.free);
+    response->set_writing_blocks(stats.pool.writing);
+    response->set_sealed_blocks(stats.pool.sealed_evictable);
+    response->set_pinned_blocks(stats.pool.pinned);
+    response->set_in_transfer_blocks(stats.pool.in_transfer);
+    response->set_indexed_blocks(stats.indexed_blocks);
+    response->set_evictions(stats.pool.evictions);
+    response->set_active_leases(stats.active_leases);
+    response->set_active_exports(state_->transfer().active_exports());
+    response->set_agent_pinned_blocks(state_->pins().pinned_blocks());
+    response->set_agent_pinned_jobs(static_cast<int64_t>(state_->pins().pinned_jobs()));
+    response->set_steps(stats.steps);
+    response->set_hit_tokens(stats.hit_tokens);
+    response->set_rebuild_tokens(stats.rebuild_tokens);
+    response->set_new_tokens(stats.new_tokens);
+    response->set_last_event_sequence(state_->events().last_sequence());
+    response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - state_->started()));
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace asymcache

@@ -1,0 +1,317 @@
+#include "services/daemon/daemon_metrics.h"
+
+#include <algorithm>
+#include <exception>
+#include <functional>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace asymcache {
+namespace {
+
+constexpr int kNumStatusCodes = 17;  // absl::StatusCode 0 (OK) .. 16 (UNAUTHENTICATED)
+
+int StatusCodeIndex(absl::StatusCode code) {
+  int index = static_cast<int>(code);
+  return index >= 0 && index < kNumStatusCodes ? index : static_cast<int>(absl::StatusCode::kUnknown);
+}
+
+double Seconds(absl::Duration d) { return std::max(0.0, absl::ToDoubleSeconds(d)); }
+
+}  // namespace
+
+PlanTokenCounts CountPlanTokens(const StepPlan& plan) {
+  PlanTokenCounts counts;
+  bool seen_missing = false;
+  for (const Segment& segment : plan.segments) {
+    const int64_t length = std::max<int64_t>(0, segment.length());
+    switch (segment.kind) {
+      case Segment::Kind::kResident:
+        (seen_missing ? counts.hole_hit_tokens : counts.contiguous_hit_tokens) += length;
+        break;
+      case Segment::Kind::kHole:
+        counts.rebuild_tokens += length;
+        seen_missing = true;
+        break;
+      case Segment::Kind::kTail:
+        counts.new_tokens += length;
+        seen_missing = true;
+        break;
+    }
+  }
+  return counts;
+}
+
+absl::string_view EvictionReasonName(EvictionReason reason) {
+  switch (reason) {
+    case EvictionReason::kCapacity: return "capacity";
+    case EvictionReason::kInvalidate: return "invalidate";
+  }
+  return "unknown";
+}
+
+absl::string_view TransferDirectionName(TransferDirection direction) {
+  switch (direction) {
+    case TransferDirection::kImport: return "import";
+    case TransferDirection::kExport: return "export";
+  }
+  return "unknown";
+}
+
+absl::Status DaemonMetricsOptions::Validate() const {
+  if (policy.empty()) return absl::InvalidArgumentError("DaemonMetricsOptions.policy is empty");
+  if (backend.empty()) return absl::InvalidArgumentError("DaemonMetricsOptions.backend is empty");
+  if (model.empty()) return absl::InvalidArgumentError("DaemonMetricsOptions.model is empty");
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const std::string& method : rpc_methods) {
+    if (method.empty()) {
+      return absl::InvalidArgumentError("DaemonMetricsOptions.rpc_methods has an empty entry");
+    }
+    if (!seen.insert(method).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DaemonMetricsOptions.rpc_methods lists '", method, "' twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const std::vector<double>& DaemonMetrics::PlanLatencyBuckets() {
+  static const std::vector<double>* const kBuckets = new std::vector<double>{
+      5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1};
+  return *kBuckets;
+}
+
+const std::vector<double>& DaemonMetrics::RpcLatencyBuckets() {
+  static const std::vector<double>* const kBuckets = new std::vector<double>{
+      2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1, 1};
+  return *kBuckets;
+}
+
+absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Create(
+    prometheus::Registry& registry, const DaemonMetricsOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  // prometheus-cpp throws on a conflicting registration; the families
+  // registered before it are removed again so that a failed Create leaves the
+  // registry as it was.
+  std::vector<std::function<void()>> undo;
+  std::string error;
+  try {
+    return std::unique_ptr<DaemonMetrics>(new DaemonMetrics(registry, options, &undo));
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
+  return absl::AlreadyExistsError(absl::StrCat("cannot register the daemon metrics: ", error));
+}
+
+DaemonMetrics::DaemonMetrics(prometheus::Registry& registry, const DaemonMetricsOptions& options,
+                             std::vector<std::function<void()>>* undo) {
+  using prometheus::BuildCounter;
+  using prometheus::BuildGauge;
+  using prometheus::BuildHistogram;
+  // builder.Name(name).Help(help).Register(registry), remembering how to
+  // remove the family again.
+  auto Register = [undo](auto builder, prometheus::Registry& registry, const std::string& name,
+                         const std::string& help) -> auto& {
+    auto& family = builder.Name(name).Help(help).Register(registry);
+    undo->push_back([r = &registry, f = &family] { r->Remove(*f); });
+    return family;
+  };
+
+  Register(BuildGauge(), registry, "asymcache_daemon_info",
+           "Cache daemon configuration (eviction policy, pool backend, model); always 1.")
+      .Add({{"policy", options.policy}, {"backend", options.backend}, {"model", options.model}})
+      .Set(1);
+
+  auto& blocks = Register(BuildGauge(), registry, "asymcache_blocks",
+                          "KV blocks in the pool by lifecycle state (sealed = sealed and "
+                          "evictable; pinned = sealed and pinned).");
+  const char* const kStates[] = {"free", "writing", "sealed", "pinned", "in_transfer"};
+  for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i] = &blocks.Add({{"state", kStates[i]}});
+  capacity_blocks_ = &Register(BuildGauge(), registry, "asymcache_capacity_blocks",
+                               "KV blocks in the pool (all states).")
+                          .Add({});
+
+  auto& hits = Register(BuildCounter(), registry, "asymcache_hit_tokens_total",
+                        "Context tokens found resident by plans: contiguous_prefix = before the "
+                        "first missing page, hole_aware = after it (non-contiguous reuse).");
+  contiguous_hit_tokens_ = &hits.Add({{"kind", "contiguous_prefix"}});
+  hole_hit_tokens_ = &hits.Add({{"kind", "hole_aware"}});
+  rebuilt_tokens_ = &Register(BuildCounter(), registry, "asymcache_rebuilt_tokens_total",
+                              "Context tokens in holes that plans had recomputed.")
+                         .Add({});
+  new_tokens_ = &Register(BuildCounter(), registry, "asymcache_new_tokens_total",
+                          "Context tokens in plan tails (new tokens, never cached).")
+                     .Add({});
+  plan_duration_ = &Register(BuildHistogram(), registry, "asymcache_plan_duration_seconds",
+                             "Time to hash, plan, pin and allocate one step, in seconds.")
+                        .Add({}, PlanLatencyBuckets());
+
+  rpc_family_ = &Register(BuildHistogram(), registry, "asymcache_rpc_duration_seconds",
+                          "Daemon RPC handling time in seconds, by method and status code.");
+
+  auto& evictions = Register(BuildCounter(), registry, "asymcache_evictions_total",
+                             "KV blocks evicted from the pool, by eviction policy and reason.");
+  evictions_[static_cast<int>(EvictionReason::kCapacity)] =
+      &evictions.Add({{"policy", options.policy}, {"reason", "capacity"}});
+  evictions_[static_cast<int>(EvictionReason::kInvalidate)] =
+      &evictions.Add({{"policy", options.policy}, {"reason", "invalidate"}});
+
+  active_leases_ = &Register(BuildGauge(), registry, "asymcache_active_leases",
+                             "Step leases held (begun and not yet released or expired).")
+                        .Add({});
+  agent_pinned_blocks_ = &Register(BuildGauge(), registry, "asymcache_agent_pinned_blocks",
+                                   "KV blocks pinned for agent jobs waiting on a tool call.")
+                              .Add({});
+  agent_pinned_jobs_ = &Register(BuildGauge(), registry, "asymcache_agent_pinned_jobs",
+                                 "Agent jobs holding pinned blocks while waiting on a tool call.")
+                            .Add({});
+
+  auto& transfers = Register(BuildCounter(), registry, "asymcache_transfers_total",
+                             "Block transfers with peer daemons completed successfully.");
+  auto& transfer_bytes = Register(BuildCounter(), registry, "asymcache_transfer_bytes_total",
+                                  "Bytes of successful block transfers with peer daemons.");
+  auto& transfer_errors = Register(BuildCounter(), registry, "asymcache_transfer_errors_total",
+                                   "Block transfers with peer daemons that failed.");
+  for (TransferDirection d : {TransferDirection::kImport, TransferDirection::kExport}) {
+    const std::string name(TransferDirectionName(d));
+    transfers_[static_cast<int>(d)] = &transfers.Add({{"direction", name}});
+    transfer_bytes_[static_cast<int>(d)] = &transfer_bytes.Add({{"direction", name}});
+    transfer_errors_[static_cast<int>(d)] = &transfer_errors.Add({{"direction", name}});
+  }
+
+  calibration_info_family_ =
+      &Register(BuildGauge(), registry, "asymcache_calibration_info",
+                "Calibration of the cost model in use (device, how it was produced); always 1.");
+  calibration_flops_ =
+      &Register(BuildGauge(), registry, "asymcache_calibration_attention_flops_per_second",
+                "Calibrated attention FLOP rate of the cost model.")
+           .Add({});
+  calibration_kv_bytes_ =
+      &Register(BuildGauge(), registry, "asymcache_calibration_kv_bytes_per_second",
+                "Calibrated attention KV-scan bandwidth of the cost model.")
+           .Add({});
+  calibration_segment_overhead_ =
+      &Register(BuildGauge(), registry, "asymcache_calibration_segment_overhead_seconds",
+                "Calibrated cost of one extra attention segment per layer.")
+           .Add({});
+  calibration_step_overhead_ =
+      &Register(BuildGauge(), registry, "asymcache_calibration_step_overhead_seconds",
+                "Calibrated fixed cost of one engine step.")
+           .Add({});
+
+  auto& kv_events = Register(BuildCounter(), registry, "asymcache_kv_events_total",
+                             "KV events emitted to coordinators, by kind.");
+  kv_events_[static_cast<int>(KvEvent::Kind::kStored)] = &kv_events.Add({{"kind", "stored"}});
+  kv_events_[static_cast<int>(KvEvent::Kind::kRemoved)] = &kv_events.Add({{"kind", "removed"}});
+
+  for (const std::string& method : options.rpc_methods) {
+    RpcHistogram(method, absl::StatusCode::kOk);
+  }
+}
+
+void DaemonMetrics::ObservePlan(absl::Duration latency, const PlanTokenCounts& tokens) {
+  if (tokens.contiguous_hit_tokens < 0 || tokens.hole_hit_tokens < 0 ||
+      tokens.rebuild_tokens < 0 || tokens.new_tokens < 0) {
+    ABSL_RAW_LOG(ERROR, "DaemonMetrics::ObservePlan: negative token count dropped");
+    return;
+  }
+  plan_duration_->Observe(Seconds(latency));
+  contiguous_hit_tokens_->Increment(static_cast<double>(tokens.contiguous_hit_tokens));
+  hole_hit_tokens_->Increment(static_cast<double>(tokens.hole_hit_tokens));
+  rebuilt_tokens_->Increment(static_cast<double>(tokens.rebuild_tokens));
+  new_tokens_->Increment(static_cast<double>(tokens.new_tokens));
+}
+
+prometheus::Histogram& DaemonMetrics::RpcHistogram(absl::string_view method,
+                                                   absl::StatusCode code) {
+  const int index = StatusCodeIndex(code);
+  {
+    absl::ReaderMutexLock lock(&rpc_mu_);
+    auto it = rpc_series_.find(method);
+    if (it != rpc_series_.end() && it->second[index] != nullptr) return *it->second[index];
+  }
+  absl::MutexLock lock(&rpc_mu_);
+  RpcSeries& series = rpc_series_[method];  // value-initialized: all null
+  if (series[index] == nullptr) {
+    series[index] = &rpc_family_->Add(
+        {{"method", std::string(method)},
+         {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(index))}},
+        RpcLatencyBuckets());
+  }
+  return *series[index];
+}
+
+void DaemonMetrics::ObserveRpc(absl::string_view method, absl::StatusCode code,
+                               absl::Duration latency) {
+  RpcHistogram(method, code).Observe(Seconds(latency));
+}
+
+void DaemonMetrics::SetBlockStates(const BlockPool::Stats& stats) {
+  blocks_[0]->Set(static_cast<double>(stats.free));
+  blocks_[1]->Set(static_cast<double>(stats.writing));
+  blocks_[2]->Set(static_cast<double>(stats.sealed_evictable));
+  blocks_[3]->Set(static_cast<double>(stats.pinned));
+  blocks_[4]->Set(static_cast<double>(stats.in_transfer));
+  capacity_blocks_->Set(static_cast<double>(stats.capacity));
+}
+
+void DaemonMetrics::SetLeases(int64_t active_leases) {
+  active_leases_->Set(static_cast<double>(active_leases));
+}
+
+void DaemonMetrics::SetAgentPins(int64_t pinned_blocks, int64_t pinned_jobs) {
+  agent_pinned_blocks_->Set(static_cast<double>(pinned_blocks));
+  agent_pinned_jobs_->Set(static_cast<double>(pinned_jobs));
+}
+
+void DaemonMetrics::AddEvictions(EvictionReason reason, int64_t blocks) {
+  if (blocks < 0) {
+    ABSL_RAW_LOG(ERROR, "DaemonMetrics::AddEvictions: negative count %lld dropped",
+                 static_cast<long long>(blocks));
+    return;
+  }
+  evictions_[static_cast<int>(reason)]->Increment(static_cast<double>(blocks));
+}
+
+void DaemonMetrics::AddTransfer(TransferDirection direction, int64_t bytes, bool ok) {
+  if (bytes < 0) {
+    ABSL_RAW_LOG(ERROR, "DaemonMetrics::AddTransfer: negative byte count %lld dropped",
+                 static_cast<long long>(bytes));
+    return;
+  }
+  const int d = static_cast<int>(direction);
+  if (ok) {
+    transfers_[d]->Increment();
+    transfer_bytes_[d]->Increment(static_cast<double>(bytes));
+  } else {
+    transfer_errors_[d]->Increment();
+  }
+}
+
+void DaemonMetrics::SetCalibration(const CalibrationParams& params) {
+  {
+    absl::MutexLock lock(&calibration_mu_);
+    if (calibration_info_ != nullptr) calibration_info_family_->Remove(calibration_info_);
+    calibration_info_ =
+        &calibration_info_family_->Add({{"device", params.device}, {"source", params.source}});
+    calibration_info_->Set(1);
+  }
+  calibration_flops_->Set(params.attn_flops_per_s);
+  calibration_kv_bytes_->Set(params.attn_kv_bytes_per_s);
+  calibration_segment_overhead_->Set(params.segment_overhead_s);
+  calibration_step_overhead_->Set(params.step_overhead_s);
+}
+
+void DaemonMetrics::AddKvEvents(KvEvent::Kind kind, int64_t events) {
+  if (events < 0) {
+    ABSL_RAW_LOG(ERROR, "DaemonMetrics::AddKvEvents: negative count %lld dropped",
+                 static_cast<long long>(events));
+    return;
+  }
+  kv_events_[static_cast<int>(kind)]->Increment(static_cast<double>(events));
+}
+
+}  // namespace asymcache

@@ -1,0 +1,75 @@
+#include "services/daemon/daemon_options.h"
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/strings/str_cat.h"
+
+namespace asymcache {
+
+DaemonOptions::DaemonOptions() {
+  absl::StatusOr<ModelConfig> tiny = ModelConfig::Named("tiny");
+  ABSL_RAW_CHECK(tiny.ok(), "the tiny model shape must exist");
+  model = *tiny;
+}
+
+absl::Status DaemonOptions::Validate() const {
+  auto bad = [](absl::string_view field, auto value, absl::string_view want) {
+    return absl::InvalidArgumentError(absl::StrCat("--", field, " ", want, ", got ", value));
+  };
+  if (listen.empty()) return bad("listen", "\"\"", "must be HOST:PORT");
+  if (metrics_port < -1 || metrics_port > 65535) {
+    return bad("metrics-port", metrics_port, "must be -1 (off), 0 (any) or 1..65535");
+  }
+  if (absl::Status s = model.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model shape: ", s.message()));
+  }
+  if (backend != "host" && backend != "cuda") return bad("backend", backend, "must be host or cuda");
+  if (cuda_device < 0) return bad("cuda-device", cuda_device, "must be >= 0");
+  if ((pool_bytes > 0) == (pool_fraction > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "exactly one of --pool-bytes (", pool_bytes, ") and --pool-fraction (", pool_fraction,
+        ") must be positive"));
+  }
+  if (pool_bytes < 0) return bad("pool-bytes", pool_bytes, "must be >= 0");
+  if (pool_fraction < 0 || pool_fraction > 1) {
+    return bad("pool-fraction", pool_fraction, "must be in (0, 1]");
+  }
+  if (policy.empty()) return bad("policy", "\"\"", "must name an eviction policy");
+  if (absl::Status s = chunking.Validate(); !s.ok()) return s;
+  if (calibration_budget <= absl::ZeroDuration()) {
+    return bad("calibration-budget", absl::FormatDuration(calibration_budget), "must be positive");
+  }
+  if (lease_timeout <= absl::ZeroDuration()) {
+    return bad("lease-timeout", absl::FormatDuration(lease_timeout), "must be positive");
+  }
+  if (export_timeout <= absl::ZeroDuration()) {
+    return bad("export-timeout", absl::FormatDuration(export_timeout), "must be positive");
+  }
+  if (maintenance_interval <= absl::ZeroDuration()) {
+    return bad("maintenance-interval", absl::FormatDuration(maintenance_interval),
+               "must be positive");
+  }
+  if (max_context_tokens < 1 || max_context_tokens > (int64_t{1} << 30)) {
+    return bad("max-context-tokens", max_context_tokens, "must be in [1, 2^30]");
+  }
+  if (max_message_bytes < (1 << 20)) {
+    return bad("max-message-bytes", max_message_bytes, "must be >= 1 MiB");
+  }
+  if (max_context_tokens * 4 + (1 << 16) > max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-message-bytes ", max_message_bytes, " cannot carry --max-context-tokens ",
+        max_context_tokens, " (4 bytes a token plus headers)"));
+  }
+  if (max_transfer_blocks < 1) return bad("max-transfer-blocks", max_transfer_blocks, "must be >= 1");
+  if (session_chain_token_budget < 0) {
+    return bad("session-chain-tokens", session_chain_token_budget, "must be >= 0");
+  }
+  if (event_history < 1) return bad("event-history", event_history, "must be >= 1");
+  if (max_watchers < 1) return bad("max-watchers", max_watchers, "must be >= 1");
+  if (absl::Status s = agent_pins.Validate(); !s.ok()) return s;
+  if (shutdown_grace < absl::ZeroDuration()) {
+    return bad("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace asymcache
