@@ -1,0 +1,228 @@
+// Plan RPC latency of the cache daemon over gRPC on loopback (issue 4).
+//
+// One in-process asymcache daemon (host backend, tiny model, asym policy,
+// 256 MiB pool) on 127.0.0.1. Each client has its own channel (its own TCP
+// connection) and replays follow-up turns: a 2,048-token shared document +
+// a per-client 64-token question, growing by 16 tokens a turn, so every plan
+// hits the document's blocks (committed once before the runs) and allocates
+// the new tail. A request is PlanStep (timed) then ReleaseStep (not timed).
+//
+// BM_PlanClosedLoop/C: C clients issue back to back (throughput and latency
+//   at saturation). Counters: plans_per_s, p50_us, p99_us.
+// BM_PlanOpenLoop/R/C: C clients together offer R plans/s on a fixed schedule;
+//   latency runs from the scheduled send time (queueing included, no
+//   coordinated omission). Counters: offered/achieved plans_per_s, p50_us,
+//   p99_us. The goal of issue 4 is p99 < 500 µs at 5k plans/s on 2 cores.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "asymcache/v1/cache_daemon.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "services/daemon/cache_daemon.h"
+
+namespace asymcache {
+namespace {
+
+constexpr int kDocTokens = 2048;
+constexpr int kQuestionTokens = 64;
+constexpr int kTurnTokens = 16;
+constexpr int kTurnsPerSession = 32;
+
+CacheDaemon& Daemon() {
+  static CacheDaemon* daemon = [] {
+    DaemonOptions options;
+    options.listen = "127.0.0.1:0";
+    options.metrics_port = -1;
+    auto started = CacheDaemon::Start(options);
+    if (!started.ok()) {
+      std::fprintf(stderr, "daemon: %s\n", started.status().ToString().c_str());
+      std::abort();
+    }
+    return started->release();
+  }();
+  return *daemon;
+}
+
+// Commits the shared document once, so every benchmark plan finds it resident.
+void SeedDocument(v1::CacheDaemon::Stub& stub, const std::vector<int>& doc) {
+  v1::PlanStepRequest request;
+  request.set_salt("bench");
+  request.set_sequence_id(1);
+  for (int t : doc) request.add_tokens(t);
+  v1::PlanStepResponse plan;
+  grpc::ClientContext c1, c2, c3;
+  v1::CommitStepRequest commit;
+  v1::CommitStepResponse committed;
+  v1::ReleaseStepRequest release;
+  v1::ReleaseStepResponse released;
+  if (!stub.PlanStep(&c1, request, &plan).ok()) std::abort();
+  commit.set_lease_id(plan.lease_id());
+  release.set_lease_id(plan.lease_id());
+  if (!stub.CommitStep(&c2, commit, &committed).ok()) std::abort();
+  if (!stub.ReleaseStep(&c3, release, &released).ok()) std::abort();
+}
+
+std::unique_ptr<v1::CacheDaemon::Stub> NewStub(int client) {
+  grpc::ChannelArguments args;
+  args.SetInt("asymcache.bench_client", client);  // distinct args: a connection per client
+  return v1::CacheDaemon::NewStub(grpc::CreateCustomChannel(
+      Daemon().local_address(), grpc::InsecureChannelCredentials(), args));
+}
+
+// One client's request stream.
+class Client {
+ public:
+  explicit Client(int id) : id_(id), stub_(NewStub(id)) {
+    for (int i = 0; i < kDocTokens; ++i) doc_.push_back((i * 7 + 3) % 1000);
+    static const bool seeded = (SeedDocument(*stub_, doc_), true);
+    (void)seeded;
+  }
+
+  // Issues one plan; returns its latency in µs measured from `scheduled`.
+  double PlanOnce(std::chrono::steady_clock::time_point scheduled) {
+    if (turn_ == kTurnsPerSession) {
+      turn_ = 0;
+      ++session_;
+    }
+    v1::PlanStepRequest request;
+    request.set_salt("bench");
+    request.set_sequence_id(static_cast<uint64_t>(id_) * 1000000 + session_ + 1);
+    request.mutable_tokens()->Reserve(kDocTokens + kQuestionTokens + kTurnsPerSession * kTurnTokens);
+    for (int t : doc_) request.add_tokens(t);
+    const int tail = kQuestionTokens + turn_ * kTurnTokens;
+    for (int i = 0; i < tail; ++i) request.add_tokens((id_ * 131 + session_ * 17 + i * 3) % 1000);
+    ++turn_;
+    v1::PlanStepResponse response;
+    grpc::ClientContext ctx;
+    const grpc::Status s = stub_->PlanStep(&ctx, request, &response);
+    const double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - scheduled)
+            .count();
+    if (!s.ok()) {
+      if (errors_++ == 0) {
+        std::fprintf(stderr, "client %d: PlanStep failed: %d %s\n", id_,
+                     static_cast<int>(s.error_code()), s.error_message().c_str());
+      }
+      return us;
+    }
+    v1::ReleaseStepRequest release;
+    release.set_lease_id(response.lease_id());
+    v1::ReleaseStepResponse released;
+    grpc::ClientContext rctx;
+    if (const grpc::Status r = stub_->ReleaseStep(&rctx, release, &released); !r.ok()) {
+      if (errors_++ == 0) {
+        std::fprintf(stderr, "client %d: ReleaseStep failed: %d %s\n", id_,
+                     static_cast<int>(r.error_code()), r.error_message().c_str());
+      }
+    }
+    return us;
+  }
+  int errors() const { return errors_; }
+
+ private:
+  int id_;
+  std::unique_ptr<v1::CacheDaemon::Stub> stub_;
+  std::vector<int> doc_;
+  uint64_t session_ = 0;
+  int turn_ = 0;
+  int errors_ = 0;
+};
+
+void Report(benchmark::State& state, std::vector<double>& us, double seconds, int errors) {
+  std::sort(us.begin(), us.end());
+  state.counters["plans_per_s"] = static_cast<double>(us.size()) / seconds;
+  state.counters["p50_us"] = us[us.size() / 2];
+  state.counters["p99_us"] = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  state.counters["errors"] = errors;
+}
+
+void BM_PlanClosedLoop(benchmark::State& state) {
+  const int clients = static_cast<int>(state.range(0));
+  const int per_client = std::max(200, 4000 / clients);
+  std::vector<std::unique_ptr<Client>> pool;
+  for (int c = 0; c < clients; ++c) pool.push_back(std::make_unique<Client>(c));
+  for (auto& c : pool) c->PlanOnce(std::chrono::steady_clock::now());  // connect, warm the cache
+  std::vector<double> all;
+  double seconds = 0;
+  for (auto _ : state) {
+    std::vector<std::vector<double>> lat(static_cast<size_t>(clients));
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&, c]() {
+        for (int i = 0; i < per_client; ++i) {
+          lat[c].push_back(pool[c]->PlanOnce(std::chrono::steady_clock::now()));
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.SetIterationTime(s);
+    seconds += s;
+    for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  }
+  int errors = 0;
+  for (auto& c : pool) errors += c->errors();
+  Report(state, all, seconds, errors);
+}
+BENCHMARK(BM_PlanClosedLoop)->Arg(1)->Arg(16)->Arg(64)->UseManualTime()->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
+
+void BM_PlanOpenLoop(benchmark::State& state) {
+  const double rate = static_cast<double>(state.range(0));
+  const int clients = static_cast<int>(state.range(1));
+  const absl::Duration duration = absl::Seconds(4);
+  const int per_client = static_cast<int>(rate * absl::ToDoubleSeconds(duration) / clients);
+  const auto interval = std::chrono::duration<double>(clients / rate);
+  std::vector<std::unique_ptr<Client>> pool;
+  for (int c = 0; c < clients; ++c) pool.push_back(std::make_unique<Client>(c + 1000));
+  for (auto& c : pool) c->PlanOnce(std::chrono::steady_clock::now());
+  std::vector<double> all;
+  double seconds = 0;
+  for (auto _ : state) {
+    std::vector<std::vector<double>> lat(static_cast<size_t>(clients));
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&, c]() {
+        // Clients are staggered evenly inside one interval.
+        const auto offset = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+            interval * (static_cast<double>(c) / clients));
+        for (int i = 0; i < per_client; ++i) {
+          const auto scheduled =
+              start + offset +
+              std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval * i);
+          std::this_thread::sleep_until(scheduled);
+          lat[c].push_back(pool[c]->PlanOnce(scheduled));
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.SetIterationTime(s);
+    seconds += s;
+    for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  }
+  int errors = 0;
+  for (auto& c : pool) errors += c->errors();
+  Report(state, all, seconds, errors);
+  state.counters["offered_per_s"] = rate;
+}
+BENCHMARK(BM_PlanOpenLoop)
+    ->Args({1000, 4})->Args({5000, 16})->Args({5000, 64})
+    ->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace asymcache
+
+BENCHMARK_MAIN();
