@@ -244,8 +244,9 @@ class EventStream {
   // cleanly (e.g. it shut down: resume elsewhere or later from
   // last_sequence()); the stream's status otherwise (CANCELLED after Cancel(),
   // DEADLINE_EXCEEDED after stream_timeout, UNAVAILABLE when the daemon went
-  // away, RESOURCE_EXHAUSTED when the daemon dropped this watcher as too slow).
-  // After the end every call returns the same result.
+  // away or refused the watch, e.g. too many watchers: RESOURCE_EXHAUSTED).
+  // After the end every call returns the same result. A watcher that fell too
+  // far behind gets a fresh snapshot (snapshot_begin), not an error.
   absl::StatusOr<std::optional<KvEventBatch>> Next();
   // Ends the stream from any thread; a blocked Next() returns CANCELLED.
   void Cancel();
