@@ -20,7 +20,10 @@
 #      runs bin/BINARY (or a path).
 # Environment: ASYMCACHE_BUNDLE (bundle folder, default .bundle/gpu; keep it under
 # .bundle/), ASYMCACHE_GPU_BUILD (build folder, default build/gpu),
-# ASYMCACHE_CUDA_ARCH (default 90), ASYMCACHE_JOBS (default 2).
+# ASYMCACHE_CUDA_ARCH (default 90), ASYMCACHE_JOBS (default 2),
+# ASYMCACHE_BUNDLE_SERVICES (1 = build with ASYMCACHE_SERVICES=ON and carry the
+# gRPC/protobuf/UCX/prometheus libraries plus UCX's transport modules, which
+# run.sh points UCX_MODULE_DIR at; default 0).
 # Fails if the bundle exceeds 60 MiB. .bundle/ is git-ignored; pass it to the
 # device tool with carry [".bundle/gpu"] (see bench/gpu/README.md).
 set -euo pipefail
@@ -33,6 +36,7 @@ BUNDLE="${ASYMCACHE_BUNDLE:-$ROOT/.bundle/gpu}"
 ARCH="${ASYMCACHE_CUDA_ARCH:-90}"
 JOBS="${ASYMCACHE_JOBS:-2}"
 MAX_MIB=60
+SERVICES="${ASYMCACHE_BUNDLE_SERVICES:-0}"
 TARGETS=("$@")
 if ((${#TARGETS[@]} == 0)); then
   TARGETS=(kernels_tests msa_gpu_bench)
@@ -44,7 +48,8 @@ log "configuring $BUILD (sm_$ARCH, Release)"
 mkdir -p "$BUILD"
 # --as-needed drops libraries (cuBLAS) that a binary lists but never calls.
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DASYMCACHE_CUDA=ON -DASYMCACHE_SERVICES=OFF -DASYMCACHE_TESTS=ON -DASYMCACHE_BENCH=ON \
+  -DASYMCACHE_CUDA=ON -DASYMCACHE_SERVICES="$([[ $SERVICES == 1 ]] && echo ON || echo OFF)" \
+  -DASYMCACHE_TESTS=ON -DASYMCACHE_BENCH=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
   -DCMAKE_EXE_LINKER_FLAGS="-Wl,--as-needed" >/dev/null
 
@@ -87,8 +92,16 @@ is_system_lib() {
   return 1
 }
 
+# UCX loads its transports (shm, tcp, cma, ...) as modules at run time.
+UCX_MODULES=/usr/lib/x86_64-linux-gnu/ucx
+if [[ $SERVICES == 1 && -d $UCX_MODULES ]]; then
+  mkdir -p "$BUNDLE/lib/ucx"
+  cp -L "$UCX_MODULES"/*.so* "$BUNDLE/lib/ucx/" 2>/dev/null || true
+fi
+
 declare -A seen=()
-for b in "$BUNDLE"/bin/*; do
+for b in "$BUNDLE"/bin/* "$BUNDLE"/lib/ucx/*; do
+  [[ -f "$b" ]] || continue
   while read -r name arrow path _; do
     [[ "$arrow" == "=>" ]] || continue
     is_system_lib "$name" && continue
@@ -115,6 +128,7 @@ for d in "$site"/nvidia/cu13/lib "$site"/nvidia/cublas/lib "$site"/nvidia/cuda_r
   [[ -d "$d" ]] && extra="$extra:$d"
 done
 export LD_LIBRARY_PATH="$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[[ -d "$HERE/lib/ucx" ]] && export UCX_MODULE_DIR="$HERE/lib/ucx"
 bin="$1"; shift
 [[ -x "$bin" ]] || bin="$HERE/bin/$bin"
 exec "$bin" "$@"

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 #include <functional>
+#include <stdexcept>
 
 #include "absl/base/internal/raw_logging.h"
 #include "absl/container/flat_hash_set.h"
@@ -96,14 +97,16 @@ absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Create(
   // registered before it are removed again so that a failed Create leaves the
   // registry as it was.
   std::vector<std::function<void()>> undo;
-  std::string error;
+  absl::Status error;
   try {
     return std::unique_ptr<DaemonMetrics>(new DaemonMetrics(registry, options, &undo));
+  } catch (const std::invalid_argument& e) {  // a name taken with another type or labels
+    error = absl::AlreadyExistsError(absl::StrCat("cannot register the daemon metrics: ", e.what()));
   } catch (const std::exception& e) {
-    error = e.what();
+    error = absl::InternalError(absl::StrCat("cannot register the daemon metrics: ", e.what()));
   }
   for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
-  return absl::AlreadyExistsError(absl::StrCat("cannot register the daemon metrics: ", error));
+  return error;
 }
 
 DaemonMetrics::DaemonMetrics(prometheus::Registry& registry, const DaemonMetricsOptions& options,

@@ -172,7 +172,7 @@ class DaemonMetrics {
   prometheus::Gauge* calibration_step_overhead_;
   std::array<prometheus::Counter*, 2> kv_events_;        // by KvEvent::Kind
 
-  mutable absl::Mutex rpc_mu_;
+  absl::Mutex rpc_mu_;
   absl::flat_hash_map<std::string, RpcSeries> rpc_series_ ABSL_GUARDED_BY(rpc_mu_);
 
   absl::Mutex calibration_mu_;

@@ -1,7 +1,12 @@
 #include "services/daemon/daemon_options.h"
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "absl/base/internal/raw_logging.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace asymcache {
 
@@ -33,7 +38,13 @@ absl::Status DaemonOptions::Validate() const {
   if (pool_fraction < 0 || pool_fraction > 1) {
     return bad("pool-fraction", pool_fraction, "must be in (0, 1]");
   }
-  if (policy.empty()) return bad("policy", "\"\"", "must name an eviction policy");
+  {
+    const std::vector<std::string> known = EvictionPolicyNames();
+    if (std::find(known.begin(), known.end(), policy) == known.end()) {
+      return bad("policy", absl::StrCat("'", policy, "'"),
+                 absl::StrCat("must be one of ", absl::StrJoin(known, ", ")));
+    }
+  }
   if (absl::Status s = chunking.Validate(); !s.ok()) return s;
   if (calibration_budget <= absl::ZeroDuration()) {
     return bad("calibration-budget", absl::FormatDuration(calibration_budget), "must be positive");

@@ -55,6 +55,9 @@ struct DaemonOptions {
   // built-in CPU calibration.
   std::string calibration_file;
   bool calibrate_on_start = true;
+  // When set, the calibration in use is written here at start (JSON,
+  // asymcache.calibration.v1), e.g. to commit what the card measured.
+  std::string calibration_out;
   absl::Duration calibration_budget = absl::Seconds(5);
 
   // A lease not released this long after PlanStep/CommitStep/RenewLease is

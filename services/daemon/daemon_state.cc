@@ -82,6 +82,21 @@ absl::StatusOr<std::unique_ptr<CacheDaemonState>> CacheDaemonState::Create(
   absl::StatusOr<daemon::PoolBackend> backend = daemon::ParsePoolBackend(options.backend);
   if (!backend.ok()) return Annotate(backend.status(), "--backend");
 
+  // Calibration first: the on-start GPU measurement needs scratch memory that
+  // a pool sized as a fraction of free memory would otherwise take.
+  absl::StatusOr<CalibrationParams> calibration = ChooseCalibration(options, *backend);
+  if (!calibration.ok()) return calibration.status();
+  state->calibration_ = *std::move(calibration);
+  if (!options.calibration_out.empty()) {
+    std::FILE* out = std::fopen(options.calibration_out.c_str(), "w");
+    const std::string json = CostModel::CalibrationToJson(state->calibration_, options.model);
+    if (out == nullptr || std::fwrite(json.data(), 1, json.size(), out) != json.size()) {
+      if (out != nullptr) std::fclose(out);
+      return absl::InvalidArgumentError(
+          absl::StrCat("--calibration-out: cannot write '", options.calibration_out, "'"));
+    }
+    std::fclose(out);
+  }
   // Pool.
   daemon::PoolSizeSpec size;
   size.bytes = options.pool_fraction > 0 ? 0 : options.pool_bytes;
@@ -99,9 +114,6 @@ absl::StatusOr<std::unique_ptr<CacheDaemonState>> CacheDaemonState::Create(
   state->pool_ = *std::move(pool);
 
   // Cost model and policy.
-  absl::StatusOr<CalibrationParams> calibration = ChooseCalibration(options, *backend);
-  if (!calibration.ok()) return calibration.status();
-  state->calibration_ = *std::move(calibration);
   state->cost_ = std::make_unique<CostModel>(options.model, state->calibration_);
   absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy =
       MakeEvictionPolicy(options.policy, state->cost_.get(), options.policy_options);

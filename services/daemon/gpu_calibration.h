@@ -29,7 +29,7 @@
 // Timing: CUDA events around each call (median over samples); the number of
 // samples adapts to `budget` (at least 3, at most `repeats`), so the whole run
 // takes about `budget` after CUDA start-up; a model whose largest step alone
-// exceeds the budget overruns it by that step's 4 calls.
+// exceeds the budget overruns it by that step's minimum of 5 calls.
 // Scratch memory: the MSA pool of the decode case (32 * 8192 tokens of one
 // layer: 1 GiB for Llama-3-8B) and the rotating weights + activations of the
 // largest step (about 2 GiB for Llama-3-8B at 4096 tokens); all freed before

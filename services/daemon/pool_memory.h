@@ -17,7 +17,8 @@
 //
 // Errors (absl codes by meaning): INVALID_ARGUMENT for bad arguments or
 // descriptors (naming the field); NOT_FOUND when the named shared memory (or
-// the exported CUDA allocation) does not exist; FAILED_PRECONDITION when the
+// the exported CUDA allocation) does not exist; PERMISSION_DENIED when the
+// shm object belongs to another user; FAILED_PRECONDITION when the
 // mapped object's size differs from the descriptor's layout, or for CUDA in a
 // build without CUDA ("built without CUDA") or on a machine without a device
 // ("no CUDA device"); RESOURCE_EXHAUSTED when memory cannot be allocated;
