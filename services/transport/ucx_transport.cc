@@ -403,6 +403,9 @@ absl::Status UcxTransport::Engine::Start() {
     config_status.Update(modify("NET_DEVICES", options_.net_devices));
   }
   if (options_.error_handling == UcxTransportOptions::ErrorHandling::kPeer) {
+    // Shared-memory transports take part in PEER mode only when told to
+    // handle errors (keepalive on the peer process); UCX defaults this off.
+    config_status.Update(modify("MM_ERROR_HANDLING", "y"));
     config_status.Update(modify(
         "KEEPALIVE_INTERVAL",
         absl::StrCat(absl::ToInt64Microseconds(options_.keepalive_interval), "us")));
@@ -576,6 +579,7 @@ void UcxTransport::Engine::ProgressLoop() {
       timeout_ms = static_cast<int>(std::clamp<int64_t>(until, 0, timeout_ms));
     }
     if (!closing_.empty()) timeout_ms = std::min(timeout_ms, 1);
+    if (getenv("ACDBG") && !closing_.empty()) { static int k=0; if (++k % 1000 == 0) { for (Peer* p : closing_) { ABSL_RAW_LOG(INFO, "closing peer: close_req=%p status=%d active_ops=%d", p->close_request, UCS_PTR_IS_PTR(p->close_request) ? (int)ucp_request_check_status(p->close_request) : 0, p->active_ops); } for (ReadOp* op: active_ops_) ABSL_RAW_LOG(INFO, "op outstanding=%d completed=%zu", op->outstanding, op->completed); } }
     epoll_event events[2];
     const int n = ::epoll_wait(epoll_fd_, events, 2, timeout_ms);
     for (int i = 0; i < n; ++i) {
@@ -807,6 +811,7 @@ void UcxTransport::Engine::PostGets(ReadOp* op, int budget) {
 void UcxTransport::Engine::OnGetDone(void* request, ucs_status_t status, void* /*user_data*/) {
   auto* area = static_cast<RequestArea*>(request);
   if (area->op == nullptr) {  // ucp_get_nbx has not returned yet: PostGets finishes it
+    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "callback with op==nullptr status=%s", ucs_status_string(status));
     area->early_done = true;
     area->early_status = status;
     return;
@@ -838,6 +843,7 @@ void UcxTransport::Engine::FailOp(ReadOp* op, absl::Status status) {
 
 void UcxTransport::Engine::OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
   auto* peer = static_cast<Peer*>(arg);
+  if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "OnEndpointError peer=%p failed=%d", (void*)peer, (int)peer->failed);
   peer->engine->DropPeer(peer, status, "the endpoint reported an error");
 }
 
@@ -845,6 +851,7 @@ void UcxTransport::Engine::OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_statu
 // close (done outside UCX callbacks by CloseDroppedPeers).
 void UcxTransport::Engine::DropPeer(Peer* peer, ucs_status_t status, absl::string_view why) {
   if (peer->failed) return;
+  if (getenv("ACDBG")) { int out=0; for (ReadOp* op : active_ops_) if (op->peer==peer) out+=op->outstanding; ABSL_RAW_LOG(INFO, "DropPeer %s: %s outstanding=%d", std::string(why).c_str(), ucs_status_string(status), out); }
   peer->failed = true;
   peers_failed_.fetch_add(1, std::memory_order_relaxed);
   auto it = peers_.find(peer->ucx_address);
@@ -869,6 +876,7 @@ void UcxTransport::Engine::CloseDroppedPeers() {
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_EP_CLOSE_FLAG_FORCE;
     peer->close_request = ucp_ep_close_nbx(peer->ep, &param);
+    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "force close peer=%p -> %p", (void*)peer, peer->close_request);
     peer->ep = nullptr;
     closing_.push_back(peer);
   }
@@ -890,6 +898,7 @@ void UcxTransport::Engine::ReapClosedPeers() {
       continue;
     }
     for (auto& [packed, rkey] : peer->rkeys) ucp_rkey_destroy(rkey);
+    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "reaped peer=%p", (void*)peer);
     delete peer;
     closing_[i] = closing_.back();
     closing_.pop_back();

@@ -87,9 +87,15 @@ TEST(CacheDaemonStart, BadOptionsAreInvalidArgument) {
 TEST(CacheDaemonStart, CudaBackendWithoutAGpuFailsPrecisely) {
   DaemonOptions o = LocalOptions();
   o.backend = "cuda";
+  o.model = *ModelConfig::Named("llama-3-8b");  // MSA (the calibration) needs 16-bit KV
   absl::StatusOr<std::unique_ptr<CacheDaemon>> d = CacheDaemon::Start(o);
   if (d.ok()) GTEST_SKIP() << "a CUDA device is present: covered by the GPU tests";
   EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition) << d.status();
+  // The tiny shape stores fp32 KV: MSA cannot calibrate it, said up front.
+  o.model = *ModelConfig::Named("tiny");
+  d = CacheDaemon::Start(o);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << d.status();
+  EXPECT_THAT(d.status().message(), HasSubstr("16-bit"));
 }
 
 TEST(CacheDaemonStart, OccupiedPortsAreUnavailable) {
