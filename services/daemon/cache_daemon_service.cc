@@ -335,6 +335,13 @@ grpc::Status CacheDaemonService::ExportBlocks(grpc::ServerContext*,
     response->set_piece_bytes(exported->piece_bytes);
     response->set_num_layers(exported->num_layers);
     response->set_export_timeout_ms(ToMillis(exported->timeout));
+    if (DaemonMetrics* metrics = state_->metrics()) {
+      // Bytes offered to the peer (it reads them; a failed read shows on its side).
+      metrics->AddTransfer(TransferDirection::kExport,
+                           static_cast<int64_t>(exported->blocks.size()) *
+                               state_->pool().layout().block_bytes(),
+                           true);
+    }
     for (const ExportDescriptor::Block& b : exported->blocks) {
       v1::ExportBlocksResponse::Block* out = response->add_blocks();
       ToProto(b.info.hash, out->mutable_hash());

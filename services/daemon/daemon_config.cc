@@ -131,6 +131,7 @@ const std::vector<Setting>& Settings() {
        DurationAt("tpot-target", [](DaemonOptions* o) { return &o->chunking.tpot_target; })},
       {"calibration", String(&DaemonOptions::calibration_file)},
       {"calibration-out", String(&DaemonOptions::calibration_out)},
+      {"calibrator", String(&DaemonOptions::calibrator)},
       {"calibrate-on-start",
        BoolAt("calibrate-on-start", [](DaemonOptions* o) { return &o->calibrate_on_start; })},
       {"calibration-budget",

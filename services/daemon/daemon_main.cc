@@ -46,6 +46,7 @@ ABSL_FLAG(int64_t, chunk_budget_tokens, Defaults().chunking.fixed_budget_tokens,
 ABSL_FLAG(absl::Duration, tpot_target, Defaults().chunking.tpot_target, "adaptive chunking: decode step latency target");
 ABSL_FLAG(std::string, calibration, "", "cost-model calibration file (asymcache.calibration.v1); empty = measure the GPU on start (cuda) or built-in CPU numbers (host)");
 ABSL_FLAG(std::string, calibration_out, "", "write the calibration in use to this file at start (JSON)");
+ABSL_FLAG(std::string, calibrator, "", "calibrator binary run on start (empty = asymcache-calibrate beside this binary)");
 ABSL_FLAG(bool, calibrate_on_start, Defaults().calibrate_on_start, "cuda backend without --calibration: run the MSA + GEMM calibration on start");
 ABSL_FLAG(absl::Duration, calibration_budget, Defaults().calibration_budget, "wall time of the on-start calibration");
 ABSL_FLAG(absl::Duration, lease_timeout, Defaults().lease_timeout, "a step lease not released within this is released by the daemon");

@@ -29,6 +29,18 @@ absl::Status DaemonOptions::Validate() const {
   }
   if (backend != "host" && backend != "cuda") return bad("backend", backend, "must be host or cuda");
   if (cuda_device < 0) return bad("cuda-device", cuda_device, "must be >= 0");
+  if (backend == "cuda") {
+    // Workers (and the on-start calibration) run MSA on this pool.
+    const int group = model.num_q_heads / model.num_kv_heads;
+    if (model.dtype_bytes != 2 || (model.head_dim != 64 && model.head_dim != 128 &&
+                                   model.head_dim != 256) ||
+        (group != 1 && group != 2 && group != 4 && group != 8)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--backend=cuda runs MSA, which needs a 16-bit KV dtype, head_dim 64/128/256 and "
+          "Hq/Hkv in {1,2,4,8}; model '", model.name, "' has dtype_bytes ", model.dtype_bytes,
+          ", head_dim ", model.head_dim, ", Hq/Hkv ", group));
+    }
+  }
   if ((pool_bytes > 0) == (pool_fraction > 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "exactly one of --pool-bytes (", pool_bytes, ") and --pool-fraction (", pool_fraction,

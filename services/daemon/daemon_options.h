@@ -55,6 +55,9 @@ struct DaemonOptions {
   // built-in CPU calibration.
   std::string calibration_file;
   bool calibrate_on_start = true;
+  // The calibrator binary run on start ("" = asymcache-calibrate beside the
+  // daemon's own executable).
+  std::string calibrator;
   // When set, the calibration in use is written here at start (JSON,
   // asymcache.calibration.v1), e.g. to commit what the card measured.
   std::string calibration_out;

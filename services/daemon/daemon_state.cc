@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cachecore/eviction_policy.h"
-#include "services/daemon/gpu_calibration.h"
+#include "services/daemon/calibration_process.h"
 #include "services/transport/ucx_transport.h"
 
 namespace asymcache {
@@ -33,16 +33,12 @@ absl::StatusOr<CalibrationParams> ChooseCalibration(const DaemonOptions& options
   }
   if (backend == daemon::PoolBackend::kCuda) {
     if (options.calibrate_on_start) {
-      daemon::GpuCalibrationOptions cal;
-      cal.device = options.cuda_device;
-      cal.budget = options.calibration_budget;
-      absl::StatusOr<daemon::GpuCalibrationReport> report =
-          daemon::CalibrateGpuWithReport(options.model, cal);
-      if (!report.ok()) return Annotate(report.status(), "on-start GPU calibration");
-      for (const std::string& line : report->details) {
-        std::fprintf(stderr, "[asymcache-daemon] calibration: %s\n", line.c_str());
-      }
-      return report->params;
+      // Budget x 6 + 60 s: CUDA start-up and a slow first cuBLAS call included.
+      const absl::Duration timeout = options.calibration_budget * 6 + absl::Seconds(60);
+      const std::string calibrator =
+          options.calibrator.empty() ? DefaultCalibratorPath() : options.calibrator;
+      return CalibrateInChildProcess(calibrator, options.model, options.cuda_device,
+                                     options.calibration_budget, timeout);
     }
     CalibrationParams params = CostModel::DefaultH100Llama3_8B();
     params.source = "built-in H100 defaults (--calibrate-on-start=false, no --calibration)";

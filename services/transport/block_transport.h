@@ -16,9 +16,10 @@
 // understood only by the same implementation; peers are trusted daemons (the
 // strings are validated against corruption and mix-ups, not against malice).
 //
-// Ownership: a RegisteredRegion does not own the memory it covers; the memory
-// must stay valid until the region is destroyed. Implementations state whether
-// a region may outlive its transport (UcxTransport allows it).
+// Ownership: a region from Register does not own the memory it covers (which
+// must stay valid until the region is destroyed); a region from Allocate owns
+// its memory and frees it when destroyed. Implementations state whether a
+// region may outlive its transport (UcxTransport allows it).
 //
 // Thread-safety: every method of BlockTransport and RegisteredRegion is
 // thread-safe; concurrent Reads proceed in parallel.
@@ -44,7 +45,9 @@ inline absl::string_view MemoryKindName(MemoryKind kind) {
 }
 
 // Memory [base, base + bytes) registered for remote reads. Destroying it
-// unregisters the memory: reads still in flight from a peer then fail there.
+// unregisters the memory (and frees it if it was allocated): reads still in
+// flight from a peer then fail or read stale bytes there, so the exporter
+// keeps a region until its importers are done.
 class RegisteredRegion {
  public:
   virtual ~RegisteredRegion() = default;
@@ -87,6 +90,13 @@ class BlockTransport {
   // kind the transport does not support (stage through host memory instead).
   virtual absl::StatusOr<std::unique_ptr<RegisteredRegion>> Register(void* base, size_t bytes,
                                                                       MemoryKind kind) = 0;
+
+  // Allocates `bytes` of host memory registered for remote reads, placed
+  // where peers read it fastest (on one host: shared memory that a reader
+  // maps, so a get is one memcpy with no work on this side). The region owns
+  // the memory: destroying it frees it. INVALID_ARGUMENT for zero bytes;
+  // RESOURCE_EXHAUSTED when the memory cannot be had.
+  virtual absl::StatusOr<std::unique_ptr<RegisteredRegion>> Allocate(size_t bytes) = 0;
 
   // Copies every range from the peer's registered region (peer_address from
   // its address(), packed_rkey from its region) into local memory; blocks

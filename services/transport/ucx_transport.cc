@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 
@@ -209,6 +210,18 @@ absl::StatusOr<DecodedRkey> DecodeRkey(absl::string_view in) {
   return key;
 }
 
+// Whether a UCX_TLS-style list may select the sysv/posix transports.
+bool MayUseSharedMemory(absl::string_view transports) {
+  if (transports.empty() || transports[0] == '^') return true;  // all, or all but some
+  for (absl::string_view name : absl::StrSplit(transports, ',')) {
+    if (name == "all" || name == "sm" || name == "shm" || name == "mm" || name == "posix" ||
+        name == "sysv") {
+      return true;
+    }
+  }
+  return false;
+}
+
 uint64_t RandomInstanceId() {
   std::random_device device;
   return (static_cast<uint64_t>(device()) << 32) ^ device() ^
@@ -255,8 +268,32 @@ absl::Status UcxTransportOptions::Validate() const {
 // Engine: the UCX context, worker and progress thread. Shared by the transport
 // and its regions (a region keeps the context alive to unregister itself).
 //
-// Threading: every UCX call except in Unregister-after-Shutdown runs on the
-// progress thread. Members marked "progress thread" are touched only there.
+// Threading: every UCX call runs on the progress thread, except ucp_mem_unmap
+// after Shutdown (then inline, under queue_mu_). Members under "progress
+// thread" are touched only there, so they need no lock.
+//
+// Failure handling. A peer is dropped (DropPeer) when its endpoint reports an
+// error, a get to it fails, or a Read to it times out: it leaves the cache, its
+// Reads fail, and its endpoint is closed: forced in kPeer mode, which completes
+// the gets still queued or in flight with an error; flushed in kNone mode
+// (UCX refuses a forced close there). A failed Read returns once UCX completed
+// all its gets, or kAbandonAfter after the failure once the endpoint is
+// closed (or its close was given up): we saw UCX 1.13 leave gets of a killed
+// shared-memory peer uncompleted after a forced close. Abandoned requests only
+// free themselves if their callback ever comes. docs/transport.md discusses
+// what this leaves open.
+
+namespace {
+// Bounds of the progress loop.
+constexpr absl::Duration kSpinAfterActivity = absl::Microseconds(200);
+constexpr int kMaxSleepMs = 100;          // UCX timers (keepalive) need progress
+constexpr int kClosingSleepMs = 10;       // while endpoints are closing
+constexpr int kPostBudgetPerPass = 1024;  // gets posted per Read per loop pass
+constexpr size_t kMaxCachedRkeysPerPeer = 256;
+constexpr absl::Duration kAbandonAfter = absl::Seconds(1);     // failed Read, gets still out
+constexpr absl::Duration kCloseGiveUpAfter = absl::Seconds(1);  // endpoint close never completes
+constexpr absl::Duration kShutdownCloseGrace = absl::Seconds(2);
+}  // namespace
 
 class UcxTransport::Engine {
  public:
@@ -269,35 +306,40 @@ class UcxTransport::Engine {
   struct RequestArea {
     ReadOp* op;
     size_t bytes;
+    size_t slot;  // index in op->requests
     bool early_done;
+    bool abandoned;
     ucs_status_t early_status;
   };
 
   struct ReadOp {
-    // Inputs (immutable while queued / active).
+    // Inputs, immutable while queued or active.
     std::string ucx_address;
     std::string ucx_rkey;
     absl::Span<const RemoteRead> reads;
     absl::Time deadline;
+    Engine* engine = nullptr;
     // Progress thread.
     Peer* peer = nullptr;
     ucp_rkey_h rkey = nullptr;
-    size_t next = 0;       // first range not posted yet
-    size_t completed = 0;  // ranges that arrived
-    int outstanding = 0;   // gets in flight
-    absl::Status status;   // first error; OK while healthy
-    // Result, handed to the caller through `done`.
+    size_t next = 0;               // first range not posted yet
+    size_t completed = 0;          // ranges that arrived
+    std::vector<void*> requests;   // gets in flight
+    absl::Status status;           // first error; OK while healthy
+    absl::Time abandon_at = absl::InfiniteFuture();
+    // Hands the result to the caller; op may be gone right after Notify.
     absl::Notification done;
   };
 
   struct Peer {
-    Engine* engine = nullptr;
     std::string ucx_address;
-    ucp_ep_h ep = nullptr;
+    ucp_ep_h ep = nullptr;        // null once closing
+    ucp_ep_h ep_key = nullptr;    // the handle, kept for peers_by_ep_
     absl::flat_hash_map<std::string, ucp_rkey_h> rkeys;  // packed UCX rkey -> handle
     int active_ops = 0;
     bool failed = false;
     ucs_status_ptr_t close_request = nullptr;
+    absl::Time close_give_up_at = absl::InfiniteFuture();
   };
 
   explicit Engine(UcxTransportOptions options) : options_(std::move(options)) {}
@@ -309,9 +351,10 @@ class UcxTransport::Engine {
   const UcxTransportOptions& options() const { return options_; }
   const std::string& address() const { return address_; }
   bool cuda_supported() const { return cuda_supported_; }
-  uint64_t instance_id() const { return instance_id_; }
 
-  absl::Status Register(void* base, size_t bytes, MemoryKind kind, ucp_mem_h* memh,
+  // Maps [base, base + bytes), or allocates `bytes` when base is null (then
+  // *base is set), and packs its rkey.
+  absl::Status Register(void** base, size_t bytes, MemoryKind kind, ucp_mem_h* memh,
                         std::string* packed_rkey);
   void Unregister(ucp_mem_h memh);
   absl::Status Read(absl::string_view peer_address, absl::string_view packed_rkey,
@@ -324,12 +367,13 @@ class UcxTransport::Engine {
   static void OnGetDone(void* request, ucs_status_t status, void* user_data);
   static void OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status);
 
-  // Runs `task` on the progress thread and waits for it. After Shutdown it
+  // Runs `task` on the progress thread and waits for it; after Shutdown it
   // runs inline under queue_mu_ (only unregistering comes then).
   void RunOnThread(const std::function<void()>& task);
   void Post(std::function<void()> task);
   void Wake();
   void ProgressLoop();
+  int SleepBudgetMs(absl::Time now) const;
 
   // Progress thread.
   absl::StatusOr<Peer*> Connect(absl::string_view ucx_address);
@@ -339,10 +383,12 @@ class UcxTransport::Engine {
   void FailOp(ReadOp* op, absl::Status status);
   void DropPeer(Peer* peer, ucs_status_t status, absl::string_view why);
   void CloseDroppedPeers();
-  void ReapClosedPeers();
-  bool FinishDoneOps();  // true if any op finished
+  void ReapClosedPeers(absl::Time now);
+  bool FinishDoneOps(absl::Time now);  // true if any op finished
   void CheckDeadlines(absl::Time now);
   void CloseAllPeers();
+  void DestroyPeer(Peer* peer);
+  static bool CloseDone(const Peer* peer);
 
   const UcxTransportOptions options_;
   // Immutable after Start.
@@ -363,24 +409,17 @@ class UcxTransport::Engine {
 
   // Progress thread.
   absl::flat_hash_map<std::string, Peer*> peers_;  // UCX address -> live peer
+  absl::flat_hash_map<ucp_ep_h, Peer*> peers_by_ep_;  // every peer not destroyed
   std::vector<ReadOp*> active_ops_;
   std::vector<Peer*> to_close_;  // dropped, endpoint not closed yet
-  std::vector<Peer*> closing_;   // endpoint closing or ops still draining
+  std::vector<Peer*> closing_;   // endpoint closing or Reads still draining
+  std::vector<Peer*> zombies_;   // close never completed: kept until Shutdown
 
   std::atomic<int64_t> bytes_read_{0};
   std::atomic<int64_t> reads_ok_{0};
   std::atomic<int64_t> reads_failed_{0};
   std::atomic<int64_t> peers_failed_{0};
 };
-
-namespace {
-// Bounds of the progress loop.
-constexpr absl::Duration kSpinAfterActivity = absl::Microseconds(200);
-constexpr int kMaxSleepMs = 100;
-constexpr int kPostBudgetPerPass = 1024;  // gets posted per Read per loop pass
-constexpr size_t kMaxCachedRkeysPerPeer = 256;
-constexpr absl::Duration kShutdownCloseGrace = absl::Seconds(2);
-}  // namespace
 
 void UcxTransport::Engine::InitRequest(void* request) { new (request) RequestArea{}; }
 
@@ -403,9 +442,14 @@ absl::Status UcxTransport::Engine::Start() {
     config_status.Update(modify("NET_DEVICES", options_.net_devices));
   }
   if (options_.error_handling == UcxTransportOptions::ErrorHandling::kPeer) {
-    // Shared-memory transports take part in PEER mode only when told to
-    // handle errors (keepalive on the peer process); UCX defaults this off.
-    config_status.Update(modify("MM_ERROR_HANDLING", "y"));
+    // Shared-memory transports (sysv, posix) join PEER-mode endpoints only
+    // when they advertise error handling (keepalive on the peer process),
+    // which UCX 1.13 turns off by default; without it PEER mode falls back to
+    // tcp on one host. UCX_MM_ERROR_HANDLING is the parent of both settings
+    // (UCX warns about it when no such transport is in the list).
+    if (MayUseSharedMemory(options_.transports)) {
+      config_status.Update(modify("MM_ERROR_HANDLING", "y"));
+    }
     config_status.Update(modify(
         "KEEPALIVE_INTERVAL",
         absl::StrCat(absl::ToInt64Microseconds(options_.keepalive_interval), "us")));
@@ -454,9 +498,9 @@ absl::Status UcxTransport::Engine::Start() {
   worker_attr.field_mask = UCP_WORKER_ATTR_FIELD_ADDRESS;
   status = ucp_worker_query(worker_, &worker_attr);
   if (status != UCS_OK) return UcsError(status, "ucp_worker_query(address)");
-  address_ = EncodeAddress(
-      instance_id_, absl::string_view(static_cast<const char*>(static_cast<void*>(worker_attr.address)),
-                                      worker_attr.address_length));
+  address_ = EncodeAddress(instance_id_,
+                           absl::string_view(reinterpret_cast<const char*>(worker_attr.address),
+                                             worker_attr.address_length));
   ucp_worker_release_address(worker_, worker_attr.address);
 
   status = ucp_worker_get_efd(worker_, &ucx_efd_);
@@ -494,9 +538,9 @@ void UcxTransport::Engine::Shutdown() {
 }
 
 UcxTransport::Engine::~Engine() {
-  Shutdown();  // no-op unless Start failed half-way after starting the thread
+  Shutdown();
   if (thread_.joinable()) thread_.join();
-  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);  // Start failed half-way
   if (context_ != nullptr) ucp_cleanup(context_);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (wake_fd_ >= 0) ::close(wake_fd_);
@@ -504,7 +548,7 @@ UcxTransport::Engine::~Engine() {
 
 void UcxTransport::Engine::Wake() {
   const uint64_t one = 1;
-  // EAGAIN means the counter is already non-zero: the thread will wake anyway.
+  // EAGAIN means the counter is already non-zero: the thread wakes anyway.
   [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof(one));
 }
 
@@ -520,7 +564,7 @@ void UcxTransport::Engine::RunOnThread(const std::function<void()>& task) {
   absl::Notification done;
   {
     absl::MutexLock lock(&queue_mu_);
-    if (!thread_alive_) {  // after Shutdown: run inline, serialized by queue_mu_
+    if (!thread_alive_) {
       task();
       return;
     }
@@ -531,6 +575,17 @@ void UcxTransport::Engine::RunOnThread(const std::function<void()>& task) {
   }
   Wake();
   done.WaitForNotification();
+}
+
+int UcxTransport::Engine::SleepBudgetMs(absl::Time now) const {
+  absl::Time wake = now + absl::Milliseconds(kMaxSleepMs);
+  for (const ReadOp* op : active_ops_) {
+    wake = std::min(wake, op->status.ok() ? op->deadline : op->abandon_at);
+  }
+  if (!closing_.empty()) wake = std::min(wake, now + absl::Milliseconds(kClosingSleepMs));
+  return static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
+                          0, kMaxSleepMs));
 }
 
 void UcxTransport::Engine::ProgressLoop() {
@@ -549,39 +604,30 @@ void UcxTransport::Engine::ProgressLoop() {
     if (stop) break;
 
     while (ucp_worker_progress(worker_) != 0) activity = true;
-    CloseDroppedPeers();
     for (ReadOp* op : active_ops_) {
-      if (op->status.ok() && op->next < op->reads.size()) {
+      if (op->status.ok() && op->next < op->reads.size() &&
+          op->requests.size() < static_cast<size_t>(options_.max_outstanding)) {
         PostGets(op, kPostBudgetPerPass);
         activity = true;
       }
     }
-    CloseDroppedPeers();
     const absl::Time now = absl::Now();
     CheckDeadlines(now);
     CloseDroppedPeers();
-    if (FinishDoneOps()) activity = true;
-    ReapClosedPeers();
+    if (FinishDoneOps(now)) activity = true;
+    ReapClosedPeers(now);
 
     if (activity) {
       last_activity = now;
       continue;
     }
-    // Spin a little after activity while transfers are in flight: completions
-    // arrive within microseconds on shared memory.
-    if (!active_ops_.empty() && now - last_activity < kSpinAfterActivity) continue;
-
-    if (ucp_worker_arm(worker_) == UCS_ERR_BUSY) continue;  // events pending: progress again
-    int timeout_ms = kMaxSleepMs;
-    for (const ReadOp* op : active_ops_) {
-      if (!op->status.ok()) continue;
-      const int64_t until = absl::ToInt64Milliseconds(op->deadline - now) + 1;
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(until, 0, timeout_ms));
-    }
-    if (!closing_.empty()) timeout_ms = std::min(timeout_ms, 1);
-    if (getenv("ACDBG") && !closing_.empty()) { static int k=0; if (++k % 1000 == 0) { for (Peer* p : closing_) { ABSL_RAW_LOG(INFO, "closing peer: close_req=%p status=%d active_ops=%d", p->close_request, UCS_PTR_IS_PTR(p->close_request) ? (int)ucp_request_check_status(p->close_request) : 0, p->active_ops); } for (ReadOp* op: active_ops_) ABSL_RAW_LOG(INFO, "op outstanding=%d completed=%zu", op->outstanding, op->completed); } }
+    // Spin a little after activity (ours, or a peer reading from us): on
+    // shared memory the next message is microseconds away; a sleep and a
+    // wake-up would cost more.
+    if (now - last_activity < kSpinAfterActivity) continue;
+    if (ucp_worker_arm(worker_) == UCS_ERR_BUSY) continue;  // events pending
     epoll_event events[2];
-    const int n = ::epoll_wait(epoll_fd_, events, 2, timeout_ms);
+    const int n = ::epoll_wait(epoll_fd_, events, 2, SleepBudgetMs(now));
     for (int i = 0; i < n; ++i) {
       if (events[i].data.fd == wake_fd_) {
         uint64_t value;
@@ -593,20 +639,30 @@ void UcxTransport::Engine::ProgressLoop() {
   // Shutdown: no Read is in flight (the transport's destructor contract).
   CloseAllPeers();
   absl::MutexLock lock(&queue_mu_);
-  for (auto& task : tasks_) task();  // tasks queued after the stop request
+  for (auto& task : tasks_) task();  // queued after the stop request
   tasks_.clear();
   thread_alive_ = false;
-  // The worker is destroyed here, on its own thread, after which only
-  // Unregister (inline, under queue_mu_) touches UCX.
   ucp_worker_destroy(worker_);
   worker_ = nullptr;
+}
+
+bool UcxTransport::Engine::CloseDone(const Peer* peer) {
+  return !UCS_PTR_IS_PTR(peer->close_request) ||
+         ucp_request_check_status(peer->close_request) != UCS_INPROGRESS;
+}
+
+void UcxTransport::Engine::DestroyPeer(Peer* peer) {
+  if (UCS_PTR_IS_PTR(peer->close_request)) ucp_request_free(peer->close_request);
+  for (auto& [packed, rkey] : peer->rkeys) ucp_rkey_destroy(rkey);
+  peers_by_ep_.erase(peer->ep_key);
+  delete peer;
 }
 
 void UcxTransport::Engine::CloseAllPeers() {
   for (auto& [address, peer] : peers_) {
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = 0;  // flush: tell the peer we are leaving
+    param.flags = 0;  // flush: the peer learns that we left
     peer->close_request = ucp_ep_close_nbx(peer->ep, &param);
     peer->ep = nullptr;
     closing_.push_back(peer);
@@ -617,40 +673,48 @@ void UcxTransport::Engine::CloseAllPeers() {
   for (;;) {
     ucp_worker_progress(worker_);
     bool pending = false;
-    for (Peer* peer : closing_) {
-      if (UCS_PTR_IS_PTR(peer->close_request) &&
-          ucp_request_check_status(peer->close_request) == UCS_INPROGRESS) {
-        pending = true;
-      }
-    }
+    for (Peer* peer : closing_) pending = pending || !CloseDone(peer);
     if (!pending || absl::Now() >= give_up) break;
   }
-  for (Peer* peer : closing_) {
-    if (UCS_PTR_IS_PTR(peer->close_request)) ucp_request_free(peer->close_request);
-    for (auto& [packed, rkey] : peer->rkeys) ucp_rkey_destroy(rkey);
-    delete peer;
-  }
+  for (Peer* peer : closing_) DestroyPeer(peer);
+  for (Peer* peer : zombies_) DestroyPeer(peer);
   closing_.clear();
+  zombies_.clear();
 }
 
 // ---------------------------------------------------------------------------
 // Registration.
 
-absl::Status UcxTransport::Engine::Register(void* base, size_t bytes, MemoryKind kind,
+absl::Status UcxTransport::Engine::Register(void** base, size_t bytes, MemoryKind kind,
                                             ucp_mem_h* memh, std::string* packed_rkey) {
   absl::Status result;
   RunOnThread([&] {
     ucp_mem_map_params_t params{};
     params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                         UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
-    params.address = base;
+    params.address = *base;
     params.length = bytes;
     params.memory_type = kind == MemoryKind::kCuda ? UCS_MEMORY_TYPE_CUDA : UCS_MEMORY_TYPE_HOST;
+    if (*base == nullptr) {
+      params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+      params.flags = UCP_MEM_MAP_ALLOCATE;
+    }
     ucs_status_t status = ucp_mem_map(context_, &params, memh);
     if (status != UCS_OK) {
-      result = UcsError(status, absl::StrFormat("ucp_mem_map(%p, %u bytes, %s)", base, bytes,
+      result = UcsError(status, absl::StrFormat("ucp_mem_map(%p, %u bytes, %s)", *base, bytes,
                                                 MemoryKindName(kind)));
       return;
+    }
+    if (*base == nullptr) {
+      ucp_mem_attr_t attr{};
+      attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+      status = ucp_mem_query(*memh, &attr);
+      if (status != UCS_OK) {
+        result = UcsError(status, "ucp_mem_query");
+        ucp_mem_unmap(context_, *memh);
+        return;
+      }
+      *base = attr.address;
     }
     void* buffer = nullptr;
     size_t size = 0;
@@ -660,7 +724,7 @@ absl::Status UcxTransport::Engine::Register(void* base, size_t bytes, MemoryKind
       ucp_mem_unmap(context_, *memh);
       return;
     }
-    *packed_rkey = EncodeRkey(instance_id_, kind, reinterpret_cast<uintptr_t>(base), bytes,
+    *packed_rkey = EncodeRkey(instance_id_, kind, reinterpret_cast<uintptr_t>(*base), bytes,
                               absl::string_view(static_cast<const char*>(buffer), size));
     ucp_rkey_buffer_release(buffer);
   });
@@ -711,6 +775,7 @@ absl::Status UcxTransport::Engine::Read(absl::string_view peer_address,
   op.ucx_address = std::string(address->ucx_address);
   op.ucx_rkey = std::string(rkey->ucx_rkey);
   op.reads = reads;
+  op.engine = this;
   op.deadline = absl::Now() + options_.read_timeout;
   Post([this, &op] { StartRead(&op); });
   op.done.WaitForNotification();
@@ -727,7 +792,6 @@ absl::StatusOr<UcxTransport::Engine::Peer*> UcxTransport::Engine::Connect(
   auto it = peers_.find(ucx_address);
   if (it != peers_.end()) return it->second;
   auto peer = std::make_unique<Peer>();
-  peer->engine = this;
   peer->ucx_address = std::string(ucx_address);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
@@ -736,14 +800,16 @@ absl::StatusOr<UcxTransport::Engine::Peer*> UcxTransport::Engine::Connect(
     params.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
     params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     params.err_handler.cb = &Engine::OnEndpointError;
-    params.err_handler.arg = peer.get();
+    params.err_handler.arg = this;  // the peer is found by its ep: it may be gone by then
   } else {
     params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
   }
   ucs_status_t status = ucp_ep_create(worker_, &params, &peer->ep);
   if (status != UCS_OK) return PeerError(status, "cannot connect to peer (ucp_ep_create)");
+  peer->ep_key = peer->ep;
   Peer* raw = peer.release();
   peers_.emplace(raw->ucx_address, raw);
+  peers_by_ep_[raw->ep_key] = raw;
   return raw;
 }
 
@@ -780,8 +846,9 @@ void UcxTransport::Engine::StartRead(ReadOp* op) {
 }
 
 void UcxTransport::Engine::PostGets(ReadOp* op, int budget) {
+  const size_t max_outstanding = static_cast<size_t>(options_.max_outstanding);
   while (budget-- > 0 && op->status.ok() && op->next < op->reads.size() &&
-         op->outstanding < options_.max_outstanding) {
+         op->requests.size() < max_outstanding) {
     const RemoteRead& r = op->reads[op->next++];
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
@@ -802,7 +869,8 @@ void UcxTransport::Engine::PostGets(ReadOp* op, int budget) {
       } else {
         area->op = op;
         area->bytes = r.bytes;
-        ++op->outstanding;
+        area->slot = op->requests.size();
+        op->requests.push_back(request);
       }
     }
   }
@@ -810,18 +878,25 @@ void UcxTransport::Engine::PostGets(ReadOp* op, int budget) {
 
 void UcxTransport::Engine::OnGetDone(void* request, ucs_status_t status, void* /*user_data*/) {
   auto* area = static_cast<RequestArea*>(request);
+  if (area->abandoned) {  // its Read already returned
+    *area = RequestArea{};
+    ucp_request_free(request);
+    return;
+  }
   if (area->op == nullptr) {  // ucp_get_nbx has not returned yet: PostGets finishes it
-    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "callback with op==nullptr status=%s", ucs_status_string(status));
     area->early_done = true;
     area->early_status = status;
     return;
   }
   ReadOp* op = area->op;
   const size_t bytes = area->bytes;
+  void* last = op->requests.back();
+  op->requests[area->slot] = last;
+  static_cast<RequestArea*>(last)->slot = area->slot;
+  op->requests.pop_back();
   *area = RequestArea{};
   ucp_request_free(request);
-  --op->outstanding;
-  op->peer->engine->CompleteGet(op, bytes, status);
+  op->engine->CompleteGet(op, bytes, status);
 }
 
 void UcxTransport::Engine::CompleteGet(ReadOp* op, size_t bytes, ucs_status_t status) {
@@ -830,28 +905,28 @@ void UcxTransport::Engine::CompleteGet(ReadOp* op, size_t bytes, ucs_status_t st
     bytes_read_.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
     return;
   }
-  if (op->status.ok()) {
-    FailOp(op, PeerError(status, absl::StrCat("reading from peer failed after ", op->completed,
-                                              " of ", op->reads.size(), " ranges")));
-  }
+  FailOp(op, PeerError(status, absl::StrCat("reading from peer failed after ", op->completed,
+                                            " of ", op->reads.size(), " ranges")));
   DropPeer(op->peer, status, "a get failed");
 }
 
 void UcxTransport::Engine::FailOp(ReadOp* op, absl::Status status) {
-  if (op->status.ok()) op->status = std::move(status);
+  if (!op->status.ok()) return;
+  op->status = std::move(status);
+  op->abandon_at = absl::Now() + kAbandonAfter;
 }
 
-void UcxTransport::Engine::OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
-  auto* peer = static_cast<Peer*>(arg);
-  if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "OnEndpointError peer=%p failed=%d", (void*)peer, (int)peer->failed);
-  peer->engine->DropPeer(peer, status, "the endpoint reported an error");
+void UcxTransport::Engine::OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  auto* engine = static_cast<Engine*>(arg);
+  auto it = engine->peers_by_ep_.find(ep);
+  if (it == engine->peers_by_ep_.end()) return;  // already destroyed
+  engine->DropPeer(it->second, status, "the endpoint reported an error");
 }
 
-// Marks the peer failed, fails its Reads and queues its endpoint for a forced
-// close (done outside UCX callbacks by CloseDroppedPeers).
+// Marks the peer failed, fails its Reads and queues its endpoint for closing
+// (CloseDroppedPeers, outside UCX callbacks).
 void UcxTransport::Engine::DropPeer(Peer* peer, ucs_status_t status, absl::string_view why) {
   if (peer->failed) return;
-  if (getenv("ACDBG")) { int out=0; for (ReadOp* op : active_ops_) if (op->peer==peer) out+=op->outstanding; ABSL_RAW_LOG(INFO, "DropPeer %s: %s outstanding=%d", std::string(why).c_str(), ucs_status_string(status), out); }
   peer->failed = true;
   peers_failed_.fetch_add(1, std::memory_order_relaxed);
   auto it = peers_.find(peer->ucx_address);
@@ -867,39 +942,40 @@ void UcxTransport::Engine::DropPeer(Peer* peer, ucs_status_t status, absl::strin
 }
 
 void UcxTransport::Engine::CloseDroppedPeers() {
-  // Closing force-completes the peer's gets (their callbacks may run inside
-  // ucp_ep_close_nbx and drop nothing new: the peer is already failed).
+  const absl::Time now = absl::Now();
   while (!to_close_.empty()) {
     Peer* peer = to_close_.back();
     to_close_.pop_back();
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    // kPeer: forced, completing the gets in flight with an error. kNone
+    // cannot force (UCX answers INVALID_PARAM): flush, which ends when the
+    // peer answers, if ever.
+    param.flags = options_.error_handling == UcxTransportOptions::ErrorHandling::kPeer
+                      ? UCP_EP_CLOSE_FLAG_FORCE
+                      : 0;
     peer->close_request = ucp_ep_close_nbx(peer->ep, &param);
-    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "force close peer=%p -> %p", (void*)peer, peer->close_request);
     peer->ep = nullptr;
+    peer->close_give_up_at = now + kCloseGiveUpAfter;
     closing_.push_back(peer);
   }
 }
 
-void UcxTransport::Engine::ReapClosedPeers() {
+void UcxTransport::Engine::ReapClosedPeers(absl::Time now) {
   for (size_t i = 0; i < closing_.size();) {
     Peer* peer = closing_[i];
-    if (UCS_PTR_IS_PTR(peer->close_request)) {
-      if (ucp_request_check_status(peer->close_request) == UCS_INPROGRESS) {
-        ++i;
-        continue;
-      }
-      ucp_request_free(peer->close_request);
-      peer->close_request = nullptr;
-    }
-    if (peer->active_ops > 0) {
+    const bool close_done = CloseDone(peer);
+    if (peer->active_ops > 0 || (!close_done && now < peer->close_give_up_at)) {
       ++i;
       continue;
     }
-    for (auto& [packed, rkey] : peer->rkeys) ucp_rkey_destroy(rkey);
-    if (getenv("ACDBG")) ABSL_RAW_LOG(INFO, "reaped peer=%p", (void*)peer);
-    delete peer;
+    if (close_done) {
+      DestroyPeer(peer);
+    } else {
+      // UCX may still use the endpoint's rkeys for gets it never completed:
+      // keep them until the worker goes.
+      zombies_.push_back(peer);
+    }
     closing_[i] = closing_.back();
     closing_.pop_back();
   }
@@ -911,19 +987,34 @@ void UcxTransport::Engine::CheckDeadlines(absl::Time now) {
       FailOp(op, absl::DeadlineExceededError(absl::StrCat(
                      "read timed out after ", absl::FormatDuration(options_.read_timeout), ": ",
                      op->completed, " of ", op->reads.size(), " ranges arrived")));
-      // Force-closing the endpoint is the only way to take back the gets in
-      // flight (UCX cannot cancel an RMA request).
+      // Closing the endpoint is the only way to take back the gets in flight
+      // (UCX cannot cancel an RMA request).
       DropPeer(op->peer, UCS_ERR_TIMED_OUT, "a read to it timed out");
     }
   }
 }
 
-bool UcxTransport::Engine::FinishDoneOps() {
+bool UcxTransport::Engine::FinishDoneOps(absl::Time now) {
   bool any = false;
   for (size_t i = 0; i < active_ops_.size();) {
     ReadOp* op = active_ops_[i];
-    const bool finished = op->outstanding == 0 &&
-                          (!op->status.ok() || op->completed == op->reads.size());
+    bool finished = false;
+    if (op->status.ok()) {
+      finished = op->requests.empty() && op->completed == op->reads.size();
+    } else if (op->requests.empty()) {
+      finished = true;
+    } else if (now >= op->abandon_at && op->peer->ep == nullptr &&
+               (CloseDone(op->peer) || now >= op->peer->close_give_up_at)) {
+      // The endpoint is closed (or will never be) and UCX did not complete
+      // these gets: abandon them (see the Engine comment).
+      for (void* request : op->requests) {
+        auto* area = static_cast<RequestArea*>(request);
+        area->op = nullptr;
+        area->abandoned = true;
+      }
+      op->requests.clear();
+      finished = true;
+    }
     if (!finished) {
       ++i;
       continue;
@@ -932,7 +1023,7 @@ bool UcxTransport::Engine::FinishDoneOps() {
     active_ops_[i] = active_ops_.back();
     active_ops_.pop_back();
     any = true;
-    op->done.Notify();  // op may be gone after this
+    op->done.Notify();
   }
   return any;
 }
@@ -1036,11 +1127,24 @@ absl::StatusOr<std::unique_ptr<RegisteredRegion>> UcxTransport::Register(void* b
   }
   ucp_mem_h memh = nullptr;
   std::string packed_rkey;
-  if (absl::Status s = engine_->Register(base, bytes, kind, &memh, &packed_rkey); !s.ok()) {
+  if (absl::Status s = engine_->Register(&base, bytes, kind, &memh, &packed_rkey); !s.ok()) {
     return s;
   }
   return std::unique_ptr<RegisteredRegion>(
       new Region(engine_, base, bytes, kind, memh, std::move(packed_rkey)));
+}
+
+absl::StatusOr<std::unique_ptr<RegisteredRegion>> UcxTransport::Allocate(size_t bytes) {
+  if (bytes == 0) return absl::InvalidArgumentError("Allocate: zero bytes");
+  void* base = nullptr;
+  ucp_mem_h memh = nullptr;
+  std::string packed_rkey;
+  if (absl::Status s = engine_->Register(&base, bytes, MemoryKind::kHost, &memh, &packed_rkey);
+      !s.ok()) {
+    return s;
+  }
+  return std::unique_ptr<RegisteredRegion>(
+      new Region(engine_, base, bytes, MemoryKind::kHost, memh, std::move(packed_rkey)));
 }
 
 absl::Status UcxTransport::Read(absl::string_view peer_address, absl::string_view packed_rkey,

@@ -7,13 +7,21 @@
 // (ucp_worker_arm + epoll) when idle, spins briefly after activity, and wakes
 // at least every 100 ms so UCX timers (keepalive) and Read deadlines run.
 //
+// Exported memory is either registered (Register: any host memory) or
+// allocated by UCX (Allocate: shared memory that a reader on the same host
+// maps, so its gets are one-sided memcpy at memory bandwidth; registered
+// memory is served by the exporter's progress thread, an order of magnitude
+// slower on one host). Across hosts both go over the network transport.
+//
 // Read issues one ucp_get_nbx per range, at most max_outstanding at a time,
 // and returns when all completed, one failed, or read_timeout passed. A peer
 // whose endpoint reports an error (or a Read to it that times out) is dropped:
-// its endpoint is force-closed, which completes every get still in flight, so
-// a failed Read never leaves UCX writing into the caller's memory. The next
-// Read to that peer reconnects. See docs/transport.md for the error-handling
-// modes, the transports they allow and measured bandwidth.
+// its endpoint is closed (forced in kPeer mode, which completes the gets still
+// in flight) and the next Read to that peer reconnects. A failed Read returns
+// once its gets completed, or at most about 1 s after the failure (gets UCX
+// never completes are then abandoned; docs/transport.md says what that
+// leaves open). See the doc for the error-handling modes, the transports they
+// allow and measured bandwidth.
 //
 // Ownership: a RegisteredRegion keeps the UCX context alive, so it may outlive
 // the transport (it is then unregistered when destroyed). Endpoints and cached
@@ -37,13 +45,17 @@
 namespace asymcache {
 
 struct UcxTransportOptions {
+  // See docs/transport.md for the measurements behind the default.
   enum class ErrorHandling {
     // UCP_ERR_HANDLING_MODE_PEER: endpoints report peer failure (tcp reset,
-    // keepalive); shared-memory transports join only when asked to handle
-    // errors too, which this mode does (see docs/transport.md).
+    // keepalive every keepalive_interval), a failed or timed-out Read
+    // force-closes the endpoint, which takes back its gets. UcxTransport also
+    // turns on UCX_MM_ERROR_HANDLING so that shared memory (sysv/posix) takes
+    // part; UCX 1.13 would otherwise use only tcp between two local peers.
     kPeer,
-    // UCP_ERR_HANDLING_MODE_NONE: UCX reports nothing about peers; a dead
-    // peer is noticed by a failed get or by read_timeout.
+    // UCP_ERR_HANDLING_MODE_NONE: UCX reports nothing about peers and cannot
+    // force-close; a dead peer is noticed only by a failed get or by
+    // read_timeout, and a timed-out Read abandons its gets (see the doc).
     kNone,
   };
 
@@ -85,6 +97,7 @@ class UcxTransport final : public BlockTransport {
   bool SupportsMemory(MemoryKind kind) const override;
   absl::StatusOr<std::unique_ptr<RegisteredRegion>> Register(void* base, size_t bytes,
                                                               MemoryKind kind) override;
+  absl::StatusOr<std::unique_ptr<RegisteredRegion>> Allocate(size_t bytes) override;
   absl::Status Read(absl::string_view peer_address, absl::string_view packed_rkey,
                     absl::Span<const RemoteRead> reads) override;
   Stats GetStats() const override;

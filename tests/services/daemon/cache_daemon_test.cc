@@ -17,6 +17,7 @@
 #include "health.grpc.pb.h"
 #include "services/common/proto_convert.h"
 #include "services/daemon/daemon_state.h"
+#include "tests/services/test_binaries.h"
 
 namespace asymcache {
 namespace {
@@ -88,6 +89,8 @@ TEST(CacheDaemonStart, CudaBackendWithoutAGpuFailsPrecisely) {
   DaemonOptions o = LocalOptions();
   o.backend = "cuda";
   o.model = *ModelConfig::Named("llama-3-8b");  // MSA (the calibration) needs 16-bit KV
+  o.calibrator = testing::CalibratorBinary();
+  if (o.calibrator.empty()) GTEST_SKIP() << "asymcache-calibrate is not built";
   absl::StatusOr<std::unique_ptr<CacheDaemon>> d = CacheDaemon::Start(o);
   if (d.ok()) GTEST_SKIP() << "a CUDA device is present: covered by the GPU tests";
   EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition) << d.status();
@@ -96,6 +99,12 @@ TEST(CacheDaemonStart, CudaBackendWithoutAGpuFailsPrecisely) {
   d = CacheDaemon::Start(o);
   EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument) << d.status();
   EXPECT_THAT(d.status().message(), HasSubstr("16-bit"));
+  // A calibrator that is not there is named.
+  o.model = *ModelConfig::Named("llama-3-8b");
+  o.calibrator = "/nonexistent/asymcache-calibrate";
+  d = CacheDaemon::Start(o);
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition) << d.status();
+  EXPECT_THAT(d.status().message(), HasSubstr("/nonexistent/asymcache-calibrate"));
 }
 
 TEST(CacheDaemonStart, OccupiedPortsAreUnavailable) {

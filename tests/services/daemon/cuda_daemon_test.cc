@@ -20,6 +20,7 @@ DaemonOptions CudaOptions() {
   o.backend = "cuda";
   o.pool_bytes = 64 << 20;
   o.calibrate_on_start = false;  // the calibration has its own test
+  o.model.dtype_bytes = 2;       // the tiny shape in bf16: what MSA runs on a GPU
   return o;
 }
 
