@@ -3,7 +3,8 @@
 # made by
 #   ASYMCACHE_BUNDLE_SERVICES=1 ASYMCACHE_GPU_BUILD=build/gpu-services \
 #   ASYMCACHE_BUNDLE=.bundle/gpu-services scripts/gpu_bundle.sh \
-#     services_daemon_tests services_client_tests services_transport_tests asymcache-daemon
+#     services_daemon_tests services_client_tests services_transport_tests \
+#     services_common_tests asymcache-daemon asymcache-calibrate
 # carried along (.bundle/gpu-services):
 #   1. services_daemon_tests (CUDA pool + IPC, on-start calibration, two
 #      cuda-backend daemons exchanging blocks, and every host test);
@@ -38,7 +39,8 @@ step() {  # step NAME TIMEOUT CMD...
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 step services_daemon_tests 300 "$RUN" services_daemon_tests
 step services_client_tests 120 "$RUN" services_client_tests
-step services_transport_tests 120 "$RUN" services_transport_tests
+step services_transport_tests 180 "$RUN" services_transport_tests
+step services_common_tests 60 "$RUN" services_common_tests
 
 log "daemon: cuda backend, llama-3-8b, on-start calibration"
 "$RUN" asymcache-daemon --backend=cuda --model=llama-3-8b --pool-fraction=0.5 \

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: installs missing Debian packages, then
 #   1. the main build (gcc, CUDA when nvcc is present) and all its ctest suites;
-#   2. a clang build of cachecore with -Wthread-safety -Werror (lock annotations checked);
-#   3. an ASan+UBSan build of the cachecore and sim tests, run through ctest.
+#   2. a clang build of cachecore and the services libraries with -Wthread-safety
+#      -Werror (lock annotations checked);
+#   3. an ASan+UBSan build of the cachecore, kernels, sim and services tests, run
+#      through ctest.
 # Idempotent: builds are incremental under build/.  Usage: ./scripts/test.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ASYMCACHE_ROOT"
@@ -12,14 +14,14 @@ configure_build build/main -DCMAKE_BUILD_TYPE=RelWithDebInfo
 log "ctest: main build"
 ctest --test-dir build/main --output-on-failure -j "$ASYMCACHE_JOBS" --timeout 600
 
-log "clang -Wthread-safety -Werror build of cachecore"
+log "clang -Wthread-safety -Werror build of cachecore and the services"
 configure_build build/clang-tsa -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-  -DASYMCACHE_THREAD_SAFETY=ON -DASYMCACHE_CUDA=OFF -DASYMCACHE_SERVICES=OFF \
+  -DASYMCACHE_THREAD_SAFETY=ON -DASYMCACHE_CUDA=OFF -DASYMCACHE_SERVICES=ON \
   -DASYMCACHE_TESTS=OFF -DASYMCACHE_BENCH=OFF
 
-log "ASan+UBSan build of cachecore and sim tests"
+log "ASan+UBSan build of the cachecore, kernels, sim and services tests"
 configure_build build/asan -DCMAKE_BUILD_TYPE=Debug -DASYMCACHE_SANITIZE=address \
-  -DASYMCACHE_CUDA=OFF -DASYMCACHE_SERVICES=OFF -DASYMCACHE_BENCH=OFF
+  -DASYMCACHE_CUDA=OFF -DASYMCACHE_SERVICES=ON -DASYMCACHE_BENCH=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j "$ASYMCACHE_JOBS" --timeout 900 -L 'cachecore|sim|kernels'
+  ctest --test-dir build/asan --output-on-failure -j "$ASYMCACHE_JOBS" --timeout 900 -L 'cachecore|sim|kernels|services'
 log "all tests passed"
