@@ -93,8 +93,10 @@ absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHas
     ids.reserve(entry.pinned.blocks.size());
     for (const IndexedBlockInfo& info : entry.pinned.blocks) ids.push_back(info.id);
     const uint64_t block_bytes = static_cast<uint64_t>(layout.block_bytes());
-    entry.staging.resize(ids.size() * block_bytes);
-    if (absl::Status s = pool_->CopyBlocksToHost(ids, absl::MakeSpan(entry.staging)); !s.ok()) {
+    absl::StatusOr<daemon::StagingBuffer> staging = pool_->AllocateStaging(ids.size() * block_bytes);
+    if (!staging.ok()) return staging.status();
+    entry.staging = *std::move(staging);
+    if (absl::Status s = pool_->CopyBlocksToHost(ids, entry.staging.span()); !s.ok()) {
       return s;
     }
     absl::StatusOr<std::unique_ptr<RegisteredRegion>> staged =
@@ -192,8 +194,17 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
   if (!ids.ok()) return ids.status();
 
   const int64_t piece = layout.piece_bytes();
-  std::vector<uint8_t> staging;
-  if (pool_region_ == nullptr) staging.resize(wanted.size() * layout.block_bytes());
+  daemon::StagingBuffer staging;
+  if (pool_region_ == nullptr) {
+    absl::StatusOr<daemon::StagingBuffer> allocated =
+        pool_->AllocateStaging(wanted.size() * layout.block_bytes());
+    if (!allocated.ok()) {
+      const absl::Status aborted = cache_->AbortImport(*ids);
+      ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
+      return allocated.status();
+    }
+    staging = *std::move(allocated);
+  }
   std::vector<RemoteRead> reads;
   reads.reserve(wanted.size() * static_cast<size_t>(layout.num_layers));
   uint8_t* pool_base = static_cast<uint8_t*>(pool_->base());
@@ -212,7 +223,7 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
   absl::Status read = transport_->Read(remote.worker_address, remote.rkey, reads);
   if (read.ok() && pool_region_ == nullptr) {
     std::vector<int64_t> local(ids->begin(), ids->end());
-    read = pool_->CopyBlocksFromHost(local, staging);
+    read = pool_->CopyBlocksFromHost(local, staging.span());
   }
   if (!read.ok()) {
     const absl::Status aborted = cache_->AbortImport(*ids);

@@ -10,9 +10,10 @@
 //
 // Memory: a host pool is registered once and read in place (layer-major,
 // docs/pool.md). A CUDA pool is read in place when the transport supports CUDA
-// memory; otherwise each export stages its blocks into host memory in the
-// wire layout ([block][layer][piece]) and the importer stages likewise before
-// copying into its pool (Debian's UCX has no CUDA transports).
+// memory; otherwise each export stages its blocks into page-locked host memory
+// (PoolMemory::AllocateStaging) in the wire layout ([block][layer][piece]) and
+// the importer stages likewise before copying into its pool (Debian's UCX has
+// no CUDA transports).
 //
 // Thread-safety: thread-safe. The cache, pool and transport must outlive it.
 #ifndef ASYMCACHE_SERVICES_DAEMON_BLOCK_TRANSFER_H_
@@ -99,7 +100,7 @@ class BlockTransfer {
  private:
   struct ExportEntry {
     KvCache::ExportedBlocks pinned;
-    std::vector<uint8_t> staging;                   // staged exports only
+    daemon::StagingBuffer staging;                  // staged exports only (pinned for CUDA)
     std::unique_ptr<RegisteredRegion> staging_region;
     absl::Time deadline;
   };

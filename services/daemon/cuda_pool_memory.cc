@@ -147,6 +147,20 @@ class CudaPoolMemory final : public PoolMemory {
     if (absl::Status s = layout_.ValidateBlockCopy(blocks, in.size(), true); !s.ok()) return s;
     return Copy(blocks, nullptr, in.data());
   }
+  absl::StatusOr<StagingBuffer> AllocateStaging(size_t bytes) override {
+    ScopedDevice scoped;
+    if (absl::Status status = scoped.Enter(device_); !status.ok()) return status;
+    void* data = nullptr;
+    const cudaError_t error = cudaHostAlloc(&data, bytes == 0 ? 1 : bytes, cudaHostAllocDefault);
+    if (error != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat("cudaHostAlloc of ", bytes,
+                                                       " bytes of staging memory: ",
+                                                       cudaGetErrorString(error)));
+    }
+    return StagingBuffer(static_cast<uint8_t*>(data), bytes,
+                         [](uint8_t* p) { cudaFreeHost(p); });
+  }
 
  private:
   // One block = num_layers pieces strided by layer_stride: one 2D copy per

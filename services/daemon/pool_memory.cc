@@ -2,6 +2,8 @@
 // MapPool dispatch, free-memory queries and pool sizing.
 #include "services/daemon/pool_memory.h"
 
+#include <cstdlib>
+
 #include <sys/statvfs.h>
 
 #include <algorithm>
@@ -221,6 +223,15 @@ absl::StatusOr<int64_t> ResolvePoolBlocks(PoolBackend backend, int cuda_device,
         "' (", block_bytes, " bytes per block) fits"));
   }
   return std::min(blocks, kMaxPoolBlocks);
+}
+
+absl::StatusOr<StagingBuffer> PoolMemory::AllocateStaging(size_t bytes) {
+  auto* data = static_cast<uint8_t*>(std::malloc(bytes == 0 ? 1 : bytes));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of staging memory"));
+  }
+  return StagingBuffer(data, bytes, [](uint8_t* p) { std::free(p); });
 }
 
 }  // namespace asymcache::daemon

@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -69,6 +70,43 @@ struct PoolDescriptor {
 absl::Status ValidatePoolDescriptor(const PoolDescriptor& descriptor);
 
 // The daemon's pool. Owns its memory (unlinks / frees on destruction).
+// A move-only host buffer with the deleter that matches its allocator.
+class StagingBuffer {
+ public:
+  StagingBuffer() = default;
+  StagingBuffer(uint8_t* data, size_t size, void (*release)(uint8_t*))
+      : data_(data), size_(size), release_(release) {}
+  StagingBuffer(StagingBuffer&& other) noexcept { *this = std::move(other); }
+  StagingBuffer& operator=(StagingBuffer&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      data_ = other.data_;
+      size_ = other.size_;
+      release_ = other.release_;
+      other.data_ = nullptr;
+      other.size_ = 0;
+    }
+    return *this;
+  }
+  StagingBuffer(const StagingBuffer&) = delete;
+  StagingBuffer& operator=(const StagingBuffer&) = delete;
+  ~StagingBuffer() { Reset(); }
+
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  absl::Span<uint8_t> span() const { return absl::Span<uint8_t>(data_, size_); }
+
+ private:
+  void Reset() {
+    if (data_ != nullptr && release_ != nullptr) release_(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  void (*release_)(uint8_t*) = nullptr;
+};
+
 class PoolMemory {
  public:
   virtual ~PoolMemory();
@@ -92,6 +130,12 @@ class PoolMemory {
                                         absl::Span<uint8_t> out) = 0;
   virtual absl::Status CopyBlocksFromHost(absl::Span<const int64_t> blocks,
                                           absl::Span<const uint8_t> in) = 0;
+
+  // Host memory for staging transfers of this pool: page-locked
+  // (cudaHostAlloc) for a CUDA pool, so CopyBlocksTo/FromHost run at DMA
+  // speed instead of through CUDA's pageable bounce buffer; ordinary memory
+  // for a host pool. RESOURCE_EXHAUSTED when it cannot be allocated.
+  virtual absl::StatusOr<StagingBuffer> AllocateStaging(size_t bytes);
 };
 
 // A worker's mapping of a pool. Unmaps (munmap / cudaIpcCloseMemHandle) on
