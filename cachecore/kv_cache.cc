@@ -270,7 +270,7 @@ absl::Status KvCache::ReleaseStep(uint64_t lease_id) {
 }
 
 absl::StatusOr<BlockPool::PinSet> KvCache::ReleaseStepKeepPins(uint64_t lease_id) {
-  absl::StatusOr<Lease> lease = TakeLease(lease_id, "ReleaseStep");
+  absl::StatusOr<Lease> lease = TakeLease(lease_id, "ReleaseStepKeepPins");
   if (!lease.ok()) return lease.status();
   BlockPool::PinSet pins = std::move(lease->pins);
   ReleaseLease(*std::move(lease));
@@ -390,6 +390,13 @@ absl::StatusOr<int64_t> KvCache::FinishImport(absl::Span<const IndexedBlockInfo>
 }
 
 absl::Status KvCache::AbortImport(absl::Span<const BlockId> ids) {
+  // Only in-transfer blocks: a lease's writing blocks are not an import's to free.
+  for (BlockId id : ids) {
+    if (id < 0 || id >= pool_.capacity() || pool_.state(id) != BlockState::kInTransfer) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("AbortImport: block ", id, " is not an import in transfer"));
+    }
+  }
   return pool_.AbortMany(ids);
 }
 

@@ -15,6 +15,18 @@ MemoryKind KindOf(daemon::PoolBackend backend) {
 
 }  // namespace
 
+class BlockTransfer::HostPin {
+ public:
+  HostPin(daemon::PoolMemory* pool, void* base) : pool_(pool), base_(base) {}
+  ~HostPin() { pool_->UnpinHost(base_); }
+  HostPin(const HostPin&) = delete;
+  HostPin& operator=(const HostPin&) = delete;
+
+ private:
+  daemon::PoolMemory* const pool_;
+  void* const base_;
+};
+
 absl::Status BlockTransferOptions::Validate() const {
   if (export_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat("export_timeout must be positive, got ",
@@ -36,8 +48,11 @@ absl::StatusOr<std::unique_ptr<BlockTransfer>> BlockTransfer::Create(
   }
   std::unique_ptr<BlockTransfer> transfer(
       new BlockTransfer(cache, pool, transport, clock, options));
+  // In place only for a CUDA pool the transport can read directly; host
+  // pools read faster (and survive dead peers) from transport-allocated
+  // staging (see the header).
   const MemoryKind kind = KindOf(pool->backend());
-  if (transport->SupportsMemory(kind)) {
+  if (kind == MemoryKind::kCuda && transport->SupportsMemory(kind)) {
     absl::StatusOr<std::unique_ptr<RegisteredRegion>> region = transport->Register(
         pool->base(), static_cast<size_t>(pool->layout().bytes()), kind);
     if (!region.ok()) {
@@ -88,23 +103,25 @@ absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHas
       out.blocks.push_back({info, static_cast<uint64_t>(info.id) * out.piece_bytes});
     }
   } else if (!entry.pinned.blocks.empty()) {
-    // Stage into host memory in the wire layout, registered for this export.
+    // Stage into the transport's memory in the wire layout.
     std::vector<int64_t> ids;
     ids.reserve(entry.pinned.blocks.size());
     for (const IndexedBlockInfo& info : entry.pinned.blocks) ids.push_back(info.id);
     const uint64_t block_bytes = static_cast<uint64_t>(layout.block_bytes());
-    absl::StatusOr<daemon::StagingBuffer> staging = pool_->AllocateStaging(ids.size() * block_bytes);
-    if (!staging.ok()) return staging.status();
-    entry.staging = *std::move(staging);
-    if (absl::Status s = pool_->CopyBlocksToHost(ids, entry.staging.span()); !s.ok()) {
-      return s;
-    }
-    absl::StatusOr<std::unique_ptr<RegisteredRegion>> staged =
-        transport_->Register(entry.staging.data(), entry.staging.size(), MemoryKind::kHost);
+    const size_t bytes = ids.size() * block_bytes;
+    absl::StatusOr<std::unique_ptr<RegisteredRegion>> staged = transport_->Allocate(bytes);
     if (!staged.ok()) return staged.status();
     entry.staging_region = *std::move(staged);
+    void* base = entry.staging_region->base();
+    if (absl::Status s = pool_->PinHost(base, bytes); !s.ok()) return s;
+    entry.pin = std::make_unique<HostPin>(pool_, base);
+    if (absl::Status s = pool_->CopyBlocksToHost(
+            ids, absl::Span<uint8_t>(static_cast<uint8_t*>(base), bytes));
+        !s.ok()) {
+      return s;
+    }
     region = entry.staging_region.get();
-    out.remote_base = reinterpret_cast<uint64_t>(entry.staging.data());
+    out.remote_base = reinterpret_cast<uint64_t>(base);
     out.layer_stride_bytes = out.piece_bytes;
     for (size_t i = 0; i < entry.pinned.blocks.size(); ++i) {
       out.blocks.push_back({entry.pinned.blocks[i], i * block_bytes});

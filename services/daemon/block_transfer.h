@@ -8,12 +8,16 @@
 // ever indexed. The exporter's pins last until ReleaseExport or the export
 // timeout (ExpireExports), so a vanished importer leaks nothing.
 //
-// Memory: a host pool is registered once and read in place (layer-major,
-// docs/pool.md). A CUDA pool is read in place when the transport supports CUDA
-// memory; otherwise each export stages its blocks into page-locked host memory
-// (PoolMemory::AllocateStaging) in the wire layout ([block][layer][piece]) and
-// the importer stages likewise before copying into its pool (Debian's UCX has
-// no CUDA transports).
+// Memory: each export copies its blocks into memory the transport allocated
+// (BlockTransport::Allocate: on one host, shared memory the reader maps, so a
+// remote read is one memcpy and needs no work on the exporter; docs/transport.md
+// measured 13+ GiB/s for it against 0.1-2 GiB/s, and stalls after a peer
+// died, for reads of memory merely registered), in the wire layout
+// ([block][layer][piece]); page-locked with the pool (PinHost) for CUDA copies.
+// The importer reads into a staging buffer (PoolMemory::AllocateStaging,
+// page-locked for CUDA) and copies into its pool. Only a CUDA pool with a
+// transport that supports CUDA memory (memory-type aware registration) is
+// registered once and read in place (Debian's UCX has no CUDA transports).
 //
 // Thread-safety: thread-safe. The cache, pool and transport must outlive it.
 #ifndef ASYMCACHE_SERVICES_DAEMON_BLOCK_TRANSFER_H_
@@ -98,10 +102,13 @@ class BlockTransfer {
   bool reads_in_place() const { return pool_region_ != nullptr; }
 
  private:
+  class HostPin;  // PoolMemory::PinHost for a scope (block_transfer.cc)
   struct ExportEntry {
     KvCache::ExportedBlocks pinned;
-    daemon::StagingBuffer staging;                  // staged exports only (pinned for CUDA)
+    // Staged exports: the transport's memory, page-locked for CUDA pools.
+    // Destroyed first: unpinned, then freed.
     std::unique_ptr<RegisteredRegion> staging_region;
+    std::unique_ptr<HostPin> pin;
     absl::Time deadline;
   };
 
@@ -114,7 +121,7 @@ class BlockTransfer {
   BlockTransport* const transport_;
   Clock* const clock_;
   const BlockTransferOptions options_;
-  std::unique_ptr<RegisteredRegion> pool_region_;  // null: stage through host memory
+  std::unique_ptr<RegisteredRegion> pool_region_;  // null: stage (see above)
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ExportEntry> exports_ ABSL_GUARDED_BY(mu_);

@@ -147,6 +147,21 @@ class CudaPoolMemory final : public PoolMemory {
     if (absl::Status s = layout_.ValidateBlockCopy(blocks, in.size(), true); !s.ok()) return s;
     return Copy(blocks, nullptr, in.data());
   }
+  absl::Status PinHost(void* base, size_t bytes) override {
+    ScopedDevice scoped;
+    if (absl::Status status = scoped.Enter(device_); !status.ok()) return status;
+    const cudaError_t error = cudaHostRegister(base, bytes, cudaHostRegisterDefault);
+    if (error != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat("cudaHostRegister of ", bytes,
+                                                       " bytes: ", cudaGetErrorString(error)));
+    }
+    return absl::OkStatus();
+  }
+  void UnpinHost(void* base) override {
+    ScopedDevice scoped;
+    if (scoped.Enter(device_).ok() && cudaHostUnregister(base) != cudaSuccess) cudaGetLastError();
+  }
   absl::StatusOr<StagingBuffer> AllocateStaging(size_t bytes) override {
     ScopedDevice scoped;
     if (absl::Status status = scoped.Enter(device_); !status.ok()) return status;

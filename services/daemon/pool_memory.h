@@ -136,6 +136,12 @@ class PoolMemory {
   // speed instead of through CUDA's pageable bounce buffer; ordinary memory
   // for a host pool. RESOURCE_EXHAUSTED when it cannot be allocated.
   virtual absl::StatusOr<StagingBuffer> AllocateStaging(size_t bytes);
+
+  // Page-locks host memory allocated elsewhere (e.g. by the transport) for
+  // fast copies with this pool: cudaHostRegister for a CUDA pool, nothing
+  // for a host pool. UnpinHost must be called before the memory is freed.
+  virtual absl::Status PinHost(void* /*base*/, size_t /*bytes*/) { return absl::OkStatus(); }
+  virtual void UnpinHost(void* /*base*/) {}
 };
 
 // A worker's mapping of a pool. Unmaps (munmap / cudaIpcCloseMemHandle) on

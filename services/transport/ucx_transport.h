@@ -66,7 +66,9 @@ struct UcxTransportOptions {
   // UCX's own choice (the UCX_NET_DEVICES environment variable, else all).
   std::string net_devices;
   ErrorHandling error_handling = ErrorHandling::kPeer;
-  // How long one Read may take, from the call to the last byte. > 0.
+  // How long one Read may take, from the call to the last byte. > 0. A Read
+  // that times out returns DEADLINE_EXCEEDED within about 1 s more (the time
+  // UCX gets to complete its gets after the endpoint is closed).
   absl::Duration read_timeout = absl::Seconds(10);
   // Gets in flight per Read. [1, 65536].
   int max_outstanding = 256;
