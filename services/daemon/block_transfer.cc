@@ -32,6 +32,14 @@ absl::Status BlockTransferOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("export_timeout must be positive, got ",
                                                    absl::FormatDuration(export_timeout)));
   }
+  if (quarantine < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quarantine must be >= 0, got ", absl::FormatDuration(quarantine)));
+  }
+  if (staging_cache_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("staging cache bytes must be >= 0, got ", staging_cache_bytes));
+  }
   if (max_blocks < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_transfer_blocks must be >= 1, got ", max_blocks));
@@ -71,10 +79,15 @@ BlockTransfer::BlockTransfer(KvCache* cache, daemon::PoolMemory* pool, BlockTran
 
 BlockTransfer::~BlockTransfer() {
   absl::flat_hash_map<uint64_t, ExportEntry> exports;
+  std::vector<StagingArea> spare;
+  std::vector<Quarantined> quarantined;
   {
     absl::MutexLock lock(&mu_);
     exports.swap(exports_);
+    spare.swap(spare_areas_);
+    quarantined.swap(quarantine_);
   }
+  for (const Quarantined& q : quarantined) (void)cache_->AbortImport(q.blocks);
 }
 
 absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHash> hashes) {
@@ -109,18 +122,17 @@ absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHas
     for (const IndexedBlockInfo& info : entry.pinned.blocks) ids.push_back(info.id);
     const uint64_t block_bytes = static_cast<uint64_t>(layout.block_bytes());
     const size_t bytes = ids.size() * block_bytes;
-    absl::StatusOr<std::unique_ptr<RegisteredRegion>> staged = transport_->Allocate(bytes);
-    if (!staged.ok()) return staged.status();
-    entry.staging_region = *std::move(staged);
-    void* base = entry.staging_region->base();
-    if (absl::Status s = pool_->PinHost(base, bytes); !s.ok()) return s;
-    entry.pin = std::make_unique<HostPin>(pool_, base);
+    absl::StatusOr<StagingArea> area = TakeStagingArea(bytes);
+    if (!area.ok()) return area.status();
+    entry.staging = *std::move(area);
+    void* base = entry.staging.region->base();
     if (absl::Status s = pool_->CopyBlocksToHost(
             ids, absl::Span<uint8_t>(static_cast<uint8_t*>(base), bytes));
         !s.ok()) {
+      ReturnStagingArea(std::move(entry.staging));
       return s;
     }
-    region = entry.staging_region.get();
+    region = entry.staging.region.get();
     out.remote_base = reinterpret_cast<uint64_t>(base);
     out.layer_stride_bytes = out.piece_bytes;
     for (size_t i = 0; i < entry.pinned.blocks.size(); ++i) {
@@ -146,7 +158,9 @@ absl::Status BlockTransfer::ReleaseExport(uint64_t export_id) {
     released = std::move(it->second);
     exports_.erase(it);
   }
-  return absl::OkStatus();  // `released` unpins and unregisters outside the lock
+  released.pinned.pins.Reset();
+  ReturnStagingArea(std::move(released.staging));
+  return absl::OkStatus();
 }
 
 int64_t BlockTransfer::ExpireExports() {
@@ -163,7 +177,74 @@ int64_t BlockTransfer::ExpireExports() {
       }
     }
   }
+  for (ExportEntry& e : expired) {
+    e.pinned.pins.Reset();
+    ReturnStagingArea(std::move(e.staging));
+  }
+  // Quarantined imports whose time is up are freed.
+  std::vector<BlockId> freed;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = quarantine_.begin(); it != quarantine_.end();) {
+      if (it->release_at <= now) {
+        freed.insert(freed.end(), it->blocks.begin(), it->blocks.end());
+        it = quarantine_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (!freed.empty()) {
+    const absl::Status aborted = cache_->AbortImport(freed);
+    ABSL_RAW_CHECK(aborted.ok(), "freeing quarantined imports failed");
+  }
   return static_cast<int64_t>(expired.size());
+}
+
+int64_t BlockTransfer::quarantined_blocks() const {
+  absl::MutexLock lock(&mu_);
+  int64_t n = 0;
+  for (const Quarantined& q : quarantine_) n += static_cast<int64_t>(q.blocks.size());
+  return n;
+}
+
+absl::StatusOr<BlockTransfer::StagingArea> BlockTransfer::TakeStagingArea(size_t bytes) {
+  {
+    absl::MutexLock lock(&mu_);
+    // The smallest cached area that fits.
+    auto best = spare_areas_.end();
+    for (auto it = spare_areas_.begin(); it != spare_areas_.end(); ++it) {
+      if (it->region->bytes() >= bytes &&
+          (best == spare_areas_.end() || it->region->bytes() < best->region->bytes())) {
+        best = it;
+      }
+    }
+    if (best != spare_areas_.end()) {
+      StagingArea area = std::move(*best);
+      spare_bytes_ -= area.region->bytes();
+      spare_areas_.erase(best);
+      return area;
+    }
+  }
+  // Power-of-two sizes (at least 1 MiB) so released areas fit later exports.
+  size_t size = size_t{1} << 20;
+  while (size < bytes) size <<= 1;
+  StagingArea area;
+  absl::StatusOr<std::unique_ptr<RegisteredRegion>> region = transport_->Allocate(size);
+  if (!region.ok()) return region.status();
+  area.region = *std::move(region);
+  if (absl::Status s = pool_->PinHost(area.region->base(), size); !s.ok()) return s;
+  area.pin = std::make_unique<HostPin>(pool_, area.region->base());
+  return area;
+}
+
+void BlockTransfer::ReturnStagingArea(StagingArea area) {
+  if (area.region == nullptr) return;
+  absl::MutexLock lock(&mu_);
+  const size_t size = area.region->bytes();
+  if (spare_bytes_ + size > static_cast<size_t>(options_.staging_cache_bytes)) return;  // freed
+  spare_bytes_ += size;
+  spare_areas_.push_back(std::move(area));
 }
 
 int64_t BlockTransfer::active_exports() const {
@@ -211,8 +292,12 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
   if (!ids.ok()) return ids.status();
 
   const int64_t piece = layout.piece_bytes();
+  // Host pools are read into directly; a GPU pool not readable in place by
+  // the transport goes through a (page-locked) staging buffer.
+  const bool staged_import =
+      pool_region_ == nullptr && pool_->backend() == daemon::PoolBackend::kCuda;
   daemon::StagingBuffer staging;
-  if (pool_region_ == nullptr) {
+  if (staged_import) {
     absl::StatusOr<daemon::StagingBuffer> allocated =
         pool_->AllocateStaging(wanted.size() * layout.block_bytes());
     if (!allocated.ok()) {
@@ -231,20 +316,46 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
       r.remote_addr = remote.remote_base + wanted[i]->remote_offset +
                       static_cast<uint64_t>(l) * remote.layer_stride_bytes;
       r.bytes = static_cast<size_t>(piece);
-      r.local = pool_region_ != nullptr
+      r.local = !staged_import
                     ? pool_base + layout.PieceOffset(l, (*ids)[i])
                     : staging.data() + (i * layout.num_layers + l) * piece;
       reads.push_back(r);
     }
   }
-  absl::Status read = transport_->Read(remote.worker_address, remote.rkey, reads);
-  if (read.ok() && pool_region_ == nullptr) {
+  // Coalesce ranges contiguous on both sides (a staged export and a staging
+  // buffer share the wire layout, so whole runs of blocks become one read),
+  // in chunks small enough to keep several reads in flight.
+  constexpr size_t kMaxReadBytes = size_t{4} << 20;
+  std::vector<RemoteRead> merged;
+  merged.reserve(reads.size());
+  for (const RemoteRead& r : reads) {
+    if (!merged.empty()) {
+      RemoteRead& last = merged.back();
+      if (last.remote_addr + last.bytes == r.remote_addr &&
+          static_cast<uint8_t*>(last.local) + last.bytes == r.local &&
+          last.bytes + r.bytes <= kMaxReadBytes) {
+        last.bytes += r.bytes;
+        continue;
+      }
+    }
+    merged.push_back(r);
+  }
+  absl::Status read = transport_->Read(remote.worker_address, remote.rkey, merged);
+  if (read.ok() && staged_import) {
     std::vector<int64_t> local(ids->begin(), ids->end());
     read = pool_->CopyBlocksFromHost(local, staging.span());
   }
   if (!read.ok()) {
-    const absl::Status aborted = cache_->AbortImport(*ids);
-    ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
+    if (read.code() == absl::StatusCode::kDeadlineExceeded && !staged_import) {
+      // A timed-out read may leave gets the transport abandoned (the peer
+      // never answered them); were it to answer late, they would land in
+      // these blocks. Keep them out of use for a while before freeing them.
+      absl::MutexLock lock(&mu_);
+      quarantine_.push_back({*std::move(ids), clock_->Now() + options_.quarantine});
+    } else {
+      const absl::Status aborted = cache_->AbortImport(*ids);
+      ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
+    }
     return absl::Status(read.code(), absl::StrCat("ImportBlocks: ", read.message()));
   }
   std::vector<IndexedBlockInfo> infos;

@@ -45,6 +45,15 @@ namespace asymcache {
 struct BlockTransferOptions {
   absl::Duration export_timeout = absl::Seconds(30);  // > 0
   int64_t max_blocks = 65536;                         // per Export/Import, >= 1
+  // Export staging areas kept for reuse after their export is released, in
+  // bytes (fresh shared memory costs a page fault per 4 KiB on both sides:
+  // reuse is what makes transfers run at memory speed). 256 MiB.
+  int64_t staging_cache_bytes = int64_t{256} << 20;
+  // Blocks of an import whose read timed out stay in transfer this long
+  // before they are freed (the transport may have abandoned gets that a
+  // late peer could still answer into them). 30 s, far above the
+  // transport's 1 s abandon delay.
+  absl::Duration quarantine = absl::Seconds(30);
   absl::Status Validate() const;
 };
 
@@ -89,28 +98,39 @@ class BlockTransfer {
   absl::StatusOr<ExportDescriptor> Export(absl::Span<const BlockHash> hashes);
   // NOT_FOUND for an unknown (released or expired) export.
   absl::Status ReleaseExport(uint64_t export_id);
-  int64_t ExpireExports();  // drops exports past their deadline; returns how many
+  // Drops exports past their deadline (returns how many) and frees
+  // quarantined import blocks whose time is up.
+  int64_t ExpireExports();
   int64_t active_exports() const;
+  int64_t quarantined_blocks() const;
 
   // Importer: reads `remote`'s blocks that are not resident here and indexes
   // them. FAILED_PRECONDITION when the remote geometry (layers, piece bytes)
   // differs from this pool; RESOURCE_EXHAUSTED when the pool cannot take
   // them; UNAVAILABLE / DEADLINE_EXCEEDED when the transfer fails (nothing
-  // indexed, nothing leaked).
+  // indexed; the blocks are freed, after the quarantine for a timeout).
   absl::StatusOr<ImportResult> Import(const ExportDescriptor& remote);
 
   bool reads_in_place() const { return pool_region_ != nullptr; }
 
  private:
   class HostPin;  // PoolMemory::PinHost for a scope (block_transfer.cc)
+  // Transport-allocated memory an export is staged in, page-locked with the
+  // pool for CUDA copies. Destroyed pin first, then region.
+  struct StagingArea {
+    std::unique_ptr<RegisteredRegion> region;
+    std::unique_ptr<HostPin> pin;
+  };
   struct ExportEntry {
     KvCache::ExportedBlocks pinned;
-    // Staged exports: the transport's memory, page-locked for CUDA pools.
-    // Destroyed first: unpinned, then freed.
-    std::unique_ptr<RegisteredRegion> staging_region;
-    std::unique_ptr<HostPin> pin;
+    StagingArea staging;  // staged exports only
     absl::Time deadline;
   };
+
+  // A cached area of at least `bytes`, or a new one.
+  absl::StatusOr<StagingArea> TakeStagingArea(size_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  // Keeps the area for reuse (within staging_cache_bytes) or frees it.
+  void ReturnStagingArea(StagingArea area) ABSL_LOCKS_EXCLUDED(mu_);
 
   BlockTransfer(KvCache* cache, daemon::PoolMemory* pool, BlockTransport* transport, Clock* clock,
                 BlockTransferOptions options);
@@ -126,6 +146,13 @@ class BlockTransfer {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ExportEntry> exports_ ABSL_GUARDED_BY(mu_);
   uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
+  struct Quarantined {
+    std::vector<BlockId> blocks;
+    absl::Time release_at;
+  };
+  std::vector<Quarantined> quarantine_ ABSL_GUARDED_BY(mu_);
+  std::vector<StagingArea> spare_areas_ ABSL_GUARDED_BY(mu_);
+  size_t spare_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace asymcache

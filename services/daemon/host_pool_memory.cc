@@ -184,7 +184,9 @@ absl::StatusOr<std::unique_ptr<PoolMemory>> CreateHostPoolMemory(const PoolLayou
     return SystemError(absl::StrCat("posix_fallocate(", wanted.shm_name, ", ", bytes, ")"),
                        error);
   }
-  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // MAP_POPULATE: page tables are set up now, not by a fault per 4 KiB on the
+  // first write of each block (measured: 5x slower first imports).
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (base == MAP_FAILED) {
     const int error = errno;
     shm_unlink(wanted.shm_name.c_str());
