@@ -38,10 +38,10 @@ ensure_packages() {
 
 configure_build() {
   local dir="$1"; shift
-  if [[ ! -f "$dir/build.ninja" ]]; then
-    log "configuring $dir"
-    cmake -S "$ASYMCACHE_ROOT" -B "$dir" -G Ninja "$@" >/dev/null
-  fi
+  # Always (re)configure: cheap when nothing changed, and options given here
+  # take effect in an existing build folder too.
+  log "configuring $dir"
+  cmake -S "$ASYMCACHE_ROOT" -B "$dir" -G Ninja "$@" >/dev/null
   log "building $dir"
   cmake --build "$dir" -j "$ASYMCACHE_JOBS"
 }
