@@ -38,6 +38,7 @@ step() {  # step NAME TIMEOUT CMD...
 }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 step services_daemon_tests 300 "$RUN" services_daemon_tests
+grep -E '^\[cuda transfer\]' "$OUT/services_daemon_tests.log" | tee -a "$LOG" >&2 || true
 step services_client_tests 120 "$RUN" services_client_tests
 step services_transport_tests 180 "$RUN" services_transport_tests
 step services_common_tests 60 "$RUN" services_common_tests

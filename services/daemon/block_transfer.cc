@@ -188,7 +188,7 @@ int64_t BlockTransfer::ExpireExports() {
     for (auto it = quarantine_.begin(); it != quarantine_.end();) {
       if (it->release_at <= now) {
         freed.insert(freed.end(), it->blocks.begin(), it->blocks.end());
-        it = quarantine_.erase(it);
+        it = quarantine_.erase(it);  // its staging area (if any) is freed here
       } else {
         ++it;
       }
@@ -296,17 +296,19 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
   // the transport goes through a (page-locked) staging buffer.
   const bool staged_import =
       pool_region_ == nullptr && pool_->backend() == daemon::PoolBackend::kCuda;
-  daemon::StagingBuffer staging;
+  StagingArea staging;  // reused, page-locked staging (see TakeStagingArea)
   if (staged_import) {
-    absl::StatusOr<daemon::StagingBuffer> allocated =
-        pool_->AllocateStaging(wanted.size() * layout.block_bytes());
-    if (!allocated.ok()) {
+    absl::StatusOr<StagingArea> area =
+        TakeStagingArea(wanted.size() * static_cast<size_t>(layout.block_bytes()));
+    if (!area.ok()) {
       const absl::Status aborted = cache_->AbortImport(*ids);
       ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
-      return allocated.status();
+      return area.status();
     }
-    staging = *std::move(allocated);
+    staging = *std::move(area);
   }
+  uint8_t* staging_base =
+      staged_import ? static_cast<uint8_t*>(staging.region->base()) : nullptr;
   std::vector<RemoteRead> reads;
   reads.reserve(wanted.size() * static_cast<size_t>(layout.num_layers));
   uint8_t* pool_base = static_cast<uint8_t*>(pool_->base());
@@ -318,7 +320,7 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
       r.bytes = static_cast<size_t>(piece);
       r.local = !staged_import
                     ? pool_base + layout.PieceOffset(l, (*ids)[i])
-                    : staging.data() + (i * layout.num_layers + l) * piece;
+                    : staging_base + (i * layout.num_layers + l) * piece;
       reads.push_back(r);
     }
   }
@@ -343,18 +345,21 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
   absl::Status read = transport_->Read(remote.worker_address, remote.rkey, merged);
   if (read.ok() && staged_import) {
     std::vector<int64_t> local(ids->begin(), ids->end());
-    read = pool_->CopyBlocksFromHost(local, staging.span());
+    read = pool_->CopyBlocksFromHost(
+        local, absl::Span<const uint8_t>(staging_base, wanted.size() * layout.block_bytes()));
   }
   if (!read.ok()) {
-    if (read.code() == absl::StatusCode::kDeadlineExceeded && !staged_import) {
+    if (read.code() == absl::StatusCode::kDeadlineExceeded) {
       // A timed-out read may leave gets the transport abandoned (the peer
       // never answered them); were it to answer late, they would land in
-      // these blocks. Keep them out of use for a while before freeing them.
+      // these blocks (or the staging area). Keep both out of use for a while.
       absl::MutexLock lock(&mu_);
-      quarantine_.push_back({*std::move(ids), clock_->Now() + options_.quarantine});
+      quarantine_.push_back(
+          {*std::move(ids), std::move(staging), clock_->Now() + options_.quarantine});
     } else {
       const absl::Status aborted = cache_->AbortImport(*ids);
       ABSL_RAW_CHECK(aborted.ok(), "ImportBlocks: freeing in-transfer blocks failed");
+      ReturnStagingArea(std::move(staging));
     }
     return absl::Status(read.code(), absl::StrCat("ImportBlocks: ", read.message()));
   }
@@ -366,6 +371,7 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
     info.owner = 0;
     infos.push_back(info);
   }
+  ReturnStagingArea(std::move(staging));
   absl::StatusOr<int64_t> indexed = cache_->FinishImport(infos);
   ABSL_RAW_CHECK(indexed.ok(), "ImportBlocks: indexing received blocks failed");
   result.imported = *indexed;

@@ -14,8 +14,8 @@
 // measured 13+ GiB/s for it against 0.1-2 GiB/s, and stalls after a peer
 // died, for reads of memory merely registered), in the wire layout
 // ([block][layer][piece]); page-locked with the pool (PinHost) for CUDA copies.
-// The importer reads into a staging buffer (PoolMemory::AllocateStaging,
-// page-locked for CUDA) and copies into its pool. Only a CUDA pool with a
+// The importer reads straight into a host pool; for a GPU pool it reads
+// into a staging area of the same kind and copies into its pool. Only a CUDA pool with a
 // transport that supports CUDA memory (memory-type aware registration) is
 // registered once and read in place (Debian's UCX has no CUDA transports).
 //
@@ -148,6 +148,7 @@ class BlockTransfer {
   uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
   struct Quarantined {
     std::vector<BlockId> blocks;
+    StagingArea staging;  // a staged import's area, freed with the entry
     absl::Time release_at;
   };
   std::vector<Quarantined> quarantine_ ABSL_GUARDED_BY(mu_);
