@@ -93,11 +93,19 @@ grpc::Status CacheDaemonService::Serve(absl::string_view method, Body&& body) {
   return ToGrpcStatus(status);
 }
 
+template <typename Body>
+grpc::ServerUnaryReactor* CacheDaemonService::ServeUnary(grpc::CallbackServerContext* ctx,
+                                                         absl::string_view method, Body&& body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(Serve(method, std::forward<Body>(body)));
+  return reactor;
+}
+
 // ---------------------------------------------------------------- steps
 
-grpc::Status CacheDaemonService::PlanStep(grpc::ServerContext*, const v1::PlanStepRequest* request,
+grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerContext* ctx, const v1::PlanStepRequest* request,
                                           v1::PlanStepResponse* response) {
-  return Serve("PlanStep", [&]() -> absl::Status {
+  return ServeUnary(ctx, "PlanStep", [&]() -> absl::Status {
     const DaemonOptions& options = state_->options();
     if (request->sequence_id() == 0) {
       return absl::InvalidArgumentError("PlanStep: sequence_id must be non-zero");
@@ -143,10 +151,10 @@ grpc::Status CacheDaemonService::PlanStep(grpc::ServerContext*, const v1::PlanSt
   });
 }
 
-grpc::Status CacheDaemonService::CommitStep(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::CommitStep(grpc::CallbackServerContext* ctx,
                                             const v1::CommitStepRequest* request,
                                             v1::CommitStepResponse* response) {
-  return Serve("CommitStep", [&]() -> absl::Status {
+  return ServeUnary(ctx, "CommitStep", [&]() -> absl::Status {
     KvCache::CommitResult result;
     if (absl::Status s = state_->cache().CommitStep(request->lease_id(), &result); !s.ok()) {
       return s;
@@ -157,10 +165,10 @@ grpc::Status CacheDaemonService::CommitStep(grpc::ServerContext*,
   });
 }
 
-grpc::Status CacheDaemonService::ReleaseStep(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::ReleaseStep(grpc::CallbackServerContext* ctx,
                                              const v1::ReleaseStepRequest* request,
                                              v1::ReleaseStepResponse* response) {
-  return Serve("ReleaseStep", [&]() -> absl::Status {
+  return ServeUnary(ctx, "ReleaseStep", [&]() -> absl::Status {
     const v1::AgentJob& agent = request->agent();
     if (agent.job_id().empty()) {
       if (!agent.tool().empty() || agent.last_step()) {
@@ -183,10 +191,10 @@ grpc::Status CacheDaemonService::ReleaseStep(grpc::ServerContext*,
   });
 }
 
-grpc::Status CacheDaemonService::RenewLease(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::RenewLease(grpc::CallbackServerContext* ctx,
                                             const v1::RenewLeaseRequest* request,
                                             v1::RenewLeaseResponse* response) {
-  return Serve("RenewLease", [&]() -> absl::Status {
+  return ServeUnary(ctx, "RenewLease", [&]() -> absl::Status {
     if (absl::Status s = state_->cache().RenewLease(request->lease_id()); !s.ok()) return s;
     response->set_lease_timeout_ms(ToMillis(state_->options().lease_timeout));
     return absl::OkStatus();
@@ -195,9 +203,9 @@ grpc::Status CacheDaemonService::RenewLease(grpc::ServerContext*,
 
 // ---------------------------------------------------------------- lookup
 
-grpc::Status CacheDaemonService::Lookup(grpc::ServerContext*, const v1::LookupRequest* request,
+grpc::ServerUnaryReactor* CacheDaemonService::Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
                                         v1::LookupResponse* response) {
-  return Serve("Lookup", [&]() -> absl::Status {
+  return ServeUnary(ctx, "Lookup", [&]() -> absl::Status {
     const DaemonOptions& options = state_->options();
     const int64_t limit = options.max_context_tokens / options.model.block_tokens + 1;
     if (absl::Status s = CheckHashCount("Lookup", request->hashes_size(), limit); !s.ok()) return s;
@@ -210,10 +218,10 @@ grpc::Status CacheDaemonService::Lookup(grpc::ServerContext*, const v1::LookupRe
   });
 }
 
-grpc::Status CacheDaemonService::InvalidateBlocks(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::InvalidateBlocks(grpc::CallbackServerContext* ctx,
                                                   const v1::InvalidateBlocksRequest* request,
                                                   v1::InvalidateBlocksResponse* response) {
-  return Serve("InvalidateBlocks", [&]() -> absl::Status {
+  return ServeUnary(ctx, "InvalidateBlocks", [&]() -> absl::Status {
     if (request->block_ids().empty()) {
       return absl::InvalidArgumentError("InvalidateBlocks: block_ids is empty");
     }
@@ -247,9 +255,9 @@ grpc::Status CacheDaemonService::InvalidateBlocks(grpc::ServerContext*,
 
 // ---------------------------------------------------------------- agent pins
 
-grpc::Status CacheDaemonService::PinJob(grpc::ServerContext*, const v1::PinJobRequest* request,
+grpc::ServerUnaryReactor* CacheDaemonService::PinJob(grpc::CallbackServerContext* ctx, const v1::PinJobRequest* request,
                                         v1::PinJobResponse* response) {
-  return Serve("PinJob", [&]() -> absl::Status {
+  return ServeUnary(ctx, "PinJob", [&]() -> absl::Status {
     const v1::AgentJob& agent = request->agent();
     if (agent.job_id().empty()) return absl::InvalidArgumentError("PinJob: agent.job_id is empty");
     if (agent.tool().empty() && !agent.last_step()) {
@@ -271,10 +279,10 @@ grpc::Status CacheDaemonService::PinJob(grpc::ServerContext*, const v1::PinJobRe
   });
 }
 
-grpc::Status CacheDaemonService::RefreshPin(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::RefreshPin(grpc::CallbackServerContext* ctx,
                                             const v1::RefreshPinRequest* request,
                                             v1::RefreshPinResponse*) {
-  return Serve("RefreshPin", [&]() -> absl::Status {
+  return ServeUnary(ctx, "RefreshPin", [&]() -> absl::Status {
     if (request->job_id().empty()) return absl::InvalidArgumentError("RefreshPin: job_id is empty");
     absl::Status s = state_->pins().Refresh(request->job_id(), absl::Milliseconds(request->ttl_ms()));
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("RefreshPin: ", s.message()));
@@ -282,18 +290,18 @@ grpc::Status CacheDaemonService::RefreshPin(grpc::ServerContext*,
   });
 }
 
-grpc::Status CacheDaemonService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* request,
+grpc::ServerUnaryReactor* CacheDaemonService::Unpin(grpc::CallbackServerContext* ctx, const v1::UnpinRequest* request,
                                        v1::UnpinResponse* response) {
-  return Serve("Unpin", [&]() -> absl::Status {
+  return ServeUnary(ctx, "Unpin", [&]() -> absl::Status {
     if (request->job_id().empty()) return absl::InvalidArgumentError("Unpin: job_id is empty");
     response->set_unpinned(state_->pins().Unpin(request->job_id()));
     return absl::OkStatus();
   });
 }
 
-grpc::Status CacheDaemonService::ListPins(grpc::ServerContext*, const v1::ListPinsRequest*,
+grpc::ServerUnaryReactor* CacheDaemonService::ListPins(grpc::CallbackServerContext* ctx, const v1::ListPinsRequest*,
                                           v1::ListPinsResponse* response) {
-  return Serve("ListPins", [&]() -> absl::Status {
+  return ServeUnary(ctx, "ListPins", [&]() -> absl::Status {
     for (const JobPinInfo& job : state_->pins().List()) {
       v1::ListPinsResponse::Job* out = response->add_jobs();
       out->set_job_id(job.job_id);
@@ -311,10 +319,10 @@ grpc::Status CacheDaemonService::ListPins(grpc::ServerContext*, const v1::ListPi
 
 // ---------------------------------------------------------------- transfer
 
-grpc::Status CacheDaemonService::ExportBlocks(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::ExportBlocks(grpc::CallbackServerContext* ctx,
                                               const v1::ExportBlocksRequest* request,
                                               v1::ExportBlocksResponse* response) {
-  return Serve("ExportBlocks", [&]() -> absl::Status {
+  return ServeUnary(ctx, "ExportBlocks", [&]() -> absl::Status {
     if (absl::Status s = CheckHashCount("ExportBlocks", request->hashes_size(),
                                         state_->options().max_transfer_blocks);
         !s.ok()) {
@@ -355,10 +363,10 @@ grpc::Status CacheDaemonService::ExportBlocks(grpc::ServerContext*,
   });
 }
 
-grpc::Status CacheDaemonService::ReleaseExport(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::ReleaseExport(grpc::CallbackServerContext* ctx,
                                                const v1::ReleaseExportRequest* request,
                                                v1::ReleaseExportResponse*) {
-  return Serve("ReleaseExport",
+  return ServeUnary(ctx, "ReleaseExport",
                [&]() -> absl::Status { return state_->transfer().ReleaseExport(request->export_id()); });
 }
 
@@ -481,10 +489,10 @@ grpc::Status CacheDaemonService::WatchEvents(grpc::ServerContext* ctx,
 
 // ---------------------------------------------------------------- pool, stats
 
-grpc::Status CacheDaemonService::AttachPool(grpc::ServerContext*,
+grpc::ServerUnaryReactor* CacheDaemonService::AttachPool(grpc::CallbackServerContext* ctx,
                                             const v1::AttachPoolRequest* request,
                                             v1::AttachPoolResponse* response) {
-  return Serve("AttachPool", [&]() -> absl::Status {
+  return ServeUnary(ctx, "AttachPool", [&]() -> absl::Status {
     if (absl::Status s = CheckSameShape(request->expected_model(), state_->model(),
                                         "AttachPool: expected_model");
         !s.ok()) {
@@ -504,9 +512,9 @@ grpc::Status CacheDaemonService::AttachPool(grpc::ServerContext*,
   });
 }
 
-grpc::Status CacheDaemonService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+grpc::ServerUnaryReactor* CacheDaemonService::GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest*,
                                           v1::GetStatsResponse* response) {
-  return Serve("GetStats", [&]() -> absl::Status {
+  return ServeUnary(ctx, "GetStats", [&]() -> absl::Status {
     const DaemonOptions& options = state_->options();
     const KvCache::Stats stats = state_->cache().GetStats();
     response->set_daemon_instance(state_->instance());

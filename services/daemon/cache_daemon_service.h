@@ -22,52 +22,75 @@
 
 namespace asymcache {
 
-class CacheDaemonService final : public v1::CacheDaemon::Service {
+// Unary RPCs that only touch in-memory state run on gRPC's callback API
+// (handled on the completion-queue thread, no hand-off to a worker thread);
+// ImportBlocks (a nested gRPC call and a transfer) and WatchEvents (a
+// long-lived stream) stay on the synchronous API's thread pool.
+using CacheDaemonServiceBase = v1::CacheDaemon::WithCallbackMethod_PlanStep<
+    v1::CacheDaemon::WithCallbackMethod_CommitStep<
+    v1::CacheDaemon::WithCallbackMethod_ReleaseStep<
+    v1::CacheDaemon::WithCallbackMethod_RenewLease<
+    v1::CacheDaemon::WithCallbackMethod_Lookup<
+    v1::CacheDaemon::WithCallbackMethod_InvalidateBlocks<
+    v1::CacheDaemon::WithCallbackMethod_PinJob<
+    v1::CacheDaemon::WithCallbackMethod_RefreshPin<
+    v1::CacheDaemon::WithCallbackMethod_Unpin<
+    v1::CacheDaemon::WithCallbackMethod_ListPins<
+    v1::CacheDaemon::WithCallbackMethod_ExportBlocks<
+    v1::CacheDaemon::WithCallbackMethod_ReleaseExport<
+    v1::CacheDaemon::WithCallbackMethod_AttachPool<
+    v1::CacheDaemon::WithCallbackMethod_GetStats<v1::CacheDaemon::Service>>>>>>>>>>>>>>;
+
+class CacheDaemonService final : public CacheDaemonServiceBase {
  public:
   explicit CacheDaemonService(CacheDaemonState* state);
 
   // After this, every new RPC gets UNAVAILABLE (graceful shutdown).
   void StopAccepting() { accepting_.store(false); }
 
-  grpc::Status PlanStep(grpc::ServerContext* ctx, const v1::PlanStepRequest* request,
+  grpc::ServerUnaryReactor* PlanStep(grpc::CallbackServerContext* ctx, const v1::PlanStepRequest* request,
                         v1::PlanStepResponse* response) override;
-  grpc::Status CommitStep(grpc::ServerContext* ctx, const v1::CommitStepRequest* request,
+  grpc::ServerUnaryReactor* CommitStep(grpc::CallbackServerContext* ctx, const v1::CommitStepRequest* request,
                           v1::CommitStepResponse* response) override;
-  grpc::Status ReleaseStep(grpc::ServerContext* ctx, const v1::ReleaseStepRequest* request,
+  grpc::ServerUnaryReactor* ReleaseStep(grpc::CallbackServerContext* ctx, const v1::ReleaseStepRequest* request,
                            v1::ReleaseStepResponse* response) override;
-  grpc::Status RenewLease(grpc::ServerContext* ctx, const v1::RenewLeaseRequest* request,
+  grpc::ServerUnaryReactor* RenewLease(grpc::CallbackServerContext* ctx, const v1::RenewLeaseRequest* request,
                           v1::RenewLeaseResponse* response) override;
-  grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* request,
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
-  grpc::Status InvalidateBlocks(grpc::ServerContext* ctx,
+  grpc::ServerUnaryReactor* InvalidateBlocks(grpc::CallbackServerContext* ctx,
                                 const v1::InvalidateBlocksRequest* request,
                                 v1::InvalidateBlocksResponse* response) override;
-  grpc::Status PinJob(grpc::ServerContext* ctx, const v1::PinJobRequest* request,
+  grpc::ServerUnaryReactor* PinJob(grpc::CallbackServerContext* ctx, const v1::PinJobRequest* request,
                       v1::PinJobResponse* response) override;
-  grpc::Status RefreshPin(grpc::ServerContext* ctx, const v1::RefreshPinRequest* request,
+  grpc::ServerUnaryReactor* RefreshPin(grpc::CallbackServerContext* ctx, const v1::RefreshPinRequest* request,
                           v1::RefreshPinResponse* response) override;
-  grpc::Status Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* request,
+  grpc::ServerUnaryReactor* Unpin(grpc::CallbackServerContext* ctx, const v1::UnpinRequest* request,
                      v1::UnpinResponse* response) override;
-  grpc::Status ListPins(grpc::ServerContext* ctx, const v1::ListPinsRequest* request,
+  grpc::ServerUnaryReactor* ListPins(grpc::CallbackServerContext* ctx, const v1::ListPinsRequest* request,
                         v1::ListPinsResponse* response) override;
-  grpc::Status ExportBlocks(grpc::ServerContext* ctx, const v1::ExportBlocksRequest* request,
+  grpc::ServerUnaryReactor* ExportBlocks(grpc::CallbackServerContext* ctx, const v1::ExportBlocksRequest* request,
                             v1::ExportBlocksResponse* response) override;
-  grpc::Status ReleaseExport(grpc::ServerContext* ctx, const v1::ReleaseExportRequest* request,
+  grpc::ServerUnaryReactor* ReleaseExport(grpc::CallbackServerContext* ctx, const v1::ReleaseExportRequest* request,
                              v1::ReleaseExportResponse* response) override;
   grpc::Status ImportBlocks(grpc::ServerContext* ctx, const v1::ImportBlocksRequest* request,
                             v1::ImportBlocksResponse* response) override;
   grpc::Status WatchEvents(grpc::ServerContext* ctx, const v1::WatchEventsRequest* request,
                            grpc::ServerWriter<v1::KvEventBatch>* writer) override;
-  grpc::Status AttachPool(grpc::ServerContext* ctx, const v1::AttachPoolRequest* request,
+  grpc::ServerUnaryReactor* AttachPool(grpc::CallbackServerContext* ctx, const v1::AttachPoolRequest* request,
                           v1::AttachPoolResponse* response) override;
-  grpc::Status GetStats(grpc::ServerContext* ctx, const v1::GetStatsRequest* request,
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 
  private:
   // The one wrapper: refuses new work while shutting down, times the call,
-  // records the RPC metric and maps the status.
+  // records the RPC metric and maps the status. ServeUnary finishes a
+  // callback-API call with it.
   template <typename Body>
   grpc::Status Serve(absl::string_view method, Body&& body);
+  template <typename Body>
+  grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, absl::string_view method,
+                                       Body&& body);
 
   // Stub of a peer daemon (ImportBlocks), one channel per address.
   v1::CacheDaemon::Stub* PeerStub(const std::string& address) ABSL_LOCKS_EXCLUDED(peers_mu_);
