@@ -23,7 +23,6 @@
 #include <benchmark/benchmark.h>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -39,7 +38,6 @@ constexpr int kTurnsPerSession = 32;
 
 CacheDaemon& Daemon() {
   static CacheDaemon* daemon = [] {
-    if (std::getenv("NO_DEADLOCK_DETECTION")) absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
     DaemonOptions options;
     options.listen = "127.0.0.1:0";
     options.metrics_port = -1;
