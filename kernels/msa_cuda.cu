@@ -108,6 +108,8 @@ absl::Status UploadMsaPlan(const MsaPlan& plan, const void* host_ws, void* devic
 absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const void* q,
                         const void* kv_pool, void* out, float* lse, void* device_ws,
                         void* stream) {
+  // The plan fixes the structure but not sm_scale: the shape is checked whole.
+  if (absl::Status status = shape.Validate(); !status.ok()) return status;
   if (absl::Status status = CheckPlanMatches(plan, shape); !status.ok()) return status;
   if (plan.total_q == 0) return absl::OkStatus();
   if (q == nullptr || out == nullptr || device_ws == nullptr ||
