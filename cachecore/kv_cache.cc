@@ -375,6 +375,12 @@ absl::StatusOr<int64_t> KvCache::FinishImport(absl::Span<const IndexedBlockInfo>
       return absl::FailedPreconditionError(
           absl::StrCat("FinishImport: block ", info.id, " listed twice"));
     }
+    // SealMany refuses these; checked here so that nothing is indexed first.
+    if (info.tokens <= 0 || info.tokens > options_.model.block_tokens || info.position < 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("FinishImport: block ", info.id, " has tokens=", info.tokens,
+                       " position=", info.position));
+    }
   }
   std::vector<IndexedBlockInfo> sealing;
   std::vector<BlockId> duplicates;

@@ -179,7 +179,9 @@ int64_t BlockTransfer::ExpireExports() {
   }
   for (ExportEntry& e : expired) {
     e.pinned.pins.Reset();
-    ReturnStagingArea(std::move(e.staging));
+    // Freed, not kept for reuse: a slow importer may still read it, and must
+    // then read this export's bytes (or fail), never a later export's.
+    e.staging = StagingArea();
   }
   // Quarantined imports whose time is up are freed.
   std::vector<BlockId> freed;
@@ -266,6 +268,19 @@ absl::StatusOr<ImportResult> BlockTransfer::Import(const ExportDescriptor& remot
     return absl::InvalidArgumentError(absl::StrCat("ImportBlocks: ", remote.blocks.size(),
                                                    " blocks, more than the limit of ",
                                                    options_.max_blocks));
+  }
+  // The peer's identities are sealed as they are: refuse impossible ones
+  // before anything is allocated.
+  const int64_t block_tokens = cache_->model().block_tokens;
+  for (size_t i = 0; i < remote.blocks.size(); ++i) {
+    const IndexedBlockInfo& info = remote.blocks[i].info;
+    if (info.tokens <= 0 || info.tokens > block_tokens || info.position < 0 ||
+        info.position % block_tokens != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ImportBlocks: the peer's block ", i, " has tokens=", info.tokens, " position=",
+          info.position, " (want tokens in [1, ", block_tokens, "], a position >= 0 and a multiple of ",
+          block_tokens, ")"));
+    }
   }
   ImportResult result;
   std::vector<BlockHash> hashes;

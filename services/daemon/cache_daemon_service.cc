@@ -370,16 +370,17 @@ grpc::ServerUnaryReactor* CacheDaemonService::ReleaseExport(grpc::CallbackServer
                [&]() -> absl::Status { return state_->transfer().ReleaseExport(request->export_id()); });
 }
 
-v1::CacheDaemon::Stub* CacheDaemonService::PeerStub(const std::string& address) {
+std::shared_ptr<v1::CacheDaemon::Stub> CacheDaemonService::PeerStub(const std::string& address) {
   absl::MutexLock lock(&peers_mu_);
   auto it = peers_.find(address);
-  if (it != peers_.end()) return it->second.get();
+  if (it != peers_.end()) return it->second;
+  // Imports in flight keep their own reference to a stub cleared here.
   if (peers_.size() >= kMaxPeerChannels) peers_.clear();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(state_->options().max_message_bytes);
-  auto stub = v1::CacheDaemon::NewStub(
+  std::shared_ptr<v1::CacheDaemon::Stub> stub = v1::CacheDaemon::NewStub(
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
-  return peers_.emplace(address, std::move(stub)).first->second.get();
+  return peers_.emplace(address, std::move(stub)).first->second;
 }
 
 grpc::Status CacheDaemonService::ImportBlocks(grpc::ServerContext*,
@@ -392,7 +393,7 @@ grpc::Status CacheDaemonService::ImportBlocks(grpc::ServerContext*,
         !s.ok()) {
       return s;
     }
-    v1::CacheDaemon::Stub* peer = PeerStub(request->peer());
+    const std::shared_ptr<v1::CacheDaemon::Stub> peer = PeerStub(request->peer());
     v1::ExportBlocksRequest export_request;
     *export_request.mutable_hashes() = request->hashes();
     ToProto(state_->model(), export_request.mutable_model());

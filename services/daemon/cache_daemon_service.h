@@ -92,13 +92,15 @@ class CacheDaemonService final : public CacheDaemonServiceBase {
   grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, absl::string_view method,
                                        Body&& body);
 
-  // Stub of a peer daemon (ImportBlocks), one channel per address.
-  v1::CacheDaemon::Stub* PeerStub(const std::string& address) ABSL_LOCKS_EXCLUDED(peers_mu_);
+  // Stub of a peer daemon (ImportBlocks), one channel per address. Shared: an
+  // import keeps its stub while the cache is cleared under it.
+  std::shared_ptr<v1::CacheDaemon::Stub> PeerStub(const std::string& address)
+      ABSL_LOCKS_EXCLUDED(peers_mu_);
 
   CacheDaemonState* const state_;
   std::atomic<bool> accepting_{true};
   absl::Mutex peers_mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<v1::CacheDaemon::Stub>> peers_
+  absl::flat_hash_map<std::string, std::shared_ptr<v1::CacheDaemon::Stub>> peers_
       ABSL_GUARDED_BY(peers_mu_);
 };
 

@@ -183,6 +183,9 @@ absl::Status AtLine(absl::string_view origin, const YAML::Node& node, const absl
 absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin, DaemonOptions* options) {
   ModelConfig model = options->model;
   for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) {
+      return AtLine(origin, kv.first, absl::InvalidArgumentError("model: keys must be scalars"));
+    }
     const std::string key = kv.first.as<std::string>();
     if (!kv.second.IsScalar()) {
       return AtLine(origin, kv.second, absl::InvalidArgumentError(absl::StrCat("model.", key, " must be a scalar")));
@@ -279,6 +282,9 @@ absl::Status ApplyDaemonYamlText(absl::string_view text, absl::string_view origi
   }
   DaemonOptions updated = *options;
   for (const auto& kv : root) {
+    if (!kv.first.IsScalar()) {
+      return AtLine(origin, kv.first, absl::InvalidArgumentError("setting names must be scalars"));
+    }
     const std::string key = kv.first.as<std::string>();
     if (key == "model" && kv.second.IsMap()) {
       if (absl::Status s = ApplyModelMap(kv.second, origin, &updated); !s.ok()) return s;
