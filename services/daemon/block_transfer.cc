@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 
 namespace asymcache {
@@ -141,7 +142,10 @@ absl::StatusOr<ExportDescriptor> BlockTransfer::Export(absl::Span<const BlockHas
   }
   if (region != nullptr) out.rkey = region->packed_rkey();
   absl::MutexLock lock(&mu_);
-  out.export_id = next_export_id_++;
+  // Random ids: a client cannot guess (and release) another client's export.
+  do {
+    out.export_id = absl::Uniform<uint64_t>(export_ids_);
+  } while (out.export_id == 0 || exports_.contains(out.export_id));
   exports_.emplace(out.export_id, std::move(entry));
   return out;
 }
@@ -179,9 +183,14 @@ int64_t BlockTransfer::ExpireExports() {
   }
   for (ExportEntry& e : expired) {
     e.pinned.pins.Reset();
-    // Freed, not kept for reuse: a slow importer may still read it, and must
-    // then read this export's bytes (or fail), never a later export's.
-    e.staging = StagingArea();
+    // Not kept for reuse: a slow importer may still read it, and must then
+    // read this export's bytes, never a later export's. Not freed at once
+    // either (Debian's UCX 1.13 crashes a reader whose peer memory vanished):
+    // retired through the quarantine, freed after options_.quarantine.
+    if (e.staging.region != nullptr) {
+      absl::MutexLock lock(&mu_);
+      quarantine_.push_back({{}, std::move(e.staging), now + options_.quarantine});
+    }
   }
   // Quarantined imports whose time is up are freed.
   std::vector<BlockId> freed;

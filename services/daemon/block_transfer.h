@@ -30,6 +30,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -145,10 +146,12 @@ class BlockTransfer {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, ExportEntry> exports_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_export_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::BitGen export_ids_ ABSL_GUARDED_BY(mu_);
+  // Blocks of a timed-out import, and staging areas (of such imports, or of
+  // expired exports) kept out of use until release_at.
   struct Quarantined {
     std::vector<BlockId> blocks;
-    StagingArea staging;  // a staged import's area, freed with the entry
+    StagingArea staging;  // freed with the entry
     absl::Time release_at;
   };
   std::vector<Quarantined> quarantine_ ABSL_GUARDED_BY(mu_);

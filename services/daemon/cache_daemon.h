@@ -5,10 +5,12 @@
 // in-process on 127.0.0.1:0.
 //
 // Lifecycle: Start() builds everything, binds the ports and serves; Shutdown()
-// (or the destructor) marks the health service NOT_SERVING, refuses new RPCs
-// with UNAVAILABLE, gives in-flight RPCs shutdown_grace to finish, ends event
-// streams (after flushing queued events), releases every lease, export and pin,
-// and stops the server. Thread-safe.
+// marks the health service NOT_SERVING, refuses new RPCs with UNAVAILABLE,
+// ends event streams (after flushing queued events), gives in-flight RPCs
+// shutdown_grace to finish and stops the server and the maintenance thread.
+// Leases, exports and pins still held are released when the CacheDaemon is
+// destroyed (the binary destroys it right after Shutdown; state() stays
+// readable in between). Thread-safe.
 #ifndef ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
 #define ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
 

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "cachecore/block_hash.h"
 #include "grpcpp/create_channel.h"
@@ -207,7 +208,8 @@ grpc::ServerUnaryReactor* CacheDaemonService::Lookup(grpc::CallbackServerContext
                                         v1::LookupResponse* response) {
   return ServeUnary(ctx, "Lookup", [&]() -> absl::Status {
     const DaemonOptions& options = state_->options();
-    const int64_t limit = options.max_context_tokens / options.model.block_tokens + 1;
+    const int64_t limit = (options.max_context_tokens + options.model.block_tokens - 1) /
+                          options.model.block_tokens;
     if (absl::Status s = CheckHashCount("Lookup", request->hashes_size(), limit); !s.ok()) return s;
     const std::vector<BlockHash> hashes = FromProto(request->hashes());
     for (int64_t position : state_->cache().LookupPositions(hashes)) {
@@ -408,6 +410,18 @@ grpc::Status CacheDaemonService::ImportBlocks(grpc::ServerContext*,
         // unreachable or refuses makes this import UNAVAILABLE / its code.
         return absl::Status(s.code(), absl::StrCat("ImportBlocks: ExportBlocks on peer ",
                                                    request->peer(), " failed: ", s.message()));
+      }
+    }
+    // A peer answers with a subset of what was asked, each hash at most once.
+    {
+      absl::flat_hash_set<BlockHash> asked;
+      for (const v1::BlockHash& h : request->hashes()) asked.insert(FromProto(h));
+      for (const v1::ExportBlocksResponse::Block& b : exported.blocks()) {
+        if (asked.erase(FromProto(b.hash())) == 0) {
+          return absl::UnavailableError(absl::StrCat(
+              "ImportBlocks: peer ", request->peer(), " answered block ", FromProto(b.hash()).ToHex(),
+              " that was not asked for (or twice); nothing imported"));
+        }
       }
     }
     ExportDescriptor remote;

@@ -1,7 +1,7 @@
 #include "services/daemon/calibration_process.h"
 
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,8 +14,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-
-extern char** environ;
 
 namespace asymcache {
 
@@ -65,21 +63,28 @@ absl::StatusOr<CalibrationParams> CalibrateInChildProcess(const std::string& cal
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  // The daemon blocks SIGTERM/SIGINT for its signal thread; the child must not
-  // inherit that mask.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
+  // fork + exec (not posix_spawn) so that the child can ask to die with the
+  // daemon (PR_SET_PDEATHSIG). Between fork and exec only async-signal-safe
+  // calls: the child unblocks the signals the daemon blocks for its signal
+  // thread, sends its stdout to stderr (the daemon's stdout carries the READY
+  // line), and execs.
+  const pid_t parent = getpid();
   sigset_t none;
   sigemptyset(&none);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-  pid_t pid = 0;
-  const int spawned = posix_spawn(&pid, calibrator.c_str(), nullptr, &attr, argv.data(), environ);
-  posix_spawnattr_destroy(&attr);
-  if (spawned != 0) {
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int error = errno;
     unlink(out.c_str());
-    return absl::FailedPreconditionError(absl::StrCat("on-start GPU calibration: cannot start '",
-                                                      calibrator, "': ", std::strerror(spawned)));
+    return absl::FailedPreconditionError(absl::StrCat("on-start GPU calibration: fork: ",
+                                                      std::strerror(error)));
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the daemon died before prctl
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    dup2(STDERR_FILENO, STDOUT_FILENO);
+    execv(calibrator.c_str(), argv.data());
+    _exit(127);
   }
   const absl::Time deadline = absl::Now() + timeout;
   int status = 0;

@@ -4,8 +4,9 @@
 // with the cuda backend: cuBLAS never enters the daemon's address space and
 // the child's scratch GPU memory is all returned when it exits.
 //
-// The child's stderr (one line per measurement) goes to the daemon's stderr.
-// Thread-safe (no shared state).
+// The child's stdout and stderr (one line per measurement) go to the
+// daemon's stderr; the child is killed if the daemon dies
+// (PR_SET_PDEATHSIG) or runs past the timeout. Thread-safe (no shared state).
 #ifndef ASYMCACHE_SERVICES_DAEMON_CALIBRATION_PROCESS_H_
 #define ASYMCACHE_SERVICES_DAEMON_CALIBRATION_PROCESS_H_
 

@@ -205,6 +205,11 @@ absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin, Daem
     if (!absl::SimpleAtoi(value, &n)) {
       return AtLine(origin, kv.second, BadValue(absl::StrCat("model.", key), value, "an integer"));
     }
+    const bool wide = key == "hidden_size" || key == "intermediate_size" || key == "vocab_size";
+    if (!wide && (n < 0 || n > std::numeric_limits<int>::max())) {
+      return AtLine(origin, kv.second,
+                    BadValue(absl::StrCat("model.", key), value, "an integer in [0, 2^31)"));
+    }
     if (key == "num_layers") model.num_layers = static_cast<int>(n);
     else if (key == "num_q_heads") model.num_q_heads = static_cast<int>(n);
     else if (key == "num_kv_heads") model.num_kv_heads = static_cast<int>(n);

@@ -47,7 +47,7 @@ absl::Status DaemonOptions::Validate() const {
         ") must be positive"));
   }
   if (pool_bytes < 0) return bad("pool-bytes", pool_bytes, "must be >= 0");
-  if (pool_fraction < 0 || pool_fraction > 1) {
+  if (!(pool_fraction >= 0 && pool_fraction <= 1)) {  // NaN fails too
     return bad("pool-fraction", pool_fraction, "must be in (0, 1]");
   }
   {
@@ -89,8 +89,14 @@ absl::Status DaemonOptions::Validate() const {
   if (event_history < 1) return bad("event-history", event_history, "must be >= 1");
   if (max_watchers < 1) return bad("max-watchers", max_watchers, "must be >= 1");
   if (absl::Status s = agent_pins.Validate(); !s.ok()) return s;
-  if (shutdown_grace < absl::ZeroDuration()) {
-    return bad("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
+  if (shutdown_grace < absl::ZeroDuration() || shutdown_grace > absl::Hours(1)) {
+    return bad("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be in [0, 1h]");
+  }
+  for (const auto& [name, d] : {std::pair<const char*, absl::Duration>{"lease-timeout", lease_timeout},
+                                {"export-timeout", export_timeout},
+                                {"maintenance-interval", maintenance_interval},
+                                {"calibration-budget", calibration_budget}}) {
+    if (d > absl::Hours(24)) return bad(name, absl::FormatDuration(d), "must be at most 24h");
   }
   return absl::OkStatus();
 }

@@ -38,6 +38,23 @@ TEST(DaemonOptions, ValidateNamesTheField) {
   EXPECT_THAT(o.Validate().message(), HasSubstr("--max-message-bytes"));
 }
 
+TEST(DaemonOptions, NonFiniteAndOutOfRangeValuesAreRefused) {
+  DaemonOptions o;
+  ASSERT_TRUE(ApplyDaemonSetting("pool-fraction", "nan", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--pool-fraction"));
+  o = DaemonOptions();
+  ASSERT_TRUE(ApplyDaemonSetting("shutdown-grace", "inf", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--shutdown-grace"));
+  o = DaemonOptions();
+  ASSERT_TRUE(ApplyDaemonSetting("lease-timeout", "100000h", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--lease-timeout"));
+  o = DaemonOptions();
+  const absl::Status s =
+      ApplyDaemonYamlText("model:\n  num_layers: 4294967298\n", "big.yaml", &o);
+  EXPECT_THAT(s.message(), HasSubstr("big.yaml:2:"));
+  EXPECT_THAT(s.message(), HasSubstr("[0, 2^31)"));
+}
+
 TEST(DaemonConfig, SettingsParseEveryKind) {
   DaemonOptions o;
   ASSERT_TRUE(ApplyDaemonSetting("listen", "127.0.0.1:0", &o).ok());
