@@ -5,7 +5,9 @@
 
 #include "absl/base/internal/raw_logging.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "cachecore/mix64.h"
 
 namespace asymcache {
 
@@ -42,7 +44,17 @@ KvCache::KvCache(KvCacheOptions options, std::unique_ptr<EvictionPolicy> policy,
     : options_(std::move(options)),
       clock_(clock),
       pool_(BlockPoolOptions{options_.capacity_blocks}, std::move(policy), clock),
-      planner_(&pool_, &index_, options_.model.block_tokens) {}
+      planner_(&pool_, &index_, options_.model.block_tokens),
+      lease_id_key_(absl::Uniform<uint64_t>(absl::BitGen())) {}
+
+uint64_t KvCache::NextLeaseIdLocked() {
+  // Mix64 is a bijection of 64-bit values, so distinct
+  // counters give distinct ids; 0 is skipped (it means "no lease" on the wire).
+  for (;;) {
+    const uint64_t id = Mix64(next_lease_id_++ ^ lease_id_key_);
+    if (id != 0) return id;
+  }
+}
 
 KvCache::~KvCache() = default;
 
@@ -164,7 +176,7 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   StepLease result;
   {
     absl::MutexLock lock(&leases_mu_);
-    result.lease_id = next_lease_id_++;
+    result.lease_id = NextLeaseIdLocked();
     ++steps_;
     hit_tokens_ += plan.hit_tokens;
     rebuild_tokens_ += plan.rebuild_tokens;

@@ -219,6 +219,7 @@ class KvCache {
   SessionChain EraseSessionLocked(SessionMap::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   void ReleaseLease(Lease lease);
+  uint64_t NextLeaseIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   // Takes the lease out of leases_ (NOT_FOUND naming `op` when absent).
   absl::StatusOr<Lease> TakeLease(uint64_t lease_id, absl::string_view op)
       ABSL_LOCKS_EXCLUDED(leases_mu_);
@@ -245,6 +246,9 @@ class KvCache {
   mutable absl::Mutex leases_mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(leases_mu_) = 1;
+  // Lease ids are a keyed bijection of a counter (unique, never 0, not
+  // guessable from another client's id): see NextLeaseIdLocked.
+  const uint64_t lease_id_key_;
   int64_t steps_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t hit_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t rebuild_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;

@@ -17,16 +17,9 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "cachecore/mix64.h"
 
 namespace asymcache {
-
-// SplitMix64 finalizer: a bijective 64-bit mix.
-inline uint64_t Mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 // FNV-1a 64 of a string, then mixed: stable across processes (absl::Hash is not).
 inline uint64_t StableHash(absl::string_view s) {

@@ -623,3 +623,31 @@ TEST(KvCacheTransferTest, AbortImportRefusesBlocksItDidNotAllocate) {
 
 }  // namespace
 }  // namespace asymcache
+
+namespace asymcache {
+namespace {
+
+// Lease ids are unique, never 0, and not consecutive (a client cannot guess
+// another client's lease from its own).
+TEST(KvCacheLeaseIds, UniqueNonZeroAndNotSequential) {
+  FakeClock clock;
+  std::unique_ptr<KvCache> cache = MakeCache(&clock, 4096);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<StepLease> lease = cache->BeginStep("s", i + 1, Tokens(16, i * 16));
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    ids.push_back(lease->lease_id);
+    ASSERT_TRUE(cache->ReleaseStep(lease->lease_id).ok());
+  }
+  int consecutive = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_NE(ids[i], 0u);
+    if (i > 0 && ids[i] == ids[i - 1] + 1) ++consecutive;
+  }
+  EXPECT_EQ(consecutive, 0);
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end());
+}
+
+}  // namespace
+}  // namespace asymcache
