@@ -440,7 +440,7 @@ void KvCache::EmitEach(KvEvent::Kind kind, absl::Span<const Block> blocks) {
   if (blocks.empty()) return;
   absl::MutexLock lock(&events_mu_);
   for (const Block& b : blocks) {
-    const KvEvent event{kind, b.hash, b.position, next_event_++};
+    const KvEvent event{kind, b.hash, b.position, next_event_++, b.id};
     if (listener_) listener_(event);
   }
 }

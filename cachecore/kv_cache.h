@@ -81,12 +81,18 @@ struct StepLease {
   StepPlan plan;
 };
 
+// A block stored in / removed from the index. `block` identifies the copy:
+// an index change and its event are not one atomic step, so a REMOVED of an
+// evicted copy can follow a STORED of a newer copy of the same hash; a
+// receiver drops a REMOVED whose block is not the one it recorded for the
+// hash (the daemon's event hub does; coordinators must too).
 struct KvEvent {
   enum class Kind : uint8_t { kStored = 0, kRemoved = 1 };
   Kind kind = Kind::kStored;
   BlockHash hash;
   int64_t position = 0;
   uint64_t sequence_number = 0;  // 1, 2, 3, ... per KvCache
+  BlockId block = kNoBlock;      // the block holding (STORED) / that held (REMOVED) it
 };
 
 class KvCache {

@@ -55,6 +55,7 @@ absl::StatusOr<KvEvent> KvEventFromProto(const v1::KvEvent& event) {
   out.hash = FromProto(event.hash());
   out.position = event.position();
   out.sequence_number = event.sequence_number();
+  out.block = event.block_id();
   return out;
 }
 

@@ -495,6 +495,7 @@ grpc::Status CacheDaemonService::WatchEvents(grpc::ServerContext* ctx,
         ToProto(e.hash, out->mutable_hash());
         out->set_position(e.position);
         out->set_sequence_number(e.sequence_number);
+        out->set_block_id(e.block);
       }
       if (!writer->Write(batch)) return absl::OkStatus();  // the watcher went away
     }

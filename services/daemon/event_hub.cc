@@ -37,9 +37,14 @@ void KvEventHub::Publish(const KvEvent& event) {
   ABSL_RAW_CHECK(event.sequence_number == last_ + 1, "KvEventHub: events out of order");
   last_ = event.sequence_number;
   if (event.kind == KvEvent::Kind::kStored) {
-    mirror_[event.hash] = event.position;
+    mirror_[event.hash] = Stored{event.position, event.block};
   } else {
-    mirror_.erase(event.hash);
+    auto it = mirror_.find(event.hash);
+    // A stale REMOVED (another copy stored since) leaves the mirror alone.
+    if (it != mirror_.end() &&
+        (event.block == kNoBlock || it->second.block == kNoBlock || it->second.block == event.block)) {
+      mirror_.erase(it);
+    }
   }
   ring_.push_back(event);
   while (static_cast<int64_t>(ring_.size()) > options_.history) ring_.pop_front();
@@ -53,8 +58,8 @@ KvEventHub::Snapshot KvEventHub::TakeSnapshotLocked() const {
   Snapshot snap;
   snap.sequence = last_;
   snap.events.reserve(mirror_.size());
-  for (const auto& [hash, position] : mirror_) {
-    snap.events.push_back(KvEvent{KvEvent::Kind::kStored, hash, position, 0});
+  for (const auto& [hash, stored] : mirror_) {
+    snap.events.push_back(KvEvent{KvEvent::Kind::kStored, hash, stored.position, 0, stored.block});
   }
   // Position order: a receiver can rebuild chains front to back.
   std::sort(snap.events.begin(), snap.events.end(),

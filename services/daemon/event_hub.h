@@ -2,9 +2,12 @@
 //
 // Publish() is fed by KvCache's event listener, in sequence-number order. The
 // hub keeps (1) the last `history` events in a ring, so a watcher can resume
-// after a sequence number, and (2) a mirror of the index (hash -> position of
-// every stored, not yet removed block), so a snapshot and its sequence number
-// are taken together under one lock and are consistent by construction.
+// after a sequence number, and (2) a mirror of the index (hash -> position
+// and block of every stored, not yet removed block), so a snapshot and its
+// sequence number are taken together under one lock. A REMOVED whose block is
+// not the mirror's block for that hash is stale (a newer copy was stored
+// meanwhile, see KvEvent) and leaves the mirror alone; it is still delivered,
+// with its block id, so watchers apply the same rule.
 //
 // A Watcher reads batches: first the snapshot (when asked for, or when its
 // resume point has left the ring), then live events in order. A watcher that
@@ -88,7 +91,11 @@ class KvEventHub {
   mutable absl::Mutex mu_;
   std::deque<KvEvent> ring_ ABSL_GUARDED_BY(mu_);
   uint64_t last_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_map<BlockHash, int64_t> mirror_ ABSL_GUARDED_BY(mu_);
+  struct Stored {
+    int64_t position = 0;
+    BlockId block = kNoBlock;
+  };
+  absl::flat_hash_map<BlockHash, Stored> mirror_ ABSL_GUARDED_BY(mu_);
   int watchers_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -162,6 +162,10 @@ TEST(CacheDaemon, GracefulShutdownEndsStreamsAndRefusesNewWork) {
   ASSERT_TRUE(reader->Read(&batch));
   EXPECT_TRUE(batch.snapshot_begin());
   EXPECT_EQ(batch.events_size(), 3);
+  for (const v1::KvEvent& e : batch.events()) {  // each names its block in the pool
+    EXPECT_GE(e.block_id(), 0);
+    EXPECT_LT(e.block_id(), d->state().cache().pool().capacity());
+  }
   EXPECT_FALSE(batch.daemon_instance().empty());
 
   std::thread stopper([&d]() { d->Shutdown(); });

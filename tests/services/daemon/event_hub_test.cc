@@ -16,8 +16,12 @@ BlockHash H(uint64_t n) { return BlockHash{n, n * 31 + 7}; }
 class Publisher {
  public:
   explicit Publisher(KvEventHub* hub) : hub_(hub) {}
-  void Stored(uint64_t n, int64_t pos) { hub_->Publish({KvEvent::Kind::kStored, H(n), pos, ++seq_}); }
-  void Removed(uint64_t n, int64_t pos) { hub_->Publish({KvEvent::Kind::kRemoved, H(n), pos, ++seq_}); }
+  void Stored(uint64_t n, int64_t pos, BlockId block = 7) {
+    hub_->Publish({KvEvent::Kind::kStored, H(n), pos, ++seq_, block});
+  }
+  void Removed(uint64_t n, int64_t pos, BlockId block = 7) {
+    hub_->Publish({KvEvent::Kind::kRemoved, H(n), pos, ++seq_, block});
+  }
   uint64_t seq() const { return seq_; }
 
  private:
@@ -88,6 +92,28 @@ TEST(KvEventHub, SnapshotIsTheIndexAsOfItsSequenceThenLive) {
   ASSERT_EQ(live.events.size(), 1u);
   EXPECT_EQ(live.events[0].sequence_number, 5u);
   EXPECT_EQ(hub.indexed_blocks(), 3);
+}
+
+TEST(KvEventHub, StaleRemovedOfAnOlderCopyLeavesTheMirrorAlone) {
+  KvEventHub hub({});
+  Publisher pub(&hub);
+  pub.Stored(1, 0, /*block=*/3);
+  // Block 3 is evicted; before its REMOVED is published, block 9 stores the
+  // same hash again. The REMOVED of block 3 arrives last.
+  pub.Stored(1, 0, /*block=*/9);
+  pub.Removed(1, 0, /*block=*/3);
+  EXPECT_EQ(hub.indexed_blocks(), 1);
+  auto w = hub.Watch(0, true);
+  ASSERT_TRUE(w.ok());
+  KvEventBatchView snap = NextOrDie(**w);
+  ASSERT_EQ(snap.events.size(), 1u);
+  EXPECT_EQ(snap.events[0].block, 9);
+  // The current copy's REMOVED does remove it.
+  pub.Removed(1, 0, /*block=*/9);
+  EXPECT_EQ(hub.indexed_blocks(), 0);
+  KvEventBatchView live = NextOrDie(**w);
+  ASSERT_EQ(live.events.size(), 1u);
+  EXPECT_EQ(live.events[0].block, 9);  // delivered with its block id
 }
 
 TEST(KvEventHub, SnapshotComesInBoundedBatches) {
