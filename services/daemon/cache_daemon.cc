@@ -34,6 +34,9 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   absl::StatusOr<std::unique_ptr<CacheDaemonState>> state = CacheDaemonState::Create(options);
   if (!state.ok()) return state.status();
   server->state = *std::move(state);
+  if (options.cancel != nullptr && options.cancel->load()) {
+    return absl::CancelledError("start cancelled (shutdown requested) before serving");
+  }
   server->service = std::make_unique<CacheDaemonService>(server->state.get());
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -30,7 +30,8 @@ std::string DefaultCalibratorPath() {
 absl::StatusOr<CalibrationParams> CalibrateInChildProcess(const std::string& calibrator,
                                                           const ModelConfig& model, int device,
                                                           absl::Duration budget,
-                                                          absl::Duration timeout) {
+                                                          absl::Duration timeout,
+                                                          const std::atomic<bool>* cancel) {
   if (access(calibrator.c_str(), X_OK) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "on-start GPU calibration: no executable calibrator at '", calibrator,
@@ -94,6 +95,12 @@ absl::StatusOr<CalibrationParams> CalibrateInChildProcess(const std::string& cal
     if (done < 0 && errno != EINTR) {
       unlink(out.c_str());
       return absl::InternalError(absl::StrCat("on-start GPU calibration: waitpid: ", std::strerror(errno)));
+    }
+    if (cancel != nullptr && cancel->load()) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      unlink(out.c_str());
+      return absl::CancelledError("on-start GPU calibration cancelled (shutdown requested)");
     }
     if (absl::Now() > deadline) {
       kill(pid, SIGKILL);

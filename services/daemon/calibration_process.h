@@ -10,6 +10,7 @@
 #ifndef ASYMCACHE_SERVICES_DAEMON_CALIBRATION_PROCESS_H_
 #define ASYMCACHE_SERVICES_DAEMON_CALIBRATION_PROCESS_H_
 
+#include <atomic>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,10 +30,12 @@ std::string DefaultCalibratorPath();
 // "no CUDA device"-style failures is not distinguishable: the message says
 // to read the log above); DEADLINE_EXCEEDED when it runs past `timeout` (it
 // is killed).
+// CANCELLED (the child killed) as soon as *cancel becomes true, when given.
 absl::StatusOr<CalibrationParams> CalibrateInChildProcess(const std::string& calibrator,
                                                           const ModelConfig& model, int device,
                                                           absl::Duration budget,
-                                                          absl::Duration timeout);
+                                                          absl::Duration timeout,
+                                                          const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace asymcache
 

@@ -7,6 +7,7 @@
 #ifndef ASYMCACHE_SERVICES_DAEMON_DAEMON_OPTIONS_H_
 #define ASYMCACHE_SERVICES_DAEMON_DAEMON_OPTIONS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -99,6 +100,10 @@ struct DaemonOptions {
   // Tests only: an injected clock for leases and pins (must outlive the
   // daemon). nullptr = the real clock.
   Clock* clock = nullptr;
+  // When set and it becomes true during Start() (e.g. SIGTERM while the
+  // on-start calibration runs), Start() stops early with CANCELLED. Must
+  // outlive Start(). nullptr = not cancellable.
+  const std::atomic<bool>* cancel = nullptr;
 
   DaemonOptions();  // model = ModelConfig::Named("tiny")
   absl::Status Validate() const;

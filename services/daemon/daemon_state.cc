@@ -38,7 +38,7 @@ absl::StatusOr<CalibrationParams> ChooseCalibration(const DaemonOptions& options
       const std::string calibrator =
           options.calibrator.empty() ? DefaultCalibratorPath() : options.calibrator;
       return CalibrateInChildProcess(calibrator, options.model, options.cuda_device,
-                                     options.calibration_budget, timeout);
+                                     options.calibration_budget, timeout, options.cancel);
     }
     CalibrationParams params = CostModel::DefaultH100Llama3_8B();
     params.source = "built-in H100 defaults (--calibrate-on-start=false, no --calibration)";

@@ -8,6 +8,10 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdio>
 #include <thread>
 
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
@@ -105,6 +109,38 @@ TEST(CacheDaemonStart, CudaBackendWithoutAGpuFailsPrecisely) {
   d = CacheDaemon::Start(o);
   EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition) << d.status();
   EXPECT_THAT(d.status().message(), HasSubstr("/nonexistent/asymcache-calibrate"));
+}
+
+TEST(CacheDaemonStart, CancelDuringTheOnStartCalibrationStopsItPromptly) {
+  // A calibrator that would take a minute; the start is cancelled after 200 ms.
+  char dir_template[] = "/tmp/asymcache-slowcal-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string script = std::string(dir_template) + "/slow-calibrate";
+  {
+    std::FILE* f = std::fopen(script.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("#!/bin/sh\nexec sleep 60\n", f);
+    std::fclose(f);
+  }
+  ASSERT_EQ(chmod(script.c_str(), 0755), 0);
+  DaemonOptions o = LocalOptions();
+  o.backend = "cuda";
+  o.model = *ModelConfig::Named("llama-3-8b");
+  o.calibrator = script;
+  std::atomic<bool> cancel{false};
+  o.cancel = &cancel;
+  std::thread canceller([&cancel]() {
+    absl::SleepFor(absl::Milliseconds(200));
+    cancel.store(true);
+  });
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<CacheDaemon>> d = CacheDaemon::Start(o);
+  const absl::Duration took = absl::Now() - start;
+  canceller.join();
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kCancelled) << d.status();
+  EXPECT_LT(took, absl::Seconds(10)) << "the calibration child was not stopped";
+  unlink(script.c_str());
+  rmdir(dir_template);
 }
 
 TEST(CacheDaemonStart, OccupiedPortsAreUnavailable) {
