@@ -30,6 +30,7 @@
 #include "absl/time/clock.h"
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
 #include "grpcpp/create_channel.h"
+#include "bench/services/daemon_bench_util.h"
 #include "services/daemon/cache_daemon.h"
 
 namespace asymcache {
@@ -40,62 +41,48 @@ constexpr int kQuestionTokens = 64;
 constexpr int kTurnTokens = 16;
 constexpr int kTurnsPerSession = 32;
 
-CacheDaemon& Daemon() {
-  static CacheDaemon* daemon = [] {
-    DaemonOptions options;
-    options.listen = "127.0.0.1:0";
-    options.metrics_port = -1;
-    auto started = CacheDaemon::Start(options);
-    if (!started.ok()) {
-      std::fprintf(stderr, "daemon: %s\n", started.status().ToString().c_str());
-      std::abort();
-    }
-    return started->release();
+// The in-process daemon (started once), or its start error.
+absl::StatusOr<CacheDaemon*> Daemon() {
+  static absl::StatusOr<CacheDaemon*> daemon =
+      []() -> absl::StatusOr<CacheDaemon*> {
+    absl::StatusOr<std::unique_ptr<CacheDaemon>> started = bench::StartLocalDaemon(256 << 20);
+    if (!started.ok()) return started.status();
+    return started->release();  // lives for the whole run
   }();
-  return *daemon;
-}
-
-// Commits the shared document once, so every benchmark plan finds it resident.
-void SeedDocument(v1::CacheDaemon::Stub& stub, const std::vector<int>& doc) {
-  v1::PlanStepRequest request;
-  request.set_salt("bench");
-  request.set_sequence_id(1);
-  for (int t : doc) request.add_tokens(t);
-  v1::PlanStepResponse plan;
-  grpc::ClientContext c1, c2, c3;
-  v1::CommitStepRequest commit;
-  v1::CommitStepResponse committed;
-  v1::ReleaseStepRequest release;
-  v1::ReleaseStepResponse released;
-  if (!stub.PlanStep(&c1, request, &plan).ok()) std::abort();
-  commit.set_lease_id(plan.lease_id());
-  release.set_lease_id(plan.lease_id());
-  if (!stub.CommitStep(&c2, commit, &committed).ok()) std::abort();
-  if (!stub.ReleaseStep(&c3, release, &released).ok()) std::abort();
+  return daemon;
 }
 
 // ASYMCACHE_BENCH_TARGET=host:port measures a daemon started elsewhere (e.g.
 // pinned to its own core with taskset) instead of the in-process one.
-std::string Target() {
+absl::StatusOr<std::string> Target() {
   const char* target = std::getenv("ASYMCACHE_BENCH_TARGET");
-  return target != nullptr && *target != '\0' ? std::string(target) : Daemon().local_address();
+  if (target != nullptr && *target != '\0') return std::string(target);
+  absl::StatusOr<CacheDaemon*> daemon = Daemon();
+  if (!daemon.ok()) return daemon.status();
+  return (*daemon)->local_address();
 }
 
-std::unique_ptr<v1::CacheDaemon::Stub> NewStub(int client) {
+// The shared document, committed once before any run (every plan then hits
+// it); the status of doing so.
+absl::Status SeedDocument(v1::CacheDaemon::Stub& stub, const std::vector<TokenId>& doc) {
+  static const absl::Status seeded = bench::CommitContext(stub, "bench", 1, doc);
+  return seeded;
+}
+
+std::unique_ptr<v1::CacheDaemon::Stub> NewStub(const std::string& target, int client) {
   grpc::ChannelArguments args;
   args.SetInt("asymcache.bench_client", client);  // distinct args: a connection per client
   return v1::CacheDaemon::NewStub(
-      grpc::CreateCustomChannel(Target(), grpc::InsecureChannelCredentials(), args));
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
 }
 
 // One client's request stream.
 class Client {
  public:
-  explicit Client(int id) : id_(id), stub_(NewStub(id)) {
+  Client(int id, const std::string& target) : id_(id), stub_(NewStub(target, id)) {
     for (int i = 0; i < kDocTokens; ++i) doc_.push_back((i * 7 + 3) % 1000);
-    static const bool seeded = (SeedDocument(*stub_, doc_), true);
-    (void)seeded;
   }
+  absl::Status Seed() { return SeedDocument(*stub_, doc_); }
 
   // Issues one plan; returns its latency in µs measured from `scheduled`.
   double PlanOnce(std::chrono::steady_clock::time_point scheduled) {
@@ -141,11 +128,23 @@ class Client {
  private:
   int id_;
   std::unique_ptr<v1::CacheDaemon::Stub> stub_;
-  std::vector<int> doc_;
+  std::vector<TokenId> doc_;
   uint64_t session_ = 0;
   int turn_ = 0;
   int errors_ = 0;
 };
+
+// `n` clients with ids first_id.., connected, the document seeded, each
+// having issued one plan (connection set up, session chain cached).
+absl::StatusOr<std::vector<std::unique_ptr<Client>>> MakeClients(int n, int first_id) {
+  absl::StatusOr<std::string> target = Target();
+  if (!target.ok()) return target.status();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int c = 0; c < n; ++c) clients.push_back(std::make_unique<Client>(first_id + c, *target));
+  if (absl::Status s = clients.front()->Seed(); !s.ok()) return s;
+  for (auto& c : clients) c->PlanOnce(std::chrono::steady_clock::now());
+  return clients;
+}
 
 void Report(benchmark::State& state, std::vector<double>& us, double seconds, int errors) {
   std::sort(us.begin(), us.end());
@@ -158,9 +157,12 @@ void Report(benchmark::State& state, std::vector<double>& us, double seconds, in
 void BM_PlanClosedLoop(benchmark::State& state) {
   const int clients = static_cast<int>(state.range(0));
   const int per_client = std::max(200, 4000 / clients);
-  std::vector<std::unique_ptr<Client>> pool;
-  for (int c = 0; c < clients; ++c) pool.push_back(std::make_unique<Client>(c));
-  for (auto& c : pool) c->PlanOnce(std::chrono::steady_clock::now());  // connect, warm the cache
+  absl::StatusOr<std::vector<std::unique_ptr<Client>>> made = MakeClients(clients, 0);
+  if (!made.ok()) {
+    state.SkipWithError(made.status().ToString().c_str());
+    return;
+  }
+  std::vector<std::unique_ptr<Client>>& pool = *made;
   std::vector<double> all;
   double seconds = 0;
   for (auto _ : state) {
@@ -194,9 +196,12 @@ void BM_PlanOpenLoop(benchmark::State& state) {
   const absl::Duration duration = absl::Seconds(4);
   const int per_client = static_cast<int>(rate * absl::ToDoubleSeconds(duration) / clients);
   const auto interval = std::chrono::duration<double>(clients / rate);
-  std::vector<std::unique_ptr<Client>> pool;
-  for (int c = 0; c < clients; ++c) pool.push_back(std::make_unique<Client>(c + 1000));
-  for (auto& c : pool) c->PlanOnce(std::chrono::steady_clock::now());
+  absl::StatusOr<std::vector<std::unique_ptr<Client>>> made = MakeClients(clients, 1000);
+  if (!made.ok()) {
+    state.SkipWithError(made.status().ToString().c_str());
+    return;
+  }
+  std::vector<std::unique_ptr<Client>>& pool = *made;
   std::vector<double> all;
   double seconds = 0;
   for (auto _ : state) {

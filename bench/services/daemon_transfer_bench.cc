@@ -13,52 +13,25 @@
 
 #include <benchmark/benchmark.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
 #include "cachecore/block_hash.h"
 #include "grpcpp/create_channel.h"
+#include "bench/services/daemon_bench_util.h"
 #include "services/daemon/cache_daemon.h"
 #include "services/daemon/daemon_state.h"
 
 namespace asymcache {
 namespace {
 
-std::unique_ptr<CacheDaemon> Start(int64_t pool_bytes, const char* transports) {
-  DaemonOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_port = -1;
-  options.pool_bytes = pool_bytes;
-  options.ucx_transports = transports;
-  auto started = CacheDaemon::Start(options);
-  if (!started.ok()) {
-    std::fprintf(stderr, "daemon: %s\n", started.status().ToString().c_str());
-    std::abort();
-  }
-  return *std::move(started);
-}
-
-// Commits a context of `blocks` full blocks on `daemon`; returns its hashes.
-std::vector<BlockHash> Fill(v1::CacheDaemon::Stub& stub, int block_tokens, int64_t blocks,
-                            uint64_t sequence) {
-  v1::PlanStepRequest plan;
-  plan.set_salt("bench");
-  plan.set_sequence_id(sequence);
+// A context of `blocks` full blocks for `sequence`.
+std::vector<TokenId> Context(int block_tokens, int64_t blocks, uint64_t sequence) {
   std::vector<TokenId> tokens;
   for (int64_t i = 0; i < blocks * block_tokens; ++i) {
     tokens.push_back(static_cast<TokenId>((i * 7 + sequence * 131) % 1000));
   }
-  plan.mutable_tokens()->Assign(tokens.begin(), tokens.end());
-  v1::PlanStepResponse planned;
-  grpc::ClientContext c1, c2, c3;
-  if (!stub.PlanStep(&c1, plan, &planned).ok()) std::abort();
-  v1::CommitStepRequest commit;
-  commit.set_lease_id(planned.lease_id());
-  v1::CommitStepResponse committed;
-  if (!stub.CommitStep(&c2, commit, &committed).ok()) std::abort();
-  v1::ReleaseStepRequest release;
-  release.set_lease_id(planned.lease_id());
-  v1::ReleaseStepResponse released;
-  if (!stub.ReleaseStep(&c3, release, &released).ok()) std::abort();
-  return ChainHashes("bench", tokens, block_tokens);
+  return tokens;
 }
 
 void BM_ImportBlocks(benchmark::State& state, const char* transports) {
@@ -67,8 +40,15 @@ void BM_ImportBlocks(benchmark::State& state, const char* transports) {
   // A holds one context at a time (evicted as new ones come); B is wiped by
   // eviction the same way: pools of 3 imports.
   const int64_t pool = 3 * blocks * block_bytes;
-  std::unique_ptr<CacheDaemon> a = Start(pool, transports);
-  std::unique_ptr<CacheDaemon> b = Start(pool, transports);
+  absl::StatusOr<std::unique_ptr<CacheDaemon>> started_a = bench::StartLocalDaemon(pool, transports);
+  absl::StatusOr<std::unique_ptr<CacheDaemon>> started_b = bench::StartLocalDaemon(pool, transports);
+  if (!started_a.ok() || !started_b.ok()) {
+    state.SkipWithError(
+        (started_a.ok() ? started_b.status() : started_a.status()).ToString().c_str());
+    return;
+  }
+  std::unique_ptr<CacheDaemon> a = *std::move(started_a);
+  std::unique_ptr<CacheDaemon> b = *std::move(started_b);
   auto stub_a = v1::CacheDaemon::NewStub(
       grpc::CreateChannel(a->local_address(), grpc::InsecureChannelCredentials()));
   auto stub_b = v1::CacheDaemon::NewStub(
@@ -78,7 +58,12 @@ void BM_ImportBlocks(benchmark::State& state, const char* transports) {
   int64_t moved = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    const std::vector<BlockHash> hashes = Fill(*stub_a, block_tokens, blocks, sequence++);
+    const std::vector<TokenId> tokens = Context(block_tokens, blocks, sequence);
+    if (absl::Status s = bench::CommitContext(*stub_a, "bench", sequence++, tokens); !s.ok()) {
+      state.SkipWithError(("filling the exporter: " + s.ToString()).c_str());
+      break;
+    }
+    const std::vector<BlockHash> hashes = ChainHashes("bench", tokens, block_tokens);
     v1::ImportBlocksRequest request;
     request.set_peer(a->local_address());
     for (const BlockHash& h : hashes) {
@@ -91,7 +76,11 @@ void BM_ImportBlocks(benchmark::State& state, const char* transports) {
     grpc::ClientContext ctx;
     const grpc::Status s = stub_b->ImportBlocks(&ctx, request, &response);
     if (!s.ok() || response.imported() != blocks) {
-      state.SkipWithError(("ImportBlocks: " + s.error_message()).c_str());
+      state.SkipWithError(absl::StrCat("ImportBlocks: ", s.error_message(), " imported ",
+                                       response.imported(), " of ", blocks, " (already ",
+                                       response.already_resident(), ", not on peer ",
+                                       response.not_on_peer(), ")")
+                              .c_str());
       break;
     }
     moved += response.bytes();
