@@ -53,6 +53,30 @@ grpc::Status Call(Stub& stub, Method method, const Req& req, Resp* resp) {
   return (stub.*method)(&ctx, req, resp);
 }
 
+// Plans tokens 0..n-1 of salt "s" for `sequence` and commits the lease
+// (left open); the plan in *planned, CommitStep's answer in *committed.
+grpc::Status PlanAndCommit(v1::CacheDaemon::Stub& stub, uint64_t sequence, int n,
+                           v1::PlanStepResponse* planned, v1::CommitStepResponse* committed) {
+  v1::PlanStepRequest plan;
+  plan.set_salt("s");
+  plan.set_sequence_id(sequence);
+  for (int i = 0; i < n; ++i) plan.add_tokens(i);
+  if (grpc::Status s = Call(stub, &v1::CacheDaemon::Stub::PlanStep, plan, planned); !s.ok()) {
+    return s;
+  }
+  v1::CommitStepRequest commit;
+  commit.set_lease_id(planned->lease_id());
+  return Call(stub, &v1::CacheDaemon::Stub::CommitStep, commit, committed);
+}
+
+// Releases the lease (no agent fields).
+grpc::Status Release(v1::CacheDaemon::Stub& stub, uint64_t lease_id) {
+  v1::ReleaseStepRequest release;
+  release.set_lease_id(lease_id);
+  v1::ReleaseStepResponse released;
+  return Call(stub, &v1::CacheDaemon::Stub::ReleaseStep, release, &released);
+}
+
 // A TCP port bound (and held) by this process.
 class HeldPort {
  public:
@@ -177,16 +201,9 @@ TEST(CacheDaemon, GracefulShutdownEndsStreamsAndRefusesNewWork) {
   auto stub = v1::CacheDaemon::NewStub(channel);
 
   // A committed context, and a lease left open (a worker mid-step).
-  v1::PlanStepRequest plan;
-  plan.set_salt("s");
-  plan.set_sequence_id(7);
-  for (int i = 0; i < 40; ++i) plan.add_tokens(i);
   v1::PlanStepResponse planned;
-  ASSERT_TRUE(Call(*stub, &v1::CacheDaemon::Stub::PlanStep, plan, &planned).ok());
-  v1::CommitStepRequest commit;
-  commit.set_lease_id(planned.lease_id());
   v1::CommitStepResponse committed;
-  ASSERT_TRUE(Call(*stub, &v1::CacheDaemon::Stub::CommitStep, commit, &committed).ok());
+  ASSERT_TRUE(PlanAndCommit(*stub, 7, 40, &planned, &committed).ok());
   EXPECT_EQ(committed.sealed_blocks(), 3);
 
   // A watcher with a snapshot sees the three blocks, then the stream ends.
@@ -314,23 +331,15 @@ TEST_F(CacheDaemonRpc, BadRequestsGetPreciseCodesAndChangeNothing) {
 }
 
 TEST_F(CacheDaemonRpc, ExportPinsUntilReleasedAndLookupSeesResidency) {
-  v1::PlanStepRequest plan;
-  plan.set_salt("s");
-  plan.set_sequence_id(3);
-  for (int i = 0; i < 32; ++i) plan.add_tokens(i);
   v1::PlanStepResponse planned;
-  ASSERT_TRUE(Call(*stub_, &v1::CacheDaemon::Stub::PlanStep, plan, &planned).ok());
+  v1::CommitStepResponse committed;
+  ASSERT_TRUE(PlanAndCommit(*stub_, 3, 32, &planned, &committed).ok());
   v1::CommitStepRequest commit;
   commit.set_lease_id(planned.lease_id());
-  v1::CommitStepResponse committed;
-  ASSERT_TRUE(Call(*stub_, &v1::CacheDaemon::Stub::CommitStep, commit, &committed).ok());
   // Double commit: FAILED_PRECONDITION.
   grpc::Status again = Call(*stub_, &v1::CacheDaemon::Stub::CommitStep, commit, &committed);
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  v1::ReleaseStepRequest release;
-  release.set_lease_id(planned.lease_id());
-  v1::ReleaseStepResponse released;
-  ASSERT_TRUE(Call(*stub_, &v1::CacheDaemon::Stub::ReleaseStep, release, &released).ok());
+  ASSERT_TRUE(Release(*stub_, planned.lease_id()).ok());
 
   // The two block hashes, from the daemon's own state.
   const std::vector<int64_t> positions = daemon_->state().cache().LookupPositions(
@@ -386,20 +395,10 @@ TEST(CacheDaemonExports, ExpireWhenTheImporterVanishes) {
   auto d = StartOrDie(o);
   ASSERT_NE(d, nullptr);
   auto stub = v1::CacheDaemon::NewStub(Channel(*d));
-  v1::PlanStepRequest plan;
-  plan.set_salt("s");
-  plan.set_sequence_id(3);
-  for (int i = 0; i < 16; ++i) plan.add_tokens(i);
   v1::PlanStepResponse planned;
-  ASSERT_TRUE(Call(*stub, &v1::CacheDaemon::Stub::PlanStep, plan, &planned).ok());
-  v1::CommitStepRequest commit;
-  commit.set_lease_id(planned.lease_id());
   v1::CommitStepResponse committed;
-  ASSERT_TRUE(Call(*stub, &v1::CacheDaemon::Stub::CommitStep, commit, &committed).ok());
-  v1::ReleaseStepRequest release;
-  release.set_lease_id(planned.lease_id());
-  v1::ReleaseStepResponse released;
-  ASSERT_TRUE(Call(*stub, &v1::CacheDaemon::Stub::ReleaseStep, release, &released).ok());
+  ASSERT_TRUE(PlanAndCommit(*stub, 3, 16, &planned, &committed).ok());
+  ASSERT_TRUE(Release(*stub, planned.lease_id()).ok());
   const auto info = d->state().cache().pool().sealed_info(planned.plan().page_ids(0));
   v1::ExportBlocksRequest exp;
   exp.add_hashes()->set_lo(info->hash.lo);
