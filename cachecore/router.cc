@@ -174,6 +174,27 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
   return score;
 }
 
+// Two cost models predict the same times: the same object, or equal shape and
+// calibration (a coordinator holds one model per registered daemon, usually
+// all equal; sharing the scoring of empty candidates across them keeps Route
+// O(blocks) instead of O(blocks × daemons)).
+bool SameCost(const CostModel* a, const CostModel* b) {
+  if (a == b) return true;
+  const ModelConfig& ma = a->model();
+  const ModelConfig& mb = b->model();
+  const CalibrationParams& pa = a->params();
+  const CalibrationParams& pb = b->params();
+  return ma.num_layers == mb.num_layers && ma.num_q_heads == mb.num_q_heads &&
+         ma.num_kv_heads == mb.num_kv_heads && ma.head_dim == mb.head_dim &&
+         ma.dtype_bytes == mb.dtype_bytes && ma.block_tokens == mb.block_tokens &&
+         ma.hidden_size == mb.hidden_size && ma.intermediate_size == mb.intermediate_size &&
+         ma.vocab_size == mb.vocab_size && pa.linear_step_s == pb.linear_step_s &&
+         pa.attn_flops_per_s == pb.attn_flops_per_s &&
+         pa.attn_kv_bytes_per_s == pb.attn_kv_bytes_per_s &&
+         pa.segment_overhead_s == pb.segment_overhead_s &&
+         pa.step_overhead_s == pb.step_overhead_s;
+}
+
 }  // namespace
 
 absl::string_view RoutingModeName(RoutingMode mode) {
@@ -211,6 +232,8 @@ absl::string_view RouteReasonName(RouteReason reason) {
       return "only_candidate";
     case RouteReason::kRoundRobin:
       return "round_robin";
+    case RouteReason::kMemoryBound:
+      return "memory_bound";
   }
   return "unknown";
 }
@@ -240,6 +263,10 @@ absl::Status RouterOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("imbalance_relative must be a finite number >= 1, got ", imbalance_relative));
   }
+  if (!(memory_imbalance_fraction > 0 && memory_imbalance_fraction <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "memory_imbalance_fraction must be in (0, 1], got ", memory_imbalance_fraction));
+  }
   if (queue_step_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("queue_step_tokens must be >= 1, got ", queue_step_tokens));
@@ -261,6 +288,10 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
                                             const BlockLocationIndex& index, bool explain) const {
   if (candidates.empty()) return absl::InvalidArgumentError("no candidates to route to");
   if (query.hashes.empty()) return absl::InvalidArgumentError("query has no block hashes");
+  if (query.reserve_blocks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reserve_blocks must be >= 0, got ", query.reserve_blocks));
+  }
   MemberSlot max_slot = 0;
   for (size_t c = 0; c < candidates.size(); ++c) {
     if (candidates[c].cost == nullptr) {
@@ -303,7 +334,7 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
   const RequestView request{query.hashes, query.tokens, block_tokens, &holders};
 
   // Scores: candidates holding something are scored one by one; the others
-  // share one scoring per cost model (they differ only in queueing).
+  // share one scoring per distinct cost model (they differ only in queueing).
   std::vector<CandidateScore> scores(candidates.size());
   std::vector<std::pair<const CostModel*, CandidateScore>> empty_scores;
   for (size_t c = 0; c < candidates.size(); ++c) {
@@ -314,7 +345,7 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
       continue;
     }
     auto it = std::find_if(empty_scores.begin(), empty_scores.end(),
-                           [&](const auto& e) { return e.first == cand.cost; });
+                           [&](const auto& e) { return SameCost(e.first, cand.cost); });
     if (it == empty_scores.end()) {
       RouteCandidate unloaded = cand;
       unloaded.queued_prefill_tokens = 0;
@@ -337,13 +368,53 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
   RouteDecision decision;
   int64_t min_load = std::numeric_limits<int64_t>::max();
   for (const RouteCandidate& c : candidates) min_load = std::min(min_load, c.queued_prefill_tokens);
-  auto in_bounds = [&](size_t c) {
+  auto load_ok = [&](size_t c) {
     const int64_t load = candidates[c].queued_prefill_tokens;
     const bool over_abs = load > min_load + options_.imbalance_abs_tokens;
     const bool over_rel =
         static_cast<double>(load) > static_cast<double>(min_load) * options_.imbalance_relative;
     return !(over_abs && over_rel);
   };
+  // Memory: the blocks the request must allocate there (missing + reserve)
+  // must fit beside the busy ones; and the pool share committed to live
+  // sticky agent jobs must not run ahead of the least committed candidate's.
+  auto fits = [&](size_t c) {
+    const RouteCandidate& cand = candidates[c];
+    const int64_t allocate =
+        n - static_cast<int64_t>(residency[c].resident.size()) + query.reserve_blocks;
+    return cand.capacity_blocks <= 0 || allocate <= cand.capacity_blocks - cand.busy_blocks;
+  };
+  auto committed_fraction = [&](size_t c) {
+    const RouteCandidate& cand = candidates[c];
+    return cand.capacity_blocks > 0 ? static_cast<double>(cand.committed_blocks) /
+                                          static_cast<double>(cand.capacity_blocks)
+                                    : 0.0;
+  };
+  double min_committed = 1.0;
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    if (candidates[c].capacity_blocks > 0) {
+      min_committed = std::min(min_committed, committed_fraction(c));
+    }
+  }
+  auto memory_ok = [&](size_t c) {
+    return fits(c) &&
+           committed_fraction(c) <= min_committed + options_.memory_imbalance_fraction;
+  };
+  // Which candidates may be chosen: in bounds; else those that fit; else all.
+  std::vector<uint8_t> eligible(candidates.size(), 0);
+  bool any_eligible = false;
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    eligible[c] = load_ok(c) && memory_ok(c);
+    any_eligible = any_eligible || eligible[c];
+  }
+  if (!any_eligible) {
+    for (size_t c = 0; c < candidates.size(); ++c) {
+      eligible[c] = fits(c);
+      any_eligible = any_eligible || eligible[c];
+    }
+  }
+  if (!any_eligible) std::fill(eligible.begin(), eligible.end(), 1);
+  auto in_bounds = [&](size_t c) { return eligible[c] != 0; };
   // Higher is better: -ttft, or the contiguous prefix.
   auto merit = [&](size_t c) {
     return options_.mode == RoutingMode::kContiguousPrefix
@@ -374,7 +445,7 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
     for (size_t c = 0; c < candidates.size(); ++c) {
       if (in_bounds(c) && (!best_in.has_value() || merit(c) > merit(*best_in))) best_in = c;
     }
-    // min_load's candidate is always in bounds, so best_in is set.
+    // At least one candidate is eligible, so best_in is set.
     const double best = merit(*best_in);
     const double tolerance =
         options_.mode == RoutingMode::kContiguousPrefix
@@ -401,7 +472,8 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
                              least_loaded.size()];
     }
     if (!in_bounds(best_overall) && merit(best_overall) > merit(decision.candidate) + tolerance) {
-      decision.reason = RouteReason::kLoadBound;
+      decision.reason =
+          memory_ok(best_overall) ? RouteReason::kLoadBound : RouteReason::kMemoryBound;
     } else if (ties.size() > 1) {
       decision.reason = RouteReason::kLoadTieBreak;
     } else {

@@ -2,19 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <memory>
-#include <optional>
-#include <queue>
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "cachecore/chunk_scheduler.h"
-#include "cachecore/clock.h"
 #include "cachecore/eviction_policy.h"
-#include "cachecore/kv_cache.h"
 
 namespace asymcache {
 namespace {
@@ -26,89 +19,41 @@ constexpr SequenceId kNoneSequenceBase = SequenceId{1} << 40;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-struct SessionState {
-  std::vector<TokenId> context;  // every token so far (prompts + outputs)
-  int next_step = 0;
-  bool failed = false;
-};
+}  // namespace
 
-// A request admitted or waiting.
-struct ActiveRequest {
-  size_t record = 0;   // index into RunResult::requests
-  int32_t session = 0;
-  int32_t step = 0;
-  SequenceId sequence = 0;
-  std::string salt;
-  uint64_t lease_id = 0;
-  int64_t prompt_tokens = 0;
-  int64_t context_tokens = 0;
-  int64_t output_tokens = 0;
-  std::vector<std::pair<int64_t, int64_t>> runs;  // pending prefill query runs
-  size_t next_run = 0;
-  int64_t generated = 0;
-  bool prefilled() const { return next_run == runs.size(); }
-};
+absl::Time ModeledTime(double s) { return absl::UnixEpoch() + absl::Seconds(s); }
 
-struct Arrival {
-  double time_s;
-  uint64_t order;  // FIFO among equal times
-  int32_t session;
-  friend bool operator>(const Arrival& a, const Arrival& b) {
-    return a.time_s != b.time_s ? a.time_s > b.time_s : a.order > b.order;
-  }
-};
-
-class Simulation {
- public:
-  Simulation(const Workload& workload, const SystemSpec& system, const CostModel& cost,
-             const EngineOptions& options)
-      : workload_(workload), system_(system), cost_(cost), options_(options),
-        sessions_(workload.sessions.size()) {}
-
-  absl::StatusOr<RunResult> Run();
-
- private:
-  absl::Time At(double s) const { return absl::UnixEpoch() + absl::Seconds(s); }
-  void SetNow(double s) {
-    now_s_ = s;
-    clock_.Set(At(s));
-  }
-  void OnArrival(int32_t session, double time_s);
-  // Admits waiting requests FCFS. Returns an error only on cache misbehaviour.
-  absl::Status Admit();
-  absl::Status Finish(ActiveRequest& request);
-  void ScheduleNext(int32_t session, double time_s);
-  void Reject(ActiveRequest& request);
-  double ExpectedRebuildCost(int64_t tokens) const;
-  void ReportProgress();
-
-  const Workload& workload_;
-  const SystemSpec& system_;
-  const CostModel& cost_;
-  const EngineOptions& options_;
-
-  FakeClock clock_;
-  double now_s_ = 0;
-  std::unique_ptr<KvCache> cache_;
-  std::unique_ptr<ChunkScheduler> scheduler_;
-  std::unique_ptr<AgentPinTable> pins_;
-  std::vector<SessionState> sessions_;
-  std::priority_queue<Arrival, std::vector<Arrival>, std::greater<Arrival>> arrivals_;
-  uint64_t arrival_order_ = 0;
-  std::deque<ActiveRequest> waiting_;
-  std::vector<ActiveRequest> running_;
-  RunResult result_;
-  int64_t total_requests_ = 0;
-  int64_t done_requests_ = 0;
-  int64_t last_progress_ = -1;
-  int64_t load_hint_tokens_ = 0;
-};
-
-void Simulation::ScheduleNext(int32_t session, double time_s) {
-  arrivals_.push(Arrival{time_s, arrival_order_++, session});
+int64_t EngineRequest::remaining_prefill_tokens() const {
+  int64_t tokens = 0;
+  for (size_t i = next_run; i < runs.size(); ++i) tokens += runs[i].second - runs[i].first;
+  return tokens;
 }
 
-void Simulation::OnArrival(int32_t session_index, double time_s) {
+// --- ReplayState ------------------------------------------------------------
+
+ReplayState::ReplayState(const Workload& workload, const SystemSpec& system,
+                         const EngineOptions& options, int block_tokens)
+    : workload_(workload), system_(system), options_(options), block_tokens_(block_tokens),
+      sessions_(workload.sessions.size()) {
+  result_.system = system.name;
+  result_.jobs.resize(workload.sessions.size());
+  for (size_t i = 0; i < workload.sessions.size(); ++i) {
+    const SessionSpec& s = workload.sessions[i];
+    result_.jobs[i].session = static_cast<int32_t>(i);
+    result_.jobs[i].start_s = s.steps[0].arrival_s;
+    total_requests_ += static_cast<int64_t>(s.steps.size());
+    Schedule(static_cast<int32_t>(i), s.steps[0].arrival_s);
+  }
+}
+
+void ReplayState::Schedule(int32_t session, double time_s) {
+  arrivals_.push(Pending{time_s, order_++, session});
+}
+
+ReplayState::Arrival ReplayState::PopArrival() {
+  const Pending pending = arrivals_.top();
+  arrivals_.pop();
+  const int32_t session_index = pending.session;
   const SessionSpec& spec = workload_.sessions[session_index];
   SessionState& state = sessions_[session_index];
   const int step_index = state.next_step++;
@@ -116,7 +61,7 @@ void Simulation::OnArrival(int32_t session_index, double time_s) {
   for (int part = 0; part < static_cast<int>(step.input.size()); ++part) {
     AppendInputTokens(spec, step_index, part, &state.context);
   }
-  ActiveRequest request;
+  EngineRequest request;
   request.record = result_.requests.size();
   request.session = session_index;
   request.step = step_index;
@@ -134,33 +79,120 @@ void Simulation::OnArrival(int32_t session_index, double time_s) {
   RequestRecord record;
   record.session = session_index;
   record.step = step_index;
-  record.arrival_s = time_s;
+  record.arrival_s = pending.time_s;
   record.prompt_tokens = request.prompt_tokens;
-  const int block = cache_->model().block_tokens;
-  record.prompt_blocks = CeilDiv(request.prompt_tokens, block);
+  record.prompt_blocks = CeilDiv(request.prompt_tokens, block_tokens_);
   result_.requests.push_back(record);
-  if (CeilDiv(request.context_tokens, block) > options_.pool_blocks) {
+  Arrival arrival;
+  arrival.session = session_index;
+  arrival.sequence = request.sequence;
+  if (CeilDiv(request.context_tokens, block_tokens_) > options_.pool_blocks) {
     Reject(request);
-    return;
+    return arrival;
   }
-  waiting_.push_back(std::move(request));
+  arrival.request = std::move(request);
+  return arrival;
 }
 
-void Simulation::Reject(ActiveRequest& request) {
+void ReplayState::Reject(const EngineRequest& request) {
   result_.requests[request.record].rejected = true;
   SessionState& state = sessions_[request.session];
-  state.failed = true;
   // The session's later steps never arrive: count them as done for progress.
   const int64_t remaining =
       static_cast<int64_t>(workload_.sessions[request.session].steps.size()) - request.step;
   done_requests_ += remaining;
   state.context.clear();
   state.context.shrink_to_fit();
-  if (system_.reuse) cache_->ForgetSession(request.sequence);
   ReportProgress();
 }
 
-double Simulation::ExpectedRebuildCost(int64_t tokens) const {
+void ReplayState::OnFinished(const EngineRequest& request, double now_s) {
+  const SessionSpec& spec = workload_.sessions[request.session];
+  const StepSpec& step = spec.steps[request.step];
+  SessionState& state = sessions_[request.session];
+  result_.requests[request.record].finish_s = now_s;
+  ++done_requests_;
+  if (step.last_step) {
+    if (spec.is_job()) result_.jobs[request.session].finish_s = now_s;
+    state.context.clear();
+    state.context.shrink_to_fit();
+  } else {
+    Schedule(request.session, now_s + step.delay_after_s());
+  }
+  ReportProgress();
+}
+
+void ReplayState::ReportProgress() {
+  if (!options_.progress || total_requests_ == 0) return;
+  const int64_t permille = done_requests_ * 200 / total_requests_;
+  if (permille != last_progress_) {
+    last_progress_ = permille;
+    options_.progress(static_cast<double>(done_requests_) / static_cast<double>(total_requests_));
+  }
+}
+
+RunResult ReplayState::TakeResult() {
+  double first = -1, last = 0;
+  for (const RequestRecord& r : result_.requests) {
+    if (first < 0 || r.arrival_s < first) first = r.arrival_s;
+    if (r.finished()) last = std::max(last, r.finish_s);
+  }
+  result_.makespan_s = std::max(0.0, last - std::max(first, 0.0));
+  std::vector<JobRecord> jobs;
+  for (size_t i = 0; i < workload_.sessions.size(); ++i) {
+    if (workload_.sessions[i].is_job()) jobs.push_back(result_.jobs[i]);
+  }
+  result_.jobs = std::move(jobs);
+  return std::move(result_);
+}
+
+// --- EngineInstance ---------------------------------------------------------
+
+EngineInstance::EngineInstance(const SystemSpec& system, const CostModel& cost,
+                               const EngineOptions& options, ReplayState* replay)
+    : system_(system), cost_(cost), options_(options), replay_(replay) {}
+
+absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
+    const SystemSpec& system, const CostModel& cost, const EngineOptions& options,
+    FakeClock* clock, ReplayState* replay) {
+  std::unique_ptr<EngineInstance> engine(
+      new EngineInstance(system, cost, options, replay));
+  absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy =
+      MakeEvictionPolicy(system.policy, &cost);
+  if (!policy.ok()) return policy.status();
+  KvCacheOptions cache_options;
+  cache_options.model = cost.model();
+  cache_options.capacity_blocks = options.pool_blocks;
+  cache_options.lease_timeout = kLeaseTimeout;
+  absl::StatusOr<std::unique_ptr<KvCache>> cache =
+      KvCache::Create(cache_options, *std::move(policy), clock);
+  if (!cache.ok()) return cache.status();
+  engine->cache_ = *std::move(cache);
+
+  ChunkSchedulerOptions chunking;
+  chunking.mode = system.adaptive_chunking ? ChunkSchedulerOptions::Mode::kAdaptive
+                                           : ChunkSchedulerOptions::Mode::kFixed;
+  chunking.fixed_budget_tokens = system.fixed_budget_tokens;
+  chunking.tpot_target = options.tpot_target;
+  chunking.tile_tokens = options.tile_tokens;
+  chunking.max_budget_tokens = std::max(options.max_budget_tokens, options.tile_tokens);
+  chunking.min_budget_tokens = options.tile_tokens;
+  if (absl::Status s = chunking.Validate(); !s.ok()) return s;
+  engine->scheduler_ = std::make_unique<ChunkScheduler>(&cost, chunking);
+  if (options.agent_pins && system.reuse) {
+    engine->pins_ = std::make_unique<AgentPinTable>(options.pool_blocks, options.pin_options, clock);
+  }
+  return engine;
+}
+
+void EngineInstance::Enqueue(EngineRequest request) { waiting_.push_back(std::move(request)); }
+
+void EngineInstance::Reject(EngineRequest& request) {
+  if (system_.reuse) cache_->ForgetSession(request.sequence);
+  replay_->Reject(request);
+}
+
+double EngineInstance::ExpectedRebuildCost(int64_t tokens) const {
   // Recomputing the whole context as one prefill riding in a step of the
   // current load: marginal linear time plus causal attention over it.
   AttentionWork work;
@@ -170,22 +202,23 @@ double Simulation::ExpectedRebuildCost(int64_t tokens) const {
   return cost_.MarginalLinearTime(load_hint_tokens_, tokens) + cost_.AttentionTime(work);
 }
 
-absl::Status Simulation::Admit() {
+absl::Status EngineInstance::Admit() {
   const int block = cache_->model().block_tokens;
+  const Workload& workload = replay_->workload();
   while (!waiting_.empty() &&
          static_cast<int>(running_.size()) < options_.max_running_requests) {
-    ActiveRequest& request = waiting_.front();
-    const std::vector<TokenId>& context = sessions_[request.session].context;
+    EngineRequest& request = waiting_.front();
+    const std::vector<TokenId>& context = replay_->context(request.session);
     absl::StatusOr<StepLease> lease = cache_->BeginStep(
         request.salt, request.sequence,
         absl::MakeConstSpan(context.data(), static_cast<size_t>(request.context_tokens)));
     if (!lease.ok() && absl::IsResourceExhausted(lease.status()) && pins_ != nullptr) {
-      const double waited = now_s_ - result_.requests[request.record].arrival_s;
+      const double waited = now_s_ - replay_->record(request.record).arrival_s;
       const absl::Duration wait =
           running_.empty() ? absl::InfiniteDuration() : absl::Seconds(waited);
       const int64_t released =
           pins_->ReleaseUnderPressure(CeilDiv(request.context_tokens, block), wait);
-      result_.pins_released_under_pressure += released;
+      totals_.pins_released_under_pressure += released;
       if (released > 0) continue;  // retry with the freed blocks
     }
     if (!lease.ok()) {
@@ -194,16 +227,16 @@ absl::Status Simulation::Admit() {
       }
       if (running_.empty()) {
         // Nothing runs and no pin is left: it can never fit.
-        ActiveRequest rejected = std::move(request);
+        EngineRequest rejected = std::move(request);
         waiting_.pop_front();
         Reject(rejected);
         continue;
       }
       return absl::OkStatus();  // FCFS: the head waits for memory
     }
-    if (pins_ != nullptr) pins_->OnJobResumed(workload_.sessions[request.session].id);
+    if (pins_ != nullptr) pins_->OnJobResumed(workload.sessions[request.session].id);
     const StepPlan& plan = lease->plan;
-    RequestRecord& record = result_.requests[request.record];
+    RequestRecord& record = replay_->record(request.record);
     record.admitted_s = now_s_;
     const int64_t prompt = request.prompt_tokens;
     for (const Segment& segment : plan.segments) {
@@ -237,193 +270,141 @@ absl::Status Simulation::Admit() {
   return absl::OkStatus();
 }
 
-absl::Status Simulation::Finish(ActiveRequest& request) {
-  RequestRecord& record = result_.requests[request.record];
-  record.finish_s = now_s_;
+absl::Status EngineInstance::FinishRequest(EngineRequest& request) {
   if (absl::Status s = cache_->CommitStep(request.lease_id); !s.ok()) {
     return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
   }
   if (absl::Status s = cache_->ReleaseStep(request.lease_id); !s.ok()) {
     return absl::InternalError(absl::StrCat("ReleaseStep: ", s.message()));
   }
-  const SessionSpec& spec = workload_.sessions[request.session];
+  const SessionSpec& spec = replay_->workload().sessions[request.session];
   const StepSpec& step = spec.steps[request.step];
-  SessionState& state = sessions_[request.session];
-  ++done_requests_;
   if (step.last_step) {
-    if (spec.is_job()) {
-      result_.jobs[request.session].finish_s = now_s_;
-    }
-    state.context.clear();
-    state.context.shrink_to_fit();
     if (system_.reuse) cache_->ForgetSession(request.sequence);
-  } else {
-    if (pins_ != nullptr && !step.tool.empty()) {
-      absl::StatusOr<BlockPool::PinSet> pinned = cache_->PinContext(
-          request.salt, absl::MakeConstSpan(state.context));
-      if (!pinned.ok()) return absl::InternalError(std::string(pinned.status().message()));
-      const double rebuild = ExpectedRebuildCost(static_cast<int64_t>(state.context.size()));
-      const PinDecision decision =
-          pins_->PinJob(spec.id, step.tool, /*last_step=*/false, std::move(*pinned), rebuild);
-      if (decision.pinned) ++result_.pins_granted;
-    }
-    ScheduleNext(request.session, now_s_ + step.delay_after_s());
+  } else if (pins_ != nullptr && !step.tool.empty()) {
+    const std::vector<TokenId>& context = replay_->context(request.session);
+    absl::StatusOr<BlockPool::PinSet> pinned =
+        cache_->PinContext(request.salt, absl::MakeConstSpan(context));
+    if (!pinned.ok()) return absl::InternalError(std::string(pinned.status().message()));
+    const double rebuild = ExpectedRebuildCost(static_cast<int64_t>(context.size()));
+    const PinDecision decision =
+        pins_->PinJob(spec.id, step.tool, /*last_step=*/false, std::move(*pinned), rebuild);
+    if (decision.pinned) ++totals_.pins_granted;
   }
   if (!system_.reuse) cache_->ForgetSession(request.sequence);
-  ReportProgress();
+  replay_->OnFinished(request, now_s_);
   return absl::OkStatus();
 }
 
-void Simulation::ReportProgress() {
-  if (!options_.progress || total_requests_ == 0) return;
-  const int64_t permille = done_requests_ * 200 / total_requests_;
-  if (permille != last_progress_) {
-    last_progress_ = permille;
-    options_.progress(static_cast<double>(done_requests_) / static_cast<double>(total_requests_));
+absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
+  if (in_step_) return absl::InternalError("StartStep with a step in flight");
+  now_s_ = now_s;
+  if (pins_ != nullptr) pins_->ExpirePins();
+  if (absl::Status s = Admit(); !s.ok()) return s;
+  if (running_.empty()) {
+    // Admission with nothing running admits or rejects every waiting request.
+    if (!waiting_.empty()) return absl::InternalError("idle engine left requests waiting");
+    return false;
   }
-}
-
-absl::StatusOr<RunResult> Simulation::Run() {
-  absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy =
-      MakeEvictionPolicy(system_.policy, &cost_);
-  if (!policy.ok()) return policy.status();
-  KvCacheOptions cache_options;
-  cache_options.model = cost_.model();
-  cache_options.capacity_blocks = options_.pool_blocks;
-  cache_options.lease_timeout = kLeaseTimeout;
-  SetNow(0);
-  absl::StatusOr<std::unique_ptr<KvCache>> cache =
-      KvCache::Create(cache_options, *std::move(policy), &clock_);
-  if (!cache.ok()) return cache.status();
-  cache_ = *std::move(cache);
-
-  ChunkSchedulerOptions chunking;
-  chunking.mode = system_.adaptive_chunking ? ChunkSchedulerOptions::Mode::kAdaptive
-                                            : ChunkSchedulerOptions::Mode::kFixed;
-  chunking.fixed_budget_tokens = system_.fixed_budget_tokens;
-  chunking.tpot_target = options_.tpot_target;
-  chunking.tile_tokens = options_.tile_tokens;
-  chunking.max_budget_tokens = std::max(options_.max_budget_tokens, options_.tile_tokens);
-  chunking.min_budget_tokens = options_.tile_tokens;
-  if (absl::Status s = chunking.Validate(); !s.ok()) return s;
-  scheduler_ = std::make_unique<ChunkScheduler>(&cost_, chunking);
-  if (options_.agent_pins && system_.reuse) {
-    pins_ = std::make_unique<AgentPinTable>(options_.pool_blocks, options_.pin_options, &clock_);
-  }
-
-  result_.system = system_.name;
-  result_.jobs.resize(workload_.sessions.size());
-  for (size_t i = 0; i < workload_.sessions.size(); ++i) {
-    const SessionSpec& s = workload_.sessions[i];
-    result_.jobs[i].session = static_cast<int32_t>(i);
-    result_.jobs[i].start_s = s.steps[0].arrival_s;
-    total_requests_ += static_cast<int64_t>(s.steps.size());
-    ScheduleNext(static_cast<int32_t>(i), s.steps[0].arrival_s);
-  }
-
-  absl::flat_hash_map<SequenceId, size_t> by_sequence;
   std::vector<DecodeWork> decodes;
   std::vector<PrefillWork> pending;
-  std::vector<size_t> decoding;  // indices into running_
-  while (true) {
-    while (!arrivals_.empty() && arrivals_.top().time_s <= now_s_) {
-      const Arrival a = arrivals_.top();
-      arrivals_.pop();
-      OnArrival(a.session, a.time_s);
+  decoding_.clear();
+  prefilling_.clear();
+  for (size_t i = 0; i < running_.size(); ++i) {
+    EngineRequest& r = running_[i];
+    if (r.prefilled()) {
+      decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated});
+      decoding_.push_back(i);
+    } else {
+      PrefillWork work;
+      work.sequence = r.sequence;
+      work.runs.assign(r.runs.begin() + static_cast<std::ptrdiff_t>(r.next_run), r.runs.end());
+      work.context_tokens = r.prompt_tokens;
+      pending.push_back(std::move(work));
+      prefilling_[r.sequence] = i;
     }
-    if (pins_ != nullptr) pins_->ExpirePins();
-    if (absl::Status s = Admit(); !s.ok()) return s;
-    if (running_.empty()) {
-      if (!waiting_.empty()) continue;  // Admit rejected or freed something; try again
-      if (arrivals_.empty()) break;
-      SetNow(std::max(now_s_, arrivals_.top().time_s));
-      continue;
-    }
-
-    decodes.clear();
-    pending.clear();
-    decoding.clear();
-    by_sequence.clear();
-    for (size_t i = 0; i < running_.size(); ++i) {
-      ActiveRequest& r = running_[i];
-      if (r.prefilled()) {
-        decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated});
-        decoding.push_back(i);
-      } else {
-        PrefillWork work;
-        work.sequence = r.sequence;
-        work.runs.assign(r.runs.begin() + static_cast<std::ptrdiff_t>(r.next_run), r.runs.end());
-        work.context_tokens = r.prompt_tokens;
-        pending.push_back(std::move(work));
-        by_sequence[r.sequence] = i;
-      }
-    }
-    const StepSchedule schedule = scheduler_->Schedule(decodes, pending);
-    const int64_t step_tokens = static_cast<int64_t>(decodes.size()) + schedule.prefill_tokens;
-    if (step_tokens == 0) {
-      return absl::InternalError("scheduler chose an empty step while work was pending");
-    }
-    ++result_.engine_steps;
-    result_.busy_s += schedule.predicted_latency_s;
-    result_.prefill_tokens += schedule.prefill_tokens;
-    result_.decode_tokens += static_cast<int64_t>(decodes.size());
-    SetNow(now_s_ + schedule.predicted_latency_s);
-
-    for (const Chunk& chunk : schedule.chunks) {
-      auto it = by_sequence.find(chunk.sequence);
-      if (it == by_sequence.end()) return absl::InternalError("chunk for an unknown sequence");
-      ActiveRequest& r = running_[it->second];
-      if (r.next_run >= r.runs.size() || r.runs[r.next_run].first != chunk.begin ||
-          chunk.end > r.runs[r.next_run].second) {
-        return absl::InternalError(absl::StrCat("chunk [", chunk.begin, ", ", chunk.end,
-                                                ") out of position order"));
-      }
-      r.runs[r.next_run].first = chunk.end;
-      if (r.runs[r.next_run].first == r.runs[r.next_run].second) ++r.next_run;
-    }
-    for (size_t i : decoding) ++running_[i].generated;
-    for (const auto& [sequence, i] : by_sequence) {
-      ActiveRequest& r = running_[i];
-      if (r.prefilled() && r.generated == 0) {
-        r.generated = 1;
-        result_.requests[r.record].first_token_s = now_s_;
-      }
-    }
-    size_t kept = 0;
-    for (size_t i = 0; i < running_.size(); ++i) {
-      ActiveRequest& r = running_[i];
-      result_.requests[r.record].output_tokens = r.generated;
-      if (r.generated >= r.output_tokens) {
-        if (absl::Status s = Finish(r); !s.ok()) return s;
-        continue;
-      }
-      if (kept != i) running_[kept] = std::move(r);
-      ++kept;
-    }
-    running_.resize(kept);
-    load_hint_tokens_ = step_tokens;
-    cache_->SetLoadHint(step_tokens);
   }
-
-  double first = -1, last = 0;
-  for (const RequestRecord& r : result_.requests) {
-    if (first < 0 || r.arrival_s < first) first = r.arrival_s;
-    if (r.finished()) last = std::max(last, r.finish_s);
+  schedule_ = scheduler_->Schedule(decodes, pending);
+  const int64_t step_tokens = static_cast<int64_t>(decodes.size()) + schedule_.prefill_tokens;
+  if (step_tokens == 0) {
+    return absl::InternalError("scheduler chose an empty step while work was pending");
   }
-  result_.makespan_s = std::max(0.0, last - std::max(first, 0.0));
-  std::vector<JobRecord> jobs;
-  for (size_t i = 0; i < workload_.sessions.size(); ++i) {
-    if (workload_.sessions[i].is_job()) jobs.push_back(result_.jobs[i]);
-  }
-  result_.jobs = std::move(jobs);
-  if (pins_ != nullptr) pins_.reset();
-  result_.evictions = cache_->GetStats().pool.evictions;
-  result_.final_pool = cache_->GetStats().pool;
-  result_.consistency = cache_->CheckConsistency();
-  return std::move(result_);
+  ++totals_.engine_steps;
+  totals_.busy_s += schedule_.predicted_latency_s;
+  totals_.prefill_tokens += schedule_.prefill_tokens;
+  totals_.decode_tokens += static_cast<int64_t>(decodes.size());
+  step_end_s_ = now_s_ + schedule_.predicted_latency_s;
+  in_step_ = true;
+  return true;
 }
 
-}  // namespace
+absl::Status EngineInstance::CompleteStep() {
+  if (!in_step_) return absl::InternalError("CompleteStep without a step in flight");
+  in_step_ = false;
+  now_s_ = step_end_s_;
+  for (const Chunk& chunk : schedule_.chunks) {
+    auto it = prefilling_.find(chunk.sequence);
+    if (it == prefilling_.end()) return absl::InternalError("chunk for an unknown sequence");
+    EngineRequest& r = running_[it->second];
+    if (r.next_run >= r.runs.size() || r.runs[r.next_run].first != chunk.begin ||
+        chunk.end > r.runs[r.next_run].second) {
+      return absl::InternalError(absl::StrCat("chunk [", chunk.begin, ", ", chunk.end,
+                                              ") out of position order"));
+    }
+    r.runs[r.next_run].first = chunk.end;
+    if (r.runs[r.next_run].first == r.runs[r.next_run].second) ++r.next_run;
+  }
+  for (size_t i : decoding_) ++running_[i].generated;
+  for (const auto& [sequence, i] : prefilling_) {
+    EngineRequest& r = running_[i];
+    if (r.prefilled() && r.generated == 0) {
+      r.generated = 1;
+      replay_->record(r.record).first_token_s = now_s_;
+    }
+  }
+  size_t kept = 0;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    EngineRequest& r = running_[i];
+    replay_->record(r.record).output_tokens = r.generated;
+    if (r.generated >= r.output_tokens) {
+      if (absl::Status s = FinishRequest(r); !s.ok()) return s;
+      continue;
+    }
+    if (kept != i) running_[kept] = std::move(r);
+    ++kept;
+  }
+  running_.resize(kept);
+  const int64_t step_tokens = static_cast<int64_t>(decoding_.size()) + schedule_.prefill_tokens;
+  load_hint_tokens_ = step_tokens;
+  cache_->SetLoadHint(step_tokens);
+  return absl::OkStatus();
+}
+
+EngineInstance::Load EngineInstance::CurrentLoad() const {
+  Load load;
+  for (const EngineRequest& r : waiting_) load.queued_prefill_tokens += r.prompt_tokens;
+  for (const EngineRequest& r : running_) {
+    if (r.prefilled()) {
+      ++load.decode_batch;
+    } else {
+      load.queued_prefill_tokens += r.remaining_prefill_tokens();
+    }
+  }
+  const BlockPool::Stats pool = cache_->pool().GetStats();
+  load.free_blocks = pool.free;
+  load.capacity_blocks = pool.capacity;
+  load.busy_blocks = pool.writing + pool.pinned + pool.in_transfer;
+  return load;
+}
+
+EngineTotals EngineInstance::Finish() {
+  if (pins_ != nullptr) pins_.reset();
+  const KvCache::Stats stats = cache_->GetStats();
+  totals_.evictions = stats.pool.evictions;
+  totals_.final_pool = stats.pool;
+  totals_.consistency = cache_->CheckConsistency();
+  return totals_;
+}
 
 absl::Status EngineOptions::Validate() const {
   if (pool_blocks < 1) return absl::InvalidArgumentError("EngineOptions.pool_blocks must be >= 1");
@@ -446,8 +427,46 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
                                     const CostModel& cost, const EngineOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   if (absl::Status s = workload.Validate(); !s.ok()) return s;
-  Simulation simulation(workload, system, cost, options);
-  return simulation.Run();
+  FakeClock clock(ModeledTime(0));
+  ReplayState replay(workload, system, options, cost.model().block_tokens);
+  absl::StatusOr<std::unique_ptr<EngineInstance>> created =
+      EngineInstance::Create(system, cost, options, &clock, &replay);
+  if (!created.ok()) return created.status();
+  EngineInstance& engine = **created;
+  double now_s = 0;
+  while (true) {
+    while (replay.has_arrival() && replay.next_arrival_s() <= now_s) {
+      ReplayState::Arrival arrival = replay.PopArrival();
+      if (arrival.request.has_value()) {
+        engine.Enqueue(*std::move(arrival.request));
+      } else if (system.reuse) {
+        engine.ForgetSession(arrival.sequence);
+      }
+    }
+    absl::StatusOr<bool> stepping = engine.StartStep(now_s);
+    if (!stepping.ok()) return stepping.status();
+    if (!*stepping) {
+      if (!replay.has_arrival()) break;
+      now_s = std::max(now_s, replay.next_arrival_s());
+      clock.Set(ModeledTime(now_s));
+      continue;
+    }
+    now_s = engine.step_end_s();
+    clock.Set(ModeledTime(now_s));
+    if (absl::Status s = engine.CompleteStep(); !s.ok()) return s;
+  }
+  const EngineTotals totals = engine.Finish();
+  RunResult result = replay.TakeResult();
+  result.engine_steps = totals.engine_steps;
+  result.busy_s = totals.busy_s;
+  result.prefill_tokens = totals.prefill_tokens;
+  result.decode_tokens = totals.decode_tokens;
+  result.evictions = totals.evictions;
+  result.pins_granted = totals.pins_granted;
+  result.pins_released_under_pressure = totals.pins_released_under_pressure;
+  result.final_pool = totals.final_pool;
+  result.consistency = totals.consistency;
+  return result;
 }
 
 int64_t PoolBlocksForGiB(const ModelConfig& model, double gib) {

@@ -35,23 +35,44 @@
 //   * `none` systems give each request a fresh salt and sequence id, so
 //     nothing ever hits.
 //
+// Stepping (for the cluster mode, sim/cluster.h): RunSystem is a driver over
+// two pieces that other drivers reuse. ReplayState holds what belongs to the
+// workload — session contexts, request records, the queue of future arrivals
+// (closed-loop next steps are pushed as steps finish) — and EngineInstance is
+// one engine: its KvCache, ChunkScheduler, AgentPinTable, FCFS waiting queue
+// and running batch. A driver owns one FakeClock (the modeled time every
+// engine reads), pops arrivals in time order, hands each request to an
+// engine, and at each engine's step boundaries calls StartStep (expire pins,
+// admit, plan the next step) and, when the step's modeled time has passed,
+// CompleteStep (tokens, first tokens, finishes).
+//
 // Contract: RunSystem is a pure function of its inputs (deterministic: same
 // inputs, same result). Thread-safe (no shared state); the CostModel is
-// borrowed for the call.
+// borrowed for the call. ReplayState and EngineInstance are not thread-safe:
+// one replay (with all its engines) runs on one thread.
 #ifndef ASYMCACHE_SIM_ENGINE_H_
 #define ASYMCACHE_SIM_ENGINE_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <memory>
+#include <optional>
+#include <queue>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cachecore/agent_pins.h"
 #include "cachecore/block_pool.h"
+#include "cachecore/chunk_scheduler.h"
+#include "cachecore/clock.h"
 #include "cachecore/cost_model.h"
+#include "cachecore/kv_cache.h"
 #include "sim/system.h"
 #include "sim/workload.h"
 
@@ -124,6 +145,194 @@ struct RunResult {
 // invalid workload; INTERNAL if the cache misbehaves (a bug).
 absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& system,
                                     const CostModel& cost, const EngineOptions& options);
+
+// --- stepping one engine (RunSystem and RunCluster drive these) -----------
+
+// Modeled seconds on the driver's FakeClock (UnixEpoch + s).
+absl::Time ModeledTime(double s);
+
+// One request (one step of a session) from its arrival to its finish.
+struct EngineRequest {
+  size_t record = 0;   // index into RunResult::requests
+  int32_t session = 0;
+  int32_t step = 0;
+  SequenceId sequence = 0;
+  std::string salt;
+  uint64_t lease_id = 0;
+  int64_t prompt_tokens = 0;
+  int64_t context_tokens = 0;  // prompt + outputs (what admission reserves)
+  int64_t output_tokens = 0;
+  std::vector<std::pair<int64_t, int64_t>> runs;  // pending prefill query runs [begin, end)
+  size_t next_run = 0;
+  int64_t generated = 0;
+  bool prefilled() const { return next_run == runs.size(); }
+  // Prefill/rebuild query tokens not computed yet (admitted requests).
+  int64_t remaining_prefill_tokens() const;
+};
+
+// The workload side of a replay (see "Stepping" above). Precondition: the
+// workload and options are valid (RunSystem/RunCluster check). Borrows
+// workload, system and options for its lifetime.
+class ReplayState {
+ public:
+  ReplayState(const Workload& workload, const SystemSpec& system, const EngineOptions& options,
+              int block_tokens);
+
+  bool has_arrival() const { return !arrivals_.empty(); }
+  // Time of the next arrival. Precondition: has_arrival().
+  double next_arrival_s() const { return arrivals_.top().time_s; }
+
+  // Pops the next arrival ((time, push order) order), appends its inputs and
+  // outputs to its session's context and records it. `request` is nullopt when
+  // it was rejected at arrival (its context needs more blocks than the pool:
+  // the session's later steps never arrive); `sequence` is its sequence id
+  // either way.
+  struct Arrival {
+    std::optional<EngineRequest> request;
+    int32_t session = 0;
+    SequenceId sequence = 0;
+  };
+  Arrival PopArrival();
+
+  // Every token of the session so far (prompts and outputs of arrived steps).
+  const std::vector<TokenId>& context(int32_t session) const { return sessions_[session].context; }
+  const Workload& workload() const { return workload_; }
+  const SystemSpec& system() const { return system_; }
+  RequestRecord& record(size_t i) { return result_.requests[i]; }
+  size_t records() const { return result_.requests.size(); }
+
+  // An engine rejected the request at admission (it can never fit): marks it
+  // and the rest of its session.
+  void Reject(const EngineRequest& request);
+  // The request generated its last token at now_s (its lease is committed and
+  // released): records it, ends the session or schedules its next step.
+  void OnFinished(const EngineRequest& request, double now_s);
+
+  // The records (arrival order), jobs (agent sessions only) and makespan;
+  // engine counters are left for the driver. Call once, after the last step.
+  RunResult TakeResult();
+
+ private:
+  struct SessionState {
+    std::vector<TokenId> context;  // every token so far (prompts + outputs)
+    int next_step = 0;
+  };
+  struct Pending {
+    double time_s;
+    uint64_t order;  // FIFO among equal times
+    int32_t session;
+    friend bool operator>(const Pending& a, const Pending& b) {
+      return a.time_s != b.time_s ? a.time_s > b.time_s : a.order > b.order;
+    }
+  };
+  void Schedule(int32_t session, double time_s);
+  void ReportProgress();
+
+  const Workload& workload_;
+  const SystemSpec& system_;
+  const EngineOptions& options_;
+  const int block_tokens_;
+  std::vector<SessionState> sessions_;
+  std::priority_queue<Pending, std::vector<Pending>, std::greater<Pending>> arrivals_;
+  uint64_t order_ = 0;
+  RunResult result_;
+  int64_t total_requests_ = 0;
+  int64_t done_requests_ = 0;
+  int64_t last_progress_ = -1;
+};
+
+// What one engine did over a run.
+struct EngineTotals {
+  int64_t engine_steps = 0;
+  double busy_s = 0;              // modeled time spent in steps
+  int64_t prefill_tokens = 0;     // query tokens of prefill/rebuild chunks
+  int64_t decode_tokens = 0;
+  int64_t evictions = 0;
+  int64_t pins_granted = 0;
+  int64_t pins_released_under_pressure = 0;
+  BlockPool::Stats final_pool;    // after the run, pin table dropped
+  absl::Status consistency;       // KvCache::CheckConsistency() after the run
+};
+
+// One engine (see "How time is modeled" above). Borrows the system, cost
+// model, options, clock and replay, which must outlive it.
+class EngineInstance {
+ public:
+  // INVALID_ARGUMENT for an unknown policy or bad cache/chunking options.
+  // Precondition: options.Validate().ok().
+  static absl::StatusOr<std::unique_ptr<EngineInstance>> Create(const SystemSpec& system,
+                                                                const CostModel& cost,
+                                                                const EngineOptions& options,
+                                                                FakeClock* clock,
+                                                                ReplayState* replay);
+
+  // The request joins the FCFS waiting queue (admitted at a step boundary).
+  void Enqueue(EngineRequest request);
+
+  // A step boundary at now_s (the clock must read it; no step in flight):
+  // expires agent pins, admits waiting requests FCFS (rejecting one that can
+  // never fit), and plans the next step. Returns true when a step now runs
+  // until step_end_s(), false when nothing runs (the waiting queue is then
+  // empty). INTERNAL on cache misbehaviour.
+  absl::StatusOr<bool> StartStep(double now_s);
+  bool in_step() const { return in_step_; }
+  double step_end_s() const { return step_end_s_; }
+  // The step in flight ends: at step_end_s() (the clock must read it). Moves
+  // chunks, counts tokens, records first tokens, finishes requests (commit,
+  // release, agent pins, ReplayState::OnFinished). INTERNAL on misbehaviour.
+  absl::Status CompleteStep();
+
+  // Load, as a router sees it.
+  //   queued_prefill_tokens: prompt tokens of waiting requests (not planned
+  //     yet) + prefill/rebuild tokens not yet computed of admitted ones.
+  //   decode_batch: running requests past their prefill.
+  //   busy_blocks: blocks that cannot be evicted now (written, pinned by
+  //     running requests or agent pins, in transfer); capacity_blocks: the pool.
+  struct Load {
+    int64_t queued_prefill_tokens = 0;
+    int64_t decode_batch = 0;
+    int64_t free_blocks = 0;
+    int64_t capacity_blocks = 0;
+    int64_t busy_blocks = 0;
+  };
+  Load CurrentLoad() const;
+  bool has_waiting() const { return !waiting_.empty(); }
+
+  KvCache& cache() { return *cache_; }
+  // Forgets the session's cached hash chain in this engine's cache.
+  void ForgetSession(SequenceId sequence) { cache_->ForgetSession(sequence); }
+
+  // After the last step: drops the pin table, checks the cache, returns the
+  // totals. Call once.
+  EngineTotals Finish();
+
+ private:
+  EngineInstance(const SystemSpec& system, const CostModel& cost, const EngineOptions& options,
+                 ReplayState* replay);
+  absl::Status Admit();
+  absl::Status FinishRequest(EngineRequest& request);
+  void Reject(EngineRequest& request);
+  double ExpectedRebuildCost(int64_t tokens) const;
+
+  const SystemSpec& system_;
+  const CostModel& cost_;
+  const EngineOptions& options_;
+  ReplayState* const replay_;
+
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<ChunkScheduler> scheduler_;
+  std::unique_ptr<AgentPinTable> pins_;
+  std::deque<EngineRequest> waiting_;
+  std::vector<EngineRequest> running_;
+  double now_s_ = 0;
+  bool in_step_ = false;
+  double step_end_s_ = 0;
+  StepSchedule schedule_;          // of the step in flight
+  std::vector<size_t> decoding_;   // running_ indices decoding in it
+  absl::flat_hash_map<SequenceId, size_t> prefilling_;  // running_ indices prefilling in it
+  int64_t load_hint_tokens_ = 0;
+  EngineTotals totals_;
+};
 
 // KV pool blocks in `gib` GiB for the model (bytes per block from ModelConfig).
 int64_t PoolBlocksForGiB(const ModelConfig& model, double gib);

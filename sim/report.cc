@@ -334,4 +334,70 @@ std::string SweepToJson(const RunHeader& header, const std::vector<SweepPoint>& 
   return out.dump(2) + "\n";
 }
 
+std::string FormatClusterTable(const std::vector<ClusterSummary>& rows) {
+  const bool jobs = std::any_of(rows.begin(), rows.end(),
+                                [](const ClusterSummary& c) { return c.summary.jobs > 0; });
+  std::vector<std::vector<std::string>> table;
+  std::vector<std::string> head = {"system",   "routing",     "hit%",        "rebuilt",
+                                   "TTFT mean", "TTFT p50",   "TTFT p99",    "TPOT mean ms",
+                                   "TPOT p99 ms"};
+  if (jobs) head.push_back("job mean");
+  head.push_back("imbalance");
+  table.push_back(head);
+  for (const ClusterSummary& c : rows) {
+    const SystemSummary& s = c.summary;
+    std::vector<std::string> row = {
+        s.rejected > 0 ? absl::StrCat(s.system, " (", s.rejected, " rejected)") : s.system,
+        c.routing,
+        absl::StrFormat("%.1f", 100 * s.block_hit_rate),
+        Tokens(s.rebuilt_tokens),
+        Seconds(s.ttft_s.mean),
+        Seconds(s.ttft_s.p50),
+        Seconds(s.ttft_s.p99),
+        Millis(s.tpot_s.mean),
+        Millis(s.tpot_s.p99)};
+    if (jobs) row.push_back(Seconds(s.job_latency_mean_s));
+    row.push_back(absl::StrFormat("%.2f", c.load_imbalance));
+    table.push_back(std::move(row));
+  }
+  return Align(table);
+}
+
+std::string ClusterToJson(const RunHeader& header, const std::vector<ClusterSummary>& rows) {
+  json out;
+  out["schema"] = "asymcache.sim.cluster.v1";
+  out["run"] = HeaderJson(header);
+  json runs = json::array();
+  for (const ClusterSummary& c : rows) {
+    json j = SummaryJson(c.summary);
+    j["routing"] = c.routing;
+    j["engines"] = c.engines;
+    j["load_imbalance"] = c.load_imbalance;
+    json reasons = json::object();
+    for (const auto& [name, count] : c.route_reasons) reasons[name] = count;
+    j["route_reasons"] = std::move(reasons);
+    j["engine_requests"] = c.engine_requests;
+    j["engine_work_tokens"] = c.engine_work_tokens;
+    runs.push_back(std::move(j));
+  }
+  out["runs"] = std::move(runs);
+  return out.dump(2) + "\n";
+}
+
+std::string ClusterToCsv(const std::vector<ClusterSummary>& rows) {
+  std::string out =
+      "system,routing,engines,requests,finished,rejected,block_hit_rate,rebuilt_tokens,"
+      "ttft_mean_s,ttft_p50_s,ttft_p99_s,tpot_mean_s,tpot_p99_s,job_latency_mean_s,"
+      "load_imbalance\n";
+  for (const ClusterSummary& c : rows) {
+    const SystemSummary& s = c.summary;
+    absl::StrAppendFormat(&out, "%s,%s,%d,%d,%d,%d,%.6f,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f\n",
+                          s.system, c.routing, c.engines, s.requests, s.finished, s.rejected,
+                          s.block_hit_rate, s.rebuilt_tokens, s.ttft_s.mean, s.ttft_s.p50,
+                          s.ttft_s.p99, s.tpot_s.mean, s.tpot_s.p99, s.job_latency_mean_s,
+                          c.load_imbalance);
+  }
+  return out;
+}
+
 }  // namespace asymcache

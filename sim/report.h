@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sim/engine.h"
@@ -106,6 +107,30 @@ std::vector<Capacity> CapacityAtSlo(const std::vector<SweepPoint>& sweep, const 
 std::string FormatSweep(const std::vector<SweepPoint>& sweep, const SloTargets& slo);
 std::string SweepToJson(const RunHeader& header, const std::vector<SweepPoint>& sweep,
                         const SloTargets& slo);
+
+// --- cluster mode (sim/cluster.h) ------------------------------------------
+
+// One cluster run (system x routing mode). Load imbalance: max over engines
+// of work tokens / their mean (sim/cluster.h defines it).
+struct ClusterSummary {
+  SystemSummary summary;     // the whole cluster as one system
+  std::string routing;       // RoutingModeName
+  int engines = 0;
+  double load_imbalance = 0;
+  std::vector<int64_t> engine_requests;     // requests routed to each engine
+  std::vector<int64_t> engine_work_tokens;  // prefill + decode tokens of each engine
+  // Routing decisions by reason (RouteReasonName, count), reasons that occurred.
+  std::vector<std::pair<std::string, int64_t>> route_reasons;
+};
+// One row per run: TTFT mean/p50/p99, TPOT mean/p99, hit rate, rebuilt
+// tokens, load imbalance (+ job latency when there are jobs).
+std::string FormatClusterTable(const std::vector<ClusterSummary>& rows);
+// Schema asymcache.sim.cluster.v1: the header, then per run the SystemSummary
+// fields plus routing, engines, load_imbalance, route_reasons and the
+// per-engine vectors.
+std::string ClusterToJson(const RunHeader& header, const std::vector<ClusterSummary>& rows);
+// One line per run, the table's columns as plain numbers (seconds, tokens).
+std::string ClusterToCsv(const std::vector<ClusterSummary>& rows);
 
 }  // namespace asymcache
 

@@ -1,6 +1,7 @@
 // asymcache-sim: replays a workload (built-in generator or JSONL trace) on one
 // or more systems and prints their comparison; optionally sweeps the arrival
-// rate and reports capacity at SLO. See docs/simulator.md.
+// rate and reports capacity at SLO, or (--cluster N) replays it over N engines
+// behind the router, once per routing mode. See docs/simulator.md.
 //
 // All flags are parsed into SimOptions in one place (ParseOptions).
 #include <unistd.h>
@@ -32,6 +33,7 @@
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
 #include "util/dashed_flags.h"
+#include "sim/cluster.h"
 #include "sim/comparison.h"
 #include "sim/engine.h"
 #include "sim/generators.h"
@@ -72,6 +74,15 @@ ABSL_FLAG(std::string, dump_trace, "", "write the generated workload as a JSONL 
 ABSL_FLAG(bool, progress, false, "progress bar on stderr (only when stderr is a terminal)");
 ABSL_FLAG(int, threads, 0, "worker threads for independent runs; 0 = hardware threads");
 ABSL_FLAG(int, max_running, 256, "most requests running at once (vLLM max_num_seqs)");
+ABSL_FLAG(int, cluster, 0,
+          "cluster mode: replay over N engines (each with its own --pool-gib/--pool-blocks pool) "
+          "behind the router, one run per system x --routing mode; 0 = one engine. In cluster "
+          "mode the default --rate and --requests are the workload's defaults times N. No block "
+          "transfer between engines is modeled");
+ABSL_FLAG(std::string, routing, "hole-aware,contiguous-prefix,round-robin",
+          "cluster mode: comma-separated routing modes: hole-aware | contiguous-prefix | "
+          "round-robin");
+ABSL_FLAG(std::string, csv, "", "cluster mode: also write the table as CSV to this file");
 
 namespace asymcache {
 namespace {
@@ -117,6 +128,9 @@ struct SimOptions {
   bool progress = false;
   int threads = 1;
   EngineOptions engine;
+  int cluster = 0;                   // engines; 0 = single-engine mode
+  std::vector<RoutingMode> routing;  // cluster mode
+  std::string csv;
 };
 
 absl::StatusOr<SimOptions> ParseOptions() {
@@ -129,11 +143,19 @@ absl::StatusOr<SimOptions> ParseOptions() {
                    o.engine.tile_tokens);
   if (!systems.ok()) return systems.status();
   o.systems = *std::move(systems);
+  o.cluster = absl::GetFlag(FLAGS_cluster);
+  if (o.cluster < 0 || o.cluster > 4096) {
+    return absl::InvalidArgumentError("--cluster must be in [0, 4096]");
+  }
+  const int scale = std::max(1, o.cluster);
   o.rate = absl::GetFlag(FLAGS_rate);
   if (o.rate < 0 || !std::isfinite(o.rate)) return absl::InvalidArgumentError("--rate must be >= 0");
-  if (o.rate == 0 && o.trace.empty()) o.rate = defaults.rate;
+  if (o.rate == 0 && o.trace.empty()) o.rate = defaults.rate * scale;
   o.duration_s = absl::GetFlag(FLAGS_duration);
   o.sessions = absl::GetFlag(FLAGS_requests);
+  if (o.sessions == 0 && o.duration_s <= 0 && o.trace.empty() && o.cluster > 0) {
+    o.sessions = DefaultSessions(o.workload) * scale;
+  }
   o.seed = absl::GetFlag(FLAGS_seed);
   absl::StatusOr<ModelConfig> model = ModelConfig::Named(absl::GetFlag(FLAGS_model));
   if (!model.ok()) return model.status();
@@ -180,6 +202,17 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.max_running_requests = absl::GetFlag(FLAGS_max_running);
   o.engine.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
   if (absl::Status s = o.engine.Validate(); !s.ok()) return s;
+  absl::StatusOr<std::vector<RoutingMode>> routing =
+      ParseRoutingModes(absl::GetFlag(FLAGS_routing));
+  if (!routing.ok()) return routing.status();
+  o.routing = *std::move(routing);
+  o.csv = absl::GetFlag(FLAGS_csv);
+  if (o.cluster == 0 && !o.csv.empty()) {
+    return absl::InvalidArgumentError("--csv needs --cluster (cluster mode)");
+  }
+  if (o.cluster > 0 && (!o.sweep.empty() || o.sweep_auto)) {
+    return absl::InvalidArgumentError("--cluster does not combine with --sweep/--sweep-auto");
+  }
   return o;
 }
 
@@ -280,7 +313,33 @@ absl::Status Main() {
 
   std::cout << FormatHeader(header);
   const absl::Time started = absl::Now();
-  if (o.sweep.empty() && !o.sweep_auto) {
+  if (o.cluster > 0) {
+    std::vector<std::string> modes;
+    for (RoutingMode m : o.routing) modes.emplace_back(RoutingModeName(m));
+    std::cout << absl::StrFormat(
+        "cluster: %d engines, pool %d blocks each | routing %s | agent stickiness %s | "
+        "no block transfer between engines\n",
+        o.cluster, o.pool_blocks, absl::StrJoin(modes, ","),
+        run.engine.agent_pins ? "on" : "off");
+    ClusterComparisonOptions cluster;
+    cluster.cluster.engine = run.engine;
+    cluster.cluster.engines = o.cluster;
+    cluster.threads = o.threads;
+    if (o.progress) cluster.progress = [&bar](double f) { bar.Update(f); };
+    absl::StatusOr<std::vector<ClusterResult>> runs =
+        RunClusters(*workload, o.systems, o.routing, cost, cluster);
+    bar.Done();
+    if (!runs.ok()) return runs.status();
+    std::vector<ClusterSummary> rows;
+    for (const ClusterResult& r : *runs) rows.push_back(Summarize(r));
+    std::cout << "\n" << FormatClusterTable(rows);
+    if (!o.json.empty()) {
+      if (absl::Status s = WriteFile(o.json, ClusterToJson(header, rows)); !s.ok()) return s;
+    }
+    if (!o.csv.empty()) {
+      if (absl::Status s = WriteFile(o.csv, ClusterToCsv(rows)); !s.ok()) return s;
+    }
+  } else if (o.sweep.empty() && !o.sweep_auto) {
     absl::StatusOr<std::vector<RunResult>> runs = RunSystems(*workload, o.systems, cost, compare);
     bar.Done();
     if (!runs.ok()) return runs.status();
@@ -323,7 +382,9 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Replays LLM-serving workloads on KV-cache systems (vllm, pensieve, asymcache, ablations) "
-      "in modeled time.\nExample: asymcache-sim --workload long-agent --system all --sweep-auto");
+      "in modeled time.\nExample: asymcache-sim --workload long-agent --system all --sweep-auto\n"
+      "Cluster mode: asymcache-sim --workload long-doc-qa --system asymcache --cluster 4 "
+      "--routing hole-aware,contiguous-prefix,round-robin");
   // Accept --flag-name as well as --flag_name (absl flag names are identifiers).
   std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
   std::vector<char*> normalized;

@@ -61,6 +61,9 @@ TEST(RouterOptionsTest, ValidateNamesTheField) {
   o.tie_relative = -1;
   EXPECT_NE(o.Validate().message().find("tie_relative"), std::string::npos);
   o = {};
+  o.memory_imbalance_fraction = 0;
+  EXPECT_NE(o.Validate().message().find("memory_imbalance_fraction"), std::string::npos);
+  o = {};
   o.queue_step_tokens = 0;
   EXPECT_EQ(Router::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -198,6 +201,49 @@ TEST_F(RouterTest, LoadBoundOverridesTheBestPrediction) {
   // Within the bound the prediction wins.
   Router loose(RouterOptions{});
   EXPECT_EQ(loose.Route(Query(), {Candidate(1, 1000), Candidate(2, 0)}, index_)->candidate, 0u);
+}
+
+TEST_F(RouterTest, MemoryBoundSkipsDaemonsThatCannotFitOrAreCommittedToStickyJobs) {
+  MakeContext(4096);  // 256 blocks, all cached on 1
+  Hold(1, 0, 256);
+  Router router(RouterOptions{});
+  RouteCandidate full = Candidate(1);
+  full.capacity_blocks = 1000;
+  full.busy_blocks = 990;  // holds the blocks, but the reserve does not fit
+  RouteCandidate idle = Candidate(3);
+  idle.capacity_blocks = 1000;
+  idle.busy_blocks = 100;
+  RouteQuery q = Query();
+  q.reserve_blocks = 64;  // e.g. the tokens it will generate
+  auto d = router.Route(q, {full, idle}, index_);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->candidate, 1u);
+  EXPECT_EQ(d->reason, RouteReason::kMemoryBound);
+  // Resident blocks need no allocation: without the reserve it fits (10 free).
+  EXPECT_EQ(router.Route(Query(), {full, idle}, index_)->candidate, 0u);
+  // Busy blocks alone are not balanced (shared documents are busy because
+  // they are wanted), but blocks committed to sticky agent jobs are.
+  RouteCandidate shared = Candidate(1);
+  shared.capacity_blocks = 1000;
+  shared.busy_blocks = 700;
+  d = router.Route(Query(), {shared, idle}, index_);
+  EXPECT_EQ(d->candidate, 0u);
+  EXPECT_EQ(d->reason, RouteReason::kBestPredictedTtft);
+  shared.committed_blocks = 200;  // 0.2 > 0.0 + 0.05
+  d = router.Route(Query(), {shared, idle}, index_);
+  EXPECT_EQ(d->candidate, 1u);
+  EXPECT_EQ(d->reason, RouteReason::kMemoryBound);
+  idle.committed_blocks = 180;  // within the bound again
+  EXPECT_EQ(router.Route(Query(), {shared, idle}, index_)->candidate, 0u);
+  // When nothing is in bounds, those that fit are considered; when none fits, all.
+  RouteCandidate also_full = Candidate(4);
+  also_full.capacity_blocks = 1000;
+  also_full.busy_blocks = 995;
+  d = router.Route(q, {full, also_full}, index_);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->candidate, 0u);  // holds the blocks
+  q.reserve_blocks = -1;
+  EXPECT_EQ(router.Route(q, {idle}, index_).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(RouterTest, AgentJobSticksToItsMemberWhileItIsACandidate) {
