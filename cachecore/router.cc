@@ -461,9 +461,19 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
     } else {
       int64_t least = std::numeric_limits<int64_t>::max();
       for (size_t c : ties) least = std::min(least, candidates[c].queued_prefill_tokens);
+      // Equal load: the candidate holding more of the request (fewer copies
+      // of the same blocks across the cluster), then rotation.
+      int64_t most_hits = -1;
+      for (size_t c : ties) {
+        if (candidates[c].queued_prefill_tokens == least) {
+          most_hits = std::max(most_hits, scores[c].hit_tokens);
+        }
+      }
       std::vector<size_t> least_loaded;
       for (size_t c : ties) {
-        if (candidates[c].queued_prefill_tokens == least) least_loaded.push_back(c);
+        if (candidates[c].queued_prefill_tokens == least && scores[c].hit_tokens == most_hits) {
+          least_loaded.push_back(c);
+        }
       }
       decision.candidate =
           least_loaded.size() == 1

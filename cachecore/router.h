@@ -39,7 +39,8 @@
 // Out-of-bounds candidates are skipped unless every candidate is (then those
 // that fit the request, else all, are considered); among the rest, those
 // within the tie tolerance of the best score are tie-broken by lowest load,
-// then by a rotating start so equal candidates share work. An agent job
+// then by most resident tokens (no needless second copy), then by a rotating
+// start so equal candidates share work. An agent job
 // whose sticky member is a candidate goes there (while it is alive: the
 // caller passes only live candidates).
 //

@@ -1,5 +1,8 @@
 #include "services/daemon/cache_daemon.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <utility>
@@ -11,16 +14,84 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "services/coordinator/member_registrar.h"
 #include "services/daemon/cache_daemon_service.h"
 #include "services/daemon/daemon_state.h"
 
 namespace asymcache {
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "localhost";
+  return buf;
+}
+
+// DaemonOptions::advertise_address, or the listen address with the bound
+// port and a wildcard host replaced by the host name.
+std::string ResolveAdvertiseAddress(const DaemonOptions& options, int port) {
+  if (!options.advertise_address.empty()) return options.advertise_address;
+  std::string host = options.listen;
+  if (const size_t colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
+  if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*") {
+    host = HostName();
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+v1::Role ParseRole(const std::string& role) {
+  if (role == "prefill") return v1::ROLE_PREFILL;
+  if (role == "decode") return v1::ROLE_DECODE;
+  return v1::ROLE_BOTH;  // "both" (Validate() allows nothing else)
+}
+
+// Registers the daemon with its coordinators. The load it reports is the
+// daemon's own view: pool free/capacity blocks and the latest KV event; the
+// active step leases stand for the decode batch, and queued prefill tokens
+// are 0 (the daemon does not see the engines' queues; workers report theirs).
+absl::StatusOr<std::unique_ptr<MemberRegistrar>> StartRegistrar(CacheDaemonState* state,
+                                                                 const std::string& member_id,
+                                                                 const std::string& address) {
+  const DaemonOptions& options = state->options();
+  MemberRegistrarOptions registrar;
+  registrar.coordinators = options.coordinators;
+  registrar.rpc_timeout = options.coordinator_rpc_timeout;
+  registrar.max_backoff = options.coordinator_retry_max;
+  registrar.initial_backoff = std::min(registrar.initial_backoff, registrar.max_backoff);
+  MemberRegistrar::Identity identity;
+  identity.member_id = member_id;
+  identity.kind = v1::MEMBER_KIND_DAEMON;
+  identity.address = address;
+  identity.gpu = options.gpu.value_or(options.backend == "cuda" ? options.cuda_device : -1);
+  identity.role = ParseRole(options.role);
+  identity.model = state->model();
+  identity.calibration = state->calibration();
+  identity.instance = state->instance();
+  return MemberRegistrar::Start(std::move(registrar), std::move(identity), [state]() {
+    const KvCache::Stats stats = state->cache().GetStats();
+    MemberRegistrar::Load load;
+    load.queued_prefill_tokens = 0;
+    load.decode_batch = stats.active_leases;
+    load.free_blocks = stats.pool.free;
+    load.capacity_blocks = stats.pool.capacity;
+    load.busy_blocks = stats.pool.writing + stats.pool.pinned + stats.pool.in_transfer;
+    load.last_event_sequence = state->events().last_sequence();
+    return load;
+  });
+}
+
+}  // namespace
 
 struct CacheDaemon::Server {
   std::unique_ptr<CacheDaemonState> state;
   std::unique_ptr<CacheDaemonService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int grpc_port = 0;
+  std::string member_id;
+  std::string advertise_address;
+  // Declared after `state`, so destroyed (stopped) before it.
+  std::unique_ptr<MemberRegistrar> registrar;
 
   absl::Mutex mu;
   bool shutting_down ABSL_GUARDED_BY(mu) = false;
@@ -54,6 +125,23 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   }
   server->grpc_server->GetHealthCheckService()->SetServingStatus(true);
 
+  server->advertise_address = ResolveAdvertiseAddress(options, server->grpc_port);
+  server->member_id = options.member_id.empty()
+                          ? absl::StrCat(HostName(), ":", server->grpc_port)
+                          : options.member_id;
+  if (!options.coordinators.empty()) {
+    absl::StatusOr<std::unique_ptr<MemberRegistrar>> registrar =
+        StartRegistrar(server->state.get(), server->member_id, server->advertise_address);
+    if (!registrar.ok()) {
+      server->grpc_server->Shutdown();
+      // Options were validated; what is left is a derived default (e.g. a
+      // host name that is not a valid member id: set --member-id).
+      return absl::InvalidArgumentError(
+          absl::StrCat("joining the coordinators: ", registrar.status().message()));
+    }
+    server->registrar = *std::move(registrar);
+  }
+
   Server* raw = server.get();
   server->maintenance = std::thread([raw]() {
     const absl::Duration interval = raw->state->options().maintenance_interval;
@@ -74,6 +162,9 @@ std::string CacheDaemon::local_address() const {
   return absl::StrCat("127.0.0.1:", server_->grpc_port);
 }
 CacheDaemonState& CacheDaemon::state() { return *server_->state; }
+const std::string& CacheDaemon::member_id() const { return server_->member_id; }
+const std::string& CacheDaemon::advertise_address() const { return server_->advertise_address; }
+MemberRegistrar* CacheDaemon::registrar() { return server_->registrar.get(); }
 
 void CacheDaemon::Shutdown() {
   bool first = false;
@@ -87,6 +178,9 @@ void CacheDaemon::Shutdown() {
     return;
   }
   Server& s = *server_;
+  // 0. Leave the cluster (bounded by the registrar's deregister timeout), so
+  //    coordinators stop routing here before requests are refused.
+  if (s.registrar != nullptr) s.registrar->Stop();
   // 1. Tell load balancers and refuse new work.
   s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
   s.service->StopAccepting();

@@ -11,6 +11,12 @@
 // Leases, exports and pins still held are released when the CacheDaemon is
 // destroyed (the binary destroys it right after Shutdown; state() stays
 // readable in between). Thread-safe.
+//
+// Cluster membership: with DaemonOptions::coordinators set, Start() (once the
+// server is up) starts a MemberRegistrar that registers this daemon with
+// every coordinator (kind DAEMON, its model shape, calibration and run
+// instance) and heartbeats its load; Shutdown() deregisters first, so
+// coordinators stop routing here before RPCs are refused.
 #ifndef ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
 #define ASYMCACHE_SERVICES_DAEMON_CACHE_DAEMON_H_
 
@@ -24,6 +30,7 @@
 namespace asymcache {
 
 class CacheDaemonState;  // services/daemon/daemon_state.h
+class MemberRegistrar;   // services/coordinator/member_registrar.h
 
 class CacheDaemon {
  public:
@@ -46,6 +53,13 @@ class CacheDaemon {
 
   // The assembled core (tests inspect stats and consistency through it).
   CacheDaemonState& state();
+
+  // The id and address this daemon registers under (resolved defaults; see
+  // DaemonOptions::member_id and advertise_address).
+  const std::string& member_id() const;
+  const std::string& advertise_address() const;
+  // The coordinator registrar; nullptr when standalone (no coordinators).
+  MemberRegistrar* registrar();
 
  private:
   struct Server;

@@ -10,6 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "yaml-cpp/yaml.h"
 
@@ -172,6 +174,37 @@ const std::vector<Setting>& Settings() {
       {"ucx-transports", String(&DaemonOptions::ucx_transports)},
       {"shutdown-grace",
        DurationAt("shutdown-grace", [](DaemonOptions* o) { return &o->shutdown_grace; })},
+      // Cluster membership: a comma-separated list of coordinator addresses
+      // ("" = standalone); in YAML also a sequence.
+      {"coordinators",
+       [](absl::string_view v, DaemonOptions* o) {
+         o->coordinators.clear();
+         if (v.empty()) return absl::OkStatus();
+         for (absl::string_view part : absl::StrSplit(v, ',')) {
+           o->coordinators.emplace_back(absl::StripAsciiWhitespace(part));
+         }
+         return absl::OkStatus();
+       }},
+      {"member-id", String(&DaemonOptions::member_id)},
+      {"advertise-address", String(&DaemonOptions::advertise_address)},
+      {"role", String(&DaemonOptions::role)},
+      {"gpu",
+       [](absl::string_view v, DaemonOptions* o) {
+         if (v == "auto") {
+           o->gpu.reset();
+           return absl::OkStatus();
+         }
+         int parsed = 0;
+         if (!absl::SimpleAtoi(v, &parsed)) return BadValue("gpu", v, "an integer or auto");
+         o->gpu = parsed;
+         return absl::OkStatus();
+       }},
+      {"coordinator-rpc-timeout", DurationAt("coordinator-rpc-timeout", [](DaemonOptions* o) {
+         return &o->coordinator_rpc_timeout;
+       })},
+      {"coordinator-retry-max", DurationAt("coordinator-retry-max", [](DaemonOptions* o) {
+         return &o->coordinator_retry_max;
+       })},
   };
   return *settings;
 }
@@ -293,6 +326,22 @@ absl::Status ApplyDaemonYamlText(absl::string_view text, absl::string_view origi
     const std::string key = kv.first.as<std::string>();
     if (key == "model" && kv.second.IsMap()) {
       if (absl::Status s = ApplyModelMap(kv.second, origin, &updated); !s.ok()) return s;
+      continue;
+    }
+    if (key == "coordinators" && kv.second.IsSequence()) {
+      std::vector<std::string> addresses;
+      for (const YAML::Node& item : kv.second) {
+        if (!item.IsScalar()) {
+          return AtLine(origin, item,
+                        absl::InvalidArgumentError("coordinators: entries must be scalars"));
+        }
+        addresses.push_back(item.as<std::string>());
+      }
+      if (absl::Status s =
+              ApplyDaemonSetting(key, absl::StrJoin(addresses, ","), &updated);
+          !s.ok()) {
+        return AtLine(origin, kv.first, s);
+      }
       continue;
     }
     if (!kv.second.IsScalar()) {

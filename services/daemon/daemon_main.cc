@@ -67,6 +67,13 @@ ABSL_FLAG(absl::Duration, agent_default_ttl, Defaults().agent_pins.default_ttl, 
 ABSL_FLAG(absl::Duration, agent_max_ttl, Defaults().agent_pins.max_ttl, "agent pins: longest TTL granted");
 ABSL_FLAG(std::string, ucx_transports, Defaults().ucx_transports, "UCX transports (UCX_TLS syntax; empty = UCX's choice, see docs/transport.md)");
 ABSL_FLAG(absl::Duration, shutdown_grace, Defaults().shutdown_grace, "SIGTERM: time in-flight RPCs get before being cancelled");
+ABSL_FLAG(std::string, coordinators, "", "comma-separated coordinator addresses to register with (empty = standalone)");
+ABSL_FLAG(std::string, member_id, "", "member id at the coordinators, stable across restarts (empty = <host name>:<gRPC port>)");
+ABSL_FLAG(std::string, advertise_address, "", "address coordinators and peers reach this daemon at (empty = --listen, port as bound, a wildcard host replaced by the host name)");
+ABSL_FLAG(std::string, role, Defaults().role, "role at the coordinators: both, prefill or decode");
+ABSL_FLAG(std::string, gpu, "auto", "GPU index on this host reported to coordinators (-1 = CPU; auto = --cuda-device with the cuda backend, -1 with host)");
+ABSL_FLAG(absl::Duration, coordinator_rpc_timeout, Defaults().coordinator_rpc_timeout, "deadline of one Register/Heartbeat call to a coordinator");
+ABSL_FLAG(absl::Duration, coordinator_retry_max, Defaults().coordinator_retry_max, "longest retry backoff for an unreachable coordinator");
 
 namespace {
 

@@ -5,10 +5,28 @@
 #include <vector>
 
 #include "absl/base/internal/raw_logging.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace asymcache {
+
+namespace {
+
+// coordinator.proto RegisterRequest.member_id: [A-Za-z0-9._:-]{1,128}.
+bool ValidMemberId(absl::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != ':' &&
+        c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
 
 DaemonOptions::DaemonOptions() {
   absl::StatusOr<ModelConfig> tiny = ModelConfig::Named("tiny");
@@ -91,6 +109,29 @@ absl::Status DaemonOptions::Validate() const {
   if (absl::Status s = agent_pins.Validate(); !s.ok()) return s;
   if (shutdown_grace < absl::ZeroDuration() || shutdown_grace > absl::Hours(1)) {
     return bad("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be in [0, 1h]");
+  }
+  {
+    absl::flat_hash_set<std::string> seen;
+    for (const std::string& c : coordinators) {
+      if (c.empty()) return bad("coordinators", "an empty entry", "must be host:port addresses");
+      if (!seen.insert(c).second) {
+        return bad("coordinators", absl::StrCat("'", c, "' twice"), "must not repeat an address");
+      }
+    }
+  }
+  if (!member_id.empty() && !ValidMemberId(member_id)) {
+    return bad("member-id", absl::StrCat("'", member_id, "'"), "must match [A-Za-z0-9._:-]{1,128}");
+  }
+  if (role != "both" && role != "prefill" && role != "decode") {
+    return bad("role", absl::StrCat("'", role, "'"), "must be both, prefill or decode");
+  }
+  if (gpu.has_value() && *gpu < -1) return bad("gpu", *gpu, "must be >= -1 (or auto)");
+  for (const auto& [name, d] :
+       {std::pair<const char*, absl::Duration>{"coordinator-rpc-timeout", coordinator_rpc_timeout},
+        {"coordinator-retry-max", coordinator_retry_max}}) {
+    if (d <= absl::ZeroDuration() || d > absl::Hours(1)) {
+      return bad(name, absl::FormatDuration(d), "must be in (0, 1h]");
+    }
   }
   for (const auto& [name, d] : {std::pair<const char*, absl::Duration>{"lease-timeout", lease_timeout},
                                 {"export-timeout", export_timeout},

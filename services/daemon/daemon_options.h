@@ -9,7 +9,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -96,6 +98,34 @@ struct DaemonOptions {
   std::string ucx_transports;
   // SIGTERM: in-flight RPCs get this long to finish before being cancelled.
   absl::Duration shutdown_grace = absl::Seconds(10);
+
+  // Cluster membership (coordinator.proto; services/coordinator/
+  // member_registrar.h). Addresses (host:port) of every coordinator replica;
+  // empty (the default) = standalone, no coordinator is contacted. When set,
+  // the daemon registers with each once it serves, heartbeats its load at
+  // the interval each replica asks for, and deregisters on graceful shutdown.
+  std::vector<std::string> coordinators;
+  // Member id, stable across restarts (re-registering it replaces the old
+  // record and its blocks). "" = "<host name>:<bound gRPC port>", which is
+  // stable for a daemon restarted on the same host and port.
+  std::string member_id;
+  // Address others (coordinators watching events, peers importing blocks,
+  // routed workers) reach this daemon at. "" = the listen address with its
+  // port replaced by the bound one and a wildcard host (0.0.0.0, ::, [::],
+  // empty) replaced by this host's name — what other hosts can resolve.
+  std::string advertise_address;
+  // Role in disaggregated serving: "both" (default: prefill and decode),
+  // "prefill" or "decode".
+  std::string role = "both";
+  // GPU index on its host reported to coordinators. std::nullopt (default):
+  // cuda_device with the cuda backend, -1 (CPU) with the host backend; set it
+  // when CUDA_VISIBLE_DEVICES renumbers the devices. >= -1.
+  std::optional<int> gpu;
+  // Deadline of one Register/Heartbeat call, and the longest retry backoff for
+  // an unreachable coordinator (so a restarted replica is rejoined within
+  // it). 1 s and 2 s: see MemberRegistrarOptions.
+  absl::Duration coordinator_rpc_timeout = absl::Seconds(1);
+  absl::Duration coordinator_retry_max = absl::Seconds(2);
 
   // Tests only: an injected clock for leases and pins (must outlive the
   // daemon). nullptr = the real clock.

@@ -186,6 +186,18 @@ TEST_F(RouterTest, TiesGoToTheLeastLoadedAndEqualTiesRotate) {
   EXPECT_EQ(chosen.size(), 3u);
 }
 
+TEST_F(RouterTest, EqualLoadTiesPreferTheCandidateHoldingMore) {
+  MakeContext(512);
+  Hold(2, 0, 1);  // one 16-token block: well within the tie tolerance
+  Router router(RouterOptions{});
+  for (int i = 0; i < 4; ++i) {
+    auto d = router.Route(Query(), {Candidate(1), Candidate(2), Candidate(3)}, index_);
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(d->candidate, 1u);
+    EXPECT_EQ(d->reason, RouteReason::kLoadTieBreak);
+  }
+}
+
 TEST_F(RouterTest, LoadBoundOverridesTheBestPrediction) {
   MakeContext(32768);
   Hold(1, 0, 2048);  // everything cached on 1, which is busy

@@ -36,6 +36,9 @@ inline std::string FindTestBinary(const char* env, const char* built, const char
 #ifndef ASYMCACHE_BUILT_CALIBRATOR
 #define ASYMCACHE_BUILT_CALIBRATOR nullptr
 #endif
+#ifndef ASYMCACHE_BUILT_COORDINATOR
+#define ASYMCACHE_BUILT_COORDINATOR nullptr
+#endif
 
 inline std::string DaemonBinary() {
   return FindTestBinary("ASYMCACHE_DAEMON_BIN", ASYMCACHE_BUILT_DAEMON, "asymcache-daemon");
@@ -43,6 +46,10 @@ inline std::string DaemonBinary() {
 inline std::string CalibratorBinary() {
   return FindTestBinary("ASYMCACHE_CALIBRATOR_BIN", ASYMCACHE_BUILT_CALIBRATOR,
                         "asymcache-calibrate");
+}
+inline std::string CoordinatorBinary() {
+  return FindTestBinary("ASYMCACHE_COORDINATOR_BIN", ASYMCACHE_BUILT_COORDINATOR,
+                        "asymcache-coordinator");
 }
 
 }  // namespace asymcache::testing

@@ -148,8 +148,94 @@ TEST(DaemonConfig, EverySettingNameIsAcceptedByTheTable) {
     DaemonOptions o;
     // An unparsable value must be refused by name (so the name is wired).
     const absl::Status s = ApplyDaemonSetting(name, "\x01not-a-value", &o);
-    if (!s.ok()) EXPECT_THAT(s.message(), HasSubstr(name)) << name;
+    if (!s.ok()) {
+      EXPECT_THAT(s.message(), HasSubstr(name)) << name;
+    }
   }
+}
+
+TEST(DaemonConfig, CoordinatorSettingsDefaultToStandalone) {
+  const DaemonOptions o;
+  EXPECT_TRUE(o.coordinators.empty());
+  EXPECT_EQ(o.member_id, "");
+  EXPECT_EQ(o.advertise_address, "");
+  EXPECT_EQ(o.role, "both");
+  EXPECT_FALSE(o.gpu.has_value());
+  EXPECT_EQ(o.coordinator_rpc_timeout, absl::Seconds(1));
+  EXPECT_EQ(o.coordinator_retry_max, absl::Seconds(2));
+}
+
+TEST(DaemonConfig, CoordinatorSettingsParse) {
+  DaemonOptions o;
+  ASSERT_TRUE(ApplyDaemonSetting("coordinators", "coord-0:7000, coord-1:7000", &o).ok());
+  EXPECT_EQ(o.coordinators, (std::vector<std::string>{"coord-0:7000", "coord-1:7000"}));
+  ASSERT_TRUE(ApplyDaemonSetting("member-id", "node-3.gpu-1", &o).ok());
+  ASSERT_TRUE(ApplyDaemonSetting("advertise-address", "10.0.0.3:50051", &o).ok());
+  ASSERT_TRUE(ApplyDaemonSetting("role", "prefill", &o).ok());
+  ASSERT_TRUE(ApplyDaemonSetting("gpu", "3", &o).ok());
+  ASSERT_TRUE(ApplyDaemonSetting("coordinator-rpc-timeout", "250ms", &o).ok());
+  ASSERT_TRUE(ApplyDaemonSetting("coordinator-retry-max", "500ms", &o).ok());
+  EXPECT_EQ(o.member_id, "node-3.gpu-1");
+  EXPECT_EQ(o.advertise_address, "10.0.0.3:50051");
+  EXPECT_EQ(o.role, "prefill");
+  EXPECT_EQ(o.gpu, 3);
+  EXPECT_EQ(o.coordinator_rpc_timeout, absl::Milliseconds(250));
+  EXPECT_EQ(o.coordinator_retry_max, absl::Milliseconds(500));
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+  // "auto" and "" reset.
+  ASSERT_TRUE(ApplyDaemonSetting("gpu", "auto", &o).ok());
+  EXPECT_FALSE(o.gpu.has_value());
+  ASSERT_TRUE(ApplyDaemonSetting("coordinators", "", &o).ok());
+  EXPECT_TRUE(o.coordinators.empty());
+  EXPECT_THAT(ApplyDaemonSetting("gpu", "first", &o).message(), HasSubstr("gpu"));
+}
+
+TEST(DaemonConfig, CoordinatorSettingsAreValidatedByName) {
+  DaemonOptions o;
+  ASSERT_TRUE(ApplyDaemonSetting("coordinators", "a:1,,b:2", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--coordinators"));
+  o = DaemonOptions();
+  ASSERT_TRUE(ApplyDaemonSetting("coordinators", "a:1,a:1", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--coordinators"));
+  o = DaemonOptions();
+  o.member_id = "has space";
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--member-id"));
+  o = DaemonOptions();
+  o.member_id = std::string(129, 'x');
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--member-id"));
+  o = DaemonOptions();
+  o.role = "router";
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--role"));
+  o = DaemonOptions();
+  o.gpu = -2;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--gpu"));
+  o = DaemonOptions();
+  o.coordinator_retry_max = absl::ZeroDuration();
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--coordinator-retry-max"));
+  o = DaemonOptions();
+  o.coordinator_rpc_timeout = absl::Hours(2);
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--coordinator-rpc-timeout"));
+}
+
+TEST(DaemonConfig, YamlCoordinatorsMayBeASequenceOrAList) {
+  DaemonOptions o;
+  absl::Status s = ApplyDaemonYamlText(
+      "coordinators:\n"
+      "  - coord-0:7000\n"
+      "  - coord-1:7000\n"
+      "role: decode\n"
+      "gpu: -1\n",
+      "cluster.yaml", &o);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(o.coordinators, (std::vector<std::string>{"coord-0:7000", "coord-1:7000"}));
+  EXPECT_EQ(o.role, "decode");
+  EXPECT_EQ(o.gpu, -1);
+  s = ApplyDaemonYamlText("coordinators: a:1,b:2\n", "list.yaml", &o);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(o.coordinators, (std::vector<std::string>{"a:1", "b:2"}));
+  s = ApplyDaemonYamlText("coordinators:\n  - [nested]\n", "bad.yaml", &o);
+  EXPECT_THAT(s.message(), HasSubstr("bad.yaml:2:"));
+  EXPECT_EQ(o.coordinators, (std::vector<std::string>{"a:1", "b:2"}));  // unchanged
 }
 
 }  // namespace

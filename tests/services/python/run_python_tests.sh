@@ -10,15 +10,30 @@
 #   4. runs tests/services/python/daemon_api_test.py (unittest).
 # The daemon is stopped on exit (trap). Every step is time-bounded (< 60 s in all).
 #
+# With --coordinator, it also starts asymcache-coordinator on 127.0.0.1:0
+# (--metrics-port=-1, the port read from its "READY grpc=<port>" line), waits
+# for both to be SERVING and runs coordinator_api_test.py instead.
+#
 # Usage: run_python_tests.sh /path/to/asymcache-daemon
+#        run_python_tests.sh --coordinator /path/to/asymcache-daemon /path/to/asymcache-coordinator
 # Exit status: the test's (0 = all passed); 2 for a usage or setup error.
 set -euo pipefail
 
-if [[ $# -ne 1 || ! -x "$1" ]]; then
+MODE=daemon
+if [[ "${1:-}" == "--coordinator" ]]; then
+  MODE=coordinator
+  shift
+fi
+if [[ ( $MODE == daemon && ( $# -ne 1 || ! -x "${1:-}" ) ) ||
+      ( $MODE == coordinator && ( $# -ne 2 || ! -x "${1:-}" || ! -x "${2:-}" ) ) ]]; then
   echo "usage: $0 /path/to/asymcache-daemon" >&2
+  echo "       $0 --coordinator /path/to/asymcache-daemon /path/to/asymcache-coordinator" >&2
   exit 2
 fi
 DAEMON="$(realpath "$1")"
+COORDINATOR=""
+if [[ $MODE == coordinator ]]; then COORDINATOR="$(realpath "$2")"; fi
+MAX_ROUTE_TOKENS=4096
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 PYTHON=/usr/bin/python3  # Debian's python3-grpcio / python3-protobuf / python3-grpc-tools
 MAX_CONTEXT_TOKENS=4096
@@ -26,16 +41,22 @@ POOL_BLOCKS=64           # tiny model: 32 KiB per block (2 layers x K,V x 2 head
 
 WORK="$(mktemp -d -t asymcache-pytest.XXXXXX)"
 DAEMON_PID=""
-cleanup() {
-  if [[ -n "$DAEMON_PID" ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-    kill -TERM "$DAEMON_PID" 2>/dev/null || true
+COORDINATOR_PID=""
+stop_process() {  # SIGTERM, up to 5 s, then SIGKILL
+  local pid="$1"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do
-      kill -0 "$DAEMON_PID" 2>/dev/null || break
+      kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$DAEMON_PID" 2>/dev/null || true
-    wait "$DAEMON_PID" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
+}
+cleanup() {
+  stop_process "$COORDINATOR_PID"
+  stop_process "$DAEMON_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -124,9 +145,37 @@ if [[ -z "$PORT" ]]; then
 fi
 ADDRESS="127.0.0.1:$PORT"
 echo "daemon: pid $DAEMON_PID on $ADDRESS"
+HEALTH_ADDRESSES=("$ADDRESS")
+
+if [[ $MODE == coordinator ]]; then
+  # The tiny model's predicted TTFTs differ by microseconds, below the default
+  # tie tolerance (1 ms / 5 %): compare them exactly so the test can tell.
+  "$COORDINATOR" --listen=127.0.0.1:0 --metrics-port=-1 --max-route-tokens="$MAX_ROUTE_TOKENS" \
+    --tie-absolute=0s --tie-relative=0 \
+    >"$WORK/coordinator.out" 2>"$WORK/coordinator.err" &
+  COORDINATOR_PID=$!
+  COORDINATOR_PORT=""
+  for _ in $(seq 200); do  # 20 s
+    if PORT_LINE="$(grep -m1 -o 'READY grpc=[0-9]*' "$WORK/coordinator.out" 2>/dev/null)"; then
+      COORDINATOR_PORT="${PORT_LINE#READY grpc=}"
+      break
+    fi
+    if ! kill -0 "$COORDINATOR_PID" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  if [[ -z "$COORDINATOR_PORT" ]]; then
+    echo "error: the coordinator did not report READY" >&2
+    cat "$WORK/coordinator.err" >&2
+    exit 2
+  fi
+  COORDINATOR_ADDRESS="127.0.0.1:$COORDINATOR_PORT"
+  echo "coordinator: pid $COORDINATOR_PID on $COORDINATOR_ADDRESS"
+  HEALTH_ADDRESSES+=("$COORDINATOR_ADDRESS")
+fi
 
 # ---- 3. health -------------------------------------------------------------
-PYTHONPATH="$GEN" timeout 30 "$PYTHON" - "$ADDRESS" <<'EOF'
+for HEALTH_ADDRESS in "${HEALTH_ADDRESSES[@]}"; do
+PYTHONPATH="$GEN" timeout 30 "$PYTHON" - "$HEALTH_ADDRESS" <<'EOF'
 import sys, time
 import grpc
 from asymcache_test_health import health_pb2, health_pb2_grpc
@@ -142,19 +191,31 @@ while True:
     except grpc.RpcError as e:
         status = e.code()
     if time.monotonic() > deadline:
-        sys.exit("error: daemon not SERVING after 20 s (last: %s)" % (status,))
+        sys.exit("error: %s not SERVING after 20 s (last: %s)" % (sys.argv[1], status))
     time.sleep(0.05)
 EOF
+done
 
 # ---- 4. tests --------------------------------------------------------------
 set +e
-ASYMCACHE_DAEMON_ADDRESS="$ADDRESS" ASYMCACHE_MAX_CONTEXT_TOKENS="$MAX_CONTEXT_TOKENS" \
-ASYMCACHE_POOL_BLOCKS="$POOL_BLOCKS" PYTHONPATH="$GEN" \
-  timeout 45 "$PYTHON" "$REPO/tests/services/python/daemon_api_test.py" -v
-STATUS=$?
+if [[ $MODE == daemon ]]; then
+  ASYMCACHE_DAEMON_ADDRESS="$ADDRESS" ASYMCACHE_MAX_CONTEXT_TOKENS="$MAX_CONTEXT_TOKENS" \
+  ASYMCACHE_POOL_BLOCKS="$POOL_BLOCKS" PYTHONPATH="$GEN" \
+    timeout 45 "$PYTHON" "$REPO/tests/services/python/daemon_api_test.py" -v
+  STATUS=$?
+else
+  ASYMCACHE_COORDINATOR_ADDRESS="$COORDINATOR_ADDRESS" ASYMCACHE_DAEMON_ADDRESS="$ADDRESS" \
+  ASYMCACHE_MAX_ROUTE_TOKENS="$MAX_ROUTE_TOKENS" PYTHONPATH="$GEN" \
+    timeout 45 "$PYTHON" "$REPO/tests/services/python/coordinator_api_test.py" -v
+  STATUS=$?
+fi
 set -e
 if [[ $STATUS -ne 0 ]]; then
   echo "---- daemon stderr (tail) ----" >&2
   tail -n 40 "$WORK/daemon.err" >&2
+  if [[ $MODE == coordinator ]]; then
+    echo "---- coordinator stderr (tail) ----" >&2
+    tail -n 40 "$WORK/coordinator.err" >&2
+  fi
 fi
 exit $STATUS

@@ -1,0 +1,196 @@
+// asymcache-coordinator: one coordinator replica. Every setting of
+// coordinator_config.h is a flag (--member-timeout=5s or --member-timeout 5s;
+// underscores work as dashes; a bare --allow-fetch means true and
+// --no-allow-fetch false) and a key of the --config YAML file; flags win.
+// `--help` lists them with their defaults. SIGTERM/SIGINT shut down
+// gracefully. Exit status: 0 after a clean shutdown, 2 for bad flags or
+// options, 1 when serving fails.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "services/coordinator/coordinator.h"
+#include "services/coordinator/coordinator_config.h"
+#include "services/coordinator/coordinator_options.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "asymcache-coordinator: the AsymCache cluster coordinator (gRPC asymcache.v1.Coordinator:\n"
+    "member registry, KV-event-fed block index, routing by predicted TTFT; Prometheus metrics).\n"
+    "Several replicas may run at once with no shared store (docs/coordinator.md).\n\n"
+    "Usage: asymcache-coordinator [--config=FILE.yaml] [--SETTING=VALUE ...]\n"
+    "Example: asymcache-coordinator --listen=0.0.0.0:50061 --metrics-port=9401 "
+    "--member-timeout=5s\n\n";
+
+bool IsBoolSetting(const std::string& name) {
+  asymcache::CoordinatorOptions defaults;
+  absl::StatusOr<std::string> value = asymcache::CoordinatorSettingValue(name, defaults);
+  return value.ok() && (*value == "true" || *value == "false");
+}
+
+void PrintHelp() {
+  std::fputs(kUsage, stdout);
+  std::printf("  --%-24s %s\n", "config", "YAML file of settings (keys = the names below)");
+  const asymcache::CoordinatorOptions defaults;
+  for (const asymcache::CoordinatorSettingInfo& s : asymcache::CoordinatorSettings()) {
+    const std::string value = asymcache::CoordinatorSettingValue(s.name, defaults).value_or("?");
+    std::printf("  --%-24s %s (default: %s)\n", s.name.c_str(), s.help.c_str(),
+                value.empty() ? "\"\"" : value.c_str());
+  }
+  std::printf("  --%-24s %s\n", "help", "this text");
+}
+
+struct Flag {
+  std::string name;
+  std::string value;
+};
+
+// argv -> (name, value) pairs, names with dashes. INVALID_ARGUMENT for a
+// positional argument or a setting without a value.
+absl::StatusOr<std::vector<Flag>> ParseArgs(int argc, char** argv, bool* help) {
+  std::vector<Flag> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help" || arg == "-help") {
+      *help = true;
+      continue;
+    }
+    if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    arg = arg.substr(2);
+    std::string name = arg;
+    std::string value;
+    bool has_value = false;
+    if (const size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      has_value = true;
+    }
+    name = absl::StrReplaceAll(name, {{"_", "-"}});
+    if (!has_value) {
+      if (IsBoolSetting(name)) {
+        value = "true";
+      } else if (absl::StartsWith(name, "no-") && IsBoolSetting(name.substr(3))) {
+        name = name.substr(3);
+        value = "false";
+      } else if (i + 1 < argc) {
+        value = argv[++i];
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      }
+    }
+    flags.push_back({std::move(name), std::move(value)});
+  }
+  return flags;
+}
+
+// Defaults < --config YAML < flags, each parsed by the one table in
+// coordinator_config.cc.
+absl::StatusOr<asymcache::CoordinatorOptions> BuildOptions(const std::vector<Flag>& flags) {
+  asymcache::CoordinatorOptions options;
+  for (const Flag& f : flags) {
+    if (f.name != "config") continue;
+    if (absl::Status s = asymcache::ApplyCoordinatorYaml(f.value, &options); !s.ok()) return s;
+  }
+  for (const Flag& f : flags) {
+    if (f.name == "config") continue;
+    if (!asymcache::CoordinatorSettingValue(f.name, options).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", f.name));
+    }
+    if (absl::Status s = asymcache::ApplyCoordinatorSetting(f.name, f.value, &options); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
+    }
+  }
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool help = false;
+  absl::StatusOr<std::vector<Flag>> flags = ParseArgs(argc, argv, &help);
+  if (help) {
+    PrintHelp();
+    return 0;
+  }
+  absl::StatusOr<asymcache::CoordinatorOptions> options =
+      flags.ok() ? BuildOptions(*flags) : absl::StatusOr<asymcache::CoordinatorOptions>(flags.status());
+  if (!options.ok()) {
+    std::fprintf(stderr, "asymcache-coordinator: %s\n(--help lists the settings)\n",
+                 options.status().ToString().c_str());
+    return 2;
+  }
+
+  // Signals go to one thread (sigwait), blocked everywhere else.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::atomic<bool> stop_requested{false};
+  std::atomic<bool> exiting{false};
+  absl::Mutex mu;
+  asymcache::Coordinator* running = nullptr;  // guarded by mu
+  std::thread waiter([&]() {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (exiting.load()) return;  // woken by main on the way out
+    std::fprintf(stderr, "[asymcache-coordinator] signal %d: shutting down\n", sig);
+    stop_requested.store(true);
+    absl::MutexLock lock(&mu);
+    if (running != nullptr) running->Shutdown();
+  });
+  auto finish = [&](int code) {
+    exiting.store(true);
+    if (!stop_requested.load()) kill(getpid(), SIGTERM);  // wake the waiter
+    waiter.join();
+    return code;
+  };
+
+  absl::StatusOr<std::unique_ptr<asymcache::Coordinator>> coordinator =
+      asymcache::Coordinator::Start(*options);
+  if (!coordinator.ok()) {
+    std::fprintf(stderr, "asymcache-coordinator: %s\n", coordinator.status().ToString().c_str());
+    return finish(absl::IsInvalidArgument(coordinator.status()) ? 2 : 1);
+  }
+  std::fprintf(stderr,
+               "[asymcache-coordinator] serving gRPC on port %d, metrics on port %d, routing %s, "
+               "member timeout %s\n",
+               (*coordinator)->grpc_port(), (*coordinator)->metrics_port(),
+               std::string(asymcache::RoutingModeName(options->router.mode)).c_str(),
+               absl::FormatDuration(options->member_timeout).c_str());
+  // A line a supervisor (or a test) can wait for.
+  std::printf("READY grpc=%d metrics=%d\n", (*coordinator)->grpc_port(),
+              (*coordinator)->metrics_port());
+  std::fflush(stdout);
+  {
+    absl::MutexLock lock(&mu);
+    running = coordinator->get();
+    if (stop_requested.load()) running->Shutdown();  // a signal between Start() and here
+  }
+  (*coordinator)->Wait();
+  {
+    absl::MutexLock lock(&mu);
+    running = nullptr;
+  }
+  finish(0);
+  coordinator->reset();
+  std::fprintf(stderr, "[asymcache-coordinator] stopped\n");
+  return 0;
+}

@@ -1,0 +1,104 @@
+// CoordinatorOptions: everything asymcache-coordinator can be told, with the
+// default of every field documented beside it (and why). Flags and the
+// optional YAML config file are parsed into this struct in one place
+// (coordinator_config.h); the coordinator itself only reads
+// CoordinatorOptions.
+//
+// Contract: a plain value; Validate() names the first bad field.
+#ifndef ASYMCACHE_SERVICES_COORDINATOR_COORDINATOR_OPTIONS_H_
+#define ASYMCACHE_SERVICES_COORDINATOR_COORDINATOR_OPTIONS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "cachecore/block_location_index.h"
+#include "cachecore/clock.h"
+#include "cachecore/model_config.h"
+#include "cachecore/router.h"
+
+namespace asymcache {
+
+struct CoordinatorOptions {
+  // gRPC listen address. Port 0 picks a free port (reported by the
+  // coordinator). Default: all interfaces, port 50061 (the daemon's 50051 plus
+  // ten, so both run side by side on one host).
+  std::string listen = "0.0.0.0:50061";
+  // Prometheus exposition on this port (0 = pick a free one, -1 = disabled),
+  // bound on metrics_host. Default 9401 (the daemon uses 9400).
+  int metrics_port = 9401;
+  std::string metrics_host = "0.0.0.0";
+
+  // Members heartbeat at least this often (RegisterResponse tells them).
+  // 1 s: load reaches the router within a second, at a negligible RPC rate
+  // (64 members = 64 tiny RPCs/s per replica). > 0.
+  absl::Duration heartbeat_interval = absl::Seconds(1);
+  // A member without a heartbeat for this long leaves routing (its index
+  // entries are dropped; its next heartbeat gets NOT_FOUND and it registers
+  // again). 5 s = five missed heartbeats: one lost or late heartbeat never
+  // evicts a healthy member, a dead one stops receiving routes within
+  // seconds. > heartbeat_interval.
+  absl::Duration member_timeout = absl::Seconds(5);
+  // How often the maintenance thread expires members and agent affinities
+  // and refreshes the gauges. 100 ms: expiry is late by at most this much
+  // (2 % of the default timeout); the work per run is O(members). > 0.
+  absl::Duration maintenance_interval = absl::Milliseconds(100);
+
+  // Routing (cachecore/router.h documents each field and its default).
+  RouterOptions router;
+  // The event-fed block index (cachecore/block_location_index.h).
+  BlockLocationIndexOptions index;
+
+  // The cluster's model shape. Unset (default): the first daemon that
+  // registers fixes it (until the last daemon leaves); set: every daemon must
+  // match it. A daemon whose shape differs gets FAILED_PRECONDITION.
+  std::optional<ModelConfig> expected_model;
+
+  // WatchEvents reconnect backoff: the first retry after this long, doubling
+  // up to watch_backoff_max. 100 ms / 5 s: a restarting daemon is picked up
+  // within a fraction of a second, a dead one costs one connect attempt per
+  // 5 s until its member times out. > 0, initial <= max.
+  absl::Duration watch_backoff_initial = absl::Milliseconds(100);
+  absl::Duration watch_backoff_max = absl::Seconds(5);
+
+  // An agent job sticks to the daemon it was last routed to for this long
+  // after its last route (while that daemon is alive; the job's last_step
+  // ends it). 10 min: far above the daemon's longest agent pin TTL
+  // (AgentPinOptions::max_ttl, 30 s), so a pinned job is never routed away
+  // from its pins by an expired affinity, and a job idle longer than that
+  // has lost its pins anyway. > 0.
+  absl::Duration agent_affinity_ttl = absl::Minutes(10);
+  // Most agent jobs remembered; beyond it the affinity expiring soonest is
+  // dropped. 1 Mi jobs (~100 bytes each, ~100 MiB worst case). >= 1.
+  int64_t max_agent_jobs = int64_t{1} << 20;
+
+  // Registered members (daemons + workers). 1024: 16 times the design point
+  // of 64 GPUs with a worker each; bounds the registry's memory and the cost
+  // of building a route's candidate list. In [1, index.max_members].
+  int max_members = 1024;
+  // Longest context a Route may carry (token_ids, or num_tokens with
+  // block_hashes). 1M tokens, the daemon's max_context_tokens. >= 1.
+  int64_t max_route_tokens = int64_t{1} << 20;
+  // Largest gRPC message accepted and sent (bytes), also used for the event
+  // streams. 64 MiB holds a 1M-token Route and matches the daemon. > 0.
+  int max_message_bytes = 64 << 20;
+  // Routes remembered for ReportTtft (the oldest are forgotten first).
+  // 65536: minutes of routes at hundreds of requests per second, ~3 MiB. >= 1.
+  int64_t route_history = 65536;
+
+  // SIGTERM: in-flight RPCs get this long to finish before being cancelled.
+  // 5 s: every coordinator RPC takes microseconds. >= 0.
+  absl::Duration shutdown_grace = absl::Seconds(5);
+
+  // Tests only: an injected clock for heartbeats, member expiry and agent
+  // affinity (must outlive the coordinator). nullptr = the real clock.
+  Clock* clock = nullptr;
+
+  absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
+};
+
+}  // namespace asymcache
+
+#endif  // ASYMCACHE_SERVICES_COORDINATOR_COORDINATOR_OPTIONS_H_

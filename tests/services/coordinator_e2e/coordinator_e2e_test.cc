@@ -1,0 +1,520 @@
+// The cluster, end to end, as separate processes on 127.0.0.1 (DESIGN.md §4):
+// three asymcache-daemon processes registered (through their MemberRegistrar)
+// with two asymcache-coordinator replicas, with short heartbeat and timeout
+// settings so the whole scenario takes seconds:
+//   (a) a context committed on daemon B through asymcache::Client is routed
+//       to B by both replicas (once their event-fed indexes have it);
+//   (b) daemon C killed with SIGKILL leaves both replicas' member lists and
+//       routes within the member timeout (+ margin);
+//   (c) a replica killed with SIGKILL and restarted on the same port gets the
+//       members back (NOT_FOUND heartbeats make them register again),
+//       rebuilds its index from the daemons' snapshots and routes (a)'s
+//       context to B like the other replica;
+//   (d) daemon B killed and restarted with the same member id (and port)
+//       rejoins as a new instance, and its old blocks vanish from both
+//       indexes.
+// Every child is reaped by an RAII guard (SIGKILL on destruction; the
+// children also get PR_SET_PDEATHSIG). The binaries come from
+// tests/services/test_binaries.h; the test skips, saying why, when one is
+// missing. Child stderr goes to files whose tails are printed on failure.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "asymcache/v1/coordinator.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "services/client/client.h"
+#include "tests/services/test_binaries.h"
+
+namespace asymcache {
+namespace {
+
+// Cluster timing: heartbeats every 100 ms, members time out after 1 s.
+constexpr absl::Duration kHeartbeat = absl::Milliseconds(100);
+constexpr absl::Duration kMemberTimeout = absl::Seconds(1);
+// Bound of every wait for the cluster to converge (generous for a loaded
+// 2-core CI machine; converging takes well under a second here).
+constexpr absl::Duration kConverge = absl::Seconds(10);
+constexpr char kSalt[] = "tenant-e2e";
+
+// A child process (fork + exec) whose first stdout line is
+// "READY grpc=<port> ..." (both binaries print it once serving). SIGKILLed
+// and reaped on destruction unless already reaped.
+class ChildProcess {
+ public:
+  static std::unique_ptr<ChildProcess> Start(const std::string& name, const std::string& binary,
+                                             const std::vector<std::string>& flags,
+                                             const std::string& log_path) {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) {
+      ADD_FAILURE() << "pipe2: " << std::strerror(errno);
+      return nullptr;
+    }
+    const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log < 0) {
+      ADD_FAILURE() << "open " << log_path << ": " << std::strerror(errno);
+      ::close(out[0]);
+      ::close(out[1]);
+      return nullptr;
+    }
+    std::vector<std::string> args = {binary};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      ADD_FAILURE() << "fork: " << std::strerror(errno);
+      ::close(out[0]);
+      ::close(out[1]);
+      ::close(log);
+      return nullptr;
+    }
+    if (pid == 0) {  // child: async-signal-safe calls only
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(126);
+      ::dup2(out[1], STDOUT_FILENO);
+      ::dup2(log, STDERR_FILENO);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    ::close(log);
+    std::unique_ptr<ChildProcess> child(new ChildProcess(name, pid, out[0], log_path));
+    if (!child->WaitReady(absl::Seconds(15))) return nullptr;
+    return child;
+  }
+
+  ~ChildProcess() {
+    Kill();
+    if (stdout_fd_ >= 0) ::close(stdout_fd_);
+  }
+
+  // SIGKILL and reap (idempotent).
+  void Kill() {
+    if (reaped_) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+  }
+
+  int port() const { return port_; }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  const std::string& name() const { return name_; }
+  const std::string& log_path() const { return log_path_; }
+
+ private:
+  ChildProcess(std::string name, pid_t pid, int stdout_fd, std::string log_path)
+      : name_(std::move(name)), pid_(pid), stdout_fd_(stdout_fd), log_path_(std::move(log_path)) {}
+
+  bool WaitReady(absl::Duration bound) {
+    const absl::Time deadline = absl::Now() + bound;
+    std::string buffer;
+    while (absl::Now() < deadline) {
+      pollfd p{stdout_fd_, POLLIN, 0};
+      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+      if (::poll(&p, 1, std::max(ms, 1)) <= 0) continue;
+      char chunk[256];
+      const ssize_t n = ::read(stdout_fd_, chunk, sizeof(chunk));
+      if (n <= 0) {
+        ADD_FAILURE() << name_ << " exited before READY; stdout: '" << buffer << "'; stderr in "
+                      << log_path_;
+        return false;
+      }
+      buffer.append(chunk, static_cast<size_t>(n));
+      const size_t end = buffer.find('\n');
+      if (end == std::string::npos) continue;
+      const std::string line = buffer.substr(0, end);
+      for (absl::string_view part : absl::StrSplit(line, ' ')) {
+        if (absl::ConsumePrefix(&part, "grpc=") && absl::SimpleAtoi(part, &port_) && port_ > 0 &&
+            line.rfind("READY", 0) == 0) {
+          return true;
+        }
+      }
+      ADD_FAILURE() << "unexpected first stdout line of " << name_ << ": '" << line << "'";
+      return false;
+    }
+    ADD_FAILURE() << name_ << " printed no READY line within " << absl::FormatDuration(bound);
+    return false;
+  }
+
+  const std::string name_;
+  const pid_t pid_;
+  int stdout_fd_ = -1;
+  const std::string log_path_;
+  bool reaped_ = false;
+  int port_ = 0;
+};
+
+std::string Tail(const std::string& path, size_t bytes) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string all = ss.str();
+  return all.size() <= bytes ? all : all.substr(all.size() - bytes);
+}
+
+std::vector<TokenId> Context(int seed, int tokens) {
+  std::vector<TokenId> out(static_cast<size_t>(tokens));
+  for (int i = 0; i < tokens; ++i) out[static_cast<size_t>(i)] = (seed * 7919 + i * 131) % 1000;
+  return out;
+}
+
+class CoordinatorReplica {
+ public:
+  explicit CoordinatorReplica(const std::string& address)
+      : stub_(v1::Coordinator::NewStub(
+            grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {}
+
+  // ListMembers, or the failed call's status.
+  absl::StatusOr<v1::ListMembersResponse> List() const {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::ListMembersResponse response;
+    const grpc::Status s = stub_->ListMembers(&ctx, v1::ListMembersRequest(), &response);
+    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    return response;
+  }
+
+  absl::StatusOr<v1::RouteResponse> Route(const std::vector<TokenId>& tokens,
+                                          bool explain = false) const {
+    v1::RouteRequest request;
+    request.set_salt(kSalt);
+    request.mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+    request.set_explain(explain);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::RouteResponse response;
+    const grpc::Status s = stub_->Route(&ctx, request, &response);
+    if (!s.ok()) return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    return response;
+  }
+
+  // The listed member, or nullptr.
+  static const v1::MemberInfo* Find(const v1::ListMembersResponse& list, const std::string& id) {
+    for (const v1::MemberInfo& m : list.members()) {
+      if (m.member_id() == id) return &m;
+    }
+    return nullptr;
+  }
+
+ private:
+  std::unique_ptr<v1::Coordinator::Stub> stub_;
+};
+
+// Polls `check` (which explains itself in *why when false) until it holds or
+// `bound` passes.
+bool Eventually(absl::Duration bound, const std::function<bool(std::string* why)>& check,
+                std::string* why) {
+  const absl::Time deadline = absl::Now() + bound;
+  while (true) {
+    why->clear();
+    if (check(why)) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));  // polling another process: no condition to wait on
+  }
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_bin_ = testing::DaemonBinary();
+    coordinator_bin_ = testing::CoordinatorBinary();
+    if (daemon_bin_.empty()) GTEST_SKIP() << "no asymcache-daemon binary (test_binaries.h)";
+    if (coordinator_bin_.empty()) {
+      GTEST_SKIP() << "no asymcache-coordinator binary (test_binaries.h: build it, or set "
+                      "ASYMCACHE_COORDINATOR_BIN)";
+    }
+    char dir[] = "/tmp/asymcache_e2e_XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
+    log_dir_ = dir;
+  }
+
+  void TearDown() override {
+    if (HasFailure()) {
+      for (const auto& [name, path] : logs_) {
+        std::fprintf(stderr, "---- %s stderr (tail of %s) ----\n%s\n", name.c_str(), path.c_str(),
+                     Tail(path, 3000).c_str());
+      }
+    }
+    daemons_.clear();
+    coordinators_.clear();
+    for (const auto& [name, path] : logs_) ::unlink(path.c_str());
+    if (!log_dir_.empty()) ::rmdir(log_dir_.c_str());
+  }
+
+  std::string LogPath(const std::string& name) {
+    const std::string path = absl::StrCat(log_dir_, "/", name, ".log");
+    logs_.emplace_back(name, path);
+    return path;
+  }
+
+  std::unique_ptr<ChildProcess> StartCoordinator(const std::string& name, int port) {
+    return ChildProcess::Start(
+        name, coordinator_bin_,
+        {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1",
+         absl::StrCat("--heartbeat-interval=", absl::FormatDuration(kHeartbeat)),
+         absl::StrCat("--member-timeout=", absl::FormatDuration(kMemberTimeout)),
+         "--maintenance-interval=50ms", "--watch-backoff-initial=50ms",
+         "--watch-backoff-max=200ms",
+         // Deterministic choice between a daemon holding the context and
+         // daemons that do not: no fetch plans, no tie tolerance.
+         "--allow-fetch=false", "--tie-absolute=0s", "--tie-relative=0",
+         "--shutdown-grace=1s"},
+        LogPath(name));
+  }
+
+  std::unique_ptr<ChildProcess> StartDaemon(const std::string& member_id, int port) {
+    std::vector<std::string> coordinators;
+    for (int p : coordinator_ports_) coordinators.push_back(absl::StrCat("127.0.0.1:", p));
+    return ChildProcess::Start(
+        member_id, daemon_bin_,
+        {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1", "--backend=host",
+         "--model=tiny", "--pool-bytes=32MiB", "--shutdown-grace=1s",
+         absl::StrCat("--coordinators=", absl::StrJoin(coordinators, ",")),
+         absl::StrCat("--member-id=", member_id), "--coordinator-retry-max=200ms",
+         "--coordinator-rpc-timeout=500ms"},
+        LogPath(absl::StrCat(member_id, "-", ++starts_)));
+  }
+
+  std::string daemon_bin_;
+  std::string coordinator_bin_;
+  std::string log_dir_;
+  std::vector<std::pair<std::string, std::string>> logs_;
+  int starts_ = 0;
+  std::vector<int> coordinator_ports_;
+  // Destroyed (killed) daemons first, then coordinators (TearDown).
+  std::vector<std::unique_ptr<ChildProcess>> coordinators_;
+  std::vector<std::unique_ptr<ChildProcess>> daemons_;
+};
+
+// Both replicas list exactly `ids` as daemons with their event streams up.
+std::function<bool(std::string*)> ListsExactly(const std::vector<CoordinatorReplica*>& replicas,
+                                               std::set<std::string> ids) {
+  return [replicas, ids](std::string* why) {
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      absl::StatusOr<v1::ListMembersResponse> list = replicas[r]->List();
+      if (!list.ok()) {
+        *why = absl::StrCat("replica ", r, ": ", list.status().ToString());
+        return false;
+      }
+      std::set<std::string> listed;
+      for (const v1::MemberInfo& m : list->members()) {
+        if (m.kind() != v1::MEMBER_KIND_DAEMON) continue;
+        listed.insert(m.member_id());
+        if (!m.events_connected()) {
+          *why = absl::StrCat("replica ", r, ": events of ", m.member_id(), " not connected");
+          return false;
+        }
+        if (m.load().capacity_blocks() <= 0) {
+          *why = absl::StrCat("replica ", r, ": no heartbeat load from ", m.member_id(), " yet");
+          return false;
+        }
+      }
+      if (listed != ids) {
+        *why = absl::StrCat("replica ", r, " lists {", absl::StrJoin(listed, ","), "}");
+        return false;
+      }
+    }
+    return true;
+  };
+}
+
+// Both replicas route `tokens` to `daemon_id`, predicting at least
+// `min_hit_tokens` resident there.
+std::function<bool(std::string*)> RoutesTo(const std::vector<CoordinatorReplica*>& replicas,
+                                           const std::vector<TokenId>& tokens,
+                                           const std::string& daemon_id, int64_t min_hit_tokens) {
+  return [replicas, tokens, daemon_id, min_hit_tokens](std::string* why) {
+    for (size_t r = 0; r < replicas.size(); ++r) {
+      absl::StatusOr<v1::RouteResponse> route = replicas[r]->Route(tokens);
+      if (!route.ok()) {
+        *why = absl::StrCat("replica ", r, ": ", route.status().ToString());
+        return false;
+      }
+      if (route->prefill().daemon_id() != daemon_id ||
+          route->prediction().hit_tokens() < min_hit_tokens) {
+        *why = absl::StrCat("replica ", r, " routes to ", route->prefill().daemon_id(), " with ",
+                            route->prediction().hit_tokens(), " hit tokens (", route->reason(),
+                            ")");
+        return false;
+      }
+    }
+    return true;
+  };
+}
+
+TEST_F(ClusterTest, RoutesByIndexSurvivesDaemonAndCoordinatorDeaths) {
+  const absl::Time test_start = absl::Now();
+  // Two replicas, then three daemons registered with both.
+  coordinators_.push_back(StartCoordinator("coordinator-1", 0));
+  coordinators_.push_back(StartCoordinator("coordinator-2", 0));
+  ASSERT_NE(coordinators_[0], nullptr);
+  ASSERT_NE(coordinators_[1], nullptr);
+  coordinator_ports_ = {coordinators_[0]->port(), coordinators_[1]->port()};
+  for (const char* id : {"daemon-a", "daemon-b", "daemon-c"}) {
+    daemons_.push_back(StartDaemon(id, 0));
+    ASSERT_NE(daemons_.back(), nullptr) << id;
+  }
+  CoordinatorReplica r1(coordinators_[0]->address());
+  auto r2 = std::make_unique<CoordinatorReplica>(coordinators_[1]->address());
+  std::vector<CoordinatorReplica*> both = {&r1, r2.get()};
+  std::string why;
+  ASSERT_TRUE(Eventually(kConverge, ListsExactly(both, {"daemon-a", "daemon-b", "daemon-c"}), &why))
+      << why;
+  {
+    absl::StatusOr<v1::ListMembersResponse> list = r1.List();
+    ASSERT_TRUE(list.ok()) << list.status();
+    const v1::MemberInfo* b = CoordinatorReplica::Find(*list, "daemon-b");
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(b->address(), daemons_[1]->address());
+    EXPECT_EQ(list->model().name(), "tiny");
+  }
+
+  // (a) A context committed on B is routed to B by both replicas.
+  const int block_tokens = ModelConfig::Named("tiny").value().block_tokens;
+  const std::vector<TokenId> context = Context(1, 64 * block_tokens);
+  {
+    ClientOptions options;
+    options.target = daemons_[1]->address();
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::StatusOr<ScopedLease> lease = (*client)->BeginStep(kSalt, 1, context);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_TRUE(lease->Commit().ok());
+    ASSERT_TRUE(lease->Release().ok());
+  }
+  // Every committed block is a hit (the last block may be left for the
+  // engine to recompute, so one block's tokens of slack).
+  const int64_t min_hits = static_cast<int64_t>(context.size()) - block_tokens;
+  ASSERT_TRUE(Eventually(kConverge, RoutesTo(both, context, "daemon-b", min_hits), &why)) << why;
+
+  // Contexts no daemon holds are spread over all three (so the check in (b)
+  // that none goes to C can fail).
+  std::set<std::string> spread;
+  for (int i = 0; i < 30; ++i) {
+    absl::StatusOr<v1::RouteResponse> route = r1.Route(Context(1000 + i, 4 * block_tokens));
+    ASSERT_TRUE(route.ok()) << route.status();
+    spread.insert(route->prefill().daemon_id());
+  }
+  EXPECT_EQ(spread, (std::set<std::string>{"daemon-a", "daemon-b", "daemon-c"}));
+
+  // (b) C dies: within the member timeout (+ margin) neither replica lists
+  // it or routes to it.
+  const absl::Time killed = absl::Now();
+  daemons_[2]->Kill();
+  ASSERT_TRUE(Eventually(kMemberTimeout + absl::Seconds(3),
+                         ListsExactly(both, {"daemon-a", "daemon-b"}), &why))
+      << why;
+  EXPECT_LT(absl::Now() - killed, kMemberTimeout + absl::Seconds(3));
+  for (CoordinatorReplica* replica : both) {
+    std::set<std::string> targets;
+    for (int i = 0; i < 60; ++i) {
+      absl::StatusOr<v1::RouteResponse> route = replica->Route(Context(2000 + i, 4 * block_tokens));
+      ASSERT_TRUE(route.ok()) << route.status();
+      targets.insert(route->prefill().daemon_id());
+      targets.insert(route->decode().daemon_id());
+    }
+    EXPECT_EQ(targets.count("daemon-c"), 0u) << absl::StrJoin(targets, ",");
+  }
+
+  // (c) Replica 2 is killed and restarted on the same port: the members come
+  // back, its index is rebuilt from snapshots, it routes (a)'s context to B.
+  const int port2 = coordinators_[1]->port();
+  std::string old_instance;
+  {
+    absl::StatusOr<v1::ListMembersResponse> list = r2->List();
+    ASSERT_TRUE(list.ok()) << list.status();
+    old_instance = list->coordinator_instance();
+  }
+  coordinators_[1]->Kill();
+  coordinators_[1] = StartCoordinator("coordinator-2-restarted", port2);
+  ASSERT_NE(coordinators_[1], nullptr) << "port " << port2 << " could not be bound again";
+  r2 = std::make_unique<CoordinatorReplica>(coordinators_[1]->address());
+  both = {&r1, r2.get()};
+  {
+    absl::StatusOr<v1::ListMembersResponse> list = r2->List();
+    ASSERT_TRUE(list.ok()) << list.status();
+    EXPECT_NE(list->coordinator_instance(), old_instance);
+  }
+  ASSERT_TRUE(Eventually(kConverge, ListsExactly({r2.get()}, {"daemon-a", "daemon-b"}), &why))
+      << why;
+  ASSERT_TRUE(Eventually(kConverge, RoutesTo(both, context, "daemon-b", min_hits), &why)) << why;
+
+  // (d) B restarts with the same member id and port: a new instance, whose
+  // pool is empty; both replicas drop its old blocks.
+  std::string b_instance;
+  {
+    absl::StatusOr<v1::ListMembersResponse> list = r1.List();
+    ASSERT_TRUE(list.ok()) << list.status();
+    const v1::MemberInfo* b = CoordinatorReplica::Find(*list, "daemon-b");
+    ASSERT_NE(b, nullptr);
+    EXPECT_GE(b->index_entries(), static_cast<int64_t>(context.size()) / block_tokens);
+    b_instance = b->instance();
+  }
+  const int port_b = daemons_[1]->port();
+  daemons_[1]->Kill();
+  daemons_[1] = StartDaemon("daemon-b", port_b);
+  ASSERT_NE(daemons_[1], nullptr) << "port " << port_b << " could not be bound again";
+  ASSERT_TRUE(Eventually(
+      kConverge,
+      [&](std::string* why) {
+        for (size_t r = 0; r < both.size(); ++r) {
+          absl::StatusOr<v1::ListMembersResponse> list = both[r]->List();
+          if (!list.ok()) {
+            *why = list.status().ToString();
+            return false;
+          }
+          const v1::MemberInfo* b = CoordinatorReplica::Find(*list, "daemon-b");
+          if (b == nullptr || b->instance() == b_instance || b->index_entries() != 0 ||
+              !b->events_connected()) {
+            *why = absl::StrCat("replica ", r, ": daemon-b ",
+                                b == nullptr ? "not listed"
+                                             : absl::StrCat("instance ", b->instance(), ", ",
+                                                            b->index_entries(), " entries"));
+            return false;
+          }
+        }
+        return true;
+      },
+      &why))
+      << why;
+  for (CoordinatorReplica* replica : both) {
+    absl::StatusOr<v1::RouteResponse> route = replica->Route(context, /*explain=*/true);
+    ASSERT_TRUE(route.ok()) << route.status();
+    EXPECT_EQ(route->prediction().hit_tokens(), 0);
+    for (const v1::TtftPrediction& c : route->candidates()) {
+      EXPECT_EQ(c.hit_tokens(), 0) << c.daemon_id();
+    }
+  }
+  EXPECT_LT(absl::Now() - test_start, absl::Seconds(60));
+}
+
+}  // namespace
+}  // namespace asymcache
