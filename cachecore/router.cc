@@ -87,14 +87,21 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
   double fetch_transfer_s = 0;
   double rebuild_saved_s = 0;
   if (options.allow_fetch && missing_tokens > 0) {
+    // RebuildCost = MarginalLinearTime + RebuildAttentionCost; the linear
+    // part is the same for every full block, so it is computed once.
+    const double full_block_linear_s =
+        cost.MarginalLinearTime(missing_tokens, request.block_tokens);
     for (int64_t b = 0; b < n; ++b) {
       if (state[b] != 0) continue;
       if (request.SourceOf(b, candidate.member, self_is_member) == nullptr) continue;
       const int64_t t = request.TokensOf(b);
       const double transfer_s =
           static_cast<double>(t * bytes_per_token) / options.fetch_bytes_per_s;
-      const double rebuild_s = cost.RebuildCost(t, b * request.block_tokens, /*sigma=*/0.0,
-                                                missing_tokens);
+      const double linear_s = t == request.block_tokens
+                                  ? full_block_linear_s
+                                  : cost.MarginalLinearTime(missing_tokens, t);
+      const double rebuild_s =
+          linear_s + cost.RebuildAttentionCost(t, b * request.block_tokens, /*sigma=*/0.0);
       if (transfer_s < rebuild_s) {
         state[b] = 2;
         fetch_transfer_s += transfer_s;
