@@ -25,6 +25,8 @@ struct RequestView {
   int64_t tokens = 0;
   int64_t block_tokens = 0;
   const std::vector<BlockHolders>* holders = nullptr;
+  // Members blocks may be fetched from, by slot; empty: any holder.
+  const std::vector<uint8_t>* source_allowed = nullptr;
 
   int64_t TokensOf(int64_t block) const {
     const int64_t n = static_cast<int64_t>(hashes.size());
@@ -33,7 +35,12 @@ struct RequestView {
   // A holder of `block` other than `self`, if any.
   const BlockLocation* SourceOf(int64_t block, MemberSlot self, bool self_is_member) const {
     for (const BlockLocation& h : (*holders)[block]) {
-      if (!self_is_member || h.member != self) return &h;
+      if (self_is_member && h.member == self) continue;
+      if (!source_allowed->empty() &&
+          (h.member >= source_allowed->size() || (*source_allowed)[h.member] == 0)) {
+        continue;
+      }
+      return &h;
     }
     return nullptr;
   }
@@ -338,7 +345,15 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
       }
     }
   }
-  const RequestView request{query.hashes, query.tokens, block_tokens, &holders};
+  std::vector<uint8_t> source_allowed;
+  if (query.fetch_sources.has_value()) {
+    MemberSlot max_source = 0;
+    for (MemberSlot m : *query.fetch_sources) max_source = std::max(max_source, m);
+    // One extra entry so an empty source list still reads as "restricted".
+    source_allowed.assign(static_cast<size_t>(max_source) + 2, 0);
+    for (MemberSlot m : *query.fetch_sources) source_allowed[m] = 1;
+  }
+  const RequestView request{query.hashes, query.tokens, block_tokens, &holders, &source_allowed};
 
   // Scores: candidates holding something are scored one by one; the others
   // share one scoring per distinct cost model (they differ only in queueing).

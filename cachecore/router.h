@@ -16,7 +16,8 @@
 //               whole context scanned once, one segment per missing run.
 //   fetch_s   = for the missing blocks fetched from peers: setup + bytes /
 //               fetch_bytes_per_s. A missing block is fetched (when another
-//               live candidate holds it and fetching is allowed) iff its
+//               member allowed by RouteQuery::fetch_sources holds it and
+//               fetching is allowed) iff its
 //               transfer time is below its marginal rebuild cost
 //               (CostModel::RebuildCost at its position, packed: sigma 0, in
 //               a step holding the request's missing tokens) — so cheap
@@ -153,8 +154,7 @@ struct RouteCandidate {
   int64_t busy_blocks = 0;
   // Blocks of the contexts of live agent jobs bound to this candidate (they
   // will come back here: affinity), as far as the caller knows. The memory
-  // balance test uses max(busy_blocks, committed_blocks): a daemon whose pool
-  // is spoken for by sticky jobs is as full as one whose pool is pinned.
+  // balance test compares these (not busy_blocks) across candidates.
   int64_t committed_blocks = 0;
 };
 
@@ -169,6 +169,10 @@ struct RouteQuery {
   // Blocks the request needs beyond its context (e.g. for the tokens it will
   // generate), for the memory fit test. >= 0.
   int64_t reserve_blocks = 0;
+  // Members a missing block may be fetched from (live daemons, candidates or
+  // not, e.g. decode-only ones). nullopt: any member the index names (the
+  // caller's index holds live members only).
+  std::optional<absl::Span<const MemberSlot>> fetch_sources;
 };
 
 // Missing blocks [first_block, first_block + blocks) rebuilt on the chosen

@@ -12,7 +12,10 @@
 //   * Each request (session step) is routed when it arrives by
 //     Router::Route over all N engines as candidates (member slot = engine
 //     index) with their current load (EngineInstance::Load: queued prefill
-//     tokens, decode batch, free blocks) and a BlockLocationIndex fed
+//     tokens, decode batch, free/capacity/busy blocks), the context blocks
+//     of the agent jobs whose last step went there (committed_blocks, until
+//     the job's last step), the request's output blocks as reserve_blocks,
+//     and a BlockLocationIndex fed
 //     synchronously by every engine's KvCache events — the router sees exact,
 //     current state: no heartbeat staleness, no event lag, no network delay.
 //   * RouterOptions.allow_fetch must be false: the simulator does not model

@@ -71,8 +71,11 @@ struct CoordinatorOptions {
   // has lost its pins anyway. > 0.
   absl::Duration agent_affinity_ttl = absl::Minutes(10);
   // Most agent jobs remembered; beyond it the affinity expiring soonest is
-  // dropped. 1 Mi jobs (~100 bytes each, ~100 MiB worst case). >= 1.
-  int64_t max_agent_jobs = int64_t{1} << 20;
+  // dropped. 256 Ki jobs: far more than run at once on 64 daemons; each
+  // entry keeps its job id (<= 128 bytes, held in the map and the expiry
+  // order) and its daemon's id, ~200 bytes for 32-byte ids and ~600 at the
+  // limits, so 50–150 MiB worst case. >= 1.
+  int64_t max_agent_jobs = int64_t{1} << 18;
 
   // Registered members (daemons + workers). 1024: 16 times the design point
   // of 64 GPUs with a worker each; bounds the registry's memory and the cost

@@ -50,16 +50,26 @@ v1::Role RoleToProto(MemberRole role) {
   return v1::ROLE_BOTH;
 }
 
+// Largest accepted load value: 2^40 (10^12 tokens or blocks, far beyond any
+// real daemon). Bounding the inputs keeps every sum the registry and the
+// router form (a daemon's and its workers' loads plus routed work, min_load +
+// imbalance_abs_tokens) far from int64 overflow.
+constexpr int64_t kMaxLoadValue = int64_t{1} << 40;
+
 absl::StatusOr<MemberLoad> LoadFromProto(absl::string_view method, const v1::MemberLoad& in) {
-  auto negative = [&](absl::string_view field, int64_t value) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(method, ": load.", field, " is negative (", value, ")"));
+  const std::pair<absl::string_view, int64_t> fields[] = {
+      {"queued_prefill_tokens", in.queued_prefill_tokens()},
+      {"decode_batch", in.decode_batch()},
+      {"free_blocks", in.free_blocks()},
+      {"capacity_blocks", in.capacity_blocks()},
+      {"busy_blocks", in.busy_blocks()},
   };
-  if (in.queued_prefill_tokens() < 0) return negative("queued_prefill_tokens", in.queued_prefill_tokens());
-  if (in.decode_batch() < 0) return negative("decode_batch", in.decode_batch());
-  if (in.free_blocks() < 0) return negative("free_blocks", in.free_blocks());
-  if (in.capacity_blocks() < 0) return negative("capacity_blocks", in.capacity_blocks());
-  if (in.busy_blocks() < 0) return negative("busy_blocks", in.busy_blocks());
+  for (const auto& [field, value] : fields) {
+    if (value < 0 || value > kMaxLoadValue) {
+      return absl::InvalidArgumentError(absl::StrCat(method, ": load.", field, " = ", value,
+                                                     " is outside [0, 2^40]"));
+    }
+  }
   MemberLoad load;
   load.queued_prefill_tokens = in.queued_prefill_tokens();
   load.decode_batch = in.decode_batch();

@@ -16,7 +16,7 @@ namespace asymcache {
 namespace {
 
 // Agent job ids are remembered (affinity): bound their size.
-constexpr size_t kMaxJobIdLength = 256;
+constexpr size_t kMaxJobIdLength = 128;
 
 std::string NewInstanceId() {
   absl::BitGen random;
@@ -279,6 +279,13 @@ absl::StatusOr<RouteOutcome> CoordinatorState::Route(const RouteInput& in) {
   query.tokens = tokens;
   query.reserve_blocks = (in.reserve_tokens + block_tokens - 1) / block_tokens;
   if (!in.job_id.empty()) query.sticky_member = registry_->AgentAffinity(in.job_id);
+  // Blocks are fetched only from live daemons of this view (prefill or
+  // decode), never from one that left but whose entries are still draining.
+  std::vector<MemberSlot> sources;
+  sources.reserve(view.prefill.size() + view.decode.size());
+  for (const RoutingMember& m : view.prefill) sources.push_back(m.slot);
+  for (const RoutingMember& m : view.decode) sources.push_back(m.slot);
+  query.fetch_sources = absl::MakeConstSpan(sources);
   absl::StatusOr<RouteDecision> decision =
       router_->Route(query, candidates, *index_, in.explain);
   if (!decision.ok()) return decision.status();
@@ -304,8 +311,10 @@ absl::StatusOr<RouteOutcome> CoordinatorState::Route(const RouteInput& in) {
   }
   out.rebuild = std::move(decision->rebuild);
   auto identity_of = [&view](MemberSlot slot) -> std::shared_ptr<const MemberIdentity> {
-    for (const RoutingMember& m : view.prefill) {
-      if (m.slot == slot) return m.daemon;
+    for (const std::vector<RoutingMember>* list : {&view.prefill, &view.decode}) {
+      for (const RoutingMember& m : *list) {
+        if (m.slot == slot) return m.daemon;
+      }
     }
     return nullptr;
   };

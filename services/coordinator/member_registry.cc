@@ -16,6 +16,8 @@ namespace {
 constexpr size_t kMaxIdLength = 128;
 constexpr size_t kMaxAddressLength = 256;
 constexpr size_t kMaxInstanceLength = 128;
+constexpr size_t kMaxCalibrationSourceLength = 1024;
+constexpr size_t kMaxCalibrationPoints = 1024;
 
 // [A-Za-z0-9._:-]{1,128}
 absl::Status CheckId(absl::string_view field, absl::string_view id) {
@@ -170,6 +172,25 @@ absl::Status MemberRegistry::ValidateRegistration(const MemberRegistration& r) c
   if (r.instance.size() > kMaxInstanceLength) {
     return absl::InvalidArgumentError(absl::StrCat("instance has ", r.instance.size(),
                                                    " characters, more than ", kMaxInstanceLength));
+  }
+  // Strings a member sends are stored for its lifetime: bounded.
+  if (r.model.has_value() && r.model->name.size() > kMaxIdLength) {
+    return absl::InvalidArgumentError(absl::StrCat("model.name has ", r.model->name.size(),
+                                                   " characters, more than ", kMaxIdLength));
+  }
+  if (r.calibration.has_value()) {
+    if (r.calibration->device.size() > kMaxAddressLength ||
+        r.calibration->source.size() > kMaxCalibrationSourceLength) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "calibration.device/source have ", r.calibration->device.size(), "/",
+          r.calibration->source.size(), " characters, more than ", kMaxAddressLength, "/",
+          kMaxCalibrationSourceLength));
+    }
+    if (r.calibration->linear_step_s.size() > kMaxCalibrationPoints) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("calibration.linear_step has ", r.calibration->linear_step_s.size(),
+                       " points, more than ", kMaxCalibrationPoints));
+    }
   }
   if (r.model.has_value()) {
     if (absl::Status s = r.model->Validate(); !s.ok()) {

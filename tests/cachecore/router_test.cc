@@ -327,6 +327,32 @@ TEST_F(RouterTest, FetchesDeepBlocksAndRebuildsCheapLeadingOnes) {
   EXPECT_GT(n->score.predicted_ttft_s, d->score.predicted_ttft_s);
 }
 
+TEST_F(RouterTest, FetchesOnlyFromAllowedSources) {
+  MakeContext(16384);
+  Hold(7, 0, 1024);
+  RouterOptions o;
+  o.fetch_setup = absl::ZeroDuration();
+  o.fetch_bytes_per_s = 1e12;  // fetching beats rebuilding everywhere
+  Router router(o);
+  RouteQuery q = Query();
+  auto d = router.Route(q, {Candidate(1)}, index_);  // any holder
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->score.fetched_blocks, 1024);
+  const std::vector<MemberSlot> others = {8, 9};
+  q.fetch_sources = absl::MakeConstSpan(others);  // 7 is not live
+  d = router.Route(q, {Candidate(1)}, index_);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->score.fetched_blocks, 0);
+  EXPECT_TRUE(d->fetch.empty());
+  q.fetch_sources = absl::Span<const MemberSlot>();  // no source at all
+  EXPECT_EQ(router.Route(q, {Candidate(1)}, index_)->score.fetched_blocks, 0);
+  const std::vector<MemberSlot> seven = {7};
+  q.fetch_sources = absl::MakeConstSpan(seven);
+  d = router.Route(q, {Candidate(1)}, index_);
+  ASSERT_EQ(d->fetch.size(), 1u);
+  EXPECT_EQ(d->fetch[0].from, 7u);
+}
+
 TEST_F(RouterTest, FetchSetupMustPayOff) {
   MakeContext(64);  // 4 cheap blocks on member 7
   Hold(7, 0, 4);

@@ -8,13 +8,18 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "cachecore/block_hash.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 #include "services/common/proto_convert.h"
+#include "services/coordinator/coordinator_service.h"
 #include "tests/services/coordinator/coordinator_test_util.h"
 
 namespace asymcache {
@@ -292,7 +297,8 @@ TEST_F(CoordinatorServiceTest, StickyAgentJobsCommitTheirDaemonsPool) {
   ASSERT_TRUE(Heartbeat("b", load).ok());
   EXPECT_EQ(MustRoute(RouteTokens("s", context)).prefill().daemon_id(), "a");
   // An agent job with a 40-block context binds to a: 40 % of its pool is
-  // spoken for, more than the 25 % imbalance allowed over b's 0 %.
+  // spoken for, more than the 5 % memory imbalance allowed (the router's
+  // default) over b's 0 %.
   v1::RouteRequest job = RouteTokens("s", Tokens(40 * B, 16));
   job.mutable_agent()->set_job_id("long-job");
   job.mutable_agent()->set_tool("browse");
@@ -425,14 +431,13 @@ TEST_F(CoordinatorServiceTest, SplitRolesPairAPrefillWorkerWithADecodeWorker) {
 TEST_F(CoordinatorServiceTest, RegisterAnswersTheIntervalsAndListMembersFillsEverything) {
   CoordinatorOptions options = LocalCoordinatorOptions();
   options.heartbeat_interval = absl::Milliseconds(250);
-  options.member_timeout = absl::Seconds(2);
   Start(options);
   daemons_.push_back(TestDaemon::Start("a"));
   TestDaemon& a = daemons_.back();
   v1::RegisterResponse reg;
   ASSERT_TRUE(Call(*stub_, &Stub::Register, DaemonRegistration("a", *a.daemon, *a.client), &reg).ok());
   EXPECT_DOUBLE_EQ(reg.heartbeat_interval_s(), 0.25);
-  EXPECT_DOUBLE_EQ(reg.member_timeout_s(), 2.0);
+  EXPECT_DOUBLE_EQ(reg.member_timeout_s(), absl::ToDoubleSeconds(options.member_timeout));
   EXPECT_FALSE(reg.coordinator_instance().empty());
   ASSERT_TRUE(Register(WorkerRegistration("a-engine", "a", v1::ROLE_BOTH, 9)).ok());
   a.Commit("s", 1, Tokens(3 * BlockTokens(), 1));
@@ -465,7 +470,7 @@ TEST_F(CoordinatorServiceTest, RegisterAnswersTheIntervalsAndListMembersFillsEve
   EXPECT_EQ(d.load().capacity_blocks(), 256);
   EXPECT_EQ(d.load().decode_batch(), 2);
   EXPECT_GE(d.since_heartbeat_s(), 0);
-  EXPECT_LT(d.since_heartbeat_s(), 2.0);
+  EXPECT_LT(d.since_heartbeat_s(), absl::ToDoubleSeconds(options.member_timeout));
   EXPECT_EQ(d.index_entries(), 3);
   EXPECT_EQ(d.applied_event_sequence(), load.last_event_sequence());
   EXPECT_TRUE(d.events_connected());
@@ -483,6 +488,7 @@ TEST_F(CoordinatorServiceTest, ExpiredMemberLeavesRoutingAndRejoins) {
   FakeClock clock(absl::FromUnixSeconds(100));
   CoordinatorOptions options = LocalCoordinatorOptions();
   options.clock = &clock;
+  options.member_timeout = absl::Seconds(5);  // on the fake clock
   Start(options);
   TestDaemon& a = AddDaemon("a");
   ASSERT_TRUE(Register(SyntheticDaemonRegistration("b", 1)).ok());
@@ -619,7 +625,14 @@ TEST_F(CoordinatorServiceTest, BadHeartbeatsAndDeregistrationsGetPreciseCodes) {
   negative.set_free_blocks(-1);
   const grpc::Status s = Heartbeat("x", negative);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), HasSubstr("load.free_blocks is negative"));
+  EXPECT_THAT(s.error_message(), HasSubstr("load.free_blocks = -1 is outside [0, 2^40]"));
+  // Huge loads would overflow the sums routing forms (a daemon's and its
+  // workers' queues): refused by name too.
+  v1::MemberLoad huge;
+  huge.set_queued_prefill_tokens(std::numeric_limits<int64_t>::max() - 10);
+  const grpc::Status h = Heartbeat("x", huge);
+  EXPECT_EQ(h.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(h.error_message(), HasSubstr("load.queued_prefill_tokens"));
   v1::DeregisterRequest d;
   v1::DeregisterResponse resp;
   EXPECT_EQ(Call(*stub_, &Stub::Deregister, d, &resp).error_code(),
@@ -702,14 +715,46 @@ TEST_F(CoordinatorServiceTest, BadTtftReportsGetPreciseCodes) {
   EXPECT_EQ(code(id, 0.1), grpc::StatusCode::OK);  // the bad ones consumed nothing
 }
 
-TEST_F(CoordinatorServiceTest, ShuttingDownRefusesNewWorkWithUnavailable) {
+TEST(CoordinatorServiceShutdown, StoppedAcceptingServiceRefusesNewWorkWithUnavailable) {
+  // The service on a server of its own, so that the server keeps serving
+  // while the service refuses (Coordinator::Shutdown closes the port too,
+  // and the transport's UNAVAILABLE would hide the service's).
+  absl::StatusOr<std::unique_ptr<CoordinatorState>> state =
+      CoordinatorState::Create(LocalCoordinatorOptions(), nullptr);
+  ASSERT_TRUE(state.ok()) << state.status();
+  CoordinatorService service(state->get());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  std::unique_ptr<Stub> stub = CoordinatorStub("127.0.0.1:" + std::to_string(port));
+  v1::RegisterResponse registered;
+  ASSERT_TRUE(Call(*stub, &Stub::Register, SyntheticDaemonRegistration("x", 1), &registered).ok());
+  v1::RouteResponse routed;
+  ASSERT_TRUE(Call(*stub, &Stub::Route, RouteTokens("s", Tokens(20, 1)), &routed).ok());
+
+  service.StopAccepting();
+  const grpc::Status route = Call(*stub, &Stub::Route, RouteTokens("s", Tokens(20, 1)), &routed);
+  EXPECT_EQ(route.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(route.error_message(), HasSubstr("shutting down"));
+  EXPECT_THAT(route.error_message(), HasSubstr("Route"));
+  const grpc::Status late =
+      Call(*stub, &Stub::Register, SyntheticDaemonRegistration("late", 2), &registered);
+  EXPECT_EQ(late.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(late.error_message(), HasSubstr("shutting down"));
+  v1::ListMembersResponse list;
+  EXPECT_EQ(Call(*stub, &Stub::ListMembers, v1::ListMembersRequest(), &list).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ((*state)->registry().members(), 1);  // the refused Register changed nothing
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+TEST_F(CoordinatorServiceTest, StateStaysReadableAfterShutdownAndTakesNoNewMembers) {
   Start();
   ASSERT_TRUE(Register(SyntheticDaemonRegistration("x", 1)).ok());
   coordinator_->Shutdown();
-  v1::RouteResponse resp;
-  const grpc::Status s = Call(*stub_, &Stub::Route, RouteTokens("s", Tokens(20, 1)), &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
-  // The state stays readable after Shutdown, and takes no new members.
   EXPECT_EQ(coordinator_->state().registry().members(), 1);
   MemberRegistration late;
   late.member_id = "late";
