@@ -1,8 +1,11 @@
 #include "services/coordinator/member_registrar.h"
 
 #include <algorithm>
+#include <chrono>
+#include <memory>
 #include <utility>
 
+#include "absl/base/call_once.h"
 #include "absl/base/internal/raw_logging.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
@@ -34,6 +37,38 @@ bool ValidMemberId(absl::string_view id) {
 }
 
 int64_t Millis(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
+
+// gRPC 1.51 (Debian 12) runs client callbacks on a shared "callback
+// alternative" completion queue when its poller does not run in the
+// background: the first channel that makes a callback call creates it, the
+// last such channel to go destroys it. Destroying it and creating the next
+// one while its threads wind down double-frees inside gRPC
+// (grpc_cq_internal_unref; reproduced under ASan within a few seconds by
+// registrars that come and go in one process). One channel that made a
+// callback call and lives as long as the process holds the queue, so it is
+// created once and never torn down. Called before any registrar exists.
+void HoldCallbackQueueForProcessLifetime() {
+  static absl::once_flag once;
+  absl::call_once(once, [] {
+    struct Anchor {
+      std::shared_ptr<grpc::Channel> channel;
+      std::unique_ptr<v1::Coordinator::Stub> stub;
+      grpc::ClientContext context;
+      v1::DeregisterRequest request;
+      v1::DeregisterResponse response;
+    };
+    // Never deleted: reachable from this static for the life of the process.
+    static Anchor* anchor = new Anchor;
+    // Port 1 on loopback: nothing listens; the call fails at once (or at its
+    // 100 ms deadline) — only taking the queue matters.
+    anchor->channel = grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials());
+    anchor->stub = v1::Coordinator::NewStub(anchor->channel);
+    anchor->context.set_deadline(std::chrono::system_clock::now() +
+                                 std::chrono::milliseconds(100));
+    anchor->stub->async()->Deregister(&anchor->context, &anchor->request, &anchor->response,
+                                      [](grpc::Status) {});
+  });
+}
 
 }  // namespace
 
@@ -137,6 +172,7 @@ absl::StatusOr<std::unique_ptr<MemberRegistrar>> MemberRegistrar::Start(
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   if (absl::Status s = identity.Validate(); !s.ok()) return s;
   if (!load) return absl::InvalidArgumentError("load: a load callback is required");
+  HoldCallbackQueueForProcessLifetime();
   std::unique_ptr<MemberRegistrar> registrar(
       new MemberRegistrar(std::move(options), std::move(identity), std::move(load)));
   MemberRegistrar* raw = registrar.get();
