@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <utility>
 
@@ -19,6 +21,10 @@ namespace asymcache {
 namespace {
 
 using Stub = v1::CacheDaemon::Stub;
+
+// How often EventStream::Open looks for a Cancel() while it waits for the
+// channel to connect.
+constexpr absl::Duration kCancelPoll = absl::Milliseconds(100);
 
 // A reply the client cannot use.
 absl::Status BadReply(absl::string_view what, const absl::Status& cause) {
@@ -469,14 +475,37 @@ absl::StatusOr<AttachedPool> Client::AttachPool(const std::optional<ModelConfig>
 // ---------------------------------------------------------------- events
 
 struct EventStream::Call {
-  grpc::ClientContext context;
+  // Set by the Client that made it (which the stream must not outlive).
+  std::shared_ptr<grpc::Channel> channel;
+  Stub* stub = nullptr;
+  std::string target;
+  v1::WatchEventsRequest request;
+
+  grpc::ClientContext context;       // TryCancel works before the call starts
+  std::atomic<bool> cancelled{false};  // Cancel() ran (any thread)
+  // Owner thread only:
+  bool opened = false;  // WatchEvents, or Open() was called
   std::unique_ptr<grpc::ClientReader<v1::KvEventBatch>> reader;
   bool finished = false;
   absl::Status final_status;  // valid once finished; OK = ended cleanly
 
+  // Starts the call. The reader's constructor blocks until the request is
+  // sent (or the call failed, or the context was cancelled).
+  void Start() {
+    opened = true;
+    reader = stub->WatchEvents(&context, request);
+  }
+
+  // Ends the stream with `status` before a call was started.
+  absl::Status EndUnstarted(absl::Status status) {
+    finished = true;
+    final_status = status;
+    return status;
+  }
+
   // Cancels (unless already finished), drains and collects the final status.
   void Finish(bool cancel) {
-    if (finished) return;
+    if (finished || reader == nullptr) return;
     if (cancel) context.TryCancel();
     v1::KvEventBatch ignored;
     while (reader->Read(&ignored)) {
@@ -490,9 +519,67 @@ EventStream::EventStream(std::unique_ptr<Call> call) : call_(std::move(call)) {}
 
 EventStream::~EventStream() { call_->Finish(/*cancel=*/true); }
 
-void EventStream::Cancel() { call_->context.TryCancel(); }
+void EventStream::Cancel() {
+  call_->cancelled.store(true);
+  call_->context.TryCancel();
+}
+
+absl::Status EventStream::Open(absl::Duration connect_timeout) {
+  Call& call = *call_;
+  if (call.opened) return absl::FailedPreconditionError("EventStream::Open: opened before");
+  if (connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EventStream::Open: connect_timeout must be > 0, got ",
+                     absl::FormatDuration(connect_timeout)));
+  }
+  call.opened = true;
+  const absl::Time deadline = connect_timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : absl::Now() + connect_timeout;
+  grpc_connectivity_state state = call.channel->GetState(/*try_to_connect=*/true);
+  while (state != GRPC_CHANNEL_READY) {
+    if (call.cancelled.load()) {
+      return call.EndUnstarted(absl::CancelledError(
+          absl::StrCat("WatchEvents: cancelled while connecting to ", call.target)));
+    }
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {
+      return call.EndUnstarted(absl::UnavailableError(absl::StrCat(
+          "WatchEvents: cannot connect to ", call.target,
+          state == GRPC_CHANNEL_SHUTDOWN ? " (channel shut down)" : " (connection failing)")));
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return call.EndUnstarted(absl::DeadlineExceededError(
+          absl::StrCat("WatchEvents: not connected to ", call.target, " within ",
+                       absl::FormatDuration(connect_timeout))));
+    }
+    if (call.channel->WaitForStateChange(state,
+                                         absl::ToChronoTime(std::min(deadline, now + kCancelPoll)))) {
+      state = call.channel->GetState(/*try_to_connect=*/true);
+    }
+  }
+  // Connected: the request goes out at once. Should the connection drop
+  // right now, the call waits for the next attempt, and Cancel() still ends
+  // it (the context is cancellable from before the call starts).
+  call.Start();
+  if (call.reader == nullptr) {
+    return call.EndUnstarted(absl::InternalError("WatchEvents: no stream reader"));
+  }
+  if (call.cancelled.load()) {
+    call.Finish(/*cancel=*/true);
+    if (call.final_status.ok()) {
+      call.final_status = absl::CancelledError("WatchEvents: cancelled while opening");
+    }
+    return call.final_status;
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::optional<KvEventBatch>> EventStream::Next() {
+  if (!call_->opened) {
+    return absl::FailedPreconditionError(
+        "EventStream::Next: the stream is not open (Client::PrepareWatch: Open() it first)");
+  }
   if (!call_->finished) {
     v1::KvEventBatch wire;
     if (call_->reader->Read(&wire)) {
@@ -520,18 +607,27 @@ absl::StatusOr<std::optional<KvEventBatch>> EventStream::Next() {
   return call_->final_status;
 }
 
-absl::StatusOr<std::unique_ptr<EventStream>> Client::WatchEvents(const WatchOptions& options) {
+std::unique_ptr<EventStream> Client::PrepareWatch(const WatchOptions& options) {
   auto call = std::make_unique<EventStream::Call>();
+  call->channel = rpc_->channel;
+  call->stub = rpc_->stub.get();
+  call->target = options_.target;
+  call->request.set_after_sequence(options.after_sequence);
+  call->request.set_snapshot(options.snapshot);
   if (options.stream_timeout > absl::ZeroDuration() &&
       options.stream_timeout != absl::InfiniteDuration()) {
     SetDeadline(&call->context, absl::Now() + options.stream_timeout);
   }
-  v1::WatchEventsRequest request;
-  request.set_after_sequence(options.after_sequence);
-  request.set_snapshot(options.snapshot);
-  call->reader = rpc_->stub->WatchEvents(&call->context, request);
-  if (call->reader == nullptr) return absl::InternalError("WatchEvents: no stream reader");
   return std::unique_ptr<EventStream>(new EventStream(std::move(call)));
+}
+
+absl::StatusOr<std::unique_ptr<EventStream>> Client::WatchEvents(const WatchOptions& options) {
+  std::unique_ptr<EventStream> stream = PrepareWatch(options);
+  stream->call_->Start();
+  if (stream->call_->reader == nullptr) {
+    return absl::InternalError("WatchEvents: no stream reader");
+  }
+  return stream;
 }
 
 // ---------------------------------------------------------------- scoped lease

@@ -28,7 +28,8 @@
 //             its mapping and does not need the Client after AttachPool.
 //   Deadlines Every unary call takes `timeout`; kDefaultTimeout (or any value
 //             <= 0) means ClientOptions::default_timeout. Streams default to no
-//             deadline (WatchOptions::stream_timeout).
+//             deadline (WatchOptions::stream_timeout); PrepareWatch + Open
+//             bound the connect and can be cancelled while connecting.
 //   Errors    absl::Status. A daemon error keeps its gRPC code one to one and
 //             its message verbatim (the codes of cache_daemon.proto:
 //             INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, OUT_OF_RANGE,
@@ -232,15 +233,27 @@ class ScopedLease {
   LeasedStep step_;
 };
 
-// A live WatchEvents stream. Not thread-safe except Cancel(). Destroying it
-// cancels the stream.
+// A WatchEvents stream. Not thread-safe except Cancel(). Destroying it
+// cancels the stream. From Client::WatchEvents it is open; from
+// Client::PrepareWatch it is open once Open() succeeded.
 class EventStream {
  public:
   ~EventStream();
   EventStream(const EventStream&) = delete;
   EventStream& operator=(const EventStream&) = delete;
 
-  // Blocks for the next batch. std::nullopt when the daemon ended the stream
+  // Connects and sends the request of a stream from Client::PrepareWatch.
+  // Waits at most `connect_timeout` (> 0; InfiniteDuration waits as long as
+  // the channel keeps trying) for the channel to be connected, seeing a
+  // Cancel() within 100 ms. OK once the request is sent; CANCELLED after
+  // Cancel(); DEADLINE_EXCEEDED (naming the target) when not connected in
+  // time; UNAVAILABLE at once while the channel is failing (e.g. connection
+  // refused; gRPC retries it with its own backoff) or shut down;
+  // INVALID_ARGUMENT for connect_timeout <= 0; FAILED_PRECONDITION when Open()
+  // ran before. After an error the stream is over and Next() returns it.
+  absl::Status Open(absl::Duration connect_timeout);
+  // Blocks for the next batch (FAILED_PRECONDITION on a prepared stream not
+  // yet opened). std::nullopt when the daemon ended the stream
   // cleanly (e.g. it shut down: resume elsewhere or later from
   // last_sequence()); the stream's status otherwise (CANCELLED after Cancel(),
   // DEADLINE_EXCEEDED after stream_timeout, UNAVAILABLE when the daemon went
@@ -248,7 +261,8 @@ class EventStream {
   // After the end every call returns the same result. A watcher that fell too
   // far behind gets a fresh snapshot (snapshot_begin), not an error.
   absl::StatusOr<std::optional<KvEventBatch>> Next();
-  // Ends the stream from any thread; a blocked Next() returns CANCELLED.
+  // Ends the stream from any thread, also before or during Open(); a blocked
+  // Next() or Open() returns CANCELLED.
   void Cancel();
   // sequence_number of the last batch Next() returned (0 before any): the
   // after_sequence to resume from.
@@ -354,7 +368,15 @@ class Client {
                                             absl::Duration timeout = kDefaultTimeout);
 
   // ------------------------------------------------------------ events, pool, stats
+  // Opens a stream; blocks until the request is sent, which takes until the
+  // connection is up or has failed (gRPC's connect timeout is 20 s for an
+  // address that drops connects) and cannot be cancelled meanwhile.
   absl::StatusOr<std::unique_ptr<EventStream>> WatchEvents(const WatchOptions& options = {});
+  // The same stream, not yet opened: its Cancel() works from now on, from
+  // any thread, so a watcher that must stop promptly can cancel the connect
+  // that EventStream::Open(connect_timeout) then makes. Nothing is sent
+  // before Open().
+  std::unique_ptr<EventStream> PrepareWatch(const WatchOptions& options = {});
   // Maps the pool into this process. FAILED_PRECONDITION when expected_model
   // differs from the daemon's shape (daemon-side); INTERNAL when the reply's
   // layout does not match its model; pool_memory.h MapPool's errors otherwise

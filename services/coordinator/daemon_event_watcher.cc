@@ -20,6 +20,11 @@ absl::Status DaemonEventWatcherOptions::Validate() const {
         absl::FormatDuration(backoff_initial), ") <= max (", absl::FormatDuration(backoff_max),
         ") < inf"));
   }
+  if (connect_timeout <= absl::ZeroDuration() || connect_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DaemonEventWatcher: connect_timeout must be > 0 and finite, got ",
+                     absl::FormatDuration(connect_timeout)));
+  }
   if (max_message_bytes <= 0) {
     return absl::InvalidArgumentError("DaemonEventWatcher: max_message_bytes must be positive");
   }
@@ -136,19 +141,20 @@ void DaemonEventWatcher::Run() {
     } else {
       watch.after_sequence = applied - 1;  // event `applied` comes back at once
     }
-    absl::StatusOr<std::unique_ptr<EventStream>> stream = (*client)->WatchEvents(watch);
+    // Registered before it connects: RequestStop() cancels the connect too.
+    std::unique_ptr<EventStream> stream = (*client)->PrepareWatch(watch);
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+      stream_ = stream.get();
+    }
     bool resubscribe_now = false;
     bool delivered = false;
-    absl::Status ended;
-    if (stream.ok()) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (stopping_) break;
-        stream_ = stream->get();
-      }
+    absl::Status ended = stream->Open(options_.connect_timeout);
+    if (ended.ok()) {
       bool in_snapshot = false;
       while (true) {
-        absl::StatusOr<std::optional<KvEventBatch>> next = (*stream)->Next();
+        absl::StatusOr<std::optional<KvEventBatch>> next = stream->Next();
         if (!next.ok()) {
           ended = next.status();
           break;
@@ -197,14 +203,12 @@ void DaemonEventWatcher::Run() {
         if (!in_snapshot) need_snapshot = false;
       }
       if (in_snapshot) need_snapshot = true;  // a partial snapshot is no view
-      {
-        absl::MutexLock lock(&mu_);
-        stream_ = nullptr;
-      }
-      stream->reset();
-    } else {
-      ended = stream.status();
     }
+    {
+      absl::MutexLock lock(&mu_);
+      stream_ = nullptr;
+    }
+    stream.reset();
     connected_.store(false);
     {
       absl::MutexLock lock(&mu_);

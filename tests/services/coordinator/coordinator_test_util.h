@@ -1,6 +1,6 @@
 // Test helpers for the coordinator suites: a Coordinator started in-process
 // on 127.0.0.1:0 (no metrics unless asked, fast watcher backoff, exact
-// scores: no tie tolerance), real cache daemons (tests/services/client/
+// scores: no tie tolerance, members that do not expire on the real clock), real cache daemons (tests/services/client/
 // test_daemon.h) registered with it over real gRPC, and small RPC wrappers.
 #ifndef ASYMCACHE_TESTS_SERVICES_COORDINATOR_COORDINATOR_TEST_UTIL_H_
 #define ASYMCACHE_TESTS_SERVICES_COORDINATOR_COORDINATOR_TEST_UTIL_H_
@@ -31,6 +31,10 @@ inline CoordinatorOptions LocalCoordinatorOptions() {
   o.metrics_port = -1;
   o.metrics_host = "127.0.0.1";
   o.maintenance_interval = absl::Milliseconds(20);
+  // On the real clock no member of a test should expire, however loaded the
+  // machine (most tests never heartbeat); expiry tests set a FakeClock and
+  // their own timeout.
+  o.member_timeout = absl::Seconds(60);
   o.watch_backoff_initial = absl::Milliseconds(10);
   o.watch_backoff_max = absl::Milliseconds(100);
   o.shutdown_grace = absl::Seconds(2);

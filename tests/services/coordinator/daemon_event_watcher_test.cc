@@ -4,7 +4,10 @@
 // instance) drops the old entries; and (2) a scripted CacheDaemon gRPC
 // server on 127.0.0.1 that breaks streams on cue: resume after the applied
 // sequence number, duplicate events skipped, instance change mid-stream,
-// a snapshot broken in the middle, reconnect backoff and prompt Stop().
+// a snapshot broken in the middle, reconnect backoff; and (3) Stop() within
+// a generous bound in every state: streaming, backing off, connecting to an
+// address that drops connects, and connected to a peer that never answers
+// (tests/services/client/silent_listener.h), plus the bound on each connect.
 #include "services/coordinator/daemon_event_watcher.h"
 
 #include <deque>
@@ -20,16 +23,31 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "services/common/proto_convert.h"
+#include "tests/services/client/silent_listener.h"
 #include "tests/services/coordinator/coordinator_test_util.h"
 
 namespace asymcache {
 namespace {
 
+using ::asymcache::testing::SilentListener;
 using ::asymcache::testing::TestDaemon;
 using ::asymcache::testing::Tokens;
 using ::asymcache::testing::WaitUntil;
 
 constexpr MemberSlot kSlot = 3;
+// Bound of a Stop() that must not wait for the network: far above a prompt
+// stop (milliseconds), far below the connect it must cut short (gRPC's 20 s
+// connect timeout, or the 30 s connect_timeout the tests set).
+constexpr absl::Duration kStopBound = absl::Seconds(5);
+
+// Stops `w` and checks that it returned within kStopBound.
+void ExpectPromptStop(DaemonEventWatcher& w) {
+  const absl::Time start = absl::Now();
+  w.Stop();
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_LT(took, kStopBound) << "Stop() took " << took;
+  EXPECT_FALSE(w.connected());
+}
 
 std::unique_ptr<BlockLocationIndex> NewIndex() {
   return BlockLocationIndex::Create(BlockLocationIndexOptions{}).value();
@@ -90,6 +108,13 @@ TEST(DaemonEventWatcherTest, OptionsAreValidated) {
   o.address = "127.0.0.1:1";
   EXPECT_EQ(DaemonEventWatcher::Start(o, index.get()).status().code(),
             absl::StatusCode::kInvalidArgument);  // no member id
+  o.member_id = "d";
+  for (absl::Duration bad : {absl::ZeroDuration(), absl::InfiniteDuration()}) {
+    o.connect_timeout = bad;
+    absl::StatusOr<std::unique_ptr<DaemonEventWatcher>> w = DaemonEventWatcher::Start(o, index.get());
+    EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(w.status().message(), ::testing::HasSubstr("connect_timeout"));
+  }
 }
 
 TEST(DaemonEventWatcherTest, SnapshotThenLiveEventsFromARealDaemon) {
@@ -201,8 +226,7 @@ TEST(DaemonEventWatcherTest, StopIsPromptWhileStreamingAndWhileBackingOff) {
   auto index = NewIndex();
   std::unique_ptr<DaemonEventWatcher> live = Watch(d.daemon->local_address(), index.get());
   ASSERT_TRUE(WaitUntil([&] { return live->connected(); }));
-  live->Stop();  // blocked in Next(): the cancel wakes it
-  EXPECT_FALSE(live->connected());
+  ExpectPromptStop(*live);  // blocked in Next(): the cancel wakes it
   live->Stop();  // idempotent
 
   // Nobody listens on port 1: connect failures, backoff between attempts.
@@ -216,7 +240,75 @@ TEST(DaemonEventWatcherTest, StopIsPromptWhileStreamingAndWhileBackingOff) {
   ASSERT_TRUE(WaitUntil([&] { return !dead->last_error().ok(); }));
   EXPECT_EQ(dead->last_error().code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(dead->connected());
-  dead->Stop();  // inside a 30 s backoff: returns without waiting it out
+  ExpectPromptStop(*dead);  // inside a 30 s backoff: returns without waiting it out
+}
+
+// A watcher of `address` whose connect attempts would last 30 s.
+std::unique_ptr<DaemonEventWatcher> WatchSlowConnect(const std::string& address,
+                                                     BlockLocationIndex* index) {
+  DaemonEventWatcherOptions o;
+  o.member_id = "silent";
+  o.address = address;
+  o.slot = kSlot;
+  o.connect_timeout = absl::Seconds(30);
+  o.backoff_initial = absl::Seconds(30);
+  o.backoff_max = absl::Seconds(30);
+  absl::StatusOr<std::unique_ptr<DaemonEventWatcher>> w = DaemonEventWatcher::Start(o, index);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return w.ok() ? *std::move(w) : nullptr;
+}
+
+TEST(DaemonEventWatcherTest, StopIsPromptWhileConnectingToAnAddressThatDropsConnects) {
+  std::string skip;
+  std::unique_ptr<SilentListener> listener =
+      SilentListener::Start(SilentListener::Mode::kDropsConnects, &skip);
+  if (listener == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(listener, nullptr);
+  auto index = NewIndex();
+  std::unique_ptr<DaemonEventWatcher> w = WatchSlowConnect(listener->address(), index.get());
+  ASSERT_NE(w, nullptr);
+  // Nothing observable says "SYN sent and dropped": let the connect start.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE(w->last_error().ok()) << "the first attempt ended: " << w->last_error();
+  ExpectPromptStop(*w);
+}
+
+TEST(DaemonEventWatcherTest, StopIsPromptWhileAPeerThatNeverAnswersHoldsTheHandshake) {
+  std::string unused;
+  std::unique_ptr<SilentListener> listener =
+      SilentListener::Start(SilentListener::Mode::kNeverAccepts, &unused);
+  ASSERT_NE(listener, nullptr);
+  auto index = NewIndex();
+  std::unique_ptr<DaemonEventWatcher> w = WatchSlowConnect(listener->address(), index.get());
+  ASSERT_NE(w, nullptr);
+  // The TCP connection is up (queued, never accepted); the HTTP/2 handshake
+  // never completes (gRPC would wait 20 s for the server's SETTINGS).
+  ASSERT_TRUE(listener->HasPendingConnection(absl::Seconds(10)));
+  EXPECT_TRUE(w->last_error().ok()) << "the first attempt ended: " << w->last_error();
+  ExpectPromptStop(*w);
+}
+
+TEST(DaemonEventWatcherTest, EachConnectAttemptIsBounded) {
+  std::string skip;
+  std::unique_ptr<SilentListener> listener =
+      SilentListener::Start(SilentListener::Mode::kDropsConnects, &skip);
+  if (listener == nullptr && !skip.empty()) GTEST_SKIP() << skip;
+  ASSERT_NE(listener, nullptr);
+  auto index = NewIndex();
+  DaemonEventWatcherOptions o;
+  o.member_id = "silent";
+  o.address = listener->address();
+  o.slot = kSlot;
+  o.connect_timeout = absl::Milliseconds(200);
+  o.backoff_initial = absl::Milliseconds(10);
+  o.backoff_max = absl::Milliseconds(10);
+  std::unique_ptr<DaemonEventWatcher> w = DaemonEventWatcher::Start(o, index.get()).value();
+  // Attempts end (DEADLINE_EXCEEDED) and are retried, long before gRPC's own
+  // 20 s connect timeout would end one.
+  ASSERT_TRUE(WaitUntil([&] { return w->reconnects() >= 2; }));
+  EXPECT_EQ(w->last_error().code(), absl::StatusCode::kDeadlineExceeded) << w->last_error();
+  EXPECT_FALSE(w->connected());
+  ExpectPromptStop(*w);
 }
 
 // ------------------------------------------------------------ scripted daemon
@@ -407,6 +499,14 @@ TEST_F(ScriptedWatcherTest, SnapshotBrokenInTheMiddleStartsOver) {
   EXPECT_EQ(Entry(1), -1);
   EXPECT_EQ(Entry(2), 20);
   EXPECT_EQ(watcher_->applied_sequence(), 51u);
+}
+
+TEST_F(ScriptedWatcherTest, StopIsPromptWhileConnectedToAStreamThatNeverDelivers) {
+  StartWatcher();  // unscripted: the call is accepted and stays open, silent
+  ASSERT_TRUE(daemon_.Request(0).has_value());
+  EXPECT_FALSE(watcher_->connected());  // no batch yet
+  ExpectPromptStop(*watcher_);
+  EXPECT_EQ(watcher_->last_error().code(), absl::StatusCode::kCancelled) << watcher_->last_error();
 }
 
 TEST_F(ScriptedWatcherTest, ConnectFailuresBackOffAndRecover) {

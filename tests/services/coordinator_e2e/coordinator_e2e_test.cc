@@ -5,7 +5,7 @@
 //   (a) a context committed on daemon B through asymcache::Client is routed
 //       to B by both replicas (once their event-fed indexes have it);
 //   (b) daemon C killed with SIGKILL leaves both replicas' member lists and
-//       routes within the member timeout (+ margin);
+//       routes once its member timeout passes;
 //   (c) a replica killed with SIGKILL and restarted on the same port gets the
 //       members back (NOT_FOUND heartbeats make them register again),
 //       rebuilds its index from the daemons' snapshots and routes (a)'s
@@ -53,12 +53,15 @@
 namespace asymcache {
 namespace {
 
-// Cluster timing: heartbeats every 100 ms, members time out after 1 s.
-constexpr absl::Duration kHeartbeat = absl::Milliseconds(100);
-constexpr absl::Duration kMemberTimeout = absl::Seconds(1);
-// Bound of every wait for the cluster to converge (generous for a loaded
-// 2-core CI machine; converging takes well under a second here).
-constexpr absl::Duration kConverge = absl::Seconds(10);
+// Cluster timing: heartbeats every 200 ms, members time out after 3 s: 15
+// heartbeats per timeout, so five processes on two loaded cores (ASan,
+// ctest -j2) do not expire a live daemon, while (b) still sees a dead one go
+// within seconds.
+constexpr absl::Duration kHeartbeat = absl::Milliseconds(200);
+constexpr absl::Duration kMemberTimeout = absl::Seconds(3);
+// Bound of every wait for the cluster to converge: only a failing run waits
+// it out (converging takes about a second here, a few under ASan).
+constexpr absl::Duration kConverge = absl::Seconds(20);
 constexpr char kSalt[] = "tenant-e2e";
 
 // A child process (fork + exec) whose first stdout line is
@@ -346,6 +349,27 @@ std::function<bool(std::string*)> ListsExactly(const std::vector<CoordinatorRepl
   };
 }
 
+// Every daemon `replica` lists has heartbeated after `since`, so the pending
+// load earlier Route calls added to it is gone.
+std::function<bool(std::string*)> HeartbeatedSince(CoordinatorReplica* replica, absl::Time since) {
+  return [replica, since](std::string* why) {
+    const absl::Time asked = absl::Now();  // the server's view is taken later
+    absl::StatusOr<v1::ListMembersResponse> list = replica->List();
+    if (!list.ok()) {
+      *why = list.status().ToString();
+      return false;
+    }
+    for (const v1::MemberInfo& m : list->members()) {
+      if (m.kind() == v1::MEMBER_KIND_DAEMON &&
+          m.since_heartbeat_s() >= absl::ToDoubleSeconds(asked - since)) {
+        *why = absl::StrCat(m.member_id(), ": no heartbeat for ", m.since_heartbeat_s(), " s");
+        return false;
+      }
+    }
+    return true;
+  };
+}
+
 // Both replicas route `tokens` to `daemon_id`, predicting at least
 // `min_hit_tokens` resident there.
 std::function<bool(std::string*)> RoutesTo(const std::vector<CoordinatorReplica*>& replicas,
@@ -371,7 +395,6 @@ std::function<bool(std::string*)> RoutesTo(const std::vector<CoordinatorReplica*
 }
 
 TEST_F(ClusterTest, RoutesByIndexSurvivesDaemonAndCoordinatorDeaths) {
-  const absl::Time test_start = absl::Now();
   // Two replicas, then three daemons registered with both.
   coordinators_.push_back(StartCoordinator("coordinator-1", 0));
   coordinators_.push_back(StartCoordinator("coordinator-2", 0));
@@ -414,6 +437,10 @@ TEST_F(ClusterTest, RoutesByIndexSurvivesDaemonAndCoordinatorDeaths) {
   // engine to recompute, so one block's tokens of slack).
   const int64_t min_hits = static_cast<int64_t>(context.size()) - block_tokens;
   ASSERT_TRUE(Eventually(kConverge, RoutesTo(both, context, "daemon-b", min_hits), &why)) << why;
+  // The polls above routed the whole context elsewhere while the index
+  // lagged; that pending load counts until each daemon's next heartbeat.
+  const absl::Time polled = absl::Now();
+  ASSERT_TRUE(Eventually(kConverge, HeartbeatedSince(&r1, polled), &why)) << why;
 
   // Contexts no daemon holds are spread over all three (so the check in (b)
   // that none goes to C can fail).
@@ -425,14 +452,12 @@ TEST_F(ClusterTest, RoutesByIndexSurvivesDaemonAndCoordinatorDeaths) {
   }
   EXPECT_EQ(spread, (std::set<std::string>{"daemon-a", "daemon-b", "daemon-c"}));
 
-  // (b) C dies: within the member timeout (+ margin) neither replica lists
-  // it or routes to it.
-  const absl::Time killed = absl::Now();
+  // (b) C dies: once its member timeout passes, neither replica lists it or
+  // routes to it (the bound only caps a failing run).
   daemons_[2]->Kill();
-  ASSERT_TRUE(Eventually(kMemberTimeout + absl::Seconds(3),
-                         ListsExactly(both, {"daemon-a", "daemon-b"}), &why))
+  ASSERT_TRUE(Eventually(kMemberTimeout + kConverge, ListsExactly(both, {"daemon-a", "daemon-b"}),
+                         &why))
       << why;
-  EXPECT_LT(absl::Now() - killed, kMemberTimeout + absl::Seconds(3));
   for (CoordinatorReplica* replica : both) {
     std::set<std::string> targets;
     for (int i = 0; i < 60; ++i) {
@@ -513,7 +538,6 @@ TEST_F(ClusterTest, RoutesByIndexSurvivesDaemonAndCoordinatorDeaths) {
       EXPECT_EQ(c.hit_tokens(), 0) << c.daemon_id();
     }
   }
-  EXPECT_LT(absl::Now() - test_start, absl::Seconds(60));
 }
 
 }  // namespace

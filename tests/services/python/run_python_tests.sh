@@ -150,8 +150,10 @@ HEALTH_ADDRESSES=("$ADDRESS")
 if [[ $MODE == coordinator ]]; then
   # The tiny model's predicted TTFTs differ by microseconds, below the default
   # tie tolerance (1 ms / 5 %): compare them exactly so the test can tell.
+  # The test's members never heartbeat: a 60 s member timeout keeps them
+  # registered for the whole run, however loaded the machine.
   "$COORDINATOR" --listen=127.0.0.1:0 --metrics-port=-1 --max-route-tokens="$MAX_ROUTE_TOKENS" \
-    --tie-absolute=0s --tie-relative=0 \
+    --tie-absolute=0s --tie-relative=0 --member-timeout=60s \
     >"$WORK/coordinator.out" 2>"$WORK/coordinator.err" &
   COORDINATOR_PID=$!
   COORDINATOR_PORT=""
