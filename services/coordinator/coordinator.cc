@@ -1,17 +1,10 @@
 #include "services/coordinator/coordinator.h"
 
-#include <chrono>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
+#include "services/common/grpc_server_parts.h"
 #include "services/common/metrics_exposer.h"
 #include "services/coordinator/coordinator_service.h"
 #include "services/coordinator/coordinator_state.h"
@@ -27,11 +20,8 @@ struct Coordinator::Server {
   std::unique_ptr<grpc::Server> grpc_server;
   int grpc_port = 0;
 
-  absl::Mutex mu;
-  bool shutting_down ABSL_GUARDED_BY(mu) = false;
-  absl::Notification stopped;
-  absl::Notification stop_maintenance;
-  std::thread maintenance;
+  ShutdownLatch shutdown;
+  std::unique_ptr<PeriodicThread> maintenance;
 };
 
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const CoordinatorOptions& options) {
@@ -54,28 +44,15 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
   server->state = *std::move(state);
   server->service = std::make_unique<CoordinatorService>(server->state.get());
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->grpc_port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(server->service.get());
-  server->grpc_server = builder.BuildAndStart();
-  if (server->grpc_server == nullptr || server->grpc_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("--listen: cannot serve gRPC on ", options.listen,
-                     " (address in use, not local, or malformed)"));
-  }
-  server->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  absl::StatusOr<StartedGrpcServer> grpc_server =
+      StartGrpcServer(options.listen, options.max_message_bytes, server->service.get());
+  if (!grpc_server.ok()) return grpc_server.status();
+  server->grpc_server = std::move(grpc_server->server);
+  server->grpc_port = grpc_server->port;
 
-  Server* raw = server.get();
-  server->maintenance = std::thread([raw]() {
-    const absl::Duration interval = raw->state->options().maintenance_interval;
-    while (!raw->stop_maintenance.WaitForNotificationWithTimeout(interval)) {
-      raw->state->RunMaintenance();
-    }
-  });
+  CoordinatorState* state_ptr = server->state.get();
+  server->maintenance = std::make_unique<PeriodicThread>(
+      state_ptr->options().maintenance_interval, [state_ptr]() { state_ptr->RunMaintenance(); });
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(server)));
 }
 
@@ -93,31 +70,19 @@ std::string Coordinator::local_address() const {
 CoordinatorState& Coordinator::state() { return *server_->state; }
 
 void Coordinator::Shutdown() {
-  bool first = false;
-  {
-    absl::MutexLock lock(&server_->mu);
-    first = !server_->shutting_down;
-    server_->shutting_down = true;
-  }
-  if (!first) {
-    server_->stopped.WaitForNotification();
-    return;
-  }
   Server& s = *server_;
+  if (!s.shutdown.Begin()) return;  // another caller shut down
   // 1. Tell load balancers and refuse new work.
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  MarkNotServing(*s.grpc_server);
   s.service->StopAccepting();
   // 2. In-flight RPCs get the grace period, then are cancelled.
-  s.grpc_server->Shutdown(std::chrono::system_clock::now() +
-                          absl::ToChronoMilliseconds(s.state->options().shutdown_grace));
-  s.grpc_server->Wait();
+  StopGrpcServer(*s.grpc_server, s.state->options().shutdown_grace);
   // 3. Maintenance and the event streams.
-  s.stop_maintenance.Notify();
-  if (s.maintenance.joinable()) s.maintenance.join();
+  s.maintenance->Stop();
   s.state->StopWatchers();
-  s.stopped.Notify();
+  s.shutdown.Finish();
 }
 
-void Coordinator::Wait() { server_->stopped.WaitForNotification(); }
+void Coordinator::Wait() { server_->shutdown.Wait(); }
 
 }  // namespace asymcache

@@ -5,13 +5,8 @@
 // `--help` lists them with their defaults. SIGTERM/SIGINT shut down
 // gracefully. Exit status: 0 after a clean shutdown, 2 for bad flags or
 // options, 1 when serving fails.
-#include <signal.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -20,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "absl/synchronization/mutex.h"
+#include "services/common/signal_waiter.h"
 #include "services/coordinator/coordinator.h"
 #include "services/coordinator/coordinator_config.h"
 #include "services/coordinator/coordinator_options.h"
@@ -137,37 +132,13 @@ int main(int argc, char** argv) {
   }
 
   // Signals go to one thread (sigwait), blocked everywhere else.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  std::atomic<bool> stop_requested{false};
-  std::atomic<bool> exiting{false};
-  absl::Mutex mu;
-  asymcache::Coordinator* running = nullptr;  // guarded by mu
-  std::thread waiter([&]() {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    if (exiting.load()) return;  // woken by main on the way out
-    std::fprintf(stderr, "[asymcache-coordinator] signal %d: shutting down\n", sig);
-    stop_requested.store(true);
-    absl::MutexLock lock(&mu);
-    if (running != nullptr) running->Shutdown();
-  });
-  auto finish = [&](int code) {
-    exiting.store(true);
-    if (!stop_requested.load()) kill(getpid(), SIGTERM);  // wake the waiter
-    waiter.join();
-    return code;
-  };
+  asymcache::SignalWaiter signals("asymcache-coordinator");
 
   absl::StatusOr<std::unique_ptr<asymcache::Coordinator>> coordinator =
       asymcache::Coordinator::Start(*options);
   if (!coordinator.ok()) {
     std::fprintf(stderr, "asymcache-coordinator: %s\n", coordinator.status().ToString().c_str());
-    return finish(absl::IsInvalidArgument(coordinator.status()) ? 2 : 1);
+    return absl::IsInvalidArgument(coordinator.status()) ? 2 : 1;
   }
   std::fprintf(stderr,
                "[asymcache-coordinator] serving gRPC on port %d, metrics on port %d, routing %s, "
@@ -179,17 +150,12 @@ int main(int argc, char** argv) {
   std::printf("READY grpc=%d metrics=%d\n", (*coordinator)->grpc_port(),
               (*coordinator)->metrics_port());
   std::fflush(stdout);
-  {
-    absl::MutexLock lock(&mu);
-    running = coordinator->get();
-    if (stop_requested.load()) running->Shutdown();  // a signal between Start() and here
-  }
+  // From here a signal shuts the coordinator down (at once if one came since Start()).
+  asymcache::Coordinator* running = coordinator->get();
+  signals.SetShutdownAction([running]() { running->Shutdown(); });
   (*coordinator)->Wait();
-  {
-    absl::MutexLock lock(&mu);
-    running = nullptr;
-  }
-  finish(0);
+  signals.SetShutdownAction(nullptr);
+  signals.Stop();
   coordinator->reset();
   std::fprintf(stderr, "[asymcache-coordinator] stopped\n");
   return 0;

@@ -30,8 +30,6 @@ int RoleIndex(MemberRole role) {
   return 0;
 }
 
-double Seconds(absl::Duration d) { return std::max(0.0, absl::ToDoubleSeconds(d)); }
-
 }  // namespace
 
 void MemberCounts::Add(MemberKind kind, MemberRole role) {
@@ -39,9 +37,7 @@ void MemberCounts::Add(MemberKind kind, MemberRole role) {
 }
 
 const std::vector<double>& CoordinatorMetrics::RouteLatencyBuckets() {
-  static const std::vector<double>* const kBuckets = new std::vector<double>{
-      5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1};
-  return *kBuckets;
+  return OperationLatencyBuckets();
 }
 
 const std::vector<double>& CoordinatorMetrics::RelativeErrorBuckets() {
@@ -52,40 +48,26 @@ const std::vector<double>& CoordinatorMetrics::RelativeErrorBuckets() {
 }
 
 const std::vector<double>& CoordinatorMetrics::RpcLatencyBuckets() {
-  static const std::vector<double>* const kBuckets = new std::vector<double>{
-      2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1, 1};
-  return *kBuckets;
+  return ::asymcache::RpcLatencyBuckets();
 }
 
 absl::StatusOr<std::unique_ptr<CoordinatorMetrics>> CoordinatorMetrics::Create(
     prometheus::Registry& registry, RoutingMode mode) {
-  std::vector<std::function<void()>> undo;
-  absl::Status error;
-  try {
-    return std::unique_ptr<CoordinatorMetrics>(new CoordinatorMetrics(registry, mode, &undo));
-  } catch (const std::invalid_argument& e) {
-    error = absl::AlreadyExistsError(
-        absl::StrCat("cannot register the coordinator metrics: ", e.what()));
-  } catch (const std::exception& e) {
-    error = absl::InternalError(absl::StrCat("cannot register the coordinator metrics: ", e.what()));
-  }
-  for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
-  return error;
+  std::unique_ptr<CoordinatorMetrics> metrics;
+  absl::Status registered =
+      RegisterMetricFamilies(registry, "coordinator", [&](MetricFamilyRegistrar& families) {
+        metrics.reset(new CoordinatorMetrics(families, mode));
+      });
+  if (!registered.ok()) return registered;
+  return metrics;
 }
 
-CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry, RoutingMode mode,
-                                       std::vector<std::function<void()>>* undo) {
+CoordinatorMetrics::CoordinatorMetrics(MetricFamilyRegistrar& families, RoutingMode mode) {
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
-  auto Register = [undo](auto builder, prometheus::Registry& registry, const std::string& name,
-                         const std::string& help) -> auto& {
-    auto& family = builder.Name(name).Help(help).Register(registry);
-    undo->push_back([r = &registry, f = &family] { r->Remove(*f); });
-    return family;
-  };
 
-  auto& routes = Register(BuildCounter(), registry, "asymcache_coordinator_routes_total",
+  auto& routes = families.Add(BuildCounter(), "asymcache_coordinator_routes_total",
                           "Requests routed, by why the target was chosen and the routing mode.");
   const std::string mode_name(RoutingModeName(mode));
   for (RouteReason reason : kReasons) {
@@ -93,31 +75,32 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry, RoutingMo
         &routes.Add({{"reason", std::string(RouteReasonName(reason))}, {"mode", mode_name}});
   }
   route_duration_ =
-      &Register(BuildHistogram(), registry, "asymcache_coordinator_route_duration_seconds",
+      &families.Add(BuildHistogram(), "asymcache_coordinator_route_duration_seconds",
                 "Time to route one request (hashing, index lookup, scoring), in seconds.")
            .Add({}, RouteLatencyBuckets());
-  rpc_family_ = &Register(BuildHistogram(), registry, "asymcache_coordinator_rpc_duration_seconds",
-                          "Coordinator RPC handling time in seconds, by method and status code.");
+  rpcs_ = std::make_unique<RpcDurationHistograms>(
+      families.Add(BuildHistogram(), "asymcache_coordinator_rpc_duration_seconds",
+                   "Coordinator RPC handling time in seconds, by method and status code."));
   ttft_error_ =
-      &Register(BuildHistogram(), registry, "asymcache_coordinator_ttft_relative_error",
+      &families.Add(BuildHistogram(), "asymcache_coordinator_ttft_relative_error",
                 "Relative error of the predicted TTFT, (reported - predicted) / reported, from "
                 "ReportTtft; negative = over-predicted.")
            .Add({}, RelativeErrorBuckets());
-  ttft_reports_ = &Register(BuildCounter(), registry, "asymcache_coordinator_ttft_reports_total",
+  ttft_reports_ = &families.Add(BuildCounter(), "asymcache_coordinator_ttft_reports_total",
                             "TTFT reports received (ReportTtft) for known routes.")
                        .Add({});
-  index_entries_ = &Register(BuildGauge(), registry, "asymcache_coordinator_index_entries",
+  index_entries_ = &families.Add(BuildGauge(), "asymcache_coordinator_index_entries",
                              "(block hash, daemon) entries in the coordinator's block index.")
                         .Add({});
   index_dropped_ =
-      &Register(BuildCounter(), registry, "asymcache_coordinator_index_dropped_stored_total",
+      &families.Add(BuildCounter(), "asymcache_coordinator_index_dropped_stored_total",
                 "STORED events dropped because the block index was full.")
            .Add({});
   index_stale_ =
-      &Register(BuildCounter(), registry, "asymcache_coordinator_index_stale_removed_total",
+      &families.Add(BuildCounter(), "asymcache_coordinator_index_stale_removed_total",
                 "REMOVED events ignored because they named another block than recorded.")
            .Add({});
-  auto& members = Register(BuildGauge(), registry, "asymcache_coordinator_members",
+  auto& members = families.Add(BuildGauge(), "asymcache_coordinator_members",
                            "Registered members by kind and registered role.");
   for (MemberKind kind : kKinds) {
     for (MemberRole role : kRoles) {
@@ -126,25 +109,25 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry, RoutingMo
                         {"role", std::string(MemberRoleName(role))}});
     }
   }
-  lag_family_ = &Register(BuildGauge(), registry, "asymcache_coordinator_event_lag",
+  lag_family_ = &families.Add(BuildGauge(), "asymcache_coordinator_event_lag",
                           "KV events a daemon has emitted (its last sequence number, from its "
                           "heartbeat) that this coordinator has not applied yet.");
-  connected_family_ = &Register(BuildGauge(), registry, "asymcache_coordinator_events_connected",
+  connected_family_ = &families.Add(BuildGauge(), "asymcache_coordinator_events_connected",
                                 "1 while the daemon's KV event stream is up, else 0.");
-  auto& kv_events = Register(BuildCounter(), registry,
+  auto& kv_events = families.Add(BuildCounter(),
                              "asymcache_coordinator_kv_events_applied_total",
                              "KV events applied to the block index, by kind (snapshots included).");
   kv_events_[static_cast<int>(KvEvent::Kind::kStored)] = &kv_events.Add({{"kind", "stored"}});
   kv_events_[static_cast<int>(KvEvent::Kind::kRemoved)] = &kv_events.Add({{"kind", "removed"}});
-  snapshots_ = &Register(BuildCounter(), registry, "asymcache_coordinator_snapshots_total",
+  snapshots_ = &families.Add(BuildCounter(), "asymcache_coordinator_snapshots_total",
                          "Daemon index snapshots applied (on connect, restart or falling behind).")
                     .Add({});
   reconnects_ =
-      &Register(BuildCounter(), registry, "asymcache_coordinator_watcher_reconnects_total",
+      &families.Add(BuildCounter(), "asymcache_coordinator_watcher_reconnects_total",
                 "KV event streams reopened after the first one of a daemon (broken streams, "
                 "daemon restarts).")
            .Add({});
-  agent_jobs_ = &Register(BuildGauge(), registry, "asymcache_coordinator_agent_jobs",
+  agent_jobs_ = &families.Add(BuildGauge(), "asymcache_coordinator_agent_jobs",
                           "Agent jobs with a daemon affinity.")
                      .Add({});
 }
@@ -152,23 +135,12 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry, RoutingMo
 void CoordinatorMetrics::ObserveRoute(RouteReason reason, absl::Duration latency) {
   const int index = static_cast<int>(reason);
   if (index >= 0 && index < static_cast<int>(routes_.size())) routes_[index]->Increment();
-  route_duration_->Observe(Seconds(latency));
+  route_duration_->Observe(NonNegativeSeconds(latency));
 }
 
 void CoordinatorMetrics::ObserveRpc(absl::string_view method, absl::StatusCode code,
                                     absl::Duration latency) {
-  const std::string key = absl::StrCat(method, "/", static_cast<int>(code));
-  {
-    absl::MutexLock lock(&rpc_mu_);
-    auto it = rpc_series_.find(key);
-    if (it == rpc_series_.end()) {
-      prometheus::Histogram* histogram = &rpc_family_->Add(
-          {{"method", std::string(method)}, {"code", absl::StatusCodeToString(code)}},
-          RpcLatencyBuckets());
-      it = rpc_series_.emplace(key, histogram).first;
-    }
-    it->second->Observe(Seconds(latency));
-  }
+  rpcs_->Observe(method, code, latency);
 }
 
 void CoordinatorMetrics::ObserveTtftReport(double relative_error) {

@@ -55,6 +55,7 @@
 #include "absl/time/time.h"
 #include "cachecore/kv_cache.h"
 #include "cachecore/router.h"
+#include "services/common/metric_families.h"
 #include "services/coordinator/member_registry.h"
 
 namespace asymcache {
@@ -82,8 +83,7 @@ class CoordinatorMetrics {
 
   void ObserveRoute(RouteReason reason, absl::Duration latency);
   // One finished RPC (negative latency counts as 0).
-  void ObserveRpc(absl::string_view method, absl::StatusCode code, absl::Duration latency)
-      ABSL_LOCKS_EXCLUDED(rpc_mu_);
+  void ObserveRpc(absl::string_view method, absl::StatusCode code, absl::Duration latency);
   void ObserveTtftReport(double relative_error);
 
   // Index gauges; the two totals are the index's cumulative counters (the
@@ -102,8 +102,9 @@ class CoordinatorMetrics {
   void AddWatcherReconnect();
 
  private:
-  explicit CoordinatorMetrics(prometheus::Registry& registry, RoutingMode mode,
-                              std::vector<std::function<void()>>* undo);
+  // Registers every family through `families` (Create removes them again if
+  // a registration throws).
+  CoordinatorMetrics(MetricFamilyRegistrar& families, RoutingMode mode);
   struct DaemonSeries {
     prometheus::Gauge* lag = nullptr;
     prometheus::Gauge* connected = nullptr;
@@ -112,7 +113,7 @@ class CoordinatorMetrics {
   // Immutable after construction (pointees are thread-safe, owned by the registry).
   std::array<prometheus::Counter*, 7> routes_{};  // by RouteReason
   prometheus::Histogram* route_duration_ = nullptr;
-  prometheus::Family<prometheus::Histogram>* rpc_family_ = nullptr;
+  std::unique_ptr<RpcDurationHistograms> rpcs_;
   prometheus::Histogram* ttft_error_ = nullptr;
   prometheus::Counter* ttft_reports_ = nullptr;
   prometheus::Gauge* index_entries_ = nullptr;
@@ -126,8 +127,6 @@ class CoordinatorMetrics {
   prometheus::Counter* reconnects_ = nullptr;
   prometheus::Gauge* agent_jobs_ = nullptr;
 
-  absl::Mutex rpc_mu_;
-  absl::flat_hash_map<std::string, prometheus::Histogram*> rpc_series_ ABSL_GUARDED_BY(rpc_mu_);
   absl::Mutex index_mu_;
   int64_t last_dropped_ ABSL_GUARDED_BY(index_mu_) = 0;
   int64_t last_stale_ ABSL_GUARDED_BY(index_mu_) = 0;

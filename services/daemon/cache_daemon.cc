@@ -3,17 +3,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/server_builder.h"
+#include "services/common/grpc_server_parts.h"
 #include "services/coordinator/member_registrar.h"
 #include "services/daemon/cache_daemon_service.h"
 #include "services/daemon/daemon_state.h"
@@ -93,11 +87,8 @@ struct CacheDaemon::Server {
   // Declared after `state`, so destroyed (stopped) before it.
   std::unique_ptr<MemberRegistrar> registrar;
 
-  absl::Mutex mu;
-  bool shutting_down ABSL_GUARDED_BY(mu) = false;
-  absl::Notification stopped;
-  absl::Notification stop_maintenance;
-  std::thread maintenance;
+  ShutdownLatch shutdown;
+  std::unique_ptr<PeriodicThread> maintenance;
 };
 
 absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOptions& options) {
@@ -110,20 +101,11 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   }
   server->service = std::make_unique<CacheDaemonService>(server->state.get());
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->grpc_port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  builder.RegisterService(server->service.get());
-  server->grpc_server = builder.BuildAndStart();
-  if (server->grpc_server == nullptr || server->grpc_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("--listen: cannot serve gRPC on ", options.listen,
-                     " (address in use, not local, or malformed)"));
-  }
-  server->grpc_server->GetHealthCheckService()->SetServingStatus(true);
+  absl::StatusOr<StartedGrpcServer> grpc_server =
+      StartGrpcServer(options.listen, options.max_message_bytes, server->service.get());
+  if (!grpc_server.ok()) return grpc_server.status();
+  server->grpc_server = std::move(grpc_server->server);
+  server->grpc_port = grpc_server->port;
 
   server->advertise_address = ResolveAdvertiseAddress(options, server->grpc_port);
   server->member_id = options.member_id.empty()
@@ -142,13 +124,9 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
     server->registrar = *std::move(registrar);
   }
 
-  Server* raw = server.get();
-  server->maintenance = std::thread([raw]() {
-    const absl::Duration interval = raw->state->options().maintenance_interval;
-    while (!raw->stop_maintenance.WaitForNotificationWithTimeout(interval)) {
-      raw->state->RunMaintenance();
-    }
-  });
+  CacheDaemonState* state_ptr = server->state.get();
+  server->maintenance = std::make_unique<PeriodicThread>(
+      state_ptr->options().maintenance_interval, [state_ptr]() { state_ptr->RunMaintenance(); });
   return std::unique_ptr<CacheDaemon>(new CacheDaemon(std::move(server)));
 }
 
@@ -167,35 +145,23 @@ const std::string& CacheDaemon::advertise_address() const { return server_->adve
 MemberRegistrar* CacheDaemon::registrar() { return server_->registrar.get(); }
 
 void CacheDaemon::Shutdown() {
-  bool first = false;
-  {
-    absl::MutexLock lock(&server_->mu);
-    first = !server_->shutting_down;
-    server_->shutting_down = true;
-  }
-  if (!first) {
-    server_->stopped.WaitForNotification();
-    return;
-  }
   Server& s = *server_;
+  if (!s.shutdown.Begin()) return;  // another caller shut down
   // 0. Leave the cluster (bounded by the registrar's deregister timeout), so
   //    coordinators stop routing here before requests are refused.
   if (s.registrar != nullptr) s.registrar->Stop();
   // 1. Tell load balancers and refuse new work.
-  s.grpc_server->GetHealthCheckService()->SetServingStatus(false);
+  MarkNotServing(*s.grpc_server);
   s.service->StopAccepting();
   // 2. End event streams once they have delivered what was published.
   s.state->events().Close();
   // 3. In-flight RPCs get the grace period, then are cancelled.
-  s.grpc_server->Shutdown(std::chrono::system_clock::now() +
-                          absl::ToChronoMilliseconds(s.state->options().shutdown_grace));
-  s.grpc_server->Wait();
-  s.stop_maintenance.Notify();
-  if (s.maintenance.joinable()) s.maintenance.join();
+  StopGrpcServer(*s.grpc_server, s.state->options().shutdown_grace);
+  s.maintenance->Stop();
   // 4. Leases, exports and pins are released with the state.
-  s.stopped.Notify();
+  s.shutdown.Finish();
 }
 
-void CacheDaemon::Wait() { server_->stopped.WaitForNotification(); }
+void CacheDaemon::Wait() { server_->shutdown.Wait(); }
 
 }  // namespace asymcache

@@ -8,6 +8,9 @@
 // GiB, TiB; K/M/G/T mean the same); durations as absl (250ms, 30s, 2m);
 // booleans true/false; strings verbatim.
 //
+// The table machinery (YAML walk, value parsers) is services/common/
+// settings_table.h.
+//
 // Contract: pure functions over a DaemonOptions; thread-compatible.
 #ifndef ASYMCACHE_SERVICES_DAEMON_DAEMON_CONFIG_H_
 #define ASYMCACHE_SERVICES_DAEMON_DAEMON_CONFIG_H_
@@ -17,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "services/common/settings_table.h"  // ParseByteSize, the value syntax
 #include "services/daemon/daemon_options.h"
 
 namespace asymcache {
@@ -39,8 +43,8 @@ absl::Status ApplyDaemonYaml(const std::string& path, DaemonOptions* options);
 absl::Status ApplyDaemonYamlText(absl::string_view text, absl::string_view origin,
                                  DaemonOptions* options);
 
-// Parses "256MiB", "1G", "4096" into bytes. INVALID_ARGUMENT otherwise.
-absl::StatusOr<int64_t> ParseByteSize(absl::string_view text);
+// ParseByteSize ("256MiB", "1G", "4096" -> bytes) is declared in
+// services/common/settings_table.h, included above.
 
 }  // namespace asymcache
 

@@ -1,14 +1,8 @@
 // asymcache-daemon: the per-GPU cache daemon. Flags (and --config YAML) are
 // turned into DaemonOptions by services/daemon/daemon_config.h; `--help`
 // lists every flag with its default. SIGTERM/SIGINT shut down gracefully.
-#include <signal.h>
-#include <unistd.h>
-
-#include <atomic>
-
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -19,8 +13,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "services/common/signal_waiter.h"
 #include "services/daemon/cache_daemon.h"
 #include "services/daemon/daemon_config.h"
 #include "services/daemon/daemon_options.h"
@@ -128,44 +122,19 @@ int main(int argc, char** argv) {
   // Signals go to one thread (sigwait), blocked everywhere else. The thread
   // starts before the daemon does, so a SIGTERM during start-up (the on-start
   // GPU calibration takes seconds) cancels the start instead of waiting.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  asymcache::SignalWaiter signals("asymcache-daemon");
 
-  std::atomic<bool> stop_requested{false};
-  std::atomic<bool> exiting{false};
-  absl::Mutex mu;
-  asymcache::CacheDaemon* running = nullptr;  // guarded by mu
-  std::thread waiter([&]() {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    if (exiting.load()) return;  // woken by main on the way out
-    std::fprintf(stderr, "[asymcache-daemon] signal %d: shutting down\n", sig);
-    stop_requested.store(true);
-    absl::MutexLock lock(&mu);
-    if (running != nullptr) running->Shutdown();
-  });
-  auto finish = [&](int code) {
-    exiting.store(true);
-    if (!stop_requested.load()) kill(getpid(), SIGTERM);  // wake the waiter
-    waiter.join();
-    return code;
-  };
-
-  options->cancel = &stop_requested;
+  options->cancel = &signals.stop_requested();
   absl::StatusOr<std::unique_ptr<asymcache::CacheDaemon>> daemon =
       asymcache::CacheDaemon::Start(*options);
   if (!daemon.ok()) {
     if (absl::IsCancelled(daemon.status())) {
       std::fprintf(stderr, "[asymcache-daemon] stopped before serving: %s\n",
                    std::string(daemon.status().message()).c_str());
-      return finish(0);
+      return 0;
     }
     std::fprintf(stderr, "asymcache-daemon: %s\n", daemon.status().ToString().c_str());
-    return finish(absl::IsInvalidArgument(daemon.status()) || absl::IsNotFound(daemon.status()) ? 2
-                                                                                                : 1);
+    return absl::IsInvalidArgument(daemon.status()) || absl::IsNotFound(daemon.status()) ? 2 : 1;
   }
   std::fprintf(stderr, "[asymcache-daemon] serving gRPC on port %d, metrics on port %d, model %s, "
                "backend %s, policy %s\n",
@@ -174,18 +143,12 @@ int main(int argc, char** argv) {
   // A line a supervisor (or a test) can wait for.
   std::printf("READY grpc=%d metrics=%d\n", (*daemon)->grpc_port(), (*daemon)->metrics_port());
   std::fflush(stdout);
-  {
-    absl::MutexLock lock(&mu);
-    running = daemon->get();
-    // A signal between Start() and here: shut down now.
-    if (stop_requested.load()) running->Shutdown();
-  }
+  // From here a signal shuts the daemon down (at once if one came since Start()).
+  asymcache::CacheDaemon* running = daemon->get();
+  signals.SetShutdownAction([running]() { running->Shutdown(); });
   (*daemon)->Wait();
-  {
-    absl::MutexLock lock(&mu);
-    running = nullptr;
-  }
-  finish(0);
+  signals.SetShutdownAction(nullptr);
+  signals.Stop();
   daemon->reset();
   std::fprintf(stderr, "[asymcache-daemon] stopped\n");
   return 0;

@@ -10,19 +10,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace asymcache {
-namespace {
-
-constexpr int kNumStatusCodes = 17;  // absl::StatusCode 0 (OK) .. 16 (UNAUTHENTICATED)
-
-int StatusCodeIndex(absl::StatusCode code) {
-  int index = static_cast<int>(code);
-  return index >= 0 && index < kNumStatusCodes ? index : static_cast<int>(absl::StatusCode::kUnknown);
-}
-
-double Seconds(absl::Duration d) { return std::max(0.0, absl::ToDoubleSeconds(d)); }
-
-}  // namespace
-
 PlanTokenCounts CountPlanTokens(const StepPlan& plan) {
   PlanTokenCounts counts;
   bool seen_missing = false;
@@ -79,104 +66,85 @@ absl::Status DaemonMetricsOptions::Validate() const {
 }
 
 const std::vector<double>& DaemonMetrics::PlanLatencyBuckets() {
-  static const std::vector<double>* const kBuckets = new std::vector<double>{
-      5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1};
-  return *kBuckets;
+  return OperationLatencyBuckets();
 }
 
 const std::vector<double>& DaemonMetrics::RpcLatencyBuckets() {
-  static const std::vector<double>* const kBuckets = new std::vector<double>{
-      2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1, 1};
-  return *kBuckets;
+  return ::asymcache::RpcLatencyBuckets();
 }
 
 absl::StatusOr<std::unique_ptr<DaemonMetrics>> DaemonMetrics::Create(
     prometheus::Registry& registry, const DaemonMetricsOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
-  // prometheus-cpp throws on a conflicting registration; the families
-  // registered before it are removed again so that a failed Create leaves the
-  // registry as it was.
-  std::vector<std::function<void()>> undo;
-  absl::Status error;
-  try {
-    return std::unique_ptr<DaemonMetrics>(new DaemonMetrics(registry, options, &undo));
-  } catch (const std::invalid_argument& e) {  // a name taken with another type or labels
-    error = absl::AlreadyExistsError(absl::StrCat("cannot register the daemon metrics: ", e.what()));
-  } catch (const std::exception& e) {
-    error = absl::InternalError(absl::StrCat("cannot register the daemon metrics: ", e.what()));
-  }
-  for (auto it = undo.rbegin(); it != undo.rend(); ++it) (*it)();
-  return error;
+  std::unique_ptr<DaemonMetrics> metrics;
+  absl::Status registered =
+      RegisterMetricFamilies(registry, "daemon", [&](MetricFamilyRegistrar& families) {
+        metrics.reset(new DaemonMetrics(families, options));
+      });
+  if (!registered.ok()) return registered;
+  return metrics;
 }
 
-DaemonMetrics::DaemonMetrics(prometheus::Registry& registry, const DaemonMetricsOptions& options,
-                             std::vector<std::function<void()>>* undo) {
+DaemonMetrics::DaemonMetrics(MetricFamilyRegistrar& families, const DaemonMetricsOptions& options) {
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
-  // builder.Name(name).Help(help).Register(registry), remembering how to
-  // remove the family again.
-  auto Register = [undo](auto builder, prometheus::Registry& registry, const std::string& name,
-                         const std::string& help) -> auto& {
-    auto& family = builder.Name(name).Help(help).Register(registry);
-    undo->push_back([r = &registry, f = &family] { r->Remove(*f); });
-    return family;
-  };
 
-  Register(BuildGauge(), registry, "asymcache_daemon_info",
+  families.Add(BuildGauge(), "asymcache_daemon_info",
            "Cache daemon configuration (eviction policy, pool backend, model); always 1.")
       .Add({{"policy", options.policy}, {"backend", options.backend}, {"model", options.model}})
       .Set(1);
 
-  auto& blocks = Register(BuildGauge(), registry, "asymcache_blocks",
+  auto& blocks = families.Add(BuildGauge(), "asymcache_blocks",
                           "KV blocks in the pool by lifecycle state (sealed = sealed and "
                           "evictable; pinned = sealed and pinned).");
   const char* const kStates[] = {"free", "writing", "sealed", "pinned", "in_transfer"};
   for (size_t i = 0; i < blocks_.size(); ++i) blocks_[i] = &blocks.Add({{"state", kStates[i]}});
-  capacity_blocks_ = &Register(BuildGauge(), registry, "asymcache_capacity_blocks",
+  capacity_blocks_ = &families.Add(BuildGauge(), "asymcache_capacity_blocks",
                                "KV blocks in the pool (all states).")
                           .Add({});
 
-  auto& hits = Register(BuildCounter(), registry, "asymcache_hit_tokens_total",
+  auto& hits = families.Add(BuildCounter(), "asymcache_hit_tokens_total",
                         "Context tokens found resident by plans: contiguous_prefix = before the "
                         "first missing page, hole_aware = after it (non-contiguous reuse).");
   contiguous_hit_tokens_ = &hits.Add({{"kind", "contiguous_prefix"}});
   hole_hit_tokens_ = &hits.Add({{"kind", "hole_aware"}});
-  rebuilt_tokens_ = &Register(BuildCounter(), registry, "asymcache_rebuilt_tokens_total",
+  rebuilt_tokens_ = &families.Add(BuildCounter(), "asymcache_rebuilt_tokens_total",
                               "Context tokens in holes that plans had recomputed.")
                          .Add({});
-  new_tokens_ = &Register(BuildCounter(), registry, "asymcache_new_tokens_total",
+  new_tokens_ = &families.Add(BuildCounter(), "asymcache_new_tokens_total",
                           "Context tokens in plan tails (new tokens, never cached).")
                      .Add({});
-  plan_duration_ = &Register(BuildHistogram(), registry, "asymcache_plan_duration_seconds",
+  plan_duration_ = &families.Add(BuildHistogram(), "asymcache_plan_duration_seconds",
                              "Time to hash, plan, pin and allocate one step, in seconds.")
                         .Add({}, PlanLatencyBuckets());
 
-  rpc_family_ = &Register(BuildHistogram(), registry, "asymcache_rpc_duration_seconds",
-                          "Daemon RPC handling time in seconds, by method and status code.");
+  rpcs_ = std::make_unique<RpcDurationHistograms>(
+      families.Add(BuildHistogram(), "asymcache_rpc_duration_seconds",
+               "Daemon RPC handling time in seconds, by method and status code."));
 
-  auto& evictions = Register(BuildCounter(), registry, "asymcache_evictions_total",
+  auto& evictions = families.Add(BuildCounter(), "asymcache_evictions_total",
                              "KV blocks evicted from the pool, by eviction policy and reason.");
   evictions_[static_cast<int>(EvictionReason::kCapacity)] =
       &evictions.Add({{"policy", options.policy}, {"reason", "capacity"}});
   evictions_[static_cast<int>(EvictionReason::kInvalidate)] =
       &evictions.Add({{"policy", options.policy}, {"reason", "invalidate"}});
 
-  active_leases_ = &Register(BuildGauge(), registry, "asymcache_active_leases",
+  active_leases_ = &families.Add(BuildGauge(), "asymcache_active_leases",
                              "Step leases held (begun and not yet released or expired).")
                         .Add({});
-  agent_pinned_blocks_ = &Register(BuildGauge(), registry, "asymcache_agent_pinned_blocks",
+  agent_pinned_blocks_ = &families.Add(BuildGauge(), "asymcache_agent_pinned_blocks",
                                    "KV blocks pinned for agent jobs waiting on a tool call.")
                               .Add({});
-  agent_pinned_jobs_ = &Register(BuildGauge(), registry, "asymcache_agent_pinned_jobs",
+  agent_pinned_jobs_ = &families.Add(BuildGauge(), "asymcache_agent_pinned_jobs",
                                  "Agent jobs holding pinned blocks while waiting on a tool call.")
                             .Add({});
 
-  auto& transfers = Register(BuildCounter(), registry, "asymcache_transfers_total",
+  auto& transfers = families.Add(BuildCounter(), "asymcache_transfers_total",
                              "Block transfers with peer daemons completed successfully.");
-  auto& transfer_bytes = Register(BuildCounter(), registry, "asymcache_transfer_bytes_total",
+  auto& transfer_bytes = families.Add(BuildCounter(), "asymcache_transfer_bytes_total",
                                   "Bytes of successful block transfers with peer daemons.");
-  auto& transfer_errors = Register(BuildCounter(), registry, "asymcache_transfer_errors_total",
+  auto& transfer_errors = families.Add(BuildCounter(), "asymcache_transfer_errors_total",
                                    "Block transfers with peer daemons that failed.");
   for (TransferDirection d : {TransferDirection::kImport, TransferDirection::kExport}) {
     const std::string name(TransferDirectionName(d));
@@ -186,32 +154,32 @@ DaemonMetrics::DaemonMetrics(prometheus::Registry& registry, const DaemonMetrics
   }
 
   calibration_info_family_ =
-      &Register(BuildGauge(), registry, "asymcache_calibration_info",
+      &families.Add(BuildGauge(), "asymcache_calibration_info",
                 "Calibration of the cost model in use (device, how it was produced); always 1.");
   calibration_flops_ =
-      &Register(BuildGauge(), registry, "asymcache_calibration_attention_flops_per_second",
+      &families.Add(BuildGauge(), "asymcache_calibration_attention_flops_per_second",
                 "Calibrated attention FLOP rate of the cost model.")
            .Add({});
   calibration_kv_bytes_ =
-      &Register(BuildGauge(), registry, "asymcache_calibration_kv_bytes_per_second",
+      &families.Add(BuildGauge(), "asymcache_calibration_kv_bytes_per_second",
                 "Calibrated attention KV-scan bandwidth of the cost model.")
            .Add({});
   calibration_segment_overhead_ =
-      &Register(BuildGauge(), registry, "asymcache_calibration_segment_overhead_seconds",
+      &families.Add(BuildGauge(), "asymcache_calibration_segment_overhead_seconds",
                 "Calibrated cost of one extra attention segment per layer.")
            .Add({});
   calibration_step_overhead_ =
-      &Register(BuildGauge(), registry, "asymcache_calibration_step_overhead_seconds",
+      &families.Add(BuildGauge(), "asymcache_calibration_step_overhead_seconds",
                 "Calibrated fixed cost of one engine step.")
            .Add({});
 
-  auto& kv_events = Register(BuildCounter(), registry, "asymcache_kv_events_total",
+  auto& kv_events = families.Add(BuildCounter(), "asymcache_kv_events_total",
                              "KV events emitted to coordinators, by kind.");
   kv_events_[static_cast<int>(KvEvent::Kind::kStored)] = &kv_events.Add({{"kind", "stored"}});
   kv_events_[static_cast<int>(KvEvent::Kind::kRemoved)] = &kv_events.Add({{"kind", "removed"}});
 
   for (const std::string& method : options.rpc_methods) {
-    RpcHistogram(method, absl::StatusCode::kOk);
+    rpcs_->Series(method, absl::StatusCode::kOk);
   }
 }
 
@@ -221,35 +189,16 @@ void DaemonMetrics::ObservePlan(absl::Duration latency, const PlanTokenCounts& t
     ABSL_RAW_LOG(ERROR, "DaemonMetrics::ObservePlan: negative token count dropped");
     return;
   }
-  plan_duration_->Observe(Seconds(latency));
+  plan_duration_->Observe(NonNegativeSeconds(latency));
   contiguous_hit_tokens_->Increment(static_cast<double>(tokens.contiguous_hit_tokens));
   hole_hit_tokens_->Increment(static_cast<double>(tokens.hole_hit_tokens));
   rebuilt_tokens_->Increment(static_cast<double>(tokens.rebuild_tokens));
   new_tokens_->Increment(static_cast<double>(tokens.new_tokens));
 }
 
-prometheus::Histogram& DaemonMetrics::RpcHistogram(absl::string_view method,
-                                                   absl::StatusCode code) {
-  const int index = StatusCodeIndex(code);
-  {
-    absl::ReaderMutexLock lock(&rpc_mu_);
-    auto it = rpc_series_.find(method);
-    if (it != rpc_series_.end() && it->second[index] != nullptr) return *it->second[index];
-  }
-  absl::MutexLock lock(&rpc_mu_);
-  RpcSeries& series = rpc_series_[method];  // value-initialized: all null
-  if (series[index] == nullptr) {
-    series[index] = &rpc_family_->Add(
-        {{"method", std::string(method)},
-         {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(index))}},
-        RpcLatencyBuckets());
-  }
-  return *series[index];
-}
-
 void DaemonMetrics::ObserveRpc(absl::string_view method, absl::StatusCode code,
                                absl::Duration latency) {
-  RpcHistogram(method, code).Observe(Seconds(latency));
+  rpcs_->Observe(method, code, latency);
 }
 
 void DaemonMetrics::SetBlockStates(const BlockPool::Stats& stats) {

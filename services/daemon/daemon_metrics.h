@@ -36,8 +36,9 @@
 // registry would share the families).
 //
 // Thread-safety: thread-safe. Counters, gauges and histograms are
-// prometheus-cpp's (atomic / internally locked); the rpc series cache and the
-// calibration info series are guarded by mutexes. Counts are non-negative by
+// prometheus-cpp's (atomic / internally locked); the rpc series cache
+// (services/common/metric_families.h) and the calibration info series are
+// guarded by mutexes. Counts are non-negative by
 // precondition: an observation with a negative count is dropped whole.
 #ifndef ASYMCACHE_SERVICES_DAEMON_DAEMON_METRICS_H_
 #define ASYMCACHE_SERVICES_DAEMON_DAEMON_METRICS_H_
@@ -66,6 +67,7 @@
 #include "cachecore/cost_model.h"
 #include "cachecore/kv_cache.h"
 #include "cachecore/step_plan.h"
+#include "services/common/metric_families.h"
 
 namespace asymcache {
 
@@ -140,17 +142,13 @@ class DaemonMetrics {
   void AddKvEvents(KvEvent::Kind kind, int64_t events);
 
  private:
-  // Registers every family; appends to *undo how to remove each one (Create
-  // runs them if a registration throws).
-  DaemonMetrics(prometheus::Registry& registry, const DaemonMetricsOptions& options,
-                std::vector<std::function<void()>>* undo);
-  using RpcSeries = std::array<prometheus::Histogram*, 17>;  // by absl::StatusCode 0..16
-  prometheus::Histogram& RpcHistogram(absl::string_view method, absl::StatusCode code)
-      ABSL_LOCKS_EXCLUDED(rpc_mu_);
+  // Registers every family through `families` (Create removes them again if
+  // a registration throws).
+  DaemonMetrics(MetricFamilyRegistrar& families, const DaemonMetricsOptions& options);
 
   // Immutable after construction (the pointees are thread-safe metrics owned
   // by the registry).
-  prometheus::Family<prometheus::Histogram>* rpc_family_;
+  std::unique_ptr<RpcDurationHistograms> rpcs_;
   prometheus::Family<prometheus::Gauge>* calibration_info_family_;
   std::array<prometheus::Gauge*, 5> blocks_;  // free, writing, sealed, pinned, in_transfer
   prometheus::Gauge* capacity_blocks_;
@@ -171,9 +169,6 @@ class DaemonMetrics {
   prometheus::Gauge* calibration_segment_overhead_;
   prometheus::Gauge* calibration_step_overhead_;
   std::array<prometheus::Counter*, 2> kv_events_;        // by KvEvent::Kind
-
-  absl::Mutex rpc_mu_;
-  absl::flat_hash_map<std::string, RpcSeries> rpc_series_ ABSL_GUARDED_BY(rpc_mu_);
 
   absl::Mutex calibration_mu_;
   prometheus::Gauge* calibration_info_ ABSL_GUARDED_BY(calibration_mu_) = nullptr;

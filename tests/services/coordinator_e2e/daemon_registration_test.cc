@@ -16,6 +16,7 @@
 #include "services/daemon/cache_daemon.h"
 #include "services/daemon/daemon_state.h"
 #include "tests/services/coordinator_e2e/fake_coordinator.h"
+#include "tests/services/free_port.h"
 
 namespace asymcache {
 namespace {
@@ -145,21 +146,20 @@ TEST(DaemonRegistration, StandaloneDaemonHasNoRegistrar) {
 }
 
 TEST(DaemonRegistration, ShutdownWithAnUnreachableCoordinatorIsBounded) {
-  int dead_port = 0;
-  {
-    auto reserved = FakeCoordinatorServer::Start("reserved");
-    ASSERT_NE(reserved, nullptr);
-    dead_port = reserved->port();
-  }
+  const int dead_port = ::asymcache::testing::FreeLocalPort();
+  ASSERT_NE(dead_port, 0);
   auto live = FakeCoordinatorServer::Start("coord-live", 0, 0.03);
   ASSERT_NE(live, nullptr);
   auto daemon = CacheDaemon::Start(
       ClusterDaemonOptions({absl::StrCat("127.0.0.1:", dead_port), live->address()}));
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   ASSERT_TRUE(live->fake().WaitUntil([](const View& v) { return v.heartbeats >= 2; }, kWait));
+  // Bounded, not fast: the grace period (1 s) plus the deregistrations (all
+  // replicas in parallel, 1 s deadline); the cap only catches a shutdown
+  // that waits on the unreachable replica without end.
   const absl::Time start = absl::Now();
   (*daemon)->Shutdown();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
   EXPECT_EQ(live->fake().deregisters(), 1);
 }
 
