@@ -1,21 +1,19 @@
 #include "sim/cluster.h"
 
 #include <algorithm>
-#include <atomic>
 #include <memory>
 #include <optional>
 #include <set>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "cachecore/block_hash.h"
 #include "cachecore/block_location_index.h"
 #include "cachecore/clock.h"
+#include "sim/parallel_runs.h"
 
 namespace asymcache {
 namespace {
@@ -333,60 +331,27 @@ absl::StatusOr<std::vector<ClusterResult>> RunClusters(const Workload& workload,
   for (const SystemSpec& s : systems) {
     for (RoutingMode m : modes) jobs.push_back(Job{&s, m});
   }
-  std::vector<absl::StatusOr<ClusterResult>> results(jobs.size(),
-                                                     absl::UnknownError("not run"));
-  std::vector<double> fraction(jobs.size(), 0.0);
-  absl::Mutex mu;
-  std::atomic<size_t> next{0};
-  auto worker = [&]() {
-    while (true) {
-      const size_t i = next.fetch_add(1);
-      if (i >= jobs.size()) return;
-      ClusterOptions cluster = options.cluster;
-      cluster.engine.progress = nullptr;
-      if (options.progress) {
-        cluster.engine.progress = [&, i](double f) {
-          absl::MutexLock lock(&mu);
-          fraction[i] = f;
-          double total = 0;
-          for (double x : fraction) total += x;
-          options.progress(total / static_cast<double>(jobs.size()));
-        };
-      }
-      absl::StatusOr<ClusterResult> r =
-          RunCluster(workload, *jobs[i].system, jobs[i].mode, cost, cluster);
-      if (r.ok() && options.check_consistency) {
-        const std::string name =
-            absl::StrCat(jobs[i].system->name, " / ", RoutingModeName(jobs[i].mode));
-        for (size_t e = 0; e < r->per_engine.size() && r.ok(); ++e) {
-          const EngineTotals& t = r->per_engine[e].totals;
-          if (!t.consistency.ok()) {
-            r = absl::InternalError(absl::StrCat(name, ": engine ", e,
-                                                 " cache inconsistent after run: ",
-                                                 t.consistency.message()));
-          } else if (t.final_pool.pinned != 0 || t.final_pool.writing != 0) {
-            r = absl::InternalError(absl::StrCat(name, ": engine ", e, ": ",
-                                                 t.final_pool.pinned, " pinned and ",
-                                                 t.final_pool.writing,
-                                                 " writing blocks left after the run"));
+  return RunInParallel<ClusterResult>(
+      jobs.size(), options.threads, options.progress,
+      [&](size_t i, std::function<void(double)> job_progress) -> absl::StatusOr<ClusterResult> {
+        ClusterOptions cluster = options.cluster;
+        cluster.engine.progress = std::move(job_progress);
+        absl::StatusOr<ClusterResult> r =
+            RunCluster(workload, *jobs[i].system, jobs[i].mode, cost, cluster);
+        if (r.ok() && options.check_consistency) {
+          const std::string name =
+              absl::StrCat(jobs[i].system->name, " / ", RoutingModeName(jobs[i].mode));
+          for (size_t e = 0; e < r->per_engine.size(); ++e) {
+            const EngineTotals& t = r->per_engine[e].totals;
+            if (absl::Status s = CheckCacheAfterRun(absl::StrCat(name, ": engine ", e),
+                                                    t.consistency, t.final_pool);
+                !s.ok()) {
+              return s;
+            }
           }
         }
-      }
-      absl::MutexLock lock(&mu);
-      results[i] = std::move(r);
-    }
-  };
-  const int threads = std::max(1, std::min<int>(options.threads, static_cast<int>(jobs.size())));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-  std::vector<ClusterResult> out;
-  for (absl::StatusOr<ClusterResult>& r : results) {
-    if (!r.ok()) return r.status();
-    out.push_back(*std::move(r));
-  }
-  return out;
+        return r;
+      });
 }
 
 ClusterSummary Summarize(const ClusterResult& result) {

@@ -1,12 +1,11 @@
 #include "sim/comparison.h"
 
 #include <algorithm>
-#include <atomic>
-#include <thread>
+#include <functional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "sim/parallel_runs.h"
 
 namespace asymcache {
 namespace {
@@ -21,53 +20,26 @@ absl::StatusOr<std::vector<RunResult>> RunJobs(const std::vector<RunJob>& jobs,
                                                const CostModel& cost,
                                                const ComparisonOptions& options,
                                                double progress_offset, double progress_scale) {
-  std::vector<absl::StatusOr<RunResult>> results(jobs.size(),
-                                                 absl::UnknownError("not run"));
-  std::vector<double> fraction(jobs.size(), 0.0);
-  absl::Mutex mu;
-  std::atomic<size_t> next{0};
-  auto worker = [&]() {
-    while (true) {
-      const size_t i = next.fetch_add(1);
-      if (i >= jobs.size()) return;
-      EngineOptions engine = options.engine;
-      engine.progress = nullptr;
-      if (options.progress) {
-        engine.progress = [&, i](double f) {
-          absl::MutexLock lock(&mu);
-          fraction[i] = f;
-          double total = 0;
-          for (double x : fraction) total += x;
-          options.progress(progress_offset + progress_scale * total / jobs.size());
-        };
-      }
-      absl::StatusOr<RunResult> r = RunSystem(*jobs[i].workload, *jobs[i].system, cost, engine);
-      if (r.ok() && options.check_consistency) {
-        const BlockPool::Stats& pool = r->final_pool;
-        if (!r->consistency.ok()) {
-          r = absl::InternalError(absl::StrCat(jobs[i].system->name, ": cache inconsistent after run: ",
-                                               r->consistency.message()));
-        } else if (pool.pinned != 0 || pool.writing != 0) {
-          r = absl::InternalError(absl::StrCat(jobs[i].system->name, ": ", pool.pinned,
-                                               " pinned and ", pool.writing,
-                                               " writing blocks left after the run"));
-        }
-      }
-      absl::MutexLock lock(&mu);
-      results[i] = std::move(r);
-    }
-  };
-  const int threads = std::max(1, std::min<int>(options.threads, static_cast<int>(jobs.size())));
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-  std::vector<RunResult> out;
-  for (absl::StatusOr<RunResult>& r : results) {
-    if (!r.ok()) return r.status();
-    out.push_back(*std::move(r));
+  std::function<void(double)> progress;
+  if (options.progress) {
+    progress = [&](double f) { options.progress(progress_offset + progress_scale * f); };
   }
-  return out;
+  return RunInParallel<RunResult>(
+      jobs.size(), options.threads, progress,
+      [&](size_t i, std::function<void(double)> job_progress) -> absl::StatusOr<RunResult> {
+        EngineOptions engine = options.engine;
+        engine.progress = std::move(job_progress);
+        absl::StatusOr<RunResult> r =
+            RunSystem(*jobs[i].workload, *jobs[i].system, cost, engine);
+        if (r.ok() && options.check_consistency) {
+          if (absl::Status s = CheckCacheAfterRun(jobs[i].system->name, r->consistency,
+                                                  r->final_pool);
+              !s.ok()) {
+            return s;
+          }
+        }
+        return r;
+      });
 }
 
 absl::StatusOr<std::vector<SweepPoint>> RunRates(const WorkloadAtRate& make,

@@ -406,6 +406,19 @@ EngineTotals EngineInstance::Finish() {
   return totals_;
 }
 
+absl::Status CheckCacheAfterRun(absl::string_view name, const absl::Status& consistency,
+                                const BlockPool::Stats& pool) {
+  if (!consistency.ok()) {
+    return absl::InternalError(
+        absl::StrCat(name, ": cache inconsistent after run: ", consistency.message()));
+  }
+  if (pool.pinned != 0 || pool.writing != 0) {
+    return absl::InternalError(absl::StrCat(name, ": ", pool.pinned, " pinned and ", pool.writing,
+                                            " writing blocks left after the run"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status EngineOptions::Validate() const {
   if (pool_blocks < 1) return absl::InvalidArgumentError("EngineOptions.pool_blocks must be >= 1");
   if (max_running_requests < 1) {

@@ -66,6 +66,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "cachecore/agent_pins.h"
 #include "cachecore/block_pool.h"
@@ -333,6 +334,12 @@ class EngineInstance {
   int64_t load_hint_tokens_ = 0;
   EngineTotals totals_;
 };
+
+// After a run: INTERNAL naming `name` when the cache was inconsistent
+// (`consistency`, KvCache::CheckConsistency) or left blocks pinned or being
+// written (`pool`); OK otherwise.
+absl::Status CheckCacheAfterRun(absl::string_view name, const absl::Status& consistency,
+                                const BlockPool::Stats& pool);
 
 // KV pool blocks in `gib` GiB for the model (bytes per block from ModelConfig).
 int64_t PoolBlocksForGiB(const ModelConfig& model, double gib);
