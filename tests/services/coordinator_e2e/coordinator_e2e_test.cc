@@ -13,16 +13,10 @@
 //   (d) daemon B killed and restarted with the same member id (and port)
 //       rejoins as a new instance, and its old blocks vanish from both
 //       indexes.
-// Every child is reaped by an RAII guard (SIGKILL on destruction; the
-// children also get PR_SET_PDEATHSIG). The binaries come from
-// tests/services/test_binaries.h; the test skips, saying why, when one is
-// missing. Child stderr goes to files whose tails are printed on failure.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/types.h>
-#include <sys/wait.h>
+// Every child is a testing::ChildProcess (tests/services/child_process.h):
+// SIGKILLed and reaped on destruction, PR_SET_PDEATHSIG against leaks. The
+// binaries come from tests/services/test_binaries.h; the test skips, saying
+// why, when one is missing. Child stderr goes to files whose tails are printed on failure.
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,10 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "asymcache/v1/coordinator.grpc.pb.h"
@@ -48,6 +41,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "services/client/client.h"
+#include "tests/services/child_process.h"
 #include "tests/services/test_binaries.h"
 
 namespace asymcache {
@@ -64,116 +58,26 @@ constexpr absl::Duration kMemberTimeout = absl::Seconds(3);
 constexpr absl::Duration kConverge = absl::Seconds(20);
 constexpr char kSalt[] = "tenant-e2e";
 
-// A child process (fork + exec) whose first stdout line is
-// "READY grpc=<port> ..." (both binaries print it once serving). SIGKILLed
-// and reaped on destruction unless already reaped.
-class ChildProcess {
- public:
-  static std::unique_ptr<ChildProcess> Start(const std::string& name, const std::string& binary,
-                                             const std::vector<std::string>& flags,
-                                             const std::string& log_path) {
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) {
-      ADD_FAILURE() << "pipe2: " << std::strerror(errno);
-      return nullptr;
-    }
-    const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log < 0) {
-      ADD_FAILURE() << "open " << log_path << ": " << std::strerror(errno);
-      ::close(out[0]);
-      ::close(out[1]);
-      return nullptr;
-    }
-    std::vector<std::string> args = {binary};
-    args.insert(args.end(), flags.begin(), flags.end());
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      ADD_FAILURE() << "fork: " << std::strerror(errno);
-      ::close(out[0]);
-      ::close(out[1]);
-      ::close(log);
-      return nullptr;
-    }
-    if (pid == 0) {  // child: async-signal-safe calls only
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(126);
-      ::dup2(out[1], STDOUT_FILENO);
-      ::dup2(log, STDERR_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    ::close(log);
-    std::unique_ptr<ChildProcess> child(new ChildProcess(name, pid, out[0], log_path));
-    if (!child->WaitReady(absl::Seconds(15))) return nullptr;
-    return child;
+using testing::ChildProcess;
+
+// A service binary started as a child (tests/services/child_process.h), its
+// stderr in `log_path`; nullptr (the failure recorded) when it does not
+// reach READY.
+std::unique_ptr<ChildProcess> StartChild(const std::string& name, const std::string& binary,
+                                         const std::vector<std::string>& flags,
+                                         const std::string& log_path) {
+  testing::ChildProcessOptions options;
+  options.name = name;
+  options.binary = binary;
+  options.flags = flags;
+  options.stderr_path = log_path;
+  absl::StatusOr<std::unique_ptr<ChildProcess>> child = ChildProcess::Start(options);
+  if (!child.ok()) {
+    ADD_FAILURE() << child.status();
+    return nullptr;
   }
-
-  ~ChildProcess() {
-    Kill();
-    if (stdout_fd_ >= 0) ::close(stdout_fd_);
-  }
-
-  // SIGKILL and reap (idempotent).
-  void Kill() {
-    if (reaped_) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    reaped_ = true;
-  }
-
-  int port() const { return port_; }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-  const std::string& name() const { return name_; }
-  const std::string& log_path() const { return log_path_; }
-
- private:
-  ChildProcess(std::string name, pid_t pid, int stdout_fd, std::string log_path)
-      : name_(std::move(name)), pid_(pid), stdout_fd_(stdout_fd), log_path_(std::move(log_path)) {}
-
-  bool WaitReady(absl::Duration bound) {
-    const absl::Time deadline = absl::Now() + bound;
-    std::string buffer;
-    while (absl::Now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      if (::poll(&p, 1, std::max(ms, 1)) <= 0) continue;
-      char chunk[256];
-      const ssize_t n = ::read(stdout_fd_, chunk, sizeof(chunk));
-      if (n <= 0) {
-        ADD_FAILURE() << name_ << " exited before READY; stdout: '" << buffer << "'; stderr in "
-                      << log_path_;
-        return false;
-      }
-      buffer.append(chunk, static_cast<size_t>(n));
-      const size_t end = buffer.find('\n');
-      if (end == std::string::npos) continue;
-      const std::string line = buffer.substr(0, end);
-      for (absl::string_view part : absl::StrSplit(line, ' ')) {
-        if (absl::ConsumePrefix(&part, "grpc=") && absl::SimpleAtoi(part, &port_) && port_ > 0 &&
-            line.rfind("READY", 0) == 0) {
-          return true;
-        }
-      }
-      ADD_FAILURE() << "unexpected first stdout line of " << name_ << ": '" << line << "'";
-      return false;
-    }
-    ADD_FAILURE() << name_ << " printed no READY line within " << absl::FormatDuration(bound);
-    return false;
-  }
-
-  const std::string name_;
-  const pid_t pid_;
-  int stdout_fd_ = -1;
-  const std::string log_path_;
-  bool reaped_ = false;
-  int port_ = 0;
-};
+  return *std::move(child);
+}
 
 std::string Tail(const std::string& path, size_t bytes) {
   std::ifstream in(path);
@@ -279,7 +183,7 @@ class ClusterTest : public ::testing::Test {
   }
 
   std::unique_ptr<ChildProcess> StartCoordinator(const std::string& name, int port) {
-    return ChildProcess::Start(
+    return StartChild(
         name, coordinator_bin_,
         {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1",
          absl::StrCat("--heartbeat-interval=", absl::FormatDuration(kHeartbeat)),
@@ -296,7 +200,7 @@ class ClusterTest : public ::testing::Test {
   std::unique_ptr<ChildProcess> StartDaemon(const std::string& member_id, int port) {
     std::vector<std::string> coordinators;
     for (int p : coordinator_ports_) coordinators.push_back(absl::StrCat("127.0.0.1:", p));
-    return ChildProcess::Start(
+    return StartChild(
         member_id, daemon_bin_,
         {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1", "--backend=host",
          "--model=tiny", "--pool-bytes=32MiB", "--shutdown-grace=1s",

@@ -17,13 +17,8 @@
 // run time of a failing test.
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -42,9 +37,8 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
-#include "absl/strings/numbers.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
@@ -58,6 +52,7 @@
 #include "services/daemon/daemon_options.h"
 #include "services/daemon/daemon_state.h"
 #include "services/daemon/pool_layout.h"
+#include "tests/services/child_process.h"
 #include "tests/services/test_binaries.h"
 
 namespace asymcache {
@@ -495,105 +490,10 @@ TEST(BlockTransferTest, ImportLargerThanThePoolIsResourceExhaustedAndReleasesThe
 // ---------------------------------------------------------------------------
 // The exporter as a separate process, killed mid-transfer.
 
-// An asymcache-daemon child process (fork + exec), killed with SIGKILL by the
-// destructor unless already reaped. The child gets PR_SET_PDEATHSIG so a
-// crashing test never leaks it. A killed daemon cannot unlink its host pool:
-// the shared-memory name given to set_pool_shm_name() is unlinked once the
-// child is dead.
-class DaemonProcess {
- public:
-  static std::unique_ptr<DaemonProcess> Start(const std::string& binary,
-                                              const std::vector<std::string>& flags) {
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) {
-      ADD_FAILURE() << "pipe2: " << std::strerror(errno);
-      return nullptr;
-    }
-    std::vector<std::string> args = {binary};
-    args.insert(args.end(), flags.begin(), flags.end());
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      ADD_FAILURE() << "fork: " << std::strerror(errno);
-      ::close(out[0]);
-      ::close(out[1]);
-      return nullptr;
-    }
-    if (pid == 0) {  // child: async-signal-safe calls only
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(126);
-      ::dup2(out[1], STDOUT_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    std::unique_ptr<DaemonProcess> process(new DaemonProcess(pid, out[0]));
-    if (!process->WaitReady(absl::Seconds(15))) return nullptr;
-    return process;
-  }
-
-  ~DaemonProcess() {
-    Kill();
-    if (stdout_fd_ >= 0) ::close(stdout_fd_);
-  }
-
-  // SIGKILL, reap, unlink the pool (idempotent).
-  void Kill() {
-    if (reaped_) return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    reaped_ = true;
-    if (!pool_shm_name_.empty()) ::shm_unlink(pool_shm_name_.c_str());
-  }
-
-  void set_pool_shm_name(const std::string& name) { pool_shm_name_ = name; }
-  std::string address() const { return absl::StrCat("127.0.0.1:", grpc_port_); }
-
- private:
-  DaemonProcess(pid_t pid, int stdout_fd) : pid_(pid), stdout_fd_(stdout_fd) {}
-
-  // Reads stdout until "READY grpc=N metrics=M\n".
-  bool WaitReady(absl::Duration bound) {
-    const absl::Time deadline = absl::Now() + bound;
-    std::string buffer;
-    while (absl::Now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      if (::poll(&p, 1, std::max(ms, 1)) <= 0) continue;
-      char chunk[256];
-      const ssize_t n = ::read(stdout_fd_, chunk, sizeof(chunk));
-      if (n <= 0) {
-        ADD_FAILURE() << "asymcache-daemon exited before READY; stdout: " << buffer;
-        return false;
-      }
-      buffer.append(chunk, static_cast<size_t>(n));
-      const size_t end = buffer.find('\n');
-      if (end == std::string::npos) continue;
-      const std::string line = buffer.substr(0, end);
-      const std::vector<std::string> parts = absl::StrSplit(line, ' ');
-      if (parts.size() != 3 || parts[0] != "READY" || parts[1].rfind("grpc=", 0) != 0 ||
-          parts[2].rfind("metrics=", 0) != 0 ||
-          !absl::SimpleAtoi(parts[1].substr(5), &grpc_port_) || grpc_port_ <= 0) {
-        ADD_FAILURE() << "unexpected first stdout line of asymcache-daemon: '" << line << "'";
-        return false;
-      }
-      return true;
-    }
-    ADD_FAILURE() << "asymcache-daemon printed no READY line within "
-                  << absl::FormatDuration(bound) << "; stdout: " << buffer;
-    return false;
-  }
-
-  const pid_t pid_;
-  int stdout_fd_ = -1;
-  bool reaped_ = false;
-  int grpc_port_ = 0;
-  std::string pool_shm_name_;
-};
+// The exporter process is a testing::ChildProcess (tests/services/child_process.h):
+// SIGKILLed and reaped by its destructor unless already killed, with
+// PR_SET_PDEATHSIG so a crashing test never leaks it.
+using testing::ChildProcess;
 
 // Plan + commit + release over gRPC; returns the context's chain hashes.
 std::vector<BlockHash> FillRemote(v1::CacheDaemon::Stub& stub, SequenceId sequence,
@@ -622,14 +522,16 @@ std::vector<BlockHash> FillRemote(v1::CacheDaemon::Stub& stub, SequenceId sequen
 // (AttachPool names it), so that arriving bytes are visible on the importer.
 constexpr uint8_t kPoison = 0xA5;
 constexpr uint64_t kPoisonWord = 0xA5A5A5A5A5A5A5A5ull;
-bool PoisonRemotePool(v1::CacheDaemon::Stub& stub, DaemonProcess& process) {
+// A killed daemon cannot unlink its host pool: the pool's shared-memory name
+// is unlinked once the child is dead (its on-kill hook).
+bool PoisonRemotePool(v1::CacheDaemon::Stub& stub, ChildProcess& process) {
   v1::AttachPoolResponse pool;
   const grpc::Status s = stub.AttachPool(Deadline(absl::Seconds(10)).get(), {}, &pool);
   if (!s.ok() || pool.backend() != "host" || pool.shm_name().empty()) {
     ADD_FAILURE() << "AttachPool: " << Describe(s) << " backend " << pool.backend();
     return false;
   }
-  process.set_pool_shm_name(pool.shm_name());
+  process.set_on_kill([shm_name = pool.shm_name()] { ::shm_unlink(shm_name.c_str()); });
   const int fd = ::shm_open(pool.shm_name().c_str(), O_RDWR, 0);
   if (fd < 0) {
     ADD_FAILURE() << "shm_open(" << pool.shm_name() << "): " << std::strerror(errno);
@@ -679,11 +581,15 @@ TEST(BlockTransferProcessTest, ExporterKilledMidTransferLeavesImporterClean) {
     ASSERT_NE(b, nullptr);
     stub_b = Connect(b->local_address());
     const int64_t pool_mib = ((blocks + kBaselineBlocks) * block_bytes >> 20) + 1;
-    std::unique_ptr<DaemonProcess> exporter = DaemonProcess::Start(
-        binary, {"--listen=127.0.0.1:0", "--metrics-port=-1", "--backend=host", "--model=tiny",
-                 absl::StrCat("--pool-bytes=", pool_mib, "MiB"), "--export-timeout=60s",
-                 "--ucx-transports=tcp"});
-    ASSERT_NE(exporter, nullptr);
+    testing::ChildProcessOptions exporter_options;
+    exporter_options.name = "asymcache-daemon";
+    exporter_options.binary = binary;
+    exporter_options.flags = {"--listen=127.0.0.1:0", "--metrics-port=-1", "--backend=host",
+                              "--model=tiny", absl::StrCat("--pool-bytes=", pool_mib, "MiB"),
+                              "--export-timeout=60s", "--ucx-transports=tcp"};
+    absl::StatusOr<std::unique_ptr<ChildProcess>> spawned = ChildProcess::Start(exporter_options);
+    ASSERT_TRUE(spawned.ok()) << spawned.status();
+    std::unique_ptr<ChildProcess> exporter = *std::move(spawned);
     auto stub_x = Connect(exporter->address());
     ASSERT_TRUE(PoisonRemotePool(*stub_x, *exporter));
 
