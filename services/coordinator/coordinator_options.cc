@@ -43,6 +43,7 @@ absl::Status CoordinatorOptions::Validate() const {
   }
   if (absl::Status s = positive("watch-backoff-initial", watch_backoff_initial); !s.ok()) return s;
   if (absl::Status s = positive("watch-backoff-max", watch_backoff_max); !s.ok()) return s;
+  if (absl::Status s = positive("watch-connect-timeout", watch_connect_timeout); !s.ok()) return s;
   if (watch_backoff_initial > watch_backoff_max) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--watch-backoff-initial (", absl::FormatDuration(watch_backoff_initial),

@@ -62,6 +62,11 @@ struct CoordinatorOptions {
   // 5 s until its member times out. > 0, initial <= max.
   absl::Duration watch_backoff_initial = absl::Milliseconds(100);
   absl::Duration watch_backoff_max = absl::Seconds(5);
+  // Longest wait for one WatchEvents connect attempt (a refused address fails
+  // at once); then the backoff. 5 s: a healthy daemon on a local network
+  // answers in milliseconds; an address that drops packets is retried
+  // rather than waited on for gRPC's 20 s. > 0.
+  absl::Duration watch_connect_timeout = absl::Seconds(5);
 
   // An agent job sticks to the daemon it was last routed to for this long
   // after its last route (while that daemon is alive; the job's last_step

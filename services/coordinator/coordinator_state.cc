@@ -97,6 +97,7 @@ absl::Status CoordinatorState::StartWatcher(const WatchTarget& target) {
   watch.slot = target.slot;
   watch.backoff_initial = options_.watch_backoff_initial;
   watch.backoff_max = options_.watch_backoff_max;
+  watch.connect_timeout = options_.watch_connect_timeout;
   watch.max_message_bytes = options_.max_message_bytes;
   absl::StatusOr<std::unique_ptr<DaemonEventWatcher>> watcher =
       DaemonEventWatcher::Start(std::move(watch), index_.get(), metrics_.get());

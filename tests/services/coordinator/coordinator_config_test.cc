@@ -36,6 +36,9 @@ TEST(CoordinatorOptionsTest, ValidateNamesTheField) {
   o.heartbeat_interval = absl::ZeroDuration();
   expect_bad(o, "--heartbeat-interval");
   o = CoordinatorOptions();
+  o.watch_connect_timeout = absl::ZeroDuration();
+  expect_bad(o, "--watch-connect-timeout");
+  o = CoordinatorOptions();
   o.metrics_port = 70000;
   expect_bad(o, "--metrics-port");
   o = CoordinatorOptions();
@@ -86,6 +89,8 @@ TEST(CoordinatorConfigTest, SettingsParseIntoTheOptions) {
   EXPECT_EQ(o.member_timeout, absl::Milliseconds(750));
   ASSERT_TRUE(ApplyCoordinatorSetting("heartbeat-interval", "250ms", &o).ok());
   EXPECT_EQ(o.heartbeat_interval, absl::Milliseconds(250));
+  ASSERT_TRUE(ApplyCoordinatorSetting("watch-connect-timeout", "2s", &o).ok());
+  EXPECT_EQ(o.watch_connect_timeout, absl::Seconds(2));
   ASSERT_TRUE(ApplyCoordinatorSetting("routing-mode", "contiguous-prefix", &o).ok());
   EXPECT_EQ(o.router.mode, RoutingMode::kContiguousPrefix);
   ASSERT_TRUE(ApplyCoordinatorSetting("allow-fetch", "false", &o).ok());
