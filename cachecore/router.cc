@@ -59,11 +59,13 @@ double QueueSeconds(const CostModel& cost, int64_t queued_tokens, int64_t query_
 
 // Scores one candidate. `resident` lists the blocks it holds (ascending);
 // `self_is_member` false scores a placement with nothing resident (shared by
-// every candidate that holds none of the request). Fills the runs when asked.
+// every candidate that holds none of the request). `state` receives each
+// block's fate there (kMissing, kResident, kFetched) for CollectRuns.
+constexpr uint8_t kMissing = 0;
+constexpr uint8_t kFetched = 2;
 CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& request,
                               const RouteCandidate& candidate, bool self_is_member,
-                              absl::Span<const uint32_t> resident,
-                              std::vector<RebuildRun>* rebuild, std::vector<FetchRun>* fetch) {
+                              absl::Span<const uint32_t> resident, std::vector<uint8_t>* state_out) {
   const CostModel& cost = *candidate.cost;
   const int64_t n = static_cast<int64_t>(request.hashes.size());
   const int64_t bytes_per_token = cost.model().KvBytesPerToken();
@@ -73,7 +75,8 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
   score.load_tokens = candidate.queued_prefill_tokens;
 
   // Pass 1: residency, contiguous prefix, tokens missing here.
-  std::vector<uint8_t> state(static_cast<size_t>(n), 0);  // 0 missing, 1 resident, 2 fetched
+  std::vector<uint8_t>& state = *state_out;
+  state.assign(static_cast<size_t>(n), kMissing);  // 0 missing, 1 resident, 2 fetched
   for (uint32_t b : resident) state[b] = 1;
   int64_t missing_tokens = 0;
   bool prefix = true;
@@ -126,7 +129,7 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
     }
   }
 
-  // Pass 3: the compute step over what is still missing, and the runs.
+  // Pass 3: the compute step over what is still missing.
   int64_t last_present = -1;  // last block resident or fetched
   for (int64_t b = n - 1; b >= 0; --b) {
     if (state[b] != 0) {
@@ -143,16 +146,6 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
     if (state[b] == 2) {
       ++score.fetched_blocks;
       score.fetch_bytes += t * bytes_per_token;
-      if (fetch != nullptr) {
-        const BlockLocation* source = request.SourceOf(b, candidate.member, self_is_member);
-        if (!fetch->empty() && fetch->back().from == source->member &&
-            fetch->back().first_block + fetch->back().blocks == b) {
-          ++fetch->back().blocks;
-          fetch->back().bytes += t * bytes_per_token;
-        } else {
-          fetch->push_back(FetchRun{source->member, b, 1, t * bytes_per_token});
-        }
-      }
       continue;
     }
     if (state[b] != 0) continue;
@@ -165,14 +158,6 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
     if (!continues_run) ++work.segments;
     work.query_tokens += t;
     work.attended_pairs += t * position + t * (t + 1) / 2;
-    if (rebuild != nullptr) {
-      if (continues_run && !rebuild->empty()) {
-        ++rebuild->back().blocks;
-        rebuild->back().tokens += t;
-      } else {
-        rebuild->push_back(RebuildRun{b, 1, t});
-      }
-    }
   }
   if (work.query_tokens == 0) {
     // Everything is there: the first token still needs one query row at the
@@ -186,6 +171,34 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
                                options.queue_step_tokens);
   score.predicted_ttft_s = std::max(score.queue_s, score.fetch_s) + score.compute_s;
   return score;
+}
+
+// The chosen candidate's rebuild and fetch runs, in position order, from the
+// block states its scoring left.
+void CollectRuns(const RequestView& request, const std::vector<uint8_t>& state,
+                 MemberSlot member, bool self_is_member, int64_t bytes_per_token,
+                 std::vector<RebuildRun>* rebuild, std::vector<FetchRun>* fetch) {
+  const int64_t n = static_cast<int64_t>(state.size());
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t t = request.TokensOf(b);
+    if (state[b] == kFetched) {
+      const BlockLocation* source = request.SourceOf(b, member, self_is_member);
+      if (!fetch->empty() && fetch->back().from == source->member &&
+          fetch->back().first_block + fetch->back().blocks == b) {
+        ++fetch->back().blocks;
+        fetch->back().bytes += t * bytes_per_token;
+      } else {
+        fetch->push_back(FetchRun{source->member, b, 1, t * bytes_per_token});
+      }
+    } else if (state[b] == kMissing) {
+      if (b > 0 && state[b - 1] == kMissing && !rebuild->empty()) {
+        ++rebuild->back().blocks;
+        rebuild->back().tokens += t;
+      } else {
+        rebuild->push_back(RebuildRun{b, 1, t});
+      }
+    }
+  }
 }
 
 // Two cost models predict the same times: the same object, or equal shape and
@@ -357,27 +370,38 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
 
   // Scores: candidates holding something are scored one by one; the others
   // share one scoring per distinct cost model (they differ only in queueing).
+  // Block states are kept (per holder; per shared scoring) so the chosen
+  // candidate's runs need no second scoring.
+  struct SharedScore {
+    const CostModel* cost;
+    CandidateScore score;
+    std::vector<uint8_t> state;
+  };
   std::vector<CandidateScore> scores(candidates.size());
-  std::vector<std::pair<const CostModel*, CandidateScore>> empty_scores;
+  std::vector<std::vector<uint8_t>> states(candidates.size());
+  std::vector<SharedScore> empty_scores;
+  std::vector<size_t> shared_of(candidates.size(), 0);
   for (size_t c = 0; c < candidates.size(); ++c) {
     const RouteCandidate& cand = candidates[c];
     if (!residency[c].resident.empty()) {
       scores[c] = ScoreCandidate(options_, request, cand, /*self_is_member=*/true,
-                                 residency[c].resident, nullptr, nullptr);
+                                 residency[c].resident, &states[c]);
       continue;
     }
     auto it = std::find_if(empty_scores.begin(), empty_scores.end(),
-                           [&](const auto& e) { return SameCost(e.first, cand.cost); });
+                           [&](const SharedScore& e) { return SameCost(e.cost, cand.cost); });
     if (it == empty_scores.end()) {
       RouteCandidate unloaded = cand;
       unloaded.queued_prefill_tokens = 0;
-      empty_scores.emplace_back(cand.cost,
-                                ScoreCandidate(options_, request, unloaded, /*self_is_member=*/false,
-                                               {}, nullptr, nullptr));
+      SharedScore shared{cand.cost, CandidateScore(), {}};
+      shared.score = ScoreCandidate(options_, request, unloaded, /*self_is_member=*/false, {},
+                                    &shared.state);
+      empty_scores.push_back(std::move(shared));
       it = empty_scores.end() - 1;
     }
+    shared_of[c] = static_cast<size_t>(it - empty_scores.begin());
     CandidateScore& s = scores[c];
-    s = it->second;
+    s = it->score;
     s.member = cand.member;
     s.load_tokens = cand.queued_prefill_tokens;
     s.queue_s = QueueSeconds(*cand.cost, cand.queued_prefill_tokens,
@@ -513,11 +537,14 @@ absl::StatusOr<RouteDecision> Router::Route(const RouteQuery& query,
     }
   }
 
-  // The chosen candidate's runs (scored again with details; cheap: one candidate).
+  // The chosen candidate's runs, from the block states its scoring left.
   const size_t chosen = decision.candidate;
   const bool holds_any = !residency[chosen].resident.empty();
-  decision.score = ScoreCandidate(options_, request, candidates[chosen], holds_any,
-                                  residency[chosen].resident, &decision.rebuild, &decision.fetch);
+  decision.score = scores[chosen];
+  CollectRuns(request, holds_any ? states[chosen] : empty_scores[shared_of[chosen]].state,
+              candidates[chosen].member, holds_any,
+              candidates[chosen].cost->model().KvBytesPerToken(), &decision.rebuild,
+              &decision.fetch);
   if (explain) decision.all = std::move(scores);
   return decision;
 }
