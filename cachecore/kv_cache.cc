@@ -217,6 +217,11 @@ void KvCache::IndexNewBlocks(absl::Span<const IndexedBlockInfo> infos,
 }
 
 absl::Status KvCache::CommitStep(uint64_t lease_id, CommitResult* result) {
+  return CommitStep(lease_id, CommitOptions{}, result);
+}
+
+absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options,
+                                 CommitResult* result) {
   Lease lease;
   {
     absl::MutexLock lock(&leases_mu_);
@@ -236,6 +241,14 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, CommitResult* result) {
   }
   // Index first, then seal: a concurrent planner that finds the entry before
   // the seal fails PinIfIndexed (block still writing) and treats it as a miss.
+  // The partial last page stays private when asked (to_seal is in position
+  // order, so it is the last entry; a partial page is always the context's last).
+  std::vector<BlockId> kept_private;
+  if (options.keep_partial_last_page && !lease.to_seal.empty() &&
+      lease.to_seal.back().tokens < options_.model.block_tokens) {
+    kept_private.push_back(lease.to_seal.back().id);
+    lease.to_seal.pop_back();
+  }
   std::vector<IndexedBlockInfo> sealing;
   std::vector<BlockId> duplicates;
   sealing.reserve(lease.to_seal.size());
@@ -245,7 +258,10 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, CommitResult* result) {
   if (result != nullptr) {
     result->sealed_blocks = static_cast<int64_t>(sealing.size());
     result->duplicate_blocks = static_cast<int64_t>(duplicates.size());
+    result->private_blocks = static_cast<int64_t>(kept_private.size());
   }
+  // Freed at release: duplicates and the private partial page (still writing).
+  duplicates.insert(duplicates.end(), kept_private.begin(), kept_private.end());
   lease.allocated = std::move(duplicates);
   lease.to_seal.clear();
   lease.committed = true;

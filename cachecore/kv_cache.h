@@ -115,8 +115,21 @@ class KvCache {
   struct CommitResult {
     int64_t sealed_blocks = 0;     // indexed by this commit
     int64_t duplicate_blocks = 0;  // another block indexed the hash first (freed at release)
+    int64_t private_blocks = 0;    // kept private by keep_partial_last_page (0 or 1)
+  };
+  struct CommitOptions {
+    // A decoding engine keeps writing the context's partial last page after
+    // the commit. true: when the plan's last page is partial and was
+    // allocated by this lease, it is not sealed or indexed; it stays the
+    // lease's private writable block (freed at release). The engine later
+    // plans the longer context and copies the rows it already computed
+    // (the full page is then sealed under its full hash). false (default):
+    // every allocated page is sealed, the partial one under its partial hash.
+    bool keep_partial_last_page = false;
   };
   absl::Status CommitStep(uint64_t lease_id, CommitResult* result = nullptr);
+  absl::Status CommitStep(uint64_t lease_id, const CommitOptions& options,
+                          CommitResult* result);
   // NOT_FOUND for an unknown (or expired) lease.
   absl::Status ReleaseStep(uint64_t lease_id);
   // Releases the lease like ReleaseStep but hands its pins (resident pages

@@ -233,15 +233,22 @@ absl::StatusOr<ScopedLease> Client::BeginStep(absl::string_view salt, SequenceId
 }
 
 absl::StatusOr<CommitResult> Client::CommitStep(uint64_t lease_id, absl::Duration timeout) {
+  return CommitStep(lease_id, CommitOptions{}, timeout);
+}
+
+absl::StatusOr<CommitResult> Client::CommitStep(uint64_t lease_id, const CommitOptions& options,
+                                                absl::Duration timeout) {
   v1::CommitStepRequest request;
   request.set_lease_id(lease_id);
+  request.set_keep_partial_last_page(options.keep_partial_last_page);
   v1::CommitStepResponse response;
   if (absl::Status s = rpc_->Call(&Stub::CommitStep, request, &response, DeadlineFor(timeout));
       !s.ok()) {
     return s;
   }
   return CommitResult{.sealed_blocks = response.sealed_blocks(),
-                      .duplicate_blocks = response.duplicate_blocks()};
+                      .duplicate_blocks = response.duplicate_blocks(),
+                      .private_blocks = response.private_blocks()};
 }
 
 absl::StatusOr<std::optional<JobPinDecision>> Client::ReleaseStep(
@@ -659,8 +666,13 @@ ScopedLease& ScopedLease::operator=(ScopedLease&& other) noexcept {
 }
 
 absl::StatusOr<CommitResult> ScopedLease::Commit(absl::Duration timeout) {
+  return Commit(CommitOptions{}, timeout);
+}
+
+absl::StatusOr<CommitResult> ScopedLease::Commit(const CommitOptions& options,
+                                                 absl::Duration timeout) {
   if (!active()) return absl::FailedPreconditionError("ScopedLease: no active lease to commit");
-  return client_->CommitStep(step_.lease_id, timeout);
+  return client_->CommitStep(step_.lease_id, options, timeout);
 }
 
 absl::StatusOr<absl::Duration> ScopedLease::Renew(absl::Duration timeout) {

@@ -128,6 +128,14 @@ struct LeasedStep {
 struct CommitResult {
   int64_t sealed_blocks = 0;     // blocks indexed by this commit
   int64_t duplicate_blocks = 0;  // written blocks another lease indexed first
+  int64_t private_blocks = 0;    // kept private by keep_partial_last_page (0 or 1)
+};
+
+struct CommitOptions {
+  // A decoding engine keeps writing the partial last page: it stays the
+  // lease's private block (not sealed, freed at release); see
+  // CommitStepRequest.keep_partial_last_page. Default false: seal every page.
+  bool keep_partial_last_page = false;
 };
 
 // The daemon's pin decision for a job: cachecore's decision plus the number of
@@ -218,6 +226,8 @@ class ScopedLease {
 
   // FAILED_PRECONDITION when inactive; otherwise Client::CommitStep.
   absl::StatusOr<CommitResult> Commit(absl::Duration timeout = kDefaultTimeout);
+  absl::StatusOr<CommitResult> Commit(const CommitOptions& options,
+                                      absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::RenewLease.
   absl::StatusOr<absl::Duration> Renew(absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ReleaseStep, after
@@ -332,6 +342,8 @@ class Client {
                                         const PlanStepOptions& options = {},
                                         absl::Duration timeout = kDefaultTimeout);
   absl::StatusOr<CommitResult> CommitStep(uint64_t lease_id,
+                                          absl::Duration timeout = kDefaultTimeout);
+  absl::StatusOr<CommitResult> CommitStep(uint64_t lease_id, const CommitOptions& options,
                                           absl::Duration timeout = kDefaultTimeout);
   // The pin decision when agent has a job_id, std::nullopt otherwise.
   absl::StatusOr<std::optional<JobPinDecision>> ReleaseStep(

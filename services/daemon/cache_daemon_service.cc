@@ -157,11 +157,15 @@ grpc::ServerUnaryReactor* CacheDaemonService::CommitStep(grpc::CallbackServerCon
                                             v1::CommitStepResponse* response) {
   return ServeUnary(ctx, "CommitStep", [&]() -> absl::Status {
     KvCache::CommitResult result;
-    if (absl::Status s = state_->cache().CommitStep(request->lease_id(), &result); !s.ok()) {
+    const KvCache::CommitOptions options{.keep_partial_last_page =
+                                             request->keep_partial_last_page()};
+    if (absl::Status s = state_->cache().CommitStep(request->lease_id(), options, &result);
+        !s.ok()) {
       return s;
     }
     response->set_sealed_blocks(result.sealed_blocks);
     response->set_duplicate_blocks(result.duplicate_blocks);
+    response->set_private_blocks(result.private_blocks);
     return absl::OkStatus();
   });
 }

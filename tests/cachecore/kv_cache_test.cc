@@ -203,6 +203,55 @@ TEST(KvCacheTest, FollowUpTurnHashesOnlyNewTokensAndReusesBlocks) {
   EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
 }
 
+TEST(KvCacheTest, KeepPartialLastPageLeavesItPrivateUntilRelease) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 16);
+  const std::vector<TokenId> prompt = Tokens(40);  // 2 full + 1 partial (8)
+  auto a = cache->BeginStep(StepRequest{"s", 1, prompt});
+  ASSERT_TRUE(a.ok());
+  KvCache::CommitResult committed;
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, &committed).ok());
+  EXPECT_EQ(committed.sealed_blocks, 2);
+  EXPECT_EQ(committed.private_blocks, 1);
+  EXPECT_EQ(cache->GetStats().indexed_blocks, 2);
+  EXPECT_EQ(cache->GetStats().pool.writing, 1);  // the private partial page
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+
+  // Decode filled the page: the next plan (the page full + one token) finds
+  // the two sealed pages and allocates the full page and the new partial one.
+  std::vector<TokenId> longer = prompt;
+  for (int i = 0; i < 9; ++i) longer.push_back(7000 + i);  // 49 tokens
+  auto b = cache->BeginStep(StepRequest{"s", 1, longer});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->plan.hit_tokens, 32);
+  EXPECT_EQ(b->plan.new_tokens, 17);
+  ASSERT_TRUE(cache->CommitStep(b->lease_id, KvCache::CommitOptions{true}, &committed).ok());
+  EXPECT_EQ(committed.sealed_blocks, 1);
+  EXPECT_EQ(committed.private_blocks, 1);
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.indexed_blocks, 3);
+  EXPECT_EQ(stats.pool.writing, 0);  // both private pages freed at release
+  EXPECT_EQ(stats.pool.free, 16 - 3);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+
+  // A full last page is sealed as usual; so is a partial one without the option.
+  auto c = cache->BeginStep(StepRequest{"s", 2, Tokens(32, 900)});
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(cache->CommitStep(c->lease_id, KvCache::CommitOptions{true}, &committed).ok());
+  EXPECT_EQ(committed.sealed_blocks, 2);
+  EXPECT_EQ(committed.private_blocks, 0);
+  ASSERT_TRUE(cache->ReleaseStep(c->lease_id).ok());
+  auto d = cache->BeginStep(StepRequest{"s", 3, Tokens(20, 1900)});
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE(cache->CommitStep(d->lease_id, KvCache::CommitOptions{false}, &committed).ok());
+  EXPECT_EQ(committed.sealed_blocks, 2);
+  EXPECT_EQ(committed.private_blocks, 0);
+  ASSERT_TRUE(cache->ReleaseStep(d->lease_id).ok());
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
 TEST(KvCacheTest, SessionChainsAreBoundedByTokenBudget) {
   FakeClock clock;
   KvCacheOptions options;

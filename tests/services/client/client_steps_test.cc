@@ -160,6 +160,24 @@ TEST_F(ClientStepsTest, ClientSuppliedHashesAreAcceptedAndFillThePlan) {
   ASSERT_OK(client_->ReleaseStep(bare.lease_id));
 }
 
+TEST_F(ClientStepsTest, KeepPartialLastPageKeepsItPrivateAndFreesItAtRelease) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(SmallDaemonOptions(16)));
+  const int B = TinyBlockTokens();
+  ASSERT_OK_AND_ASSIGN(ScopedLease lease, client_->BeginStep("s", 1, Tokens(2 * B + 5, 7)));
+  ASSERT_OK_AND_ASSIGN(CommitResult committed,
+                       lease.Commit(CommitOptions{.keep_partial_last_page = true}));
+  EXPECT_EQ(committed.sealed_blocks, 2);
+  EXPECT_EQ(committed.private_blocks, 1);
+  DaemonStats stats = Stats();
+  EXPECT_EQ(stats.indexed_blocks, 2);
+  EXPECT_EQ(stats.writing_blocks, 1);
+  ASSERT_OK(lease.Release());
+  stats = Stats();
+  EXPECT_EQ(stats.writing_blocks, 0);
+  EXPECT_EQ(stats.indexed_blocks, 2);
+  EXPECT_EQ(stats.free_blocks + stats.sealed_blocks, stats.capacity_blocks);
+}
+
 TEST_F(ClientStepsTest, ScopedLeaseReleasesOnDestructionAndRenews) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon(SmallDaemonOptions(16)));
   {
