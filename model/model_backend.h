@@ -1,0 +1,134 @@
+// ModelBackend: runs the Llama forward pass for one engine step over the
+// daemon's paged KV pool, on the CPU (fp32) or on a GPU (CUDA, bf16/fp16).
+//
+// One step (DESIGN.md §3.3): a batch of sequences, each with some query
+// tokens (decode: one; prefill/rebuild chunks: many, in position order) and
+// the pages of its context that the queries may see. For every layer the
+// backend computes Q/K/V of the query tokens, applies rotary embeddings at
+// their ABSOLUTE positions, appends K/V into the pool (token i -> page
+// slot_page_ids[i], row slot_offsets[i]) BEFORE attention, then runs MSA over
+// the listed pages with the causal mask kv_pos <= q_pos. Rows of a page that
+// the step has not written and no earlier step wrote must not be listed (the
+// engine truncates each sequence's page list at its largest query position).
+// After the last layer it samples the next token of each `sample_rows` entry
+// (and returns fp32 logits when asked).
+//
+// Pool: layer-major [num_layers][num_blocks][2][block_tokens][Hkv][D] in
+// config.kv_dtype() (services/daemon/pool_layout.h, docs/pool.md); a host
+// pointer on the CPU backend, a device pointer (CUDA IPC mapping of the
+// daemon's pool) on the CUDA backend.
+//
+// Sampling (both backends, bit-for-bit the same rule; model/sampling.h):
+// temperature <= 0 is greedy (argmax, lowest index on ties); otherwise
+// softmax(logits / temperature) restricted to the smallest set of tokens, in
+// descending probability (ties: lower index first), whose mass reaches top_p,
+// sampled by inverse CDF with u = SampleUniform(seed, position) where
+// `position` is the absolute position the sampled token will occupy (the
+// sample row's query position + 1). The draw depends
+// on (seed, position) only, never on batching, so a cached and an uncached
+// run sample the same token from the same logits.
+//
+// Contract: a backend is used by one thread at a time (the engine's step
+// thread). Forward() and CopyPageRows() are synchronous: when they return the
+// pool holds the new rows. Errors: INVALID_ARGUMENT for a malformed batch
+// (naming the field), RESOURCE_EXHAUSTED when the batch exceeds the limits
+// the backend was created with, INTERNAL for a device failure. A failed call
+// may have written rows of the batch's own slots, nothing else.
+#ifndef ASYMCACHE_MODEL_MODEL_BACKEND_H_
+#define ASYMCACHE_MODEL_MODEL_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/msa.h"
+#include "model/llama_config.h"
+#include "model/weight_source.h"
+
+namespace asymcache::model {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // <= 0: greedy
+  float top_p = 1.0f;        // (0, 1]
+  uint64_t seed = 0;
+};
+
+// The KV pool as the backend sees it (a mapping owned by someone else that
+// outlives the backend).
+struct KvPoolView {
+  void* base = nullptr;            // host (CPU) or device (CUDA) pointer to byte 0
+  int64_t num_blocks = 0;          // pages per layer
+  int64_t layer_stride_bytes = 0;  // num_blocks * page bytes
+};
+
+struct ForwardBatch {
+  absl::Span<const int32_t> token_ids;      // [total_q] input token of each query
+  msa::BatchTables tables;                  // q_indptr, q_pos, kv pages per sequence
+  absl::Span<const int32_t> slot_page_ids;  // [total_q] page receiving the token's K/V
+  absl::Span<const int32_t> slot_offsets;   // [total_q] row in that page
+  absl::Span<const int32_t> sample_rows;    // query indices whose next token is sampled
+  absl::Span<const SamplingParams> sampling;  // [sample_rows.size()]
+  bool want_logits = false;                 // also return fp32 logits of sample_rows
+};
+
+struct ForwardResult {
+  std::vector<int32_t> tokens;  // [sample_rows.size()] sampled next tokens
+  std::vector<float> logits;    // [sample_rows.size()][vocab] when want_logits, else empty
+};
+
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  virtual const LlamaConfig& config() const = 0;
+  virtual absl::string_view name() const = 0;  // "cpu" or "cuda"
+  // One step; see the file comment.
+  virtual absl::Status Forward(const ForwardBatch& batch, ForwardResult* result) = 0;
+  // Copies rows [0, rows) of K and of V of page `src` into page `dst` in every
+  // layer (a decode page rolling over into a block the cache can seal; the
+  // bytes are the same K/V, nothing is recomputed). INVALID_ARGUMENT for
+  // pages outside the pool, src == dst, or rows outside [1, block_tokens].
+  virtual absl::Status CopyPageRows(int32_t src, int32_t dst, int32_t rows) = 0;
+};
+
+struct CpuBackendOptions {
+  // Worker threads for GEMMs and MSA; 0 = hardware concurrency.
+  int num_threads = 0;
+  absl::Status Validate() const;
+};
+
+// fp32 math over weights converted to fp32 (config.dtype must be kFloat32,
+// the pool fp32: the CPU backend is the exactness reference and runs the
+// tiny/demo shapes). GEMMs reduce in a fixed order per output element, so a
+// token's results do not depend on what else is in the batch (bitwise).
+absl::StatusOr<std::unique_ptr<ModelBackend>> CreateCpuBackend(const WeightSource& weights,
+                                                               KvPoolView pool,
+                                                               CpuBackendOptions options = {});
+
+struct CudaBackendOptions {
+  int device = 0;
+  // Largest step the backend is sized for (activation buffers, MSA workspace),
+  // allocated once at creation. 8192 query tokens: an adaptive-chunking step of
+  // the default budget plus decodes. > 0.
+  int32_t max_step_tokens = 8192;
+  // Largest number of sequences in a step. 256. > 0.
+  int32_t max_batch = 256;
+  // Largest number of pages a step lists (all sequences). 1 Mi (16 Mi tokens of
+  // context at 16-token pages). > 0.
+  int32_t max_step_pages = 1 << 20;
+  absl::Status Validate() const;
+};
+
+// bf16/fp16 on one GPU: cuBLAS(Lt) GEMMs, fused small kernels, MSA CUDA,
+// on-device sampling. FAILED_PRECONDITION when built without CUDA or no GPU is
+// present (the message says which); INVALID_ARGUMENT for config.dtype fp32.
+absl::StatusOr<std::unique_ptr<ModelBackend>> CreateCudaBackend(const WeightSource& weights,
+                                                                KvPoolView pool,
+                                                                CudaBackendOptions options = {});
+
+}  // namespace asymcache::model
+
+#endif  // ASYMCACHE_MODEL_MODEL_BACKEND_H_
