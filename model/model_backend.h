@@ -68,7 +68,10 @@ struct KvPoolView {
 struct ForwardBatch {
   absl::Span<const int32_t> token_ids;      // [total_q] input token of each query
   msa::BatchTables tables;                  // q_indptr, q_pos, kv pages per sequence
-  absl::Span<const int32_t> slot_page_ids;  // [total_q] page receiving the token's K/V
+  // [total_q] page receiving the token's K/V; -1: do not write it (the listed
+  // pages already hold this position's K/V, e.g. a fully cached prompt whose
+  // last token is run again only for its logits).
+  absl::Span<const int32_t> slot_page_ids;
   absl::Span<const int32_t> slot_offsets;   // [total_q] row in that page
   absl::Span<const int32_t> sample_rows;    // query indices whose next token is sampled
   absl::Span<const SamplingParams> sampling;  // [sample_rows.size()]

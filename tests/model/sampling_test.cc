@@ -1,0 +1,203 @@
+// Tests of the host sampling rule (model/sampling.h): greedy argmax (ties,
+// NaN), temperature sampling with top-p, determinism in (seed, position) and a
+// coarse check of the sampled distribution.
+//
+// Seeds are fresh each run (ASYMCACHE_TEST_SEED replays one) and printed in
+// every failure message.
+#include "model/sampling.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/model_backend.h"
+#include "tests/kernels/msa_test_util.h"
+
+namespace asymcache::model {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+class SamplingTest : public ::testing::Test {
+ protected:
+  SamplingTest() : seed_(msa::testing::FreshSeed()), rng_(seed_) {}
+  void SetUp() override { ::testing::Test::RecordProperty("seed", std::to_string(seed_)); }
+
+  uint64_t seed_;
+  std::mt19937_64 rng_;
+};
+
+TEST(ArgmaxTokenTest, LowestIndexAmongTies) {
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{1.0f, 3.0f, 3.0f, 2.0f}), 1);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{5.0f, 5.0f}), 0);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{-2.0f, -1.0f, -1.0f}), 1);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{-kInf, -kInf, -kInf}), 0);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{0.0f, kInf, kInf}), 1);
+}
+
+TEST(ArgmaxTokenTest, NaNIsNeverChosenUnlessAllAreNaN) {
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{kNaN, 1.0f, kNaN, 5.0f, 5.0f}), 3);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{kNaN, -kInf}), 1);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{2.0f, kNaN}), 0);
+  EXPECT_EQ(ArgmaxToken(std::vector<float>{kNaN, kNaN, kNaN}), 0);
+}
+
+TEST(SampleUniformTest, InUnitIntervalAndVaries) {
+  std::set<float> seen;
+  for (int64_t position = 0; position < 1000; ++position) {
+    const float u = SampleUniform(42, position);
+    ASSERT_GE(u, 0.0f);
+    ASSERT_LT(u, 1.0f);
+    seen.insert(u);
+  }
+  EXPECT_GT(seen.size(), 990u);
+  EXPECT_NE(SampleUniform(1, 7), SampleUniform(2, 7));
+}
+
+TEST_F(SamplingTest, GreedyWhenTemperatureIsNotPositive) {
+  std::vector<float> logits(64);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& logit : logits) logit = normal(rng_);
+  const int32_t argmax = ArgmaxToken(logits);
+  for (float temperature : {0.0f, -1.0f, -0.0f}) {
+    for (int64_t position = 0; position < 50; ++position) {
+      SamplingParams params;
+      params.temperature = temperature;
+      params.top_p = 0.5f;
+      params.seed = rng_();
+      ASSERT_EQ(SampleToken(logits, params, position), argmax) << "seed " << seed_;
+    }
+  }
+}
+
+TEST_F(SamplingTest, SmallTopPIsGreedyAndFullTopPSamplesOthers) {
+  // Near-flat logits: with top_p = 1 many tokens get drawn; with a tiny top_p
+  // the nucleus is the single most likely token.
+  std::vector<float> logits(32);
+  std::uniform_real_distribution<float> uniform(0.0f, 0.5f);
+  for (float& logit : logits) logit = uniform(rng_);
+  const int32_t argmax = ArgmaxToken(logits);
+  SamplingParams params;
+  params.temperature = 1.0f;
+  params.seed = rng_();
+  std::set<int32_t> drawn;
+  for (int64_t position = 0; position < 500; ++position) {
+    params.top_p = 1e-6f;
+    ASSERT_EQ(SampleToken(logits, params, position), argmax) << "seed " << seed_;
+    params.top_p = 1.0f;
+    const int32_t token = SampleToken(logits, params, position);
+    ASSERT_GE(token, 0);
+    ASSERT_LT(token, 32);
+    drawn.insert(token);
+  }
+  EXPECT_GT(drawn.size(), 20u) << "seed " << seed_;
+}
+
+TEST_F(SamplingTest, NucleusIsTheShortestPrefixReachingTopP) {
+  // Probabilities 0.5, 0.3, 0.15, 0.05 (tokens permuted): top_p = 0.75 keeps
+  // the two most likely tokens, in the ratio 5 : 3.
+  const std::vector<double> probs = {0.15, 0.5, 0.05, 0.3};
+  std::vector<float> logits;
+  for (double p : probs) logits.push_back(static_cast<float>(std::log(p)));
+  SamplingParams params;
+  params.temperature = 1.0f;
+  params.top_p = 0.75f;
+  params.seed = rng_();
+  int counts[4] = {0, 0, 0, 0};
+  constexpr int kDraws = 8000;
+  for (int64_t position = 0; position < kDraws; ++position) {
+    ++counts[SampleToken(logits, params, position)];
+  }
+  EXPECT_EQ(counts[0], 0) << "seed " << seed_;
+  EXPECT_EQ(counts[2], 0) << "seed " << seed_;
+  EXPECT_NEAR(static_cast<double>(counts[1]) / kDraws, 0.625, 0.03) << "seed " << seed_;
+}
+
+TEST_F(SamplingTest, EqualProbabilitiesOrderByLowerIndex) {
+  // Four equal logits, top_p = 0.5: the nucleus is tokens 0 and 1.
+  const std::vector<float> logits(4, 0.25f);
+  SamplingParams params;
+  params.temperature = 0.8f;
+  params.top_p = 0.5f;
+  params.seed = rng_();
+  std::set<int32_t> drawn;
+  for (int64_t position = 0; position < 400; ++position) {
+    drawn.insert(SampleToken(logits, params, position));
+  }
+  EXPECT_EQ(drawn, (std::set<int32_t>{0, 1})) << "seed " << seed_;
+}
+
+TEST_F(SamplingTest, DeterministicInSeedAndPosition) {
+  std::vector<float> logits(128);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (float& logit : logits) logit = normal(rng_);
+  SamplingParams params;
+  params.temperature = 1.3f;
+  params.top_p = 0.95f;
+  params.seed = rng_();
+  std::vector<int32_t> first;
+  for (int64_t position = 0; position < 200; ++position) {
+    first.push_back(SampleToken(logits, params, position));
+  }
+  // The same (seed, position) gives the same token, in any call order.
+  for (int64_t position = 199; position >= 0; --position) {
+    ASSERT_EQ(SampleToken(logits, params, position), first[position]) << "seed " << seed_;
+  }
+  // Another seed gives another sequence of draws.
+  SamplingParams other = params;
+  other.seed = params.seed ^ 0x9E3779B97F4A7C15ull;
+  int differ = 0;
+  for (int64_t position = 0; position < 200; ++position) {
+    differ += SampleToken(logits, other, position) != first[position];
+  }
+  EXPECT_GT(differ, 20) << "seed " << seed_;
+}
+
+TEST_F(SamplingTest, FrequenciesFollowTheTemperedSoftmax) {
+  constexpr int kVocab = 8;
+  std::vector<float> logits(kVocab);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& logit : logits) logit = normal(rng_);
+  SamplingParams params;
+  params.temperature = 0.7f;
+  params.top_p = 1.0f;
+  params.seed = rng_();
+  double max_logit = logits[ArgmaxToken(logits)];
+  std::vector<double> expected(kVocab);
+  double total = 0.0;
+  for (int i = 0; i < kVocab; ++i) {
+    expected[i] = std::exp((logits[i] - max_logit) / params.temperature);
+    total += expected[i];
+  }
+  constexpr int kDraws = 20000;
+  std::vector<int> counts(kVocab, 0);
+  for (int64_t position = 0; position < kDraws; ++position) {
+    ++counts[SampleToken(logits, params, position)];
+  }
+  for (int i = 0; i < kVocab; ++i) {
+    // A standard deviation of the frequency is at most 0.0036; 0.02 is > 5 sigma.
+    EXPECT_NEAR(static_cast<double>(counts[i]) / kDraws, expected[i] / total, 0.02)
+        << "token " << i << " seed " << seed_;
+  }
+}
+
+TEST(SampleTokenTest, NaNLogitsAreNeverSampled) {
+  const std::vector<float> logits = {kNaN, 0.0f, kNaN, 0.0f};
+  SamplingParams params;
+  params.temperature = 1.0f;
+  for (int64_t position = 0; position < 200; ++position) {
+    const int32_t token = SampleToken(logits, params, position);
+    ASSERT_TRUE(token == 1 || token == 3) << token;
+  }
+  EXPECT_EQ(SampleToken(std::vector<float>{kNaN, kNaN}, params, 3), 0);
+  // A +inf logit takes all the mass.
+  EXPECT_EQ(SampleToken(std::vector<float>{0.0f, kInf, 1.0f}, params, 5), 1);
+}
+
+}  // namespace
+}  // namespace asymcache::model
