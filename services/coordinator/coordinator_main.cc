@@ -7,14 +7,12 @@
 // options, 1 when serving fails.
 #include <cstdio>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
+#include "absl/strings/string_view.h"
+#include "services/common/command_line.h"
 #include "services/common/signal_waiter.h"
 #include "services/coordinator/coordinator.h"
 #include "services/coordinator/coordinator_config.h"
@@ -30,7 +28,7 @@ constexpr char kUsage[] =
     "Example: asymcache-coordinator --listen=0.0.0.0:50061 --metrics-port=9401 "
     "--member-timeout=5s\n\n";
 
-bool IsBoolSetting(const std::string& name) {
+bool IsBoolSetting(absl::string_view name) {
   asymcache::CoordinatorOptions defaults;
   absl::StatusOr<std::string> value = asymcache::CoordinatorSettingValue(name, defaults);
   return value.ok() && (*value == "true" || *value == "false");
@@ -48,68 +46,22 @@ void PrintHelp() {
   std::printf("  --%-24s %s\n", "help", "this text");
 }
 
-struct Flag {
-  std::string name;
-  std::string value;
-};
-
-// argv -> (name, value) pairs, names with dashes. INVALID_ARGUMENT for a
-// positional argument or a setting without a value.
-absl::StatusOr<std::vector<Flag>> ParseArgs(int argc, char** argv, bool* help) {
-  std::vector<Flag> flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help" || arg == "-help") {
-      *help = true;
-      continue;
-    }
-    if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
-    }
-    arg = arg.substr(2);
-    std::string name = arg;
-    std::string value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-      has_value = true;
-    }
-    name = absl::StrReplaceAll(name, {{"_", "-"}});
-    if (!has_value) {
-      if (IsBoolSetting(name)) {
-        value = "true";
-      } else if (absl::StartsWith(name, "no-") && IsBoolSetting(name.substr(3))) {
-        name = name.substr(3);
-        value = "false";
-      } else if (i + 1 < argc) {
-        value = argv[++i];
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
-      }
-    }
-    flags.push_back({std::move(name), std::move(value)});
-  }
-  return flags;
-}
-
 // Defaults < --config YAML < flags, each parsed by the one table in
 // coordinator_config.cc.
-absl::StatusOr<asymcache::CoordinatorOptions> BuildOptions(const std::vector<Flag>& flags) {
+absl::StatusOr<asymcache::CoordinatorOptions> BuildOptions(
+    const std::vector<asymcache::CommandLineFlag>& flags) {
   asymcache::CoordinatorOptions options;
-  for (const Flag& f : flags) {
-    if (f.name != "config") continue;
-    if (absl::Status s = asymcache::ApplyCoordinatorYaml(f.value, &options); !s.ok()) return s;
-  }
-  for (const Flag& f : flags) {
-    if (f.name == "config") continue;
-    if (!asymcache::CoordinatorSettingValue(f.name, options).ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", f.name));
-    }
-    if (absl::Status s = asymcache::ApplyCoordinatorSetting(f.name, f.value, &options); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--", s.message()));
-    }
-  }
+  asymcache::CommandLineSettings settings;
+  settings.apply_config = [&](const std::string& path) {
+    return asymcache::ApplyCoordinatorYaml(path, &options);
+  };
+  settings.is_known = [&](absl::string_view name) {
+    return asymcache::CoordinatorSettingValue(name, options).ok();
+  };
+  settings.apply = [&](absl::string_view name, absl::string_view value) {
+    return asymcache::ApplyCoordinatorSetting(name, value, &options);
+  };
+  if (absl::Status s = asymcache::ApplyCommandLine(flags, settings); !s.ok()) return s;
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   return options;
 }
@@ -117,14 +69,15 @@ absl::StatusOr<asymcache::CoordinatorOptions> BuildOptions(const std::vector<Fla
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool help = false;
-  absl::StatusOr<std::vector<Flag>> flags = ParseArgs(argc, argv, &help);
-  if (help) {
+  absl::StatusOr<asymcache::ParsedCommandLine> command_line =
+      asymcache::ParseCommandLine(argc, argv, IsBoolSetting);
+  if (command_line.ok() && command_line->help) {
     PrintHelp();
     return 0;
   }
   absl::StatusOr<asymcache::CoordinatorOptions> options =
-      flags.ok() ? BuildOptions(*flags) : absl::StatusOr<asymcache::CoordinatorOptions>(flags.status());
+      command_line.ok() ? BuildOptions(command_line->flags)
+                        : absl::StatusOr<asymcache::CoordinatorOptions>(command_line.status());
   if (!options.ok()) {
     std::fprintf(stderr, "asymcache-coordinator: %s\n(--help lists the settings)\n",
                  options.status().ToString().c_str());

@@ -1,0 +1,649 @@
+#include "services/worker/engine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "cachecore/block_hash.h"
+#include "cachecore/mix64.h"
+#include "services/worker/sequence_pages.h"
+
+namespace asymcache::worker {
+namespace {
+
+// Seconds since `start` (wall clock).
+double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+// A timer that adds its lifetime to a counter.
+class AddTime {
+ public:
+  explicit AddTime(double* total) : total_(total), start_(absl::Now()) {}
+  ~AddTime() { *total_ += SecondsSince(start_); }
+
+ private:
+  double* total_;
+  absl::Time start_;
+};
+
+}  // namespace
+
+absl::string_view WorkerRoleName(WorkerRole role) {
+  switch (role) {
+    case WorkerRole::kBoth:
+      return "both";
+    case WorkerRole::kPrefill:
+      return "prefill";
+    case WorkerRole::kDecode:
+      return "decode";
+  }
+  return "?";
+}
+
+absl::Status EngineOptions::Validate() const {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (absl::Status s = chunking.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("chunking: ", s.message()));
+  }
+  if (max_running < 1) return bad("max_running: ", max_running, " < 1");
+  if (max_queued < max_running) return bad("max_queued: ", max_queued, " < max_running");
+  if (max_step_tokens < 16) return bad("max_step_tokens: ", max_step_tokens, " < 16");
+  if (chunking.max_budget_tokens + max_running > max_step_tokens) {
+    return bad("chunking.max_budget_tokens + max_running: ", chunking.max_budget_tokens, " + ",
+               max_running, " exceeds max_step_tokens ", max_step_tokens);
+  }
+  if (max_context_tokens < 0) return bad("max_context_tokens: ", max_context_tokens, " < 0");
+  if (rpc_timeout <= absl::ZeroDuration()) return bad("rpc_timeout: must be > 0");
+  if (absl::Status s = calibration.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+// One request in the engine (step thread only, after arrival).
+struct Engine::Sequence {
+  uint64_t id = 0;
+  GenerationRequest request;
+  std::shared_ptr<GenerationSink> sink;
+  absl::Time arrival;
+  SequenceId daemon_sequence = 0;
+  std::vector<int32_t> tokens;  // prompt + generated (the last one not yet fed)
+  int32_t generated = 0;
+  ScopedLease lease;            // the current plan's lease
+  SequencePages pages;          // its pages
+  bool committed = false;
+  bool planned_once = false;
+  bool imported = false;
+  // The current context is fully resident: run its last token once more
+  // (no K/V write) for the logits.
+  bool logits_only = false;
+  // Its last plan got RESOURCE_EXHAUSTED this step.
+  bool blocked = false;
+  absl::Time renew_due;
+  int64_t last_token_us = -1;   // emission time of its previous token (-1: none yet)
+  RequestStats stats;
+};
+
+Engine::Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
+               int64_t max_context_tokens)
+    : backend_(backend),
+      daemon_(daemon),
+      options_(std::move(options)),
+      max_context_tokens_(max_context_tokens),
+      cost_(backend->config().ToCacheModel(), options_.calibration),
+      scheduler_(&cost_, options_.chunking) {}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backend, Client* daemon,
+                                                      EngineOptions options) {
+  if (backend == nullptr || daemon == nullptr) {
+    return absl::InvalidArgumentError("Engine: backend and daemon client are required");
+  }
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  const model::LlamaConfig& config = backend->config();
+  absl::StatusOr<DaemonStats> stats = daemon->GetStats(options.rpc_timeout);
+  if (!stats.ok()) return stats.status();
+  const ModelConfig ours = config.ToCacheModel();
+  const ModelConfig& theirs = stats->model;
+  if (ours.num_layers != theirs.num_layers || ours.num_kv_heads != theirs.num_kv_heads ||
+      ours.head_dim != theirs.head_dim || ours.dtype_bytes != theirs.dtype_bytes ||
+      ours.block_tokens != theirs.block_tokens) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Engine: the daemon's KV shape (layers=", theirs.num_layers, " kv_heads=",
+        theirs.num_kv_heads, " head_dim=", theirs.head_dim, " dtype_bytes=", theirs.dtype_bytes,
+        " block_tokens=", theirs.block_tokens, ") differs from the model's (layers=",
+        ours.num_layers, " kv_heads=", ours.num_kv_heads, " head_dim=", ours.head_dim,
+        " dtype_bytes=", ours.dtype_bytes, " block_tokens=", ours.block_tokens, ")"));
+  }
+  int64_t max_context = config.max_position_embeddings;
+  if (options.max_context_tokens > 0) max_context = std::min(max_context, options.max_context_tokens);
+  std::unique_ptr<Engine> engine(new Engine(backend, daemon, std::move(options), max_context));
+  engine->next_daemon_sequence_ = Mix64(absl::ToUnixNanos(absl::Now())) | 1;
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+Engine::~Engine() { Shutdown(); }
+
+absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
+                                        std::shared_ptr<GenerationSink> sink) {
+  if (sink == nullptr) return absl::InvalidArgumentError("Submit: sink is required");
+  if (absl::Status s = ValidateGenerationRequest(request, backend_->config(), max_context_tokens_);
+      !s.ok()) {
+    return s;
+  }
+  if (options_.role == WorkerRole::kPrefill && request.max_new_tokens != 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a prefill worker computes the prompt and its first token: max_new_tokens must be 1, got ",
+        request.max_new_tokens));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->arrival = absl::Now();
+  seq->tokens = request.prompt;
+  seq->stats.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  seq->request = std::move(request);
+  seq->sink = std::move(sink);
+  absl::MutexLock lock(&mu_);
+  if (shutdown_) return absl::UnavailableError("the worker is shutting down");
+  if (queued_ >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat("the worker's queue is full (", queued_,
+                                                     " requests); retry later or elsewhere"));
+  }
+  seq->id = next_request_id_++;
+  const uint64_t id = seq->id;
+  ++queued_;
+  arrivals_.push_back(std::move(seq));
+  return id;
+}
+
+void Engine::Cancel(uint64_t request_id) {
+  absl::MutexLock lock(&mu_);
+  cancelled_.insert(request_id);
+}
+
+void Engine::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_ && !thread_.joinable()) return;
+    shutdown_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+EngineStats Engine::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Engine::Loop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutdown_) break;
+      if (running_.empty() && waiting_.empty()) {
+        // Idle: wait for an arrival (or shutdown), bounded so that nothing
+        // is missed if a wake-up races.
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return shutdown_ || !arrivals_.empty();
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+        if (shutdown_) break;
+      }
+    }
+    if (!Step()) {
+      // Nothing could run (e.g. every request waits for pool space): back off briefly.
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  }
+  // Shutdown: every request ends with UNAVAILABLE, its leases released.
+  TakeArrivals();
+  const absl::Status gone = absl::UnavailableError("the worker is shutting down");
+  for (auto& seq : running_) Finish(*seq, gone, "");
+  for (auto& seq : waiting_) Finish(*seq, gone, "");
+  running_.clear();
+  waiting_.clear();
+}
+
+void Engine::TakeArrivals() {
+  std::vector<std::unique_ptr<Sequence>> arrived;
+  absl::flat_hash_set<uint64_t> cancelled;
+  {
+    absl::MutexLock lock(&mu_);
+    arrived.swap(arrivals_);
+    cancelled.swap(cancelled_);
+  }
+  for (auto& seq : arrived) waiting_.push_back(std::move(seq));
+  if (cancelled.empty()) return;
+  const absl::Status status = absl::CancelledError("the request was cancelled");
+  auto cancel_in = [&](auto& list) {
+    for (auto it = list.begin(); it != list.end();) {
+      if (cancelled.contains((*it)->id)) {
+        Finish(**it, status, "");
+        it = list.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  cancel_in(running_);
+  cancel_in(waiting_);
+}
+
+absl::Status Engine::Import(Sequence& seq) {
+  seq.imported = true;
+  const absl::Time start = absl::Now();
+  const std::vector<BlockHash> hashes =
+      ChainHashes(seq.request.salt,
+                  absl::MakeConstSpan(seq.tokens).first(seq.request.kv_source_tokens),
+                  backend_->config().block_tokens);
+  const absl::StatusOr<ImportSummary> summary = daemon_->ImportBlocks(seq.request.kv_source, hashes, options_.rpc_timeout);
+  seq.stats.import_seconds = SecondsSince(start);
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.rpc_seconds += seq.stats.import_seconds;
+  }
+  // A failed import is not an error of the request: what did not arrive is
+  // rebuilt (the plan shows it as holes/tail).
+  if (summary.ok()) seq.stats.imported_blocks = summary->imported + summary->already_resident;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
+  PlanStepOptions plan_options;
+  plan_options.compute_plan_hashes = false;
+  if (!seq.planned_once && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
+    plan_options.agent = seq.request.agent;
+  }
+  absl::StatusOr<ScopedLease> lease;
+  {
+    double rpc = 0;
+    {
+      AddTime timer(&rpc);
+      lease = daemon_->BeginStep(seq.request.salt, seq.daemon_sequence,
+                                 absl::MakeConstSpan(seq.tokens).first(target_tokens), plan_options,
+                                 options_.rpc_timeout);
+    }
+    absl::MutexLock lock(&mu_);
+    stats_.rpc_seconds += rpc;
+  }
+  if (absl::IsResourceExhausted(lease.status())) {
+    *blocked = true;
+    return absl::OkStatus();
+  }
+  if (!lease.ok()) return lease.status();
+  SequencePages pages(lease->plan());
+  if (seq.lease.active()) {
+    // Rows this request already computed (its previous lease, still pinned)
+    // are copied into the freshly allocated blocks, not recomputed.
+    for (const SequencePages::RowCopy& copy : pages.TakeCopiesFrom(seq.pages)) {
+      if (absl::Status s = backend_->CopyPageRows(copy.src_block, copy.dst_block, copy.rows);
+          !s.ok()) {
+        return s;
+      }
+      seq.stats.copied_tokens += copy.rows;
+      absl::MutexLock lock(&mu_);
+      stats_.copied_tokens += copy.rows;
+    }
+    ReleaseLeases(seq, /*with_agent=*/false);
+  }
+  if (!seq.planned_once) {
+    seq.planned_once = true;
+    seq.stats.queue_seconds = SecondsSince(seq.arrival);
+    seq.stats.hit_tokens = lease->plan().hit_tokens;
+    seq.stats.rebuilt_tokens = lease->plan().rebuild_tokens;
+  }
+  seq.lease = *std::move(lease);
+  seq.pages = std::move(pages);
+  seq.committed = false;
+  seq.renew_due = absl::Now() + seq.lease.step().lease_timeout / 3;
+  // Fully resident up to the last fed token: its logits still have to be
+  // computed (no K/V write) unless more tokens follow.
+  seq.logits_only = seq.pages.done() && target_tokens == static_cast<int64_t>(seq.tokens.size());
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
+  const int64_t known = static_cast<int64_t>(seq.tokens.size());
+  if (!seq.lease.active()) {
+    if (!seq.request.kv_source.empty() && !seq.imported) {
+      if (absl::Status s = Import(seq); !s.ok()) return s;
+      // Plan exactly the imported context first (all of it resident when the
+      // import worked); the rest extends it like decode does.
+      return PlanNext(seq, seq.request.kv_source_tokens, blocked);
+    }
+    return PlanNext(seq, known, blocked);
+  }
+  if (!seq.pages.done() || seq.logits_only || seq.pages.context_tokens() >= known) {
+    return absl::OkStatus();
+  }
+  if (known - seq.pages.context_tokens() == 1 && seq.pages.CanExtendInPlace()) {
+    seq.pages.ExtendInPlace();
+    return absl::OkStatus();
+  }
+  return PlanNext(seq, known, blocked);
+}
+
+void Engine::Admit() {
+  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence& seq = *waiting_.front();
+    if (seq.daemon_sequence == 0) {
+      seq.daemon_sequence =
+          seq.request.session_id.empty()
+              ? next_daemon_sequence_++
+              : (Mix64(std::hash<std::string>{}(seq.request.salt) ^
+                       Mix64(std::hash<std::string>{}(seq.request.session_id))) |
+                 1);
+    }
+    bool blocked = false;
+    const absl::Status s = Advance(seq, &blocked);
+    if (!s.ok()) {
+      Finish(seq, s, "");
+      waiting_.pop_front();
+      continue;
+    }
+    if (blocked) break;  // FCFS: later requests wait behind it
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+void Engine::ReleaseLeases(Sequence& seq, bool with_agent) {
+  if (!seq.lease.active()) return;
+  std::optional<AgentJob> agent;
+  if (with_agent && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
+    agent = seq.request.agent;
+  }
+  double rpc = 0;
+  {
+    AddTime timer(&rpc);
+    // A failed release is not fatal: the daemon's lease timeout frees it.
+    (void)seq.lease.Release(agent, options_.rpc_timeout);
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.rpc_seconds += rpc;
+}
+
+void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string& reason) {
+  ReleaseLeases(seq, /*with_agent=*/status.ok());
+  {
+    absl::MutexLock lock(&mu_);
+    --queued_;
+    ++stats_.finished_requests;
+  }
+  seq.sink->OnFinish(status, reason, seq.stats);
+}
+
+void Engine::Preempt(Sequence& seq) {
+  ReleaseLeases(seq, /*with_agent=*/false);
+  seq.pages = SequencePages();
+  seq.committed = false;
+  seq.logits_only = false;
+  seq.blocked = false;
+  ++seq.stats.preemptions;
+  absl::MutexLock lock(&mu_);
+  ++stats_.preemptions;
+}
+
+bool Engine::Step() {
+  const absl::Time step_start = absl::Now();
+  TakeArrivals();
+  Admit();
+  // Advance running sequences (extend decodes, plan new pages).
+  for (auto it = running_.begin(); it != running_.end();) {
+    Sequence& seq = **it;
+    seq.blocked = false;
+    const absl::Status s = Advance(seq, &seq.blocked);
+    if (!s.ok()) {
+      Finish(seq, s, "");
+      it = running_.erase(it);
+      continue;
+    }
+    // Keep leases alive through long decodes (in-place extensions make no RPC).
+    if (seq.lease.active() && absl::Now() >= seq.renew_due) {
+      double rpc = 0;
+      absl::StatusOr<absl::Duration> renewed;
+      {
+        AddTime timer(&rpc);
+        renewed = seq.lease.Renew(options_.rpc_timeout);
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        stats_.rpc_seconds += rpc;
+      }
+      if (!renewed.ok()) {
+        Finish(seq, renewed.status(), "");
+        it = running_.erase(it);
+        continue;
+      }
+      seq.renew_due = absl::Now() + *renewed / 3;
+    }
+    ++it;
+  }
+
+  // This step's work: decode tokens and prefill/rebuild runs.
+  std::vector<DecodeWork> decodes;
+  std::vector<PrefillWork> prefills;
+  absl::flat_hash_map<SequenceId, Sequence*> by_sequence;
+  for (auto& seq : running_) {
+    if (seq->blocked || !seq->lease.active()) continue;
+    const SequencePages& pages = seq->pages;
+    const int64_t context = pages.context_tokens();
+    if (seq->logits_only) {
+      decodes.push_back({seq->id, context});
+    } else if (pages.pending_tokens() == 1 && pages.pending().front().first == context - 1) {
+      decodes.push_back({seq->id, context});
+    } else if (!pages.done()) {
+      prefills.push_back({seq->id, pages.pending(), context});
+    } else {
+      continue;
+    }
+    by_sequence[seq->id] = seq.get();
+  }
+  if (by_sequence.empty()) {
+    // Nobody can run: when sequences wait for pool space, give the newest
+    // running one's blocks back so the others can go on.
+    bool any_blocked = false;
+    for (auto& seq : running_) any_blocked |= seq->blocked;
+    if (any_blocked && running_.size() > 1) {
+      Preempt(*running_.back());
+      waiting_.push_front(std::move(running_.back()));
+      running_.pop_back();
+    } else if (any_blocked && running_.size() == 1 && !waiting_.empty()) {
+      Preempt(*running_.back());
+      waiting_.push_back(std::move(running_.back()));
+      running_.pop_back();
+    }
+    return false;
+  }
+  const StepSchedule schedule = scheduler_.Schedule(decodes, prefills);
+
+  // Assemble the forward pass, sequence by sequence in running order.
+  std::vector<int32_t> token_ids, slot_pages, slot_rows, sample_rows;
+  std::vector<model::SamplingParams> sampling;
+  std::vector<Sequence*> sampled;
+  msa::BatchTablesStorage tables;
+  struct Ran {
+    Sequence* seq;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+  };
+  std::vector<Ran> ran;
+  absl::flat_hash_map<SequenceId, std::vector<std::pair<int64_t, int64_t>>> chunks_of;
+  for (const Chunk& c : schedule.chunks) chunks_of[c.sequence].push_back({c.begin, c.end});
+  int64_t prefill_tokens = 0;
+  for (auto& seq_ptr : running_) {
+    Sequence* seq = seq_ptr.get();
+    auto found = by_sequence.find(seq->id);
+    if (found == by_sequence.end()) continue;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    const int64_t context = seq->pages.context_tokens();
+    const bool decode = seq->logits_only || (seq->pages.pending_tokens() == 1 &&
+                                             seq->pages.pending().front().first == context - 1);
+    if (decode) {
+      ranges.push_back({context - 1, context});
+    } else if (auto c = chunks_of.find(seq->id); c != chunks_of.end()) {
+      ranges = c->second;
+    }
+    if (ranges.empty()) continue;
+    int64_t max_position = -1;
+    for (const auto& [b, e] : ranges) {
+      for (int64_t p = b; p < e; ++p) {
+        token_ids.push_back(seq->tokens[p]);
+        tables.q_pos.push_back(static_cast<int32_t>(p));
+        if (seq->logits_only) {
+          slot_pages.push_back(-1);
+          slot_rows.push_back(0);
+        } else {
+          const auto [block, row] = seq->pages.Slot(p);
+          slot_pages.push_back(block);
+          slot_rows.push_back(row);
+        }
+      }
+      if (!decode) prefill_tokens += e - b;
+      max_position = std::max(max_position, e - 1);
+    }
+    tables.q_indptr.push_back(static_cast<int32_t>(tables.q_pos.size()));
+    seq->pages.AppendVisiblePages(max_position, &tables);
+    if (max_position == context - 1 && context == static_cast<int64_t>(seq->tokens.size())) {
+      sample_rows.push_back(static_cast<int32_t>(tables.q_pos.size()) - 1);
+      sampling.push_back(seq->request.sampling);
+      sampled.push_back(seq);
+    }
+    ran.push_back({seq, std::move(ranges)});
+  }
+  if (ran.empty()) return false;
+  bool want_logits = false;
+  for (Sequence* seq : sampled) want_logits |= seq->request.return_logits;
+
+  model::ForwardBatch batch;
+  batch.token_ids = token_ids;
+  batch.tables = tables.view();
+  batch.slot_page_ids = slot_pages;
+  batch.slot_offsets = slot_rows;
+  batch.sample_rows = sample_rows;
+  batch.sampling = sampling;
+  batch.want_logits = want_logits;
+  model::ForwardResult result;
+  double forward_s = 0;
+  absl::Status forward;
+  {
+    AddTime timer(&forward_s);
+    forward = backend_->Forward(batch, &result);
+  }
+  if (!forward.ok()) {
+    // A backend failure ends the requests of this step (their blocks are
+    // released uncommitted: nothing wrong is ever indexed).
+    for (const Ran& r : ran) {
+      Finish(*r.seq, forward, "");
+      r.seq->sink = nullptr;
+    }
+    running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                  [](const auto& s) { return s->sink == nullptr; }),
+                   running_.end());
+    return true;
+  }
+
+  // Positions computed; tokens sampled.
+  for (const Ran& r : ran) {
+    ++r.seq->stats.steps;
+    if (r.seq->logits_only) {
+      r.seq->logits_only = false;
+      continue;
+    }
+    for (const auto& [b, e] : r.ranges) {
+      r.seq->pages.MarkComputed(b, e);
+      const int64_t prompt_end = std::min<int64_t>(e, r.seq->stats.prompt_tokens);
+      if (prompt_end > b) r.seq->stats.computed_prompt_tokens += prompt_end - b;
+    }
+  }
+  const int64_t vocab = backend_->config().vocab_size;
+  absl::flat_hash_set<Sequence*> finished;
+  std::vector<std::string> finish_reason(sampled.size());
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    Sequence& seq = *sampled[i];
+    const int32_t token = result.tokens[i];
+    const int64_t now_us = absl::ToInt64Microseconds(absl::Now() - seq.arrival);
+    TokenBatch out;
+    out.tokens.push_back(token);
+    out.times_us.push_back(now_us);
+    if (seq.request.return_logits) {
+      out.logits.assign(result.logits.begin() + static_cast<int64_t>(i) * vocab,
+                        result.logits.begin() + static_cast<int64_t>(i + 1) * vocab);
+    }
+    if (seq.generated == 0) seq.stats.ttft_seconds = now_us * 1e-6;
+    ++seq.generated;
+    seq.tokens.push_back(token);
+    seq.sink->OnTokens(std::move(out));
+    if (options_.on_token) {
+      options_.on_token(now_us * 1e-6,
+                        seq.last_token_us < 0 ? -1.0 : (now_us - seq.last_token_us) * 1e-6);
+    }
+    seq.last_token_us = now_us;
+    const bool stop = std::find(seq.request.stop_tokens.begin(), seq.request.stop_tokens.end(),
+                                token) != seq.request.stop_tokens.end();
+    if (stop) {
+      finish_reason[i] = "stop";
+    } else if (seq.generated >= seq.request.max_new_tokens ||
+               static_cast<int64_t>(seq.tokens.size()) >= max_context_tokens_) {
+      finish_reason[i] = "length";
+    }
+    if (!finish_reason[i].empty()) finished.insert(&seq);
+  }
+  // Commit leases whose positions are all computed: the partial last page
+  // stays private while the request goes on.
+  for (const Ran& r : ran) {
+    Sequence& seq = *r.seq;
+    if (seq.committed || !seq.pages.done() || seq.logits_only) continue;
+    const bool last = finished.contains(&seq);
+    double rpc = 0;
+    absl::StatusOr<CommitResult> committed;
+    {
+      AddTime timer(&rpc);
+      committed = seq.lease.Commit(CommitOptions{.keep_partial_last_page = !last},
+                                   options_.rpc_timeout);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.rpc_seconds += rpc;
+    }
+    if (!committed.ok()) {
+      if (!last) {
+        finished.insert(&seq);
+        Finish(seq, committed.status(), "");
+        seq.sink = nullptr;
+      }
+      continue;
+    }
+    seq.committed = true;
+    seq.pages.set_last_page_private(committed->private_blocks > 0);
+  }
+  for (size_t i = 0; i < sampled.size(); ++i) {
+    if (!finish_reason[i].empty() && sampled[i]->sink != nullptr) {
+      Finish(*sampled[i], absl::OkStatus(), finish_reason[i]);
+      sampled[i]->sink = nullptr;
+    }
+  }
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [](const auto& s) { return s->sink == nullptr; }),
+                 running_.end());
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.steps;
+    stats_.generated_tokens += static_cast<int64_t>(sampled.size());
+    stats_.prefill_tokens += prefill_tokens;
+    stats_.forward_seconds += forward_s;
+    stats_.step_seconds += SecondsSince(step_start);
+    stats_.running = static_cast<int64_t>(running_.size());
+    stats_.waiting = static_cast<int64_t>(waiting_.size());
+    int64_t queued = 0;
+    for (const auto& a : arrivals_) queued += static_cast<int64_t>(a->tokens.size());
+    for (const auto& w : waiting_) queued += static_cast<int64_t>(w->tokens.size());
+    for (const auto& r : running_) {
+      if (!r->committed) queued += r->pages.pending_tokens();
+    }
+    stats_.queued_prefill_tokens = queued;
+  }
+  return true;
+}
+
+}  // namespace asymcache::worker

@@ -1,0 +1,186 @@
+// Engine: the worker's step loop (DESIGN.md §3.3, §3.4). Continuous batching
+// over a ModelBackend and the co-located cache daemon:
+//
+//   each step   admit waiting requests (PlanStep of their context; a full
+//               pool leaves them waiting, FCFS), extend running sequences
+//               (a decode token goes into the lease's private partial page
+//               with no RPC; a full page triggers the next PlanStep, whose
+//               freshly allocated page gets the rows the previous lease holds
+//               by a device copy), let the ChunkScheduler pick this step's
+//               prefill/rebuild chunks beside the decode tokens, run ONE
+//               forward pass for all of them, sample, commit the leases whose
+//               positions are all computed (keeping the partial last page
+//               private while the request goes on), stream tokens.
+//   finishing   stop token, max_new_tokens, cancel, or an error: every lease
+//               is released (the last one with the agent fields, so the daemon
+//               may pin the job's blocks).
+//   pressure    a running sequence whose next plan gets RESOURCE_EXHAUSTED
+//               waits; when no sequence can advance, the most recently
+//               admitted one is preempted (its leases released; it re-plans
+//               later and hits its own sealed blocks or rebuilds them).
+//
+// Exactness: every position's K/V is either computed by the same forward
+// math from the same tokens, read from a block sealed under the chain hash of
+// exactly those tokens, or copied from the request's own page; sampling
+// depends on (seed, position) only. So the tokens do not depend on the cache.
+//
+// Contract: thread-safe. Submit/Cancel from any thread; sinks are called on
+// the step thread. The backend and the client are borrowed and must outlive
+// the engine; the engine is the backend's only user. Shutdown() finishes
+// every request with UNAVAILABLE and joins the step thread.
+#ifndef ASYMCACHE_SERVICES_WORKER_ENGINE_H_
+#define ASYMCACHE_SERVICES_WORKER_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cachecore/chunk_scheduler.h"
+#include "cachecore/cost_model.h"
+#include "model/model_backend.h"
+#include "services/client/client.h"
+#include "services/worker/generation.h"
+
+namespace asymcache::worker {
+
+enum class WorkerRole { kBoth, kPrefill, kDecode };
+absl::string_view WorkerRoleName(WorkerRole role);
+
+struct EngineOptions {
+  static ChunkSchedulerOptions DefaultChunking() {
+    ChunkSchedulerOptions chunking;
+    chunking.max_budget_tokens = 8192 - 128;
+    return chunking;
+  }
+
+  WorkerRole role = WorkerRole::kBoth;
+  // How a step's prefill budget is chosen (cachecore/chunk_scheduler.h):
+  // adaptive under a 50 ms TPOT target by default, the budget capped at
+  // max_step_tokens - max_running (8064) so decodes always fit beside it.
+  ChunkSchedulerOptions chunking = DefaultChunking();
+  // Sequences in the running batch. 128: the largest decode batch the issue
+  // measures; more wait (FCFS). >= 1.
+  int32_t max_running = 128;
+  // Requests queued (waiting + running) before Submit refuses with
+  // RESOURCE_EXHAUSTED. 4096. >= max_running.
+  int32_t max_queued = 4096;
+  // Query tokens of one forward pass (decodes + chunks); the backend's
+  // buffers are sized for it. Caps the chunk budget. 8192. >= 16.
+  int32_t max_step_tokens = 8192;
+  // Longest context (prompt + generated). 0 = the model's
+  // max_position_embeddings. The daemon's own max_context_tokens applies too.
+  int64_t max_context_tokens = 0;
+  // Deadline of each daemon RPC. 10 s: far above a healthy plan.
+  absl::Duration rpc_timeout = absl::Seconds(10);
+  // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
+  // is what the worker passes.
+  CalibrationParams calibration;
+  // Called on the step thread for every token emitted (after its sink got
+  // it) with the seconds from the request's arrival and from its previous
+  // token (negative for the first token, whose time is the TTFT). Must not
+  // block. Empty (default): none. The worker feeds its TTFT/TPOT histograms.
+  std::function<void(double since_arrival_s, double since_previous_s)> on_token;
+
+  absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
+};
+
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t steps = 0;
+  int64_t generated_tokens = 0;
+  int64_t prefill_tokens = 0;
+  int64_t copied_tokens = 0;
+  int64_t preemptions = 0;
+  int64_t finished_requests = 0;
+  // Prompt/hole tokens not yet computed: the context of every request not
+  // yet planned plus the pending positions of running sequences still in
+  // prefill (the load the coordinator's router weighs).
+  int64_t queued_prefill_tokens = 0;
+  double step_seconds = 0;
+  double rpc_seconds = 0;
+  double forward_seconds = 0;
+};
+
+class Engine {
+ public:
+  // Starts the step thread. INVALID_ARGUMENT for bad options;
+  // FAILED_PRECONDITION when the daemon's model (client's daemon) differs
+  // from the backend's (checked through GetStats).
+  static absl::StatusOr<std::unique_ptr<Engine>> Start(model::ModelBackend* backend,
+                                                       Client* daemon, EngineOptions options);
+  ~Engine();  // Shutdown()
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request; its tokens go to `sink`. Returns the request id (for
+  // Cancel). INVALID_ARGUMENT (ValidateGenerationRequest), FAILED_PRECONDITION
+  // for a request the role cannot serve (a prefill worker generates exactly one
+  // token), RESOURCE_EXHAUSTED when max_queued requests are queued,
+  // UNAVAILABLE after Shutdown. On error the sink is not called.
+  absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink);
+  // Ends the request at the next step with CANCELLED (no-op when unknown/finished).
+  void Cancel(uint64_t request_id);
+  void Shutdown();
+
+  EngineStats stats() const;
+  const EngineOptions& options() const { return options_; }
+  absl::string_view backend_name() const { return backend_->name(); }
+  const model::LlamaConfig& model_config() const { return backend_->config(); }
+  int64_t max_context_tokens() const { return max_context_tokens_; }
+
+ private:
+  struct Sequence;
+  Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
+         int64_t max_context_tokens);
+  void Loop();
+  // One step over the running set; false when there was nothing to do.
+  bool Step();
+
+  // Step phases (step thread only).
+  void TakeArrivals() ABSL_LOCKS_EXCLUDED(mu_);
+  void Admit();
+  absl::Status Advance(Sequence& seq, bool* blocked);
+  absl::Status PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked);
+  void Finish(Sequence& seq, const absl::Status& status, const std::string& reason);
+  void Preempt(Sequence& seq);
+  void ReleaseLeases(Sequence& seq, bool with_agent);
+  absl::Status Import(Sequence& seq);
+
+  // Immutable after construction.
+  model::ModelBackend* const backend_;
+  Client* const daemon_;
+  const EngineOptions options_;
+  const int64_t max_context_tokens_;
+  const CostModel cost_;
+  const ChunkScheduler scheduler_;
+
+  // Step thread only.
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  uint64_t next_daemon_sequence_ = 0;
+
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Sequence>> arrivals_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> cancelled_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 1;
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);
+
+  std::thread thread_;
+};
+
+}  // namespace asymcache::worker
+
+#endif  // ASYMCACHE_SERVICES_WORKER_ENGINE_H_

@@ -1,0 +1,244 @@
+#include "services/worker/worker_config.h"
+
+#include <limits>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "model/llama_config.h"
+#include "services/common/settings_table.h"
+#include "yaml-cpp/yaml.h"
+
+namespace asymcache::worker {
+
+namespace {
+
+using Table = SettingsTable<WorkerOptions>;
+
+// Completes "a duration (e.g. ...)" in a bad duration's error.
+constexpr char kDurationExamples[] = "250ms, 5s, 10m";
+
+// The YAML values that are not one scalar: `coordinators:` as a sequence,
+// and a null value (`key:` with nothing after it), which sets the empty text.
+std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
+                                               const YAML::Node& value, absl::string_view origin,
+                                               WorkerOptions* options) {
+  if (key == "coordinators" && value.IsSequence()) {
+    std::vector<std::string> addresses;
+    for (const YAML::Node& item : value) {
+      if (!item.IsScalar()) {
+        return AtYamlLine(origin, item,
+                          absl::InvalidArgumentError("coordinators: entries must be scalars"));
+      }
+      addresses.push_back(item.as<std::string>());
+    }
+    if (absl::Status s = ApplyWorkerSetting(key, absl::StrJoin(addresses, ","), options);
+        !s.ok()) {
+      return AtYamlLine(origin, key_node, s);
+    }
+    return absl::OkStatus();
+  }
+  if (value.IsNull()) {
+    if (absl::Status s = ApplyWorkerSetting(key, "", options); !s.ok()) {
+      return AtYamlLine(origin, key_node, s);
+    }
+    return absl::OkStatus();
+  }
+  return std::nullopt;
+}
+
+const char* ChunkingName(ChunkSchedulerOptions::Mode mode) {
+  return mode == ChunkSchedulerOptions::Mode::kFixed ? "fixed" : "adaptive";
+}
+
+// The table: every setting, once.
+const Table& Settings() {
+  static const auto* table = new Table(
+      std::vector<Table::Setting>{
+          Table::String("listen", "gRPC listen address HOST:PORT (port 0 = any free port)",
+                        [](auto* o) { return &o->listen; }),
+          Table::Integer<int>("metrics-port",
+                              "Prometheus /metrics port (0 = any free port, -1 = off)",
+                              [](auto* o) { return &o->metrics_port; }),
+          Table::String("metrics-host", "address the metrics endpoint binds",
+                        [](auto* o) { return &o->metrics_host; }),
+          Table::String("daemon", "gRPC address of the co-located cache daemon (required)",
+                        [](auto* o) { return &o->daemon; }),
+          Table::Duration("daemon-connect-timeout", "how long start-up waits for the daemon",
+                          kDurationExamples, [](auto* o) { return &o->daemon_connect_timeout; }),
+          Table::String("backend", "model backend: cpu (fp32) or cuda (bf16/fp16)",
+                        [](auto* o) { return &o->backend; }),
+          Table::Integer<int>("gpu", "CUDA device of the cuda backend",
+                              [](auto* o) { return &o->gpu; }),
+          {"model", "random-weights shape: tiny, llama-3-8b, llama-3-70b-tp (without --model-dir)",
+           [](absl::string_view v, WorkerOptions* o) {
+             absl::StatusOr<model::LlamaConfig> shape = model::LlamaConfig::Named(v);
+             if (!shape.ok()) {
+               return absl::InvalidArgumentError(absl::StrCat("model: ", shape.status().message()));
+             }
+             o->model = std::string(v);
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) { return o.model; }},
+          Table::String("model-dir",
+                        "Hugging Face model directory (config.json + *.safetensors); "
+                        "empty = random weights",
+                        [](auto* o) { return &o->model_dir; }),
+          {"seed", "seed of the random weights",
+           [](absl::string_view v, WorkerOptions* o) {
+             uint64_t seed = 0;
+             if (!absl::SimpleAtoi(v, &seed)) {
+               return SettingValueError("seed", v, "an unsigned 64-bit integer");
+             }
+             o->seed = seed;
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) { return absl::StrCat(o.seed); }},
+          Table::Integer<int>("cpu-threads", "cpu backend threads (0 = all cores)",
+                              [](auto* o) { return &o->cpu_threads; }),
+          {"role", "both, prefill (computes prompts for a decode worker) or decode",
+           [](absl::string_view v, WorkerOptions* o) {
+             if (v == "both") {
+               o->engine.role = WorkerRole::kBoth;
+             } else if (v == "prefill") {
+               o->engine.role = WorkerRole::kPrefill;
+             } else if (v == "decode") {
+               o->engine.role = WorkerRole::kDecode;
+             } else {
+               return SettingValueError("role", v, "both, prefill or decode");
+             }
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) { return std::string(WorkerRoleName(o.engine.role)); }},
+          {"chunking", "prefill budget per step: adaptive (under --tpot-target) or fixed",
+           [](absl::string_view v, WorkerOptions* o) {
+             if (v == "adaptive") {
+               o->engine.chunking.mode = ChunkSchedulerOptions::Mode::kAdaptive;
+             } else if (v == "fixed") {
+               o->engine.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
+             } else {
+               return SettingValueError("chunking", v, "adaptive or fixed");
+             }
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) { return std::string(ChunkingName(o.engine.chunking.mode)); }},
+          Table::Integer<int64_t>("fixed-budget-tokens",
+                                  "fixed chunking: prefill tokens per step (multiple of 16)",
+                                  [](auto* o) { return &o->engine.chunking.fixed_budget_tokens; }),
+          Table::Duration("tpot-target", "adaptive chunking: longest predicted step while decodes wait",
+                          kDurationExamples, [](auto* o) { return &o->engine.chunking.tpot_target; }),
+          Table::Integer<int64_t>("max-chunk-tokens",
+                                  "adaptive chunking: prefill tokens per step when no decode waits",
+                                  [](auto* o) { return &o->engine.chunking.max_budget_tokens; }),
+          Table::Integer<int32_t>("max-running", "sequences in the running batch",
+                                  [](auto* o) { return &o->engine.max_running; }),
+          Table::Integer<int32_t>("max-queued",
+                                  "requests queued (waiting + running) before refusing",
+                                  [](auto* o) { return &o->engine.max_queued; }),
+          Table::Integer<int32_t>("max-step-tokens", "query tokens of one forward pass",
+                                  [](auto* o) { return &o->engine.max_step_tokens; }),
+          Table::Integer<int64_t>("max-context-tokens",
+                                  "longest context, prompt + generated (0 = the model's)",
+                                  [](auto* o) { return &o->engine.max_context_tokens; }),
+          Table::Duration("rpc-timeout", "deadline of each daemon RPC of the step loop",
+                          kDurationExamples, [](auto* o) { return &o->engine.rpc_timeout; }),
+          {"coordinators", "coordinator addresses, comma-separated (empty = standalone)",
+           [](absl::string_view v, WorkerOptions* o) {
+             o->coordinators.clear();
+             if (v.empty()) return absl::OkStatus();
+             for (absl::string_view part : absl::StrSplit(v, ',')) {
+               o->coordinators.emplace_back(absl::StripAsciiWhitespace(part));
+             }
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) { return absl::StrJoin(o.coordinators, ","); }},
+          Table::String("member-id", "member id for the coordinators (empty = HOST:PORT)",
+                        [](auto* o) { return &o->member_id; }),
+          Table::String("advertise-address",
+                        "address others reach this worker at (empty = HOST:bound port)",
+                        [](auto* o) { return &o->advertise_address; }),
+          Table::String("daemon-member-id",
+                        "member id of the co-located daemon (required with --coordinators)",
+                        [](auto* o) { return &o->daemon_member_id; }),
+          Table::Duration("coordinator-rpc-timeout", "deadline of one Register/Heartbeat",
+                          kDurationExamples, [](auto* o) { return &o->coordinator_rpc_timeout; }),
+          Table::Duration("coordinator-retry-max",
+                          "longest retry backoff for an unreachable coordinator",
+                          kDurationExamples, [](auto* o) { return &o->coordinator_retry_max; }),
+          {"max-message-bytes", "largest gRPC message accepted and sent",
+           [](absl::string_view v, WorkerOptions* o) {
+             absl::StatusOr<int64_t> bytes = ParseByteSize(v);
+             if (!bytes.ok() || *bytes > std::numeric_limits<int>::max()) {
+               return SettingValueError("max-message-bytes", v, "a size below 2 GiB");
+             }
+             o->max_message_bytes = static_cast<int>(*bytes);
+             return absl::OkStatus();
+           },
+           [](const WorkerOptions& o) {
+             return o.max_message_bytes % (1 << 20) == 0
+                        ? absl::StrCat(o.max_message_bytes >> 20, "MiB")
+                        : absl::StrCat(o.max_message_bytes);
+           }},
+          Table::Duration("shutdown-grace",
+                          "SIGTERM: time in-flight Generate streams get before being cancelled",
+                          kDurationExamples, [](auto* o) { return &o->shutdown_grace; }),
+          Table::Duration("stats-interval", "how often engine counters reach the metrics",
+                          kDurationExamples, [](auto* o) { return &o->stats_interval; }),
+      },
+      TakeStructuredYaml);
+  return *table;
+}
+
+}  // namespace
+
+const std::vector<WorkerSettingInfo>& WorkerSettings() {
+  static const auto* infos = [] {
+    auto* out = new std::vector<WorkerSettingInfo>();
+    for (const Table::Setting& s : Settings().settings()) out->push_back({s.name, s.help});
+    return out;
+  }();
+  return *infos;
+}
+
+absl::Status ApplyWorkerSetting(absl::string_view name, absl::string_view value,
+                                WorkerOptions* options) {
+  return Settings().Apply(name, value, options);
+}
+
+absl::StatusOr<std::string> WorkerSettingValue(absl::string_view name,
+                                               const WorkerOptions& options) {
+  return Settings().Value(name, options);
+}
+
+bool IsWorkerBoolSetting(absl::string_view name) {
+  const absl::StatusOr<std::string> value = WorkerSettingValue(name, WorkerOptions());
+  return value.ok() && (*value == "true" || *value == "false");
+}
+
+absl::Status ApplyWorkerYamlText(absl::string_view text, absl::string_view origin,
+                                 WorkerOptions* options) {
+  return Settings().ApplyYamlText(text, origin, options);
+}
+
+absl::Status ApplyWorkerYaml(const std::string& path, WorkerOptions* options) {
+  return Settings().ApplyYamlFile(path, options);
+}
+
+absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags(const std::vector<CommandLineFlag>& flags) {
+  WorkerOptions options;
+  CommandLineSettings settings;
+  settings.apply_config = [&](const std::string& path) { return ApplyWorkerYaml(path, &options); };
+  settings.is_known = [&](absl::string_view name) { return Settings().Find(name) != nullptr; };
+  settings.apply = [&](absl::string_view name, absl::string_view value) {
+    return ApplyWorkerSetting(name, value, &options);
+  };
+  if (absl::Status s = ApplyCommandLine(flags, settings); !s.ok()) return s;
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return options;
+}
+
+}  // namespace asymcache::worker

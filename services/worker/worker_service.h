@@ -1,0 +1,46 @@
+// WorkerService: the asymcache.v1.Worker gRPC service, a thin adapter over
+// the Engine. Generate converts the request, submits it and streams the
+// engine's token batches back on gRPC's callback API (one write in flight at
+// a time; batches that arrive meanwhile are queued); a client cancel or
+// deadline cancels the engine request, which releases its blocks.
+//
+// Thread-safety: handlers run on gRPC's threads; the engine calls the stream
+// sinks on its step thread; each stream's state is guarded by its own mutex.
+// The engine must outlive the service's RPCs (stop the server first).
+#ifndef ASYMCACHE_SERVICES_WORKER_WORKER_SERVICE_H_
+#define ASYMCACHE_SERVICES_WORKER_WORKER_SERVICE_H_
+
+#include <atomic>
+
+#include "asymcache/v1/worker.grpc.pb.h"
+#include "services/worker/engine.h"
+
+namespace asymcache::worker {
+
+// proto -> core request (no validation beyond the conversion: the engine
+// validates). top_p 0 means 1.
+GenerationRequest FromProto(const v1::GenerateRequest& request);
+
+class WorkerService final
+    : public v1::Worker::WithCallbackMethod_Generate<
+          v1::Worker::WithCallbackMethod_GetWorkerStats<v1::Worker::Service>> {
+ public:
+  explicit WorkerService(Engine* engine) : engine_(engine) {}
+
+  // After this every new RPC gets UNAVAILABLE.
+  void StopAccepting() { accepting_.store(false); }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetWorkerStats(grpc::CallbackServerContext* ctx,
+                                           const v1::GetWorkerStatsRequest* request,
+                                           v1::GetWorkerStatsResponse* response) override;
+
+ private:
+  Engine* const engine_;
+  std::atomic<bool> accepting_{true};
+};
+
+}  // namespace asymcache::worker
+
+#endif  // ASYMCACHE_SERVICES_WORKER_WORKER_SERVICE_H_

@@ -1,0 +1,301 @@
+// The product is lossless: under every eviction policy, with a pool small
+// enough that blocks are evicted, rebuilt and preempted all the time, with
+// multi-turn sessions, shared documents, chunked prefill, greedy and seeded
+// sampling, every request gets the tokens (and, within 1e-5, the logits) of
+// the dense no-cache reference run (model/dense_reference.h).
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cachecore/eviction_policy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/llama_config.h"
+#include "tests/services/worker/engine_harness.h"
+
+namespace asymcache::worker::testing {
+namespace {
+
+constexpr double kLogitTolerance = 1e-5;
+
+model::WeightSource TinyWeights(uint64_t seed) {
+  absl::StatusOr<model::LlamaConfig> config = model::LlamaConfig::Named("tiny");
+  EXPECT_TRUE(config.ok());
+  absl::StatusOr<model::WeightSource> weights = model::WeightSource::Random(*config, seed);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  return *std::move(weights);
+}
+
+std::vector<int32_t> RandomTokens(std::mt19937_64& rng, int n) {
+  std::vector<int32_t> out(n);
+  for (int32_t& t : out) t = static_cast<int32_t>(rng() % 1024);
+  return out;
+}
+
+// Compares a finished request with its reference; returns a description of
+// the first difference ("" when equal).
+std::string Compare(const CollectingSink& sink, const model::DenseGeneration& want,
+                    const std::string& what) {
+  if (!sink.status().ok()) return absl::StrCat(what, ": failed: ", sink.status().ToString());
+  const std::vector<int32_t> got = sink.tokens();
+  if (got != want.tokens) {
+    std::string message = absl::StrCat(what, ": tokens differ (got ", got.size(), ", want ",
+                                       want.tokens.size(), ")");
+    for (size_t i = 0; i < std::min(got.size(), want.tokens.size()); ++i) {
+      if (got[i] != want.tokens[i]) {
+        absl::StrAppend(&message, "; first at ", i, ": ", got[i], " vs ", want.tokens[i]);
+        break;
+      }
+    }
+    return message;
+  }
+  const auto logits = sink.logits();
+  if (logits.size() != want.logits.size()) {
+    return absl::StrCat(what, ": ", logits.size(), " logit vectors, want ", want.logits.size());
+  }
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double error = RelativeError(logits[i], want.logits[i]);
+    if (!(error <= kLogitTolerance)) {
+      return absl::StrCat(what, ": token ", i, " logits relative error ", error);
+    }
+  }
+  return "";
+}
+
+struct Job {
+  GenerationRequest request;
+  std::shared_ptr<CollectingSink> sink;
+  std::string name;
+};
+
+class EngineExactnessTest : public ::testing::TestWithParam<std::string> {};
+
+// Conversations of three turns and shared-document questions, all in flight
+// at once, on a pool of 48 blocks (768 tokens) that cannot hold them.
+TEST_P(EngineExactnessTest, EveryRequestMatchesTheNoCacheRunUnderPressure) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(absl::StrCat("policy ", GetParam(), " seed ", seed));
+  std::mt19937_64 rng(seed);
+  const model::WeightSource weights = TinyWeights(seed);
+  DaemonOptions daemon_options = SmallDaemonOptions(48);
+  daemon_options.policy = GetParam();
+  EngineOptions engine_options;
+  engine_options.max_running = 6;
+  engine_options.max_step_tokens = 512;
+  engine_options.chunking.max_budget_tokens = 256;  // prompts take several steps
+  absl::StatusOr<EngineStack> stack = StartStack(daemon_options, weights, engine_options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+
+  const std::vector<int32_t> document = RandomTokens(rng, 200);
+  constexpr int kConversations = 4;
+  std::vector<std::vector<int32_t>> contexts(kConversations);
+  for (int c = 0; c < kConversations; ++c) contexts[c] = RandomTokens(rng, 40 + rng() % 60);
+
+  for (int turn = 0; turn < 3; ++turn) {
+    std::vector<Job> jobs;
+    for (int c = 0; c < kConversations; ++c) {
+      Job job;
+      job.name = absl::StrCat("conversation ", c, " turn ", turn);
+      job.request.prompt = contexts[c];
+      job.request.max_new_tokens = 6 + static_cast<int32_t>(rng() % 14);
+      job.request.session_id = absl::StrCat("conv-", c);
+      job.request.salt = c % 2 == 0 ? "tenant-a" : "tenant-b";
+      if (c % 2 == 1) job.request.sampling = {0.9f, 0.95f, rng()};
+      job.request.return_logits = true;
+      jobs.push_back(std::move(job));
+    }
+    for (int q = 0; q < 3; ++q) {
+      Job job;
+      job.name = absl::StrCat("document question ", q, " turn ", turn);
+      job.request.prompt = document;
+      const std::vector<int32_t> question = RandomTokens(rng, 5 + rng() % 30);
+      job.request.prompt.insert(job.request.prompt.end(), question.begin(), question.end());
+      job.request.max_new_tokens = 4 + static_cast<int32_t>(rng() % 8);
+      job.request.salt = "tenant-a";
+      job.request.return_logits = true;
+      if (q == 2) job.request.sampling = {0.7f, 0.8f, rng()};
+      jobs.push_back(std::move(job));
+    }
+    for (Job& job : jobs) {
+      job.sink = std::make_shared<CollectingSink>();
+      ASSERT_TRUE(stack->engine->Submit(job.request, job.sink).ok());
+    }
+    for (Job& job : jobs) {
+      ASSERT_TRUE(job.sink->Wait()) << job.name << " did not finish";
+      const std::string difference = Compare(*job.sink, Reference(weights, job.request), job.name);
+      EXPECT_EQ(difference, "");
+    }
+    // The next turn: the whole conversation so far plus a new message.
+    for (int c = 0; c < kConversations; ++c) {
+      const std::vector<int32_t> reply = jobs[c].sink->tokens();
+      contexts[c].insert(contexts[c].end(), reply.begin(), reply.end());
+      const std::vector<int32_t> message = RandomTokens(rng, 10 + rng() % 30);
+      contexts[c].insert(contexts[c].end(), message.begin(), message.end());
+    }
+  }
+  // The cache was under pressure and reused what it could.
+  const DaemonStats stats = stack->Stats();
+  EXPECT_GT(stats.evictions, 0);
+  EXPECT_GT(stats.hit_tokens, 0);
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+  EXPECT_EQ(stats.pinned_blocks, 0);
+  stack->engine->Shutdown();
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, EngineExactnessTest,
+                         ::testing::ValuesIn(EvictionPolicyNames()),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) {
+                             if (ch == '-') ch = '_';
+                           }
+                           return name;
+                         });
+
+TEST(EngineTest, FullyCachedPromptRecomputesOnlyItsLastTokenForLogits) {
+  const model::WeightSource weights = TinyWeights(7);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(11);
+  GenerationRequest request;
+  request.prompt = RandomTokens(rng, 37);  // 2 full blocks + 5
+  request.max_new_tokens = 5;
+  request.return_logits = true;
+  const model::DenseGeneration want = Reference(weights, request);
+  GenerationRequest first_token_only = request;
+  first_token_only.max_new_tokens = 1;
+  model::DenseGeneration want_first = want;
+  want_first.tokens.resize(1);
+  want_first.logits.resize(1);
+  for (int round = 0; round < 2; ++round) {
+    auto sink = std::make_shared<CollectingSink>();
+    // Round 0 ends right after the prompt, so its commit seals every page,
+    // the partial last one too (a decoding request keeps that one private).
+    ASSERT_TRUE(stack->engine->Submit(round == 0 ? first_token_only : request, sink).ok());
+    ASSERT_TRUE(sink->Wait());
+    EXPECT_EQ(Compare(*sink, round == 0 ? want_first : want, absl::StrCat("round ", round)), "");
+    if (round == 1) {
+      // All of the prompt hits; only its last token runs again, for logits.
+      EXPECT_EQ(sink->stats().hit_tokens, 37);
+      EXPECT_EQ(sink->stats().computed_prompt_tokens, 0);
+      EXPECT_EQ(sink->reason(), "length");
+    }
+  }
+}
+
+TEST(EngineTest, FixedSmallChunksAndDecodeCopiesStayExact) {
+  const model::WeightSource weights = TinyWeights(21);
+  EngineOptions options;
+  options.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
+  options.chunking.fixed_budget_tokens = 32;
+  options.max_step_tokens = 512;
+  options.chunking.max_budget_tokens = 256;
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(5);
+  GenerationRequest request;
+  request.prompt = RandomTokens(rng, 150);
+  request.max_new_tokens = 40;  // crosses block boundaries: rows are copied
+  request.return_logits = true;
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
+  ASSERT_TRUE(sink->Wait());
+  EXPECT_EQ(Compare(*sink, Reference(weights, request), "chunked"), "");
+  EXPECT_GT(sink->stats().copied_tokens, 0);
+  EXPECT_GE(sink->stats().steps, 150 / 32 + 40 - 1);
+  const DaemonStats stats = stack->Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+}
+
+TEST(EngineTest, StopTokenEndsTheRequest) {
+  const model::WeightSource weights = TinyWeights(3);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(9);
+  GenerationRequest request;
+  request.prompt = RandomTokens(rng, 20);
+  request.max_new_tokens = 12;
+  const model::DenseGeneration free_run = Reference(weights, request);
+  ASSERT_GE(free_run.tokens.size(), 4u);
+  request.stop_tokens = {free_run.tokens[3]};
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
+  ASSERT_TRUE(sink->Wait());
+  EXPECT_EQ(sink->reason(), "stop");
+  const std::vector<int32_t> got = sink->tokens();
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got.back(), free_run.tokens[3]);
+  EXPECT_LE(got.size(), 4u);
+}
+
+TEST(EngineTest, CancelAndShutdownReleaseEveryBlock) {
+  const model::WeightSource weights = TinyWeights(4);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(1);
+  GenerationRequest request;
+  request.prompt = RandomTokens(rng, 60);
+  request.max_new_tokens = 500;
+  auto sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<uint64_t> id = stack->engine->Submit(request, sink);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(::asymcache::testing::WaitUntil([&] { return sink->tokens().size() >= 3; }));
+  stack->engine->Cancel(*id);
+  ASSERT_TRUE(sink->Wait());
+  EXPECT_EQ(sink->status().code(), absl::StatusCode::kCancelled);
+  DaemonStats stats = stack->Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+  EXPECT_EQ(stats.pinned_blocks, 0);
+
+  auto running = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, running).ok());
+  ASSERT_TRUE(::asymcache::testing::WaitUntil([&] { return !running->tokens().empty(); }));
+  stack->engine->Shutdown();
+  ASSERT_TRUE(running->Wait());
+  EXPECT_EQ(running->status().code(), absl::StatusCode::kUnavailable);
+  stats = stack->Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+  EXPECT_EQ(stack->engine->Submit(request, std::make_shared<CollectingSink>()).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
+  const model::WeightSource weights = TinyWeights(2);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(16), weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  auto refused = [&](GenerationRequest r) {
+    return stack->engine->Submit(std::move(r), std::make_shared<CollectingSink>()).status();
+  };
+  GenerationRequest ok;
+  ok.prompt = {1, 2, 3};
+  GenerationRequest r = ok;
+  r.prompt.clear();
+  EXPECT_EQ(refused(r).code(), absl::StatusCode::kInvalidArgument);
+  r = ok;
+  r.prompt[1] = 1024;
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("prompt_tokens[1]"));
+  r = ok;
+  r.max_new_tokens = 0;
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("max_new_tokens"));
+  r = ok;
+  r.sampling.top_p = 1.5f;
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("top_p"));
+  r = ok;
+  r.kv_source_tokens = 2;
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("kv_source_tokens"));
+  r = ok;
+  r.stop_tokens = {-1};
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("stop_tokens[0]"));
+  r = ok;
+  r.max_new_tokens = 1 << 30;
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("context limit"));
+  EXPECT_EQ(stack->Stats().steps, 0);  // nothing reached the daemon
+}
+
+}  // namespace
+}  // namespace asymcache::worker::testing
