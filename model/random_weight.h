@@ -37,11 +37,18 @@ ASYMCACHE_HOST_DEVICE inline float RandomUnit(uint64_t seed, uint32_t tensor_id,
   return static_cast<float>(bits) * (1.0f / 8388608.0f) - 1.0f;
 }
 
-// kind: 0 = norm (1 + 0.1 u), 1 = scaled (scale * u).
+// kind: 0 = norm (1 + 0.1 u), 1 = scaled (scale * u). On the device every
+// operation rounds on its own (__fmul_rn/__fadd_rn: nvcc would otherwise
+// contract 1 + 0.1 u into a fused multiply-add and differ from the host in the
+// last bit); RandomUnit's product is exact, so it needs no such care.
 ASYMCACHE_HOST_DEVICE inline float RandomWeightValue(uint64_t seed, uint32_t tensor_id,
                                                      uint64_t element, int kind, float scale) {
   const float u = RandomUnit(seed, tensor_id, element);
+#if defined(__CUDA_ARCH__)
+  return kind == 0 ? __fadd_rn(1.0f, __fmul_rn(0.1f, u)) : __fmul_rn(scale, u);
+#else
   return kind == 0 ? 1.0f + 0.1f * u : scale * u;
+#endif
 }
 
 }  // namespace asymcache::model

@@ -1,0 +1,132 @@
+// LinearGemm (model/cuda_gemm.cuh): cuBLASLt TN products with cached
+// heuristic algorithms.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "model/cuda_gemm.cuh"
+
+namespace asymcache::model::cuda {
+namespace {
+
+absl::Status LtStatus(cublasStatus_t status, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cublasLtGetStatusName(status), " (",
+                                          cublasLtGetStatusString(status), ")"));
+}
+
+#define ASYMCACHE_LT_RETURN_IF_ERROR(expr)                                       \
+  do {                                                                           \
+    const cublasStatus_t lt_status_ = (expr);                                    \
+    if (lt_status_ != CUBLAS_STATUS_SUCCESS) return LtStatus(lt_status_, #expr); \
+  } while (0)
+
+}  // namespace
+
+struct LinearGemm::Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr;  // W: column-major [k][m], ld k (op T)
+  cublasLtMatrixLayout_t b = nullptr;  // x: column-major [k][n], ld k
+  cublasLtMatrixLayout_t d = nullptr;  // y: column-major [m][n], ld m (C = D)
+  cublasLtMatmulAlgo_t algo{};
+
+  ~Plan() {
+    if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create() {
+  std::unique_ptr<LinearGemm> gemm(new LinearGemm());
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtCreate(&gemm->handle_));
+  absl::StatusOr<msa::DeviceBuffer> workspace = msa::DeviceBuffer::Allocate(kWorkspaceBytes);
+  if (!workspace.ok()) return workspace.status();
+  gemm->workspace_ = *std::move(workspace);
+  return gemm;
+}
+
+LinearGemm::~LinearGemm() {
+  ClearCache();
+  if (handle_ != nullptr) cublasLtDestroy(handle_);
+}
+
+void LinearGemm::ClearCache() { cache_.clear(); }
+
+absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
+  if (auto it = cache_.find(key); it != cache_.end()) return it->second.get();
+  if (cache_.size() >= kMaxCachedShapes) ClearCache();
+  const auto [m, n, k, io, out_fp32, accumulate] = key;
+  const cudaDataType_t ab_type =
+      static_cast<msa::DType>(io) == msa::DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
+  const cudaDataType_t d_type = out_fp32 ? CUDA_R_32F : ab_type;
+
+  auto plan = std::make_unique<Plan>();
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans_a = CUBLAS_OP_T;
+  const cublasOperation_t trans_b = CUBLAS_OP_N;
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                              &trans_a, sizeof(trans_a)));
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                              &trans_b, sizeof(trans_b)));
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab_type, k, m, k));
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab_type, k, n, k));
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, d_type, m, n, m));
+
+  cublasLtMatmulPreference_t preference = nullptr;
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
+  const uint64_t workspace_bytes = workspace_.size();
+  cublasStatus_t status =
+      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace_bytes, sizeof(workspace_bytes));
+  cublasLtMatmulHeuristicResult_t result{};
+  int returned = 0;
+  if (status == CUBLAS_STATUS_SUCCESS) {
+    status = cublasLtMatmulAlgoGetHeuristic(handle_, plan->op, plan->a, plan->b, plan->d, plan->d,
+                                            preference, 1, &result, &returned);
+  }
+  cublasLtMatmulPreferenceDestroy(preference);
+  ASYMCACHE_LT_RETURN_IF_ERROR(status);
+  if (returned == 0) {
+    return absl::InternalError(absl::StrCat(
+        "cuBLASLt has no algorithm for y[", n, "][", m, "] = x[", n, "][", k, "] W^T (out ",
+        out_fp32 ? "fp32" : "16-bit", accumulate ? ", accumulate" : "", ")"));
+  }
+  plan->algo = result.algo;
+  const Plan* raw = plan.get();
+  cache_.emplace(key, std::move(plan));
+  return raw;
+}
+
+absl::Status LinearGemm::Run(const void* weight, const void* x, void* y, int64_t m, int64_t n,
+                             int64_t k, msa::DType io_dtype, bool out_fp32, bool accumulate,
+                             cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  if (m <= 0 || n < 0 || k <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GEMM sizes must be positive: m=", m, " n=", n, " k=", k));
+  }
+  if (io_dtype != msa::DType::kBFloat16 && io_dtype != msa::DType::kFloat16) {
+    return absl::InvalidArgumentError("GEMM inputs must be bf16 or fp16");
+  }
+  if (accumulate && !out_fp32) {
+    return absl::InvalidArgumentError("GEMM accumulation needs an fp32 output");
+  }
+  absl::StatusOr<const Plan*> plan =
+      PlanFor(Key{m, n, k, static_cast<int>(io_dtype), out_fp32, accumulate});
+  if (!plan.ok()) return plan.status();
+  const float alpha = 1.0f;
+  const float beta = accumulate ? 1.0f : 0.0f;
+  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmul(
+      handle_, (*plan)->op, &alpha, weight, (*plan)->a, x, (*plan)->b, &beta, y, (*plan)->d, y,
+      (*plan)->d, &(*plan)->algo, workspace_.data(), workspace_.size(), stream));
+  return absl::OkStatus();
+}
+
+}  // namespace asymcache::model::cuda

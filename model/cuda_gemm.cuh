@@ -1,0 +1,78 @@
+// LinearGemm: the linear layers of the CUDA model backend on cuBLASLt.
+//
+// What: y = x W^T for row-major x [n][k] and a weight W stored as Hugging Face
+// does, row-major [m][k] (out, in); y row-major [n][m]. x and W are 16-bit
+// (bf16 or fp16), accumulation fp32. The output is either 16-bit (overwritten)
+// or fp32, optionally accumulated in place (y += x W^T: the residual add fused
+// into the GEMM epilogue). In cuBLASLt's column-major terms this is the "TN"
+// product D[m][n] = op_T(W) x with ld = k for both operands.
+//
+// Algorithms come from cuBLASLt's heuristic, queried once per distinct
+// (m, n, k, types, accumulate) and cached with their descriptors, so a decode
+// step of an engine reuses them every layer and every step without host cost
+// beyond a map lookup. The cache holds at most kMaxCachedShapes entries and is
+// cleared when full (adaptive chunking makes n vary).
+//
+// Ownership: owns the cuBLASLt handle, its workspace and the cached
+// descriptors. Pointers passed to Run are borrowed for the (asynchronous)
+// call; they must be 256-byte aligned (cuBLASLt's default alignment
+// assumption for the heuristic). Thread-safety: one thread at a time (the
+// backend's step thread); Run enqueues on the caller's stream and never
+// synchronizes.
+//
+// Included only by .cu files (CUDA headers).
+#ifndef ASYMCACHE_MODEL_CUDA_GEMM_CUH_
+#define ASYMCACHE_MODEL_CUDA_GEMM_CUH_
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/msa.h"
+#include "kernels/msa_cuda.h"
+
+namespace asymcache::model::cuda {
+
+class LinearGemm {
+ public:
+  // cuBLASLt workspace: 32 MiB, what NVIDIA recommends for Hopper so that
+  // split-K and stream-K algorithms are not excluded.
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+  static constexpr size_t kMaxCachedShapes = 4096;
+
+  // INTERNAL when cuBLASLt cannot be initialised or the workspace not allocated.
+  static absl::StatusOr<std::unique_ptr<LinearGemm>> Create();
+  ~LinearGemm();
+  LinearGemm(const LinearGemm&) = delete;
+  LinearGemm& operator=(const LinearGemm&) = delete;
+
+  // y[n][m] (=|+=) x[n][k] W[m][k]^T. io_dtype: kBFloat16 or kFloat16 (x, W);
+  // out_fp32: y is fp32 (else io_dtype); accumulate: y += (needs out_fp32).
+  // n == 0 is a no-op. INVALID_ARGUMENT for bad sizes/types, INTERNAL when
+  // cuBLASLt has no algorithm or fails.
+  absl::Status Run(const void* weight, const void* x, void* y, int64_t m, int64_t n, int64_t k,
+                   msa::DType io_dtype, bool out_fp32, bool accumulate, cudaStream_t stream);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int, bool, bool>;
+
+  LinearGemm() = default;
+  absl::StatusOr<const Plan*> PlanFor(const Key& key);
+  void ClearCache();
+
+  cublasLtHandle_t handle_ = nullptr;
+  msa::DeviceBuffer workspace_;
+  std::map<Key, std::unique_ptr<Plan>> cache_;
+};
+
+}  // namespace asymcache::model::cuda
+
+#endif  // ASYMCACHE_MODEL_CUDA_GEMM_CUH_
