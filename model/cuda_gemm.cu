@@ -9,15 +9,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "model/cuda_cublaslt.cuh"
 #include "model/cuda_gemm.cuh"
 
 namespace asymcache::model::cuda {
 namespace {
 
+// The loaded table; LinearGemm::Create loads it before any other use.
+const CublasLtApi& Lt() { return **CublasLt(); }
+
 absl::Status LtStatus(cublasStatus_t status, const char* what) {
   if (status == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cublasLtGetStatusName(status), " (",
-                                          cublasLtGetStatusString(status), ")"));
+  return absl::InternalError(absl::StrCat(what, ": ", Lt().GetStatusName(status), " (",
+                                          Lt().GetStatusString(status), ")"));
 }
 
 #define ASYMCACHE_LT_RETURN_IF_ERROR(expr)                                       \
@@ -36,16 +40,17 @@ struct LinearGemm::Plan {
   cublasLtMatmulAlgo_t algo{};
 
   ~Plan() {
-    if (d != nullptr) cublasLtMatrixLayoutDestroy(d);
-    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
-    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
-    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    if (d != nullptr) Lt().MatrixLayoutDestroy(d);
+    if (b != nullptr) Lt().MatrixLayoutDestroy(b);
+    if (a != nullptr) Lt().MatrixLayoutDestroy(a);
+    if (op != nullptr) Lt().MatmulDescDestroy(op);
   }
 };
 
 absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create() {
+  if (absl::StatusOr<const CublasLtApi*> lt = CublasLt(); !lt.ok()) return lt.status();
   std::unique_ptr<LinearGemm> gemm(new LinearGemm());
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtCreate(&gemm->handle_));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().Create(&gemm->handle_));
   absl::StatusOr<msa::DeviceBuffer> workspace = msa::DeviceBuffer::Allocate(kWorkspaceBytes);
   if (!workspace.ok()) return workspace.status();
   gemm->workspace_ = *std::move(workspace);
@@ -54,7 +59,7 @@ absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create() {
 
 LinearGemm::~LinearGemm() {
   ClearCache();
-  if (handle_ != nullptr) cublasLtDestroy(handle_);
+  if (handle_ != nullptr) Lt().Destroy(handle_);
 }
 
 void LinearGemm::ClearCache() { cache_.clear(); }
@@ -68,30 +73,30 @@ absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
   const cudaDataType_t d_type = out_fp32 ? CUDA_R_32F : ab_type;
 
   auto plan = std::make_unique<Plan>();
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = CUBLAS_OP_T;
   const cublasOperation_t trans_b = CUBLAS_OP_N;
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
                                                               &trans_a, sizeof(trans_a)));
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
                                                               &trans_b, sizeof(trans_b)));
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, ab_type, k, m, k));
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, ab_type, k, n, k));
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, d_type, m, n, m));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->a, ab_type, k, m, k));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->b, ab_type, k, n, k));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->d, d_type, m, n, m));
 
   cublasLtMatmulPreference_t preference = nullptr;
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&preference));
   const uint64_t workspace_bytes = workspace_.size();
   cublasStatus_t status =
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+      Lt().MatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                            &workspace_bytes, sizeof(workspace_bytes));
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
   if (status == CUBLAS_STATUS_SUCCESS) {
-    status = cublasLtMatmulAlgoGetHeuristic(handle_, plan->op, plan->a, plan->b, plan->d, plan->d,
+    status = Lt().MatmulAlgoGetHeuristic(handle_, plan->op, plan->a, plan->b, plan->d, plan->d,
                                             preference, 1, &result, &returned);
   }
-  cublasLtMatmulPreferenceDestroy(preference);
+  Lt().MatmulPreferenceDestroy(preference);
   ASYMCACHE_LT_RETURN_IF_ERROR(status);
   if (returned == 0) {
     return absl::InternalError(absl::StrCat(
@@ -123,7 +128,7 @@ absl::Status LinearGemm::Run(const void* weight, const void* x, void* y, int64_t
   if (!plan.ok()) return plan.status();
   const float alpha = 1.0f;
   const float beta = accumulate ? 1.0f : 0.0f;
-  ASYMCACHE_LT_RETURN_IF_ERROR(cublasLtMatmul(
+  ASYMCACHE_LT_RETURN_IF_ERROR(Lt().Matmul(
       handle_, (*plan)->op, &alpha, weight, (*plan)->a, x, (*plan)->b, &beta, y, (*plan)->d, y,
       (*plan)->d, &(*plan)->algo, workspace_.data(), workspace_.size(), stream));
   return absl::OkStatus();

@@ -104,9 +104,12 @@ __global__ void TopPWeightsKernel(const float* __restrict__ logits, int64_t voca
   }
 }
 
-// One block per slot s: nucleus and inverse-CDF draw over the sorted weights.
+// One block per slot s: the nucleus from the sorted weights, then the
+// inverse-CDF draw over the nucleus in ascending token id order
+// (id_weights_all: the slots' unsorted weights, id order; model/sampling.cc).
 __global__ void __launch_bounds__(kRowThreads)
     TopPSelectKernel(const double* __restrict__ keys, const int32_t* __restrict__ values,
+                     const double* __restrict__ id_weights_all,
                      int64_t vocab, const int32_t* __restrict__ rows,
                      const int32_t* __restrict__ argmax, const float* __restrict__ logits,
                      const SampleRowParams* __restrict__ params, int32_t* __restrict__ tokens) {
@@ -114,7 +117,6 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int32_t s_last;
   __shared__ int32_t s_pick;
-  __shared__ double s_c_last;
 
   const int32_t row = rows[blockIdx.x];
   const float m = logits[static_cast<int64_t>(row) * vocab + argmax[row]];
@@ -152,27 +154,46 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   __syncthreads();
   const int32_t last = s_last == n ? n - 1 : s_last;
-  if (begin <= last && last < end) {
-    c = prefix;
-    for (int32_t j = begin; j <= last; ++j) c += w[j];
-    s_c_last = c;
-  }
-  __syncthreads();
 
-  // First j < last with c_j > u * c_last, else last.
+  // Nucleus membership by id: a weight above the edge token's, or equal to it
+  // with an id not above the edge token's (ties were ordered lower id first).
+  const double edge_weight = w[last];
+  const int32_t edge_id = index[last];
+  const double* iw = id_weights_all + static_cast<int64_t>(blockIdx.x) * vocab;
+  auto member = [&](int32_t i) {
+    return iw[i] > edge_weight || (iw[i] == edge_weight && i <= edge_id);
+  };
+  double local_nucleus = 0.0;
+  for (int32_t i = begin; i < end; ++i) {
+    if (member(i)) local_nucleus += iw[i];
+  }
+  double id_prefix = 0.0;
+  double nucleus_total = 0.0;
+  Scan(scan_storage).ExclusiveSum(local_nucleus, id_prefix, nucleus_total);
+  __shared__ int32_t s_last_member;
+  if (threadIdx.x == 0) s_last_member = -1;
+  __syncthreads();
+  // The first member (id order) whose running sum exceeds u * total, else the
+  // last member.
   const SampleRowParams p = params[row];
-  const double r = static_cast<double>(SampleUniform(p.seed, p.position)) * s_c_last;
-  c = prefix;
-  const int32_t stop = min(end, last);
-  for (int32_t j = begin; j < stop; ++j) {
-    c += w[j];
+  const double r = static_cast<double>(SampleUniform(p.seed, p.position)) * nucleus_total;
+  c = id_prefix;
+  for (int32_t i = begin; i < end; ++i) {
+    if (!member(i)) continue;
+    c += iw[i];
     if (c > r) {
-      atomicMin(&s_pick, j);
+      atomicMin(&s_pick, i);
+      break;
+    }
+  }
+  for (int32_t i = end - 1; i >= begin; --i) {
+    if (member(i)) {
+      atomicMax(&s_last_member, i);
       break;
     }
   }
   __syncthreads();
-  if (threadIdx.x == 0) tokens[row] = index[s_pick == n ? last : s_pick];
+  if (threadIdx.x == 0) tokens[row] = s_pick < n ? s_pick : s_last_member;
 }
 
 }  // namespace
@@ -271,7 +292,8 @@ absl::Status DeviceSampler::Sample(const float* logits, int32_t rows, const Samp
         !status.ok()) {
       return status;
     }
-    TopPSelectKernel<<<count, kRowThreads, 0, stream>>>(keys_out, values_out, vocab_, chunk_rows,
+    TopPSelectKernel<<<count, kRowThreads, 0, stream>>>(keys_out, values_out, keys_in, vocab_,
+                                                        chunk_rows,
                                                         argmax, logits, params, tokens);
     if (absl::Status status = CudaError(cudaGetLastError(), "TopPSelectKernel"); !status.ok()) {
       return status;

@@ -22,7 +22,9 @@
 // temperature <= 0 is greedy (argmax, lowest index on ties); otherwise
 // softmax(logits / temperature) restricted to the smallest set of tokens, in
 // descending probability (ties: lower index first), whose mass reaches top_p,
-// sampled by inverse CDF with u = SampleUniform(seed, position) where
+// sampled by inverse CDF over that set taken in ascending token id order
+// (stable when two logits are almost equal; model/sampling.cc says why)
+// with u = SampleUniform(seed, position) where
 // `position` is the absolute position the sampled token will occupy (the
 // sample row's query position + 1). The draw depends
 // on (seed, position) only, never on batching, so a cached and an uncached

@@ -9,10 +9,18 @@
 //   4. order tokens by w descending, ties by lower index first.
 //   5. c_k = w_(0) + ... + w_(k), summed in that order in double; Z = c_(V-1).
 //      The nucleus is the shortest prefix [0, k] with c_k >= top_p * Z.
-//   6. u = SampleUniform(seed, position); r = u * c_k; the sampled token is the
-//      first j <= k (in that order) with c_j > r (c_k itself when rounding
-//      leaves none).
+//   6. The nucleus's tokens are then taken in ASCENDING TOKEN ID order (not
+//      by weight): Z' = their weights summed in that order; u =
+//      SampleUniform(seed, position); r = u * Z'; the sampled token is the
+//      first of them whose running sum exceeds r (the last of them when
+//      rounding leaves none).
 // Softmax normalisation cancels out of 5 and 6, so it is never computed.
+// Why id order in 6: two tokens with almost equal logits swap places in a
+// weight order under a 1e-7 change of the logits (another summation order,
+// a cached vs a recomputed K/V), and the draw would then pick the other one.
+// In id order only a draw within rounding of a cumulative boundary, or a
+// token exactly at the nucleus edge, can flip: the sample is as stable as
+// greedy decoding.
 #include "model/sampling.h"
 
 #include <algorithm>
@@ -68,12 +76,17 @@ int32_t SampleToken(absl::Span<const float> logits, const SamplingParams& params
   size_t last = 0;
   while (last + 1 < vocab && cumulative[last] < target) ++last;
 
-  const double threshold =
-      static_cast<double>(SampleUniform(params.seed, position)) * cumulative[last];
-  for (size_t j = 0; j < last; ++j) {
-    if (cumulative[j] > threshold) return order[j];
+  std::vector<int32_t> nucleus(order.begin(), order.begin() + static_cast<int64_t>(last) + 1);
+  std::sort(nucleus.begin(), nucleus.end());
+  double total = 0.0;
+  for (int32_t token : nucleus) total += weights[token];
+  const double threshold = static_cast<double>(SampleUniform(params.seed, position)) * total;
+  double running_in_id_order = 0.0;
+  for (size_t j = 0; j + 1 < nucleus.size(); ++j) {
+    running_in_id_order += weights[nucleus[j]];
+    if (running_in_id_order > threshold) return nucleus[j];
   }
-  return order[last];
+  return nucleus.back();
 }
 
 }  // namespace asymcache::model

@@ -132,6 +132,31 @@ TEST_F(SamplingTest, EqualProbabilitiesOrderByLowerIndex) {
   EXPECT_EQ(drawn, (std::set<int32_t>{0, 1})) << "seed " << seed_;
 }
 
+// Two almost equal logits swap places in a weight order under a 1e-7 change
+// (another summation order, a cached vs a recomputed K/V). The draw walks the
+// nucleus in token id order, so such a swap never changes the sample unless
+// the draw lies within rounding of a boundary.
+TEST_F(SamplingTest, NearlyEqualLogitsSwappingOrderDoNotChangeTheSample) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> logits(256);
+  for (float& l : logits) l = normal(rng_);
+  logits[17] = 1.5f;
+  logits[200] = 1.5f + 1e-7f;  // 200 ranks above 17 here ...
+  std::vector<float> nudged = logits;
+  nudged[200] = 1.5f - 1e-7f;  // ... and below it here
+  int changed = 0;
+  for (float top_p : {1.0f, 0.9f}) {
+    SamplingParams params;
+    params.temperature = 0.7f;
+    params.top_p = top_p;
+    params.seed = rng_();
+    for (int64_t position = 0; position < 2000; ++position) {
+      changed += SampleToken(logits, params, position) != SampleToken(nudged, params, position);
+    }
+  }
+  EXPECT_EQ(changed, 0) << "seed " << seed_;
+}
+
 TEST_F(SamplingTest, DeterministicInSeedAndPosition) {
   std::vector<float> logits(128);
   std::normal_distribution<float> normal(0.0f, 2.0f);

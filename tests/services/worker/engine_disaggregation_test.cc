@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/llama_config.h"
+#include "tests/kernels/msa_test_util.h"
 #include "tests/services/worker/engine_harness.h"
 
 namespace asymcache::worker::testing {
@@ -19,7 +20,7 @@ namespace {
 class EngineDisaggregationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const uint64_t seed = std::random_device{}();
+    const uint64_t seed = msa::testing::FreshSeed();
     SCOPED_TRACE(absl::StrCat("seed ", seed));
     rng_.seed(seed);
     absl::StatusOr<model::LlamaConfig> config = model::LlamaConfig::Named("tiny");

@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/llama_config.h"
+#include "tests/kernels/msa_test_util.h"
 #include "tests/services/worker/engine_harness.h"
 
 namespace asymcache::worker::testing {
@@ -42,9 +43,16 @@ std::string Compare(const CollectingSink& sink, const model::DenseGeneration& wa
   if (got != want.tokens) {
     std::string message = absl::StrCat(what, ": tokens differ (got ", got.size(), ", want ",
                                        want.tokens.size(), ")");
+    const auto logits = sink.logits();
     for (size_t i = 0; i < std::min(got.size(), want.tokens.size()); ++i) {
       if (got[i] != want.tokens[i]) {
         absl::StrAppend(&message, "; first at ", i, ": ", got[i], " vs ", want.tokens[i]);
+        if (i < logits.size() && i < want.logits.size()) {
+          absl::StrAppend(&message, "; logits there differ by ",
+                          RelativeError(logits[i], want.logits[i]), " (relative); got[",
+                          got[i], "]=", logits[i][got[i]], " want[", want.tokens[i],
+                          "]=", want.logits[i][want.tokens[i]]);
+        }
         break;
       }
     }
@@ -74,7 +82,7 @@ class EngineExactnessTest : public ::testing::TestWithParam<std::string> {};
 // Conversations of three turns and shared-document questions, all in flight
 // at once, on a pool of 48 blocks (768 tokens) that cannot hold them.
 TEST_P(EngineExactnessTest, EveryRequestMatchesTheNoCacheRunUnderPressure) {
-  const uint64_t seed = std::random_device{}();
+  const uint64_t seed = msa::testing::FreshSeed();
   SCOPED_TRACE(absl::StrCat("policy ", GetParam(), " seed ", seed));
   std::mt19937_64 rng(seed);
   const model::WeightSource weights = TinyWeights(seed);
