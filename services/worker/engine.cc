@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backe
   std::unique_ptr<Engine> engine(new Engine(backend, daemon, std::move(options), max_context));
   engine->next_daemon_sequence_ = Mix64(absl::ToUnixNanos(absl::Now())) | 1;
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  engine->importer_ = std::thread([e = engine.get()] { e->ImportLoop(); });
   return engine;
 }
 
@@ -153,22 +154,54 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   seq->id = next_request_id_++;
   const uint64_t id = seq->id;
   ++queued_;
-  arrivals_.push_back(std::move(seq));
+  live_.insert(id);
+  // Blocks from a prefill daemon are imported off the step thread first.
+  if (seq->request.kv_source.empty()) {
+    arrivals_.push_back(std::move(seq));
+  } else {
+    imports_.push_back(std::move(seq));
+  }
   return id;
 }
 
 void Engine::Cancel(uint64_t request_id) {
   absl::MutexLock lock(&mu_);
-  cancelled_.insert(request_id);
+  if (live_.contains(request_id)) cancelled_.insert(request_id);
 }
 
 void Engine::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
-    if (shutdown_ && !thread_.joinable()) return;
+    if (shutdown_ && !thread_.joinable() && !importer_.joinable()) return;
     shutdown_ = true;
   }
+  // The importer first: what it holds goes to arrivals_, which the step
+  // thread's shutdown drain finishes.
+  if (importer_.joinable()) importer_.join();
   if (thread_.joinable()) thread_.join();
+}
+
+void Engine::ImportLoop() {
+  while (true) {
+    std::unique_ptr<Sequence> seq;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return shutdown_ || !imports_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (shutdown_) {
+        for (auto& left : imports_) arrivals_.push_back(std::move(left));
+        imports_.clear();
+        return;
+      }
+      seq = std::move(imports_.front());
+      imports_.pop_front();
+    }
+    Import(*seq);
+    absl::MutexLock lock(&mu_);
+    arrivals_.push_back(std::move(seq));
+  }
 }
 
 EngineStats Engine::stats() const {
@@ -211,7 +244,9 @@ void Engine::TakeArrivals() {
   {
     absl::MutexLock lock(&mu_);
     arrived.swap(arrivals_);
-    cancelled.swap(cancelled_);
+    // Copied, not taken: a request still importing is cancelled once it
+    // arrives (Finish forgets the id).
+    cancelled = cancelled_;
   }
   for (auto& seq : arrived) waiting_.push_back(std::move(seq));
   if (cancelled.empty()) return;
@@ -230,7 +265,7 @@ void Engine::TakeArrivals() {
   cancel_in(waiting_);
 }
 
-absl::Status Engine::Import(Sequence& seq) {
+void Engine::Import(Sequence& seq) {
   seq.imported = true;
   const absl::Time start = absl::Now();
   const std::vector<BlockHash> hashes =
@@ -246,7 +281,6 @@ absl::Status Engine::Import(Sequence& seq) {
   // A failed import is not an error of the request: what did not arrive is
   // rebuilt (the plan shows it as holes/tail).
   if (summary.ok()) seq.stats.imported_blocks = summary->imported + summary->already_resident;
-  return absl::OkStatus();
 }
 
 absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
@@ -306,8 +340,7 @@ absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocke
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
   const int64_t known = static_cast<int64_t>(seq.tokens.size());
   if (!seq.lease.active()) {
-    if (!seq.request.kv_source.empty() && !seq.imported) {
-      if (absl::Status s = Import(seq); !s.ok()) return s;
+    if (seq.imported && !seq.planned_once) {
       // Plan exactly the imported context first (all of it resident when the
       // import worked); the rest extends it like decode does.
       return PlanNext(seq, seq.request.kv_source_tokens, blocked);
@@ -370,6 +403,8 @@ void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string
     absl::MutexLock lock(&mu_);
     --queued_;
     ++stats_.finished_requests;
+    cancelled_.erase(seq.id);
+    live_.erase(seq.id);
   }
   seq.sink->OnFinish(status, reason, seq.stats);
 }

@@ -11,6 +11,9 @@
 //               forward pass for all of them, sample, commit the leases whose
 //               positions are all computed (keeping the partial last page
 //               private while the request goes on), stream tokens.
+//   imports     a request with a kv_source first goes to the importer thread
+//               (ImportBlocks from that daemon over UCX), so a transfer never
+//               stalls the step loop; then it is admitted like any other.
 //   finishing   stop token, max_new_tokens, cancel, or an error: every lease
 //               is released (the last one with the agent fields, so the daemon
 //               may pin the job's blocks).
@@ -144,6 +147,9 @@ class Engine {
   Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
          int64_t max_context_tokens);
   void Loop();
+  // The importer thread: ImportBlocks for requests with a kv_source, then
+  // hands them to the step thread.
+  void ImportLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // One step over the running set; false when there was nothing to do.
   bool Step();
 
@@ -155,7 +161,8 @@ class Engine {
   void Finish(Sequence& seq, const absl::Status& status, const std::string& reason);
   void Preempt(Sequence& seq);
   void ReleaseLeases(Sequence& seq, bool with_agent);
-  absl::Status Import(Sequence& seq);
+  // Imports the request's kv_source blocks (a failure only means rebuilding).
+  void Import(Sequence& seq);
 
   // Immutable after construction.
   model::ModelBackend* const backend_;
@@ -172,13 +179,16 @@ class Engine {
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Sequence>> arrivals_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint64_t> cancelled_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<Sequence>> imports_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> cancelled_ ABSL_GUARDED_BY(mu_);  // subset of live_
+  absl::flat_hash_set<uint64_t> live_ ABSL_GUARDED_BY(mu_);       // submitted, not finished
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 1;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
 
   std::thread thread_;
+  std::thread importer_;
 };
 
 }  // namespace asymcache::worker
