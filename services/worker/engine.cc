@@ -56,6 +56,7 @@ absl::Status EngineOptions::Validate() const {
   }
   if (max_context_tokens < 0) return bad("max_context_tokens: ", max_context_tokens, " < 0");
   if (rpc_timeout <= absl::ZeroDuration()) return bad("rpc_timeout: must be > 0");
+  if (admission_timeout <= absl::ZeroDuration()) return bad("admission_timeout: must be > 0");
   if (absl::Status s = calibration.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("calibration: ", s.message()));
   }
@@ -87,11 +88,12 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
-               int64_t max_context_tokens)
+               int64_t max_context_tokens, int64_t pool_blocks)
     : backend_(backend),
       daemon_(daemon),
       options_(std::move(options)),
       max_context_tokens_(max_context_tokens),
+      pool_blocks_(pool_blocks),
       cost_(backend->config().ToCacheModel(), options_.calibration),
       scheduler_(&cost_, options_.chunking) {}
 
@@ -118,7 +120,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backe
   }
   int64_t max_context = config.max_position_embeddings;
   if (options.max_context_tokens > 0) max_context = std::min(max_context, options.max_context_tokens);
-  std::unique_ptr<Engine> engine(new Engine(backend, daemon, std::move(options), max_context));
+  std::unique_ptr<Engine> engine(
+      new Engine(backend, daemon, std::move(options), max_context, stats->capacity_blocks));
   engine->next_daemon_sequence_ = Mix64(absl::ToUnixNanos(absl::Now())) | 1;
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   engine->importer_ = std::thread([e = engine.get()] { e->ImportLoop(); });
@@ -138,6 +141,14 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
     return absl::FailedPreconditionError(absl::StrCat(
         "a prefill worker computes the prompt and its first token: max_new_tokens must be 1, got ",
         request.max_new_tokens));
+  }
+  const int64_t block = backend_->config().block_tokens;
+  const int64_t needed =
+      (static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens + block - 1) / block;
+  if (needed > pool_blocks_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "prompt_tokens + max_new_tokens need ", needed, " KV blocks; the daemon's whole pool has ",
+        pool_blocks_));
   }
   auto seq = std::make_unique<Sequence>();
   seq->arrival = absl::Now();
@@ -375,7 +386,18 @@ void Engine::Admit() {
       waiting_.pop_front();
       continue;
     }
-    if (blocked) break;  // FCFS: later requests wait behind it
+    if (blocked) {
+      if (absl::Now() - seq.arrival > options_.admission_timeout) {
+        Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
+                        "no KV blocks for this request within ",
+                        absl::FormatDuration(options_.admission_timeout),
+                        " (the pool stayed full); retry later or elsewhere")),
+               "");
+        waiting_.pop_front();
+        continue;
+      }
+      break;  // FCFS: later requests wait behind it
+    }
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }

@@ -85,6 +85,11 @@ struct EngineOptions {
   int64_t max_context_tokens = 0;
   // Deadline of each daemon RPC. 10 s: far above a healthy plan.
   absl::Duration rpc_timeout = absl::Seconds(10);
+  // A request whose first plan has not succeeded this long after it arrived
+  // (the pool stayed full) ends with RESOURCE_EXHAUSTED instead of waiting
+  // forever. 60 s: far beyond any healthy queueing, short enough that a
+  // client retries elsewhere. > 0.
+  absl::Duration admission_timeout = absl::Seconds(60);
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
   CalibrationParams calibration;
@@ -129,7 +134,9 @@ class Engine {
   // Queues a request; its tokens go to `sink`. Returns the request id (for
   // Cancel). INVALID_ARGUMENT (ValidateGenerationRequest), FAILED_PRECONDITION
   // for a request the role cannot serve (a prefill worker generates exactly one
-  // token), RESOURCE_EXHAUSTED when max_queued requests are queued,
+  // token), RESOURCE_EXHAUSTED when max_queued requests are queued or the
+  // request's context (prompt + max_new_tokens) needs more blocks than the
+  // daemon's whole pool,
   // UNAVAILABLE after Shutdown. On error the sink is not called.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink);
   // Ends the request at the next step with CANCELLED (no-op when unknown/finished).
@@ -145,7 +152,7 @@ class Engine {
  private:
   struct Sequence;
   Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
-         int64_t max_context_tokens);
+         int64_t max_context_tokens, int64_t pool_blocks);
   void Loop();
   // The importer thread: ImportBlocks for requests with a kv_source, then
   // hands them to the step thread.
@@ -169,6 +176,7 @@ class Engine {
   Client* const daemon_;
   const EngineOptions options_;
   const int64_t max_context_tokens_;
+  const int64_t pool_blocks_;  // the daemon's pool: a request needing more can never run
   const CostModel cost_;
   const ChunkScheduler scheduler_;
 

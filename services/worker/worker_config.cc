@@ -146,6 +146,9 @@ const Table& Settings() {
                                   [](auto* o) { return &o->engine.max_context_tokens; }),
           Table::Duration("rpc-timeout", "deadline of each daemon RPC of the step loop",
                           kDurationExamples, [](auto* o) { return &o->engine.rpc_timeout; }),
+          Table::Duration("admission-timeout",
+                          "a request not admitted this long after arriving (pool full) fails",
+                          kDurationExamples, [](auto* o) { return &o->engine.admission_timeout; }),
           {"coordinators", "coordinator addresses, comma-separated (empty = standalone)",
            [](absl::string_view v, WorkerOptions* o) {
              o->coordinators.clear();

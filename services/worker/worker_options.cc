@@ -104,6 +104,7 @@ absl::Status WorkerOptions::Validate() const {
                "must be >= 0 (0 = the model's limit)");
   }
   if (absl::Status s = positive("rpc-timeout", engine.rpc_timeout); !s.ok()) return s;
+  if (absl::Status s = positive("admission-timeout", engine.admission_timeout); !s.ok()) return s;
 
   absl::flat_hash_set<std::string> seen;
   for (const std::string& c : coordinators) {

@@ -272,6 +272,32 @@ TEST(EngineTest, CancelAndShutdownReleaseEveryBlock) {
             absl::StatusCode::kUnavailable);
 }
 
+TEST(EngineTest, ARequestThePoolCannotAdmitInTimeEndsWithResourceExhausted) {
+  const model::WeightSource weights = TinyWeights(8);
+  EngineOptions options;
+  options.admission_timeout = absl::Milliseconds(300);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(8), weights, options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  // Another client holds 6 of the 8 blocks.
+  absl::StatusOr<LeasedStep> held =
+      stack->client->PlanStep("other", 99, ::asymcache::testing::Tokens(96, 5));
+  ASSERT_TRUE(held.ok()) << held.status();
+  GenerationRequest request;
+  request.prompt = ::asymcache::testing::Tokens(60, 9);  // 4 blocks: does not fit beside them
+  request.max_new_tokens = 2;
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
+  ASSERT_TRUE(sink->Wait(absl::Seconds(20)));
+  EXPECT_EQ(sink->status().code(), absl::StatusCode::kResourceExhausted) << sink->status();
+  ASSERT_TRUE(stack->client->ReleaseStep(held->lease_id).ok());
+  // With the blocks back, the same request runs.
+  auto again = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, again).ok());
+  ASSERT_TRUE(again->Wait());
+  EXPECT_TRUE(again->status().ok()) << again->status();
+  EXPECT_EQ(again->tokens().size(), 2u);
+}
+
 TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
   const model::WeightSource weights = TinyWeights(2);
   absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(16), weights, {});
@@ -302,6 +328,11 @@ TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
   r = ok;
   r.max_new_tokens = 1 << 30;
   EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("context limit"));
+  r = ok;
+  r.max_new_tokens = 16 * 16;  // 259 tokens = 17 blocks > the 16-block pool
+  const absl::Status too_big = refused(r);
+  EXPECT_EQ(too_big.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(too_big.message()), ::testing::HasSubstr("whole pool has 16"));
   EXPECT_EQ(stack->Stats().steps, 0);  // nothing reached the daemon
 }
 
