@@ -72,6 +72,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"max-step-tokens", "4224"},
       {"max-context-tokens", "32768"},
       {"rpc-timeout", "2s"},
+      {"admission-timeout", "45s"},
       {"coordinators", "c1:50061,c2:50061"},
       {"member-id", "worker-7"},
       {"advertise-address", "w7.example:50071"},
