@@ -3,6 +3,7 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/base/internal/raw_logging.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -13,6 +14,13 @@ namespace asymcache {
 
 absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
                                                   grpc::Service* service) {
+  grpc::Service* const services[] = {service};
+  return StartGrpcServer(listen, max_message_bytes, absl::MakeConstSpan(services));
+}
+
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
+                                                  absl::Span<grpc::Service* const> services) {
+  ABSL_RAW_CHECK(!services.empty(), "StartGrpcServer: no service to serve");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   StartedGrpcServer started;
@@ -20,7 +28,10 @@ absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &started.port);
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
-  builder.RegisterService(service);
+  for (grpc::Service* service : services) {
+    ABSL_RAW_CHECK(service != nullptr, "StartGrpcServer: a null service");
+    builder.RegisterService(service);
+  }
   started.server = builder.BuildAndStart();
   if (started.server == nullptr || started.port == 0) {
     return absl::UnavailableError(absl::StrCat("--listen: cannot serve gRPC on ", listen,

@@ -1,6 +1,6 @@
 // The parts a service's in-process server is assembled from (CacheDaemon,
-// Coordinator): the gRPC server itself (one service plus grpc.health.v1 and
-// reflection, message size limits, the bound port), its graceful stop, the
+// Coordinator, Worker): the gRPC server itself (one or more services plus
+// grpc.health.v1 and reflection, message size limits, the bound port), its graceful stop, the
 // maintenance thread that ticks at a fixed interval, and the latch that makes
 // Shutdown() run once while later callers wait for it.
 //
@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "grpcpp/server.h"
 
 namespace asymcache {
@@ -36,6 +37,12 @@ struct StartedGrpcServer {
 // serve gRPC on LISTEN (...)" when the address cannot be bound.
 absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
                                                   grpc::Service* service);
+// The same with several services on one server (e.g. the coordinator's
+// Coordinator service and its Generate proxy): each is registered once, none
+// is owned, each must outlive the server; their full method names must not
+// clash. Precondition: `services` is not empty and holds no null.
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
+                                                  absl::Span<grpc::Service* const> services);
 
 // Health NOT_SERVING, so load balancers stop sending work.
 void MarkNotServing(grpc::Server& server);

@@ -8,6 +8,7 @@
 #include "services/common/metrics_exposer.h"
 #include "services/coordinator/coordinator_service.h"
 #include "services/coordinator/coordinator_state.h"
+#include "services/coordinator/generate_proxy.h"
 
 namespace asymcache {
 
@@ -17,6 +18,7 @@ struct Coordinator::Server {
   std::unique_ptr<MetricsExposer> exposer;
   std::unique_ptr<CoordinatorState> state;
   std::unique_ptr<CoordinatorService> service;
+  std::unique_ptr<GenerateProxy> generate_proxy;  // asymcache.v1.Worker/Generate
   std::unique_ptr<grpc::Server> grpc_server;
   int grpc_port = 0;
 
@@ -43,9 +45,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
   if (!state.ok()) return state.status();
   server->state = *std::move(state);
   server->service = std::make_unique<CoordinatorService>(server->state.get());
+  server->generate_proxy = std::make_unique<GenerateProxy>(server->state.get());
 
-  absl::StatusOr<StartedGrpcServer> grpc_server =
-      StartGrpcServer(options.listen, options.max_message_bytes, server->service.get());
+  grpc::Service* const services[] = {server->service.get(), server->generate_proxy.get()};
+  absl::StatusOr<StartedGrpcServer> grpc_server = StartGrpcServer(
+      options.listen, options.max_message_bytes, absl::MakeConstSpan(services));
   if (!grpc_server.ok()) return grpc_server.status();
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;
@@ -75,7 +79,9 @@ void Coordinator::Shutdown() {
   // 1. Tell load balancers and refuse new work.
   MarkNotServing(*s.grpc_server);
   s.service->StopAccepting();
-  // 2. In-flight RPCs get the grace period, then are cancelled.
+  s.generate_proxy->StopAccepting();
+  // 2. In-flight RPCs (proxied Generate streams above all) get the grace
+  // period, then are cancelled, which cancels their calls to the workers.
   StopGrpcServer(*s.grpc_server, s.state->options().shutdown_grace);
   // 3. Maintenance and the event streams.
   s.maintenance->Stop();

@@ -1,14 +1,16 @@
 // Coordinator: one running coordinator replica (DESIGN.md §3.6, §4) — the
 // core (CoordinatorState: registry, event-fed block index, router), the
-// metrics endpoint and the gRPC server (Coordinator service +
-// grpc.health.v1 + reflection), plus a maintenance thread that expires
+// metrics endpoint and the gRPC server (Coordinator service, the Worker
+// service's Generate proxied to the routed workers (generate_proxy.h),
+// grpc.health.v1, reflection), plus a maintenance thread that expires
 // members and refreshes the gauges. The binary asymcache-coordinator is
 // flag parsing around Start(); tests start coordinators in-process on
 // 127.0.0.1:0.
 //
 // Lifecycle: Start() builds everything, binds the ports and serves;
 // Shutdown() marks the health service NOT_SERVING, refuses new RPCs with
-// UNAVAILABLE, gives in-flight RPCs shutdown_grace to finish, stops the
+// UNAVAILABLE, gives in-flight RPCs (proxied Generate streams) shutdown_grace
+// to finish, then cancels them (and their worker calls), stops the
 // server, the maintenance thread and every event watcher. state() stays
 // readable until destruction. Thread-safe.
 #ifndef ASYMCACHE_SERVICES_COORDINATOR_COORDINATOR_H_

@@ -97,8 +97,12 @@ struct CoordinatorOptions {
   int64_t route_history = 65536;
 
   // SIGTERM: in-flight RPCs get this long to finish before being cancelled.
-  // 5 s: every coordinator RPC takes microseconds. >= 0.
-  absl::Duration shutdown_grace = absl::Seconds(5);
+  // 20 s, the worker's: the Coordinator RPCs take microseconds, but a
+  // proxied Generate stream lasts as long as its generation (a few hundred
+  // tokens at a 50 ms TPOT finish), and a replica still exits inside
+  // Kubernetes' default 30 s termination grace period. Shutdown waits only
+  // as long as some RPC is in flight. >= 0.
+  absl::Duration shutdown_grace = absl::Seconds(20);
 
   // Tests only: an injected clock for heartbeats, member expiry and agent
   // affinity (must outlive the coordinator). nullptr = the real clock.

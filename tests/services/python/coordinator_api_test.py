@@ -14,11 +14,18 @@ instance from its GetStats); a second daemon member is registered at an
 address where nothing listens, so routing has a choice. Every bad request
 must fail with the exact status code of coordinator.proto and a message
 naming the offending field.
+
+Generate through the coordinator (its asymcache.v1.Worker service) is read as
+a stream from Python, proxied to a scripted worker served by this test (a
+grpcio server registered as the daemon's WORKER member): the tokens, times
+and stats the worker streams come through, its errors keep their code.
 """
 
 import os
+import threading
 import time
 import unittest
+from concurrent import futures
 
 import grpc
 
@@ -27,6 +34,8 @@ from asymcache.v1 import cache_daemon_pb2_grpc as daemon_grpc
 from asymcache.v1 import coordinator_pb2 as pb
 from asymcache.v1 import coordinator_pb2_grpc as pb_grpc
 from asymcache.v1 import types_pb2
+from asymcache.v1 import worker_pb2
+from asymcache.v1 import worker_pb2_grpc
 
 COORDINATOR = os.environ["ASYMCACHE_COORDINATOR_ADDRESS"]
 DAEMON = os.environ["ASYMCACHE_DAEMON_ADDRESS"]
@@ -39,6 +48,34 @@ TIMEOUT = 5.0      # seconds, every unary call
 def tokens(count, seed):
     """`count` token ids; different seeds (< VOCAB) differ in the first token."""
     return [(seed * 131 + i * 7) % VOCAB for i in range(count)]
+
+
+class ScriptedWorker(worker_pb2_grpc.WorkerServicer):
+    """A worker whose answer is a function of the request: token i is
+    (sum(prompt) + i) % VOCAB, one message each, then the finish message.
+    max_new_tokens == 99 is refused with INVALID_ARGUMENT naming top_p."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = []
+
+    @staticmethod
+    def answer(prompt, count):
+        return [(sum(prompt) + i) % VOCAB for i in range(count)]
+
+    def Generate(self, request, context):
+        with self.lock:
+            self.requests.append(request)
+        if request.max_new_tokens == 99:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sampling.top_p: 99 is outside (0, 1]")
+        tokens = self.answer(request.prompt_tokens, request.max_new_tokens)
+        for i, token in enumerate(tokens):
+            yield worker_pb2.GenerateResponse(tokens=[token], token_times_us=[1000 * (i + 1)])
+        yield worker_pb2.GenerateResponse(
+            finish_reason="length",
+            stats=worker_pb2.RequestStats(prompt_tokens=len(request.prompt_tokens),
+                                          computed_prompt_tokens=len(request.prompt_tokens),
+                                          ttft_seconds=0.001, steps=len(tokens)))
 
 
 class CoordinatorApiTest(unittest.TestCase):
@@ -125,6 +162,7 @@ class CoordinatorApiTest(unittest.TestCase):
             iter([reflection_pb2.ServerReflectionRequest(list_services="*")]), timeout=TIMEOUT))
         names = {s.name for s in replies[0].list_services_response.service}
         self.assertIn("asymcache.v1.Coordinator", names)
+        self.assertIn("asymcache.v1.Worker", names)  # Generate, proxied
 
     def test_register_answers_the_intervals(self):
         self.assertGreater(self.registered.heartbeat_interval_s, 0)
@@ -160,6 +198,69 @@ class CoordinatorApiTest(unittest.TestCase):
             timeout=TIMEOUT)
         self.assertAlmostEqual(report.predicted_ttft_s, r.prediction.predicted_ttft_s)
         self.assertAlmostEqual(report.relative_error, 0.75)
+
+    def test_generate_through_the_coordinator(self):
+        proxy = worker_pb2_grpc.WorkerStub(self.channel)
+        # The coordinator is no worker: its stats are the workers'.
+        self.assert_refused(lambda: proxy.GetWorkerStats(worker_pb2.GetWorkerStatsRequest(),
+                                                         timeout=TIMEOUT),
+                            grpc.StatusCode.UNIMPLEMENTED, "ask a worker")
+        generate = lambda request: list(proxy.Generate(request, timeout=TIMEOUT))
+        self.assert_refused(lambda: generate(worker_pb2.GenerateRequest(max_new_tokens=3)),
+                            grpc.StatusCode.INVALID_ARGUMENT, "prompt_tokens")
+
+        context = tokens(4 * BLOCK_TOKENS + 5, 11)
+        self.commit("py-generate", 1, context)
+        self.wait_caught_up()
+        request = worker_pb2.GenerateRequest(prompt_tokens=context, max_new_tokens=5,
+                                             salt="py-generate")
+        # The context's daemon has no worker yet (and the other none either).
+        for member in ("py-daemon", "py-idle"):
+            self.stub.Heartbeat(pb.HeartbeatRequest(member_id=member, load=pb.MemberLoad()),
+                                timeout=TIMEOUT)
+        self.assert_refused(lambda: generate(request), grpc.StatusCode.UNAVAILABLE,
+                            "no worker is registered on daemon 'py-daemon'")
+
+        scripted = ScriptedWorker()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        worker_pb2_grpc.add_WorkerServicer_to_server(scripted, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            self.stub.Register(pb.RegisterRequest(
+                member_id="py-worker", kind=pb.MEMBER_KIND_WORKER,
+                address="127.0.0.1:%d" % port, gpu=-1, role=pb.ROLE_BOTH,
+                daemon_id="py-daemon"), timeout=TIMEOUT)
+            for member in ("py-daemon", "py-idle"):
+                self.stub.Heartbeat(pb.HeartbeatRequest(member_id=member, load=pb.MemberLoad()),
+                                    timeout=TIMEOUT)
+            started = time.monotonic()
+            messages = generate(request)
+            elapsed_us = (time.monotonic() - started) * 1e6
+            got = [t for m in messages for t in m.tokens]
+            times = [t for m in messages for t in m.token_times_us]
+            self.assertEqual(got, ScriptedWorker.answer(context, 5))
+            self.assertEqual(len(times), 5)
+            self.assertEqual(times, sorted(times))
+            # The worker's times, counted from the coordinator's arrival.
+            self.assertGreaterEqual(times[0], 1000)
+            self.assertLessEqual(times[0], 1000 + elapsed_us)
+            self.assertEqual(messages[-1].finish_reason, "length")
+            self.assertEqual(messages[-1].stats.prompt_tokens, len(context))
+            self.assertEqual(messages[-1].stats.steps, 5)
+            self.assertGreater(messages[-1].stats.ttft_seconds, 0)
+            self.assertEqual([list(r.prompt_tokens) for r in scripted.requests], [context])
+            self.assertEqual(scripted.requests[0].salt, "py-generate")
+
+            # The worker's error passes through with its code, naming the worker.
+            bad = worker_pb2.GenerateRequest()
+            bad.CopyFrom(request)
+            bad.max_new_tokens = 99
+            self.assert_refused(lambda: generate(bad), grpc.StatusCode.INVALID_ARGUMENT,
+                                "worker 'py-worker'")
+        finally:
+            self.stub.Deregister(pb.DeregisterRequest(member_id="py-worker"), timeout=TIMEOUT)
+            server.stop(grace=None)
 
     # ------------------------------------------------------------ bad input
 
