@@ -235,7 +235,9 @@ void Engine::Loop() {
         if (shutdown_) break;
       }
     }
-    if (!Step()) {
+    const bool ran = Step();
+    PublishCounts();
+    if (!ran) {
       // Nothing could run (e.g. every request waits for pool space): back off briefly.
       absl::SleepFor(absl::Milliseconds(1));
     }
@@ -260,7 +262,10 @@ void Engine::TakeArrivals() {
     cancelled = cancelled_;
   }
   for (auto& seq : arrived) waiting_.push_back(std::move(seq));
-  if (cancelled.empty()) return;
+  if (cancelled.empty()) {
+    if (!arrived.empty()) PublishCounts();
+    return;
+  }
   const absl::Status status = absl::CancelledError("the request was cancelled");
   auto cancel_in = [&](auto& list) {
     for (auto it = list.begin(); it != list.end();) {
@@ -274,6 +279,13 @@ void Engine::TakeArrivals() {
   };
   cancel_in(running_);
   cancel_in(waiting_);
+  PublishCounts();
+}
+
+void Engine::PublishCounts() {
+  absl::MutexLock lock(&mu_);
+  stats_.running = static_cast<int64_t>(running_.size());
+  stats_.waiting = static_cast<int64_t>(waiting_.size());
 }
 
 void Engine::Import(Sequence& seq) {

@@ -162,6 +162,8 @@ class Engine {
 
   // Step phases (step thread only).
   void TakeArrivals() ABSL_LOCKS_EXCLUDED(mu_);
+  // stats_.running / waiting from the lists (step thread).
+  void PublishCounts() ABSL_LOCKS_EXCLUDED(mu_);
   void Admit();
   absl::Status Advance(Sequence& seq, bool* blocked);
   absl::Status PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked);
