@@ -63,6 +63,20 @@ absl::Status EngineOptions::Validate() const {
   return absl::OkStatus();
 }
 
+// The first error of a sequence's off-thread daemon calls.
+struct Engine::CallError {
+  absl::Mutex mu;
+  absl::Status status ABSL_GUARDED_BY(mu);
+  void Set(const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    if (status.ok()) status = s;
+  }
+  absl::Status Get() {
+    absl::MutexLock lock(&mu);
+    return status;
+  }
+};
+
 // One request in the engine (step thread only, after arrival).
 struct Engine::Sequence {
   uint64_t id = 0;
@@ -83,6 +97,10 @@ struct Engine::Sequence {
   // Its last plan got RESOURCE_EXHAUSTED this step.
   bool blocked = false;
   absl::Time renew_due;
+  // Daemon calls issued for it off the step thread (commits, releases): the
+  // ticket of the last one, and the first error one of them met.
+  uint64_t last_call = 0;
+  std::shared_ptr<CallError> call_error = std::make_shared<CallError>();
   int64_t last_token_us = -1;   // emission time of its previous token (-1: none yet)
   RequestStats stats;
 };
@@ -125,6 +143,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backe
   engine->next_daemon_sequence_ = Mix64(absl::ToUnixNanos(absl::Now())) | 1;
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   engine->importer_ = std::thread([e = engine.get()] { e->ImportLoop(); });
+  engine->caller_ = std::thread([e = engine.get()] { e->CallLoop(); });
   return engine;
 }
 
@@ -142,13 +161,12 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
         "a prefill worker computes the prompt and its first token: max_new_tokens must be 1, got ",
         request.max_new_tokens));
   }
-  const int64_t block = backend_->config().block_tokens;
-  const int64_t needed =
-      (static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens + block - 1) / block;
+  // The prompt (and its first token) must fit the whole pool; a generation
+  // that later outgrows it ends with RESOURCE_EXHAUSTED then (see Step).
+  const int64_t needed = BlocksFor(static_cast<int64_t>(request.prompt.size()) + 1);
   if (needed > pool_blocks_) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "prompt_tokens + max_new_tokens need ", needed, " KV blocks; the daemon's whole pool has ",
-        pool_blocks_));
+        "prompt_tokens need ", needed, " KV blocks; the daemon's whole pool has ", pool_blocks_));
   }
   auto seq = std::make_unique<Sequence>();
   seq->arrival = absl::Now();
@@ -190,6 +208,55 @@ void Engine::Shutdown() {
   // thread's shutdown drain finishes.
   if (importer_.joinable()) importer_.join();
   if (thread_.joinable()) thread_.join();
+  // Last: the calls the step thread queued while finishing (releases, the
+  // sinks' OnFinish) all run before the caller stops.
+  {
+    absl::MutexLock lock(&calls_mu_);
+    calls_stop_ = true;
+  }
+  if (caller_.joinable()) caller_.join();
+}
+
+uint64_t Engine::EnqueueCall(std::function<void()> call) {
+  absl::MutexLock lock(&calls_mu_);
+  calls_.push_back(std::move(call));
+  return ++calls_enqueued_;
+}
+
+void Engine::WaitForCall(uint64_t ticket) {
+  if (ticket == 0) return;
+  absl::MutexLock lock(&calls_mu_);
+  auto done = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) {
+    return calls_done_ >= ticket;
+  };
+  calls_mu_.Await(absl::Condition(&done));
+}
+
+void Engine::CallLoop() {
+  while (true) {
+    std::function<void()> call;
+    {
+      absl::MutexLock lock(&calls_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) {
+        return calls_stop_ || !calls_.empty();
+      };
+      calls_mu_.Await(absl::Condition(&ready));
+      if (calls_.empty()) return;  // stopping and drained
+      call = std::move(calls_.front());
+      calls_.pop_front();
+    }
+    double seconds = 0;
+    {
+      AddTime timer(&seconds);
+      call();
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.async_rpc_seconds += seconds;
+    }
+    absl::MutexLock lock(&calls_mu_);
+    ++calls_done_;
+  }
 }
 
 void Engine::ImportLoop() {
@@ -307,6 +374,9 @@ void Engine::Import(Sequence& seq) {
 }
 
 absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
+  // Its commit must have landed, so the plan finds the pages it sealed.
+  WaitForCall(seq.last_call);
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
   PlanStepOptions plan_options;
   plan_options.compute_plan_hashes = false;
   if (!seq.planned_once && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
@@ -361,6 +431,7 @@ absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocke
 }
 
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
   const int64_t known = static_cast<int64_t>(seq.tokens.size());
   if (!seq.lease.active()) {
     if (seq.imported && !seq.planned_once) {
@@ -392,7 +463,12 @@ void Engine::Admit() {
                  1);
     }
     bool blocked = false;
-    const absl::Status s = Advance(seq, &blocked);
+    absl::Status s = BlocksFor(static_cast<int64_t>(seq.tokens.size())) > pool_blocks_
+                         ? absl::ResourceExhaustedError(absl::StrCat(
+                               "the context grew to ", seq.tokens.size(),
+                               " tokens, more than the daemon's whole pool (", pool_blocks_,
+                               " blocks) holds"))
+                         : Advance(seq, &blocked);
     if (!s.ok()) {
       Finish(seq, s, "");
       waiting_.pop_front();
@@ -421,14 +497,12 @@ void Engine::ReleaseLeases(Sequence& seq, bool with_agent) {
   if (with_agent && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
     agent = seq.request.agent;
   }
-  double rpc = 0;
-  {
-    AddTime timer(&rpc);
-    // A failed release is not fatal: the daemon's lease timeout frees it.
-    (void)seq.lease.Release(agent, options_.rpc_timeout);
-  }
-  absl::MutexLock lock(&mu_);
-  stats_.rpc_seconds += rpc;
+  // Off the step thread, after the sequence's earlier calls (its commit). A
+  // failed release is not fatal: the daemon's lease timeout frees it.
+  const uint64_t lease_id = seq.lease.Detach();
+  seq.last_call = EnqueueCall([this, lease_id, agent = std::move(agent)] {
+    (void)daemon_->ReleaseStep(lease_id, agent, options_.rpc_timeout);
+  });
 }
 
 void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string& reason) {
@@ -440,7 +514,11 @@ void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string
     cancelled_.erase(seq.id);
     live_.erase(seq.id);
   }
-  seq.sink->OnFinish(status, reason, seq.stats);
+  // The client hears of the end only once the commit and release are done,
+  // so a follow-up turn finds the blocks sealed and the pool free.
+  seq.last_call = EnqueueCall([sink = seq.sink, status, reason, stats = seq.stats] {
+    sink->OnFinish(status, reason, stats);
+  });
 }
 
 void Engine::Preempt(Sequence& seq) {
@@ -512,15 +590,14 @@ bool Engine::Step() {
   if (by_sequence.empty()) {
     // Nobody can run: when sequences wait for pool space, give the newest
     // running one's blocks back so the others can go on.
+    // Even a lone sequence is preempted: rolling a full decode page over
+    // needs one block more for a moment, and re-planning from its sealed
+    // pages needs none.
     bool any_blocked = false;
     for (auto& seq : running_) any_blocked |= seq->blocked;
-    if (any_blocked && running_.size() > 1) {
+    if (any_blocked) {
       Preempt(*running_.back());
       waiting_.push_front(std::move(running_.back()));
-      running_.pop_back();
-    } else if (any_blocked && running_.size() == 1 && !waiting_.empty()) {
-      Preempt(*running_.back());
-      waiting_.push_back(std::move(running_.back()));
       running_.pop_back();
     }
     return false;
@@ -663,28 +740,18 @@ bool Engine::Step() {
   for (const Ran& r : ran) {
     Sequence& seq = *r.seq;
     if (seq.committed || !seq.pages.done() || seq.logits_only) continue;
-    const bool last = finished.contains(&seq);
-    double rpc = 0;
-    absl::StatusOr<CommitResult> committed;
-    {
-      AddTime timer(&rpc);
-      committed = seq.lease.Commit(CommitOptions{.keep_partial_last_page = !last},
-                                   options_.rpc_timeout);
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      stats_.rpc_seconds += rpc;
-    }
-    if (!committed.ok()) {
-      if (!last) {
-        finished.insert(&seq);
-        Finish(seq, committed.status(), "");
-        seq.sink = nullptr;
-      }
-      continue;
-    }
+    const bool keep_partial = !finished.contains(&seq);
+    // Off the step thread; the daemon keeps exactly this page private (the
+    // last page, partial and allocated by this lease), so no answer is
+    // needed. A failure ends the request at its next step.
+    const uint64_t lease_id = seq.lease.lease_id();
+    seq.last_call = EnqueueCall([this, lease_id, keep_partial, error = seq.call_error] {
+      absl::StatusOr<CommitResult> committed = daemon_->CommitStep(
+          lease_id, CommitOptions{.keep_partial_last_page = keep_partial}, options_.rpc_timeout);
+      if (!committed.ok()) error->Set(committed.status());
+    });
     seq.committed = true;
-    seq.pages.set_last_page_private(committed->private_blocks > 0);
+    seq.pages.set_last_page_private(keep_partial && seq.pages.LastPageIsOwnPartial());
   }
   for (size_t i = 0; i < sampled.size(); ++i) {
     if (!finish_reason[i].empty() && sampled[i]->sink != nullptr) {

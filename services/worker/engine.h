@@ -14,6 +14,11 @@
 //   imports     a request with a kv_source first goes to the importer thread
 //               (ImportBlocks from that daemon over UCX), so a transfer never
 //               stalls the step loop; then it is admitted like any other.
+//   off-thread  commits and releases go to the caller thread in order (the
+//               step loop does not wait for them; a sequence's next plan waits
+//               for its own commit); a request's OnFinish runs there after
+//               them, so a client that sees the end finds its blocks sealed
+//               and released.
 //   finishing   stop token, max_new_tokens, cancel, or an error: every lease
 //               is released (the last one with the agent fields, so the daemon
 //               may pin the job's blocks).
@@ -116,7 +121,8 @@ struct EngineStats {
   // prefill (the load the coordinator's router weighs).
   int64_t queued_prefill_tokens = 0;
   double step_seconds = 0;
-  double rpc_seconds = 0;
+  double rpc_seconds = 0;        // daemon RPCs on the step thread (plans, renewals)
+  double async_rpc_seconds = 0;  // daemon RPCs off it (commits, releases; sinks' OnFinish)
   double forward_seconds = 0;
 };
 
@@ -135,8 +141,8 @@ class Engine {
   // Cancel). INVALID_ARGUMENT (ValidateGenerationRequest), FAILED_PRECONDITION
   // for a request the role cannot serve (a prefill worker generates exactly one
   // token), RESOURCE_EXHAUSTED when max_queued requests are queued or the
-  // request's context (prompt + max_new_tokens) needs more blocks than the
-  // daemon's whole pool,
+  // prompt needs more blocks than the daemon's whole pool (a generation that
+  // outgrows the pool later ends with RESOURCE_EXHAUSTED),
   // UNAVAILABLE after Shutdown. On error the sink is not called.
   absl::StatusOr<uint64_t> Submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink);
   // Ends the request at the next step with CANCELLED (no-op when unknown/finished).
@@ -151,6 +157,7 @@ class Engine {
 
  private:
   struct Sequence;
+  struct CallError;
   Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
          int64_t max_context_tokens, int64_t pool_blocks);
   void Loop();
@@ -172,6 +179,12 @@ class Engine {
   void ReleaseLeases(Sequence& seq, bool with_agent);
   // Imports the request's kv_source blocks (a failure only means rebuilding).
   void Import(Sequence& seq);
+  // Daemon calls the step loop does not wait for (commits, releases, and the
+  // sinks' OnFinish after them) run in order on the caller thread.
+  // EnqueueCall returns a ticket; WaitForCall blocks until that call ran.
+  uint64_t EnqueueCall(std::function<void()> call) ABSL_LOCKS_EXCLUDED(calls_mu_);
+  void WaitForCall(uint64_t ticket) ABSL_LOCKS_EXCLUDED(calls_mu_);
+  void CallLoop() ABSL_LOCKS_EXCLUDED(calls_mu_, mu_);
 
   // Immutable after construction.
   model::ModelBackend* const backend_;
@@ -179,6 +192,9 @@ class Engine {
   const EngineOptions options_;
   const int64_t max_context_tokens_;
   const int64_t pool_blocks_;  // the daemon's pool: a request needing more can never run
+  int64_t BlocksFor(int64_t tokens) const {
+    return (tokens + backend_->config().block_tokens - 1) / backend_->config().block_tokens;
+  }
   const CostModel cost_;
   const ChunkScheduler scheduler_;
 
@@ -197,8 +213,15 @@ class Engine {
   uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 1;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
 
+  absl::Mutex calls_mu_;
+  std::deque<std::function<void()>> calls_ ABSL_GUARDED_BY(calls_mu_);
+  uint64_t calls_enqueued_ ABSL_GUARDED_BY(calls_mu_) = 0;
+  uint64_t calls_done_ ABSL_GUARDED_BY(calls_mu_) = 0;
+  bool calls_stop_ ABSL_GUARDED_BY(calls_mu_) = false;
+
   std::thread thread_;
   std::thread importer_;
+  std::thread caller_;
 };
 
 }  // namespace asymcache::worker

@@ -3,8 +3,10 @@
 // request's tokens, and request validation.
 //
 // Contract: plain values; ValidateGenerationRequest is pure. A
-// GenerationSink is called from the engine's step thread only, never
-// concurrently for one request; it must not block (queue and return).
+// GenerationSink is called from the engine's threads (OnTokens from the step
+// thread, OnFinish from the daemon-call thread after the request's blocks are
+// committed and released), never concurrently for one request and OnFinish
+// last; it must not block (queue and return).
 #ifndef ASYMCACHE_SERVICES_WORKER_GENERATION_H_
 #define ASYMCACHE_SERVICES_WORKER_GENERATION_H_
 

@@ -56,6 +56,12 @@ class SequencePages {
   // The last page is this lease's private block (allocated by it and kept
   // private at commit). Set by the engine after CommitStep.
   void set_last_page_private(bool value) { last_page_private_ = value; }
+  // The last page is partial and was allocated by this plan (not resident):
+  // the page CommitStep(keep_partial_last_page) keeps private.
+  bool LastPageIsOwnPartial() const {
+    return !page_blocks_.empty() && page_lengths_.back() < block_tokens_ &&
+           !page_resident_.back();
+  }
   // The next position fits the private last page.
   bool CanExtendInPlace() const;
   // context_tokens + 1, written into the private last page; pending += it.

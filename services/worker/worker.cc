@@ -1,7 +1,5 @@
 #include "services/worker/worker.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <utility>
 
@@ -11,6 +9,7 @@
 #include "model/weight_source.h"
 #include "services/client/client.h"
 #include "services/common/grpc_server_parts.h"
+#include "services/common/member_address.h"
 #include "services/common/metrics_exposer.h"
 #include "services/coordinator/member_registrar.h"
 #include "services/worker/worker_metrics.h"
@@ -19,24 +18,6 @@
 namespace asymcache::worker {
 
 namespace {
-
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "localhost";
-  return buf;
-}
-
-// WorkerOptions::advertise_address, or the listen address with the bound
-// port and a wildcard host replaced by the host name.
-std::string ResolveAdvertiseAddress(const WorkerOptions& options, int port) {
-  if (!options.advertise_address.empty()) return options.advertise_address;
-  std::string host = options.listen;
-  if (const size_t colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
-  if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*") {
-    host = HostName();
-  }
-  return absl::StrCat(host, ":", port);
-}
 
 v1::Role ToProtoRole(WorkerRole role) {
   switch (role) {
@@ -198,10 +179,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;
 
-  server->advertise_address = ResolveAdvertiseAddress(options, server->grpc_port);
-  server->member_id = options.member_id.empty()
-                          ? absl::StrCat(HostName(), ":", server->grpc_port)
-                          : options.member_id;
+  server->advertise_address =
+      AdvertiseAddress(options.advertise_address, options.listen, server->grpc_port);
+  server->member_id = MemberIdOrDefault(options.member_id, server->grpc_port);
   if (!options.coordinators.empty()) {
     MemberRegistrarOptions registrar;
     registrar.coordinators = options.coordinators;

@@ -1,14 +1,9 @@
 #include "services/worker/worker_config.h"
 
-#include <limits>
 #include <optional>
-#include <utility>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "model/llama_config.h"
 #include "services/common/settings_table.h"
 #include "yaml-cpp/yaml.h"
@@ -22,37 +17,18 @@ using Table = SettingsTable<WorkerOptions>;
 // Completes "a duration (e.g. ...)" in a bad duration's error.
 constexpr char kDurationExamples[] = "250ms, 5s, 10m";
 
+const Table& Settings();
+
 // The YAML values that are not one scalar: `coordinators:` as a sequence,
 // and a null value (`key:` with nothing after it), which sets the empty text.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
                                                const YAML::Node& value, absl::string_view origin,
                                                WorkerOptions* options) {
   if (key == "coordinators" && value.IsSequence()) {
-    std::vector<std::string> addresses;
-    for (const YAML::Node& item : value) {
-      if (!item.IsScalar()) {
-        return AtYamlLine(origin, item,
-                          absl::InvalidArgumentError("coordinators: entries must be scalars"));
-      }
-      addresses.push_back(item.as<std::string>());
-    }
-    if (absl::Status s = ApplyWorkerSetting(key, absl::StrJoin(addresses, ","), options);
-        !s.ok()) {
-      return AtYamlLine(origin, key_node, s);
-    }
-    return absl::OkStatus();
+    return Settings().ApplyYamlSequence(key, key_node, value, origin, options);
   }
-  if (value.IsNull()) {
-    if (absl::Status s = ApplyWorkerSetting(key, "", options); !s.ok()) {
-      return AtYamlLine(origin, key_node, s);
-    }
-    return absl::OkStatus();
-  }
+  if (value.IsNull()) return Settings().ApplyYamlNull(key, key_node, origin, options);
   return std::nullopt;
-}
-
-const char* ChunkingName(ChunkSchedulerOptions::Mode mode) {
-  return mode == ChunkSchedulerOptions::Mode::kFixed ? "fixed" : "adaptive";
 }
 
 // The table: every setting, once.
@@ -100,32 +76,17 @@ const Table& Settings() {
            [](const WorkerOptions& o) { return absl::StrCat(o.seed); }},
           Table::Integer<int>("cpu-threads", "cpu backend threads (0 = all cores)",
                               [](auto* o) { return &o->cpu_threads; }),
-          {"role", "both, prefill (computes prompts for a decode worker) or decode",
-           [](absl::string_view v, WorkerOptions* o) {
-             if (v == "both") {
-               o->engine.role = WorkerRole::kBoth;
-             } else if (v == "prefill") {
-               o->engine.role = WorkerRole::kPrefill;
-             } else if (v == "decode") {
-               o->engine.role = WorkerRole::kDecode;
-             } else {
-               return SettingValueError("role", v, "both, prefill or decode");
-             }
-             return absl::OkStatus();
-           },
-           [](const WorkerOptions& o) { return std::string(WorkerRoleName(o.engine.role)); }},
-          {"chunking", "prefill budget per step: adaptive (under --tpot-target) or fixed",
-           [](absl::string_view v, WorkerOptions* o) {
-             if (v == "adaptive") {
-               o->engine.chunking.mode = ChunkSchedulerOptions::Mode::kAdaptive;
-             } else if (v == "fixed") {
-               o->engine.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
-             } else {
-               return SettingValueError("chunking", v, "adaptive or fixed");
-             }
-             return absl::OkStatus();
-           },
-           [](const WorkerOptions& o) { return std::string(ChunkingName(o.engine.chunking.mode)); }},
+          Table::Choice<WorkerRole>(
+              "role", "both, prefill (computes prompts for a decode worker) or decode",
+              {{"both", WorkerRole::kBoth},
+               {"prefill", WorkerRole::kPrefill},
+               {"decode", WorkerRole::kDecode}},
+              [](auto* o) { return &o->engine.role; }),
+          Table::Choice<ChunkSchedulerOptions::Mode>(
+              "chunking", "prefill budget per step: adaptive (under --tpot-target) or fixed",
+              {{"adaptive", ChunkSchedulerOptions::Mode::kAdaptive},
+               {"fixed", ChunkSchedulerOptions::Mode::kFixed}},
+              [](auto* o) { return &o->engine.chunking.mode; }),
           Table::Integer<int64_t>("fixed-budget-tokens",
                                   "fixed chunking: prefill tokens per step (multiple of 16)",
                                   [](auto* o) { return &o->engine.chunking.fixed_budget_tokens; }),
@@ -149,16 +110,9 @@ const Table& Settings() {
           Table::Duration("admission-timeout",
                           "a request not admitted this long after arriving (pool full) fails",
                           kDurationExamples, [](auto* o) { return &o->engine.admission_timeout; }),
-          {"coordinators", "coordinator addresses, comma-separated (empty = standalone)",
-           [](absl::string_view v, WorkerOptions* o) {
-             o->coordinators.clear();
-             if (v.empty()) return absl::OkStatus();
-             for (absl::string_view part : absl::StrSplit(v, ',')) {
-               o->coordinators.emplace_back(absl::StripAsciiWhitespace(part));
-             }
-             return absl::OkStatus();
-           },
-           [](const WorkerOptions& o) { return absl::StrJoin(o.coordinators, ","); }},
+          Table::CommaList("coordinators",
+                           "coordinator addresses, comma-separated (empty = standalone)",
+                           [](auto* o) { return &o->coordinators; }),
           Table::String("member-id", "member id for the coordinators (empty = HOST:PORT)",
                         [](auto* o) { return &o->member_id; }),
           Table::String("advertise-address",
@@ -172,20 +126,8 @@ const Table& Settings() {
           Table::Duration("coordinator-retry-max",
                           "longest retry backoff for an unreachable coordinator",
                           kDurationExamples, [](auto* o) { return &o->coordinator_retry_max; }),
-          {"max-message-bytes", "largest gRPC message accepted and sent",
-           [](absl::string_view v, WorkerOptions* o) {
-             absl::StatusOr<int64_t> bytes = ParseByteSize(v);
-             if (!bytes.ok() || *bytes > std::numeric_limits<int>::max()) {
-               return SettingValueError("max-message-bytes", v, "a size below 2 GiB");
-             }
-             o->max_message_bytes = static_cast<int>(*bytes);
-             return absl::OkStatus();
-           },
-           [](const WorkerOptions& o) {
-             return o.max_message_bytes % (1 << 20) == 0
-                        ? absl::StrCat(o.max_message_bytes >> 20, "MiB")
-                        : absl::StrCat(o.max_message_bytes);
-           }},
+          Table::IntByteSize("max-message-bytes", "largest gRPC message accepted and sent",
+                             [](auto* o) { return &o->max_message_bytes; }),
           Table::Duration("shutdown-grace",
                           "SIGTERM: time in-flight Generate streams get before being cancelled",
                           kDurationExamples, [](auto* o) { return &o->shutdown_grace; }),
@@ -199,11 +141,7 @@ const Table& Settings() {
 }  // namespace
 
 const std::vector<WorkerSettingInfo>& WorkerSettings() {
-  static const auto* infos = [] {
-    auto* out = new std::vector<WorkerSettingInfo>();
-    for (const Table::Setting& s : Settings().settings()) out->push_back({s.name, s.help});
-    return out;
-  }();
+  static const auto* infos = new std::vector<WorkerSettingInfo>(Settings().Infos());
   return *infos;
 }
 

@@ -23,15 +23,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "services/common/command_line.h"
+#include "services/common/settings_table.h"
 #include "services/worker/worker_options.h"
 
 namespace asymcache::worker {
 
 // One setting: its name (flag and YAML key) and a one-line description.
-struct WorkerSettingInfo {
-  std::string name;
-  std::string help;
-};
+using WorkerSettingInfo = SettingInfo;
 
 // Every setting, in --help order.
 const std::vector<WorkerSettingInfo>& WorkerSettings();

@@ -237,6 +237,7 @@ grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerCont
   response->set_step_seconds(s.step_seconds);
   response->set_plan_rpc_seconds(s.rpc_seconds);
   response->set_forward_seconds(s.forward_seconds);
+  response->set_async_rpc_seconds(s.async_rpc_seconds);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -298,6 +298,26 @@ TEST(EngineTest, ARequestThePoolCannotAdmitInTimeEndsWithResourceExhausted) {
   EXPECT_EQ(again->tokens().size(), 2u);
 }
 
+TEST(EngineTest, AGenerationThatOutgrowsThePoolEndsWithResourceExhausted) {
+  const model::WeightSource weights = TinyWeights(12);
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(8), weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  GenerationRequest request;
+  request.prompt = ::asymcache::testing::Tokens(100, 3);
+  request.max_new_tokens = 200;  // 300 tokens would need 19 blocks; the pool has 8
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
+  ASSERT_TRUE(sink->Wait());
+  EXPECT_EQ(sink->status().code(), absl::StatusCode::kResourceExhausted) << sink->status();
+  EXPECT_THAT(std::string(sink->status().message()), ::testing::HasSubstr("whole pool"));
+  // Positions up to the pool's 128 tokens were computed; the token sampled
+  // from the last of them (position 128) could not be fed.
+  EXPECT_EQ(sink->tokens().size(), 128u + 1u - 100u);
+  const DaemonStats stats = stack->Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+}
+
 TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
   const model::WeightSource weights = TinyWeights(2);
   absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(16), weights, {});
@@ -329,7 +349,7 @@ TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
   r.max_new_tokens = 1 << 30;
   EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("context limit"));
   r = ok;
-  r.max_new_tokens = 16 * 16;  // 259 tokens = 17 blocks > the 16-block pool
+  r.prompt.assign(16 * 16, 7);  // 256 tokens + the first generated = 17 blocks > 16
   const absl::Status too_big = refused(r);
   EXPECT_EQ(too_big.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(too_big.message()), ::testing::HasSubstr("whole pool has 16"));
