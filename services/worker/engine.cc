@@ -366,7 +366,7 @@ void Engine::Import(Sequence& seq) {
   seq.stats.import_seconds = SecondsSince(start);
   {
     absl::MutexLock lock(&mu_);
-    stats_.rpc_seconds += seq.stats.import_seconds;
+    stats_.import_seconds += seq.stats.import_seconds;  // the importer thread's, not a step's
   }
   // A failed import is not an error of the request: what did not arrive is
   // rebuilt (the plan shows it as holes/tail).

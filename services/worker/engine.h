@@ -123,6 +123,7 @@ struct EngineStats {
   double step_seconds = 0;
   double rpc_seconds = 0;        // daemon RPCs on the step thread (plans, renewals)
   double async_rpc_seconds = 0;  // daemon RPCs off it (commits, releases; sinks' OnFinish)
+  double import_seconds = 0;     // block imports from prefill daemons (importer thread)
   double forward_seconds = 0;
 };
 

@@ -238,6 +238,7 @@ grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerCont
   response->set_plan_rpc_seconds(s.rpc_seconds);
   response->set_forward_seconds(s.forward_seconds);
   response->set_async_rpc_seconds(s.async_rpc_seconds);
+  response->set_import_seconds(s.import_seconds);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
