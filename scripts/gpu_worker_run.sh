@@ -41,12 +41,14 @@ CPU=0
 SKIP_EXACT=0
 SKIP_DISAGG=0
 SKIP_LOAD=0
+SKIP_DISAGG_LOAD=0
 for arg in "$@"; do
   case "$arg" in
     --cpu) CPU=1 ;;
     --skip-exactness) SKIP_EXACT=1 ;;
     --skip-disagg) SKIP_DISAGG=1 ;;
     --skip-load) SKIP_LOAD=1 ;;
+    --skip-disagg-load) SKIP_DISAGG_LOAD=1 ;;
     *) echo "gpu_worker_run.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +86,10 @@ else
   LOAD_POOL="${LOAD_POOL:-20GiB}"
   START_LIMIT=180
 fi
+DISAGG_POOL="${DISAGG_POOL:-10GiB}"         # each of the two llama-3-8b daemons
+DISAGG_CONCURRENCY="${DISAGG_CONCURRENCY:-1,8}"
+DISAGG_REQUESTS="${DISAGG_REQUESTS:-8,32}"
+DISAGG_NEW="${DISAGG_NEW:-32}"
 EXACT_LIMIT=120
 LOAD_LIMIT=300
 # The device tool stops a command at 600 s: a phase that might not finish
@@ -294,7 +300,53 @@ if ((!SKIP_LOAD)) && have_time load $((CPU ? 20 : 150)); then
   fi
 fi
 
+# 5. Disaggregated load (GPU only): llama-3-8b prefill daemon + worker on
+#    PREFILL_GPU, decode daemon + worker on DECODE_GPU (GPUs 0 and 1 when the
+#    machine has two, else both on 0); each request's first token from the
+#    prefill worker, the rest from the decode worker after it imported the
+#    prompt's blocks over UCX: the KV transfer time per request is reported.
+if ((!CPU && !SKIP_DISAGG_LOAD)) && have_time disagg_load 150; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  PREFILL_GPU="${PREFILL_GPU:-0}"
+  DECODE_GPU="${DECODE_GPU:-$(( gpus >= 2 ? 1 : 0 ))}"
+  log "disaggregated load: prefill on GPU $PREFILL_GPU, decode on GPU $DECODE_GPU ($gpus GPUs)"
+  daemon_flags "$DISAGG_POOL"
+  model8b=(--model=llama-3-8b --calibration="$ROOT/calibration/h100-llama-3-8b.json")
+  if start daemon_p8 asymcache-daemon "${DAEMON_FLAGS[@]}" "${model8b[@]}" --role=prefill \
+        --cuda-device="$PREFILL_GPU"; then
+    if start daemon_d8 asymcache-daemon "${DAEMON_FLAGS[@]}" "${model8b[@]}" --role=decode \
+          --cuda-device="$DECODE_GPU"; then
+      if start worker_p8 asymcache-worker "${WORKER_FLAGS[@]}" --model=llama-3-8b \
+            --seed="$SEED" --gpu="$PREFILL_GPU" --role=prefill \
+            --daemon="127.0.0.1:$PORT_daemon_p8" &&
+         start worker_d8 asymcache-worker "${WORKER_FLAGS[@]}" --model=llama-3-8b \
+            --seed="$SEED" --gpu="$DECODE_GPU" --role=decode \
+            --daemon="127.0.0.1:$PORT_daemon_d8"; then
+        limit=$(( BUDGET_S - ($(date +%s) - BEGIN_S) - 30 ))
+        (( limit > LOAD_LIMIT )) && limit=$LOAD_LIMIT
+        (( limit < 30 )) && limit=30
+        step disagg_load "$limit" worker_gpu_bench --load --worker="127.0.0.1:$PORT_worker_d8" \
+          --prefill-worker="127.0.0.1:$PORT_worker_p8" --kv-source="127.0.0.1:$PORT_daemon_p8" \
+          --concurrency="$DISAGG_CONCURRENCY" --requests="$DISAGG_REQUESTS" \
+          --prompt-tokens="$LOAD_PROMPT" --max-new-tokens="$DISAGG_NEW" --seed="$SEED" \
+          --label="llama-3-8b split GPU$PREFILL_GPU->GPU$DECODE_GPU" \
+          --out-md="$OUT/load.md" --out-json="$OUT/disagg_load.json"
+        grep -E 'KV transfer' "$OUT/disagg_load.log" | tee -a "$LOG" >&2
+      fi
+      stop worker_p8 worker_d8 daemon_d8
+    fi
+    stop daemon_p8
+  fi
+fi
+
 { echo; echo "## exactness"; cat "$OUT/exactness.md"; echo; echo "## load"; cat "$OUT/load.md"; } \
   >>"$LOG"
 log "done: $([[ $failed == 0 ]] && echo 'every step passed' || echo 'FAILED')"
+# The device tool returns only a few files: keep the tables and the JSON at
+# the top of $OUT and pack every process log into one archive.
+(cd "$OUT" && find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.out' \) ! -name run.log \
+    -printf '%f\n' | tar czf logs.tgz --remove-files -T - 2>/dev/null
+  find . -maxdepth 1 -type f -name 'exactness_*.json' -printf '%f\n' |
+    tar czf json.tgz --remove-files -T - 2>/dev/null; true)
+log "results in $OUT: exactness.md load.md load.json json.tgz logs.tgz"
 exit $failed

@@ -225,6 +225,9 @@ struct ToolOptions {
         if (prompt_tokens < 1) return bad("--prompt-tokens must be >= 1");
         if (load_new_tokens < 2) return bad("--max-new-tokens must be >= 2 (TPOT needs two)");
         if (warmup_requests < 0) return bad("--warmup-requests must be >= 0");
+        if (prefill_worker.empty() != kv_source.empty()) {
+          return bad("--prefill-worker and --kv-source go together");
+        }
         break;
     }
     if (!(request_timeout_s > 0)) return bad("--request-timeout must be > 0 seconds");
@@ -888,6 +891,7 @@ absl::StatusOr<Generated> RunRequest(const ToolOptions& o, v1::Worker::Stub& wor
   if (prefill == nullptr) return Generate(worker, request, o.request_timeout_s, vocab);
   v1::GenerateRequest first = request;
   first.set_max_new_tokens(1);
+  const absl::Time sent = absl::Now();
   absl::StatusOr<Generated> head = Generate(*prefill, first, o.request_timeout_s, vocab);
   if (!head.ok()) {
     return absl::Status(head.status().code(), absl::StrCat("prefill: ", head.status().message()));
@@ -898,13 +902,16 @@ absl::StatusOr<Generated> RunRequest(const ToolOptions& o, v1::Worker::Stub& wor
   rest.set_max_new_tokens(request.max_new_tokens() - 1);
   rest.set_kv_source(o.kv_source);
   rest.set_kv_source_tokens(request.prompt_tokens_size());
+  // The decode worker's token times count from its own arrival: shift them to
+  // this request's start so that TPOT across the hand-over is real.
+  const int64_t handover_us = absl::ToInt64Microseconds(absl::Now() - sent);
   absl::StatusOr<Generated> tail = Generate(worker, rest, o.request_timeout_s, vocab);
   if (!tail.ok()) {
     return absl::Status(tail.status().code(), absl::StrCat("decode: ", tail.status().message()));
   }
   Generated out = *std::move(head);
   out.tokens.insert(out.tokens.end(), tail->tokens.begin(), tail->tokens.end());
-  out.times_us.insert(out.times_us.end(), tail->times_us.begin(), tail->times_us.end());
+  for (int64_t t : tail->times_us) out.times_us.push_back(t + handover_us);
   out.logits.insert(out.logits.end(), tail->logits.begin(), tail->logits.end());
   out.finish_reason = tail->finish_reason;
   // Decode-side stats, with the prefill's computed prompt tokens kept.
@@ -1118,6 +1125,8 @@ struct LevelResult {
   Percentiles ttft_ms;
   Percentiles tpot_ms;
   Percentiles e2e_ms;
+  Percentiles transfer_ms;  // disaggregated: the decode side's import of the prompt's blocks
+  int64_t imported_blocks = 0;
   int64_t output_tokens = 0;
   v1::GetWorkerStatsResponse delta;
 };
@@ -1156,7 +1165,7 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
   level.concurrency = concurrency;
   level.requests = requests;
   absl::Mutex mu;
-  std::vector<double> ttft, tpot, e2e;
+  std::vector<double> ttft, tpot, e2e, transfer;
   std::atomic<int32_t> issued{0};
   const uint64_t base = *next_index;
   const absl::Time start = absl::Now();
@@ -1164,10 +1173,13 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
   for (int32_t c = 0; c < concurrency; ++c) {
     streams.emplace_back([&, c] {
       std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(o.worker, c + 1);
+      std::unique_ptr<v1::Worker::Stub> prefill_stub =
+          o.prefill_worker.empty() ? nullptr : WorkerStub(o.prefill_worker, c + 1);
       for (int32_t k = issued++; k < requests; k = issued++) {
         const v1::GenerateRequest request = LoadRequest(o, vocab, base + k);
         const absl::Time sent = absl::Now();
-        absl::StatusOr<Generated> got = Generate(*stub, request, o.request_timeout_s, vocab);
+        absl::StatusOr<Generated> got =
+            RunRequest(o, *stub, prefill_stub.get(), request, vocab);
         const double e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
         absl::MutexLock lock(&mu);
         if (!got.ok() || got->tokens.size() != static_cast<size_t>(o.load_new_tokens)) {
@@ -1179,6 +1191,10 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
           continue;
         }
         e2e.push_back(e2e_ms);
+        if (prefill_stub != nullptr) {
+          transfer.push_back(got->stats.import_seconds() * 1000.0);
+          level.imported_blocks += got->stats.imported_blocks();
+        }
         ttft.push_back(got->times_us[0] / 1000.0);
         for (size_t i = 1; i < got->times_us.size(); ++i) {
           tpot.push_back((got->times_us[i] - got->times_us[i - 1]) / 1000.0);
@@ -1196,6 +1212,7 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
   level.ttft_ms = Summarize(std::move(ttft));
   level.tpot_ms = Summarize(std::move(tpot));
   level.e2e_ms = Summarize(std::move(e2e));
+  level.transfer_ms = Summarize(std::move(transfer));
   return level;
 }
 
@@ -1255,6 +1272,13 @@ int RunLoad(const ToolOptions& o) {
     const double prompt_tps =
         level->wall_s > 0 ? static_cast<double>(r - level->errors) * o.prompt_tokens / level->wall_s
                           : 0;
+    if (!o.prefill_worker.empty()) {
+      std::fprintf(stderr,
+                   "[worker_gpu_bench] disaggregated: KV transfer per request mean %.2f / p50 "
+                   "%.2f / p99 %.2f ms, %lld blocks imported\n",
+                   level->transfer_ms.mean, level->transfer_ms.p50, level->transfer_ms.p99,
+                   static_cast<long long>(level->imported_blocks));
+    }
     const std::string row = absl::StrFormat(
         "| %s | %d | %d | %d | %d | %d | %.1f / %.1f / %.1f | %.2f / %.2f / %.2f | %.0f | %.2f | "
         "%.2f%% | %.3f | %.1f%% | %d |\n",
@@ -1271,6 +1295,9 @@ int RunLoad(const ToolOptions& o) {
         {"ttft_ms", ToJson(level->ttft_ms)},
         {"tpot_ms", ToJson(level->tpot_ms)},
         {"e2e_ms", ToJson(level->e2e_ms)},
+        {"disaggregated", !o.prefill_worker.empty()},
+        {"kv_transfer_ms", ToJson(level->transfer_ms)},
+        {"imported_blocks", level->imported_blocks},
         {"output_tokens_per_s", out_tps},
         {"prompt_tokens_per_s", prompt_tps},
         {"worker",
