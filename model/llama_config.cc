@@ -399,16 +399,28 @@ int64_t LlamaConfig::ParameterCount() const {
 absl::Status LlamaConfig::Validate() const { return ValidateWithNames(*this, kStructNames); }
 
 absl::StatusOr<LlamaConfig> LlamaConfig::Named(absl::string_view name) {
+  // The shape (layers, heads, widths, vocabulary, KV dtype, block) is
+  // cachecore's shape of the same name: a worker's model and the cache's
+  // model agree by construction.
+  absl::StatusOr<ModelConfig> shape = ModelConfig::Named(name);
+  if (!shape.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("unknown model shape '", name, "'; known: tiny, llama-3-8b, llama-3-70b-tp"));
+  }
   LlamaConfig c;
-  // Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json), bf16.
-  c.name = "llama-3-8b";
-  c.vocab_size = 128256;
-  c.hidden_size = 4096;
-  c.intermediate_size = 14336;
-  c.num_layers = 32;
-  c.num_q_heads = 32;
-  c.num_kv_heads = 8;
-  c.head_dim = 128;
+  c.name = shape->name;
+  c.vocab_size = shape->vocab_size;
+  c.hidden_size = shape->hidden_size;
+  c.intermediate_size = shape->intermediate_size;
+  c.num_layers = shape->num_layers;
+  c.num_q_heads = shape->num_q_heads;
+  c.num_kv_heads = shape->num_kv_heads;
+  c.head_dim = shape->head_dim;
+  c.block_tokens = shape->block_tokens;
+  // 16-bit shapes run bf16; the 4-byte "tiny" is the CPU test/demo shape (fp32).
+  c.dtype = shape->dtype_bytes == 4 ? msa::DType::kFloat32 : msa::DType::kBFloat16;
+  // The rest is Llama-3.1's (meta-llama/Llama-3.1-8B config.json; the 70B
+  // shares its rope and norms); "tiny" has plain rope.
   c.rms_norm_eps = 1e-5;
   c.rope_theta = 500000.0;
   c.rope_scaling = RopeScaling{/*enabled=*/true, /*factor=*/8.0, /*low_freq_factor=*/1.0,
@@ -416,41 +428,11 @@ absl::StatusOr<LlamaConfig> LlamaConfig::Named(absl::string_view name) {
                                /*original_max_position_embeddings=*/8192};
   c.tie_word_embeddings = false;
   c.max_position_embeddings = 131072;
-  c.dtype = msa::DType::kBFloat16;
-  c.block_tokens = 16;
-  if (name == "llama-3-8b") return c;
-  if (name == "llama-3-70b-tp") {
-    // One GPU's slice of Llama-3.1-70B at tensor parallel 8: heads, MLP width
-    // and the (vocab-parallel) embedding / LM head split by 8, model width
-    // kept; the same rope and norms as the 8B. Equal to cachecore's
-    // "llama-3-70b-tp" (vocab 128256 / 8 = 16032).
-    c.name = "llama-3-70b-tp";
-    c.num_layers = 80;
-    c.hidden_size = 8192;
-    c.num_q_heads = 64 / 8;
-    c.num_kv_heads = 8 / 8;
-    c.head_dim = 128;
-    c.intermediate_size = 28672 / 8;
-    c.vocab_size = 128256 / 8;
-    return c;
-  }
-  if (name == "tiny") {
-    // The CPU test/demo shape: cachecore's "tiny" attention shape in fp32.
-    c.name = "tiny";
-    c.vocab_size = 1024;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_layers = 2;
-    c.num_q_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 64;
+  if (c.name == "tiny") {
     c.rope_theta = 10000.0;
     c.rope_scaling = RopeScaling{};  // off
-    c.dtype = msa::DType::kFloat32;
-    return c;
   }
-  return absl::NotFoundError(
-      absl::StrCat("unknown model shape '", name, "'; known: tiny, llama-3-8b, llama-3-70b-tp"));
+  return c;
 }
 
 absl::StatusOr<LlamaConfig> LlamaConfig::FromHfConfigJson(absl::string_view json_text,

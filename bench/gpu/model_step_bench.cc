@@ -56,6 +56,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/types/span.h"
 #include "bench/gpu/bench_device.h"
 #include "kernels/msa.h"
 #include "kernels/msa_cuda.h"
@@ -63,23 +64,12 @@
 #include "model/model_backend.h"
 #include "model/weight_source.h"
 #include "nlohmann/json.hpp"
+#include "tests/model/step_arrays.h"
 
 namespace asymcache::model::bench {
 namespace {
 
-#define STEP_CUDA_OK(expr)                                                                  \
-  do {                                                                                      \
-    const cudaError_t step_err_ = (expr);                                                   \
-    if (step_err_ != cudaSuccess) {                                                         \
-      return absl::InternalError(absl::StrCat(#expr, ": ", cudaGetErrorString(step_err_))); \
-    }                                                                                       \
-  } while (0)
-
-#define STEP_RETURN_IF_ERROR(expr)        \
-  do {                                    \
-    const absl::Status step_st_ = (expr); \
-    if (!step_st_.ok()) return step_st_;  \
-  } while (0)
+using msa::bench::FlagValue;
 
 constexpr double kGoalFraction = 0.6;
 
@@ -118,41 +108,37 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    auto value = [&](const std::string& name) -> const char* {
-      const std::string prefix = "--" + name + "=";
-      return arg.rfind(prefix, 0) == 0 ? arg.c_str() + prefix.size() : nullptr;
-    };
     auto parse_int = [&](const char* text, int32_t* out) -> absl::Status {
       if (!absl::SimpleAtoi(text, out)) {
         return absl::InvalidArgumentError(absl::StrCat("bad integer in ", arg));
       }
       return absl::OkStatus();
     };
-    if (const char* v = value("shape")) {
+    if (const char* v = FlagValue(arg, "shape")) {
       o.shape = v;
-    } else if (const char* v = value("out")) {
+    } else if (const char* v = FlagValue(arg, "out")) {
       o.out_path = v;
-    } else if (const char* v = value("context")) {
-      STEP_RETURN_IF_ERROR(parse_int(v, &o.context));
-    } else if (const char* v = value("prefill_tokens")) {
-      STEP_RETURN_IF_ERROR(parse_int(v, &o.prefill_tokens));
-    } else if (const char* v = value("warmup")) {
-      STEP_RETURN_IF_ERROR(parse_int(v, &o.warmup));
-    } else if (const char* v = value("iters")) {
-      STEP_RETURN_IF_ERROR(parse_int(v, &o.iters));
-    } else if (const char* v = value("prefill_iters")) {
-      STEP_RETURN_IF_ERROR(parse_int(v, &o.prefill_iters));
-    } else if (const char* v = value("gemm_tflops")) {
+    } else if (const char* v = FlagValue(arg, "context")) {
+      BENCH_RETURN_IF_ERROR(parse_int(v, &o.context));
+    } else if (const char* v = FlagValue(arg, "prefill_tokens")) {
+      BENCH_RETURN_IF_ERROR(parse_int(v, &o.prefill_tokens));
+    } else if (const char* v = FlagValue(arg, "warmup")) {
+      BENCH_RETURN_IF_ERROR(parse_int(v, &o.warmup));
+    } else if (const char* v = FlagValue(arg, "iters")) {
+      BENCH_RETURN_IF_ERROR(parse_int(v, &o.iters));
+    } else if (const char* v = FlagValue(arg, "prefill_iters")) {
+      BENCH_RETURN_IF_ERROR(parse_int(v, &o.prefill_iters));
+    } else if (const char* v = FlagValue(arg, "gemm_tflops")) {
       if (!absl::SimpleAtod(v, &o.gemm_tflops)) {
         return absl::InvalidArgumentError("bad --gemm_tflops");
       }
-    } else if (const char* v = value("copy_gb_per_s")) {
+    } else if (const char* v = FlagValue(arg, "copy_gb_per_s")) {
       if (!absl::SimpleAtod(v, &o.copy_gb_per_s)) {
         return absl::InvalidArgumentError("bad --copy_gb_per_s");
       }
-    } else if (const char* v = value("seed")) {
+    } else if (const char* v = FlagValue(arg, "seed")) {
       if (!absl::SimpleAtoi(v, &o.seed)) return absl::InvalidArgumentError("bad --seed");
-    } else if (const char* v = value("batches")) {
+    } else if (const char* v = FlagValue(arg, "batches")) {
       o.batches.clear();
       for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipEmpty())) {
         int32_t b = 0;
@@ -165,7 +151,7 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
   }
-  STEP_RETURN_IF_ERROR(o.Validate());
+  BENCH_RETURN_IF_ERROR(o.Validate());
   return o;
 }
 
@@ -178,20 +164,18 @@ struct Timing {
 
 Timing Summarize(std::vector<double> ms) {
   std::sort(ms.begin(), ms.end());
-  auto at = [&](double q) {
-    return ms[std::min(ms.size() - 1, static_cast<size_t>(std::lround(q * (ms.size() - 1))))];
-  };
-  return Timing{at(0.5), at(0.1), at(0.9), static_cast<int>(ms.size())};
+  return Timing{msa::bench::Percentile(ms, 0.5), msa::bench::Percentile(ms, 0.1),
+                msa::bench::Percentile(ms, 0.9), static_cast<int>(ms.size())};
 }
 
 // Median of `iters` timings of body(stream) with CUDA events, after `warmup`.
 absl::StatusOr<double> MedianEventMs(const std::function<absl::Status(cudaStream_t)>& body,
                                      cudaStream_t stream, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) STEP_RETURN_IF_ERROR(body(stream));
+  for (int i = 0; i < warmup; ++i) BENCH_RETURN_IF_ERROR(body(stream));
   cudaEvent_t start = nullptr;
   cudaEvent_t stop = nullptr;
-  STEP_CUDA_OK(cudaEventCreate(&start));
-  STEP_CUDA_OK(cudaEventCreate(&stop));
+  BENCH_CUDA_OK(cudaEventCreate(&start));
+  BENCH_CUDA_OK(cudaEventCreate(&stop));
   std::vector<double> ms;
   absl::Status status;
   for (int i = 0; i < iters && status.ok(); ++i) {
@@ -211,7 +195,7 @@ absl::StatusOr<double> MedianEventMs(const std::function<absl::Status(cudaStream
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  STEP_RETURN_IF_ERROR(status);
+  BENCH_RETURN_IF_ERROR(status);
   return Summarize(ms).median_ms;
 }
 
@@ -226,8 +210,8 @@ absl::StatusOr<double> MeasureGemmTflops(cudaStream_t stream) {
   if (!a.ok()) return a.status();
   if (!b.ok()) return b.status();
   if (!c.ok()) return c.status();
-  STEP_CUDA_OK(msa::bench::FillRandomBf16(a->data(), elems, 11, 1.0f, stream));
-  STEP_CUDA_OK(msa::bench::FillRandomBf16(b->data(), elems, 12, 1.0f, stream));
+  BENCH_CUDA_OK(msa::bench::FillRandomBf16(a->data(), elems, 11, 1.0f, stream));
+  BENCH_CUDA_OK(msa::bench::FillRandomBf16(b->data(), elems, 12, 1.0f, stream));
   cublasHandle_t handle = nullptr;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError("cublasCreate failed");
@@ -258,10 +242,11 @@ absl::StatusOr<double> MeasureCopyGbps(cudaStream_t stream) {
   absl::StatusOr<msa::DeviceBuffer> dst = msa::DeviceBuffer::Allocate(bytes);
   if (!src.ok()) return src.status();
   if (!dst.ok()) return dst.status();
-  STEP_CUDA_OK(msa::bench::FillRandomBf16(src->data(), bytes / 2, 13, 1.0f, stream));
+  BENCH_CUDA_OK(msa::bench::FillRandomBf16(src->data(), bytes / 2, 13, 1.0f, stream));
   absl::StatusOr<double> ms = MedianEventMs(
       [&](cudaStream_t s) -> absl::Status {
-        STEP_CUDA_OK(cudaMemcpyAsync(dst->data(), src->data(), bytes, cudaMemcpyDeviceToDevice, s));
+        BENCH_CUDA_OK(
+            cudaMemcpyAsync(dst->data(), src->data(), bytes, cudaMemcpyDeviceToDevice, s));
         return absl::OkStatus();
       },
       stream, 3, 20);
@@ -271,64 +256,34 @@ absl::StatusOr<double> MeasureCopyGbps(cudaStream_t stream) {
 
 // ---- model steps -----------------------------------------------------------------------
 
-struct Step {
-  msa::BatchTablesStorage tables;
-  std::vector<int32_t> token_ids;
-  std::vector<int32_t> slot_page_ids;
-  std::vector<int32_t> slot_offsets;
-  std::vector<int32_t> sample_rows;
-  std::vector<SamplingParams> sampling;
-
-  ForwardBatch batch() const {
-    ForwardBatch b;
-    b.token_ids = token_ids;
-    b.tables = tables.view();
-    b.slot_page_ids = slot_page_ids;
-    b.slot_offsets = slot_offsets;
-    b.sample_rows = sample_rows;
-    b.sampling = sampling;
-    return b;
-  }
-};
-
 // Sequence s holds positions [0, cached + queries) on pages taken in order
-// from `pages`; its queries are the last `queries` positions.
-Step BuildStep(int32_t sequences, int32_t cached, int32_t queries, int32_t block_tokens,
-               const std::vector<int32_t>& pages, std::mt19937_64& rng, int64_t vocab) {
-  Step step;
+// from `pages`; its queries are the last `queries` positions (random
+// tokens), the last one sampled.
+StepArrays BuildStep(int32_t sequences, int32_t cached, int32_t queries, int32_t block_tokens,
+                     const std::vector<int32_t>& pages, std::mt19937_64& rng, int64_t vocab) {
+  StepArrays step;
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab) - 1);
-  size_t next_page = 0;
   const int32_t total = cached + queries;
+  const size_t pages_per_sequence = static_cast<size_t>((total + block_tokens - 1) / block_tokens);
+  std::vector<int32_t> tokens(total);  // only the query positions are read
   for (int32_t s = 0; s < sequences; ++s) {
-    std::vector<int32_t> own;
-    for (int32_t start = 0; start < total; start += block_tokens) {
-      own.push_back(pages[next_page++]);
-      step.tables.kv_page_ids.push_back(own.back());
-      step.tables.kv_page_pos.push_back(start);
-      step.tables.kv_page_len.push_back(std::min(block_tokens, total - start));
-    }
-    step.tables.kv_indptr.push_back(static_cast<int32_t>(step.tables.kv_page_ids.size()));
-    for (int32_t p = cached; p < total; ++p) {
-      step.tables.q_pos.push_back(p);
-      step.token_ids.push_back(token(rng));
-      step.slot_page_ids.push_back(own[p / block_tokens]);
-      step.slot_offsets.push_back(p % block_tokens);
-    }
-    step.tables.q_indptr.push_back(static_cast<int32_t>(step.tables.q_pos.size()));
-    step.sample_rows.push_back(static_cast<int32_t>(step.tables.q_pos.size()) - 1);
-    step.sampling.push_back(SamplingParams{});
+    for (int32_t p = cached; p < total; ++p) tokens[p] = token(rng);
+    step.Append(tokens,
+                absl::MakeConstSpan(pages).subspan(s * pages_per_sequence, pages_per_sequence),
+                Range(cached, total), block_tokens);
   }
   return step;
 }
 
-absl::StatusOr<Timing> TimeSteps(ModelBackend& backend, const Step& step, int warmup, int iters) {
-  const ForwardBatch batch = step.batch();
+absl::StatusOr<Timing> TimeSteps(ModelBackend& backend, const StepArrays& step, int warmup,
+                                 int iters) {
+  const ForwardBatch batch = step.batch(/*want_logits=*/false);
   ForwardResult result;
-  for (int i = 0; i < warmup; ++i) STEP_RETURN_IF_ERROR(backend.Forward(batch, &result));
+  for (int i = 0; i < warmup; ++i) BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
   std::vector<double> ms;
   for (int i = 0; i < iters; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    STEP_RETURN_IF_ERROR(backend.Forward(batch, &result));
+    BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                      .count());
   }
@@ -469,7 +424,7 @@ int Main(int argc, char** argv) {
               "p90_ms", "roof_ms", "bound", "fraction");
   out["decode"] = nlohmann::json::array();
   for (int32_t b : options->batches) {
-    const Step step = BuildStep(b, options->context, 1, bt, pages, rng, config->vocab_size);
+    const StepArrays step = BuildStep(b, options->context, 1, bt, pages, rng, config->vocab_size);
     absl::StatusOr<Timing> t = TimeSteps(**backend, step, options->warmup, options->iters);
     if (!t.ok()) {
       fail(absl::StrCat("decode batch ", b), t.status());
@@ -508,7 +463,7 @@ int Main(int argc, char** argv) {
 
   if (options->prefill_tokens > 0) {
     const int32_t tokens = options->prefill_tokens;
-    const Step step = BuildStep(1, 0, tokens, bt, pages, rng, config->vocab_size);
+    const StepArrays step = BuildStep(1, 0, tokens, bt, pages, rng, config->vocab_size);
     absl::StatusOr<Timing> t = TimeSteps(**backend, step, 1, options->prefill_iters);
     if (!t.ok()) {
       fail("prefill", t.status());

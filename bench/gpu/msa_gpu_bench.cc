@@ -61,20 +61,6 @@
 namespace asymcache::msa::bench {
 namespace {
 
-#define BENCH_CUDA_OK(expr)                                                              \
-  do {                                                                                   \
-    const cudaError_t bench_err_ = (expr);                                               \
-    if (bench_err_ != cudaSuccess) {                                                     \
-      return absl::InternalError(absl::StrCat(#expr, ": ", cudaGetErrorString(bench_err_))); \
-    }                                                                                    \
-  } while (0)
-
-#define BENCH_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    const absl::Status bench_st_ = (expr);     \
-    if (!bench_st_.ok()) return bench_st_;     \
-  } while (0)
-
 constexpr int kPage = 16;
 constexpr int64_t kMaxDecodeTokens = 2 * 1024 * 1024;  // B * context cap (8 GiB of K+V per layer)
 constexpr int64_t kPoolPages = 2 * 1024 * 1024 / kPage + 128 * 256 + 1024;
@@ -104,23 +90,19 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
   BenchOptions o;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    auto value = [&](const std::string& name) -> const char* {
-      const std::string prefix = "--" + name + "=";
-      return arg.rfind(prefix, 0) == 0 ? arg.c_str() + prefix.size() : nullptr;
-    };
     if (arg == "--quick") {
       o.quick = true;
     } else if (arg == "--plan_only") {
       o.plan_only = true;
-    } else if (const char* v = value("out")) {
+    } else if (const char* v = FlagValue(arg, "out")) {
       o.out_path = v;
-    } else if (const char* v = value("warmup")) {
+    } else if (const char* v = FlagValue(arg, "warmup")) {
       o.warmup = std::atoi(v);
-    } else if (const char* v = value("iters")) {
+    } else if (const char* v = FlagValue(arg, "iters")) {
       o.iters = std::atoi(v);
-    } else if (const char* v = value("budget_s")) {
+    } else if (const char* v = FlagValue(arg, "budget_s")) {
       o.budget_s = std::atof(v);
-    } else if (const char* v = value("seed")) {
+    } else if (const char* v = FlagValue(arg, "seed")) {
       o.seed = std::strtoull(v, nullptr, 10);
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
@@ -139,12 +121,6 @@ struct Timing {
   bool graph = false;
   bool cold_l2 = false;
 };
-
-double Percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return NAN;
-  const auto idx = static_cast<size_t>(std::lround(q * static_cast<double>(sorted.size() - 1)));
-  return sorted[std::min(idx, sorted.size() - 1)];
-}
 
 // Times a body that enqueues work on a stream: CUDA graph of K calls (falls back
 // to direct launches if capture fails), events around each replay.

@@ -46,6 +46,9 @@ if ! OUT="$TMP/out" ASYMCACHE_BIN_DIR="$TMP/bin" POLICIES="asym lru" POOL_BLOCKS
   fail "gpu_worker_run.sh --cpu failed"
 fi
 cat "$TMP/out/exactness.md" "$TMP/out/load.md"
+# The run packs the per-run JSON and the process logs into archives.
+tar xzf "$TMP/out/json.tgz" -C "$TMP/out" || fail "json.tgz missing or unreadable"
+[[ -s "$TMP/out/logs.tgz" ]] || fail "logs.tgz missing"
 /usr/bin/python3 - "$TMP/out" <<'PY'
 import json, sys, os
 out = sys.argv[1]

@@ -14,6 +14,11 @@ absl::Status SettingValueError(absl::string_view name, absl::string_view value,
   return absl::InvalidArgumentError(absl::StrCat(name, ": '", value, "' is not ", want));
 }
 
+std::string ChoiceList(const std::vector<std::string>& names) {
+  if (names.size() <= 1) return absl::StrJoin(names, "");
+  return absl::StrCat(absl::StrJoin(names.begin(), names.end() - 1, ", "), " or ", names.back());
+}
+
 absl::StatusOr<int64_t> ParseIntSetting(absl::string_view name, absl::string_view value,
                                         int64_t min, int64_t max) {
   int64_t parsed = 0;

@@ -3,8 +3,9 @@
 // the YAML key NAME: VALUE), an optional one-line help, its parser from text
 // and an optional printer back to text. Beside it: the YAML config-file walk
 // over a table, and the value parsers every table shares (integers, numbers,
-// durations, booleans, byte sizes). services/daemon/daemon_config.cc and
-// services/coordinator/coordinator_config.cc are tables of this.
+// durations, booleans, byte sizes). services/daemon/daemon_config.cc,
+// services/coordinator/coordinator_config.cc and
+// services/worker/worker_config.cc are tables of this.
 //
 // Errors (absl::Status): INVALID_ARGUMENT "NAME: 'VALUE' is not WANT" for a
 // bad value, "unknown setting 'NAME'" for an unknown name, and
@@ -30,6 +31,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "yaml-cpp/yaml.h"
@@ -49,6 +52,9 @@ absl::StatusOr<double> ParseNumberSetting(absl::string_view name, absl::string_v
 absl::StatusOr<absl::Duration> ParseDurationSetting(absl::string_view name, absl::string_view value,
                                                     absl::string_view examples);
 absl::StatusOr<bool> ParseBoolSetting(absl::string_view name, absl::string_view value);
+
+// "A", "A or B", "A, B or C": the names of a choice, as an error lists them.
+std::string ChoiceList(const std::vector<std::string>& names);
 
 // Parses "256MiB", "1G", "4096" into bytes (suffixes KiB, MiB, GiB, TiB; K, M,
 // G, T the same). INVALID_ARGUMENT otherwise.
@@ -71,6 +77,13 @@ using YamlEntryVisitor = std::function<absl::Status(
     const std::string& key, const YAML::Node& key_node, const YAML::Node& value)>;
 absl::Status ForEachYamlSetting(absl::string_view text, absl::string_view origin,
                                 const YamlEntryVisitor& entry);
+
+// One setting as --help lists it: its name (flag and YAML key) and a one-line
+// description.
+struct SettingInfo {
+  std::string name;
+  std::string help;
+};
 
 template <typename Options>
 class SettingsTable {
@@ -98,6 +111,12 @@ class SettingsTable {
 
   // Every setting, in table (--help) order.
   const std::vector<Setting>& settings() const { return settings_; }
+  // The same as names and help texts.
+  std::vector<SettingInfo> Infos() const {
+    std::vector<SettingInfo> infos;
+    for (const Setting& s : settings_) infos.push_back({s.name, s.help});
+    return infos;
+  }
   // nullptr for an unknown name.
   const Setting* Find(absl::string_view name) const {
     for (const Setting& s : settings_) {
@@ -163,6 +182,31 @@ class SettingsTable {
     *options = std::move(updated);
     return absl::OkStatus();
   }
+  // Pieces of a YamlValueHook (both return errors with their ORIGIN:LINE).
+  // A YAML sequence of scalars applied to setting `key` as its
+  // comma-separated text (a CommaList setting): INVALID_ARGUMENT "KEY:
+  // entries must be scalars" at a non-scalar entry, the setting's own error
+  // at the key.
+  absl::Status ApplyYamlSequence(const std::string& key, const YAML::Node& key_node,
+                                 const YAML::Node& sequence, absl::string_view origin,
+                                 Options* options) const {
+    std::vector<std::string> entries;
+    for (const YAML::Node& entry : sequence) {
+      if (!entry.IsScalar()) {
+        return AtYamlLine(
+            origin, entry,
+            absl::InvalidArgumentError(absl::StrCat(key, ": entries must be scalars")));
+      }
+      entries.push_back(entry.as<std::string>());
+    }
+    return ApplyAtYamlLine(key, key_node, absl::StrJoin(entries, ","), origin, options);
+  }
+  // A null value (`key:` with nothing after it) applied as the empty text.
+  absl::Status ApplyYamlNull(const std::string& key, const YAML::Node& key_node,
+                             absl::string_view origin, Options* options) const {
+    return ApplyAtYamlLine(key, key_node, "", origin, options);
+  }
+
   // ApplyYamlText of the file at `path` (origin = path); ReadConfigFile's errors.
   absl::Status ApplyYamlFile(const std::string& path, Options* options) const {
     absl::StatusOr<std::string> text = ReadConfigFile(path);
@@ -217,6 +261,67 @@ class SettingsTable {
             },
             [field](const Options& o) { return absl::FormatDuration(*field(&o)); }};
   }
+  // A std::vector<std::string> field as comma-separated text: each entry
+  // with its white space stripped, "" the empty list.
+  template <typename Field>
+  static Setting CommaList(const char* name, const char* help, Field field) {
+    return {name, help,
+            [field](absl::string_view v, Options* o) {
+              std::vector<std::string>& list = *field(o);
+              list.clear();
+              if (v.empty()) return absl::OkStatus();
+              for (absl::string_view part : absl::StrSplit(v, ',')) {
+                list.emplace_back(absl::StripAsciiWhitespace(part));
+              }
+              return absl::OkStatus();
+            },
+            [field](const Options& o) { return absl::StrJoin(*field(&o), ","); }};
+  }
+  // An int field holding a byte size (ParseByteSize) below 2 GiB, e.g. a gRPC
+  // message limit ("a size below 2 GiB"); printed as NMiB when a whole number
+  // of MiB.
+  template <typename Field>
+  static Setting IntByteSize(const char* name, const char* help, Field field) {
+    return {name, help,
+            [name, field](absl::string_view v, Options* o) {
+              absl::StatusOr<int64_t> bytes = ParseByteSize(v);
+              if (!bytes.ok() || *bytes > std::numeric_limits<int>::max()) {
+                return SettingValueError(name, v, "a size below 2 GiB");
+              }
+              *field(o) = static_cast<int>(*bytes);
+              return absl::OkStatus();
+            },
+            [field](const Options& o) {
+              const int bytes = *field(&o);
+              return bytes % (1 << 20) == 0 ? absl::StrCat(bytes >> 20, "MiB")
+                                            : absl::StrCat(bytes);
+            }};
+  }
+  // A field that takes one of `choices` (text, value) by its text; a bad
+  // value is "NAME: 'VALUE' is not A, B or C" (ChoiceList, in the order
+  // given). Printed as the text of the field's value.
+  template <typename Value, typename Field>
+  static Setting Choice(const char* name, const char* help,
+                        std::vector<std::pair<std::string, Value>> choices, Field field) {
+    std::vector<std::string> names;
+    for (const auto& choice : choices) names.push_back(choice.first);
+    return {name, help,
+            [name, choices, want = ChoiceList(names), field](absl::string_view v, Options* o) {
+              for (const auto& [text, value] : choices) {
+                if (v == text) {
+                  *field(o) = value;
+                  return absl::OkStatus();
+                }
+              }
+              return SettingValueError(name, v, want);
+            },
+            [choices, field](const Options& o) {
+              for (const auto& [text, value] : choices) {
+                if (*field(&o) == value) return text;
+              }
+              return std::string();
+            }};
+  }
   template <typename Field>
   static Setting Bool(const char* name, const char* help, Field field) {
     return {name, help,
@@ -230,6 +335,16 @@ class SettingsTable {
   }
 
  private:
+  // Apply, an error placed at the line of `key_node`.
+  absl::Status ApplyAtYamlLine(const std::string& key, const YAML::Node& key_node,
+                               absl::string_view value, absl::string_view origin,
+                               Options* options) const {
+    if (absl::Status s = Apply(key, value, options); !s.ok()) {
+      return AtYamlLine(origin, key_node, s);
+    }
+    return absl::OkStatus();
+  }
+
   const std::vector<Setting> settings_;
   const YamlValueHook yaml_hook_;
 };

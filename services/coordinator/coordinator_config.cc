@@ -60,18 +60,15 @@ absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin,
   return absl::OkStatus();
 }
 
+const Table& Settings();
+
 // The YAML values that are not one scalar: `model:` as a mapping, and a null
 // value (`key:` with nothing after it), which sets the empty text.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
                                                const YAML::Node& value, absl::string_view origin,
                                                CoordinatorOptions* options) {
   if (key == "model" && value.IsMap()) return ApplyModelMap(value, origin, options);
-  if (value.IsNull()) {
-    if (absl::Status s = ApplyCoordinatorSetting(key, "", options); !s.ok()) {
-      return AtYamlLine(origin, key_node, s);
-    }
-    return absl::OkStatus();
-  }
+  if (value.IsNull()) return Settings().ApplyYamlNull(key, key_node, origin, options);
   return std::nullopt;
 }
 
@@ -175,20 +172,8 @@ const Table& Settings() {
            [](const CoordinatorOptions& o) { return absl::StrCat(o.max_members); }},
           Table::Integer<int64_t>("max-route-tokens", "longest context a Route may carry",
                                   [](auto* o) { return &o->max_route_tokens; }),
-          {"max-message-bytes", "largest gRPC message accepted",
-           [](absl::string_view v, CoordinatorOptions* o) {
-             absl::StatusOr<int64_t> bytes = ParseByteSize(v);
-             if (!bytes.ok() || *bytes > std::numeric_limits<int>::max()) {
-               return SettingValueError("max-message-bytes", v, "a size below 2 GiB");
-             }
-             o->max_message_bytes = static_cast<int>(*bytes);
-             return absl::OkStatus();
-           },
-           [](const CoordinatorOptions& o) {
-             return o.max_message_bytes % (1 << 20) == 0
-                        ? absl::StrCat(o.max_message_bytes >> 20, "MiB")
-                        : absl::StrCat(o.max_message_bytes);
-           }},
+          Table::IntByteSize("max-message-bytes", "largest gRPC message accepted",
+                             [](auto* o) { return &o->max_message_bytes; }),
           Table::Integer<int64_t>("route-history", "routes remembered for ReportTtft",
                                   [](auto* o) { return &o->route_history; }),
           Table::Duration("shutdown-grace",
@@ -202,11 +187,7 @@ const Table& Settings() {
 }  // namespace
 
 const std::vector<CoordinatorSettingInfo>& CoordinatorSettings() {
-  static const auto* infos = [] {
-    auto* out = new std::vector<CoordinatorSettingInfo>();
-    for (const Table::Setting& s : Settings().settings()) out->push_back({s.name, s.help});
-    return out;
-  }();
+  static const auto* infos = new std::vector<CoordinatorSettingInfo>(Settings().Infos());
   return *infos;
 }
 

@@ -19,15 +19,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "services/common/settings_table.h"
 #include "services/coordinator/coordinator_options.h"
 
 namespace asymcache {
 
 // One setting: its name (flag and YAML key) and a one-line description.
-struct CoordinatorSettingInfo {
-  std::string name;
-  std::string help;
-};
+using CoordinatorSettingInfo = SettingInfo;
 
 // Every setting, in --help order.
 const std::vector<CoordinatorSettingInfo>& CoordinatorSettings();

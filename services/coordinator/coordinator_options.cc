@@ -1,35 +1,31 @@
 #include "services/coordinator/coordinator_options.h"
 
 #include "absl/strings/str_cat.h"
+#include "services/common/option_checks.h"
 
 namespace asymcache {
 
 absl::Status CoordinatorOptions::Validate() const {
-  auto bad = [](absl::string_view field, auto value, absl::string_view want) {
-    return absl::InvalidArgumentError(absl::StrCat("--", field, " ", want, ", got ", value));
-  };
-  auto positive = [&](absl::string_view field, absl::Duration d) -> absl::Status {
-    if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
-      return bad(field, absl::FormatDuration(d), "must be positive and finite");
-    }
-    return absl::OkStatus();
-  };
-  if (listen.empty()) return bad("listen", "\"\"", "must be HOST:PORT");
+  if (listen.empty()) return FlagValueError("listen", "\"\"", "must be HOST:PORT");
   if (metrics_port < -1 || metrics_port > 65535) {
-    return bad("metrics-port", metrics_port, "must be -1 (off), 0 (any) or 1..65535");
+    return FlagValueError("metrics-port", metrics_port, "must be -1 (off), 0 (any) or 1..65535");
   }
   if (metrics_port >= 0 && metrics_host.empty()) {
-    return bad("metrics-host", "\"\"", "must name an address when metrics are on");
+    return FlagValueError("metrics-host", "\"\"", "must name an address when metrics are on");
   }
-  if (absl::Status s = positive("heartbeat-interval", heartbeat_interval); !s.ok()) return s;
-  if (absl::Status s = positive("member-timeout", member_timeout); !s.ok()) return s;
+  if (absl::Status s = CheckPositiveFinite("heartbeat-interval", heartbeat_interval); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositiveFinite("member-timeout", member_timeout); !s.ok()) return s;
   if (member_timeout <= heartbeat_interval) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--member-timeout (", absl::FormatDuration(member_timeout),
         ") must be longer than --heartbeat-interval (", absl::FormatDuration(heartbeat_interval),
         "), or every member would expire between two heartbeats"));
   }
-  if (absl::Status s = positive("maintenance-interval", maintenance_interval); !s.ok()) return s;
+  if (absl::Status s = CheckPositiveFinite("maintenance-interval", maintenance_interval); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = router.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("router options: ", s.message()));
   }
@@ -41,34 +37,45 @@ absl::Status CoordinatorOptions::Validate() const {
       return absl::InvalidArgumentError(absl::StrCat("--model: ", s.message()));
     }
   }
-  if (absl::Status s = positive("watch-backoff-initial", watch_backoff_initial); !s.ok()) return s;
-  if (absl::Status s = positive("watch-backoff-max", watch_backoff_max); !s.ok()) return s;
-  if (absl::Status s = positive("watch-connect-timeout", watch_connect_timeout); !s.ok()) return s;
+  if (absl::Status s = CheckPositiveFinite("watch-backoff-initial", watch_backoff_initial);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositiveFinite("watch-backoff-max", watch_backoff_max); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPositiveFinite("watch-connect-timeout", watch_connect_timeout);
+      !s.ok()) {
+    return s;
+  }
   if (watch_backoff_initial > watch_backoff_max) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--watch-backoff-initial (", absl::FormatDuration(watch_backoff_initial),
         ") must not exceed --watch-backoff-max (", absl::FormatDuration(watch_backoff_max), ")"));
   }
-  if (absl::Status s = positive("agent-affinity-ttl", agent_affinity_ttl); !s.ok()) return s;
-  if (max_agent_jobs < 1) return bad("max-agent-jobs", max_agent_jobs, "must be >= 1");
+  if (absl::Status s = CheckPositiveFinite("agent-affinity-ttl", agent_affinity_ttl); !s.ok()) {
+    return s;
+  }
+  if (max_agent_jobs < 1) return FlagValueError("max-agent-jobs", max_agent_jobs, "must be >= 1");
   if (max_members < 1 || max_members > index.max_members) {
-    return bad("max-members", max_members,
-               absl::StrCat("must be in [1, ", index.max_members, "] (the index's member slots)"));
+    return FlagValueError(
+        "max-members", max_members,
+        absl::StrCat("must be in [1, ", index.max_members, "] (the index's member slots)"));
   }
   if (max_route_tokens < 1 || max_route_tokens > (int64_t{1} << 30)) {
-    return bad("max-route-tokens", max_route_tokens, "must be in [1, 2^30]");
+    return FlagValueError("max-route-tokens", max_route_tokens, "must be in [1, 2^30]");
   }
   if (max_message_bytes < (1 << 20)) {
-    return bad("max-message-bytes", max_message_bytes, "must be >= 1 MiB");
+    return FlagValueError("max-message-bytes", max_message_bytes, "must be >= 1 MiB");
   }
   if (max_route_tokens * 5 + (1 << 16) > max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-message-bytes ", max_message_bytes, " cannot carry a Route of --max-route-tokens ",
         max_route_tokens, " tokens (up to 5 bytes each plus framing)"));
   }
-  if (route_history < 1) return bad("route-history", route_history, "must be >= 1");
+  if (route_history < 1) return FlagValueError("route-history", route_history, "must be >= 1");
   if (shutdown_grace < absl::ZeroDuration()) {
-    return bad("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
+    return FlagValueError("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
   }
   return absl::OkStatus();
 }

@@ -1,13 +1,12 @@
 #include "services/daemon/cache_daemon.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server.h"
 #include "services/common/grpc_server_parts.h"
+#include "services/common/member_address.h"
 #include "services/coordinator/member_registrar.h"
 #include "services/daemon/cache_daemon_service.h"
 #include "services/daemon/daemon_state.h"
@@ -15,24 +14,6 @@
 namespace asymcache {
 
 namespace {
-
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "localhost";
-  return buf;
-}
-
-// DaemonOptions::advertise_address, or the listen address with the bound
-// port and a wildcard host replaced by the host name.
-std::string ResolveAdvertiseAddress(const DaemonOptions& options, int port) {
-  if (!options.advertise_address.empty()) return options.advertise_address;
-  std::string host = options.listen;
-  if (const size_t colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
-  if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]" || host == "*") {
-    host = HostName();
-  }
-  return absl::StrCat(host, ":", port);
-}
 
 v1::Role ParseRole(const std::string& role) {
   if (role == "prefill") return v1::ROLE_PREFILL;
@@ -107,10 +88,9 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;
 
-  server->advertise_address = ResolveAdvertiseAddress(options, server->grpc_port);
-  server->member_id = options.member_id.empty()
-                          ? absl::StrCat(HostName(), ":", server->grpc_port)
-                          : options.member_id;
+  server->advertise_address =
+      AdvertiseAddress(options.advertise_address, options.listen, server->grpc_port);
+  server->member_id = MemberIdOrDefault(options.member_id, server->grpc_port);
   if (!options.coordinators.empty()) {
     absl::StatusOr<std::unique_ptr<MemberRegistrar>> registrar =
         StartRegistrar(server->state.get(), server->member_id, server->advertise_address);

@@ -5,11 +5,8 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "services/common/model_fields.h"
 #include "yaml-cpp/yaml.h"
@@ -65,6 +62,8 @@ absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin,
   return absl::OkStatus();
 }
 
+const Table& Settings();
+
 // The YAML values that are not one scalar: `model:` as a mapping,
 // `coordinators:` as a sequence.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
@@ -72,25 +71,15 @@ std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAM
                                                DaemonOptions* options) {
   if (key == "model" && value.IsMap()) return ApplyModelMap(value, origin, options);
   if (key == "coordinators" && value.IsSequence()) {
-    std::vector<std::string> addresses;
-    for (const YAML::Node& item : value) {
-      if (!item.IsScalar()) {
-        return AtYamlLine(origin, item,
-                          absl::InvalidArgumentError("coordinators: entries must be scalars"));
-      }
-      addresses.push_back(item.as<std::string>());
-    }
-    if (absl::Status s = ApplyDaemonSetting(key, absl::StrJoin(addresses, ","), options); !s.ok()) {
-      return AtYamlLine(origin, key_node, s);
-    }
-    return absl::OkStatus();
+    return Settings().ApplyYamlSequence(key, key_node, value, origin, options);
   }
   return std::nullopt;
 }
 
 // The table: every setting, once. Help texts live with the ABSL_FLAGs in
 // daemon_main.cc; the hand-written setters have no printer (nullptr): the
-// daemon prints no values from the table.
+// daemon prints no values from the table (the typed ones have theirs,
+// unused).
 const Table& Settings() {
   static const auto* table = new Table(std::vector<Table::Setting>{
       Table::String("listen", "", [](auto* o) { return &o->listen; }),
@@ -131,18 +120,11 @@ const Table& Settings() {
        nullptr},
       Table::String("shm-name", "", [](auto* o) { return &o->shm_name; }),
       Table::String("policy", "", [](auto* o) { return &o->policy; }),
-      {"chunking", "",
-       [](absl::string_view v, DaemonOptions* o) {
-         if (v == "adaptive") {
-           o->chunking.mode = ChunkSchedulerOptions::Mode::kAdaptive;
-         } else if (v == "fixed") {
-           o->chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
-         } else {
-           return SettingValueError("chunking", v, "adaptive or fixed");
-         }
-         return absl::OkStatus();
-       },
-       nullptr},
+      Table::Choice<ChunkSchedulerOptions::Mode>(
+          "chunking", "",
+          {{"adaptive", ChunkSchedulerOptions::Mode::kAdaptive},
+           {"fixed", ChunkSchedulerOptions::Mode::kFixed}},
+          [](auto* o) { return &o->chunking.mode; }),
       Table::Integer<int64_t>("chunk-budget-tokens", "",
                               [](auto* o) { return &o->chunking.fixed_budget_tokens; }),
       Table::Duration("tpot-target", "", kDurationExamples,
@@ -161,16 +143,7 @@ const Table& Settings() {
                       [](auto* o) { return &o->maintenance_interval; }),
       Table::Integer<int64_t>("max-context-tokens", "",
                               [](auto* o) { return &o->max_context_tokens; }),
-      {"max-message-bytes", "",
-       [](absl::string_view v, DaemonOptions* o) {
-         absl::StatusOr<int64_t> bytes = ParseByteSize(v);
-         if (!bytes.ok() || *bytes > std::numeric_limits<int>::max()) {
-           return SettingValueError("max-message-bytes", v, "a size below 2 GiB");
-         }
-         o->max_message_bytes = static_cast<int>(*bytes);
-         return absl::OkStatus();
-       },
-       nullptr},
+      Table::IntByteSize("max-message-bytes", "", [](auto* o) { return &o->max_message_bytes; }),
       Table::Integer<int64_t>("max-transfer-blocks", "",
                               [](auto* o) { return &o->max_transfer_blocks; }),
       Table::Integer<int64_t>("session-chain-tokens", "",
@@ -188,16 +161,7 @@ const Table& Settings() {
                       [](auto* o) { return &o->shutdown_grace; }),
       // Cluster membership: a comma-separated list of coordinator addresses
       // ("" = standalone); in YAML also a sequence.
-      {"coordinators", "",
-       [](absl::string_view v, DaemonOptions* o) {
-         o->coordinators.clear();
-         if (v.empty()) return absl::OkStatus();
-         for (absl::string_view part : absl::StrSplit(v, ',')) {
-           o->coordinators.emplace_back(absl::StripAsciiWhitespace(part));
-         }
-         return absl::OkStatus();
-       },
-       nullptr},
+      Table::CommaList("coordinators", "", [](auto* o) { return &o->coordinators; }),
       Table::String("member-id", "", [](auto* o) { return &o->member_id; }),
       Table::String("advertise-address", "", [](auto* o) { return &o->advertise_address; }),
       Table::String("role", "", [](auto* o) { return &o->role; }),

@@ -39,6 +39,7 @@
 #include "model/model_backend.h"
 #include "model/weight_source.h"
 #include "tests/kernels/msa_test_util.h"
+#include "tests/model/step_arrays.h"
 
 namespace asymcache::model {
 namespace {
@@ -146,57 +147,13 @@ struct Part {
   SamplingParams sampling;
 };
 
-std::vector<int32_t> Range(int32_t begin, int32_t end) {
-  std::vector<int32_t> range(std::max(0, end - begin));
-  std::iota(range.begin(), range.end(), begin);
-  return range;
-}
-
-// The arrays of a step, laid out as the engine lays them out.
-struct Step {
-  msa::BatchTablesStorage tables;
-  std::vector<int32_t> token_ids;
-  std::vector<int32_t> slot_page_ids;
-  std::vector<int32_t> slot_offsets;
-  std::vector<int32_t> sample_rows;
-  std::vector<SamplingParams> sampling;
-
-  ForwardBatch batch(bool want_logits = true) const {
-    ForwardBatch b;
-    b.token_ids = token_ids;
-    b.tables = tables.view();
-    b.slot_page_ids = slot_page_ids;
-    b.slot_offsets = slot_offsets;
-    b.sample_rows = sample_rows;
-    b.sampling = sampling;
-    b.want_logits = want_logits;
-    return b;
-  }
-};
+using Step = StepArrays;
 
 Step BuildStep(const std::vector<Part>& parts, int32_t block_tokens) {
   Step step;
   for (const Part& part : parts) {
-    const Sequence& seq = *part.sequence;
-    const int32_t last = part.positions.back();
-    for (int32_t b = 0; b * block_tokens <= last; ++b) {
-      const int32_t start = b * block_tokens;
-      step.tables.kv_page_ids.push_back(seq.pages[b]);
-      step.tables.kv_page_pos.push_back(start);
-      step.tables.kv_page_len.push_back(std::min(block_tokens, last + 1 - start));
-    }
-    step.tables.kv_indptr.push_back(static_cast<int32_t>(step.tables.kv_page_ids.size()));
-    for (int32_t position : part.positions) {
-      step.tables.q_pos.push_back(position);
-      step.token_ids.push_back(seq.tokens[position]);
-      step.slot_page_ids.push_back(seq.pages[position / block_tokens]);
-      step.slot_offsets.push_back(position % block_tokens);
-    }
-    step.tables.q_indptr.push_back(static_cast<int32_t>(step.tables.q_pos.size()));
-    if (part.sample) {
-      step.sample_rows.push_back(static_cast<int32_t>(step.tables.q_pos.size()) - 1);
-      step.sampling.push_back(part.sampling);
-    }
+    step.Append(part.sequence->tokens, part.sequence->pages, part.positions, block_tokens,
+                part.sample ? SampleRows::kLast : SampleRows::kNone, part.sampling);
   }
   return step;
 }
@@ -210,10 +167,16 @@ class CpuBackendTest : public ::testing::TestWithParam<bool> {
   CpuBackendTest()
       : seed_(msa::testing::FreshSeed()), rng_(seed_), config_(TestConfig(GetParam())) {}
 
+  // The weights, and for most tests a NaN pool, a backend over it and page
+  // ids in a random order (the tests that need other pools make their own).
   void SetUp() override {
     absl::StatusOr<WeightSource> weights = WeightSource::Random(config_, rng_());
     ASSERT_TRUE(weights.ok()) << weights.status();
     weights_ = std::make_unique<WeightSource>(std::move(*weights));
+    pool_ = std::make_unique<HostPool>(config_, kNumBlocks);
+    backend_ = MakeBackend(*pool_);
+    ASSERT_NE(backend_, nullptr);
+    allocator_ = std::make_unique<PageAllocator>(kNumBlocks, rng_);
   }
 
   std::unique_ptr<ModelBackend> MakeBackend(HostPool& pool, int num_threads = 0) {
@@ -226,10 +189,7 @@ class CpuBackendTest : public ::testing::TestWithParam<bool> {
   }
 
   std::vector<int32_t> RandomTokens(int32_t count) {
-    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config_.vocab_size) - 1);
-    std::vector<int32_t> tokens(count);
-    for (int32_t& t : tokens) t = token(rng_);
-    return tokens;
+    return model::RandomTokens(rng_, config_.vocab_size, count);
   }
 
   int32_t UniformInt(int32_t low, int32_t high) {
@@ -260,6 +220,9 @@ class CpuBackendTest : public ::testing::TestWithParam<bool> {
   std::mt19937_64 rng_;
   LlamaConfig config_;
   std::unique_ptr<WeightSource> weights_;
+  std::unique_ptr<HostPool> pool_;
+  std::unique_ptr<ModelBackend> backend_;
+  std::unique_ptr<PageAllocator> allocator_;
 };
 
 TEST_P(CpuBackendTest, PrefillThenDecodeMatchesDense) {
@@ -309,41 +272,33 @@ TEST_P(CpuBackendTest, PrefillThenDecodeMatchesDense) {
 // wrote it.
 TEST_P(CpuBackendTest, NoWriteSlotRerunsTheLastTokenForItsLogits) {
   SCOPED_TRACE(testing::Message() << "seed " << seed_);
-  HostPool pool(config_, kNumBlocks);
-  std::unique_ptr<ModelBackend> backend = MakeBackend(pool);
-  ASSERT_NE(backend, nullptr);
-  PageAllocator allocator(kNumBlocks, rng_);
   Sequence seq;
   seq.tokens = RandomTokens(UniformInt(20, 90));
   const int32_t n = static_cast<int32_t>(seq.tokens.size());
-  seq.EnsurePages(n - 1, B(), allocator);
-  const ForwardResult first = Run(*backend, BuildStep({Part{&seq, Range(0, n)}}, B()));
-  const std::vector<float> before = pool.data;
+  seq.EnsurePages(n - 1, B(), *allocator_);
+  const ForwardResult first = Run(*backend_, BuildStep({Part{&seq, Range(0, n)}}, B()));
+  const std::vector<float> before = pool_->data;
   Step again = BuildStep({Part{&seq, {n - 1}}}, B());
   again.slot_page_ids[0] = -1;
   again.slot_offsets[0] = 0;
-  const ForwardResult rerun = Run(*backend, again);
+  const ForwardResult rerun = Run(*backend_, again);
   ASSERT_EQ(rerun.tokens.size(), 1u);
   EXPECT_EQ(rerun.tokens[0], first.tokens[0]);
   EXPECT_LE(MaxRelativeError(rerun.logits, first.logits), kLogitTolerance);
-  EXPECT_EQ(std::memcmp(before.data(), pool.data.data(), sizeof(float) * before.size()), 0)
+  EXPECT_EQ(std::memcmp(before.data(), pool_->data.data(), sizeof(float) * before.size()), 0)
       << "a no-write slot changed the pool";
   // Below -1 is still refused.
   again.slot_page_ids[0] = -2;
   ForwardResult refused;
-  EXPECT_EQ(backend->Forward(again.batch(), &refused).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->Forward(again.batch(), &refused).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(CpuBackendTest, ChunkedPrefillMatchesDense) {
   SCOPED_TRACE(testing::Message() << "seed " << seed_);
-  HostPool pool(config_, kNumBlocks);
-  std::unique_ptr<ModelBackend> backend = MakeBackend(pool);
-  ASSERT_NE(backend, nullptr);
-  PageAllocator allocator(kNumBlocks, rng_);
   const int32_t prompt_len = UniformInt(150, 260);
   Sequence seq;
   seq.tokens = RandomTokens(prompt_len);
-  seq.EnsurePages(prompt_len - 1, B(), allocator);
+  seq.EnsurePages(prompt_len - 1, B(), *allocator_);
 
   // Random chunk ends (not block-aligned: a page is finished by a later step).
   std::vector<int32_t> ends;
@@ -357,7 +312,7 @@ TEST_P(CpuBackendTest, ChunkedPrefillMatchesDense) {
   int32_t begin = 0;
   for (size_t c = 0; c < ends.size(); ++c) {
     const Step step = BuildStep({Part{&seq, Range(begin, ends[c])}}, B());
-    result = Run(*backend, step);
+    result = Run(*backend_, step);
     ASSERT_EQ(result.logits.size(), static_cast<size_t>(V())) << "chunk " << c;
     if (c == checked_chunk) checked_logits = result.logits;
     begin = ends[c];
@@ -373,17 +328,13 @@ TEST_P(CpuBackendTest, ChunkedPrefillMatchesDense) {
 
 TEST_P(CpuBackendTest, RecomputedHolesMatchDense) {
   SCOPED_TRACE(testing::Message() << "seed " << seed_);
-  HostPool pool(config_, kNumBlocks);
-  std::unique_ptr<ModelBackend> backend = MakeBackend(pool);
-  ASSERT_NE(backend, nullptr);
-  PageAllocator allocator(kNumBlocks, rng_);
 
   // Sequence A: a prompt of whole blocks, prefilled in one step.
   const int32_t full_blocks = UniformInt(8, 14);
   Sequence a;
   a.tokens = RandomTokens(full_blocks * B());
-  a.EnsurePages(full_blocks * B() - 1, B(), allocator);
-  Run(*backend, BuildStep({Part{&a, Range(0, full_blocks * B())}}, B()));
+  a.EnsurePages(full_blocks * B() - 1, B(), *allocator_);
+  Run(*backend_, BuildStep({Part{&a, Range(0, full_blocks * B())}}, B()));
 
   // Sequence B: A's tokens plus a tail; shares A's pages except the holes
   // [hole_begin, hole_end), which get fresh (NaN) pages and are recomputed in
@@ -396,8 +347,8 @@ TEST_P(CpuBackendTest, RecomputedHolesMatchDense) {
   const std::vector<int32_t> extra = RandomTokens(tail);
   b.tokens.insert(b.tokens.end(), extra.begin(), extra.end());
   b.pages = a.pages;
-  for (int32_t blk = hole_begin; blk < hole_end; ++blk) b.pages[blk] = allocator.Take();
-  b.EnsurePages(static_cast<int32_t>(b.tokens.size()) - 1, B(), allocator);
+  for (int32_t blk = hole_begin; blk < hole_end; ++blk) b.pages[blk] = allocator_->Take();
+  b.EnsurePages(static_cast<int32_t>(b.tokens.size()) - 1, B(), *allocator_);
   std::vector<int32_t> queries = Range(hole_begin * B(), hole_end * B());
   const std::vector<int32_t> tail_positions =
       Range(full_blocks * B(), static_cast<int32_t>(b.tokens.size()));
@@ -409,7 +360,7 @@ TEST_P(CpuBackendTest, RecomputedHolesMatchDense) {
   const int32_t last_hole_row = (hole_end - hole_begin) * B() - 1;
   step.sample_rows.insert(step.sample_rows.begin(), last_hole_row);
   step.sampling.insert(step.sampling.begin(), SamplingParams{});
-  const ForwardResult result = Run(*backend, step);
+  const ForwardResult result = Run(*backend_, step);
   ASSERT_EQ(result.tokens.size(), 2u);
 
   const DenseGeneration dense = Dense(b.tokens, 1);
@@ -423,13 +374,14 @@ TEST_P(CpuBackendTest, RecomputedHolesMatchDense) {
   // The rebuilt pages hold A's K/V: bitwise in layer 0 (a function of token
   // and position only), to rounding in later layers.
   for (int32_t blk = hole_begin; blk < hole_end; ++blk) {
-    EXPECT_EQ(std::memcmp(pool.Page(0, a.pages[blk]).data(), pool.Page(0, b.pages[blk]).data(),
-                          sizeof(float) * pool.page_elems),
+    EXPECT_EQ(std::memcmp(pool_->Page(0, a.pages[blk]).data(), pool_->Page(0, b.pages[blk]).data(),
+                          sizeof(float) * pool_->page_elems),
               0)
         << "block " << blk;
     for (int32_t layer = 1; layer < config_.num_layers; ++layer) {
-      EXPECT_LE(MaxRelativeError(pool.Page(layer, b.pages[blk]), pool.Page(layer, a.pages[blk])),
-                kLogitTolerance)
+      EXPECT_LE(
+          MaxRelativeError(pool_->Page(layer, b.pages[blk]), pool_->Page(layer, a.pages[blk])),
+          kLogitTolerance)
           << "block " << blk << " layer " << layer;
     }
   }
@@ -509,19 +461,15 @@ TEST_P(CpuBackendTest, BatchedSequenceIsBitwiseIdenticalToAlone) {
 
 TEST_P(CpuBackendTest, MalformedBatchesAreRejectedWithoutTouchingThePool) {
   SCOPED_TRACE(testing::Message() << "seed " << seed_);
-  HostPool pool(config_, kNumBlocks);
-  std::unique_ptr<ModelBackend> backend = MakeBackend(pool);
-  ASSERT_NE(backend, nullptr);
-  PageAllocator allocator(kNumBlocks, rng_);
   Sequence first;
   first.tokens = RandomTokens(40);
-  first.EnsurePages(39, B(), allocator);
+  first.EnsurePages(39, B(), *allocator_);
   Sequence second;
   second.tokens = RandomTokens(30);
-  second.EnsurePages(29, B(), allocator);
-  Run(*backend, BuildStep({Part{&first, Range(0, 20)}}, B()));
+  second.EnsurePages(29, B(), *allocator_);
+  Run(*backend_, BuildStep({Part{&first, Range(0, 20)}}, B()));
   const Step good = BuildStep({Part{&first, Range(20, 40)}, Part{&second, Range(0, 30)}}, B());
-  const std::vector<float> before = pool.data;
+  const std::vector<float> before = pool_->data;
 
   struct Case {
     const char* what;
@@ -567,36 +515,32 @@ TEST_P(CpuBackendTest, MalformedBatchesAreRejectedWithoutTouchingThePool) {
     Step bad = good;
     c.mutate(bad, config_);
     ForwardResult result;
-    const absl::Status status = backend->Forward(bad.batch(), &result);
+    const absl::Status status = backend_->Forward(bad.batch(), &result);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << status;
-    EXPECT_EQ(std::memcmp(pool.data.data(), before.data(), sizeof(float) * before.size()), 0)
+    EXPECT_EQ(std::memcmp(pool_->data.data(), before.data(), sizeof(float) * before.size()), 0)
         << c.what << " changed the pool";
   }
-  EXPECT_EQ(backend->Forward(good.batch(), nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->Forward(good.batch(), nullptr).code(), absl::StatusCode::kInvalidArgument);
   // The good batch still runs after all that.
-  const ForwardResult result = Run(*backend, good);
+  const ForwardResult result = Run(*backend_, good);
   EXPECT_EQ(result.tokens.size(), 2u);
 }
 
 TEST_P(CpuBackendTest, CopyPageRowsCopiesKAndVOfEveryLayer) {
   SCOPED_TRACE(testing::Message() << "seed " << seed_);
-  HostPool pool(config_, kNumBlocks);
-  std::unique_ptr<ModelBackend> backend = MakeBackend(pool);
-  ASSERT_NE(backend, nullptr);
-  PageAllocator allocator(kNumBlocks, rng_);
   Sequence seq;
   seq.tokens = RandomTokens(B() + 5);
-  seq.EnsurePages(B() + 4, B(), allocator);
-  Run(*backend, BuildStep({Part{&seq, Range(0, B() + 5)}}, B()));
+  seq.EnsurePages(B() + 4, B(), *allocator_);
+  Run(*backend_, BuildStep({Part{&seq, Range(0, B() + 5)}}, B()));
   const int32_t src = seq.pages[1];
-  const int32_t dst = allocator.Take();
+  const int32_t dst = allocator_->Take();
   const int32_t rows = 5;
-  ASSERT_TRUE(backend->CopyPageRows(src, dst, rows).ok());
+  ASSERT_TRUE(backend_->CopyPageRows(src, dst, rows).ok());
   const int64_t row_elems = config_.kv_dim();
   const int64_t half = int64_t{B()} * row_elems;
   for (int32_t layer = 0; layer < config_.num_layers; ++layer) {
-    const std::vector<float> from = pool.Page(layer, src);
-    const std::vector<float> to = pool.Page(layer, dst);
+    const std::vector<float> from = pool_->Page(layer, src);
+    const std::vector<float> to = pool_->Page(layer, dst);
     for (int64_t kv = 0; kv < 2; ++kv) {
       EXPECT_EQ(std::memcmp(from.data() + kv * half, to.data() + kv * half,
                             sizeof(float) * rows * row_elems),
@@ -606,12 +550,12 @@ TEST_P(CpuBackendTest, CopyPageRowsCopiesKAndVOfEveryLayer) {
       EXPECT_TRUE(std::isnan(to[kv * half + rows * row_elems])) << "layer " << layer;
     }
   }
-  EXPECT_EQ(backend->CopyPageRows(src, src, 1).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(backend->CopyPageRows(-1, dst, 1).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(backend->CopyPageRows(src, static_cast<int32_t>(kNumBlocks), 1).code(),
+  EXPECT_EQ(backend_->CopyPageRows(src, src, 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->CopyPageRows(-1, dst, 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->CopyPageRows(src, static_cast<int32_t>(kNumBlocks), 1).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(backend->CopyPageRows(src, dst, 0).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(backend->CopyPageRows(src, dst, B() + 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->CopyPageRows(src, dst, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend_->CopyPageRows(src, dst, B() + 1).code(), absl::StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuBackendTest, ::testing::Values(false, true),

@@ -73,6 +73,7 @@
 #include "model/sampling.h"
 #include "model/weight_source.h"
 #include "tests/kernels/msa_test_util.h"
+#include "tests/model/step_arrays.h"
 
 namespace asymcache::model {
 namespace {
@@ -268,27 +269,9 @@ struct Part {
   bool write_kv = true;  // false: slot page -1 (the rows are already there)
 };
 
-struct Step {
-  msa::BatchTablesStorage tables;
-  std::vector<int32_t> token_ids;
-  std::vector<int32_t> slot_page_ids;
-  std::vector<int32_t> slot_offsets;
-  std::vector<int32_t> sample_rows;
-  std::vector<SamplingParams> sampling;
+using Step = StepArrays;
 
-  ForwardBatch batch(bool want_logits = true) const {
-    ForwardBatch b;
-    b.token_ids = token_ids;
-    b.tables = tables.view();
-    b.slot_page_ids = slot_page_ids;
-    b.slot_offsets = slot_offsets;
-    b.sample_rows = sample_rows;
-    b.sampling = sampling;
-    b.want_logits = want_logits;
-    return b;
-  }
-};
-
+// Takes pages for the positions the parts reach, then appends the parts.
 Step BuildStep(const std::vector<Part>& parts, int32_t block_tokens, PageAllocator& allocator) {
   Step step;
   for (const Part& part : parts) {
@@ -296,24 +279,11 @@ Step BuildStep(const std::vector<Part>& parts, int32_t block_tokens, PageAllocat
     while (static_cast<int32_t>(seq.pages.size()) * block_tokens < part.end) {
       seq.pages.push_back(allocator.Take());
     }
-    for (int32_t b = 0; b * block_tokens < part.end; ++b) {
-      step.tables.kv_page_ids.push_back(seq.pages[b]);
-      step.tables.kv_page_pos.push_back(b * block_tokens);
-      step.tables.kv_page_len.push_back(std::min(block_tokens, part.end - b * block_tokens));
-    }
-    step.tables.kv_indptr.push_back(static_cast<int32_t>(step.tables.kv_page_ids.size()));
-    for (int32_t p = part.begin; p < part.end; ++p) {
-      step.tables.q_pos.push_back(p);
-      step.token_ids.push_back(seq.tokens[p]);
-      step.slot_page_ids.push_back(part.write_kv ? seq.pages[p / block_tokens] : -1);
-      step.slot_offsets.push_back(p % block_tokens);
-      const bool last = p + 1 == part.end;
-      if (part.sample_all || (part.sample_last && last)) {
-        step.sample_rows.push_back(static_cast<int32_t>(step.tables.q_pos.size()) - 1);
-        step.sampling.push_back(part.sampling);
-      }
-    }
-    step.tables.q_indptr.push_back(static_cast<int32_t>(step.tables.q_pos.size()));
+    const SampleRows sample = part.sample_all    ? SampleRows::kAll
+                              : part.sample_last ? SampleRows::kLast
+                                                 : SampleRows::kNone;
+    step.Append(seq.tokens, seq.pages, Range(part.begin, part.end), block_tokens, sample,
+                part.sampling, part.write_kv);
   }
   return step;
 }
@@ -356,10 +326,7 @@ class CudaBackendTest : public ::testing::TestWithParam<Shape> {
   }
 
   std::vector<int32_t> RandomTokens(int32_t count) {
-    std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config_.vocab_size) - 1);
-    std::vector<int32_t> tokens(count);
-    for (int32_t& t : tokens) t = token(rng_);
-    return tokens;
+    return model::RandomTokens(rng_, config_.vocab_size, count);
   }
 
   DenseGeneration Dense(absl::Span<const int32_t> prompt, int32_t new_tokens) {

@@ -2,8 +2,6 @@
 // header layout, and every corruption the parser must refuse.
 #include "model/safetensors.h"
 
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -19,32 +17,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "tests/model/temp_dir.h"
 
 namespace asymcache::model {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-// A fresh directory under the test temp dir, removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::path(testing::TempDir()) / "safetensors_test_XXXXXX").string();
-    char* made = ::mkdtemp(pattern.data());
-    EXPECT_NE(made, nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string File(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::vector<uint8_t> ToBytes(const std::string& s) {
   return std::vector<uint8_t>(s.begin(), s.end());
@@ -101,7 +80,7 @@ const std::vector<float>& SpecialValues() {
 }
 
 TEST(SafetensorsTest, RoundTripsEveryDtype) {
-  TempDir dir;
+  TempDir dir("safetensors_test");
   const std::vector<float>& values = SpecialValues();  // 14 values
   const std::vector<uint8_t> f32 = FloatBytes(msa::DType::kFloat32, values);
   const std::vector<uint8_t> bf16 = FloatBytes(msa::DType::kBFloat16, values);
@@ -353,7 +332,7 @@ TEST(SafetensorsTest, LongHostileNamesAreShortenedInMessages) {
 }
 
 TEST(SafetensorsTest, OpenRefusesTruncatedFilesAndNamesThePath) {
-  TempDir dir;
+  TempDir dir("safetensors_test");
   const std::vector<float> values = {1, 2, 3, 4};
   const std::vector<uint8_t> bytes = FloatBytes(msa::DType::kFloat32, values);
   const std::string path = dir.File("t.safetensors");
@@ -382,7 +361,7 @@ TEST(SafetensorsTest, OpenRefusesTruncatedFilesAndNamesThePath) {
 }
 
 TEST(SafetensorsTest, MovedFileKeepsItsMapping) {
-  TempDir dir;
+  TempDir dir("safetensors_test");
   const std::vector<float> values = {7, 8};
   const std::vector<uint8_t> bytes = FloatBytes(msa::DType::kFloat32, values);
   const std::string path = dir.File("m.safetensors");
@@ -400,7 +379,7 @@ TEST(SafetensorsTest, MovedFileKeepsItsMapping) {
 }
 
 TEST(SafetensorsTest, WriterStreamsPiecesAndChecksSizes) {
-  TempDir dir;
+  TempDir dir("safetensors_test");
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
   const std::vector<uint8_t> bytes = FloatBytes(msa::DType::kFloat32, values);
   const std::string path = dir.File("w.safetensors");
@@ -458,7 +437,7 @@ TEST(SafetensorsTest, WriterRefusesBadDeclarations) {
     EXPECT_EQ(h.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(h.status().message(), HasSubstr(tc.message));
   }
-  TempDir dir;
+  TempDir dir("safetensors_test");
   absl::StatusOr<SafetensorsWriter> w =
       SafetensorsWriter::Create(dir.File("x.safetensors"), {{"a", msa::DType::kFloat32, {-1}}}, {});
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);

@@ -2,8 +2,6 @@
 // directories written by WriteHfDirectory and read back by FromDirectory.
 #include "model/weight_source.h"
 
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -21,30 +19,13 @@
 #include "model/llama_config.h"
 #include "model/random_weight.h"
 #include "model/safetensors.h"
+#include "tests/model/temp_dir.h"
 
 namespace asymcache::model {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::path(testing::TempDir()) / "weight_source_test_XXXXXX").string();
-    char* made = ::mkdtemp(pattern.data());
-    EXPECT_NE(made, nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string Sub(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
 
 LlamaConfig Tiny() { return *LlamaConfig::Named("tiny"); }
 
@@ -174,14 +155,14 @@ TEST(WeightSourceTest, RandomRefusesInvalidConfigAndBadReads) {
 // Writes random tiny weights in `dtype`, loads them back, and checks every
 // tensor equals the random values rounded to `dtype`.
 void CheckWriteAndLoad(msa::DType dtype) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 42);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, dtype, dir.Sub("m")).ok());
-  EXPECT_TRUE(fs::exists(dir.Sub("m/config.json")));
-  EXPECT_TRUE(fs::exists(dir.Sub("m/model.safetensors")));
+  ASSERT_TRUE(WriteHfDirectory(*random, dtype, dir.File("m")).ok());
+  EXPECT_TRUE(fs::exists(dir.File("m/config.json")));
+  EXPECT_TRUE(fs::exists(dir.File("m/model.safetensors")));
 
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_FALSE(loaded->is_random());
   EXPECT_EQ(loaded->seed(), 0u);
@@ -211,17 +192,17 @@ TEST(WeightSourceTest, WritesAndLoadsBf16Rounded) { CheckWriteAndLoad(msa::DType
 TEST(WeightSourceTest, WritesAndLoadsF16Rounded) { CheckWriteAndLoad(msa::DType::kFloat16); }
 
 TEST(WeightSourceTest, RewritesStoredWeights) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 3);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kBFloat16, dir.Sub("bf16")).ok());
-  absl::StatusOr<WeightSource> bf16 = WeightSource::FromDirectory(dir.Sub("bf16"));
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kBFloat16, dir.File("bf16")).ok());
+  absl::StatusOr<WeightSource> bf16 = WeightSource::FromDirectory(dir.File("bf16"));
   ASSERT_TRUE(bf16.ok()) << bf16.status();
   // Same dtype: bytes copied; other dtype: converted (bf16 -> f32 exact).
-  ASSERT_TRUE(WriteHfDirectory(*bf16, msa::DType::kBFloat16, dir.Sub("copy")).ok());
-  ASSERT_TRUE(WriteHfDirectory(*bf16, msa::DType::kFloat32, dir.Sub("f32")).ok());
-  absl::StatusOr<WeightSource> copy = WeightSource::FromDirectory(dir.Sub("copy"));
-  absl::StatusOr<WeightSource> f32 = WeightSource::FromDirectory(dir.Sub("f32"));
+  ASSERT_TRUE(WriteHfDirectory(*bf16, msa::DType::kBFloat16, dir.File("copy")).ok());
+  ASSERT_TRUE(WriteHfDirectory(*bf16, msa::DType::kFloat32, dir.File("f32")).ok());
+  absl::StatusOr<WeightSource> copy = WeightSource::FromDirectory(dir.File("copy"));
+  absl::StatusOr<WeightSource> f32 = WeightSource::FromDirectory(dir.File("f32"));
   ASSERT_TRUE(copy.ok() && f32.ok());
   for (size_t i = 0; i < bf16->specs().size(); ++i) {
     const std::vector<float> v = Read(*bf16, i);
@@ -229,7 +210,7 @@ TEST(WeightSourceTest, RewritesStoredWeights) {
     ASSERT_TRUE(BitEqual(Read(*f32, i), v)) << i;
   }
   EXPECT_EQ(f32->stored(0)->dtype, msa::DType::kFloat32);
-  EXPECT_EQ(WriteHfDirectory(*random, static_cast<msa::DType>(5), dir.Sub("x")).code(),
+  EXPECT_EQ(WriteHfDirectory(*random, static_cast<msa::DType>(5), dir.File("x")).code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -285,10 +266,10 @@ std::vector<std::string> AllNames(const WeightSource& w) {
 }
 
 TEST(WeightSourceTest, LoadsTensorsSplitAcrossFilesAndIgnoresExtras) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 11);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.Sub("m")).ok());
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.File("m")).ok());
   const std::vector<std::string> names = AllNames(*random);
   Repack layout;
   layout.files["model-00001-of-00002.safetensors"] =
@@ -296,11 +277,11 @@ TEST(WeightSourceTest, LoadsTensorsSplitAcrossFilesAndIgnoresExtras) {
   layout.files["model-00002-of-00002.safetensors"] =
       std::vector<std::string>(names.begin() + 10, names.end());
   layout.extra = {"model.layers.0.self_attn.rotary_emb.inv_freq"};
-  RepackDirectory(dir.Sub("m"), layout);
+  RepackDirectory(dir.File("m"), layout);
   // A non-safetensors file in the directory is ignored.
-  std::ofstream(dir.Sub("m/README.md")) << "tiny";
+  std::ofstream(dir.File("m/README.md")) << "tiny";
 
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   for (size_t i = 0; i < names.size(); ++i) {
     ASSERT_TRUE(BitEqual(Read(*loaded, i), Read(*random, i))) << names[i];
@@ -308,47 +289,47 @@ TEST(WeightSourceTest, LoadsTensorsSplitAcrossFilesAndIgnoresExtras) {
 }
 
 TEST(WeightSourceTest, TiedModelHasNoLmHead) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   LlamaConfig tied = Tiny();
   tied.tie_word_embeddings = true;
   absl::StatusOr<WeightSource> random = WeightSource::Random(tied, 5);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.Sub("m")).ok());
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.File("m")).ok());
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_TRUE(loaded->config().tie_word_embeddings);
   EXPECT_EQ(loaded->specs().size(), 20u);
-  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(dir.Sub("m/model.safetensors"));
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(dir.File("m/model.safetensors"));
   ASSERT_TRUE(file.ok());
   EXPECT_EQ(file->Find("lm_head.weight"), nullptr);
 }
 
 TEST(WeightSourceTest, MissingTensorIsNamed) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 1);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kBFloat16, dir.Sub("m")).ok());
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kBFloat16, dir.File("m")).ok());
   std::vector<std::string> names = AllNames(*random);
   std::erase(names, "model.layers.1.self_attn.k_proj.weight");
   Repack layout;
   layout.files["model.safetensors"] = names;
-  RepackDirectory(dir.Sub("m"), layout);
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  RepackDirectory(dir.File("m"), layout);
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(loaded.status().message(),
               HasSubstr("tensor 'model.layers.1.self_attn.k_proj.weight' [128, 256] not found"));
 }
 
 TEST(WeightSourceTest, WrongShapeIsNamedWithTheFile) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 1);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.Sub("m")).ok());
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.File("m")).ok());
   Repack layout;
   layout.files["model.safetensors"] = AllNames(*random);
   layout.reshape["model.layers.0.mlp.up_proj.weight"] = {256, 256};
-  RepackDirectory(dir.Sub("m"), layout);
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  RepackDirectory(dir.File("m"), layout);
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(loaded.status().message(),
               HasSubstr("model.safetensors: tensor 'model.layers.0.mlp.up_proj.weight': shape "
@@ -356,15 +337,15 @@ TEST(WeightSourceTest, WrongShapeIsNamedWithTheFile) {
 }
 
 TEST(WeightSourceTest, DuplicateTensorAcrossFilesIsRefused) {
-  TempDir dir;
+  TempDir dir("weight_source_test");
   absl::StatusOr<WeightSource> random = WeightSource::Random(Tiny(), 1);
   ASSERT_TRUE(random.ok());
-  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.Sub("m")).ok());
+  ASSERT_TRUE(WriteHfDirectory(*random, msa::DType::kFloat32, dir.File("m")).ok());
   Repack layout;
   layout.files["a.safetensors"] = AllNames(*random);
   layout.files["b.safetensors"] = {"model.norm.weight"};
-  RepackDirectory(dir.Sub("m"), layout);
-  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.Sub("m"));
+  RepackDirectory(dir.File("m"), layout);
+  absl::StatusOr<WeightSource> loaded = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(loaded.status().message(), HasSubstr("tensor 'model.norm.weight' appears in both"));
   EXPECT_THAT(loaded.status().message(), HasSubstr("a.safetensors"));
@@ -372,30 +353,30 @@ TEST(WeightSourceTest, DuplicateTensorAcrossFilesIsRefused) {
 }
 
 TEST(WeightSourceTest, DirectoryErrorsNameThePath) {
-  TempDir dir;
-  absl::StatusOr<WeightSource> w = WeightSource::FromDirectory(dir.Sub("absent"));
+  TempDir dir("weight_source_test");
+  absl::StatusOr<WeightSource> w = WeightSource::FromDirectory(dir.File("absent"));
   EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(w.status().message(), HasSubstr("absent"));
 
-  fs::create_directories(dir.Sub("m"));
-  w = WeightSource::FromDirectory(dir.Sub("m"));
+  fs::create_directories(dir.File("m"));
+  w = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(w.status().message(), HasSubstr(dir.Sub("m/config.json")));
+  EXPECT_THAT(w.status().message(), HasSubstr(dir.File("m/config.json")));
 
-  std::ofstream(dir.Sub("m/config.json")) << R"({"model_type": "llama", "vocab_size": 0})";
-  w = WeightSource::FromDirectory(dir.Sub("m"));
+  std::ofstream(dir.File("m/config.json")) << R"({"model_type": "llama", "vocab_size": 0})";
+  w = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(w.status().message(), HasSubstr(dir.Sub("m/config.json") + ": "));
+  EXPECT_THAT(w.status().message(), HasSubstr(dir.File("m/config.json") + ": "));
 
-  std::ofstream(dir.Sub("m/config.json"), std::ios::trunc) << Tiny().ToHfConfigJson();
-  w = WeightSource::FromDirectory(dir.Sub("m"));
+  std::ofstream(dir.File("m/config.json"), std::ios::trunc) << Tiny().ToHfConfigJson();
+  w = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(w.status().message(), HasSubstr("no *.safetensors files"));
 
-  std::ofstream(dir.Sub("m/model.safetensors")) << "garbage!";
-  w = WeightSource::FromDirectory(dir.Sub("m"));
+  std::ofstream(dir.File("m/model.safetensors")) << "garbage!";
+  w = WeightSource::FromDirectory(dir.File("m"));
   EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(w.status().message(), HasSubstr(dir.Sub("m/model.safetensors") + ": "));
+  EXPECT_THAT(w.status().message(), HasSubstr(dir.File("m/model.safetensors") + ": "));
 }
 
 }  // namespace

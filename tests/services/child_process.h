@@ -17,6 +17,8 @@
 //     idempotent. The destructor calls Kill().
 //   - Ownership: the object owns the child process and the read end of its
 //     stdout pipe. Not thread-safe: one thread starts, queries and kills it.
+//   - FileContents() reads a child's stderr log back (e.g. to print it when a
+//     test fails).
 //
 // Errors (absl::Status): INVALID_ARGUMENT for bad options (naming the field),
 // INTERNAL for a failed pipe/open/fork, FAILED_PRECONDITION for a child that
@@ -36,8 +38,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,6 +57,15 @@
 #include "absl/time/time.h"
 
 namespace asymcache::testing {
+
+// The whole text of the file at `path` (a child's stderr log, for a failing
+// test to print); "" when it cannot be read.
+inline std::string FileContents(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 struct ChildProcessOptions {
   // Names the child in error messages (e.g. a member id); required so that a

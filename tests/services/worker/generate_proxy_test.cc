@@ -48,11 +48,15 @@
 #include "tests/services/child_process.h"
 #include "tests/services/client/test_daemon.h"
 #include "tests/services/test_binaries.h"
+#include "tests/services/worker/generate_stream.h"
 
 namespace asymcache {
 namespace {
 
 using ::asymcache::testing::ConnectClient;
+using ::asymcache::testing::FileContents;
+using ::asymcache::testing::Generate;
+using ::asymcache::testing::Generated;
 using ::asymcache::testing::SmallDaemonOptions;
 using ::asymcache::testing::WaitUntil;
 using worker::WorkerRole;
@@ -66,44 +70,6 @@ constexpr uint64_t kWeightSeed = 7;  // every worker: the same weights
 constexpr int kLongGeneration = 6000;
 constexpr int64_t kPoolBlocks = 512;  // 8192 tokens
 
-std::string FileContents(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-// One Generate stream, read to its end.
-struct Generated {
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> times_us;
-  std::string finish_reason;
-  v1::RequestStats stats;
-  int messages = 0;
-  grpc::Status status;
-};
-
-Generated Generate(v1::Worker::Stub& stub, const v1::GenerateRequest& request,
-                   absl::Duration deadline = absl::Seconds(30)) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      stub.Generate(&context, request);
-  Generated out;
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-    ++out.messages;
-    out.tokens.insert(out.tokens.end(), response.tokens().begin(), response.tokens().end());
-    out.times_us.insert(out.times_us.end(), response.token_times_us().begin(),
-                        response.token_times_us().end());
-    if (!response.finish_reason().empty()) {
-      out.finish_reason = response.finish_reason();
-      out.stats = response.stats();
-    }
-  }
-  out.status = reader->Finish();
-  return out;
-}
 
 v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_new_tokens,
                             const std::string& salt) {

@@ -65,6 +65,7 @@
 #include "tests/services/child_process.h"
 #include "tests/services/free_port.h"
 #include "tests/services/test_binaries.h"
+#include "tests/services/worker/generate_stream.h"
 
 #ifndef ASYMCACHE_BUILT_WORKER
 #define ASYMCACHE_BUILT_WORKER nullptr
@@ -73,7 +74,13 @@
 namespace asymcache {
 namespace {
 
+using ::asymcache::testing::FileContents;
+using ::asymcache::testing::Generate;
+using ::asymcache::testing::Generated;
 using ::testing::HasSubstr;
+
+// Bound on one Generate stream of these tests.
+constexpr absl::Duration kGenerateDeadline = absl::Seconds(20);
 
 std::string WorkerBinary() {
   return testing::FindTestBinary("ASYMCACHE_WORKER_BIN", ASYMCACHE_BUILT_WORKER,
@@ -252,42 +259,6 @@ std::optional<double> SeriesValue(const std::string& exposition, const std::stri
   return std::nullopt;
 }
 
-std::string FileContents(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-struct Generated {
-  grpc::Status status;
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> times_us;
-  int messages = 0;
-  std::string finish_reason;
-  v1::RequestStats stats;
-};
-
-Generated Generate(v1::Worker::Stub& stub, const v1::GenerateRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      stub.Generate(&context, request);
-  Generated out;
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-    ++out.messages;
-    out.tokens.insert(out.tokens.end(), response.tokens().begin(), response.tokens().end());
-    out.times_us.insert(out.times_us.end(), response.token_times_us().begin(),
-                        response.token_times_us().end());
-    if (!response.finish_reason().empty()) {
-      out.finish_reason = response.finish_reason();
-      out.stats = response.stats();
-    }
-  }
-  out.status = reader->Finish();
-  return out;
-}
 
 class WorkerProcessTest : public ::testing::Test {
  protected:
@@ -388,7 +359,7 @@ TEST_F(WorkerProcessTest, GeneratesReportsMetricsAndStopsOnSigterm) {
   request.set_max_new_tokens(kNewTokens);
   request.set_salt("tenant-worker-test");
 
-  const Generated first = Generate(*stub, request);
+  const Generated first = Generate(*stub, request, kGenerateDeadline);
   ASSERT_TRUE(first.status.ok()) << first.status.error_message();
   ASSERT_EQ(first.tokens.size(), static_cast<size_t>(kNewTokens));
   EXPECT_GE(first.messages, 2);  // tokens, then the finish message
@@ -406,7 +377,7 @@ TEST_F(WorkerProcessTest, GeneratesReportsMetricsAndStopsOnSigterm) {
   EXPECT_NEAR(first.stats.ttft_seconds(), first.times_us[0] * 1e-6, 1e-6);
 
   // The same prompt again: the same (greedy) tokens, the sealed blocks hit.
-  const Generated second = Generate(*stub, request);
+  const Generated second = Generate(*stub, request, kGenerateDeadline);
   ASSERT_TRUE(second.status.ok()) << second.status.error_message();
   EXPECT_EQ(second.tokens, first.tokens);
   EXPECT_EQ(second.finish_reason, "length");
@@ -415,12 +386,12 @@ TEST_F(WorkerProcessTest, GeneratesReportsMetricsAndStopsOnSigterm) {
   // Bad requests are refused by the engine's validation.
   v1::GenerateRequest empty;
   empty.set_max_new_tokens(4);
-  Generated refused = Generate(*stub, empty);
+  Generated refused = Generate(*stub, empty, kGenerateDeadline);
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(refused.tokens.empty());
   v1::GenerateRequest outside = request;
   outside.set_prompt_tokens(3, kVocab);
-  refused = Generate(*stub, outside);
+  refused = Generate(*stub, outside, kGenerateDeadline);
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << refused.status.error_message();
 
