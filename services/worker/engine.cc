@@ -1,6 +1,8 @@
 #include "services/worker/engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <optional>
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
@@ -373,27 +375,19 @@ void Engine::Import(Sequence& seq) {
   if (summary.ok()) seq.stats.imported_blocks = summary->imported + summary->already_resident;
 }
 
-absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
-  // Its commit must have landed, so the plan finds the pages it sealed.
-  WaitForCall(seq.last_call);
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
+absl::StatusOr<ScopedLease> Engine::BeginPlan(const Sequence& seq, int64_t target_tokens) {
   PlanStepOptions plan_options;
   plan_options.compute_plan_hashes = false;
   if (!seq.planned_once && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
     plan_options.agent = seq.request.agent;
   }
-  absl::StatusOr<ScopedLease> lease;
-  {
-    double rpc = 0;
-    {
-      AddTime timer(&rpc);
-      lease = daemon_->BeginStep(seq.request.salt, seq.daemon_sequence,
-                                 absl::MakeConstSpan(seq.tokens).first(target_tokens), plan_options,
-                                 options_.rpc_timeout);
-    }
-    absl::MutexLock lock(&mu_);
-    stats_.rpc_seconds += rpc;
-  }
+  return daemon_->BeginStep(seq.request.salt, seq.daemon_sequence,
+                            absl::MakeConstSpan(seq.tokens).first(target_tokens), plan_options,
+                            options_.rpc_timeout);
+}
+
+absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
+                               int64_t target_tokens, bool* blocked) {
   if (absl::IsResourceExhausted(lease.status())) {
     *blocked = true;
     return absl::OkStatus();
@@ -430,25 +424,68 @@ absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocke
   return absl::OkStatus();
 }
 
-absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
+absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
+  // Its commit must have landed, so the plan finds the pages it sealed.
+  WaitForCall(seq.last_call);
   if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
+  double rpc = 0;
+  absl::StatusOr<ScopedLease> lease;
+  {
+    AddTime timer(&rpc);
+    lease = BeginPlan(seq, target_tokens);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.rpc_seconds += rpc;
+  }
+  return AdoptPlan(seq, std::move(lease), target_tokens, blocked);
+}
+
+std::optional<int64_t> Engine::PlanTarget(Sequence& seq) {
   const int64_t known = static_cast<int64_t>(seq.tokens.size());
   if (!seq.lease.active()) {
-    if (seq.imported && !seq.planned_once) {
-      // Plan exactly the imported context first (all of it resident when the
-      // import worked); the rest extends it like decode does.
-      return PlanNext(seq, seq.request.kv_source_tokens, blocked);
-    }
-    return PlanNext(seq, known, blocked);
+    // Plan exactly an imported context first (all of it resident when the
+    // import worked); the rest extends it like decode does.
+    return seq.imported && !seq.planned_once ? seq.request.kv_source_tokens : known;
   }
   if (!seq.pages.done() || seq.logits_only || seq.pages.context_tokens() >= known) {
-    return absl::OkStatus();
+    return std::nullopt;
   }
   if (known - seq.pages.context_tokens() == 1 && seq.pages.CanExtendInPlace()) {
-    seq.pages.ExtendInPlace();
-    return absl::OkStatus();
+    seq.pages.ExtendInPlace();  // a decode token into the private page: no plan
+    return std::nullopt;
   }
-  return PlanNext(seq, known, blocked);
+  return known;
+}
+
+std::vector<absl::StatusOr<ScopedLease>> Engine::BeginPlans(absl::Span<Sequence* const> seqs,
+                                                            absl::Span<const int64_t> targets) {
+  std::vector<absl::StatusOr<ScopedLease>> leases;
+  leases.reserve(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) leases.emplace_back(absl::UnknownError("not issued"));
+  const absl::Time start = absl::Now();
+  std::atomic<size_t> next{0};
+  auto issue = [&]() {
+    for (size_t i = next++; i < seqs.size(); i = next++) leases[i] = BeginPlan(*seqs[i], targets[i]);
+  };
+  // The calling thread plus up to kPlanThreads - 1 helpers: one RPC's
+  // latency for a handful of plans instead of their sum.
+  const size_t helpers = std::min<size_t>(seqs.size(), kPlanThreads) - 1;
+  std::vector<std::thread> threads;
+  threads.reserve(helpers);
+  for (size_t t = 0; t < helpers; ++t) threads.emplace_back(issue);
+  issue();
+  for (std::thread& t : threads) t.join();
+  absl::MutexLock lock(&mu_);
+  stats_.rpc_seconds += SecondsSince(start);
+  return leases;
+}
+
+absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
+  const std::optional<int64_t> target = PlanTarget(seq);
+  if (!target.has_value()) return absl::OkStatus();
+  return PlanNext(seq, *target, blocked);
 }
 
 void Engine::Admit() {
@@ -536,18 +573,17 @@ bool Engine::Step() {
   const absl::Time step_start = absl::Now();
   TakeArrivals();
   Admit();
-  // Advance running sequences (extend decodes, plan new pages).
+  // Advance running sequences: decode tokens go into private pages; the
+  // sequences that need a plan (a full page, a re-plan) get it below, their
+  // PlanStep calls issued concurrently.
+  std::vector<Sequence*> to_plan;
+  std::vector<int64_t> targets;
   for (auto it = running_.begin(); it != running_.end();) {
     Sequence& seq = **it;
     seq.blocked = false;
-    const absl::Status s = Advance(seq, &seq.blocked);
-    if (!s.ok()) {
-      Finish(seq, s, "");
-      it = running_.erase(it);
-      continue;
-    }
+    absl::Status s = seq.call_error->Get();
     // Keep leases alive through long decodes (in-place extensions make no RPC).
-    if (seq.lease.active() && absl::Now() >= seq.renew_due) {
+    if (s.ok() && seq.lease.active() && absl::Now() >= seq.renew_due) {
       double rpc = 0;
       absl::StatusOr<absl::Duration> renewed;
       {
@@ -558,14 +594,42 @@ bool Engine::Step() {
         absl::MutexLock lock(&mu_);
         stats_.rpc_seconds += rpc;
       }
-      if (!renewed.ok()) {
-        Finish(seq, renewed.status(), "");
-        it = running_.erase(it);
-        continue;
+      if (renewed.ok()) {
+        seq.renew_due = absl::Now() + *renewed / 3;
+      } else {
+        s = renewed.status();
       }
-      seq.renew_due = absl::Now() + *renewed / 3;
+    }
+    if (!s.ok()) {
+      Finish(seq, s, "");
+      it = running_.erase(it);
+      continue;
+    }
+    if (const std::optional<int64_t> target = PlanTarget(seq); target.has_value()) {
+      to_plan.push_back(&seq);
+      targets.push_back(*target);
     }
     ++it;
+  }
+  if (!to_plan.empty()) {
+    // Their commits must have landed, so the plans find the pages they sealed.
+    for (Sequence* seq : to_plan) WaitForCall(seq->last_call);
+    std::vector<absl::StatusOr<ScopedLease>> leases =
+        BeginPlans(absl::MakeConstSpan(to_plan), absl::MakeConstSpan(targets));
+    absl::flat_hash_set<Sequence*> failed;
+    for (size_t i = 0; i < to_plan.size(); ++i) {
+      Sequence& seq = *to_plan[i];
+      const absl::Status s = AdoptPlan(seq, std::move(leases[i]), targets[i], &seq.blocked);
+      if (!s.ok()) {
+        Finish(seq, s, "");
+        failed.insert(&seq);
+      }
+    }
+    if (!failed.empty()) {
+      running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                    [&](const auto& p) { return failed.contains(p.get()); }),
+                     running_.end());
+    }
   }
 
   // This step's work: decode tokens and prefill/rebuild runs.

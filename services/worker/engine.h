@@ -4,7 +4,8 @@
 //   each step   admit waiting requests (PlanStep of their context; a full
 //               pool leaves them waiting, FCFS), extend running sequences
 //               (a decode token goes into the lease's private partial page
-//               with no RPC; a full page triggers the next PlanStep, whose
+//               with no RPC; a full page triggers the next PlanStep — the
+//               running set's plans are issued concurrently — whose
 //               freshly allocated page gets the rows the previous lease holds
 //               by a device copy), let the ChunkScheduler pick this step's
 //               prefill/rebuild chunks beside the decode tokens, run ONE
@@ -43,6 +44,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,6 +55,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "cachecore/chunk_scheduler.h"
 #include "cachecore/cost_model.h"
 #include "model/model_backend.h"
@@ -175,6 +178,18 @@ class Engine {
   void Admit();
   absl::Status Advance(Sequence& seq, bool* blocked);
   absl::Status PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked);
+  // PlanNext in parts: the context length the sequence must plan next, if any
+  // (a decode token that fits the private page is appended there instead);
+  // the PlanStep RPC (thread-safe; reads the sequence only); adopting the
+  // lease (copies, the previous lease's release, stats) on the step thread.
+  std::optional<int64_t> PlanTarget(Sequence& seq);
+  absl::StatusOr<ScopedLease> BeginPlan(const Sequence& seq, int64_t target_tokens);
+  absl::Status AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease, int64_t target_tokens,
+                         bool* blocked);
+  // BeginPlan for several sequences at once, on up to kPlanThreads threads.
+  static constexpr size_t kPlanThreads = 8;
+  std::vector<absl::StatusOr<ScopedLease>> BeginPlans(absl::Span<Sequence* const> seqs,
+                                                      absl::Span<const int64_t> targets);
   void Finish(Sequence& seq, const absl::Status& status, const std::string& reason);
   void Preempt(Sequence& seq);
   void ReleaseLeases(Sequence& seq, bool with_agent);
