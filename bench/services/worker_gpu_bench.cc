@@ -413,7 +413,12 @@ absl::Status AppendMarkdown(const std::string& path, const std::string& header,
   return WriteFile(path, empty ? header + rows : rows, /*append=*/true);
 }
 
-std::unique_ptr<v1::Worker::Stub> WorkerStub(const std::string& address, int channel_tag = 0) {
+// The gRPC-generated client of asymcache.v1.Worker (a worker or the
+// coordinator's Generate proxy).
+using WorkerClient = v1::Worker::Stub;
+
+// A client on its own channel to `address`.
+std::unique_ptr<WorkerClient> ConnectWorker(const std::string& address, int channel_tag = 0) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(64 << 20);
@@ -432,12 +437,12 @@ struct Generated {
   v1::RequestStats stats;
 };
 
-absl::StatusOr<Generated> Generate(v1::Worker::Stub& stub, const v1::GenerateRequest& request,
+absl::StatusOr<Generated> Generate(WorkerClient& worker_client, const v1::GenerateRequest& request,
                                    double timeout_s, int64_t vocab) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(timeout_s)));
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      stub.Generate(&context, request);
+      worker_client.Generate(&context, request);
   Generated out;
   v1::GenerateResponse message;
   while (reader->Read(&message)) {
@@ -464,11 +469,11 @@ absl::StatusOr<Generated> Generate(v1::Worker::Stub& stub, const v1::GenerateReq
   return out;
 }
 
-absl::StatusOr<v1::GetWorkerStatsResponse> WorkerStats(v1::Worker::Stub& stub) {
+absl::StatusOr<v1::GetWorkerStatsResponse> WorkerStats(WorkerClient& worker_client) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   v1::GetWorkerStatsResponse response;
-  if (absl::Status s = FromGrpcStatus(stub.GetWorkerStats(&context, {}, &response)); !s.ok()) {
+  if (absl::Status s = FromGrpcStatus(worker_client.GetWorkerStats(&context, {}, &response)); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("GetWorkerStats: ", s.message()));
   }
   return response;
@@ -883,10 +888,10 @@ class ReferencePool {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// Sends one request (disaggregated when a prefill stub is given): the first
+// Sends one request (disaggregated when a prefill client is given): the first
 // token from the prefill worker, the rest from the decode worker with kv_source.
-absl::StatusOr<Generated> RunRequest(const ToolOptions& o, v1::Worker::Stub& worker,
-                                     v1::Worker::Stub* prefill, const v1::GenerateRequest& request,
+absl::StatusOr<Generated> RunRequest(const ToolOptions& o, WorkerClient& worker,
+                                     WorkerClient* prefill, const v1::GenerateRequest& request,
                                      int64_t vocab) {
   if (prefill == nullptr) return Generate(worker, request, o.request_timeout_s, vocab);
   v1::GenerateRequest first = request;
@@ -934,10 +939,10 @@ int RunExactness(const ToolOptions& o) {
   tol.logit = o.logit_tolerance >= 0 ? o.logit_tolerance : (fp32 ? 1e-4 : 0.08);
   tol.l2 = o.l2_tolerance >= 0 ? o.l2_tolerance : (fp32 ? 1e-5 : 2e-2);
 
-  std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(o.worker);
-  std::unique_ptr<v1::Worker::Stub> prefill_stub =
-      o.prefill_worker.empty() ? nullptr : WorkerStub(o.prefill_worker);
-  absl::StatusOr<v1::GetWorkerStatsResponse> before = WorkerStats(*stub);
+  std::unique_ptr<WorkerClient> worker_client = ConnectWorker(o.worker);
+  std::unique_ptr<WorkerClient> prefill_client =
+      o.prefill_worker.empty() ? nullptr : ConnectWorker(o.prefill_worker);
+  absl::StatusOr<v1::GetWorkerStatsResponse> before = WorkerStats(*worker_client);
   if (!before.ok()) {
     std::fprintf(stderr, "worker_gpu_bench: --worker %s: %s\n", o.worker.c_str(),
                  before.status().ToString().c_str());
@@ -985,7 +990,7 @@ int RunExactness(const ToolOptions& o) {
           request.set_return_logits(true);
           const absl::Time sent = absl::Now();
           absl::StatusOr<Generated> got =
-              RunRequest(o, *stub, prefill_stub.get(), request, config.vocab_size);
+              RunRequest(o, *worker_client, prefill_client.get(), request, config.vocab_size);
           outcome.seconds = absl::ToDoubleSeconds(absl::Now() - sent);
           if (got.ok()) {
             outcome.result = *std::move(got);
@@ -1158,7 +1163,7 @@ v1::GenerateRequest LoadRequest(const ToolOptions& o, int64_t vocab, uint64_t in
 
 absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_t concurrency,
                                      int32_t requests, uint64_t* next_index) {
-  std::unique_ptr<v1::Worker::Stub> control = WorkerStub(o.worker);
+  std::unique_ptr<WorkerClient> control = ConnectWorker(o.worker);
   absl::StatusOr<v1::GetWorkerStatsResponse> before = WorkerStats(*control);
   if (!before.ok()) return before.status();
   LevelResult level;
@@ -1172,14 +1177,14 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
   std::vector<std::thread> streams;
   for (int32_t c = 0; c < concurrency; ++c) {
     streams.emplace_back([&, c] {
-      std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(o.worker, c + 1);
-      std::unique_ptr<v1::Worker::Stub> prefill_stub =
-          o.prefill_worker.empty() ? nullptr : WorkerStub(o.prefill_worker, c + 1);
+      std::unique_ptr<WorkerClient> worker_client = ConnectWorker(o.worker, c + 1);
+      std::unique_ptr<WorkerClient> prefill_client =
+          o.prefill_worker.empty() ? nullptr : ConnectWorker(o.prefill_worker, c + 1);
       for (int32_t k = issued++; k < requests; k = issued++) {
         const v1::GenerateRequest request = LoadRequest(o, vocab, base + k);
         const absl::Time sent = absl::Now();
         absl::StatusOr<Generated> got =
-            RunRequest(o, *stub, prefill_stub.get(), request, vocab);
+            RunRequest(o, *worker_client, prefill_client.get(), request, vocab);
         const double e2e_ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
         absl::MutexLock lock(&mu);
         if (!got.ok() || got->tokens.size() != static_cast<size_t>(o.load_new_tokens)) {
@@ -1191,7 +1196,7 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
           continue;
         }
         e2e.push_back(e2e_ms);
-        if (prefill_stub != nullptr) {
+        if (prefill_client != nullptr) {
           transfer.push_back(got->stats.import_seconds() * 1000.0);
           level.imported_blocks += got->stats.imported_blocks();
         }
@@ -1217,7 +1222,7 @@ absl::StatusOr<LevelResult> RunLevel(const ToolOptions& o, int64_t vocab, int32_
 }
 
 int RunLoad(const ToolOptions& o) {
-  std::unique_ptr<v1::Worker::Stub> control = WorkerStub(o.worker);
+  std::unique_ptr<WorkerClient> control = ConnectWorker(o.worker);
   absl::StatusOr<v1::GetWorkerStatsResponse> info = WorkerStats(*control);
   if (!info.ok()) {
     std::fprintf(stderr, "worker_gpu_bench: --worker %s: %s\n", o.worker.c_str(),
