@@ -99,6 +99,13 @@ struct Engine::Sequence {
   // Its last plan got RESOURCE_EXHAUSTED this step.
   bool blocked = false;
   absl::Time renew_due;
+  // This step runs one query at its last known position: a decode token, or
+  // the logits-only re-run of a fully resident context.
+  bool decoding() const {
+    const int64_t context = pages.context_tokens();
+    return logits_only ||
+           (pages.pending_tokens() == 1 && pages.pending().front().first == context - 1);
+  }
   // Daemon calls issued for it off the step thread (commits, releases): the
   // ticket of the last one, and the first error one of them met.
   uint64_t last_call = 0;
@@ -295,12 +302,12 @@ void Engine::Loop() {
       absl::MutexLock lock(&mu_);
       if (shutdown_) break;
       if (running_.empty() && waiting_.empty()) {
-        // Idle: wait for an arrival (or shutdown), bounded so that nothing
-        // is missed if a wake-up races.
+        // Idle until an arrival or shutdown (the condition is re-checked
+        // whenever mu_ is released, so no wake-up is lost).
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return shutdown_ || !arrivals_.empty();
         };
-        mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+        mu_.Await(absl::Condition(&ready));
         if (shutdown_) break;
       }
     }
@@ -327,8 +334,8 @@ void Engine::TakeArrivals() {
     absl::MutexLock lock(&mu_);
     arrived.swap(arrivals_);
     // Copied, not taken: a request still importing is cancelled once it
-    // arrives (Finish forgets the id).
-    cancelled = cancelled_;
+    // arrives (Finish forgets the id). Usually empty: no copy then.
+    if (!cancelled_.empty()) cancelled = cancelled_;
   }
   for (auto& seq : arrived) waiting_.push_back(std::move(seq));
   if (cancelled.empty()) {
@@ -635,23 +642,20 @@ bool Engine::Step() {
   // This step's work: decode tokens and prefill/rebuild runs.
   std::vector<DecodeWork> decodes;
   std::vector<PrefillWork> prefills;
-  absl::flat_hash_map<SequenceId, Sequence*> by_sequence;
+  std::vector<Sequence*> runnable;  // running order
   for (auto& seq : running_) {
     if (seq->blocked || !seq->lease.active()) continue;
-    const SequencePages& pages = seq->pages;
-    const int64_t context = pages.context_tokens();
-    if (seq->logits_only) {
+    const int64_t context = seq->pages.context_tokens();
+    if (seq->decoding()) {
       decodes.push_back({seq->id, context});
-    } else if (pages.pending_tokens() == 1 && pages.pending().front().first == context - 1) {
-      decodes.push_back({seq->id, context});
-    } else if (!pages.done()) {
-      prefills.push_back({seq->id, pages.pending(), context});
+    } else if (!seq->pages.done()) {
+      prefills.push_back({seq->id, seq->pages.pending(), context});
     } else {
       continue;
     }
-    by_sequence[seq->id] = seq.get();
+    runnable.push_back(seq.get());
   }
-  if (by_sequence.empty()) {
+  if (runnable.empty()) {
     // Nobody can run: when sequences wait for pool space, give the newest
     // running one's blocks back so the others can go on.
     // Even a lone sequence is preempted: rolling a full decode page over
@@ -681,14 +685,10 @@ bool Engine::Step() {
   absl::flat_hash_map<SequenceId, std::vector<std::pair<int64_t, int64_t>>> chunks_of;
   for (const Chunk& c : schedule.chunks) chunks_of[c.sequence].push_back({c.begin, c.end});
   int64_t prefill_tokens = 0;
-  for (auto& seq_ptr : running_) {
-    Sequence* seq = seq_ptr.get();
-    auto found = by_sequence.find(seq->id);
-    if (found == by_sequence.end()) continue;
+  for (Sequence* seq : runnable) {
     std::vector<std::pair<int64_t, int64_t>> ranges;
     const int64_t context = seq->pages.context_tokens();
-    const bool decode = seq->logits_only || (seq->pages.pending_tokens() == 1 &&
-                                             seq->pages.pending().front().first == context - 1);
+    const bool decode = seq->decoding();
     if (decode) {
       ranges.push_back({context - 1, context});
     } else if (auto c = chunks_of.find(seq->id); c != chunks_of.end()) {
