@@ -338,10 +338,7 @@ void Engine::TakeArrivals() {
     if (!cancelled_.empty()) cancelled = cancelled_;
   }
   for (auto& seq : arrived) waiting_.push_back(std::move(seq));
-  if (cancelled.empty()) {
-    if (!arrived.empty()) PublishCounts();
-    return;
-  }
+  if (cancelled.empty()) return;
   const absl::Status status = absl::CancelledError("the request was cancelled");
   auto cancel_in = [&](auto& list) {
     for (auto it = list.begin(); it != list.end();) {
@@ -355,7 +352,6 @@ void Engine::TakeArrivals() {
   };
   cancel_in(running_);
   cancel_in(waiting_);
-  PublishCounts();
 }
 
 void Engine::PublishCounts() {

@@ -173,7 +173,7 @@ class Engine {
 
   // Step phases (step thread only).
   void TakeArrivals() ABSL_LOCKS_EXCLUDED(mu_);
-  // stats_.running / waiting from the lists (step thread).
+  // stats_.running / waiting from the lists (step thread, after every loop turn).
   void PublishCounts() ABSL_LOCKS_EXCLUDED(mu_);
   void Admit();
   absl::Status Advance(Sequence& seq, bool* blocked);
