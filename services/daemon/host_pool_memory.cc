@@ -1,5 +1,7 @@
 // The host backend of pool_memory.h: POSIX shared memory (shm_open + mmap).
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -10,6 +12,8 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "services/daemon/pool_memory.h"
 
@@ -44,9 +48,54 @@ absl::Status SystemError(absl::string_view what, int error) {
   }
 }
 
+constexpr absl::string_view kGeneratedPrefix = "asymcache-";
+
 std::string GeneratedShmName() {
   static std::atomic<uint64_t> counter{0};
-  return absl::StrCat("/asymcache-", getpid(), "-", counter.fetch_add(1));
+  return absl::StrCat("/", kGeneratedPrefix, getpid(), "-", counter.fetch_add(1));
+}
+
+// True for "asymcache-<digits>-<digits>", the form GeneratedShmName() makes
+// (without the leading '/', as /dev/shm lists it).
+bool IsGeneratedShmEntry(absl::string_view entry) {
+  if (!absl::ConsumePrefix(&entry, kGeneratedPrefix)) return false;
+  const size_t dash = entry.find('-');
+  if (dash == 0 || dash == absl::string_view::npos || dash + 1 == entry.size()) return false;
+  for (size_t i = 0; i < entry.size(); ++i) {
+    if (i != dash && !absl::ascii_isdigit(static_cast<unsigned char>(entry[i]))) return false;
+  }
+  return true;
+}
+
+// How old a generated segment must be before the sweep may remove it: the
+// creator takes its owner lock right after shm_open, so 60 s is far beyond
+// that window (and beyond a large pool's posix_fallocate).
+constexpr time_t kSweepMinAgeSeconds = 60;
+
+// Removes generated pool segments whose daemon is gone: every live pool's
+// owner holds a shared flock(2) on its segment for the pool's lifetime (see
+// CreateHostPoolMemory), so an exclusive non-blocking lock that succeeds
+// means no process owns the segment any more (it crashed or was killed with
+// SIGKILL, whose destructors never ran). Works across PID namespaces
+// (containers sharing one /dev/shm), unlike a pid liveness check. Workers
+// still mapping a removed segment keep their mapping; only the name goes.
+void SweepOrphanedSegments() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return;
+  const time_t now = time(nullptr);
+  while (const dirent* entry = readdir(dir)) {
+    if (!IsGeneratedShmEntry(entry->d_name)) continue;
+    const std::string name = absl::StrCat("/", entry->d_name);
+    const int fd = shm_open(name.c_str(), O_RDWR, 0);
+    if (fd < 0) continue;  // another user's, or already gone
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && now - st.st_mtime >= kSweepMinAgeSeconds &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      shm_unlink(name.c_str());
+    }
+    close(fd);
+  }
+  closedir(dir);
 }
 
 // Calls copy(pool_offset, wire_offset) for every piece of `blocks`: the
@@ -65,11 +114,17 @@ void ForEachPiece(const PoolLayout& layout, absl::Span<const int64_t> blocks,
 
 class HostPoolMemory final : public PoolMemory {
  public:
-  HostPoolMemory(PoolLayout layout, std::string shm_name, void* base)
-      : layout_(layout), shm_name_(std::move(shm_name)), base_(static_cast<uint8_t*>(base)) {}
+  // `owner_fd` holds the segment's shared owner lock; closed (releasing the
+  // lock) after the name is removed.
+  HostPoolMemory(PoolLayout layout, std::string shm_name, void* base, int owner_fd)
+      : layout_(layout),
+        shm_name_(std::move(shm_name)),
+        base_(static_cast<uint8_t*>(base)),
+        owner_fd_(owner_fd) {}
   ~HostPoolMemory() override {
     munmap(base_, static_cast<size_t>(layout_.bytes()));
     shm_unlink(shm_name_.c_str());
+    close(owner_fd_);
   }
   HostPoolMemory(const HostPoolMemory&) = delete;
   HostPoolMemory& operator=(const HostPoolMemory&) = delete;
@@ -109,6 +164,7 @@ class HostPoolMemory final : public PoolMemory {
   const PoolLayout layout_;
   const std::string shm_name_;
   uint8_t* const base_;
+  const int owner_fd_;
 };
 
 class HostMappedPool final : public MappedPool {
@@ -131,7 +187,11 @@ class HostMappedPool final : public MappedPool {
 class FdCloser {
  public:
   explicit FdCloser(int fd) : fd_(fd) {}
-  ~FdCloser() { close(fd_); }
+  ~FdCloser() {
+    if (fd_ >= 0) close(fd_);
+  }
+  // Gives up ownership: the caller closes the descriptor.
+  int Release() { return std::exchange(fd_, -1); }
   FdCloser(const FdCloser&) = delete;
   FdCloser& operator=(const FdCloser&) = delete;
 
@@ -163,6 +223,7 @@ absl::StatusOr<std::unique_ptr<PoolMemory>> CreateHostPoolMemory(const PoolLayou
           static_cast<uint64_t>(available), " bytes free)"));
     }
   }
+  SweepOrphanedSegments();
   int fd = shm_open(wanted.shm_name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
   // A generated name can collide only with a leftover of a crashed process that
   // had our pid: try a few more counters.
@@ -172,6 +233,13 @@ absl::StatusOr<std::unique_ptr<PoolMemory>> CreateHostPoolMemory(const PoolLayou
   }
   if (fd < 0) return SystemError(absl::StrCat("shm_open(", wanted.shm_name, ")"), errno);
   FdCloser closer(fd);
+  // The owner lock (SweepOrphanedSegments): held until the pool is destroyed,
+  // released by the kernel if this process dies without destructors.
+  if (flock(fd, LOCK_SH) != 0) {
+    const int error = errno;
+    shm_unlink(wanted.shm_name.c_str());
+    return SystemError(absl::StrCat("flock(", wanted.shm_name, ")"), error);
+  }
   // posix_fallocate reserves every page now (tmpfs), so a full /dev/shm is an
   // error here rather than a SIGBUS on first touch. It returns the error.
   if (const int error = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); error != 0) {
@@ -192,7 +260,8 @@ absl::StatusOr<std::unique_ptr<PoolMemory>> CreateHostPoolMemory(const PoolLayou
     shm_unlink(wanted.shm_name.c_str());
     return SystemError(absl::StrCat("mmap(", wanted.shm_name, ", ", bytes, ")"), error);
   }
-  return std::make_unique<HostPoolMemory>(layout, std::move(wanted.shm_name), base);
+  return std::make_unique<HostPoolMemory>(layout, std::move(wanted.shm_name), base,
+                                          closer.Release());
 }
 
 absl::StatusOr<std::unique_ptr<MappedPool>> MapHostPool(const PoolDescriptor& descriptor) {

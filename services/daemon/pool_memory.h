@@ -6,7 +6,11 @@
 //   kHost  POSIX shared memory: shm_open(O_CREAT|O_EXCL) + posix_fallocate +
 //          mmap(MAP_SHARED). A worker maps it by name (MapPool). The daemon
 //          unlinks the name when its PoolMemory is destroyed; mappings made
-//          before stay valid until unmapped.
+//          before stay valid until unmapped. The owner holds a shared
+//          flock(2) on the segment while it lives, so a daemon killed
+//          without destructors (SIGKILL, a crash) leaves a segment that the
+//          next host pool created on the machine removes: generated names
+//          ("/asymcache-<pid>-<n>") at least 60 s old with no owner lock.
 //   kCuda  one cudaMalloc on the daemon's GPU, exported with
 //          cudaIpcGetMemHandle. A worker in another process maps it with
 //          cudaIpcOpenMemHandle (MapPool). CUDA cannot open an IPC handle in

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <string>
 #include <thread>
@@ -381,6 +383,57 @@ TEST(HostPoolTest, DestructorUnlinksTheName) {
   errno = 0;
   EXPECT_LT(shm_open(name.c_str(), O_RDWR, 0), 0);
   EXPECT_EQ(errno, ENOENT);
+}
+
+// Sets a /dev/shm entry's modification time `seconds` into the past.
+void AgeShm(const std::string& shm_name, int seconds) {
+  const std::string path = absl::StrCat("/dev/shm", shm_name);
+  struct timespec times[2];
+  times[0].tv_sec = times[1].tv_sec = time(nullptr) - seconds;
+  times[0].tv_nsec = times[1].tv_nsec = 0;
+  ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), times, 0), 0) << path << ": " << std::strerror(errno);
+}
+
+// A daemon killed without destructors (here: a child that _exits with its
+// pool alive) leaves its segment; the next host pool created removes it,
+// but never a live pool's segment, however old, nor a fresh orphan.
+TEST(HostPoolTest, OrphanedSegmentsOfDeadOwnersAreSwept) {
+  int names[2];
+  ASSERT_EQ(pipe(names), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0) << std::strerror(errno);
+  if (child == 0) {
+    absl::StatusOr<std::unique_ptr<PoolMemory>> pool = CreateHostPoolMemory(SmallLayout(2), "");
+    if (!pool.ok()) _exit(3);
+    const std::string name = (*pool)->Describe().shm_name;
+    if (write(names[1], name.data(), name.size()) != static_cast<ssize_t>(name.size())) _exit(4);
+    _exit(0);  // no destructor: the segment stays behind, as after SIGKILL
+  }
+  close(names[1]);
+  char buffer[256] = {};
+  const ssize_t n = read(names[0], buffer, sizeof(buffer) - 1);
+  close(names[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ASSERT_GT(n, 0);
+  const std::string orphan(buffer, static_cast<size_t>(n));
+  ASSERT_TRUE(ShmExists(orphan));
+
+  absl::StatusOr<std::unique_ptr<PoolMemory>> live = CreateHostPoolMemory(SmallLayout(2), "");
+  ASSERT_TRUE(live.ok()) << live.status();
+  const std::string live_name = (*live)->Describe().shm_name;
+  // A fresh orphan survives (its creator may still be taking its lock).
+  EXPECT_TRUE(ShmExists(orphan));
+
+  AgeShm(orphan, 120);
+  AgeShm(live_name, 120);
+  absl::StatusOr<std::unique_ptr<PoolMemory>> next = CreateHostPoolMemory(SmallLayout(2), "");
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_FALSE(ShmExists(orphan)) << "the dead owner's segment was not removed";
+  EXPECT_TRUE(ShmExists(live_name)) << "a live pool's segment was removed";
+  absl::StatusOr<std::unique_ptr<MappedPool>> mapped = MapPool((*live)->Describe());
+  EXPECT_TRUE(mapped.ok()) << mapped.status();
 }
 
 TEST(HostPoolTest, MappingOutlivesTheDaemonsPool) {
