@@ -1,0 +1,596 @@
+// asymcache-bench: end-to-end load generator (docs/bench.md). Replays a
+// workload (the simulator's generators or a JSONL trace) against a real
+// cluster for each system and load, and reports TTFT, TPOT, hit rate,
+// rebuilt tokens and agent job latency per run — plus, per run, what the
+// simulator predicts for the same workload with the daemon's calibration, and
+// whether every system generated the same tokens.
+//
+// The systems differ only in the daemons' eviction policy, the workers'
+// chunking and whether requests may reuse the cache (sim/system.h names):
+// each (system, rate) run gets a freshly started cluster (LocalCluster), so
+// every run starts cold and nothing else differs. `NAME+pins` adds the
+// Continuum-style agent pins (AgentJob fields on agent steps) to a system.
+// With --target the bench drives an already running cluster instead (one run
+// per rate, labelled --label).
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "asymcache/v1/cache_daemon.grpc.pb.h"
+#include "asymcache/v1/worker.grpc.pb.h"
+#include "cachecore/cost_model.h"
+#include "cachecore/model_config.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "nlohmann/json.hpp"
+#include "services/common/proto_convert.h"
+#include "services/loadgen/local_cluster.h"
+#include "services/loadgen/replay.h"
+#include "services/loadgen/run_summary.h"
+#include "sim/engine.h"
+#include "sim/generators.h"
+#include "sim/system.h"
+#include "sim/trace.h"
+#include "sim/workload.h"
+#include "util/dashed_flags.h"
+
+ABSL_FLAG(std::string, workload, "chat",
+          "built-in workload(s), comma-separated and merged: chat, agent, long-agent, doc-qa, "
+          "long-doc-qa");
+ABSL_FLAG(std::string, trace, "", "JSONL trace (asymcache.trace.v1) to replay instead of --workload");
+ABSL_FLAG(int64_t, sessions, 0, "sessions (jobs) to generate; 0 = the workload's default");
+ABSL_FLAG(uint64_t, seed, 1, "workload generator seed");
+ABSL_FLAG(std::string, rates, "",
+          "comma-separated session start rates (per second) to run; empty = the workload's own");
+ABSL_FLAG(double, scale_lengths, 1.0,
+          "multiply every token length of the workload by this (e.g. 0.05 for the CPU tiny model)");
+ABSL_FLAG(double, scale_delays, 1.0,
+          "multiply every tool-call and think time of the workload by this (demo runs: 0.1)");
+ABSL_FLAG(std::string, systems, "vllm,pensieve,asymcache",
+          "systems (asymcache-sim names, `all`, NAME:BUDGET, NAME+pins for agent pins)");
+ABSL_FLAG(int64_t, budget, 2048, "prefill tokens per step of fixed-budget systems");
+ABSL_FLAG(std::string, target, "",
+          "drive this running cluster (HOST:PORT of a coordinator or worker) instead of "
+          "starting one per run");
+ABSL_FLAG(std::string, label, "target", "with --target: the run's system label");
+ABSL_FLAG(std::string, target_daemon, "",
+          "with --target: a daemon of the cluster (for its calibration and pool size; optional)");
+ABSL_FLAG(std::string, bin_dir, "", "directory of the service binaries; empty = beside this one");
+ABSL_FLAG(std::string, log_dir, "", "children's logs; empty = /tmp/asymcache-bench-<pid>");
+ABSL_FLAG(int, daemons, 1, "daemons (one worker each) per started cluster");
+ABSL_FLAG(bool, coordinator, false, "start a coordinator and route through it");
+ABSL_FLAG(bool, split_roles, false, "prefill worker on daemon 0, decode worker on daemon 1");
+ABSL_FLAG(std::string, model, "tiny", "model shape: tiny, llama-3-8b, llama-3-70b-tp");
+ABSL_FLAG(std::string, backend, "host", "host (CPU worker, shared-memory pool) or cuda");
+ABSL_FLAG(std::string, pool_bytes, "16MiB", "KV pool per daemon (e.g. 16MiB, 24GiB)");
+ABSL_FLAG(std::string, calibration, "", "calibration file for the daemons (empty = theirs)");
+ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking's step target (ms)");
+ABSL_FLAG(int, cpu_threads, 0, "cpu worker threads (0 = all cores)");
+ABSL_FLAG(std::string, gpus, "0", "GPU of daemon i: the i-th of this comma-separated list");
+ABSL_FLAG(std::string, worker_flags, "", "extra worker flags, space-separated");
+ABSL_FLAG(std::string, daemon_flags, "", "extra daemon flags, space-separated");
+ABSL_FLAG(int, max_in_flight, 512, "requests in flight at once");
+ABSL_FLAG(double, request_timeout_s, 600, "deadline of one request (s)");
+ABSL_FLAG(double, run_timeout_s, 3600, "deadline of one run (s)");
+ABSL_FLAG(bool, predict, true, "also run the simulator with the daemon's calibration");
+ABSL_FLAG(bool, require_same_tokens, false,
+          "exit 1 unless every system generated the same tokens (greedy, batch-invariant "
+          "backends: the CPU worker)");
+ABSL_FLAG(bool, require_no_errors, false, "exit 1 if any request failed");
+ABSL_FLAG(std::string, json, "", "write every run (summaries and per-request times) here");
+ABSL_FLAG(bool, show_endpoints, false,
+          "print each started cluster's gRPC and metrics endpoints before its run");
+ABSL_FLAG(bool, progress, true, "progress bar on stderr when it is a terminal");
+
+namespace asymcache::loadgen {
+namespace {
+
+// Set by SIGINT/SIGTERM: the run in progress is cancelled, its cluster
+// stopped gracefully, and the bench exits 130.
+std::atomic<bool> interrupted{false};
+void OnSignal(int) { interrupted.store(true); }
+
+struct SystemRun {
+  SystemSpec spec;
+  bool agent_pins = false;
+  std::string label;
+};
+
+absl::StatusOr<std::vector<SystemRun>> ParseSystemRuns(const std::string& list, int64_t budget) {
+  std::vector<SystemRun> runs;
+  for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    bool pins = absl::ConsumeSuffix(&item, "+pins");
+    absl::StatusOr<std::vector<SystemSpec>> specs = ParseSystems(item, budget);
+    if (!specs.ok()) return specs.status();
+    for (SystemSpec& spec : *specs) {
+      SystemRun run;
+      run.label = pins ? absl::StrCat(spec.name, "+pins") : spec.name;
+      run.spec = std::move(spec);
+      run.agent_pins = pins;
+      runs.push_back(std::move(run));
+    }
+  }
+  if (runs.empty()) return absl::InvalidArgumentError("--systems: no system named");
+  return runs;
+}
+
+absl::StatusOr<std::vector<double>> ParseRates(const std::string& list) {
+  std::vector<double> rates;
+  for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipEmpty())) {
+    double rate = 0;
+    if (!absl::SimpleAtod(item, &rate) || !(rate > 0) || !std::isfinite(rate)) {
+      return absl::InvalidArgumentError(absl::StrCat("--rates: bad rate '", item, "' (> 0)"));
+    }
+    rates.push_back(rate);
+  }
+  return rates;
+}
+
+// Every tool-call and think time of the workload times `factor`.
+Workload ScaleDelays(Workload w, double factor) {
+  for (SessionSpec& session : w.sessions) {
+    for (StepSpec& step : session.steps) {
+      step.tool_s *= factor;
+      step.think_s *= factor;
+    }
+  }
+  return w;
+}
+
+// The sessions of several workloads as one, ordered by start.
+Workload Merge(std::vector<Workload> parts) {
+  Workload merged;
+  for (Workload& part : parts) {
+    merged.name = merged.name.empty() ? part.name : absl::StrCat(merged.name, "+", part.name);
+    for (SessionSpec& session : part.sessions) merged.sessions.push_back(std::move(session));
+  }
+  std::stable_sort(merged.sessions.begin(), merged.sessions.end(),
+                   [](const SessionSpec& a, const SessionSpec& b) {
+                     return a.steps[0].arrival_s < b.steps[0].arrival_s;
+                   });
+  return merged;
+}
+
+// Every token length of the workload times `factor` (at least 1 token).
+Workload ScaleLengths(Workload w, double factor) {
+  auto scale = [factor](int64_t n) {
+    return std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(n) * factor)));
+  };
+  for (SessionSpec& session : w.sessions) {
+    for (StepSpec& step : session.steps) {
+      for (InputPart& part : step.input) {
+        if (part.kind != InputPart::Kind::kExplicit) part.length = scale(part.length);
+      }
+      step.output_tokens = scale(step.output_tokens);
+    }
+  }
+  return w;
+}
+
+std::vector<std::string> SplitFlags(const std::string& text) {
+  return absl::StrSplit(text, ' ', absl::SkipEmpty());
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  return s.ok() ? absl::OkStatus()
+                : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// What the bench reads from the cluster before a run.
+struct ClusterFacts {
+  v1::ModelShape model;
+  std::optional<v1::GetStatsResponse> daemon;  // calibration and pool size
+};
+
+absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker,
+                                              const std::string& daemon) {
+  ClusterFacts facts;
+  auto worker_stub =
+      v1::Worker::NewStub(grpc::CreateChannel(worker, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::GetWorkerStatsResponse stats;
+  if (absl::Status s = FromGrpc(
+          worker_stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats));
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("GetWorkerStats from ", worker, ": ", s.message()));
+  }
+  facts.model = stats.model();
+  if (!daemon.empty()) {
+    auto daemon_stub =
+        v1::CacheDaemon::NewStub(grpc::CreateChannel(daemon, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext daemon_context;
+    daemon_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::GetStatsResponse daemon_stats;
+    if (absl::Status s = FromGrpc(
+            daemon_stub->GetStats(&daemon_context, v1::GetStatsRequest(), &daemon_stats));
+        !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("GetStats from ", daemon, ": ", s.message()));
+    }
+    facts.daemon = std::move(daemon_stats);
+  }
+  return facts;
+}
+
+// The simulator's replay of the same workload on the same system, pool and
+// calibration (what the cost model predicts for this run).
+absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
+                                   const ClusterFacts& facts, double tpot_target_ms) {
+  if (!facts.daemon.has_value()) return absl::FailedPreconditionError("no daemon to read");
+  absl::StatusOr<ModelConfig> model = FromProto(facts.daemon->model(), "daemon model");
+  if (!model.ok()) return model.status();
+  const CostModel cost(*model, FromProto(facts.daemon->calibration()));
+  EngineOptions engine;
+  engine.pool_blocks = facts.daemon->capacity_blocks();
+  engine.max_running_requests = 128;  // the worker's --max-running default
+  engine.tpot_target = absl::Milliseconds(tpot_target_ms);
+  engine.max_budget_tokens = 8192 - 128;  // the worker's --max-chunk-tokens default
+  engine.agent_pins = system.agent_pins;
+  absl::StatusOr<RunResult> run = RunSystem(workload, system.spec, cost, engine);
+  if (!run.ok()) return run.status();
+  // The simulator's records in the bench's shape, summarized the same way.
+  ReplayResult as_replay;
+  for (const asymcache::RequestRecord& r : run->requests) {
+    loadgen::RequestRecord record;
+    record.session = r.session;
+    record.step = r.step;
+    record.sent_s = r.arrival_s;
+    record.first_token_s = r.first_token_s;
+    record.finish_s = r.finish_s;
+    record.prompt_tokens = r.prompt_tokens;
+    record.output_tokens = r.output_tokens;
+    record.hit_tokens = r.hit_tokens;
+    record.rebuilt_tokens = r.rebuild_tokens;
+    if (!r.finished()) record.status = absl::ResourceExhaustedError("rejected by the simulator");
+    as_replay.requests.push_back(std::move(record));
+  }
+  for (const asymcache::JobRecord& j : run->jobs) {
+    as_replay.jobs.push_back(loadgen::JobRecord{j.session, j.start_s, j.finish_s});
+  }
+  as_replay.duration_s = run->makespan_s;
+  return SummarizeRun(as_replay);
+}
+
+nlohmann::json DistributionJson(const Distribution& d) {
+  return {{"mean", d.mean}, {"p50", d.p50}, {"p90", d.p90}, {"p99", d.p99}, {"max", d.max},
+          {"count", d.count}};
+}
+
+nlohmann::json SummaryJson(const RunSummary& s) {
+  return {{"requests", s.requests},
+          {"finished", s.finished},
+          {"failed", s.failed},
+          {"not_sent", s.not_sent},
+          {"first_error", s.first_error},
+          {"ttft_s", DistributionJson(s.ttft_s)},
+          {"tpot_s", DistributionJson(s.tpot_s)},
+          {"job_latency_s", DistributionJson(s.job_latency_s)},
+          {"prompt_tokens", s.prompt_tokens},
+          {"hit_tokens", s.hit_tokens},
+          {"hit_rate", s.hit_rate},
+          {"rebuilt_tokens", s.rebuilt_tokens},
+          {"computed_prompt_tokens", s.computed_prompt_tokens},
+          {"generated_tokens", s.generated_tokens},
+          {"preemptions", s.preemptions},
+          {"duration_s", s.duration_s},
+          {"throughput_tokens_per_s", s.throughput_tokens_per_s},
+          {"max_send_lateness_s", s.max_send_lateness_s}};
+}
+
+// One line of the progress bar: "[label @ rate] ####....  done/known".
+class ProgressLine {
+ public:
+  ProgressLine(bool enabled, std::string label) : enabled_(enabled), label_(std::move(label)) {}
+  ~ProgressLine() {
+    if (enabled_) std::fprintf(stderr, "\r%*s\r", 78, "");
+  }
+  void Update(int64_t done, int64_t known) {
+    if (!enabled_ || known <= 0) return;
+    const int filled = static_cast<int>(30 * done / known);
+    std::fprintf(stderr, "\r%-28.28s [%s%s] %lld/%lld", label_.c_str(),
+                 std::string(filled, '#').c_str(), std::string(30 - filled, '.').c_str(),
+                 static_cast<long long>(done), static_cast<long long>(known));
+    std::fflush(stderr);
+  }
+
+ private:
+  const bool enabled_;
+  const std::string label_;
+};
+
+std::string Ms(double seconds) { return absl::StrFormat("%.1f", seconds * 1e3); }
+
+absl::Status Main(int argc, char** argv) {
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  const std::string target = absl::GetFlag(FLAGS_target);
+  absl::StatusOr<std::vector<SystemRun>> systems =
+      target.empty() ? ParseSystemRuns(absl::GetFlag(FLAGS_systems), absl::GetFlag(FLAGS_budget))
+                     : absl::StatusOr<std::vector<SystemRun>>(std::vector<SystemRun>{});
+  if (!systems.ok()) return systems.status();
+  if (!target.empty()) {
+    SystemRun run;
+    run.label = absl::GetFlag(FLAGS_label);
+    run.spec.name = run.spec.base = run.label;
+    run.spec.policy = "asym";
+    systems->push_back(std::move(run));
+  }
+  absl::StatusOr<std::vector<double>> rates = ParseRates(absl::GetFlag(FLAGS_rates));
+  if (!rates.ok()) return rates.status();
+  const double scale = absl::GetFlag(FLAGS_scale_lengths);
+  if (!(scale > 0) || !std::isfinite(scale)) {
+    return absl::InvalidArgumentError("--scale-lengths must be > 0");
+  }
+  std::vector<int> gpus;
+  for (absl::string_view g : absl::StrSplit(absl::GetFlag(FLAGS_gpus), ',', absl::SkipEmpty())) {
+    int gpu = 0;
+    if (!absl::SimpleAtoi(g, &gpu) || gpu < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--gpus: bad GPU index '", g, "'"));
+    }
+    gpus.push_back(gpu);
+  }
+
+  absl::StatusOr<Workload> base;
+  if (!absl::GetFlag(FLAGS_trace).empty()) {
+    base = ReadTraceFile(absl::GetFlag(FLAGS_trace));
+  } else {
+    std::vector<Workload> parts;
+    for (absl::string_view name :
+         absl::StrSplit(absl::GetFlag(FLAGS_workload), ',', absl::SkipEmpty())) {
+      GeneratorOptions generator;
+      generator.workload = std::string(name);
+      generator.sessions = absl::GetFlag(FLAGS_sessions);
+      generator.seed = absl::GetFlag(FLAGS_seed);
+      absl::StatusOr<Workload> part = GenerateWorkload(generator);
+      if (!part.ok()) return part.status();
+      parts.push_back(*std::move(part));
+    }
+    if (parts.empty()) return absl::InvalidArgumentError("--workload: no workload named");
+    base = Merge(std::move(parts));
+  }
+  if (!base.ok()) return base.status();
+  const double delay_scale = absl::GetFlag(FLAGS_scale_delays);
+  if (!(delay_scale >= 0) || !std::isfinite(delay_scale)) {
+    return absl::InvalidArgumentError("--scale-delays must be >= 0");
+  }
+  Workload workload = scale == 1.0 ? *std::move(base) : ScaleLengths(*std::move(base), scale);
+  if (delay_scale != 1.0) workload = ScaleDelays(std::move(workload), delay_scale);
+  if (absl::Status s = workload.Validate(); !s.ok()) return s;
+  if (rates->empty()) rates->push_back(workload.session_rate() > 0 ? workload.session_rate() : 1);
+
+  const std::string log_dir = absl::GetFlag(FLAGS_log_dir).empty()
+                                  ? absl::StrCat("/tmp/asymcache-bench-", getpid())
+                                  : absl::GetFlag(FLAGS_log_dir);
+  const bool progress = absl::GetFlag(FLAGS_progress) && isatty(STDERR_FILENO);
+  std::string command;
+  for (int i = 0; i < argc; ++i) absl::StrAppend(&command, i ? " " : "", argv[i]);
+
+  nlohmann::json out = {{"schema", "asymcache.bench.v1"},
+                        {"command", command},
+                        {"date", absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::Now(),
+                                                  absl::UTCTimeZone())},
+                        {"workload", workload.name},
+                        {"sessions", workload.sessions.size()},
+                        {"steps", workload.total_steps()},
+                        {"scale_lengths", scale},
+                        {"model", absl::GetFlag(FLAGS_model)},
+                        {"backend", absl::GetFlag(FLAGS_backend)},
+                        {"pool_bytes", absl::GetFlag(FLAGS_pool_bytes)},
+                        {"runs", nlohmann::json::array()}};
+  std::printf("workload %s: %zu sessions, %lld steps, max context %lld tokens\n",
+              workload.name.c_str(), workload.sessions.size(),
+              static_cast<long long>(workload.total_steps()),
+              static_cast<long long>(workload.max_context_tokens()));
+  std::printf("%-22s %6s %5s %5s %9s %9s %9s %9s %7s %9s %9s %10s %8s\n", "system", "rate", "done",
+              "fail", "ttft_ms", "p99_ms", "tpot_ms", "p99_ms", "hit", "rebuilt", "job_s",
+              "sim_ttft", "err");
+  bool all_ok = true;
+  int64_t token_mismatches = 0;
+  for (double rate : *rates) {
+    const Workload at_rate = workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
+    std::optional<ReplayResult> reference;
+    std::string reference_label;
+    for (const SystemRun& system : *systems) {
+      std::unique_ptr<LocalCluster> cluster;
+      std::string run_target = target, worker = target, daemon = absl::GetFlag(FLAGS_target_daemon);
+      if (target.empty()) {
+        LocalClusterOptions c;
+        c.bin_dir = absl::GetFlag(FLAGS_bin_dir);
+        c.log_dir = absl::StrCat(log_dir, "/", system.label, "-", rate);
+        c.daemons = absl::GetFlag(FLAGS_daemons);
+        c.coordinator = absl::GetFlag(FLAGS_coordinator) || absl::GetFlag(FLAGS_split_roles);
+        c.split_roles = absl::GetFlag(FLAGS_split_roles);
+        c.model = absl::GetFlag(FLAGS_model);
+        c.backend = absl::GetFlag(FLAGS_backend);
+        c.pool_bytes = absl::GetFlag(FLAGS_pool_bytes);
+        c.policy = system.spec.policy;
+        c.calibration = absl::GetFlag(FLAGS_calibration);
+        c.chunking = system.spec.adaptive_chunking ? "adaptive" : "fixed";
+        c.fixed_budget_tokens = system.spec.fixed_budget_tokens;
+        c.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
+        c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+        if (!gpus.empty()) c.gpus = gpus;
+        c.daemon_flags = SplitFlags(absl::GetFlag(FLAGS_daemon_flags));
+        c.worker_flags = SplitFlags(absl::GetFlag(FLAGS_worker_flags));
+        absl::StatusOr<std::unique_ptr<LocalCluster>> started = LocalCluster::Start(c);
+        if (!started.ok()) return started.status();
+        cluster = std::move(*started);
+        if (absl::GetFlag(FLAGS_show_endpoints)) {
+          std::fprintf(stderr, "cluster for %s (logs in %s):\n", system.label.c_str(),
+                       c.log_dir.c_str());
+          for (const std::string& line : cluster->Endpoints()) {
+            std::fprintf(stderr, "  %s\n", line.c_str());
+          }
+        }
+        run_target = cluster->target();
+        worker = cluster->worker_address(0);
+        daemon = cluster->daemon_address(0);
+      }
+      absl::StatusOr<ClusterFacts> facts = ReadClusterFacts(worker, daemon);
+      if (!facts.ok()) return facts.status();
+
+      ReplayOptions replay;
+      replay.target = run_target;
+      replay.vocab_size = facts->model.vocab_size();
+      replay.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+      replay.fresh_salt_per_request = !system.spec.reuse;
+      replay.agent_pins = system.agent_pins;
+      replay.request_timeout = absl::Seconds(absl::GetFlag(FLAGS_request_timeout_s));
+      replay.run_timeout = absl::Seconds(absl::GetFlag(FLAGS_run_timeout_s));
+      replay.interrupt = &interrupted;
+      // A cluster driven across several runs: each run its own tenants.
+      if (!target.empty()) replay.salt_prefix = absl::StrCat("bench-", getpid(), "-", rate, "/");
+      ProgressLine line(progress, absl::StrCat(system.label, " @ ", rate, "/s"));
+      replay.progress = [&line](int64_t done, int64_t known) { line.Update(done, known); };
+      absl::StatusOr<ReplayResult> result = Replay(at_rate, replay);
+      if (!result.ok()) return result.status();
+      if (cluster != nullptr) {
+        if (absl::Status s = cluster->Stop(); !s.ok()) {
+          std::fprintf(stderr, "warning: %s\n", std::string(s.message()).c_str());
+        }
+      }
+      if (interrupted.load()) return absl::CancelledError("interrupted; every cluster stopped");
+      const RunSummary summary = SummarizeRun(*result);
+      std::optional<RunSummary> predicted;
+      std::string predict_error;
+      if (absl::GetFlag(FLAGS_predict)) {
+        absl::StatusOr<RunSummary> p =
+            Predict(at_rate, system, *facts, absl::GetFlag(FLAGS_tpot_target_ms));
+        if (p.ok()) {
+          predicted = *p;
+        } else {
+          predict_error = p.status().ToString();
+        }
+      }
+      int64_t mismatches = 0;
+      if (!reference.has_value()) {
+        reference = *result;
+        reference_label = system.label;
+      } else {
+        mismatches = CountTokenMismatches(*reference, *result);
+        token_mismatches += mismatches;
+      }
+      all_ok = all_ok && summary.failed == 0 && summary.not_sent == 0;
+      const double sim_error =
+          predicted.has_value() && summary.ttft_s.mean > 0
+              ? (predicted->ttft_s.mean - summary.ttft_s.mean) / summary.ttft_s.mean
+              : 0;
+      std::printf("%-22s %6.3g %5lld %5lld %9s %9s %9s %9s %6.1f%% %9lld %9.2f %10s %7s\n",
+                  system.label.c_str(), rate, static_cast<long long>(summary.finished),
+                  static_cast<long long>(summary.failed + summary.not_sent),
+                  Ms(summary.ttft_s.mean).c_str(), Ms(summary.ttft_s.p99).c_str(),
+                  Ms(summary.tpot_s.mean).c_str(), Ms(summary.tpot_s.p99).c_str(),
+                  summary.hit_rate * 100, static_cast<long long>(summary.rebuilt_tokens),
+                  summary.job_latency_s.mean,
+                  predicted.has_value() ? Ms(predicted->ttft_s.mean).c_str() : "-",
+                  predicted.has_value() ? absl::StrFormat("%+.0f%%", sim_error * 100).c_str()
+                                        : "-");
+      if (!summary.first_error.empty()) {
+        std::printf("  first error: %s\n", summary.first_error.c_str());
+      }
+      std::fflush(stdout);
+      nlohmann::json run = {{"system", system.label},
+                            {"policy", system.spec.policy},
+                            {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
+                            {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
+                            {"reuse", system.spec.reuse},
+                            {"agent_pins", system.agent_pins},
+                            {"rate", rate},
+                            {"summary", SummaryJson(summary)},
+                            {"token_mismatches_vs", reference_label},
+                            {"token_mismatches", mismatches}};
+      if (facts->daemon.has_value()) {
+        run["pool_blocks"] = facts->daemon->capacity_blocks();
+        run["calibration_device"] = facts->daemon->calibration().device();
+      }
+      if (predicted.has_value()) {
+        run["predicted"] = SummaryJson(*predicted);
+        run["predicted_ttft_error"] = sim_error;
+      } else if (!predict_error.empty()) {
+        run["predict_error"] = predict_error;
+      }
+      nlohmann::json ttft = nlohmann::json::array(), tpot = nlohmann::json::array();
+      for (const RequestRecord& r : result->requests) {
+        if (!r.finished()) continue;
+        ttft.push_back(r.ttft_s());
+        if (r.output_tokens > 1) tpot.push_back(r.tpot_s());
+      }
+      run["ttft_s"] = std::move(ttft);
+      run["tpot_s"] = std::move(tpot);
+      out["runs"].push_back(std::move(run));
+    }
+  }
+  out["token_mismatches"] = token_mismatches;
+  std::printf("outputs across systems: %s\n",
+              systems->size() < 2 ? "(one system)"
+              : token_mismatches == 0
+                  ? "identical token for token"
+                  : absl::StrCat(token_mismatches, " requests differ").c_str());
+  if (!absl::GetFlag(FLAGS_json).empty()) {
+    std::ofstream file(absl::GetFlag(FLAGS_json), std::ios::trunc);
+    file << out.dump(1) << "\n";
+    if (!file) {
+      return absl::UnavailableError(absl::StrCat("cannot write ", absl::GetFlag(FLAGS_json)));
+    }
+  }
+  if (absl::GetFlag(FLAGS_require_no_errors) && !all_ok) {
+    return absl::InternalError("some requests failed (see the table)");
+  }
+  if (absl::GetFlag(FLAGS_require_same_tokens) && token_mismatches > 0) {
+    return absl::InternalError(
+        absl::StrCat(token_mismatches, " requests generated different tokens across systems"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace asymcache::loadgen
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "bench_main");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::SetProgramUsageMessage(
+      "Replays a workload against real AsymCache clusters, one per system and rate, and reports "
+      "TTFT, TPOT, hit rate and job latency.\nExample: asymcache-bench --workload agent "
+      "--sessions 8 --scale-lengths 0.05 --systems vllm,asymcache");
+  std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
+  std::vector<char*> normalized;
+  for (std::string& a : args) normalized.push_back(a.data());
+  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
+  const absl::Status status = asymcache::loadgen::Main(argc, argv);
+  if (!status.ok()) {
+    std::cerr << "asymcache-bench: " << status << "\n";
+    if (absl::IsCancelled(status)) return 130;
+    return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ? 2 : 1;
+  }
+  return 0;
+}

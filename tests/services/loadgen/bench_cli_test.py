@@ -1,0 +1,62 @@
+"""asymcache-bench end to end: clusters it starts itself, checked through its JSON.
+
+Usage: bench_cli_test.py ASYMCACHE_BENCH OUT_DIR
+"""
+import json
+import os
+import subprocess
+import sys
+
+bench, out_dir = sys.argv[1], sys.argv[2]
+os.makedirs(out_dir, exist_ok=True)
+result_path = os.path.join(out_dir, "result.json")
+
+
+def run(args, timeout):
+    return subprocess.run([bench] + args, capture_output=True, text=True, timeout=timeout)
+
+
+# Bad usage: a precise message, exit 2, nothing started.
+bad = run(["--systems=bogus"], 30)
+assert bad.returncode == 2, (bad.returncode, bad.stderr)
+assert "unknown system 'bogus'" in bad.stderr, bad.stderr
+bad = run(["--rates=0"], 30)
+assert bad.returncode == 2 and "--rates: bad rate '0'" in bad.stderr, bad.stderr
+# An unreachable target: exit 1 naming it.
+down = run(["--target=127.0.0.1:1", "--workload=chat", "--sessions=1"], 60)
+assert down.returncode == 1, (down.returncode, down.stderr)
+assert "127.0.0.1:1" in down.stderr, down.stderr
+
+# A coordinator, two daemons, a prefill and a decode worker per system; a
+# 3 MiB pool (96 blocks of the tiny shape, 1536 tokens) so that the workload evicts.
+args = [
+    "--workload=agent,chat", "--sessions=2", "--scale-lengths=0.03", "--scale-delays=0.02",
+    "--systems=none,vllm,asymcache", "--split-roles", "--daemons=2", "--pool-bytes=3MiB",
+    "--cpu-threads=1", "--rates=4", "--require-same-tokens", "--require-no-errors",
+    "--log-dir=" + os.path.join(out_dir, "logs"), "--json=" + result_path,
+]
+done = run(args, 240)
+print(done.stdout)
+print(done.stderr, file=sys.stderr)
+assert done.returncode == 0, done.returncode
+assert "identical token for token" in done.stdout
+
+with open(result_path) as f:
+    result = json.load(f)
+runs = {r["system"]: r for r in result["runs"]}
+assert set(runs) == {"none", "vllm", "asymcache"}, runs.keys()
+steps = result["steps"]
+for name, r in runs.items():
+    s = r["summary"]
+    assert s["finished"] == steps and s["failed"] == 0, (name, s)
+    assert len(r["ttft_s"]) == steps and all(t > 0 for t in r["ttft_s"]), name
+    assert r["token_mismatches"] == 0, name
+    assert r["pool_blocks"] > 0, name
+    assert "predicted" in r, (name, r.get("predict_error"))
+# `none` never reuses; the reusing systems hit the multi-turn prefixes.
+assert runs["none"]["summary"]["hit_tokens"] == 0, runs["none"]["summary"]
+assert runs["vllm"]["summary"]["hit_tokens"] > 0, runs["vllm"]["summary"]
+assert runs["asymcache"]["summary"]["hit_tokens"] > 0, runs["asymcache"]["summary"]
+assert runs["vllm"]["chunking"] == "fixed" and runs["asymcache"]["chunking"] == "adaptive"
+assert runs["vllm"]["policy"] == "lru-tail" and runs["asymcache"]["policy"] == "asym"
+print("bench_cli_test: ok")
