@@ -15,7 +15,7 @@ ASYMCACHE_PACKAGES=(
   python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev
-  python3-grpcio python3-grpc-tools python3-protobuf
+  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib
 )
 
 log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }

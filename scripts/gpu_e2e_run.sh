@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# End-to-end evaluation on a GPU (issue 7): asymcache-bench replays the
+# simulator's workloads against a real cluster per system — daemon (cuda pool)
+# + worker (llama-3-8b shape, bf16, random weights) started fresh for every
+# (system, rate), same GPU, same kernels, only policy / chunking / pins differ.
+# Runs ON the GPU machine from the repository root, with the services bundle
+#   ASYMCACHE_BUNDLE_SERVICES=1 ASYMCACHE_GPU_BUILD=build/gpu-services \
+#   ASYMCACHE_BUNDLE=.bundle/gpu-services scripts/gpu_bundle.sh \
+#     asymcache-daemon asymcache-worker asymcache-coordinator asymcache-calibrate asymcache-bench
+# carried along. Usage: scripts/gpu_e2e_run.sh PART...   where PART is
+#   agent   agent jobs: vllm, pensieve, asymcache, and Continuum-style pins over
+#           vllm and asymcache, at $AGENT_RATES sessions/s;
+#   docqa   shared-document Q&A: vllm, pensieve, asymcache, asym-fixed,
+#           front-first-adaptive at $DOCQA_RATES sessions/s;
+#   chat    multi-turn chat: vllm, pensieve, asymcache at $CHAT_RATES;
+#   cpu     the same flow on the CPU (tiny model, host pool): what the ctest
+#           gpu_e2e_cpu_run checks.
+# Each part writes $OUT/<part>.json (asymcache-bench's JSON: per run the
+# summary, the simulator's prediction with the daemon's calibration, and every
+# request's TTFT/TPOT) and $OUT/<part>.txt (the table). Plots and the results
+# page: bench/e2e_report.py over those files.
+# Environment: ASYMCACHE_BUNDLE (default .bundle/gpu-services), ASYMCACHE_BIN_DIR
+# (binaries from this folder instead), OUT (default /tmp/asymcache-e2e), POOL
+# (default 8GiB: 4096 blocks of 2 MiB, 65k tokens — under pressure for these
+# workloads), SESSIONS_* and *_RATES, DELAY_SCALE (tool/think times x, default
+# 0.25 so that a sweep fits the GPU time), CALIBRATION (default
+# calibration/h100-llama-3-8b.json, also what the simulator predicts with).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BUNDLE="${ASYMCACHE_BUNDLE:-$ROOT/.bundle/gpu-services}"
+OUT="${OUT:-/tmp/asymcache-e2e}"
+POOL="${POOL:-8GiB}"
+DELAY_SCALE="${DELAY_SCALE:-0.25}"
+CALIBRATION="${CALIBRATION:-calibration/h100-llama-3-8b.json}"
+AGENT_RATES="${AGENT_RATES:-0.5,1}"
+DOCQA_RATES="${DOCQA_RATES:-1,2}"
+CHAT_RATES="${CHAT_RATES:-1,2}"
+SESSIONS_AGENT="${SESSIONS_AGENT:-16}"
+SESSIONS_DOCQA="${SESSIONS_DOCQA:-24}"
+SESSIONS_CHAT="${SESSIONS_CHAT:-24}"
+mkdir -p "$OUT"
+
+if [[ -n "${ASYMCACHE_BIN_DIR:-}" ]]; then
+  # The bench finds the service binaries beside itself or in its build tree.
+  BENCH=("$ASYMCACHE_BIN_DIR/asymcache-bench")
+else
+  BENCH=("$BUNDLE/run.sh" asymcache-bench)
+fi
+GPU_ARGS=(--model=llama-3-8b --backend=cuda --pool-bytes="$POOL" --calibration="$CALIBRATION"
+          --scale-delays="$DELAY_SCALE" --require-no-errors)
+
+status=0
+run_part() {
+  local part="$1"; shift
+  echo "== $part: ${BENCH[*]} $*" | tee -a "$OUT/run.log"
+  "${BENCH[@]}" "$@" --json="$OUT/$part.json" --log-dir="/tmp/asymcache-e2e-logs/$part" \
+    > "$OUT/$part.txt" 2>> "$OUT/run.log"
+  local rc=$?
+  cat "$OUT/$part.txt"
+  if [[ $rc -ne 0 ]]; then
+    echo "== $part failed (exit $rc); logs:" | tee -a "$OUT/run.log"
+    tail -n 20 /tmp/asymcache-e2e-logs/"$part"/*/*.log >> "$OUT/run.log" 2>/dev/null
+    status=1
+  fi
+}
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+  --format=csv > "$OUT/card.txt" 2>&1
+for part in "$@"; do
+  case "$part" in
+    agent)
+      run_part agent "${GPU_ARGS[@]}" --workload=agent --sessions="$SESSIONS_AGENT" \
+        --rates="$AGENT_RATES" --systems=vllm,pensieve,asymcache,vllm+pins,asymcache+pins ;;
+    docqa)
+      run_part docqa "${GPU_ARGS[@]}" --workload=doc-qa --sessions="$SESSIONS_DOCQA" \
+        --rates="$DOCQA_RATES" \
+        --systems=vllm,pensieve,asymcache,asym-fixed,front-first-adaptive ;;
+    chat)
+      run_part chat "${GPU_ARGS[@]}" --workload=chat --sessions="$SESSIONS_CHAT" \
+        --rates="$CHAT_RATES" --systems=vllm,pensieve,asymcache ;;
+    cpu)
+      run_part cpu --model=tiny --backend=host --pool-bytes=4MiB --workload=agent,doc-qa \
+        --sessions=2 --scale-lengths=0.05 --scale-delays=0.05 --rates=2 --cpu-threads=1 \
+        --systems=vllm,asymcache,vllm+pins --require-no-errors --require-same-tokens ;;
+    *) echo "unknown part '$part' (agent, docqa, chat, cpu)" >&2; exit 2 ;;
+  esac
+done
+exit $status
