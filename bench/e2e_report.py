@@ -68,7 +68,7 @@ def table(data):
                          f"TPOT {ratio(b['tpot_s']['mean'], o['tpot_s']['mean'])}"]
                 if b["job_latency_s"]["count"] and o["job_latency_s"]["count"]:
                     drop = 1 - o["job_latency_s"]["mean"] / b["job_latency_s"]["mean"]
-                    parts.append(f"job latency {drop * 100:+.1f}% lower")
+                    parts.append(f"job latency {abs(drop) * 100:.1f}% {'lower' if drop >= 0 else 'higher'}")
                 lines.append(f"\n{ours} vs {base}: " + ", ".join(parts) + " (mean; > 1x = ours faster)")
     mismatches = data.get("token_mismatches", 0)
     lines.append(f"\nRequests whose tokens differ from the first system's at the same rate: {mismatches} "
