@@ -9,7 +9,7 @@ DAEMON="$BUILD/services/daemon/asymcache-daemon"
 BENCH="$BUILD/bench/services/daemon_plan_bench"
 [[ -x "$DAEMON" && -x "$BENCH" ]] || { echo "build $BUILD first (asymcache-daemon, daemon_plan_bench)" >&2; exit 2; }
 OUT="$(mktemp)"
-taskset -c 0 "$DAEMON" --listen=127.0.0.1:0 --metrics-port=-1 >"$OUT" 2>/dev/null &
+taskset -c 0 "$DAEMON" --plaintext --listen=127.0.0.1:0 --metrics-port=-1 >"$OUT" 2>/dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -f "$OUT"' EXIT
 for _ in $(seq 100); do grep -q READY "$OUT" && break; sleep 0.1; done

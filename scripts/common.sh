@@ -14,8 +14,8 @@ ASYMCACHE_PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev nlohmann-json3-dev
   python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev
-  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib
+  libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev libssl-dev openssl
+  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib npm
 )
 
 log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }

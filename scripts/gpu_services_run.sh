@@ -44,7 +44,7 @@ step services_transport_tests 180 "$RUN" services_transport_tests
 step services_common_tests 60 "$RUN" services_common_tests
 
 log "daemon: cuda backend, llama-3-8b, on-start calibration"
-"$RUN" asymcache-daemon --backend=cuda --model=llama-3-8b --pool-fraction=0.5 \
+"$RUN" asymcache-daemon --plaintext --backend=cuda --model=llama-3-8b --pool-fraction=0.5 \
   --listen=127.0.0.1:0 --metrics-host=127.0.0.1 --metrics-port=0 \
   --calibration-out="$OUT/daemon_calibration.json" >"$OUT/daemon.out" 2>"$OUT/daemon.log" &
 pid=$!

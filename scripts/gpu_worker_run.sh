@@ -200,12 +200,12 @@ cleanup() {  # whatever is still running when the script ends, and the model
 trap cleanup EXIT
 
 daemon_flags() {  # daemon_flags POOL_BYTES: the common daemon flags
-  DAEMON_FLAGS=(--backend="$DAEMON_BACKEND" --listen=127.0.0.1:0 --metrics-port=-1
+  DAEMON_FLAGS=(--plaintext --backend="$DAEMON_BACKEND" --listen=127.0.0.1:0 --metrics-port=-1
                 --pool-bytes="$1")
   if [[ $DAEMON_BACKEND == cuda ]]; then DAEMON_FLAGS+=(--calibrate-on-start=false); fi
   if [[ -n "$UCX_TRANSPORTS" ]]; then DAEMON_FLAGS+=(--ucx-transports="$UCX_TRANSPORTS"); fi
 }
-WORKER_FLAGS=(--backend="$WORKER_BACKEND" --listen=127.0.0.1:0 --metrics-port=-1)
+WORKER_FLAGS=(--plaintext --backend="$WORKER_BACKEND" --listen=127.0.0.1:0 --metrics-port=-1)
 
 log "seed $SEED, policies: $POLICIES, pool $POOL_BLOCKS blocks, $EXACT_REQUESTS requests a run"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true

@@ -83,11 +83,11 @@ wait_ready() {  # wait_ready FILE PID -> prints the gRPC port
   done
   return 1
 }
-"$DAEMON" --config="$TMP/daemon.yaml" --listen=127.0.0.1:0 --metrics-port=-1 \
+"$DAEMON" --plaintext --config="$TMP/daemon.yaml" --listen=127.0.0.1:0 --metrics-port=-1 \
   --pool-bytes=64MiB >"$TMP/daemon.out" 2>"$TMP/daemon.log" &
 pids+=($!)
 dport="$(wait_ready "$TMP/daemon.out" "${pids[-1]}")" || fail "daemon not ready: $(cat "$TMP/daemon.log")"
-"$WORKER" --daemon="127.0.0.1:$dport" --listen=127.0.0.1:0 --metrics-port=-1 --model=tiny \
+"$WORKER" --plaintext --daemon="127.0.0.1:$dport" --listen=127.0.0.1:0 --metrics-port=-1 --model=tiny \
   --seed=12 --cpu-threads=2 >"$TMP/worker.out" 2>"$TMP/worker.log" &
 pids+=($!)
 wport="$(wait_ready "$TMP/worker.out" "${pids[-1]}")" || fail "worker not ready: $(cat "$TMP/worker.log")"

@@ -87,7 +87,9 @@ struct ClientOptions {
   // Largest message sent or received, bytes. 64 MiB: the daemon's default
   // max_message_bytes (a 1M-token request). > 0.
   int max_message_bytes = 64 << 20;
-  // Channel credentials; nullptr = insecure (plain TCP, the daemon's default).
+  // Channel credentials; nullptr = insecure (plain TCP, what a daemon run
+  // with --plaintext serves). For mutual TLS: MakeChannelCredentials
+  // (services/common/transport_security.h).
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   // INVALID_ARGUMENT naming the first bad field.

@@ -12,20 +12,26 @@
 
 namespace asymcache {
 
-absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
-                                                  grpc::Service* service) {
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen,
+                                                  const TransportSecurityOptions& security,
+                                                  int max_message_bytes, grpc::Service* service) {
   grpc::Service* const services[] = {service};
-  return StartGrpcServer(listen, max_message_bytes, absl::MakeConstSpan(services));
+  return StartGrpcServer(listen, security, max_message_bytes, absl::MakeConstSpan(services));
 }
 
-absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen,
+                                                  const TransportSecurityOptions& security,
+                                                  int max_message_bytes,
                                                   absl::Span<grpc::Service* const> services) {
   ABSL_RAW_CHECK(!services.empty(), "StartGrpcServer: no service to serve");
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(security);
+  if (!credentials.ok()) return credentials.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   StartedGrpcServer started;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &started.port);
+  builder.AddListeningPort(listen, *credentials, &started.port);
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   for (grpc::Service* service : services) {

@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "grpcpp/server.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache {
 
@@ -32,16 +33,21 @@ struct StartedGrpcServer {
 };
 
 // Serves `service` (not owned; must outlive the server) on `listen`
-// (HOST:PORT, insecure) with grpc.health.v1 (SERVING) and server reflection,
+// (HOST:PORT) with `security`'s server credentials (mutual TLS or plaintext,
+// transport_security.h) and grpc.health.v1 (SERVING) and server reflection,
 // messages up to `max_message_bytes` each way. UNAVAILABLE "--listen: cannot
-// serve gRPC on LISTEN (...)" when the address cannot be bound.
-absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
-                                                  grpc::Service* service);
+// serve gRPC on LISTEN (...)" when the address cannot be bound;
+// INVALID_ARGUMENT (transport_security.h) for bad security options.
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen,
+                                                  const TransportSecurityOptions& security,
+                                                  int max_message_bytes, grpc::Service* service);
 // The same with several services on one server (e.g. the coordinator's
 // Coordinator service and its Generate proxy): each is registered once, none
 // is owned, each must outlive the server; their full method names must not
 // clash. Precondition: `services` is not empty and holds no null.
-absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen, int max_message_bytes,
+absl::StatusOr<StartedGrpcServer> StartGrpcServer(const std::string& listen,
+                                                  const TransportSecurityOptions& security,
+                                                  int max_message_bytes,
                                                   absl::Span<grpc::Service* const> services);
 
 // Health NOT_SERVING, so load balancers stop sending work.

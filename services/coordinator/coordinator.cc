@@ -49,7 +49,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const Coordinato
 
   grpc::Service* const services[] = {server->service.get(), server->generate_proxy.get()};
   absl::StatusOr<StartedGrpcServer> grpc_server = StartGrpcServer(
-      options.listen, options.max_message_bytes, absl::MakeConstSpan(services));
+      options.listen, options.security, options.max_message_bytes, absl::MakeConstSpan(services));
   if (!grpc_server.ok()) return grpc_server.status();
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;

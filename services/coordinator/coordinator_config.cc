@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "services/common/model_fields.h"
 #include "services/common/settings_table.h"
+#include "services/common/transport_security_settings.h"
 #include "yaml-cpp/yaml.h"
 
 namespace asymcache {
@@ -62,12 +63,26 @@ absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin,
 
 const Table& Settings();
 
-// The YAML values that are not one scalar: `model:` as a mapping, and a null
+// `rows` followed by the transport security settings (--plaintext,
+// --tls-cert, --tls-key, --tls-ca, --trusted-peers).
+std::vector<Table::Setting> WithTransportSecurity(std::vector<Table::Setting> rows) {
+  for (Table::Setting& row : TransportSecuritySettings<CoordinatorOptions>(
+           [](auto* o) { return &o->security; }, TrustedPeersSetting::kWith)) {
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// The YAML values that are not one scalar: `model:` as a mapping,
+// `trusted-peers:` as a sequence, and a null
 // value (`key:` with nothing after it), which sets the empty text.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
                                                const YAML::Node& value, absl::string_view origin,
                                                CoordinatorOptions* options) {
   if (key == "model" && value.IsMap()) return ApplyModelMap(value, origin, options);
+  if (key == "trusted-peers" && value.IsSequence()) {
+    return Settings().ApplyYamlSequence(key, key_node, value, origin, options);
+  }
   if (value.IsNull()) return Settings().ApplyYamlNull(key, key_node, origin, options);
   return std::nullopt;
 }
@@ -75,7 +90,7 @@ std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAM
 // The table: every setting, once.
 const Table& Settings() {
   static const auto* table = new Table(
-      std::vector<Table::Setting>{
+      WithTransportSecurity(std::vector<Table::Setting>{
           Table::String("listen", "gRPC listen address HOST:PORT (port 0 = any free port)",
                         [](auto* o) { return &o->listen; }),
           Table::Integer<int>("metrics-port",
@@ -179,7 +194,7 @@ const Table& Settings() {
           Table::Duration("shutdown-grace",
                           "SIGTERM: time in-flight RPCs get before being cancelled",
                           kDurationExamples, [](auto* o) { return &o->shutdown_grace; }),
-      },
+      }),
       TakeStructuredYaml);
   return *table;
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/string_view.h"
 #include "services/common/command_line.h"
 #include "services/common/signal_waiter.h"
+#include "services/common/transport_security.h"
 #include "services/coordinator/coordinator.h"
 #include "services/coordinator/coordinator_config.h"
 #include "services/coordinator/coordinator_options.h"
@@ -26,7 +27,10 @@ constexpr char kUsage[] =
     "Several replicas may run at once with no shared store (docs/coordinator.md).\n\n"
     "Usage: asymcache-coordinator [--config=FILE.yaml] [--SETTING=VALUE ...]\n"
     "Example: asymcache-coordinator --listen=0.0.0.0:50061 --metrics-port=9401 "
-    "--member-timeout=5s\n\n";
+    "--tls-cert=coordinator.pem --tls-key=coordinator.key --tls-ca=ca.pem "
+    "--trusted-peers=asymcache-component\n"
+    "Transport security must be chosen: --tls-cert, --tls-key and --tls-ca (mutual TLS, with\n"
+    "--trusted-peers), or --plaintext (docs/security.md).\n\n";
 
 bool IsBoolSetting(absl::string_view name) {
   asymcache::CoordinatorOptions defaults;
@@ -34,10 +38,18 @@ bool IsBoolSetting(absl::string_view name) {
   return value.ok() && (*value == "true" || *value == "false");
 }
 
+// The binary's starting point: the library defaults, except that transport
+// security has no default (--plaintext or the --tls-* files must be given).
+asymcache::CoordinatorOptions BinaryDefaults() {
+  asymcache::CoordinatorOptions options;
+  options.security = asymcache::BinaryTransportSecurityDefaults();
+  return options;
+}
+
 void PrintHelp() {
   std::fputs(kUsage, stdout);
   std::printf("  --%-24s %s\n", "config", "YAML file of settings (keys = the names below)");
-  const asymcache::CoordinatorOptions defaults;
+  const asymcache::CoordinatorOptions defaults = BinaryDefaults();
   for (const asymcache::CoordinatorSettingInfo& s : asymcache::CoordinatorSettings()) {
     const std::string value = asymcache::CoordinatorSettingValue(s.name, defaults).value_or("?");
     std::printf("  --%-24s %s (default: %s)\n", s.name.c_str(), s.help.c_str(),
@@ -50,7 +62,7 @@ void PrintHelp() {
 // coordinator_config.cc.
 absl::StatusOr<asymcache::CoordinatorOptions> BuildOptions(
     const std::vector<asymcache::CommandLineFlag>& flags) {
-  asymcache::CoordinatorOptions options;
+  asymcache::CoordinatorOptions options = BinaryDefaults();
   asymcache::CommandLineSettings settings;
   settings.apply_config = [&](const std::string& path) {
     return asymcache::ApplyCoordinatorYaml(path, &options);

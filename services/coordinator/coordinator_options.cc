@@ -77,6 +77,12 @@ absl::Status CoordinatorOptions::Validate() const {
   if (shutdown_grace < absl::ZeroDuration()) {
     return FlagValueError("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
   }
+  if (absl::Status s = security.Validate(); !s.ok()) return s;
+  if (security.tls() && security.trusted_peers.empty()) {
+    return absl::InvalidArgumentError(
+        "--trusted-peers is required with TLS: it names the daemons' and workers' certificate "
+        "identities, the only peers allowed to register");
+  }
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include "cachecore/clock.h"
 #include "cachecore/model_config.h"
 #include "cachecore/router.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache {
 
@@ -103,6 +104,17 @@ struct CoordinatorOptions {
   // Kubernetes' default 30 s termination grace period. Shutdown waits only
   // as long as some RPC is in flight. >= 0.
   absl::Duration shutdown_grace = absl::Seconds(20);
+
+  // Transport security of the gRPC server (Coordinator service and Generate
+  // proxy) and of the channels to daemons (KV event streams) and workers
+  // (proxied Generate): mutual TLS or plaintext
+  // (services/common/transport_security.h). With TLS, security.trusted_peers
+  // lists the components (daemons, workers): only they may Register,
+  // Heartbeat and Deregister (PERMISSION_DENIED otherwise), and every other
+  // peer's Route and Generate run under a salt derived from its identity
+  // (services/common/tenant_salt.h); the list is then required. Default: the
+  // library's (plaintext); the binary requires an explicit choice.
+  TransportSecurityOptions security;
 
   // Tests only: an injected clock for heartbeats, member expiry and agent
   // affinity (must outlive the coordinator). nullptr = the real clock.

@@ -7,6 +7,8 @@
 #include "absl/time/time.h"
 #include "services/common/grpc_status.h"
 #include "services/common/proto_convert.h"
+#include "services/common/tenant_salt.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache {
 
@@ -121,6 +123,18 @@ absl::Status CheckMemberId(absl::string_view method, absl::string_view id) {
   return absl::OkStatus();
 }
 
+// Membership RPCs come from cluster components only: with TLS, a peer not in
+// --trusted-peers (a tenant's certificate) gets PERMISSION_DENIED.
+absl::Status CheckComponent(const TenantSaltPolicy& policy, const grpc::CallbackServerContext& ctx,
+                            absl::string_view method) {
+  const std::string peer = PeerIdentity(ctx);
+  if (policy.IsTrusted(peer)) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat(method, ": peer '", peer,
+                   "' is not a cluster component (not in the coordinator's --trusted-peers); only "
+                   "daemons and workers register"));
+}
+
 }  // namespace
 
 CoordinatorService::CoordinatorService(CoordinatorState* state) : state_(state) {}
@@ -146,6 +160,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
                                                        const v1::RegisterRequest* request,
                                                        v1::RegisterResponse* response) {
   return Serve(ctx, "Register", [&]() -> absl::Status {
+    if (absl::Status s = CheckComponent(state_->tenant_salts(), *ctx, "Register"); !s.ok()) return s;
     MemberRegistration r;
     r.member_id = request->member_id();
     absl::StatusOr<MemberKind> kind = KindFromProto(request->kind());
@@ -182,6 +197,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         const v1::HeartbeatRequest* request,
                                                         v1::HeartbeatResponse* /*response*/) {
   return Serve(ctx, "Heartbeat", [&]() -> absl::Status {
+    if (absl::Status s = CheckComponent(state_->tenant_salts(), *ctx, "Heartbeat"); !s.ok()) return s;
     if (absl::Status s = CheckMemberId("Heartbeat", request->member_id()); !s.ok()) return s;
     absl::StatusOr<MemberLoad> load = LoadFromProto("Heartbeat", request->load());
     if (!load.ok()) return load.status();
@@ -196,6 +212,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Deregister(grpc::CallbackServerCon
                                                          const v1::DeregisterRequest* request,
                                                          v1::DeregisterResponse* /*response*/) {
   return Serve(ctx, "Deregister", [&]() -> absl::Status {
+    if (absl::Status s = CheckComponent(state_->tenant_salts(), *ctx, "Deregister"); !s.ok()) return s;
     if (absl::Status s = CheckMemberId("Deregister", request->member_id()); !s.ok()) return s;
     if (absl::Status s = state_->Deregister(request->member_id()); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("Deregister: ", s.message()));
@@ -209,11 +226,25 @@ grpc::ServerUnaryReactor* CoordinatorService::Route(grpc::CallbackServerContext*
                                                     v1::RouteResponse* response) {
   return Serve(ctx, "Route", [&]() -> absl::Status {
     RouteInput in;
-    in.salt = request->salt();
+    const std::string peer = PeerIdentity(*ctx);
+    const TenantSaltPolicy& tenants = state_->tenant_salts();
+    absl::StatusOr<std::string> salt = tenants.SaltFor(peer, request->salt());
+    if (!salt.ok()) {
+      return absl::Status(salt.status().code(), absl::StrCat("Route: ", salt.status().message()));
+    }
+    in.salt = *salt;
     in.tokens = absl::MakeConstSpan(request->token_ids().data(),
                                     static_cast<size_t>(request->token_ids_size()));
     std::vector<BlockHash> hashes;
     if (in.tokens.empty()) {
+      // A tenant's hashes would carry whatever salt it chose: with TLS only
+      // a component may route by hashes.
+      if (!tenants.IsTrusted(peer)) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "Route: peer '", peer,
+            "' is a tenant (not in --trusted-peers): send token_ids, not block_hashes, so that "
+            "the coordinator hashes them under the tenant's salt"));
+      }
       hashes = FromProto(request->block_hashes());
       in.block_hashes = hashes;
       in.num_tokens = request->num_tokens();

@@ -7,6 +7,12 @@
 // Deregister may also join one event-watcher thread, which returns at once
 // after its stream is cancelled).
 //
+// With TLS (CoordinatorOptions::security, docs/security.md): Register,
+// Heartbeat and Deregister from a peer not in --trusted-peers get
+// PERMISSION_DENIED; Route runs under the tenant salt of its peer
+// (services/common/tenant_salt.h), and a tenant's Route by block_hashes gets
+// PERMISSION_DENIED (its hashes would carry a salt of its choosing).
+//
 // Thread-safety: handlers run concurrently on gRPC's threads; shared state
 // is in the thread-safe core, which must outlive the service.
 #ifndef ASYMCACHE_SERVICES_COORDINATOR_COORDINATOR_SERVICE_H_

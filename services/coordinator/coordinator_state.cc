@@ -48,6 +48,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorState>> CoordinatorState::Create(
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   Clock* clock = options.clock != nullptr ? options.clock : RealClock::Get();
   std::unique_ptr<CoordinatorState> state(new CoordinatorState(options));
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
+  state->channel_credentials_ = *std::move(credentials);
 
   MemberRegistryOptions registry_options;
   registry_options.member_timeout = options.member_timeout;
@@ -84,6 +88,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorState>> CoordinatorState::Create(
 CoordinatorState::CoordinatorState(const CoordinatorOptions& options)
     : options_(options),
       instance_(NewInstanceId()),
+      tenant_salts_(options.security),
       route_log_(options.route_history) {}
 
 CoordinatorState::~CoordinatorState() { StopWatchers(); }
@@ -99,6 +104,7 @@ absl::Status CoordinatorState::StartWatcher(const WatchTarget& target) {
   watch.backoff_max = options_.watch_backoff_max;
   watch.connect_timeout = options_.watch_connect_timeout;
   watch.max_message_bytes = options_.max_message_bytes;
+  watch.credentials = channel_credentials_;
   absl::StatusOr<std::unique_ptr<DaemonEventWatcher>> watcher =
       DaemonEventWatcher::Start(std::move(watch), index_.get(), metrics_.get());
   if (!watcher.ok()) {

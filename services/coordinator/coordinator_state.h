@@ -37,6 +37,9 @@
 #include "cachecore/clock.h"
 #include "cachecore/router.h"
 #include "cachecore/types.h"
+#include "grpcpp/security/credentials.h"
+#include "services/common/tenant_salt.h"
+#include "services/common/transport_security.h"
 #include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/coordinator_options.h"
 #include "services/coordinator/daemon_event_watcher.h"
@@ -155,6 +158,13 @@ class CoordinatorState {
   void StopWatchers();
 
   const CoordinatorOptions& options() const { return options_; }
+  // Credentials of every channel the coordinator opens (daemons' event
+  // streams, proxied Generate to workers): options().security's.
+  const std::shared_ptr<grpc::ChannelCredentials>& channel_credentials() const {
+    return channel_credentials_;
+  }
+  // The salt of tenant requests (Route, Generate) and who is a component.
+  const TenantSaltPolicy& tenant_salts() const { return tenant_salts_; }
   const std::string& instance() const { return instance_; }
   MemberRegistry& registry() { return *registry_; }
   BlockLocationIndex& index() { return *index_; }
@@ -176,6 +186,8 @@ class CoordinatorState {
   // Immutable after construction.
   const CoordinatorOptions options_;
   const std::string instance_;
+  const TenantSaltPolicy tenant_salts_;
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;  // set by Create
   std::unique_ptr<MemberRegistry> registry_;
   std::unique_ptr<BlockLocationIndex> index_;
   std::unique_ptr<Router> router_;

@@ -111,6 +111,7 @@ void DaemonEventWatcher::Run() {
   ClientOptions client_options;
   client_options.target = options_.address;
   client_options.max_message_bytes = options_.max_message_bytes;
+  client_options.credentials = options_.credentials;
   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(client_options);
   if (!client.ok()) {
     absl::MutexLock lock(&mu_);

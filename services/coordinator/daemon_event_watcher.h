@@ -50,6 +50,7 @@
 #include "absl/time/time.h"
 #include "cachecore/block_location_index.h"
 #include "cachecore/kv_cache.h"
+#include "grpcpp/security/credentials.h"
 
 namespace asymcache {
 
@@ -72,6 +73,9 @@ struct DaemonEventWatcherOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // Largest event batch accepted (bytes). > 0.
   int max_message_bytes = 64 << 20;
+  // Channel credentials of the stream (the coordinator's transport
+  // security). nullptr = insecure (plaintext), the library default.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };

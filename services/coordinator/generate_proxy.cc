@@ -15,6 +15,8 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "services/common/grpc_status.h"
+#include "services/common/tenant_salt.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache {
 
@@ -110,11 +112,19 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
  public:
   ProxiedGenerate(GenerateProxy* proxy, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* request)
-      : proxy_(proxy), ctx_(ctx), request_(request), arrival_(absl::Now()) {
+      : proxy_(proxy),
+        ctx_(ctx),
+        salt_(proxy->state_->tenant_salts().SaltFor(PeerIdentity(*ctx), request->salt())),
+        tenant_request_(WithSalt(*request, salt_)),
+        request_(tenant_request_.has_value() ? &*tenant_request_ : request),
+        arrival_(absl::Now()) {
     Action action;
     {
       absl::MutexLock lock(&mu_);
-      const absl::Status begun = BeginLocked(&action);
+      const absl::Status begun =
+          salt_.ok() ? BeginLocked(&action)
+                     : absl::Status(salt_.status().code(),
+                                    absl::StrCat("Generate: ", salt_.status().message()));
       if (!begun.ok()) {
         final_status_ = ToGrpcStatus(begun);
         action = NextLocked();
@@ -214,6 +224,17 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   ~ProxiedGenerate() override = default;
 
+  // A copy of `request` under `salt` when that differs from the request's
+  // own (a tenant's derived salt: the workers trust what the coordinator
+  // forwards); nullopt when the request goes on as it is.
+  static std::optional<v1::GenerateRequest> WithSalt(const v1::GenerateRequest& request,
+                                                     const absl::StatusOr<std::string>& salt) {
+    if (!salt.ok() || *salt == request.salt()) return std::nullopt;
+    v1::GenerateRequest copy = request;
+    copy.set_salt(*salt);
+    return copy;
+  }
+
   // Validates, routes and creates the first leg (started by Run).
   absl::Status BeginLocked(Action* action) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const v1::GenerateRequest& r = *request_;
@@ -229,7 +250,7 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
           absl::StrCat("Generate: max_new_tokens must be >= 1, got ", r.max_new_tokens()));
     }
     RouteInput in;
-    in.salt = r.salt();
+    in.salt = r.salt();  // the derived salt (request_ carries it)
     in.tokens = absl::MakeConstSpan(r.prompt_tokens().data(),
                                     static_cast<size_t>(r.prompt_tokens_size()));
     in.reserve_tokens = r.max_new_tokens();
@@ -383,7 +404,13 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // Immutable after construction.
   GenerateProxy* const proxy_;
   grpc::CallbackServerContext* const ctx_;
-  const v1::GenerateRequest* const request_;  // the library's, valid until OnDone
+  // The salt the call runs under (TenantSaltPolicy) or the error refusing it.
+  const absl::StatusOr<std::string> salt_;
+  // The client's request with the derived salt, when it had to be rewritten.
+  const std::optional<v1::GenerateRequest> tenant_request_;
+  // What is routed and forwarded: tenant_request_, or the library's request
+  // (valid until OnDone).
+  const v1::GenerateRequest* const request_;
   const absl::Time arrival_;
 
   // One for the client side (OnDone), one per started leg (its OnDone).
@@ -456,7 +483,7 @@ std::shared_ptr<grpc::Channel> GenerateProxy::ChannelTo(const std::string& addre
   args.SetMaxReceiveMessageSize(state_->options().max_message_bytes);
   args.SetMaxSendMessageSize(state_->options().max_message_bytes);
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      grpc::CreateCustomChannel(address, state_->channel_credentials(), args);
   channels_.emplace(address, channel);
   return channel;
 }

@@ -4,6 +4,11 @@
 // stub works against the coordinator or any worker.
 //
 // Generate, per call:
+//   0. the salt: the tenant salt of the caller (services/common/tenant_salt.h:
+//      with TLS, derived from a tenant's certificate identity; a trusted
+//      component's as sent); the request routed and forwarded carries it,
+//      and the workers take it as is (the coordinator is in their
+//      --trusted-peers);
 //   1. route it in-process (CoordinatorState::Route: the salt, the prompt as
 //      token_ids, the agent fields, reserve_tokens = max_new_tokens);
 //   2. not split: forward the request unchanged to the route's prefill worker
@@ -26,6 +31,7 @@
 // the workers.
 //
 // Errors (besides the workers' own, passed through):
+//   PERMISSION_DENIED a TLS caller whose certificate names no identity
 //   INVALID_ARGUMENT  empty prompt_tokens, max_new_tokens < 1, or what Route
 //                     refuses (a token outside the vocabulary, agent fields)
 //   UNAVAILABLE       no daemon / no prefill daemon is live (Route), no

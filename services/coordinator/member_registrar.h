@@ -76,7 +76,8 @@ struct MemberRegistrarOptions {
   // parallel). 1 s: a graceful shutdown should not wait on a dead replica,
   // which drops the member after its timeout anyway. > 0.
   absl::Duration deregister_timeout = absl::Seconds(1);
-  // Channel credentials; nullptr = insecure (plain TCP, like the daemon).
+  // Channel credentials; nullptr = insecure (plain TCP). The daemon and the
+  // worker pass MakeChannelCredentials of their transport security.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   // INVALID_ARGUMENT naming the first bad field.

@@ -7,6 +7,7 @@
 #include "grpcpp/server.h"
 #include "services/common/grpc_server_parts.h"
 #include "services/common/member_address.h"
+#include "services/common/transport_security.h"
 #include "services/coordinator/member_registrar.h"
 #include "services/daemon/cache_daemon_service.h"
 #include "services/daemon/daemon_state.h"
@@ -25,11 +26,12 @@ v1::Role ParseRole(const std::string& role) {
 // daemon's own view: pool free/capacity blocks and the latest KV event; the
 // active step leases stand for the decode batch, and queued prefill tokens
 // are 0 (the daemon does not see the engines' queues; workers report theirs).
-absl::StatusOr<std::unique_ptr<MemberRegistrar>> StartRegistrar(CacheDaemonState* state,
-                                                                 const std::string& member_id,
-                                                                 const std::string& address) {
+absl::StatusOr<std::unique_ptr<MemberRegistrar>> StartRegistrar(
+    CacheDaemonState* state, const std::string& member_id, const std::string& address,
+    std::shared_ptr<grpc::ChannelCredentials> credentials) {
   const DaemonOptions& options = state->options();
   MemberRegistrarOptions registrar;
+  registrar.credentials = std::move(credentials);
   registrar.coordinators = options.coordinators;
   registrar.rpc_timeout = options.coordinator_rpc_timeout;
   registrar.max_backoff = options.coordinator_retry_max;
@@ -80,10 +82,17 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   if (options.cancel != nullptr && options.cancel->load()) {
     return absl::CancelledError("start cancelled (shutdown requested) before serving");
   }
-  server->service = std::make_unique<CacheDaemonService>(server->state.get());
+  // One set of channel credentials for every call the daemon makes (peer
+  // daemons, coordinators).
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_credentials =
+      MakeChannelCredentials(options.security);
+  if (!channel_credentials.ok()) return channel_credentials.status();
+  server->service =
+      std::make_unique<CacheDaemonService>(server->state.get(), *channel_credentials);
 
   absl::StatusOr<StartedGrpcServer> grpc_server =
-      StartGrpcServer(options.listen, options.max_message_bytes, server->service.get());
+      StartGrpcServer(options.listen, options.security, options.max_message_bytes,
+                      server->service.get());
   if (!grpc_server.ok()) return grpc_server.status();
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;
@@ -93,7 +102,8 @@ absl::StatusOr<std::unique_ptr<CacheDaemon>> CacheDaemon::Start(const DaemonOpti
   server->member_id = MemberIdOrDefault(options.member_id, server->grpc_port);
   if (!options.coordinators.empty()) {
     absl::StatusOr<std::unique_ptr<MemberRegistrar>> registrar =
-        StartRegistrar(server->state.get(), server->member_id, server->advertise_address);
+        StartRegistrar(server->state.get(), server->member_id, server->advertise_address,
+                       *channel_credentials);
     if (!registrar.ok()) {
       server->grpc_server->Shutdown();
       // Options were validated; what is left is a derived default (e.g. a

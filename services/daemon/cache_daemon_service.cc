@@ -79,7 +79,9 @@ double ExpectedRebuildCost(const CacheDaemonState& state, const BlockPool::PinSe
 
 }  // namespace
 
-CacheDaemonService::CacheDaemonService(CacheDaemonState* state) : state_(state) {}
+CacheDaemonService::CacheDaemonService(CacheDaemonState* state,
+                                       std::shared_ptr<grpc::ChannelCredentials> peer_credentials)
+    : state_(state), peer_credentials_(std::move(peer_credentials)) {}
 
 template <typename Body>
 grpc::Status CacheDaemonService::Serve(absl::string_view method, Body&& body) {
@@ -385,7 +387,7 @@ std::shared_ptr<v1::CacheDaemon::Stub> CacheDaemonService::PeerStub(const std::s
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(state_->options().max_message_bytes);
   std::shared_ptr<v1::CacheDaemon::Stub> stub = v1::CacheDaemon::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      grpc::CreateCustomChannel(address, peer_credentials_, args));
   return peers_.emplace(address, std::move(stub)).first->second;
 }
 

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
+#include "grpcpp/security/credentials.h"
 #include "services/daemon/daemon_state.h"
 
 namespace asymcache {
@@ -43,7 +44,10 @@ using CacheDaemonServiceBase = v1::CacheDaemon::WithCallbackMethod_PlanStep<
 
 class CacheDaemonService final : public CacheDaemonServiceBase {
  public:
-  explicit CacheDaemonService(CacheDaemonState* state);
+  // `peer_credentials`: the channel credentials of ImportBlocks' calls to
+  // peer daemons (the daemon's transport security, transport_security.h).
+  CacheDaemonService(CacheDaemonState* state,
+                     std::shared_ptr<grpc::ChannelCredentials> peer_credentials);
 
   // After this, every new RPC gets UNAVAILABLE (graceful shutdown).
   void StopAccepting() { accepting_.store(false); }
@@ -98,6 +102,7 @@ class CacheDaemonService final : public CacheDaemonServiceBase {
       ABSL_LOCKS_EXCLUDED(peers_mu_);
 
   CacheDaemonState* const state_;
+  const std::shared_ptr<grpc::ChannelCredentials> peer_credentials_;
   std::atomic<bool> accepting_{true};
   absl::Mutex peers_mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<v1::CacheDaemon::Stub>> peers_

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "services/common/model_fields.h"
+#include "services/common/transport_security_settings.h"
 #include "yaml-cpp/yaml.h"
 
 namespace asymcache {
@@ -64,6 +65,16 @@ absl::Status ApplyModelMap(const YAML::Node& map, absl::string_view origin,
 
 const Table& Settings();
 
+// `rows` followed by the transport security settings (--plaintext,
+// --tls-cert, --tls-key, --tls-ca).
+std::vector<Table::Setting> WithTransportSecurity(std::vector<Table::Setting> rows) {
+  for (Table::Setting& row : TransportSecuritySettings<DaemonOptions>(
+           [](auto* o) { return &o->security; }, TrustedPeersSetting::kWithout)) {
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
 // The YAML values that are not one scalar: `model:` as a mapping,
 // `coordinators:` as a sequence.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
@@ -81,7 +92,7 @@ std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAM
 // daemon prints no values from the table (the typed ones have theirs,
 // unused).
 const Table& Settings() {
-  static const auto* table = new Table(std::vector<Table::Setting>{
+  static const auto* table = new Table(WithTransportSecurity(std::vector<Table::Setting>{
       Table::String("listen", "", [](auto* o) { return &o->listen; }),
       Table::Integer<int>("metrics-port", "", [](auto* o) { return &o->metrics_port; }),
       Table::String("metrics-host", "", [](auto* o) { return &o->metrics_host; }),
@@ -183,7 +194,7 @@ const Table& Settings() {
                       [](auto* o) { return &o->coordinator_rpc_timeout; }),
       Table::Duration("coordinator-retry-max", "", kDurationExamples,
                       [](auto* o) { return &o->coordinator_retry_max; }),
-  }, TakeStructuredYaml);
+  }), TakeStructuredYaml);
   return *table;
 }
 

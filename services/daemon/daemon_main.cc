@@ -68,6 +68,10 @@ ABSL_FLAG(std::string, role, Defaults().role, "role at the coordinators: both, p
 ABSL_FLAG(std::string, gpu, "auto", "GPU index on this host reported to coordinators (-1 = CPU; auto = --cuda-device with the cuda backend, -1 with host)");
 ABSL_FLAG(absl::Duration, coordinator_rpc_timeout, Defaults().coordinator_rpc_timeout, "deadline of one Register/Heartbeat call to a coordinator");
 ABSL_FLAG(absl::Duration, coordinator_retry_max, Defaults().coordinator_retry_max, "longest retry backoff for an unreachable coordinator");
+ABSL_FLAG(bool, plaintext, false, "serve and connect without TLS (no encryption, no authentication); required unless the --tls-* files are given");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain presented to peers (mutual TLS; with --tls-key and --tls-ca)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle every peer's certificate must chain to");
 
 namespace {
 
@@ -75,6 +79,8 @@ namespace {
 // parsed by the one table in daemon_config.cc.
 absl::StatusOr<asymcache::DaemonOptions> BuildOptions(const std::vector<std::string>& given) {
   asymcache::DaemonOptions options;
+  // Plaintext only when asked for (--plaintext), unlike the library default.
+  options.security = asymcache::BinaryTransportSecurityDefaults();
   const std::string config = absl::GetFlag(FLAGS_config);
   if (!config.empty()) {
     if (absl::Status s = asymcache::ApplyDaemonYaml(config, &options); !s.ok()) return s;
@@ -104,7 +110,10 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "The AsymCache per-GPU cache daemon (gRPC asymcache.v1.CacheDaemon, Prometheus metrics).\n"
       "Example: asymcache-daemon --listen=0.0.0.0:50051 --metrics-port=9400 --backend=host "
-      "--pool-bytes=1GiB --policy=asym");
+      "--pool-bytes=1GiB --policy=asym --tls-cert=daemon.pem --tls-key=daemon.key "
+      "--tls-ca=ca.pem\n"
+      "Transport security must be chosen: --tls-cert, --tls-key and --tls-ca (mutual TLS), or "
+      "--plaintext (docs/security.md).");
   std::vector<std::string> given;
   std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv, &given);
   for (std::string& g : given) {

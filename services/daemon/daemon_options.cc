@@ -118,7 +118,7 @@ absl::Status DaemonOptions::Validate() const {
       return FlagValueError(name, absl::FormatDuration(d), "must be at most 24h");
     }
   }
-  return absl::OkStatus();
+  return security.Validate();
 }
 
 }  // namespace asymcache

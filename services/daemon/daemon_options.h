@@ -20,6 +20,7 @@
 #include "cachecore/clock.h"
 #include "cachecore/eviction_policy.h"
 #include "cachecore/model_config.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache {
 
@@ -126,6 +127,15 @@ struct DaemonOptions {
   // it). 1 s and 2 s: see MemberRegistrarOptions.
   absl::Duration coordinator_rpc_timeout = absl::Seconds(1);
   absl::Duration coordinator_retry_max = absl::Seconds(2);
+
+  // Transport security of the gRPC server and of every channel the daemon
+  // opens (coordinators, peer daemons): mutual TLS or plaintext
+  // (services/common/transport_security.h; --plaintext, --tls-cert,
+  // --tls-key, --tls-ca). Default: the library's (plaintext); the binary
+  // requires an explicit choice. trusted_peers is not used by the daemon:
+  // it serves whoever holds a certificate of its CA bundle (docs/security.md
+  // says how to keep tenants out with a component-only CA).
+  TransportSecurityOptions security;
 
   // Tests only: an injected clock for leases and pins (must outlive the
   // daemon). nullptr = the real clock.

@@ -11,6 +11,7 @@
 #include "services/common/grpc_server_parts.h"
 #include "services/common/member_address.h"
 #include "services/common/metrics_exposer.h"
+#include "services/common/transport_security.h"
 #include "services/coordinator/member_registrar.h"
 #include "services/worker/worker_metrics.h"
 #include "services/worker/worker_service.h"
@@ -92,9 +93,16 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
     server->exposer = *std::move(started);
   }
 
+  // One set of channel credentials for every call the worker makes (its
+  // daemon, the coordinators).
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> channel_credentials =
+      MakeChannelCredentials(options.security);
+  if (!channel_credentials.ok()) return channel_credentials.status();
+
   // The co-located daemon: its channel, its calibration.
   const std::string daemon_what = absl::StrCat("daemon ", options.daemon);
   ClientOptions client_options;
+  client_options.credentials = *channel_credentials;
   client_options.target = options.daemon;
   client_options.default_timeout = options.engine.rpc_timeout;
   client_options.max_message_bytes = options.max_message_bytes;
@@ -172,9 +180,11 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
   if (!engine.ok()) return Prefixed("engine", engine.status());
   server->engine = *std::move(engine);
 
-  server->service = std::make_unique<WorkerService>(server->engine.get());
+  server->service = std::make_unique<WorkerService>(server->engine.get(),
+                                                    TenantSaltPolicy(options.security));
   absl::StatusOr<StartedGrpcServer> grpc_server =
-      StartGrpcServer(options.listen, options.max_message_bytes, server->service.get());
+      StartGrpcServer(options.listen, options.security, options.max_message_bytes,
+                      server->service.get());
   if (!grpc_server.ok()) return grpc_server.status();
   server->grpc_server = std::move(grpc_server->server);
   server->grpc_port = grpc_server->port;
@@ -184,6 +194,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
   server->member_id = MemberIdOrDefault(options.member_id, server->grpc_port);
   if (!options.coordinators.empty()) {
     MemberRegistrarOptions registrar;
+    registrar.credentials = *channel_credentials;
     registrar.coordinators = options.coordinators;
     registrar.rpc_timeout = options.coordinator_rpc_timeout;
     registrar.max_backoff = options.coordinator_retry_max;

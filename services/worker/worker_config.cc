@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/llama_config.h"
 #include "services/common/settings_table.h"
+#include "services/common/transport_security_settings.h"
 #include "yaml-cpp/yaml.h"
 
 namespace asymcache::worker {
@@ -19,12 +20,23 @@ constexpr char kDurationExamples[] = "250ms, 5s, 10m";
 
 const Table& Settings();
 
-// The YAML values that are not one scalar: `coordinators:` as a sequence,
+// `rows` followed by the transport security settings (--plaintext,
+// --tls-cert, --tls-key, --tls-ca, --trusted-peers).
+std::vector<Table::Setting> WithTransportSecurity(std::vector<Table::Setting> rows) {
+  for (Table::Setting& row : TransportSecuritySettings<WorkerOptions>(
+           [](auto* o) { return &o->security; }, TrustedPeersSetting::kWith)) {
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// The YAML values that are not one scalar: `coordinators:` and
+// `trusted-peers:` as sequences,
 // and a null value (`key:` with nothing after it), which sets the empty text.
 std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAML::Node& key_node,
                                                const YAML::Node& value, absl::string_view origin,
                                                WorkerOptions* options) {
-  if (key == "coordinators" && value.IsSequence()) {
+  if ((key == "coordinators" || key == "trusted-peers") && value.IsSequence()) {
     return Settings().ApplyYamlSequence(key, key_node, value, origin, options);
   }
   if (value.IsNull()) return Settings().ApplyYamlNull(key, key_node, origin, options);
@@ -34,7 +46,7 @@ std::optional<absl::Status> TakeStructuredYaml(const std::string& key, const YAM
 // The table: every setting, once.
 const Table& Settings() {
   static const auto* table = new Table(
-      std::vector<Table::Setting>{
+      WithTransportSecurity(std::vector<Table::Setting>{
           Table::String("listen", "gRPC listen address HOST:PORT (port 0 = any free port)",
                         [](auto* o) { return &o->listen; }),
           Table::Integer<int>("metrics-port",
@@ -133,7 +145,7 @@ const Table& Settings() {
                           kDurationExamples, [](auto* o) { return &o->shutdown_grace; }),
           Table::Duration("stats-interval", "how often engine counters reach the metrics",
                           kDurationExamples, [](auto* o) { return &o->stats_interval; }),
-      },
+      }),
       TakeStructuredYaml);
   return *table;
 }
@@ -169,8 +181,14 @@ absl::Status ApplyWorkerYaml(const std::string& path, WorkerOptions* options) {
   return Settings().ApplyYamlFile(path, options);
 }
 
-absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags(const std::vector<CommandLineFlag>& flags) {
+WorkerOptions WorkerBinaryDefaults() {
   WorkerOptions options;
+  options.security = BinaryTransportSecurityDefaults();
+  return options;
+}
+
+absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags(const std::vector<CommandLineFlag>& flags) {
+  WorkerOptions options = WorkerBinaryDefaults();
   CommandLineSettings settings;
   settings.apply_config = [&](const std::string& path) { return ApplyWorkerYaml(path, &options); };
   settings.is_known = [&](absl::string_view name) { return Settings().Find(name) != nullptr; };

@@ -50,16 +50,22 @@ absl::StatusOr<std::string> WorkerSettingValue(absl::string_view name,
 // Whether `name` is a true/false setting (a bare --name sets it).
 bool IsWorkerBoolSetting(absl::string_view name);
 
-// Applies a YAML mapping of setting names to scalars (`coordinators` may also
-// be a sequence). INVALID_ARGUMENT "origin:line: ..." for a parse error, an
+// Applies a YAML mapping of setting names to scalars (`coordinators` and
+// `trusted-peers` may also be sequences). INVALID_ARGUMENT "origin:line: ..." for a parse error, an
 // unknown key or a bad value; NOT_FOUND for a missing file. On error
 // `options` is unchanged.
 absl::Status ApplyWorkerYaml(const std::string& path, WorkerOptions* options);
 absl::Status ApplyWorkerYamlText(absl::string_view text, absl::string_view origin,
                                  WorkerOptions* options);
 
-// The options a command line asks for: defaults < every --config file <
-// the other flags (command_line.h ApplyCommandLine), then Validate().
+// What the binary starts from: WorkerOptions() with transport security
+// unchosen (BinaryTransportSecurityDefaults), so that --plaintext or the
+// --tls-* files are required.
+WorkerOptions WorkerBinaryDefaults();
+
+// The options a command line asks for: WorkerBinaryDefaults() < every
+// --config file < the other flags (command_line.h ApplyCommandLine), then
+// Validate().
 absl::StatusOr<WorkerOptions> WorkerOptionsFromFlags(const std::vector<CommandLineFlag>& flags);
 
 }  // namespace asymcache::worker

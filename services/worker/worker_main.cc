@@ -28,12 +28,15 @@ constexpr char kUsage[] =
     "Prometheus metrics).\n\n"
     "Usage: asymcache-worker --daemon=HOST:PORT [--config=FILE.yaml] [--SETTING=VALUE ...]\n"
     "Example: asymcache-worker --daemon=127.0.0.1:50051 --model=tiny --seed=1 "
-    "--listen=0.0.0.0:50071\n\n";
+    "--listen=0.0.0.0:50071 --tls-cert=worker.pem --tls-key=worker.key --tls-ca=ca.pem "
+    "--trusted-peers=asymcache-component\n"
+    "Transport security must be chosen: --tls-cert, --tls-key and --tls-ca (mutual TLS), or\n"
+    "--plaintext (docs/security.md).\n\n";
 
 void PrintHelp() {
   std::fputs(kUsage, stdout);
   std::printf("  --%-24s %s\n", "config", "YAML file of settings (keys = the names below)");
-  const asymcache::worker::WorkerOptions defaults;
+  const asymcache::worker::WorkerOptions defaults = asymcache::worker::WorkerBinaryDefaults();
   for (const asymcache::worker::WorkerSettingInfo& s : asymcache::worker::WorkerSettings()) {
     const std::string value =
         asymcache::worker::WorkerSettingValue(s.name, defaults).value_or("?");

@@ -124,7 +124,7 @@ absl::Status WorkerOptions::Validate() const {
   if (absl::Status s = rest.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("engine options: ", s.message()));
   }
-  return absl::OkStatus();
+  return security.Validate();
 }
 
 }  // namespace asymcache::worker

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "services/common/transport_security.h"
 #include "services/worker/engine.h"
 
 namespace asymcache::worker {
@@ -103,6 +104,15 @@ struct WorkerOptions {
   // four times per second is far below a step's cost to read (one mutex),
   // and well inside a 15 s Prometheus scrape interval. > 0.
   absl::Duration stats_interval = absl::Milliseconds(250);
+
+  // Transport security of the gRPC server (Generate) and of the channels to
+  // the daemon and the coordinators: mutual TLS or plaintext
+  // (services/common/transport_security.h). With TLS, a Generate from a peer
+  // not in security.trusted_peers (e.g. the coordinator's identity) runs
+  // under a salt derived from its certificate identity
+  // (services/common/tenant_salt.h). Default: the library's (plaintext);
+  // WorkerOptionsFromFlags requires an explicit choice.
+  TransportSecurityOptions security;
 
   // EngineOptions' defaults, except engine.chunking.max_budget_tokens: 8064 =
   // max_step_tokens (8192) - max_running (128), so the largest adaptive chunk

@@ -7,9 +7,11 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "services/common/grpc_status.h"
 #include "services/common/proto_convert.h"
+#include "services/common/transport_security.h"
 
 namespace asymcache::worker {
 namespace {
@@ -70,9 +72,20 @@ class Stream final : public GenerationSink {
 
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateReactor(Engine* engine, const v1::GenerateRequest& request) : engine_(engine) {
+  // `salt`: the salt the request runs under (TenantSaltPolicy), or the error
+  // that refuses it.
+  GenerateReactor(Engine* engine, const v1::GenerateRequest& request,
+                  const absl::StatusOr<std::string>& salt)
+      : engine_(engine) {
     stream_ = std::make_shared<Stream>(this);
-    absl::StatusOr<uint64_t> id = engine_->Submit(FromProto(request), stream_);
+    if (!salt.ok()) {
+      stream_->FailNow(absl::Status(salt.status().code(),
+                                    absl::StrCat("Generate: ", salt.status().message())));
+      return;
+    }
+    GenerationRequest converted = FromProto(request);
+    converted.salt = *salt;
+    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(converted), stream_);
     if (!id.ok()) {
       stream_->FailNow(id.status());
       return;
@@ -204,7 +217,7 @@ GenerationRequest FromProto(const v1::GenerateRequest& request) {
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerService::Generate(
-    grpc::CallbackServerContext* /*ctx*/, const v1::GenerateRequest* request) {
+    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
   if (!accepting_.load()) {
     class Refused final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
      public:
@@ -216,7 +229,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerService::Generate(
     };
     return new Refused();
   }
-  return new GenerateReactor(engine_, *request);
+  return new GenerateReactor(engine_, *request,
+                             tenant_salts_.SaltFor(PeerIdentity(*ctx), request->salt()));
 }
 
 grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerContext* ctx,

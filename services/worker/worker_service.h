@@ -2,7 +2,11 @@
 // the Engine. Generate converts the request, submits it and streams the
 // engine's token batches back on gRPC's callback API (one write in flight at
 // a time; batches that arrive meanwhile are queued); a client cancel or
-// deadline cancels the engine request, which releases its blocks.
+// deadline cancels the engine request, which releases its blocks. The
+// request runs under the salt the tenant salt policy gives its peer
+// (services/common/tenant_salt.h: with TLS, derived from the client's
+// certificate unless the peer is a trusted component); a peer without an
+// identity gets PERMISSION_DENIED.
 //
 // Thread-safety: handlers run on gRPC's threads; the engine calls the stream
 // sinks on its step thread; each stream's state is guarded by its own mutex.
@@ -11,8 +15,10 @@
 #define ASYMCACHE_SERVICES_WORKER_WORKER_SERVICE_H_
 
 #include <atomic>
+#include <utility>
 
 #include "asymcache/v1/worker.grpc.pb.h"
+#include "services/common/tenant_salt.h"
 #include "services/worker/engine.h"
 
 namespace asymcache::worker {
@@ -25,7 +31,8 @@ class WorkerService final
     : public v1::Worker::WithCallbackMethod_Generate<
           v1::Worker::WithCallbackMethod_GetWorkerStats<v1::Worker::Service>> {
  public:
-  explicit WorkerService(Engine* engine) : engine_(engine) {}
+  WorkerService(Engine* engine, TenantSaltPolicy tenant_salts)
+      : engine_(engine), tenant_salts_(std::move(tenant_salts)) {}
 
   // After this every new RPC gets UNAVAILABLE.
   void StopAccepting() { accepting_.store(false); }
@@ -38,6 +45,7 @@ class WorkerService final
 
  private:
   Engine* const engine_;
+  const TenantSaltPolicy tenant_salts_;
   std::atomic<bool> accepting_{true};
 };
 

@@ -185,7 +185,7 @@ class ClusterTest : public ::testing::Test {
   std::unique_ptr<ChildProcess> StartCoordinator(const std::string& name, int port) {
     return StartChild(
         name, coordinator_bin_,
-        {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1",
+        {"--plaintext", absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1",
          absl::StrCat("--heartbeat-interval=", absl::FormatDuration(kHeartbeat)),
          absl::StrCat("--member-timeout=", absl::FormatDuration(kMemberTimeout)),
          "--maintenance-interval=50ms", "--watch-backoff-initial=50ms",
@@ -202,8 +202,8 @@ class ClusterTest : public ::testing::Test {
     for (int p : coordinator_ports_) coordinators.push_back(absl::StrCat("127.0.0.1:", p));
     return StartChild(
         member_id, daemon_bin_,
-        {absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1", "--backend=host",
-         "--model=tiny", "--pool-bytes=32MiB", "--shutdown-grace=1s",
+        {"--plaintext", absl::StrCat("--listen=127.0.0.1:", port), "--metrics-port=-1",
+         "--backend=host", "--model=tiny", "--pool-bytes=32MiB", "--shutdown-grace=1s",
          absl::StrCat("--coordinators=", absl::StrJoin(coordinators, ",")),
          absl::StrCat("--member-id=", member_id), "--coordinator-retry-max=200ms",
          "--coordinator-rpc-timeout=500ms"},

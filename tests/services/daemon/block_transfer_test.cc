@@ -584,7 +584,8 @@ TEST(BlockTransferProcessTest, ExporterKilledMidTransferLeavesImporterClean) {
     testing::ChildProcessOptions exporter_options;
     exporter_options.name = "asymcache-daemon";
     exporter_options.binary = binary;
-    exporter_options.flags = {"--listen=127.0.0.1:0", "--metrics-port=-1", "--backend=host",
+    exporter_options.flags = {"--plaintext", "--listen=127.0.0.1:0", "--metrics-port=-1",
+                              "--backend=host",
                               "--model=tiny", absl::StrCat("--pool-bytes=", pool_mib, "MiB"),
                               "--export-timeout=60s", "--ucx-transports=tcp"};
     absl::StatusOr<std::unique_ptr<ChildProcess>> spawned = ChildProcess::Start(exporter_options);

@@ -124,7 +124,7 @@ fi
 
 # ---- 2. daemon -------------------------------------------------------------
 POOL_BYTES=$((POOL_BLOCKS * 32768))
-"$DAEMON" --listen=127.0.0.1:0 --metrics-port=-1 --backend=host \
+"$DAEMON" --plaintext --listen=127.0.0.1:0 --metrics-port=-1 --backend=host \
   --pool-bytes="$POOL_BYTES" --max-context-tokens="$MAX_CONTEXT_TOKENS" \
   >"$WORK/daemon.out" 2>"$WORK/daemon.err" &
 DAEMON_PID=$!
@@ -152,7 +152,7 @@ if [[ $MODE == coordinator ]]; then
   # tie tolerance (1 ms / 5 %): compare them exactly so the test can tell.
   # The test's members never heartbeat: a 60 s member timeout keeps them
   # registered for the whole run, however loaded the machine.
-  "$COORDINATOR" --listen=127.0.0.1:0 --metrics-port=-1 --max-route-tokens="$MAX_ROUTE_TOKENS" \
+  "$COORDINATOR" --plaintext --listen=127.0.0.1:0 --metrics-port=-1 --max-route-tokens="$MAX_ROUTE_TOKENS" \
     --tie-absolute=0s --tie-relative=0 --member-timeout=60s \
     >"$WORK/coordinator.out" 2>"$WORK/coordinator.err" &
   COORDINATOR_PID=$!

@@ -132,7 +132,8 @@ class GenerateProxyTest : public ::testing::Test {
     testing::ChildProcessOptions options;
     options.name = "coordinator";
     options.binary = binary;
-    options.flags = {"--listen=127.0.0.1:0", "--metrics-port=-1", "--heartbeat-interval=200ms",
+    options.flags = {"--plaintext", "--listen=127.0.0.1:0", "--metrics-port=-1",
+                     "--heartbeat-interval=200ms",
                      "--member-timeout=3s", "--shutdown-grace=1s"};
     options.stderr_path = absl::StrCat(log_dir_, "/coordinator.log");
     absl::StatusOr<std::unique_ptr<testing::ChildProcess>> coordinator =

@@ -30,11 +30,19 @@ absl::StatusOr<ParsedCommandLine> Parse(const std::vector<std::string>& args) {
   return ParseCommandLine(static_cast<int>(argv.size()), argv.data(), IsWorkerBoolSetting);
 }
 
-// The options the command line `args` asks for.
-absl::StatusOr<WorkerOptions> FromArgs(const std::vector<std::string>& args) {
+// The options the command line `args` asks for, exactly as given.
+absl::StatusOr<WorkerOptions> FromArgsAsGiven(const std::vector<std::string>& args) {
   absl::StatusOr<ParsedCommandLine> parsed = Parse(args);
   if (!parsed.ok()) return parsed.status();
   return WorkerOptionsFromFlags(parsed->flags);
+}
+
+// The same with --plaintext appended: the transport choice the binary
+// requires (TransportSecurityIsAnExplicitChoice tests it), made for the
+// tests of the other settings.
+absl::StatusOr<WorkerOptions> FromArgs(std::vector<std::string> args) {
+  args.push_back("--plaintext");
+  return FromArgsAsGiven(args);
 }
 
 // Every setting's text under `options`.
@@ -82,6 +90,11 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"max-message-bytes", "8MiB"},
       {"shutdown-grace", "3s"},
       {"stats-interval", "1s"},
+      {"plaintext", "false"},
+      {"tls-cert", "/etc/asymcache/worker.pem"},
+      {"tls-key", "/etc/asymcache/worker.key"},
+      {"tls-ca", "/etc/asymcache/ca.pem"},
+      {"trusted-peers", "asymcache-component,frontend"},
   };
   return *values;
 }
@@ -156,6 +169,16 @@ TEST(WorkerConfigTest, NonDefaultValuesRoundTripAndLandInTheirFields) {
   EXPECT_EQ(options.max_message_bytes, 8 << 20);
   EXPECT_EQ(options.shutdown_grace, absl::Seconds(3));
   EXPECT_EQ(options.stats_interval, absl::Seconds(1));
+  EXPECT_FALSE(options.security.plaintext);
+  EXPECT_EQ(options.security.cert_file, "/etc/asymcache/worker.pem");
+  EXPECT_EQ(options.security.key_file, "/etc/asymcache/worker.key");
+  EXPECT_EQ(options.security.ca_file, "/etc/asymcache/ca.pem");
+  EXPECT_EQ(options.security.trusted_peers,
+            (std::vector<std::string>{"asymcache-component", "frontend"}));
+  // Those PEM files do not exist here (tests/services/security/ validates
+  // real ones): the other settings validate under plaintext.
+  EXPECT_THAT(options.Validate().message(), HasSubstr("--tls-cert: cannot read"));
+  options.security = TransportSecurityOptions();
   EXPECT_TRUE(options.Validate().ok()) << options.Validate();
 }
 
@@ -362,6 +385,32 @@ TEST(CommandLineTest, HelpWinsAndMistakesAreNamed) {
               HasSubstr("unknown flag --max-runing"));
   EXPECT_THAT(FromArgs({"--daemon=a", "--max-running=four"}).status().message(),
               HasSubstr("--max-running: 'four' is not an integer"));
+}
+
+TEST(CommandLineTest, TransportSecurityIsAnExplicitChoice) {
+  // The library default is plaintext; the binary's parsing is not.
+  EXPECT_TRUE(WorkerOptions().security.plaintext);
+  const absl::StatusOr<WorkerOptions> unchosen = FromArgsAsGiven({"--daemon=h:1"});
+  ASSERT_FALSE(unchosen.ok());
+  EXPECT_EQ(unchosen.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unchosen.status().message(), HasSubstr("--plaintext"));
+  EXPECT_THAT(unchosen.status().message(), HasSubstr("--tls-cert, --tls-key and --tls-ca"));
+  const absl::StatusOr<WorkerOptions> plaintext = FromArgsAsGiven({"--daemon=h:1", "--plaintext"});
+  ASSERT_TRUE(plaintext.ok()) << plaintext.status();
+  EXPECT_FALSE(plaintext->security.tls());
+  EXPECT_THAT(FromArgsAsGiven({"--daemon=h:1", "--plaintext", "--tls-ca=/x"}).status().message(),
+              HasSubstr("--plaintext excludes --tls-ca"));
+  EXPECT_THAT(FromArgsAsGiven({"--daemon=h:1", "--tls-cert=/x"}).status().message(),
+              HasSubstr("mutual TLS needs --tls-key and --tls-ca as well"));
+  EXPECT_THAT(
+      FromArgsAsGiven({"--daemon=h:1", "--plaintext", "--trusted-peers=a"}).status().message(),
+      HasSubstr("--trusted-peers needs TLS"));
+  // YAML: trusted-peers as a sequence.
+  WorkerOptions options;
+  ASSERT_TRUE(ApplyWorkerYamlText("trusted-peers: [coordinator, frontend]\n", "t.yaml", &options)
+                  .ok());
+  EXPECT_EQ(options.security.trusted_peers,
+            (std::vector<std::string>{"coordinator", "frontend"}));
 }
 
 TEST(CommandLineTest, FlagsWinOverTheConfigFile) {

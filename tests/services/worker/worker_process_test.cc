@@ -298,9 +298,9 @@ class WorkerProcessTest : public ::testing::Test {
     options.name = "daemon";
     options.binary = daemon_bin_;
     const std::string shm = absl::StrCat("/asymcache-worker-test-", ::getpid());
-    options.flags = {"--listen=127.0.0.1:0", "--metrics-port=-1",   "--backend=host",
-                     "--model=tiny",         "--pool-bytes=16MiB", absl::StrCat("--shm-name=", shm),
-                     "--shutdown-grace=1s"};
+    options.flags = {"--plaintext",    "--listen=127.0.0.1:0", "--metrics-port=-1",
+                     "--backend=host", "--model=tiny",         "--pool-bytes=16MiB",
+                     absl::StrCat("--shm-name=", shm),         "--shutdown-grace=1s"};
     options.flags.insert(options.flags.end(), extra.begin(), extra.end());
     options.stderr_path = LogPath("daemon");
     absl::StatusOr<std::unique_ptr<testing::ChildProcess>> daemon =
@@ -310,10 +310,13 @@ class WorkerProcessTest : public ::testing::Test {
     daemon_->set_on_kill([shm] { ::shm_unlink(shm.c_str()); });
   }
 
-  // The worker with `flags` (stderr in its log).
+  // The worker with --plaintext (these tests run without TLS;
+  // tests/services/security/ runs it with) and `flags` (stderr in its log).
   std::unique_ptr<ServiceProcess> SpawnWorker(const std::vector<std::string>& flags) {
+    std::vector<std::string> argv = {"--plaintext"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
     absl::StatusOr<std::unique_ptr<ServiceProcess>> worker =
-        ServiceProcess::Spawn(worker_bin_, flags, LogPath(absl::StrCat("worker-", ++workers_)));
+        ServiceProcess::Spawn(worker_bin_, argv, LogPath(absl::StrCat("worker-", ++workers_)));
     EXPECT_TRUE(worker.ok()) << worker.status();
     return worker.ok() ? *std::move(worker) : nullptr;
   }
@@ -533,8 +536,8 @@ TEST_F(WorkerProcessTest, JoinsTheCoordinatorAsAWorkerAndLeavesOnSigterm) {
   testing::ChildProcessOptions options;
   options.name = "coordinator";
   options.binary = coordinator_bin;
-  options.flags = {"--listen=127.0.0.1:0", "--metrics-port=-1", "--heartbeat-interval=200ms",
-                   "--member-timeout=3s", "--shutdown-grace=1s"};
+  options.flags = {"--plaintext", "--listen=127.0.0.1:0", "--metrics-port=-1",
+                   "--heartbeat-interval=200ms", "--member-timeout=3s", "--shutdown-grace=1s"};
   options.stderr_path = LogPath("coordinator");
   absl::StatusOr<std::unique_ptr<testing::ChildProcess>> coordinator =
       testing::ChildProcess::Start(options);
