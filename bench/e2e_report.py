@@ -70,6 +70,19 @@ def table(data):
                     drop = 1 - o["job_latency_s"]["mean"] / b["job_latency_s"]["mean"]
                     parts.append(f"job latency {abs(drop) * 100:.1f}% {'lower' if drop >= 0 else 'higher'}")
                 lines.append(f"\n{ours} vs {base}: " + ", ".join(parts) + " (mean; > 1x = ours faster)")
+    worker_runs = [r for r in data["runs"] if "worker" in r]
+    if worker_runs:
+        lines.append("\nWhere the worker's time went (worker 0's counters over the run):\n")
+        lines.append("| system | rate | steps | step s | forward % | plan RPC % | other % | prefill tokens | generated |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in worker_runs:
+            w = r["worker"]
+            step = w["step_seconds"] or 1e-12
+            fwd = w["forward_seconds"] / step * 100
+            rpc = w["plan_rpc_seconds"] / step * 100
+            lines.append(f"| {r['system']} | {r['rate']:g} | {w['steps']} | {w['step_seconds']:.1f} | "
+                         f"{fwd:.1f} | {rpc:.1f} | {100 - fwd - rpc:.1f} | {w['prefill_tokens']} | "
+                         f"{w['generated_tokens']} |")
     mismatches = data.get("token_mismatches", 0)
     lines.append(f"\nRequests whose tokens differ from the first system's at the same rate: {mismatches} "
                  "(bf16 on the GPU is not batch-invariant: a different batch can flip a near-tie; "

@@ -15,7 +15,7 @@ ASYMCACHE_PACKAGES=(
   python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev libssl-dev openssl
-  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib npm
+  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib python3-yaml npm
 )
 
 log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }

@@ -49,6 +49,7 @@
 #include "grpcpp/security/credentials.h"
 #include "nlohmann/json.hpp"
 #include "services/common/proto_convert.h"
+#include "services/common/transport_security.h"
 #include "services/loadgen/local_cluster.h"
 #include "services/loadgen/replay.h"
 #include "services/loadgen/run_summary.h"
@@ -80,6 +81,10 @@ ABSL_FLAG(std::string, target, "",
 ABSL_FLAG(std::string, label, "target", "with --target: the run's system label");
 ABSL_FLAG(std::string, target_daemon, "",
           "with --target: a daemon of the cluster (for its calibration and pool size; optional)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "with --target: client certificate (PEM) for a cluster serving mutual TLS");
+ABSL_FLAG(std::string, tls_key, "", "with --target: its private key (PEM)");
+ABSL_FLAG(std::string, tls_ca, "", "with --target: CA bundle (PEM) the servers' certificates chain to");
 ABSL_FLAG(std::string, bin_dir, "", "directory of the service binaries; empty = beside this one");
 ABSL_FLAG(std::string, log_dir, "", "children's logs; empty = /tmp/asymcache-bench-<pid>");
 ABSL_FLAG(int, daemons, 1, "daemons (one worker each) per started cluster");
@@ -207,11 +212,10 @@ struct ClusterFacts {
   std::optional<v1::GetStatsResponse> daemon;  // calibration and pool size
 };
 
-absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker,
-                                              const std::string& daemon) {
+absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker, const std::string& daemon,
+                                              const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   ClusterFacts facts;
-  auto worker_stub =
-      v1::Worker::NewStub(grpc::CreateChannel(worker, grpc::InsecureChannelCredentials()));
+  auto worker_stub = v1::Worker::NewStub(grpc::CreateChannel(worker, creds));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   v1::GetWorkerStatsResponse stats;
@@ -222,8 +226,7 @@ absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker,
   }
   facts.model = stats.model();
   if (!daemon.empty()) {
-    auto daemon_stub =
-        v1::CacheDaemon::NewStub(grpc::CreateChannel(daemon, grpc::InsecureChannelCredentials()));
+    auto daemon_stub = v1::CacheDaemon::NewStub(grpc::CreateChannel(daemon, creds));
     grpc::ClientContext daemon_context;
     daemon_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     v1::GetStatsResponse daemon_stats;
@@ -235,6 +238,20 @@ absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker,
     facts.daemon = std::move(daemon_stats);
   }
   return facts;
+}
+
+// The worker's counters (where its time went), for the run's record.
+absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
+    const std::string& worker, const std::shared_ptr<grpc::ChannelCredentials>& creds) {
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel(worker, creds));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::GetWorkerStatsResponse stats;
+  if (absl::Status s = FromGrpc(stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats));
+      !s.ok()) {
+    return s;
+  }
+  return stats;
 }
 
 // The simulator's replay of the same workload on the same system, pool and
@@ -323,6 +340,15 @@ class ProgressLine {
   const std::string label_;
 };
 
+// Writes `json` to `path` (nothing when path is empty).
+absl::Status WriteJson(const std::string& path, const nlohmann::json& json) {
+  if (path.empty()) return absl::OkStatus();
+  std::ofstream file(path, std::ios::trunc);
+  file << json.dump(1) << "\n";
+  if (!file) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
 std::string Ms(double seconds) { return absl::StrFormat("%.1f", seconds * 1e3); }
 
 absl::Status Main(int argc, char** argv) {
@@ -383,6 +409,23 @@ absl::Status Main(int argc, char** argv) {
   if (absl::Status s = workload.Validate(); !s.ok()) return s;
   if (rates->empty()) rates->push_back(workload.session_rate() > 0 ? workload.session_rate() : 1);
 
+  // Launched clusters are plaintext on 127.0.0.1; --target may need TLS.
+  TransportSecurityOptions security;
+  if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
+      !absl::GetFlag(FLAGS_tls_ca).empty()) {
+    if (target.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls-cert/--tls-key/--tls-ca go with --target (started clusters are plaintext on "
+          "127.0.0.1)");
+    }
+    security.plaintext = false;
+    security.cert_file = absl::GetFlag(FLAGS_tls_cert);
+    security.key_file = absl::GetFlag(FLAGS_tls_key);
+    security.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(security);
+  if (!credentials.ok()) return credentials.status();
   const std::string log_dir = absl::GetFlag(FLAGS_log_dir).empty()
                                   ? absl::StrCat("/tmp/asymcache-bench-", getpid())
                                   : absl::GetFlag(FLAGS_log_dir);
@@ -451,11 +494,12 @@ absl::Status Main(int argc, char** argv) {
         worker = cluster->worker_address(0);
         daemon = cluster->daemon_address(0);
       }
-      absl::StatusOr<ClusterFacts> facts = ReadClusterFacts(worker, daemon);
+      absl::StatusOr<ClusterFacts> facts = ReadClusterFacts(worker, daemon, *credentials);
       if (!facts.ok()) return facts.status();
 
       ReplayOptions replay;
       replay.target = run_target;
+      replay.security = security;
       replay.vocab_size = facts->model.vocab_size();
       replay.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
       replay.fresh_salt_per_request = !system.spec.reuse;
@@ -469,6 +513,8 @@ absl::Status Main(int argc, char** argv) {
       replay.progress = [&line](int64_t done, int64_t known) { line.Update(done, known); };
       absl::StatusOr<ReplayResult> result = Replay(at_rate, replay);
       if (!result.ok()) return result.status();
+      // Read before the cluster stops: the worker's step breakdown of this run.
+      absl::StatusOr<v1::GetWorkerStatsResponse> worker_stats = ReadWorkerStats(worker, *credentials);
       if (cluster != nullptr) {
         if (absl::Status s = cluster->Stop(); !s.ok()) {
           std::fprintf(stderr, "warning: %s\n", std::string(s.message()).c_str());
@@ -524,6 +570,19 @@ absl::Status Main(int argc, char** argv) {
                             {"summary", SummaryJson(summary)},
                             {"token_mismatches_vs", reference_label},
                             {"token_mismatches", mismatches}};
+      if (worker_stats.ok()) {
+        const v1::GetWorkerStatsResponse& w = *worker_stats;
+        run["worker"] = {{"steps", w.steps()},
+                         {"step_seconds", w.step_seconds()},
+                         {"forward_seconds", w.forward_seconds()},
+                         {"plan_rpc_seconds", w.plan_rpc_seconds()},
+                         {"async_rpc_seconds", w.async_rpc_seconds()},
+                         {"import_seconds", w.import_seconds()},
+                         {"prefill_tokens", w.prefill_tokens()},
+                         {"generated_tokens", w.generated_tokens()},
+                         {"copied_tokens", w.copied_tokens()},
+                         {"preemptions", w.preemptions()}};
+      }
       if (facts->daemon.has_value()) {
         run["pool_blocks"] = facts->daemon->capacity_blocks();
         run["calibration_device"] = facts->daemon->calibration().device();
@@ -543,21 +602,16 @@ absl::Status Main(int argc, char** argv) {
       run["ttft_s"] = std::move(ttft);
       run["tpot_s"] = std::move(tpot);
       out["runs"].push_back(std::move(run));
+      out["token_mismatches"] = token_mismatches;
+      // After every run, so a sweep cut short keeps the runs it finished.
+      if (absl::Status s = WriteJson(absl::GetFlag(FLAGS_json), out); !s.ok()) return s;
     }
   }
-  out["token_mismatches"] = token_mismatches;
   std::printf("outputs across systems: %s\n",
               systems->size() < 2 ? "(one system)"
               : token_mismatches == 0
                   ? "identical token for token"
                   : absl::StrCat(token_mismatches, " requests differ").c_str());
-  if (!absl::GetFlag(FLAGS_json).empty()) {
-    std::ofstream file(absl::GetFlag(FLAGS_json), std::ios::trunc);
-    file << out.dump(1) << "\n";
-    if (!file) {
-      return absl::UnavailableError(absl::StrCat("cannot write ", absl::GetFlag(FLAGS_json)));
-    }
-  }
   if (absl::GetFlag(FLAGS_require_no_errors) && !all_ok) {
     return absl::InternalError("some requests failed (see the table)");
   }

@@ -107,6 +107,7 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> LocalCluster::StartChild(
   child.name = name;
   child.binary = *path;
   child.flags = std::move(flags);
+  child.flags.push_back("--plaintext");  // 127.0.0.1 only (see the header)
   child.stderr_path = absl::StrCat(options_.log_dir, "/", name, ".log");
   child.ready_timeout = options_.ready_timeout;
   return ServiceProcess::Start(child);

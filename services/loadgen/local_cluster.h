@@ -13,7 +13,10 @@
 //     1's the decode worker (KV moved daemon to daemon), other daemons'
 //     workers serve both roles.
 // Start() waits until the coordinator lists every worker, so the first
-// request finds a route.
+// request finds a route. Every child gets --plaintext (the binaries require an
+// explicit transport choice, docs/security.md): a local cluster listens on
+// 127.0.0.1 only. A TLS cluster is started by its operator and driven with
+// asymcache-bench --target and --tls-*.
 //
 // Contract: Start() either returns a serving cluster or an error with every
 // child already stopped. Stop() sends SIGTERM in reverse start order

@@ -131,6 +131,9 @@ absl::StatusOr<ReplayResult> Replay(const Workload& workload, const ReplayOption
   if (absl::Status s = ValidateReplayOptions(options); !s.ok()) return s;
   if (absl::Status s = workload.Validate(); !s.ok()) return s;
 
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.security);
+  if (!credentials.ok()) return credentials.status();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -142,7 +145,7 @@ absl::StatusOr<ReplayResult> Replay(const Workload& workload, const ReplayOption
   for (int i = 0; i < channel_count; ++i) {
     args.SetInt("asymcache.loadgen.channel", i);  // distinct args: distinct connections
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+        grpc::CreateCustomChannel(options.target, *credentials, args);
     if (!channel->WaitForConnected(
             absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
       return absl::UnavailableError(absl::StrCat("cannot connect to ", options.target, " within ",

@@ -48,6 +48,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "services/common/transport_security.h"
 #include "sim/workload.h"
 
 namespace asymcache::loadgen {
@@ -55,6 +56,9 @@ namespace asymcache::loadgen {
 struct ReplayOptions {
   // gRPC address (host:port) serving asymcache.v1.Worker/Generate. Required.
   std::string target;
+  // How to reach it (services/common/transport_security.h): plaintext by
+  // default (the library's default; asymcache-bench takes --tls-* flags).
+  TransportSecurityOptions security;
   // Model vocabulary: workload token ids are folded into [0, vocab_size).
   // Required (> 0); asymcache-bench reads it from the worker's stats.
   int64_t vocab_size = 0;
