@@ -220,6 +220,7 @@ absl::StatusOr<LeasedStep> Client::PlanStep(absl::string_view salt, SequenceId s
   step.plan = *std::move(plan);
   step.contiguous_hit_tokens = response.plan().contiguous_hit_tokens();
   step.lease_timeout = absl::Milliseconds(response.lease_timeout_ms());
+  step.daemon_instance = response.daemon_instance();
   return step;
 }
 
@@ -433,9 +434,12 @@ absl::StatusOr<DaemonStats> Client::GetStats(absl::Duration timeout) {
 
 // ---------------------------------------------------------------- pool
 
-AttachedPool::AttachedPool(std::string backend, ModelConfig model,
+AttachedPool::AttachedPool(std::string backend, ModelConfig model, std::string daemon_instance,
                            std::unique_ptr<daemon::MappedPool> mapping)
-    : backend_(std::move(backend)), model_(std::move(model)), mapping_(std::move(mapping)) {}
+    : backend_(std::move(backend)),
+      model_(std::move(model)),
+      daemon_instance_(std::move(daemon_instance)),
+      mapping_(std::move(mapping)) {}
 AttachedPool::AttachedPool(AttachedPool&&) noexcept = default;
 AttachedPool& AttachedPool::operator=(AttachedPool&&) noexcept = default;
 AttachedPool::~AttachedPool() = default;
@@ -476,7 +480,8 @@ absl::StatusOr<AttachedPool> Client::AttachPool(const std::optional<ModelConfig>
   descriptor.cuda_device = response.cuda_device();
   absl::StatusOr<std::unique_ptr<daemon::MappedPool>> mapping = daemon::MapPool(descriptor);
   if (!mapping.ok()) return mapping.status();
-  return AttachedPool(response.backend(), *std::move(model), *std::move(mapping));
+  return AttachedPool(response.backend(), *std::move(model), response.daemon_instance(),
+                      *std::move(mapping));
 }
 
 // ---------------------------------------------------------------- events

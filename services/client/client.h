@@ -125,6 +125,9 @@ struct LeasedStep {
   StepPlan plan;                        // hashes: see PlanStepOptions
   int64_t contiguous_hit_tokens = 0;    // resident tokens before the first missing page
   absl::Duration lease_timeout;         // the lease expires this long after Plan/Commit/Renew
+  // The daemon run that planned it: page ids are valid only in the pool of
+  // that run (AttachedPool::daemon_instance); empty from a daemon too old to say.
+  std::string daemon_instance;
 };
 
 struct CommitResult {
@@ -300,6 +303,10 @@ class AttachedPool {
 
   absl::string_view backend() const { return backend_; }  // "host" or "cuda"
   const ModelConfig& model() const { return model_; }
+  // The daemon run whose pool this maps (GetStats' daemon_instance then): a
+  // plan of another run (LeasedStep::daemon_instance) must not be written
+  // through this mapping — the daemon restarted and this pool is orphaned.
+  const std::string& daemon_instance() const { return daemon_instance_; }
   const daemon::PoolLayout& layout() const;
   // Host pointer ("host") or device pointer ("cuda") to byte 0 of the pool.
   void* base() const;
@@ -311,9 +318,11 @@ class AttachedPool {
 
  private:
   friend class Client;
-  AttachedPool(std::string backend, ModelConfig model, std::unique_ptr<daemon::MappedPool> mapping);
+  AttachedPool(std::string backend, ModelConfig model, std::string daemon_instance,
+               std::unique_ptr<daemon::MappedPool> mapping);
   std::string backend_;
   ModelConfig model_;
+  std::string daemon_instance_;
   std::unique_ptr<daemon::MappedPool> mapping_;
 };
 

@@ -74,6 +74,13 @@ absl::Status CoordinatorOptions::Validate() const {
         max_route_tokens, " tokens (up to 5 bytes each plus framing)"));
   }
   if (route_history < 1) return FlagValueError("route-history", route_history, "must be >= 1");
+  if (rejoin_ramp < absl::ZeroDuration() || rejoin_ramp == absl::InfiniteDuration()) {
+    return FlagValueError("rejoin-ramp", absl::FormatDuration(rejoin_ramp),
+                          "must be finite and >= 0 (0 = off)");
+  }
+  if (generate_attempts < 1 || generate_attempts > 16) {
+    return FlagValueError("generate-attempts", generate_attempts, "must be in [1, 16]");
+  }
   if (shutdown_grace < absl::ZeroDuration()) {
     return FlagValueError("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
   }

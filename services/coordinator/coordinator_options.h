@@ -47,6 +47,26 @@ struct CoordinatorOptions {
   // (2 % of the default timeout); the work per run is O(members). > 0.
   absl::Duration maintenance_interval = absl::Milliseconds(100);
 
+  // A daemon that rejoins — registers again under its member id with a new
+  // run (a restart), also after it left (expired, deregistered) — comes back
+  // with an empty pool; with nothing cached and no load it would win every
+  // route at once and be flooded with cold prefills. Instead its share of
+  // this replica's routes is capped by a weight growing linearly from 0 to 1
+  // over this period (ListMembers' ramp_weight). 10 s: ten heartbeats, long
+  // enough for its worker to re-map the new pool (one check interval) and
+  // for its first routes' blocks to be indexed, short against an outage.
+  // 0 = off (a rejoined daemon is routed like any other). >= 0.
+  absl::Duration rejoin_ramp = absl::Seconds(10);
+  // Generate through the coordinator (generate_proxy.h): routes tried per
+  // call. A worker that fails with UNAVAILABLE (its daemon died or
+  // restarted, the worker is going away) is not an answer: the call is
+  // regenerated from the prompt on another route (the failed daemon
+  // excluded), the tokens already streamed checked, not resent. 3: one dead
+  // daemon plus one more failure before the client sees the error; a
+  // regeneration costs a whole prefill, so the bound stays small. >= 1
+  // (1 = no retry).
+  int generate_attempts = 3;
+
   // Routing (cachecore/router.h documents each field and its default).
   RouterOptions router;
   // The event-fed block index (cachecore/block_location_index.h).

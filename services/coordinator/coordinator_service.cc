@@ -321,6 +321,7 @@ grpc::ServerUnaryReactor* CoordinatorService::ListMembers(grpc::CallbackServerCo
       info->set_applied_event_sequence(status.applied_event_sequence);
       info->set_events_connected(status.events_connected);
       info->set_instance(m.instance);
+      info->set_ramp_weight(m.ramp_weight);
     }
     response->set_index_entries(listing.index_entries);
     response->set_index_dropped_stored(listing.index_dropped_stored);

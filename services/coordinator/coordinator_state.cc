@@ -60,6 +60,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorState>> CoordinatorState::Create(
   registry_options.expected_model = options.expected_model;
   registry_options.agent_affinity_ttl = options.agent_affinity_ttl;
   registry_options.max_agent_jobs = options.max_agent_jobs;
+  registry_options.rejoin_ramp = options.rejoin_ramp;
   absl::StatusOr<std::unique_ptr<MemberRegistry>> registry =
       MemberRegistry::Create(std::move(registry_options), clock);
   if (!registry.ok()) return registry.status();
@@ -272,11 +273,51 @@ absl::StatusOr<RouteOutcome> CoordinatorState::Route(const RouteInput& in) {
     hashes = in.block_hashes;
     tokens = in.num_tokens;
   }
+  if (!in.exclude_daemons.empty()) {
+    auto excluded = [&in](const RoutingMember& m) {
+      return std::find(in.exclude_daemons.begin(), in.exclude_daemons.end(),
+                       m.daemon->member_id) != in.exclude_daemons.end();
+    };
+    const size_t live = view.prefill.size();
+    view.prefill.erase(std::remove_if(view.prefill.begin(), view.prefill.end(), excluded),
+                       view.prefill.end());
+    view.decode.erase(std::remove_if(view.decode.begin(), view.decode.end(), excluded),
+                      view.decode.end());
+    if (view.prefill.empty()) {
+      return absl::UnavailableError(absl::StrCat(
+          "Route: no live daemon can prefill besides the ", in.exclude_daemons.size(),
+          " excluded (", live, " live prefill daemons); retry later"));
+    }
+  }
   if (view.prefill.empty()) {
     return absl::UnavailableError(absl::StrCat(
         "Route: no live daemon can prefill (", view.decode.size(),
         " decode-only daemons live); retry later"));
   }
+  // Blocks are fetched only from live daemons of this view (prefill or
+  // decode), never from one that left but whose entries are still draining,
+  // nor from an excluded one.
+  std::vector<MemberSlot> sources;
+  sources.reserve(view.prefill.size() + view.decode.size());
+  for (const RoutingMember& m : view.prefill) sources.push_back(m.slot);
+  for (const RoutingMember& m : view.decode) sources.push_back(m.slot);
+  // Rejoined daemons over their ramp share sit this route out, unless no
+  // other daemon is left to take it.
+  std::vector<std::string> ramping_prefill;
+  std::vector<std::string> ramping_decode;
+  auto apply_ramp = [](std::vector<RoutingMember>& list, std::vector<std::string>& ramping) {
+    bool any_open = false;
+    for (const RoutingMember& m : list) {
+      if (m.ramp_weight < 1) ramping.push_back(m.daemon->member_id);
+      any_open |= m.ramp_open;
+    }
+    if (!any_open) return;
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [](const RoutingMember& m) { return !m.ramp_open; }),
+               list.end());
+  };
+  apply_ramp(view.prefill, ramping_prefill);
+  apply_ramp(view.decode, ramping_decode);
 
   std::vector<RouteCandidate> candidates;
   candidates.reserve(view.prefill.size());
@@ -286,12 +327,6 @@ absl::StatusOr<RouteOutcome> CoordinatorState::Route(const RouteInput& in) {
   query.tokens = tokens;
   query.reserve_blocks = (in.reserve_tokens + block_tokens - 1) / block_tokens;
   if (!in.job_id.empty()) query.sticky_member = registry_->AgentAffinity(in.job_id);
-  // Blocks are fetched only from live daemons of this view (prefill or
-  // decode), never from one that left but whose entries are still draining.
-  std::vector<MemberSlot> sources;
-  sources.reserve(view.prefill.size() + view.decode.size());
-  for (const RoutingMember& m : view.prefill) sources.push_back(m.slot);
-  for (const RoutingMember& m : view.decode) sources.push_back(m.slot);
   query.fetch_sources = absl::MakeConstSpan(sources);
   absl::StatusOr<RouteDecision> decision =
       router_->Route(query, candidates, *index_, in.explain);
@@ -336,6 +371,12 @@ absl::StatusOr<RouteOutcome> CoordinatorState::Route(const RouteInput& in) {
     }
   }
 
+  if (!ramping_prefill.empty()) {
+    registry_->CountRampRoute(ramping_prefill, chosen.daemon->member_id);
+  }
+  if (!ramping_decode.empty() && out.split) {
+    registry_->CountRampRoute(ramping_decode, out.decode.daemon->member_id);
+  }
   // Work charged until the members' next heartbeats; agent affinity.
   const int64_t work = out.score.rebuild_tokens + out.score.new_tokens;
   registry_->AddPending(ChargedMember(out.prefill), work, out.split ? 0 : 1);

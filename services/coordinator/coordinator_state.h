@@ -67,6 +67,9 @@ struct RouteInput {
   absl::string_view tool;
   bool last_step = false;
   bool explain = false;  // fill RouteOutcome::candidates
+  // Member ids of daemons not to route to, nor fetch from (a Generate retry's
+  // failed ones). Default none.
+  absl::Span<const std::string> exclude_daemons;
 };
 
 // A daemon (and the worker on it, when one is registered) a route names.

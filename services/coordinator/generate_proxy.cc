@@ -49,8 +49,11 @@ struct LegResult {
 //   ttft_seconds   measured here: arrival -> first token received from a
 //       worker (routing and the network included; what is reported with
 //       ReportTtft).
-v1::RequestStats MergeStats(const std::vector<LegResult>& legs, double ttft_s) {
+//   attempts       routes tried (retries after UNAVAILABLE + 1); the other
+//       fields are the last (successful) attempt's legs'.
+v1::RequestStats MergeStats(const std::vector<LegResult>& legs, double ttft_s, int attempts) {
   v1::RequestStats out;
+  out.set_attempts(attempts);
   const LegResult& first = legs.front();
   out.set_prompt_tokens(first.stats.prompt_tokens());
   out.set_hit_tokens(first.stats.hit_tokens());
@@ -76,10 +79,12 @@ v1::RequestStats MergeStats(const std::vector<LegResult>& legs, double ttft_s) {
 class WorkerLeg final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  public:
   // `request` must outlive the call (the server-side request, or `owned`).
-  WorkerLeg(ProxiedGenerate* owner, std::string name, std::unique_ptr<grpc::ClientContext> context,
-            const v1::GenerateRequest* request, std::optional<v1::GenerateRequest> owned)
+  WorkerLeg(ProxiedGenerate* owner, std::string name, std::string daemon_id,
+            std::unique_ptr<grpc::ClientContext> context, const v1::GenerateRequest* request,
+            std::optional<v1::GenerateRequest> owned)
       : owner_(owner),
         name_(std::move(name)),
+        daemon_id_(std::move(daemon_id)),
         context_(std::move(context)),
         owned_(std::move(owned)),
         request_(owned_.has_value() ? &*owned_ : request) {}
@@ -96,10 +101,12 @@ class WorkerLeg final : public grpc::ClientReadReactor<v1::GenerateResponse> {
   void OnDone(const grpc::Status& status) override;
 
   const std::string& name() const { return name_; }
+  const std::string& daemon_id() const { return daemon_id_; }
 
  private:
   ProxiedGenerate* const owner_;
-  const std::string name_;  // "worker 'ID' (ADDRESS)"
+  const std::string name_;       // "worker 'ID' (ADDRESS)"
+  const std::string daemon_id_;  // the daemon the worker runs on (excluded from a retry)
   const std::unique_ptr<grpc::ClientContext> context_;
   const std::optional<v1::GenerateRequest> owned_;
   const v1::GenerateRequest* const request_;
@@ -165,10 +172,11 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   void OnDone() override { Unref(); }
 
   // Leg side (the leg's reactions).
-  void LegMessage(v1::GenerateResponse message) {
+  void LegMessage(WorkerLeg* leg, v1::GenerateResponse message) {
     Action action;
     {
       absl::MutexLock lock(&mu_);
+      if (leg != active_ || final_status_.has_value()) return;  // a leg being ended
       LegResult& result = results_.back();
       if (!message.finish_reason().empty() || message.has_stats()) {
         result.finish_reason = message.finish_reason();
@@ -182,15 +190,13 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
           ttft_s_ = absl::ToDoubleSeconds(*first_token_ - arrival_);
           action.report_ttft = std::make_pair(route_id_, ttft_s_);
         }
-        if (!client_gone_) {
-          v1::GenerateResponse& out = queue_.emplace_back();
-          out.mutable_tokens()->Swap(message.mutable_tokens());
-          out.mutable_logits()->Swap(message.mutable_logits());
-          for (const int64_t t : message.token_times_us()) {
-            out.add_token_times_us(t + result.offset_us);
-          }
-          action = MergeNext(std::move(action));
+        v1::GenerateResponse out;
+        if (!ForwardNewTokensLocked(*leg, message, result.offset_us, &out)) {
+          action.cancel = active_;  // ABORTED is final; the leg's end finishes
+        } else if (!client_gone_ && out.tokens_size() > 0) {
+          queue_.push_back(std::move(out));
         }
+        action = MergeNext(std::move(action));
       }
     }
     Run(std::move(action));
@@ -235,6 +241,40 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
     return copy;
   }
 
+  // The tokens of `message` (from `leg`, of the running attempt) the client
+  // has not been sent yet go into `out` (with their times and logits); the
+  // ones it was sent by an earlier attempt must be equal — sampling is a
+  // pure function of (seed, position), so a regeneration repeats them. False
+  // (final_status_ ABORTED) on a mismatch: never a wrong answer.
+  bool ForwardNewTokensLocked(const WorkerLeg& leg, const v1::GenerateResponse& message,
+                              int64_t offset_us, v1::GenerateResponse* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int n = message.tokens_size();
+    const int per_token = n > 0 && message.logits_size() % n == 0 ? message.logits_size() / n : 0;
+    const bool timed = message.token_times_us_size() == n;
+    for (int i = 0; i < n; ++i) {
+      const int32_t token = message.tokens(i);
+      const size_t position = attempt_tokens_++;
+      if (position < sent_.size()) {
+        if (sent_[position] != token) {
+          final_status_ = grpc::Status(
+              grpc::StatusCode::ABORTED,
+              absl::StrCat("Generate: attempt ", attempt_, " on ", leg.name(), " generated token ",
+                           token, " at output position ", position, ", where attempt ",
+                           attempt_ - 1, " had streamed ", sent_[position],
+                           "; the call ends rather than give a wrong answer"));
+          return false;
+        }
+        continue;  // already streamed
+      }
+      sent_.push_back(token);
+      out->add_tokens(token);
+      if (timed) out->add_token_times_us(message.token_times_us(i) + offset_us);
+      for (int v = 0; v < per_token; ++v) out->add_logits(message.logits(i * per_token + v));
+    }
+    return true;
+  }
+
   // Validates, routes and creates the first leg (started by Run).
   absl::Status BeginLocked(Action* action) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const v1::GenerateRequest& r = *request_;
@@ -249,7 +289,18 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return absl::InvalidArgumentError(
           absl::StrCat("Generate: max_new_tokens must be >= 1, got ", r.max_new_tokens()));
     }
+    return RouteAndStartLocked(action);
+  }
+
+  // One attempt: routes (the daemons of failed attempts excluded) and creates
+  // the attempt's first leg (started by Run).
+  absl::Status RouteAndStartLocked(Action* action) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const v1::GenerateRequest& r = *request_;
+    ++attempt_;
+    attempt_tokens_ = 0;
+    results_.clear();
     RouteInput in;
+    in.exclude_daemons = excluded_;
     in.salt = r.salt();  // the derived salt (request_ carries it)
     in.tokens = absl::MakeConstSpan(r.prompt_tokens().data(),
                                     static_cast<size_t>(r.prompt_tokens_size()));
@@ -280,21 +331,24 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
       }
       kv_source_ = prefill.daemon->address;
       decode_worker_ = decode.worker;
+      decode_daemon_ = decode.daemon->member_id;
       // The prefill worker computes the prompt and the first token only.
       v1::GenerateRequest first = r;
       first.set_max_new_tokens(1);
-      StartLegLocked(*prefill.worker, std::move(first), action);
+      StartLegLocked(*prefill.worker, prefill.daemon->member_id, std::move(first), action);
     } else {
-      StartLegLocked(*prefill.worker, std::nullopt, action);
+      StartLegLocked(*prefill.worker, prefill.daemon->member_id, std::nullopt, action);
     }
     return absl::OkStatus();
   }
 
   // Creates a leg to `worker` (sending `owned`, or the client's request) and
   // has Run start it.
-  void StartLegLocked(const MemberIdentity& worker, std::optional<v1::GenerateRequest> owned,
-                      Action* action) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void StartLegLocked(const MemberIdentity& worker, const std::string& daemon_id,
+                      std::optional<v1::GenerateRequest> owned, Action* action)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto leg = std::make_unique<WorkerLeg>(this, WorkerName(worker.member_id, worker.address),
+                                           daemon_id,
                                            grpc::ClientContext::FromCallbackServerContext(*ctx_),
                                            request_, std::move(owned));
     refs_.fetch_add(1);  // released at the end of the leg's OnDone
@@ -312,9 +366,25 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // queues the final message.
   void EndLegLocked(WorkerLeg* leg, const grpc::Status& status, Action* action)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (final_status_.has_value()) return;  // ended already (a mismatch: ABORTED)
     if (!status.ok()) {
-      final_status_ = grpc::Status(status.error_code(),
-                                   absl::StrCat(leg->name(), ": ", status.error_message()));
+      const std::string failed = absl::StrCat(leg->name(), ": ", status.error_message());
+      // UNAVAILABLE from a worker (its daemon died or restarted, it is going
+      // away, it cannot be reached) is not an answer: regenerate from the
+      // prompt on another route, bounded.
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE && !cancelled_ && !client_gone_ &&
+          proxy_->accepting_.load() && attempt_ < proxy_->state_->options().generate_attempts) {
+        excluded_.push_back(leg->daemon_id());
+        const absl::Status retried = RouteAndStartLocked(action);
+        if (retried.ok()) return;
+        final_status_ = grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat(failed, "; no retry possible: ", retried.message()));
+        return;
+      }
+      final_status_ = grpc::Status(
+          status.error_code(),
+          attempt_ > 1 ? absl::StrCat(failed, " (attempt ", attempt_, ")") : failed);
       return;
     }
     const LegResult& result = results_.back();
@@ -348,14 +418,22 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
         rest.set_max_new_tokens(request_->max_new_tokens() - 1);
         rest.set_kv_source(kv_source_);
         rest.set_kv_source_tokens(request_->prompt_tokens_size());
-        StartLegLocked(*decode_worker_, std::move(rest), action);
+        StartLegLocked(*decode_worker_, decode_daemon_, std::move(rest), action);
         return;
       }
+    }
+    if (attempt_tokens_ < sent_.size()) {
+      final_status_ = grpc::Status(
+          grpc::StatusCode::ABORTED,
+          absl::StrCat("Generate: attempt ", attempt_, " on ", leg->name(), " finished after ",
+                       attempt_tokens_, " tokens, but ", sent_.size(),
+                       " were streamed already; the call ends rather than give a wrong answer"));
+      return;
     }
     if (!client_gone_) {
       v1::GenerateResponse& last = queue_.emplace_back();
       last.set_finish_reason(result.finish_reason);
-      *last.mutable_stats() = MergeStats(results_, ttft_s_);
+      *last.mutable_stats() = MergeStats(results_, ttft_s_, attempt_);
     }
     final_status_ = grpc::Status::OK;
   }
@@ -421,8 +499,16 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   bool split_ ABSL_GUARDED_BY(mu_) = false;
   std::string kv_source_ ABSL_GUARDED_BY(mu_);  // the prefill daemon's address
   std::shared_ptr<const MemberIdentity> decode_worker_ ABSL_GUARDED_BY(mu_);
+  std::string decode_daemon_ ABSL_GUARDED_BY(mu_);  // its daemon's member id
+  // Retries (options().generate_attempts): the attempt running (1 = the
+  // first route), the daemons of failed attempts, every token streamed to
+  // the client, and how many tokens the running attempt has produced.
+  int attempt_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> excluded_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> sent_ ABSL_GUARDED_BY(mu_);
+  size_t attempt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::unique_ptr<WorkerLeg>> legs_ ABSL_GUARDED_BY(mu_);
-  std::vector<LegResult> results_ ABSL_GUARDED_BY(mu_);  // one per leg, in order
+  std::vector<LegResult> results_ ABSL_GUARDED_BY(mu_);  // the attempt's, one per leg, in order
   WorkerLeg* active_ ABSL_GUARDED_BY(mu_) = nullptr;     // the leg running, if any
   std::optional<absl::Time> first_token_ ABSL_GUARDED_BY(mu_);
   double ttft_s_ ABSL_GUARDED_BY(mu_) = 0;
@@ -436,7 +522,7 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 void WorkerLeg::OnReadDone(bool ok) {
   if (!ok) return;  // the stream's end: OnDone has the status
-  owner_->LegMessage(std::move(incoming_));
+  owner_->LegMessage(this, std::move(incoming_));
   incoming_.Clear();
   StartRead(&incoming_);
 }

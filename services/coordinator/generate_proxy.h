@@ -27,7 +27,14 @@
 // A client cancel or deadline cancels the downstream call (its deadline and
 // cancellation are also propagated by gRPC); a downstream error ends the call
 // with the same code and the message prefixed with the worker's id and
-// address. GetWorkerStats answers UNIMPLEMENTED: per-worker counters live on
+// address — except UNAVAILABLE (the worker's daemon died or restarted, the
+// worker is going away or unreachable), which is retried: the call is routed
+// again with the failed leg's daemon excluded and regenerated from the
+// prompt, up to options().generate_attempts routes in all. Tokens the client
+// already received are not sent again: the retry's first N tokens must equal
+// them (sampling is a pure function of (seed, position)), and a mismatch, or
+// a retry that ends before N tokens, ends the call with ABORTED — never a
+// wrong answer. The last message's stats.attempts counts the routes tried. GetWorkerStats answers UNIMPLEMENTED: per-worker counters live on
 // the workers.
 //
 // Errors (besides the workers' own, passed through):

@@ -137,6 +137,10 @@ absl::Status MemberRegistryOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("max_agent_jobs must be >= 1, got ", max_agent_jobs));
   }
+  if (rejoin_ramp < absl::ZeroDuration() || rejoin_ramp == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("rejoin_ramp must be finite and >= 0, got ",
+                                                   absl::FormatDuration(rejoin_ramp)));
+  }
   return absl::OkStatus();
 }
 
@@ -269,7 +273,9 @@ absl::StatusOr<RegisterResult> MemberRegistry::Register(const MemberRegistration
       Member& m = it->second;
       const bool same_run = m.identity->address == r.address && m.instance == r.instance;
       if (!same_run) {
-        // The daemon restarted (or moved): its blocks and its jobs' pins are gone.
+        // The daemon restarted (or moved): its blocks and its jobs' pins are
+        // gone; it is ramped in again.
+        StartRamp(m, now);
         result.reset_slot = m.slot;
         result.watch = WatchTarget{m.slot, r.member_id, r.address};
         m.identity = identity;
@@ -299,6 +305,11 @@ absl::StatusOr<RegisterResult> MemberRegistry::Register(const MemberRegistration
     m.slot = free_slots_.back();
     free_slots_.pop_back();
     m.last_heartbeat = now;
+    // It left and is back as another run: an empty pool.
+    if (auto gone = departed_daemons_.find(r.member_id); gone != departed_daemons_.end()) {
+      if (gone->second != r.instance) StartRamp(m, now);
+      departed_daemons_.erase(gone);
+    }
     result.watch = WatchTarget{m.slot, r.member_id, r.address};
     members_.emplace(r.member_id, std::move(m));
     ++daemons_;
@@ -398,6 +409,15 @@ RemovedMember MemberRegistry::RemoveLocked(absl::string_view member_id) {
     removed.slot = it->second.slot;
     --daemons_;
     DropAffinitiesOf(member_id);
+    if (departed_daemons_.insert_or_assign(std::string(member_id), it->second.instance).second) {
+      departed_order_.push_back(std::string(member_id));
+      // Bounded: the oldest departures are forgotten (ids that came back
+      // are skipped lazily).
+      while (static_cast<int>(departed_order_.size()) > options_.max_members) {
+        departed_daemons_.erase(departed_order_.front());
+        departed_order_.erase(departed_order_.begin());
+      }
+    }
   } else {
     auto w = workers_of_.find(it->second.daemon_id);
     if (w != workers_of_.end()) {
@@ -408,6 +428,33 @@ RemovedMember MemberRegistry::RemoveLocked(absl::string_view member_id) {
   members_.erase(it);
   if (daemons_ == 0 && !options_.expected_model) cluster_model_.reset();
   return removed;
+}
+
+void MemberRegistry::StartRamp(Member& m, absl::Time now) const {
+  if (options_.rejoin_ramp <= absl::ZeroDuration()) return;
+  m.ramp_start = now;
+  m.ramp_offered = 0;
+  m.ramp_taken = 0;
+}
+
+double MemberRegistry::RampWeight(const Member& m, absl::Time now) const {
+  if (m.ramp_start == absl::InfinitePast() || options_.rejoin_ramp <= absl::ZeroDuration()) {
+    return 1;
+  }
+  const double f = absl::FDivDuration(now - m.ramp_start, options_.rejoin_ramp);
+  return std::clamp(f, 0.0, 1.0);
+}
+
+void MemberRegistry::CountRampRoute(absl::Span<const std::string> candidates,
+                                    absl::string_view chosen) {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  for (const std::string& id : candidates) {
+    auto it = members_.find(id);
+    if (it == members_.end() || RampWeight(it->second, now) >= 1) continue;
+    ++it->second.ramp_offered;
+    if (id == chosen) ++it->second.ramp_taken;
+  }
 }
 
 bool MemberRegistry::IsLiveDaemonLocked(absl::string_view id) const {
@@ -452,6 +499,12 @@ RoutingView MemberRegistry::View() const {
     if (auto c = committed_blocks_.find(id); c != committed_blocks_.end()) {
       r.committed_blocks = c->second;
     }
+    r.ramp_weight = RampWeight(m, now);
+    // Open while taking this route keeps its share of the routes it was
+    // offered within the weight.
+    r.ramp_open = r.ramp_weight >= 1 ||
+                  static_cast<double>(m.ramp_taken + 1) <=
+                      r.ramp_weight * static_cast<double>(m.ramp_offered + 1);
     r.queued_prefill_tokens = m.load.queued_prefill_tokens + m.pending_prefill_tokens;
     int64_t worker_decode = 0;
     bool any_worker = false;
@@ -608,6 +661,7 @@ std::vector<MemberSnapshot> MemberRegistry::List() const {
     s.pending_prefill_tokens = m.pending_prefill_tokens;
     s.since_heartbeat = now - m.last_heartbeat;
     if (m.kind == MemberKind::kDaemon) s.slot = m.slot;
+    s.ramp_weight = RampWeight(m, now);
     out.push_back(std::move(s));
   }
   std::sort(out.begin(), out.end(),

@@ -32,6 +32,15 @@
 // so a burst of routes between two heartbeats spreads; the worker a route
 // would name). AddPending records a route's work.
 //
+// Rejoin ramp: a daemon that registers again under its id with another run
+// (a restart), also after its id left (expired, deregistered; the runs of
+// the last max_members departed ids are remembered), rejoins with an empty
+// pool (the same run coming back keeps its cache and is not ramped). For
+// rejoin_ramp after that its ramp weight w grows linearly from 0 to 1, and it
+// is open to a route only while the routes it took since the rejoin stay
+// within w of the routes it was a candidate for (CountRampRoute records
+// both), so it is ramped in rather than flooded.
+//
 // Agent affinity: job id -> the daemon its last route went to, for
 // agent_affinity_ttl after that route; dropped by the job's last_step, when
 // the daemon leaves or restarts, or when the table is full (soonest expiry
@@ -59,6 +68,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "cachecore/block_location_index.h"
 #include "cachecore/clock.h"
 #include "cachecore/cost_model.h"
@@ -114,6 +124,9 @@ struct MemberRegistryOptions {
   // Agent affinity lifetime after a job's last route, and the table bound.
   absl::Duration agent_affinity_ttl = absl::Minutes(10);
   int64_t max_agent_jobs = int64_t{1} << 20;
+  // Ramp period of a rejoined daemon (CoordinatorOptions::rejoin_ramp).
+  // 0 (default here) = off. >= 0, finite.
+  absl::Duration rejoin_ramp = absl::ZeroDuration();
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
@@ -163,6 +176,10 @@ struct RoutingMember {
   // The least-loaded attached worker able to prefill / decode; null if none.
   std::shared_ptr<const MemberIdentity> prefill_worker;
   std::shared_ptr<const MemberIdentity> decode_worker;
+  // The rejoin ramp: its weight now (1 = not ramping) and whether it may take
+  // the next route (always true at weight 1).
+  double ramp_weight = 1;
+  bool ramp_open = true;
 };
 
 struct RoutingView {
@@ -185,6 +202,7 @@ struct MemberSnapshot {
   int64_t pending_prefill_tokens = 0;
   absl::Duration since_heartbeat;
   std::optional<MemberSlot> slot;  // daemons
+  double ramp_weight = 1;          // daemons: the rejoin ramp (1 = not ramping)
 };
 
 class MemberRegistry {
@@ -214,6 +232,10 @@ class MemberRegistry {
   // Work routed to a member since its last heartbeat (the member a route
   // names: the worker if any, else the daemon). Unknown ids are ignored.
   void AddPending(absl::string_view member_id, int64_t prefill_tokens, int64_t decode_sequences);
+  // A route was made among `candidates` (daemon ids) and went to `chosen`:
+  // every ramping candidate counts a route offered, `chosen` (if ramping) a
+  // route taken. Unknown or non-ramping ids are ignored.
+  void CountRampRoute(absl::Span<const std::string> candidates, absl::string_view chosen);
 
   // The daemon slot an agent job sticks to (live daemon, unexpired).
   std::optional<MemberSlot> AgentAffinity(absl::string_view job_id) const;
@@ -247,6 +269,10 @@ class MemberRegistry {
     int64_t pending_prefill_tokens = 0;
     int64_t pending_decode = 0;
     absl::Time last_heartbeat;
+    // The rejoin ramp (daemons): InfinitePast = not ramping.
+    absl::Time ramp_start = absl::InfinitePast();
+    int64_t ramp_offered = 0;
+    int64_t ramp_taken = 0;
   };
   struct AgentJob {
     std::string daemon_id;
@@ -264,6 +290,9 @@ class MemberRegistry {
   void EraseAgentJob(absl::string_view job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   MemberRole EffectiveRoleLocked(const Member& daemon) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool IsLiveDaemonLocked(absl::string_view id) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The member's ramp weight at `now`, in [0, 1].
+  double RampWeight(const Member& m, absl::Time now) const;
+  void StartRamp(Member& m, absl::Time now) const;
 
   // Immutable after construction.
   const MemberRegistryOptions options_;
@@ -277,6 +306,10 @@ class MemberRegistry {
   std::vector<MemberSlot> free_slots_ ABSL_GUARDED_BY(mu_);  // a stack, lowest on top
   int daemons_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<ModelConfig> cluster_model_ ABSL_GUARDED_BY(mu_);
+  // Daemons that left, id -> their run (at most max_members, oldest dropped
+  // first): a registration under one of them with another run is a rejoin.
+  absl::flat_hash_map<std::string, std::string> departed_daemons_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> departed_order_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, AgentJob> jobs_ ABSL_GUARDED_BY(mu_);
   // (expiry, job id) of every job, soonest first.
   absl::btree_set<std::pair<absl::Time, std::string>> job_expiry_ ABSL_GUARDED_BY(mu_);

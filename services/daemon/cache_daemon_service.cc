@@ -149,6 +149,7 @@ grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerConte
     if (!request->agent().job_id().empty()) state_->pins().OnJobResumed(request->agent().job_id());
     response->set_lease_id(lease->lease_id);
     response->set_lease_timeout_ms(ToMillis(options.lease_timeout));
+    response->set_daemon_instance(state_->instance());
     ToProto(lease->plan, counts.contiguous_hit_tokens, response->mutable_plan());
     return absl::OkStatus();
   });
@@ -530,6 +531,7 @@ grpc::ServerUnaryReactor* CacheDaemonService::AttachPool(grpc::CallbackServerCon
     response->set_layer_stride_bytes(static_cast<uint64_t>(d.layout.layer_stride_bytes()));
     response->set_piece_bytes(static_cast<uint64_t>(d.layout.piece_bytes()));
     response->set_pool_bytes(static_cast<uint64_t>(d.layout.bytes()));
+    response->set_daemon_instance(state_->instance());
     return absl::OkStatus();
   });
 }

@@ -59,6 +59,9 @@ absl::Status EngineOptions::Validate() const {
   if (max_context_tokens < 0) return bad("max_context_tokens: ", max_context_tokens, " < 0");
   if (rpc_timeout <= absl::ZeroDuration()) return bad("rpc_timeout: must be > 0");
   if (admission_timeout <= absl::ZeroDuration()) return bad("admission_timeout: must be > 0");
+  if (daemon_check_interval < absl::ZeroDuration()) {
+    return bad("daemon_check_interval: must be >= 0");
+  }
   if (absl::Status s = calibration.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("calibration: ", s.message()));
   }
@@ -115,14 +118,40 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
-               int64_t max_context_tokens, int64_t pool_blocks)
-    : backend_(backend),
-      daemon_(daemon),
+               int64_t max_context_tokens, int64_t pool_blocks, std::string daemon_instance)
+    : daemon_(daemon),
       options_(std::move(options)),
+      config_(backend->config()),
+      backend_name_(backend->name()),
       max_context_tokens_(max_context_tokens),
-      pool_blocks_(pool_blocks),
       cost_(backend->config().ToCacheModel(), options_.calibration),
-      scheduler_(&cost_, options_.chunking) {}
+      scheduler_(&cost_, options_.chunking),
+      backend_(backend),
+      pool_blocks_(pool_blocks),
+      attached_instance_(std::move(daemon_instance)) {}
+
+absl::Status Engine::DaemonCallError(absl::string_view call, const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return absl::UnavailableError(
+          absl::StrCat("the cache daemon failed (", call, ": ", status.message(),
+                       "); retry: the tokens do not depend on where the request runs"));
+    case absl::StatusCode::kNotFound:
+      // Only lease calls reach here with NOT_FOUND: the daemon restarted (or
+      // let the lease expire) and the request's blocks are gone.
+      return absl::UnavailableError(
+          absl::StrCat("the cache daemon no longer holds this request's lease (", call, ": ",
+                       status.message(), "); retry"));
+    default:
+      return status;
+  }
+}
+
+std::string Engine::daemon_instance() const {
+  absl::MutexLock lock(&mu_);
+  return attached_instance_;
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backend, Client* daemon,
                                                       EngineOptions options) {
@@ -147,12 +176,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Start(model::ModelBackend* backe
   }
   int64_t max_context = config.max_position_embeddings;
   if (options.max_context_tokens > 0) max_context = std::min(max_context, options.max_context_tokens);
-  std::unique_ptr<Engine> engine(
-      new Engine(backend, daemon, std::move(options), max_context, stats->capacity_blocks));
+  std::string instance =
+      options.daemon_instance.empty() ? stats->daemon_instance : options.daemon_instance;
+  std::unique_ptr<Engine> engine(new Engine(backend, daemon, std::move(options), max_context,
+                                            stats->capacity_blocks, std::move(instance)));
   engine->next_daemon_sequence_ = Mix64(absl::ToUnixNanos(absl::Now())) | 1;
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   engine->importer_ = std::thread([e = engine.get()] { e->ImportLoop(); });
   engine->caller_ = std::thread([e = engine.get()] { e->CallLoop(); });
+  if (engine->options_.daemon_check_interval > absl::ZeroDuration()) {
+    engine->checker_ = std::thread([e = engine.get()] { e->CheckLoop(); });
+  }
   return engine;
 }
 
@@ -161,7 +195,7 @@ Engine::~Engine() { Shutdown(); }
 absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
                                         std::shared_ptr<GenerationSink> sink) {
   if (sink == nullptr) return absl::InvalidArgumentError("Submit: sink is required");
-  if (absl::Status s = ValidateGenerationRequest(request, backend_->config(), max_context_tokens_);
+  if (absl::Status s = ValidateGenerationRequest(request, config_, max_context_tokens_);
       !s.ok()) {
     return s;
   }
@@ -173,9 +207,9 @@ absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request,
   // The prompt (and its first token) must fit the whole pool; a generation
   // that later outgrows it ends with RESOURCE_EXHAUSTED then (see Step).
   const int64_t needed = BlocksFor(static_cast<int64_t>(request.prompt.size()) + 1);
-  if (needed > pool_blocks_) {
+  if (const int64_t pool_blocks = pool_blocks_.load(); needed > pool_blocks) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "prompt_tokens need ", needed, " KV blocks; the daemon's whole pool has ", pool_blocks_));
+        "prompt_tokens need ", needed, " KV blocks; the daemon's whole pool has ", pool_blocks));
   }
   auto seq = std::make_unique<Sequence>();
   seq->arrival = absl::Now();
@@ -210,11 +244,14 @@ void Engine::Cancel(uint64_t request_id) {
 void Engine::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
-    if (shutdown_ && !thread_.joinable() && !importer_.joinable()) return;
+    if (shutdown_ && !thread_.joinable() && !importer_.joinable() && !checker_.joinable()) {
+      return;
+    }
     shutdown_ = true;
   }
   // The importer first: what it holds goes to arrivals_, which the step
   // thread's shutdown drain finishes.
+  if (checker_.joinable()) checker_.join();
   if (importer_.joinable()) importer_.join();
   if (thread_.joinable()) thread_.join();
   // Last: the calls the step thread queued while finishing (releases, the
@@ -291,6 +328,77 @@ void Engine::ImportLoop() {
   }
 }
 
+void Engine::CheckLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stop), options_.daemon_check_interval);
+      if (shutdown_) return;
+    }
+    // Unreachable: nothing to learn (the requests' own calls fail); the run
+    // is compared once it answers again.
+    const absl::StatusOr<DaemonStats> stats =
+        daemon_->GetStats(std::min(options_.rpc_timeout, absl::Seconds(2)));
+    if (!stats.ok() || stats->daemon_instance.empty()) continue;
+    absl::MutexLock lock(&mu_);
+    if (stats->daemon_instance != attached_instance_) restarted_to_ = stats->daemon_instance;
+  }
+}
+
+void Engine::FollowRestart() {
+  std::string from;
+  std::string to;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!restarted_to_.has_value()) return;
+    from = attached_instance_;
+    to = *restarted_to_;
+  }
+  // The running requests' blocks were in the old pool: they end here (a
+  // retry regenerates them exactly). Waiting ones have no blocks yet (or
+  // only sealed ones, for a preempted request, which it rebuilds).
+  const absl::Status gone = absl::UnavailableError(absl::StrCat(
+      "the cache daemon restarted (run ", from, " -> ", to,
+      "): this request's KV blocks are gone; retry"));
+  for (auto& seq : running_) {
+    seq->lease.Detach();  // the new run does not know it
+    Finish(*seq, gone, "");
+  }
+  running_.clear();
+  for (auto& seq : waiting_) {
+    seq->lease.Detach();
+    seq->pages = SequencePages();
+    seq->committed = false;
+    seq->logits_only = false;
+  }
+  if (!options_.reattach) {
+    for (auto& seq : waiting_) Finish(*seq, gone, "");
+    waiting_.clear();
+    return;
+  }
+  absl::StatusOr<ReattachedPool> pool = options_.reattach();
+  if (!pool.ok() || pool->backend == nullptr) {
+    const absl::Status failed = absl::UnavailableError(absl::StrCat(
+        "the cache daemon restarted and its new pool could not be mapped (",
+        pool.ok() ? "no backend" : pool.status().ToString(), "); retry elsewhere"));
+    ABSL_RAW_LOG(ERROR, "worker: %s", std::string(failed.message()).c_str());
+    for (auto& seq : waiting_) Finish(*seq, failed, "");
+    waiting_.clear();
+    absl::MutexLock lock(&mu_);
+    restarted_to_.reset();  // the checker reports the run again; tried then
+    return;
+  }
+  backend_ = pool->backend;
+  pool_blocks_.store(pool->capacity_blocks);
+  ABSL_RAW_LOG(INFO, "worker: the cache daemon restarted (run %s -> %s); its new pool is mapped",
+               from.c_str(), pool->daemon_instance.c_str());
+  absl::MutexLock lock(&mu_);
+  attached_instance_ = pool->daemon_instance;
+  restarted_to_.reset();
+  ++stats_.daemon_reattaches;
+}
+
 EngineStats Engine::stats() const {
   absl::MutexLock lock(&mu_);
   return stats_;
@@ -305,12 +413,13 @@ void Engine::Loop() {
         // Idle until an arrival or shutdown (the condition is re-checked
         // whenever mu_ is released, so no wake-up is lost).
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return shutdown_ || !arrivals_.empty();
+          return shutdown_ || !arrivals_.empty() || restarted_to_.has_value();
         };
         mu_.Await(absl::Condition(&ready));
         if (shutdown_) break;
       }
     }
+    FollowRestart();
     const bool ran = Step();
     PublishCounts();
     if (!ran) {
@@ -366,8 +475,9 @@ void Engine::Import(Sequence& seq) {
   const std::vector<BlockHash> hashes =
       ChainHashes(seq.request.salt,
                   absl::MakeConstSpan(seq.tokens).first(seq.request.kv_source_tokens),
-                  backend_->config().block_tokens);
-  const absl::StatusOr<ImportSummary> summary = daemon_->ImportBlocks(seq.request.kv_source, hashes, options_.rpc_timeout);
+                  config_.block_tokens);
+  const absl::StatusOr<ImportSummary> summary =
+      daemon_->ImportBlocks(seq.request.kv_source, hashes, options_.rpc_timeout);
   seq.stats.import_seconds = SecondsSince(start);
   {
     absl::MutexLock lock(&mu_);
@@ -395,7 +505,26 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
     *blocked = true;
     return absl::OkStatus();
   }
-  if (!lease.ok()) return lease.status();
+  if (!lease.ok()) return DaemonCallError("PlanStep", lease.status());
+  if (const std::string& run = lease->step().daemon_instance; !run.empty()) {
+    std::string attached;
+    {
+      absl::MutexLock lock(&mu_);
+      attached = attached_instance_;
+      if (run != attached) restarted_to_ = run;
+    }
+    if (run != attached) {
+      // Planned by another run than the one whose pool is mapped here: the
+      // daemon restarted. Nothing of this plan is touched (its lease is
+      // released); FollowRestart re-maps the pool before the next step.
+      const uint64_t lease_id = lease->Detach();
+      seq.last_call = EnqueueCall([this, lease_id] {
+        (void)daemon_->ReleaseStep(lease_id, std::nullopt, options_.rpc_timeout);
+      });
+      return absl::UnavailableError(
+          absl::StrCat("the cache daemon restarted (run ", attached, " -> ", run, "); retry"));
+    }
+  }
   SequencePages pages(lease->plan());
   if (seq.lease.active()) {
     // Rows this request already computed (its previous lease, still pinned)
@@ -430,7 +559,7 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
 absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
   // Its commit must have landed, so the plan finds the pages it sealed.
   WaitForCall(seq.last_call);
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep", s);
   double rpc = 0;
   absl::StatusOr<ScopedLease> lease;
   {
@@ -485,7 +614,7 @@ std::vector<absl::StatusOr<ScopedLease>> Engine::BeginPlans(absl::Span<Sequence*
 }
 
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return s;
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep", s);
   const std::optional<int64_t> target = PlanTarget(seq);
   if (!target.has_value()) return absl::OkStatus();
   return PlanNext(seq, *target, blocked);
@@ -503,10 +632,10 @@ void Engine::Admit() {
                  1);
     }
     bool blocked = false;
-    absl::Status s = BlocksFor(static_cast<int64_t>(seq.tokens.size())) > pool_blocks_
+    absl::Status s = BlocksFor(static_cast<int64_t>(seq.tokens.size())) > pool_blocks_.load()
                          ? absl::ResourceExhaustedError(absl::StrCat(
                                "the context grew to ", seq.tokens.size(),
-                               " tokens, more than the daemon's whole pool (", pool_blocks_,
+                               " tokens, more than the daemon's whole pool (", pool_blocks_.load(),
                                " blocks) holds"))
                          : Advance(seq, &blocked);
     if (!s.ok()) {
@@ -585,6 +714,7 @@ bool Engine::Step() {
     Sequence& seq = **it;
     seq.blocked = false;
     absl::Status s = seq.call_error->Get();
+    if (!s.ok()) s = DaemonCallError("CommitStep", s);
     // Keep leases alive through long decodes (in-place extensions make no RPC).
     if (s.ok() && seq.lease.active() && absl::Now() >= seq.renew_due) {
       double rpc = 0;
@@ -600,7 +730,7 @@ bool Engine::Step() {
       if (renewed.ok()) {
         seq.renew_due = absl::Now() + *renewed / 3;
       } else {
-        s = renewed.status();
+        s = DaemonCallError("RenewLease", renewed.status());
       }
     }
     if (!s.ok()) {
@@ -762,7 +892,7 @@ bool Engine::Step() {
       if (prompt_end > b) r.seq->stats.computed_prompt_tokens += prompt_end - b;
     }
   }
-  const int64_t vocab = backend_->config().vocab_size;
+  const int64_t vocab = config_.vocab_size;
   absl::flat_hash_set<Sequence*> finished;
   std::vector<std::string> finish_reason(sampled.size());
   for (size_t i = 0; i < sampled.size(); ++i) {

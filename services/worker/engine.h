@@ -27,6 +27,16 @@
 //               waits; when no sequence can advance, the most recently
 //               admitted one is preempted (its leases released; it re-plans
 //               later and hits its own sealed blocks or rebuilds them).
+//   daemon      a daemon RPC that fails because the daemon is gone, hung or
+//   failures    no longer knows the request's lease ends that request with
+//               UNAVAILABLE (retry: its tokens do not depend on where it
+//               runs). A restarted daemon (another run, seen in a plan's
+//               daemon_instance or by the periodic GetStats check) has a new,
+//               empty pool: no plan of the new run is ever written through
+//               the old mapping; the running requests end with UNAVAILABLE,
+//               options.reattach maps the new pool and gives the backend over
+//               it, and waiting requests then run there
+//               (docs/reliability_faults.md).
 //
 // Exactness: every position's K/V is either computed by the same forward
 // math from the same tokens, read from a block sealed under the chain hash of
@@ -35,11 +45,13 @@
 //
 // Contract: thread-safe. Submit/Cancel from any thread; sinks are called on
 // the step thread. The backend and the client are borrowed and must outlive
-// the engine; the engine is the backend's only user. Shutdown() finishes
-// every request with UNAVAILABLE and joins the step thread.
+// the engine (a backend that options.reattach replaced must outlive the
+// reattach call only); the engine is the backend's only user. Shutdown()
+// finishes every request with UNAVAILABLE and joins the step thread.
 #ifndef ASYMCACHE_SERVICES_WORKER_ENGINE_H_
 #define ASYMCACHE_SERVICES_WORKER_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -66,6 +78,17 @@ namespace asymcache::worker {
 
 enum class WorkerRole { kBoth, kPrefill, kDecode };
 absl::string_view WorkerRoleName(WorkerRole role);
+
+// A restarted daemon's pool, mapped again (EngineOptions::reattach).
+struct ReattachedPool {
+  // The backend over the new mapping; borrowed, used from then on instead of
+  // the previous one (same model).
+  model::ModelBackend* backend = nullptr;
+  // The run the new mapping belongs to (AttachedPool::daemon_instance).
+  std::string daemon_instance;
+  // Its pool's blocks.
+  int64_t capacity_blocks = 0;
+};
 
 struct EngineOptions {
   static ChunkSchedulerOptions DefaultChunking() {
@@ -106,6 +129,22 @@ struct EngineOptions {
   // token (negative for the first token, whose time is the TTFT). Must not
   // block. Empty (default): none. The worker feeds its TTFT/TPOT histograms.
   std::function<void(double since_arrival_s, double since_previous_s)> on_token;
+  // The daemon run whose pool the backend maps (AttachedPool::daemon_instance).
+  // A plan from another run is never computed: the daemon restarted.
+  // Empty (default): the run GetStats reports at Start (a caller that
+  // attached just before).
+  std::string daemon_instance;
+  // Called on the step thread once the daemon restarted, after every running
+  // request has ended with UNAVAILABLE: map the new run's pool and return a
+  // backend over it. On error the engine tries again at the next check and
+  // requests fail with UNAVAILABLE meanwhile. Empty (default): a restart
+  // cannot be followed; every request fails with UNAVAILABLE naming it.
+  std::function<absl::StatusOr<ReattachedPool>()> reattach;
+  // How often a thread asks the daemon for its run (GetStats), so a restart
+  // is noticed even while no request plans. 1 s: about a coordinator's
+  // heartbeat interval (the coordinator routes to a rejoined daemon no
+  // sooner); one tiny RPC a second. 0 = never (only plans reveal a restart).
+  absl::Duration daemon_check_interval = absl::Seconds(1);
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
@@ -128,6 +167,8 @@ struct EngineStats {
   double async_rpc_seconds = 0;  // daemon RPCs off it (commits, releases; sinks' OnFinish)
   double import_seconds = 0;     // block imports from prefill daemons (importer thread)
   double forward_seconds = 0;
+  // Times the daemon was seen restarted and its new pool mapped.
+  int64_t daemon_reattaches = 0;
 };
 
 class Engine {
@@ -155,16 +196,26 @@ class Engine {
 
   EngineStats stats() const;
   const EngineOptions& options() const { return options_; }
-  absl::string_view backend_name() const { return backend_->name(); }
-  const model::LlamaConfig& model_config() const { return backend_->config(); }
+  absl::string_view backend_name() const { return backend_name_; }
+  const model::LlamaConfig& model_config() const { return config_; }
+  // The daemon run whose pool the backend maps now.
+  std::string daemon_instance() const ABSL_LOCKS_EXCLUDED(mu_);
   int64_t max_context_tokens() const { return max_context_tokens_; }
 
  private:
   struct Sequence;
   struct CallError;
   Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
-         int64_t max_context_tokens, int64_t pool_blocks);
+         int64_t max_context_tokens, int64_t pool_blocks, std::string daemon_instance);
   void Loop();
+  // The checker thread: GetStats every daemon_check_interval; a run other
+  // than the attached one sets restarted_to_.
+  void CheckLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Step thread: the daemon restarted (restarted_to_ set): ends the running
+  // requests with UNAVAILABLE and re-maps the pool (options_.reattach).
+  void FollowRestart() ABSL_LOCKS_EXCLUDED(mu_);
+  // A daemon RPC's failure as the request's error (see the contract above).
+  static absl::Status DaemonCallError(absl::string_view call, const absl::Status& status);
   // The importer thread: ImportBlocks for requests with a kv_source, then
   // hands them to the step thread.
   void ImportLoop() ABSL_LOCKS_EXCLUDED(mu_);
@@ -203,16 +254,21 @@ class Engine {
   void CallLoop() ABSL_LOCKS_EXCLUDED(calls_mu_, mu_);
 
   // Immutable after construction.
-  model::ModelBackend* const backend_;
   Client* const daemon_;
   const EngineOptions options_;
+  const model::LlamaConfig config_;  // the backend's (every backend's: same model)
+  const std::string backend_name_;
   const int64_t max_context_tokens_;
-  const int64_t pool_blocks_;  // the daemon's pool: a request needing more can never run
   int64_t BlocksFor(int64_t tokens) const {
-    return (tokens + backend_->config().block_tokens - 1) / backend_->config().block_tokens;
+    return (tokens + config_.block_tokens - 1) / config_.block_tokens;
   }
   const CostModel cost_;
   const ChunkScheduler scheduler_;
+
+  // Step thread only (replaced by a reattach).
+  model::ModelBackend* backend_;
+  // The daemon's pool: a request needing more blocks can never run (read by Submit).
+  std::atomic<int64_t> pool_blocks_;
 
   // Step thread only.
   std::deque<std::unique_ptr<Sequence>> waiting_;
@@ -225,6 +281,11 @@ class Engine {
   absl::flat_hash_set<uint64_t> cancelled_ ABSL_GUARDED_BY(mu_);  // subset of live_
   absl::flat_hash_set<uint64_t> live_ ABSL_GUARDED_BY(mu_);       // submitted, not finished
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  // The run whose pool backend_ maps; written by the step thread on reattach.
+  std::string attached_instance_ ABSL_GUARDED_BY(mu_);
+  // Set (to the new run, or "?" when a plan showed it) once the daemon is
+  // seen restarted; cleared by a successful reattach.
+  std::optional<std::string> restarted_to_ ABSL_GUARDED_BY(mu_);
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 1;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
@@ -238,6 +299,7 @@ class Engine {
   std::thread thread_;
   std::thread importer_;
   std::thread caller_;
+  std::thread checker_;
 };
 
 }  // namespace asymcache::worker

@@ -51,6 +51,48 @@ absl::StatusOr<model::WeightSource> LoadWeights(const WorkerOptions& options) {
   return random;
 }
 
+// Maps the daemon's pool for `config` (the daemon checks the KV shape) and
+// checks that its memory is what `options.backend` computes on.
+absl::StatusOr<AttachedPool> MapDaemonPool(Client& daemon, const WorkerOptions& options,
+                                           const model::LlamaConfig& config) {
+  const std::string daemon_what = absl::StrCat("daemon ", options.daemon);
+  absl::StatusOr<AttachedPool> pool =
+      daemon.AttachPool(config.ToCacheModel(), options.engine.rpc_timeout);
+  if (!pool.ok()) return Prefixed(absl::StrCat(daemon_what, ": AttachPool"), pool.status());
+  const absl::string_view pool_backend = pool->backend();
+  const absl::string_view wanted_pool = options.backend == "cuda" ? "cuda" : "host";
+  if (pool_backend != wanted_pool) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        daemon_what, " keeps its pool in ", pool_backend, " memory, but --backend=",
+        options.backend, " needs a ", wanted_pool, " pool (start the daemon with --backend=",
+        wanted_pool, ")"));
+  }
+  return pool;
+}
+
+// The model backend (options.backend) over `pool`.
+absl::StatusOr<std::unique_ptr<model::ModelBackend>> CreateBackend(
+    const WorkerOptions& options, const model::WeightSource& weights, const AttachedPool& pool) {
+  model::KvPoolView view;
+  view.base = pool.base();
+  view.num_blocks = pool.layout().num_blocks;
+  view.layer_stride_bytes = pool.layout().layer_stride_bytes();
+  absl::StatusOr<std::unique_ptr<model::ModelBackend>> backend;
+  if (options.backend == "cuda") {
+    model::CudaBackendOptions cuda;
+    cuda.device = options.gpu;
+    cuda.max_step_tokens = options.engine.max_step_tokens;
+    cuda.max_batch = std::max(cuda.max_batch, options.engine.max_running);
+    backend = model::CreateCudaBackend(weights, view, cuda);
+  } else {
+    model::CpuBackendOptions cpu;
+    cpu.num_threads = options.cpu_threads;
+    backend = model::CreateCpuBackend(weights, view, cpu);
+  }
+  if (!backend.ok()) return Prefixed(absl::StrCat(options.backend, " backend"), backend.status());
+  return backend;
+}
+
 }  // namespace
 
 struct Worker::Server {
@@ -121,35 +163,12 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
   if (!weights.ok()) return weights.status();
   server->weights = std::make_unique<model::WeightSource>(*std::move(weights));
   const model::LlamaConfig& config = server->weights->config();
-  absl::StatusOr<AttachedPool> pool =
-      server->daemon->AttachPool(config.ToCacheModel(), options.engine.rpc_timeout);
-  if (!pool.ok()) return Prefixed(absl::StrCat(daemon_what, ": AttachPool"), pool.status());
+  absl::StatusOr<AttachedPool> pool = MapDaemonPool(*server->daemon, options, config);
+  if (!pool.ok()) return pool.status();
   server->pool = std::make_unique<AttachedPool>(*std::move(pool));
-  const absl::string_view pool_backend = server->pool->backend();
-  const absl::string_view wanted_pool = options.backend == "cuda" ? "cuda" : "host";
-  if (pool_backend != wanted_pool) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        daemon_what, " keeps its pool in ", pool_backend, " memory, but --backend=",
-        options.backend, " needs a ", wanted_pool, " pool (start the daemon with --backend=",
-        wanted_pool, ")"));
-  }
-  model::KvPoolView view;
-  view.base = server->pool->base();
-  view.num_blocks = server->pool->layout().num_blocks;
-  view.layer_stride_bytes = server->pool->layout().layer_stride_bytes();
-  absl::StatusOr<std::unique_ptr<model::ModelBackend>> backend;
-  if (options.backend == "cuda") {
-    model::CudaBackendOptions cuda;
-    cuda.device = options.gpu;
-    cuda.max_step_tokens = options.engine.max_step_tokens;
-    cuda.max_batch = std::max(cuda.max_batch, options.engine.max_running);
-    backend = model::CreateCudaBackend(*server->weights, view, cuda);
-  } else {
-    model::CpuBackendOptions cpu;
-    cpu.num_threads = options.cpu_threads;
-    backend = model::CreateCpuBackend(*server->weights, view, cpu);
-  }
-  if (!backend.ok()) return Prefixed(absl::StrCat(options.backend, " backend"), backend.status());
+  absl::StatusOr<std::unique_ptr<model::ModelBackend>> backend =
+      CreateBackend(options, *server->weights, *server->pool);
+  if (!backend.ok()) return backend.status();
   server->backend = *std::move(backend);
 
   if (server->exposer != nullptr) {
@@ -165,6 +184,23 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
 
   EngineOptions engine_options = options.engine;
   engine_options.calibration = daemon_stats->calibration;
+  engine_options.daemon_instance = server->pool->daemon_instance();
+  // A restarted daemon (same address, new run, new empty pool): map its pool
+  // and compute on a backend over it; the engine calls this on its step
+  // thread with nothing running, the only user of the backend and the pool.
+  engine_options.reattach = [s = server.get(), options]() -> absl::StatusOr<ReattachedPool> {
+    absl::StatusOr<AttachedPool> pool = MapDaemonPool(*s->daemon, options, s->weights->config());
+    if (!pool.ok()) return pool.status();
+    auto mapped = std::make_unique<AttachedPool>(*std::move(pool));
+    absl::StatusOr<std::unique_ptr<model::ModelBackend>> backend =
+        CreateBackend(options, *s->weights, *mapped);
+    if (!backend.ok()) return backend.status();
+    s->backend = *std::move(backend);  // the old backend, then its mapping, go
+    s->pool = std::move(mapped);
+    return ReattachedPool{.backend = s->backend.get(),
+                          .daemon_instance = s->pool->daemon_instance(),
+                          .capacity_blocks = s->pool->layout().num_blocks};
+  };
   if (server->metrics != nullptr) {
     engine_options.on_token = [metrics = server->metrics.get()](double since_arrival_s,
                                                                  double since_previous_s) {

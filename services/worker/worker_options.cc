@@ -87,6 +87,12 @@ absl::Status WorkerOptions::Validate() const {
       !s.ok()) {
     return s;
   }
+  if (engine.daemon_check_interval < absl::ZeroDuration() ||
+      engine.daemon_check_interval == absl::InfiniteDuration()) {
+    return FlagValueError("daemon-check-interval",
+                          absl::FormatDuration(engine.daemon_check_interval),
+                          "must be finite and >= 0 (0 = never)");
+  }
 
   if (absl::Status s = CheckCoordinatorAddresses(coordinators); !s.ok()) return s;
   if (absl::Status s = CheckMemberIdFlag("member-id", member_id); !s.ok()) return s;

@@ -253,6 +253,8 @@ grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerCont
   response->set_forward_seconds(s.forward_seconds);
   response->set_async_rpc_seconds(s.async_rpc_seconds);
   response->set_import_seconds(s.import_seconds);
+  response->set_daemon_reattaches(s.daemon_reattaches);
+  response->set_daemon_instance(engine_->daemon_instance());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -178,6 +178,65 @@ TEST_F(MemberRegistryTest, ReRegistrationOfTheSameRunKeepsTheWatcher) {
   EXPECT_EQ(list[0].load.free_blocks, 30);  // same run: load kept
 }
 
+// A daemon that rejoins (a new run under its id, or its id back after it
+// left) is ramped in: its weight grows linearly over rejoin_ramp and it is
+// open to a route only while its share of the routes it was offered stays
+// within the weight. A daemon joining for the first time is not ramped.
+TEST_F(MemberRegistryTest, RejoinedDaemonIsRampedIn) {
+  MemberRegistryOptions options;
+  options.rejoin_ramp = absl::Seconds(10);
+  Make(options);
+  MustRegister(Daemon("a"));
+  MustRegister(Daemon("b", "run-1", 7002));
+  auto member = [&](const std::string& id) {
+    for (const RoutingMember& m : registry_->View().prefill) {
+      if (m.daemon->member_id == id) return m;
+    }
+    ADD_FAILURE() << id << " not in the view";
+    return RoutingMember{};
+  };
+  EXPECT_EQ(member("a").ramp_weight, 1.0);
+  EXPECT_EQ(member("b").ramp_weight, 1.0);
+
+  MustRegister(Daemon("a", "run-2"));  // a restart
+  EXPECT_EQ(member("a").ramp_weight, 0.0);
+  EXPECT_FALSE(member("a").ramp_open);
+  EXPECT_TRUE(member("b").ramp_open);
+  clock_.Advance(absl::Seconds(5));
+  ASSERT_TRUE(registry_->Heartbeat("a", MemberLoad{}).ok());
+  ASSERT_TRUE(registry_->Heartbeat("b", MemberLoad{}).ok());
+  EXPECT_DOUBLE_EQ(member("a").ramp_weight, 0.5);
+  // At weight 0.5 it may take every second route it is offered: a route
+  // taken is allowed while taken + 1 <= 0.5 × (offered + 1).
+  const std::vector<std::string> both = {"a", "b"};
+  EXPECT_FALSE(member("a").ramp_open);  // 1 > 0.5 × 1
+  registry_->CountRampRoute(both, "b");
+  EXPECT_TRUE(member("a").ramp_open);   // 1 <= 0.5 × 2
+  registry_->CountRampRoute(both, "a");
+  EXPECT_FALSE(member("a").ramp_open);  // 2 > 0.5 × 3
+  registry_->CountRampRoute(both, "b");
+  EXPECT_TRUE(member("a").ramp_open);   // 2 <= 0.5 × 4
+  for (const MemberSnapshot& s : registry_->List()) {
+    if (s.member_id == "a") EXPECT_DOUBLE_EQ(s.ramp_weight, 0.5);
+  }
+  clock_.Advance(absl::Seconds(5));
+  ASSERT_TRUE(registry_->Heartbeat("a", MemberLoad{}).ok());
+  ASSERT_TRUE(registry_->Heartbeat("b", MemberLoad{}).ok());
+  EXPECT_EQ(member("a").ramp_weight, 1.0);
+  EXPECT_TRUE(member("a").ramp_open);
+
+  // Deregistered and back as the same run (its cache intact): not ramped; as
+  // another run (restarted while away): ramped. A new id is not.
+  ASSERT_TRUE(registry_->Deregister("b").ok());
+  MustRegister(Daemon("b", "run-1", 7002));
+  EXPECT_EQ(member("b").ramp_weight, 1.0);
+  ASSERT_TRUE(registry_->Deregister("b").ok());
+  MustRegister(Daemon("b", "run-2", 7002));
+  EXPECT_EQ(member("b").ramp_weight, 0.0);
+  MustRegister(Daemon("c", "run-1", 7003));
+  EXPECT_EQ(member("c").ramp_weight, 1.0);
+}
+
 TEST_F(MemberRegistryTest, RestartedDaemonResetsItsSlot) {
   const MemberSlot slot = MustRegister(Daemon("a", "run-1")).watch->slot;
   registry_->RecordAgentRoute("job", "a", /*last_step=*/false);

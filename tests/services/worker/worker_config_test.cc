@@ -81,6 +81,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"max-context-tokens", "32768"},
       {"rpc-timeout", "2s"},
       {"admission-timeout", "45s"},
+      {"daemon-check-interval", "250ms"},
       {"coordinators", "c1:50061,c2:50061"},
       {"member-id", "worker-7"},
       {"advertise-address", "w7.example:50071"},
@@ -160,6 +161,7 @@ TEST(WorkerConfigTest, NonDefaultValuesRoundTripAndLandInTheirFields) {
   EXPECT_EQ(options.engine.max_step_tokens, 4224);
   EXPECT_EQ(options.engine.max_context_tokens, 32768);
   EXPECT_EQ(options.engine.rpc_timeout, absl::Seconds(2));
+  EXPECT_EQ(options.engine.daemon_check_interval, absl::Milliseconds(250));
   EXPECT_EQ(options.coordinators, (std::vector<std::string>{"c1:50061", "c2:50061"}));
   EXPECT_EQ(options.member_id, "worker-7");
   EXPECT_EQ(options.advertise_address, "w7.example:50071");
