@@ -37,7 +37,24 @@ def ratio(base, ours):
     return f"{base / ours:.2f}x" if ours > 0 else "-"
 
 
-def table(data):
+def capacity(data, slo_ttft_s, slo_tpot_s):
+    """Per system: the highest swept rate at which it and every lower swept rate meet the SLO
+    (mean TTFT and mean TPOT, every request finished); None when it misses at the lowest."""
+    out = {}
+    for system in dict.fromkeys(r["system"] for r in data["runs"]):
+        best = None
+        for r in sorted((r for r in data["runs"] if r["system"] == system), key=lambda r: r["rate"]):
+            s = r["summary"]
+            ok = (s["failed"] + s["not_sent"] == 0 and s["ttft_s"]["mean"] <= slo_ttft_s
+                  and s["tpot_s"]["mean"] <= slo_tpot_s)
+            if not ok:
+                break
+            best = r["rate"]
+        out[system] = best
+    return out
+
+
+def table(data, slo_ttft_s=None, slo_tpot_s=None):
     lines = []
     rates = sorted({r["rate"] for r in data["runs"]})
     for rate in rates:
@@ -70,6 +87,12 @@ def table(data):
                     drop = 1 - o["job_latency_s"]["mean"] / b["job_latency_s"]["mean"]
                     parts.append(f"job latency {abs(drop) * 100:.1f}% {'lower' if drop >= 0 else 'higher'}")
                 lines.append(f"\n{ours} vs {base}: " + ", ".join(parts) + " (mean; > 1x = ours faster)")
+    if slo_ttft_s is not None:
+        caps = capacity(data, slo_ttft_s, slo_tpot_s)
+        lines.append(f"\nCapacity at SLO (mean TTFT <= {slo_ttft_s * 1e3:.0f} ms, mean TPOT <= "
+                     f"{slo_tpot_s * 1e3:.0f} ms; highest swept rate meeting it at every lower rate): " +
+                     ", ".join(f"{k} {('%g/s' % v) if v is not None else 'below the lowest rate'}"
+                               for k, v in caps.items()))
     worker_runs = [r for r in data["runs"] if "worker" in r]
     if worker_runs:
         lines.append("\nWhere the worker's time went (worker 0's counters over the run):\n")
@@ -150,6 +173,10 @@ def main():
     parser.add_argument("--title", default="End-to-end results")
     parser.add_argument("--card", default="(card not recorded)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--slo-ttft-ms", type=float, default=2000,
+                        help="SLO on mean TTFT for the capacity line (default 2000 ms)")
+    parser.add_argument("--slo-tpot-ms", type=float, default=100,
+                        help="SLO on mean TPOT (default 100 ms)")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -168,7 +195,7 @@ def main():
         page.append(f"\n{data['sessions']} sessions, {data['steps']} requests; model {data['model']} "
                     f"({data['backend']}), pool {data['pool_bytes']}; run {data['date']}.\n")
         page.append(f"Command: `{data['command']}`")
-        page.append(table(data))
+        page.append(table(data, args.slo_ttft_ms / 1e3, args.slo_tpot_ms / 1e3))
         if plt is not None:
             plots(data, args.out, plt)
             page.append(f"\n![TTFT CDF](e2e_{data['part']}_ttft_cdf.png) "
