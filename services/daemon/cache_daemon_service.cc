@@ -140,7 +140,20 @@ grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerConte
     const absl::Time start = absl::Now();
     absl::StatusOr<StepLease> lease =
         state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens);
+    if (!lease.ok() && absl::IsResourceExhausted(lease.status())) {
+      // Soft pins: a request refused for memory for longer than a pinned
+      // job's expected benefit (the rebuild time its pins save) takes those
+      // pins, oldest first; then one retry. A first refusal releases nothing
+      // (waited zero): callers retry while blocked, and the wait grows.
+      const absl::Duration waited = state_->NoteBlocked(request->sequence_id());
+      const int64_t needed = (static_cast<int64_t>(tokens.size()) + options.model.block_tokens - 1) /
+                             options.model.block_tokens;
+      if (state_->pins().ReleaseUnderPressure(needed, waited) > 0) {
+        lease = state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens);
+      }
+    }
     if (!lease.ok()) return lease.status();
+    state_->ClearBlocked(request->sequence_id());
     const PlanTokenCounts counts = CountPlanTokens(lease->plan);
     if (DaemonMetrics* metrics = state_->metrics()) {
       metrics->ObservePlan(absl::Now() - start, counts);

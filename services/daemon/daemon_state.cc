@@ -189,4 +189,19 @@ void CacheDaemonState::RunMaintenance() {
   }
 }
 
+absl::Duration CacheDaemonState::NoteBlocked(SequenceId sequence) {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&blocked_mu_);
+  if (blocked_since_.size() >= kMaxBlockedSequences && !blocked_since_.contains(sequence)) {
+    blocked_since_.clear();
+  }
+  const auto [it, inserted] = blocked_since_.try_emplace(sequence, now);
+  return inserted ? absl::ZeroDuration() : now - it->second;
+}
+
+void CacheDaemonState::ClearBlocked(SequenceId sequence) {
+  absl::MutexLock lock(&blocked_mu_);
+  blocked_since_.erase(sequence);
+}
+
 }  // namespace asymcache

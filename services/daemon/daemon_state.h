@@ -17,6 +17,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "cachecore/agent_pins.h"
 #include "cachecore/clock.h"
 #include "cachecore/cost_model.h"
@@ -55,6 +57,16 @@ class CacheDaemonState {
   // Null when metrics are disabled (metrics_port = -1).
   DaemonMetrics* metrics() const { return metrics_.get(); }
   int metrics_port() const { return exposer_ ? exposer_->port() : -1; }
+  // Soft agent pins (DESIGN.md §3.5, AgentPinTable::ReleaseUnderPressure):
+  // NoteBlocked records that a plan of `sequence` was refused for lack of
+  // memory and returns how long its plans have been refused (zero the first
+  // time); ClearBlocked forgets it once a plan succeeds. At most
+  // kMaxBlockedSequences are remembered (past that the record restarts:
+  // forgetting only shortens waits, so pins are released later, not wrongly).
+  absl::Duration NoteBlocked(SequenceId sequence) ABSL_LOCKS_EXCLUDED(blocked_mu_);
+  void ClearBlocked(SequenceId sequence) ABSL_LOCKS_EXCLUDED(blocked_mu_);
+  static constexpr size_t kMaxBlockedSequences = 65536;
+
   // Unique per daemon run: lets event watchers notice a restart.
   const std::string& instance() const { return instance_; }
   absl::Time started() const { return started_; }
@@ -78,6 +90,8 @@ class CacheDaemonState {
   std::string instance_;
   absl::Time started_;
   int64_t evictions_seen_ = 0;  // maintenance thread only
+  absl::Mutex blocked_mu_;
+  absl::flat_hash_map<SequenceId, absl::Time> blocked_since_ ABSL_GUARDED_BY(blocked_mu_);
 };
 
 }  // namespace asymcache

@@ -133,7 +133,7 @@ class PinExhaustionTest : public ::testing::Test {
   std::unique_ptr<ServiceCluster> cluster_;
 };
 
-TEST_F(PinExhaustionTest, PinsStayUnderTheirCapAndRequestsBeyondWhatIsLeftAreRefused) {
+TEST_F(PinExhaustionTest, PinsStayUnderTheirCapAndABlockedRequestTakesSoftPins) {
   absl::StatusOr<BlockAccounting> start = cluster_->Accounting();
   ASSERT_TRUE(start.ok()) << start.status();
   ASSERT_EQ(start->capacity, kPoolBlocks) << start->DebugString();
@@ -206,19 +206,23 @@ TEST_F(PinExhaustionTest, PinsStayUnderTheirCapAndRequestsBeyondWhatIsLeftAreRef
     EXPECT_EQ(after->active_leases, 0) << after->DebugString();
   }
   {
+    // Through the worker, which retries a blocked plan every step: once the
+    // request has waited longer than the pinned jobs' expected benefit, the
+    // daemon releases those soft pins (DESIGN.md §3.5) and admits it — well
+    // before the admission timeout, and without the pins' TTL running out.
+    const int64_t pinned_before = ListPins().pinned_blocks();
     const Ended ended = Generate(cluster_->worker(), Request(big));
     std::printf("worker Generate of %lld blocks with %lld left: %s after %.2f s "
                 "(admission timeout %s)\n",
                 static_cast<long long>(big_blocks), static_cast<long long>(left),
                 ended.status.ok() ? "OK" : ended.status.error_message().c_str(), ended.seconds,
                 absl::FormatDuration(kAdmissionTimeout).c_str());
-    EXPECT_EQ(ended.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
-        << ended.status.error_message();
-    EXPECT_TRUE(absl::StrContains(ended.status.error_message(), "no KV blocks"))
-        << ended.status.error_message();
-    EXPECT_EQ(ended.tokens, 0);
+    EXPECT_TRUE(ended.status.ok()) << ended.status.error_message();
+    EXPECT_EQ(ended.tokens, 1);
+    EXPECT_LT(ended.seconds, absl::ToDoubleSeconds(kAdmissionTimeout));
+    EXPECT_LT(ListPins().pinned_blocks(), pinned_before) << "no soft pin was released";
   }
-  ASSERT_NO_FATAL_FAILURE(ExpectWithinCap("after the refused requests"));
+  ASSERT_NO_FATAL_FAILURE(ExpectWithinCap("after the blocked request"));
 
   // 4. Without the pins the same request runs.
   const v1::ListPinsResponse held = ListPins();

@@ -165,5 +165,38 @@ TEST_F(ClientPinsTest, ResumedJobReleasesItsPinsAndLastStepPinsNothing) {
   EXPECT_EQ(stats.active_leases, 0);
 }
 
+// Soft pins: a plan refused for memory that keeps being retried takes a
+// pinned job's blocks once it has waited longer than their expected benefit
+// (DESIGN.md §3.5); the first refusal releases nothing.
+TEST_F(ClientPinsTest, BlockedPlanTakesSoftPinsAfterWaitingLongerThanTheirBenefit) {
+  const int B = TinyBlockTokens();
+  // Job: 8 blocks committed and pinned (the cap: half the 16-block pool).
+  const std::vector<TokenId> job = Tokens(8 * B, 1);
+  ASSERT_OK_AND_ASSIGN(LeasedStep step, client_->PlanStep("agent", 1, job));
+  ASSERT_OK(client_->CommitStep(step.lease_id));
+  ASSERT_OK_AND_ASSIGN(std::optional<JobPinDecision> released,
+                       client_->ReleaseStep(step.lease_id, AgentJob{.job_id = "job-1", .tool = "bash"}));
+  ASSERT_TRUE(released.has_value() && released->decision.pinned) << released->decision.reason;
+  ASSERT_OK(client_->RefreshPin("job-1", absl::Seconds(30)));
+  // Another sequence holds the other 8 blocks in a lease.
+  ASSERT_OK_AND_ASSIGN(LeasedStep holder, client_->PlanStep("other", 2, Tokens(8 * B, 2)));
+
+  // A third needs 4 blocks: none free, 8 pinned. First refusal: nothing released.
+  const std::vector<TokenId> blocked = Tokens(4 * B, 3);
+  absl::StatusOr<LeasedStep> first = client_->PlanStep("new", 3, blocked);
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kResourceExhausted) << first.status();
+  EXPECT_EQ(Stats().agent_pinned_blocks, 8);
+  // Retried after waiting longer than the pin's benefit (rebuilding 8 tiny
+  // blocks on the built-in CPU calibration takes well under 200 ms): the
+  // job's pins are released, the plan succeeds.
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_OK_AND_ASSIGN(LeasedStep admitted, client_->PlanStep("new", 3, blocked));
+  EXPECT_EQ(Stats().agent_pinned_blocks, 0);
+  ASSERT_OK_AND_ASSIGN(PinList pins, client_->ListPins());
+  EXPECT_TRUE(pins.jobs.empty());
+  ASSERT_OK(client_->ReleaseStep(admitted.lease_id).status());
+  ASSERT_OK(client_->ReleaseStep(holder.lease_id).status());
+}
+
 }  // namespace
 }  // namespace asymcache::testing
