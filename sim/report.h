@@ -29,7 +29,9 @@ struct Distribution {
   int64_t count = 0;
   double mean = 0;
   double p50 = 0;
+  double p90 = 0;
   double p99 = 0;
+  double max = 0;
 };
 // Nearest-rank percentiles; all zero for an empty input.
 Distribution Summarize(std::vector<double> values);

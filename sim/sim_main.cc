@@ -17,9 +17,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
@@ -32,7 +29,7 @@
 #include "absl/time/clock.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
-#include "util/dashed_flags.h"
+#include "util/absl_flags_main.h"
 #include "sim/cluster.h"
 #include "sim/comparison.h"
 #include "sim/engine.h"
@@ -373,23 +370,11 @@ absl::Status Main() {
 }  // namespace asymcache
 
 int main(int argc, char** argv) {
-  // --help lists this file's flags (absl matches flags to the binary's name by default).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::StrContains(path, "sim_main");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  asymcache::ParseDashedAbslFlags(argc, argv, "sim_main",
       "Replays LLM-serving workloads on KV-cache systems (vllm, pensieve, asymcache, ablations) "
       "in modeled time.\nExample: asymcache-sim --workload long-agent --system all --sweep-auto\n"
       "Cluster mode: asymcache-sim --workload long-doc-qa --system asymcache --cluster 4 "
       "--routing hole-aware,contiguous-prefix,round-robin");
-  // Accept --flag-name as well as --flag_name (absl flag names are identifiers).
-  std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
-  std::vector<char*> normalized;
-  for (std::string& a : args) normalized.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
   const absl::Status status = asymcache::Main();
   if (!status.ok()) {
     std::cerr << "asymcache-sim: " << status << "\n";

@@ -12,16 +12,13 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
 #include "services/daemon/gpu_calibration.h"
-#include "util/dashed_flags.h"
+#include "util/absl_flags_main.h"
 
 ABSL_FLAG(std::string, out, "", "file to write the calibration JSON to (required)");
 ABSL_FLAG(std::string, model, "llama-3-8b", "named model shape the shape flags start from");
@@ -80,19 +77,9 @@ absl::Status Main() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::StrContains(path, "calibrate_main");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  asymcache::ParseDashedAbslFlags(argc, argv, "calibrate_main",
       "Measures this GPU for AsymCache's cost model and writes the calibration JSON.\n"
       "Example: asymcache-calibrate --model=llama-3-8b --out=calibration.json");
-  std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
-  std::vector<char*> normalized;
-  for (std::string& a : args) normalized.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
   const absl::Status status = Main();
   if (!status.ok()) {
     std::fprintf(stderr, "asymcache-calibrate: %s\n", status.ToString().c_str());

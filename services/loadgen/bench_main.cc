@@ -28,9 +28,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -58,7 +55,7 @@
 #include "sim/system.h"
 #include "sim/trace.h"
 #include "sim/workload.h"
-#include "util/dashed_flags.h"
+#include "util/absl_flags_main.h"
 
 ABSL_FLAG(std::string, workload, "chat",
           "built-in workload(s), comma-separated and merged: chat, agent, long-agent, doc-qa, "
@@ -626,20 +623,10 @@ absl::Status Main(int argc, char** argv) {
 }  // namespace asymcache::loadgen
 
 int main(int argc, char** argv) {
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return absl::StrContains(path, "bench_main");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage(
+  asymcache::ParseDashedAbslFlags(argc, argv, "bench_main",
       "Replays a workload against real AsymCache clusters, one per system and rate, and reports "
       "TTFT, TPOT, hit rate and job latency.\nExample: asymcache-bench --workload agent "
       "--sessions 8 --scale-lengths 0.05 --systems vllm,asymcache");
-  std::vector<std::string> args = asymcache::NormalizeDashedFlags(argc, argv);
-  std::vector<char*> normalized;
-  for (std::string& a : args) normalized.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
   const absl::Status status = asymcache::loadgen::Main(argc, argv);
   if (!status.ok()) {
     std::cerr << "asymcache-bench: " << status << "\n";

@@ -1,28 +1,8 @@
 #include "services/loadgen/run_summary.h"
 
 #include <algorithm>
-#include <cmath>
 
 namespace asymcache::loadgen {
-
-Distribution Summarize(std::vector<double> values) {
-  Distribution d;
-  if (values.empty()) return d;
-  std::sort(values.begin(), values.end());
-  d.count = static_cast<int64_t>(values.size());
-  double sum = 0;
-  for (double v : values) sum += v;
-  d.mean = sum / static_cast<double>(values.size());
-  auto rank = [&](double q) {
-    const size_t index = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
-    return values[std::min(values.size() - 1, index == 0 ? 0 : index - 1)];
-  };
-  d.p50 = rank(0.50);
-  d.p90 = rank(0.90);
-  d.p99 = rank(0.99);
-  d.max = values.back();
-  return d;
-}
 
 RunSummary SummarizeRun(const ReplayResult& result) {
   RunSummary s;

@@ -19,15 +19,13 @@
 #include <vector>
 
 #include "services/loadgen/replay.h"
+#include "sim/report.h"
 
 namespace asymcache::loadgen {
 
-struct Distribution {
-  double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
-  int64_t count = 0;
-};
-// Nearest-rank percentiles; all zero for no values.
-Distribution Summarize(std::vector<double> values);
+// Distributions are the simulator's (sim/report.h: count, mean, nearest-rank
+// p50/p90/p99, max), so measured and predicted runs summarize alike.
+using ::asymcache::Distribution;
 
 struct RunSummary {
   int64_t requests = 0;   // steps of the workload

@@ -28,10 +28,10 @@ TEST(SummarizeTest, NearestRankPercentiles) {
   EXPECT_DOUBLE_EQ(d.p90, 90);
   EXPECT_DOUBLE_EQ(d.p99, 99);
   EXPECT_DOUBLE_EQ(d.max, 100);
-  const Distribution one = Summarize({7});
+  const Distribution one = Summarize(std::vector<double>{7});
   EXPECT_DOUBLE_EQ(one.p50, 7);
   EXPECT_DOUBLE_EQ(one.p99, 7);
-  EXPECT_EQ(Summarize({}).count, 0);
+  EXPECT_EQ(Summarize(std::vector<double>{}).count, 0);
 }
 
 TEST(SummarizeRunTest, CountsFinishedFailedAndNotSentApart) {
