@@ -215,12 +215,12 @@ absl::Status ParseTensorEntry(absl::string_view source, const std::string& name,
     info->shape.push_back(static_cast<int64_t>(d));
     if (!MulChecked(elements, d, &elements)) elements_overflow = true;
   }
-  // A zero dimension makes a later overflow harmless (the product is 0).
-  const bool has_zero = std::find(info->shape.begin(), info->shape.end(), 0) != info->shape.end();
+  // Refused whenever the running product overflows, a zero dimension later
+  // or not: elements() multiplies in order, and the writer (SafetensorsByteSize)
+  // refuses the same shapes (found by fuzz/safetensors_fuzz.cc).
   uint64_t bytes = 0;
-  if (!has_zero &&
-      (elements_overflow || elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-       !MulChecked(elements, msa::DTypeBytes(info->dtype), &bytes))) {
+  if (elements_overflow || elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+      !MulChecked(elements, msa::DTypeBytes(info->dtype), &bytes)) {
     return TensorError(
         source, name,
         absl::StrCat("shape ", ShapeText(info->shape), ": element or byte count overflows"));

@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 
 namespace asymcache {
 
@@ -26,6 +27,13 @@ absl::StatusOr<int64_t> ParseIntSetting(absl::string_view name, absl::string_vie
     return SettingValueError(name, value, "an integer");
   }
   return parsed;
+}
+
+std::string FormatNumberSetting(double v) {
+  std::string text = absl::StrFormat("%.15g", v);
+  double back = 0;
+  if (!absl::SimpleAtod(text, &back) || back != v) text = absl::StrFormat("%.17g", v);
+  return text;
 }
 
 absl::StatusOr<double> ParseNumberSetting(absl::string_view name, absl::string_view value) {

@@ -49,6 +49,10 @@ absl::Status SettingValueError(absl::string_view name, absl::string_view value,
 absl::StatusOr<int64_t> ParseIntSetting(absl::string_view name, absl::string_view value,
                                         int64_t min, int64_t max);
 absl::StatusOr<double> ParseNumberSetting(absl::string_view name, absl::string_view value);
+// The shortest text of `v` that ParseNumberSetting reads back as exactly `v`
+// (15 significant digits when they suffice, else 17): a printed config parses
+// back to the same settings.
+std::string FormatNumberSetting(double v);
 absl::StatusOr<absl::Duration> ParseDurationSetting(absl::string_view name, absl::string_view value,
                                                     absl::string_view examples);
 absl::StatusOr<bool> ParseBoolSetting(absl::string_view name, absl::string_view value);
@@ -247,7 +251,7 @@ class SettingsTable {
               *field(o) = *parsed;
               return absl::OkStatus();
             },
-            [field](const Options& o) { return absl::StrCat(*field(&o)); }};
+            [field](const Options& o) { return FormatNumberSetting(*field(&o)); }};
   }
   // `examples` completes the error "a duration (e.g. EXAMPLES)".
   template <typename Field>

@@ -277,6 +277,12 @@ TEST(SafetensorsTest, RefusesEveryCorruption) {
       {"shape overflow",
        Image(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
        "tensor 'a': shape [4294967296, 4294967296]: element or byte count overflows"},
+      // The product overflows before the zero: refused like the writer refuses
+      // it (found by fuzz/safetensors_fuzz.cc; elements() overflowed).
+      {"overflow before a zero dim",
+       Image(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]}})",
+             0),
+       "tensor 'a': shape [4611686018427387904, 4611686018427387904, 0]: element or byte count overflows"},
       {"byte count overflow",
        Image(R"({"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}})", 8),
        "tensor 'a': shape [4611686018427387904]: element or byte count overflows"},
