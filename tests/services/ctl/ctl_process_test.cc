@@ -338,7 +338,10 @@ class CtlClusterTest : public ::testing::Test {
       bool daemon_ready = false;
       bool worker_ready = false;
       for (const v1::MemberInfo& m : list.members()) {
-        daemon_ready |= m.member_id() == kDaemonId && m.events_connected();
+        // Capacity arrives with the daemon's load report (a heartbeat after
+        // registering): wait for it too, so the status checks below see it.
+        daemon_ready |= m.member_id() == kDaemonId && m.events_connected() &&
+                        m.load().capacity_blocks() > 0;
         worker_ready |= m.member_id() == kWorkerId;
       }
       if (daemon_ready && worker_ready) break;
