@@ -191,6 +191,12 @@ const Table& Settings() {
              return absl::OkStatus();
            },
            [](const CoordinatorOptions& o) { return absl::StrCat(o.max_members); }},
+          Table::Number("client-rate-limit",
+                        "Generate + Route requests per second per client (0 = no limit)",
+                        [](auto* o) { return &o->client_rate_limit.requests_per_second; }),
+          Table::Integer<int64_t>("client-rate-burst",
+                                  "requests a client may make at once (0 = 2 s worth)",
+                                  [](auto* o) { return &o->client_rate_limit.burst; }),
           Table::Integer<int64_t>("max-route-tokens", "longest context a Route may carry",
                                   [](auto* o) { return &o->max_route_tokens; }),
           Table::IntByteSize("max-message-bytes", "largest gRPC message accepted",

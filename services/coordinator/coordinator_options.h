@@ -18,6 +18,7 @@
 #include "cachecore/clock.h"
 #include "cachecore/model_config.h"
 #include "cachecore/router.h"
+#include "services/common/client_rate_limiter.h"
 #include "services/common/transport_security.h"
 
 namespace asymcache {
@@ -135,6 +136,12 @@ struct CoordinatorOptions {
   // (services/common/tenant_salt.h); the list is then required. Default: the
   // library's (plaintext); the binary requires an explicit choice.
   TransportSecurityOptions security;
+  // Generate and Route requests per second per client (services/common/
+  // client_rate_limiter.h; the client is its certificate identity with TLS,
+  // else its IP; security.trusted_peers are exempt): --client-rate-limit
+  // (default 0 = no limit: the right rate is the deployment's) and
+  // --client-rate-burst (default 0 = two seconds' worth).
+  ClientRateLimitOptions client_rate_limit;
 
   // Tests only: an injected clock for heartbeats, member expiry and agent
   // affinity (must outlive the coordinator). nullptr = the real clock.

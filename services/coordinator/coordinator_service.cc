@@ -225,6 +225,9 @@ grpc::ServerUnaryReactor* CoordinatorService::Route(grpc::CallbackServerContext*
                                                     const v1::RouteRequest* request,
                                                     v1::RouteResponse* response) {
   return Serve(ctx, "Route", [&]() -> absl::Status {
+    if (absl::Status limited = state_->client_limiter().Admit(*ctx, "Route"); !limited.ok()) {
+      return limited;
+    }
     RouteInput in;
     const std::string peer = PeerIdentity(*ctx);
     const TenantSaltPolicy& tenants = state_->tenant_salts();

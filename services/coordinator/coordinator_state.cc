@@ -90,6 +90,7 @@ CoordinatorState::CoordinatorState(const CoordinatorOptions& options)
     : options_(options),
       instance_(NewInstanceId()),
       tenant_salts_(options.security),
+      client_limiter_(options.client_rate_limit, options.security.trusted_peers),
       route_log_(options.route_history) {}
 
 CoordinatorState::~CoordinatorState() { StopWatchers(); }

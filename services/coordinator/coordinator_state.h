@@ -168,6 +168,8 @@ class CoordinatorState {
   }
   // The salt of tenant requests (Route, Generate) and who is a component.
   const TenantSaltPolicy& tenant_salts() const { return tenant_salts_; }
+  // Per-client limits on Generate and Route (options().client_rate_limit).
+  ClientRateLimiter& client_limiter() { return client_limiter_; }
   const std::string& instance() const { return instance_; }
   MemberRegistry& registry() { return *registry_; }
   BlockLocationIndex& index() { return *index_; }
@@ -190,6 +192,7 @@ class CoordinatorState {
   const CoordinatorOptions options_;
   const std::string instance_;
   const TenantSaltPolicy tenant_salts_;
+  ClientRateLimiter client_limiter_;
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;  // set by Create
   std::unique_ptr<MemberRegistry> registry_;
   std::unique_ptr<BlockLocationIndex> index_;

@@ -537,6 +537,16 @@ GenerateProxy::GenerateProxy(CoordinatorState* state) : state_(state) {}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerateProxy::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
+  if (absl::Status limited = state_->client_limiter().Admit(*ctx, "Generate"); !limited.ok()) {
+    class Refused final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+     public:
+      explicit Refused(const absl::Status& status) {
+        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(status.message())));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refused(limited);
+  }
   return new ProxiedGenerate(this, ctx, request);
 }
 

@@ -216,8 +216,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
   if (!engine.ok()) return Prefixed("engine", engine.status());
   server->engine = *std::move(engine);
 
-  server->service = std::make_unique<WorkerService>(server->engine.get(),
-                                                    TenantSaltPolicy(options.security));
+  server->service = std::make_unique<WorkerService>(
+      server->engine.get(), TenantSaltPolicy(options.security), options.client_rate_limit,
+      options.security.trusted_peers);
   absl::StatusOr<StartedGrpcServer> grpc_server =
       StartGrpcServer(options.listen, options.security, options.max_message_bytes,
                       server->service.get());

@@ -15,6 +15,7 @@ WorkerOptions::WorkerOptions() {
 absl::Status WorkerOptions::Validate() const {
   auto quoted = [](absl::string_view s) { return absl::StrCat("'", s, "'"); };
 
+  if (absl::Status s = client_rate_limit.Validate(); !s.ok()) return s;
   if (listen.empty()) return FlagValueError("listen", "\"\"", "must be HOST:PORT");
   if (metrics_port < -1 || metrics_port > 65535) {
     return FlagValueError("metrics-port", metrics_port, "must be -1 (off), 0 (any) or 1..65535");

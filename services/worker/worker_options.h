@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "services/common/client_rate_limiter.h"
 #include "services/common/transport_security.h"
 #include "services/worker/engine.h"
 
@@ -113,6 +114,12 @@ struct WorkerOptions {
   // (services/common/tenant_salt.h). Default: the library's (plaintext);
   // WorkerOptionsFromFlags requires an explicit choice.
   TransportSecurityOptions security;
+  // Generate requests per second per client (services/common/
+  // client_rate_limiter.h; the client is its certificate identity with TLS,
+  // else its IP; security.trusted_peers are exempt): --client-rate-limit
+  // (default 0 = no limit: the right rate is the deployment's) and
+  // --client-rate-burst (default 0 = two seconds' worth).
+  ClientRateLimitOptions client_rate_limit;
 
   // EngineOptions' defaults, except engine.chunking.max_budget_tokens: 8064 =
   // max_step_tokens (8192) - max_running (128), so the largest adaptive chunk

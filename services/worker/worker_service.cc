@@ -218,16 +218,19 @@ GenerationRequest FromProto(const v1::GenerateRequest& request) {
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerService::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
+  // A call refused before it starts (shutdown, a client over its rate).
+  class Refused final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+   public:
+    explicit Refused(const grpc::Status& status) { Finish(status); }
+    void OnDone() override { delete this; }
+  };
   if (!accepting_.load()) {
-    class Refused final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
-     public:
-      Refused() {
-        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "Generate: the worker is shutting down; retry elsewhere"));
-      }
-      void OnDone() override { delete this; }
-    };
-    return new Refused();
+    return new Refused(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                    "Generate: the worker is shutting down; retry elsewhere"));
+  }
+  if (absl::Status limited = limiter_.Admit(*ctx, "Generate"); !limited.ok()) {
+    return new Refused(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                    std::string(limited.message())));
   }
   return new GenerateReactor(engine_, *request,
                              tenant_salts_.SaltFor(PeerIdentity(*ctx), request->salt()));

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "asymcache/v1/worker.grpc.pb.h"
+#include "services/common/client_rate_limiter.h"
 #include "services/common/tenant_salt.h"
 #include "services/worker/engine.h"
 
@@ -31,8 +32,13 @@ class WorkerService final
     : public v1::Worker::WithCallbackMethod_Generate<
           v1::Worker::WithCallbackMethod_GetWorkerStats<v1::Worker::Service>> {
  public:
-  WorkerService(Engine* engine, TenantSaltPolicy tenant_salts)
-      : engine_(engine), tenant_salts_(std::move(tenant_salts)) {}
+  // `rate_limit`: per-client Generate limits; `exempt` the identities never
+  // limited (the trusted peers: the coordinator forwards every tenant's).
+  WorkerService(Engine* engine, TenantSaltPolicy tenant_salts, ClientRateLimitOptions rate_limit,
+                std::vector<std::string> exempt)
+      : engine_(engine),
+        tenant_salts_(std::move(tenant_salts)),
+        limiter_(rate_limit, std::move(exempt)) {}
 
   // After this every new RPC gets UNAVAILABLE.
   void StopAccepting() { accepting_.store(false); }
@@ -46,6 +52,7 @@ class WorkerService final
  private:
   Engine* const engine_;
   const TenantSaltPolicy tenant_salts_;
+  ClientRateLimiter limiter_;
   std::atomic<bool> accepting_{true};
 };
 

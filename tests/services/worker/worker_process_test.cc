@@ -592,6 +592,38 @@ TEST_F(WorkerProcessTest, JoinsTheCoordinatorAsAWorkerAndLeavesOnSigterm) {
   EXPECT_NE(FindMember(*after, "daemon-a"), nullptr);
 }
 
+// --client-rate-limit: a client past its burst gets RESOURCE_EXHAUSTED naming
+// the limit, before anything is queued; under the limit it is served.
+TEST_F(WorkerProcessTest, ClientOverItsRateLimitIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  std::unique_ptr<ServiceProcess> worker = SpawnWorker(
+      {absl::StrCat("--daemon=", daemon_->address()), "--listen=127.0.0.1:0",
+       "--metrics-port=-1", "--cpu-threads=1", "--client-rate-limit=0.5",
+       "--client-rate-burst=2"});
+  ASSERT_NE(worker, nullptr);
+  absl::StatusOr<std::string> ready = worker->ReadLine(kProcessBound);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  int grpc_port = 0;
+  ASSERT_EQ(std::sscanf(ready->c_str(), "READY grpc=%d", &grpc_port), 1) << *ready;
+  std::unique_ptr<v1::Worker::Stub> stub = v1::Worker::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", grpc_port), grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest request;
+  for (int32_t t : {1, 2, 3, 4, 5}) request.add_prompt_tokens(t);
+  request.set_max_new_tokens(2);
+  for (int i = 0; i < 2; ++i) {
+    const testing::Generated served = testing::Generate(*stub, request);
+    EXPECT_TRUE(served.status.ok()) << i << ": " << served.status.error_message();
+    EXPECT_EQ(served.tokens.size(), 2u);
+  }
+  // The third within the same second: over 0.5/s with a burst of 2.
+  const testing::Generated refused = testing::Generate(*stub, request);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.status.error_message(),
+              ::testing::HasSubstr("Generate: client 'ip:127.0.0.1' is over its limit of 0.5 "
+                                   "requests/s (burst 2)"));
+  EXPECT_TRUE(refused.tokens.empty());
+}
+
 TEST_F(WorkerProcessTest, BadFlagsExitTwoNamingTheFlag) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{"--listen=127.0.0.1:0"}, "--daemon is required"},
