@@ -72,7 +72,8 @@ absl::Status ClientRateLimiter::Admit(absl::string_view client, absl::string_vie
 std::string ClientRateLimiter::ClientKey(const grpc::ServerContextBase& context) {
   const std::string identity = PeerIdentity(context);
   if (!identity.empty()) return absl::StrCat("id:", identity);
-  absl::string_view peer = context.peer();
+  const std::string peer_text = context.peer();  // returned by value
+  absl::string_view peer = peer_text;
   if (!absl::ConsumePrefix(&peer, "ipv4:")) absl::ConsumePrefix(&peer, "ipv6:");
   // Drop the port: everything after the last ':' (an IPv6 address is bracketed).
   const size_t colon = peer.rfind(':');

@@ -77,6 +77,8 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"max-chunk-tokens", "4096"},
       {"max-running", "64"},
       {"max-queued", "1000"},
+      {"client-rate-limit", "12.5"},
+      {"client-rate-burst", "40"},
       {"max-step-tokens", "4224"},
       {"max-context-tokens", "32768"},
       {"rpc-timeout", "2s"},
@@ -158,6 +160,8 @@ TEST(WorkerConfigTest, NonDefaultValuesRoundTripAndLandInTheirFields) {
   EXPECT_EQ(options.engine.chunking.max_budget_tokens, 4096);
   EXPECT_EQ(options.engine.max_running, 64);
   EXPECT_EQ(options.engine.max_queued, 1000);
+  EXPECT_EQ(options.client_rate_limit.requests_per_second, 12.5);
+  EXPECT_EQ(options.client_rate_limit.burst, 40);
   EXPECT_EQ(options.engine.max_step_tokens, 4224);
   EXPECT_EQ(options.engine.max_context_tokens, 32768);
   EXPECT_EQ(options.engine.rpc_timeout, absl::Seconds(2));
