@@ -646,6 +646,23 @@ TEST_F(CoordinatorServiceTest, BadHeartbeatsAndDeregistrationsGetPreciseCodes) {
   EXPECT_EQ(Heartbeat("x").error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// --client-rate-limit on Route: past its burst a client gets RESOURCE_EXHAUSTED
+// naming the limit, without being routed; the limiter is per client, so a
+// refused client does not touch anyone else's budget.
+TEST_F(CoordinatorServiceTest, RouteOverTheClientRateLimitIsRefused) {
+  CoordinatorOptions options = LocalCoordinatorOptions();
+  options.client_rate_limit.requests_per_second = 0.5;
+  options.client_rate_limit.burst = 2;
+  Start(options);
+  ASSERT_TRUE(Register(SyntheticDaemonRegistration("x", 1)).ok());
+  for (int i = 0; i < 2; ++i) MustRoute(RouteTokens("s", Tokens(40, i)));
+  std::string message;
+  EXPECT_EQ(RouteCode(RouteTokens("s", Tokens(40, 9)), &message),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(message, HasSubstr("Route: client 'ip:127.0.0.1' is over its limit of 0.5 "
+                                 "requests/s (burst 2)"));
+}
+
 TEST_F(CoordinatorServiceTest, BadRoutesGetPreciseCodes) {
   CoordinatorOptions options = LocalCoordinatorOptions();
   options.max_route_tokens = 1000;
