@@ -121,6 +121,11 @@ class CoordinatorServiceTest : public ::testing::Test {
     return Call(*stub_, &Stub::Heartbeat, r, &resp);
   }
 
+  // A clock for tests that drive time. A member, not a test's local: the
+  // coordinator's maintenance thread reads it until TearDown stops it (a
+  // local clock died first when an assertion returned early, or at the end of
+  // the test body — a use after scope that crashed a run).
+  FakeClock fake_clock_{absl::FromUnixSeconds(100)};
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<Stub> stub_;
   std::deque<TestDaemon> daemons_;
@@ -485,7 +490,7 @@ TEST_F(CoordinatorServiceTest, RegisterAnswersTheIntervalsAndListMembersFillsEve
 }
 
 TEST_F(CoordinatorServiceTest, ExpiredMemberLeavesRoutingAndRejoins) {
-  FakeClock clock(absl::FromUnixSeconds(100));
+  FakeClock& clock = fake_clock_;
   CoordinatorOptions options = LocalCoordinatorOptions();
   options.clock = &clock;
   options.member_timeout = absl::Seconds(5);  // on the fake clock
