@@ -106,6 +106,11 @@ class InputLimitsTest : public ::testing::Test {
                                  absl::StrCat("--max-members=", kMaxMembers)};
     options.worker_flags = {message, absl::StrCat("--max-context-tokens=", kMaxContextTokens),
                             "--max-running=1", "--max-queued=2"};
+    // 256 blocks (4096 tokens): a whole max-context request fits, so the
+    // queue test's long requests run to their length (seconds) instead of
+    // outgrowing a smaller pool early — which, on a loaded machine, let them
+    // end before the probes and made that test flaky.
+    options.pool_bytes = "8MiB";
     absl::StatusOr<std::unique_ptr<ServiceCluster>> cluster = ServiceCluster::Start(options);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = *std::move(cluster);
@@ -362,12 +367,14 @@ TEST_F(InputLimitsTest, WorkerRefusesRequestsBeyondItsQueue) {
   v1::GenerateResponse response;
   ASSERT_TRUE(held[0]->Read(&response)) << "the first request did not start";
   // The second is queued once the worker counts it: poll its stats.
-  for (int i = 0; i < 500; ++i) {
+  bool full = false;
+  for (int i = 0; i < 500 && !full; ++i) {
     absl::StatusOr<v1::GetWorkerStatsResponse> stats = cluster_->WorkerStats();
     ASSERT_TRUE(stats.ok()) << stats.status();
-    if (stats->running() + stats->waiting() >= 2) break;
-    ::usleep(10000);
+    full = stats->running() + stats->waiting() >= 2;
+    if (!full) ::usleep(10000);
   }
+  ASSERT_TRUE(full) << "the worker never held both long requests";
   for (int i = 0; i < 3; ++i) {
     v1::GenerateRequest one;
     one.add_prompt_tokens(1);
