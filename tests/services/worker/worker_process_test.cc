@@ -321,6 +321,20 @@ class WorkerProcessTest : public ::testing::Test {
     return worker.ok() ? *std::move(worker) : nullptr;
   }
 
+  // Reads a spawned worker's READY line and returns a stub on its gRPC port
+  // (null, with a test failure, when the line does not come).
+  std::unique_ptr<v1::Worker::Stub> WorkerStub(ServiceProcess& worker) {
+    absl::StatusOr<std::string> ready = worker.ReadLine(kProcessBound);
+    EXPECT_TRUE(ready.ok()) << ready.status();
+    int grpc_port = 0;
+    if (!ready.ok() || std::sscanf(ready->c_str(), "READY grpc=%d", &grpc_port) != 1) {
+      ADD_FAILURE() << "no READY line: " << (ready.ok() ? *ready : "");
+      return nullptr;
+    }
+    return v1::Worker::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port),
+                                                   grpc::InsecureChannelCredentials()));
+  }
+
   std::string daemon_bin_;
   std::string worker_bin_;
   std::string log_dir_;
@@ -475,12 +489,8 @@ TEST_F(WorkerProcessTest, SigtermEndsStreamsStillRunningAfterTheGrace) {
       {absl::StrCat("--daemon=", daemon_->address()), "--listen=127.0.0.1:0",
        "--metrics-port=-1", "--cpu-threads=1", "--shutdown-grace=200ms"});
   ASSERT_NE(worker, nullptr);
-  absl::StatusOr<std::string> ready = worker->ReadLine(kProcessBound);
-  ASSERT_TRUE(ready.ok()) << ready.status();
-  int grpc_port = 0;
-  ASSERT_EQ(std::sscanf(ready->c_str(), "READY grpc=%d", &grpc_port), 1) << *ready;
-  std::unique_ptr<v1::Worker::Stub> stub = v1::Worker::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", grpc_port), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(*worker);
+  ASSERT_NE(stub, nullptr);
 
   // A request far longer than the test: it is still generating at SIGTERM.
   v1::GenerateRequest request;
@@ -601,12 +611,8 @@ TEST_F(WorkerProcessTest, ClientOverItsRateLimitIsRefused) {
        "--metrics-port=-1", "--cpu-threads=1", "--client-rate-limit=0.5",
        "--client-rate-burst=2"});
   ASSERT_NE(worker, nullptr);
-  absl::StatusOr<std::string> ready = worker->ReadLine(kProcessBound);
-  ASSERT_TRUE(ready.ok()) << ready.status();
-  int grpc_port = 0;
-  ASSERT_EQ(std::sscanf(ready->c_str(), "READY grpc=%d", &grpc_port), 1) << *ready;
-  std::unique_ptr<v1::Worker::Stub> stub = v1::Worker::NewStub(grpc::CreateChannel(
-      absl::StrCat("127.0.0.1:", grpc_port), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(*worker);
+  ASSERT_NE(stub, nullptr);
   v1::GenerateRequest request;
   for (int32_t t : {1, 2, 3, 4, 5}) request.add_prompt_tokens(t);
   request.set_max_new_tokens(2);
