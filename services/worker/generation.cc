@@ -1,6 +1,8 @@
 #include "services/worker/generation.h"
 
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -15,6 +17,19 @@ absl::Status ValidateGenerationRequest(const GenerationRequest& request,
     if (request.prompt[i] < 0 || request.prompt[i] >= config.vocab_size) {
       return bad("prompt_tokens[", i, "]: ", request.prompt[i], " is outside the vocabulary [0, ",
                  config.vocab_size, ")");
+    }
+  }
+  if (request.stop_tokens.size() > kMaxStopTokens) {
+    return bad("stop_tokens: ", request.stop_tokens.size(), " tokens, more than ", kMaxStopTokens);
+  }
+  for (const auto& [field, value] :
+       {std::pair<const char*, const std::string*>{"salt", &request.salt},
+        {"session_id", &request.session_id},
+        {"kv_source", &request.kv_source},
+        {"agent.job_id", request.agent.has_value() ? &request.agent->job_id : nullptr},
+        {"agent.tool", request.agent.has_value() ? &request.agent->tool : nullptr}}) {
+    if (value != nullptr && value->size() > kMaxRequestStringBytes) {
+      return bad(field, ": ", value->size(), " bytes, more than ", kMaxRequestStringBytes);
     }
   }
   for (size_t i = 0; i < request.stop_tokens.size(); ++i) {

@@ -70,7 +70,12 @@ class GenerationSink {
 // empty, every prompt/stop token in [0, vocab), max_new_tokens >= 1,
 // prompt + max_new_tokens <= max_context_tokens, temperature finite,
 // top_p in (0, 1] (0 is read as 1 by the service), kv_source_tokens in
-// [1, prompt size] iff kv_source is set.
+// [1, prompt size] iff kv_source is set; and bounded fields, so a queued
+// request holds memory in proportion to its context: at most
+// kMaxStopTokens stop tokens, salt / session_id / kv_source / agent job id
+// and tool of at most kMaxRequestStringBytes bytes.
+inline constexpr size_t kMaxStopTokens = 1024;          // far above any tokenizer's stop set
+inline constexpr size_t kMaxRequestStringBytes = 1024;  // ids and addresses, not payloads
 absl::Status ValidateGenerationRequest(const GenerationRequest& request,
                                        const model::LlamaConfig& config,
                                        int64_t max_context_tokens);

@@ -346,6 +346,15 @@ TEST(EngineTest, BadRequestsAreRefusedWithTheField) {
   r.stop_tokens = {-1};
   EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("stop_tokens[0]"));
   r = ok;
+  r.stop_tokens.assign(kMaxStopTokens + 1, 1);
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("stop_tokens: 1025 tokens"));
+  r = ok;
+  r.salt.assign(kMaxRequestStringBytes + 1, 's');
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("salt: 1025 bytes"));
+  r = ok;
+  r.session_id.assign(kMaxRequestStringBytes + 1, 's');
+  EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("session_id: 1025 bytes"));
+  r = ok;
   r.max_new_tokens = 1 << 30;
   EXPECT_THAT(std::string(refused(r).message()), ::testing::HasSubstr("context limit"));
   r = ok;
