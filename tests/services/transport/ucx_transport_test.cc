@@ -5,6 +5,7 @@
 // parent checks every byte it reads without shipping the expected data.
 #include "services/transport/ucx_transport.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -277,6 +279,22 @@ class PeerProcess {
   }
   void Signal(int signal) { ::kill(pid_, signal); }
 
+  // SIGSTOPs the child and waits (up to `limit`) until every one of its
+  // threads is in the stopped state. kill() only queues the signal: a thread
+  // busy in user space stops at its next trap into the kernel, which under a
+  // sandboxed kernel (gVisor) can be milliseconds later, long enough for it to
+  // answer a get. False when the child did not stop within `limit`.
+  bool StopAndWait(absl::Duration limit) {
+    ::kill(pid_, SIGSTOP);
+    const std::string tasks = absl::StrCat("/proc/", pid_, "/task");
+    const absl::Time give_up = absl::Now() + limit;
+    while (absl::Now() < give_up) {
+      if (AllThreadsStopped(tasks)) return true;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return false;
+  }
+
   const std::string& address() const { return address_; }
   const std::string& rkey() const { return rkey_; }
   uint64_t base() const { return base_; }
@@ -341,6 +359,28 @@ class PeerProcess {
     if (!ReadExact(&size, sizeof(size)) || size > (1u << 20)) return false;
     out->resize(size);
     return ReadExact(out->data(), size);
+  }
+
+  // True when every thread under /proc/<pid>/task reports state T or t.
+  static bool AllThreadsStopped(const std::string& tasks_dir) {
+    DIR* dir = ::opendir(tasks_dir.c_str());
+    if (dir == nullptr) return false;
+    bool all_stopped = true;
+    int threads = 0;
+    while (dirent* entry = ::readdir(dir)) {
+      if (entry->d_name[0] == '.') continue;
+      std::ifstream stat(absl::StrCat(tasks_dir, "/", entry->d_name, "/stat"));
+      std::string line;
+      if (!std::getline(stat, line)) continue;  // the thread exited meanwhile
+      // The state follows the parenthesised command name, which may hold spaces.
+      const size_t close = line.rfind(')');
+      if (close == std::string::npos || close + 2 >= line.size()) continue;
+      ++threads;
+      const char state = line[close + 2];
+      if (state != 'T' && state != 't') all_stopped = false;
+    }
+    ::closedir(dir);
+    return all_stopped && threads > 0;
   }
 
   pid_t pid_ = -1;
@@ -594,7 +634,11 @@ TEST(UcxTransportTest, ReadToStoppedPeerTimesOutThenRecovers) {
   ASSERT_NE(transport, nullptr);
   ReadRandomBlocksAndVerify(*transport, *peer, 10, /*rng_seed=*/5);
 
-  peer->Signal(SIGSTOP);
+  if (!peer->StopAndWait(absl::Seconds(5))) {
+    peer->Signal(SIGCONT);
+    GTEST_SKIP() << "the peer's threads did not all reach the stopped state within 5 s of "
+                    "SIGSTOP (/proc/<pid>/task/*/stat); this kernel cannot stage the case";
+  }
   std::vector<char> local(kBlock);
   const RemoteRead read{peer->base(), local.data(), kBlock};
   const absl::Time start = absl::Now();
