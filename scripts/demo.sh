@@ -30,7 +30,7 @@ done
 
 ensure_packages
 log "configuring build/main"
-cmake -S "$ASYMCACHE_ROOT" -B build/main -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$ASYMCACHE_ROOT" -B build/main -G Ninja "${ASYMCACHE_MAIN_BUILD_ARGS[@]}" >/dev/null
 log "building the service binaries and asymcache-bench"
 cmake --build build/main -j "$ASYMCACHE_JOBS" --target asymcache-daemon asymcache-worker \
   asymcache-coordinator asymcache-calibrate asymcache-bench

@@ -11,7 +11,9 @@
 # Build tree: $ASYMCACHE_FUZZ_BUILD (default build/fuzz, relative to the
 # repository root), configured with clang, ASan+UBSan and coverage
 # (fuzz/CMakeLists.txt), no CUDA, tests or benchmarks; only the fuzz targets
-# are built.
+# are built. A tree that is already configured with -DASYMCACHE_FUZZ=ON (the
+# sanitizer tree of scripts/test.sh, which also holds the ASan tests) is used
+# as it is: only the fuzz targets are (re)built, its options stay.
 # Corpora: each run reads the checked-in seeds (fuzz/corpus/TARGET/) and what
 # earlier runs found (BUILD/corpus/TARGET/, which it extends; never written
 # back into the repository).
@@ -41,7 +43,7 @@ declare -A DICT=([calibration]=calibration.dict [hf_config]=hf_config.dict
                  [worker_config]=yaml_config.dict)
 
 usage() {
-  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -72,11 +74,15 @@ done
 
 ensure_packages
 build="${ASYMCACHE_FUZZ_BUILD:-build/fuzz}"
-log "configuring $build (clang, ASan+UBSan, libFuzzer)"
-cmake -S "$ASYMCACHE_ROOT" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCMAKE_CXX_COMPILER=clang++ -DASYMCACHE_FUZZ=ON \
-  -DASYMCACHE_SANITIZE=address -DASYMCACHE_CUDA=OFF -DASYMCACHE_TESTS=OFF \
-  -DASYMCACHE_BENCH=OFF >/dev/null
+if grep -qx 'ASYMCACHE_FUZZ:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+  log "using the fuzzing tree $build as configured"
+else
+  log "configuring $build (clang, ASan+UBSan, libFuzzer)"
+  cmake -S "$ASYMCACHE_ROOT" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_COMPILER=clang++ -DASYMCACHE_FUZZ=ON \
+    -DASYMCACHE_SANITIZE=address -DASYMCACHE_CUDA=OFF -DASYMCACHE_TESTS=OFF \
+    -DASYMCACHE_BENCH=OFF >/dev/null
+fi
 log "building ${selected[*]/%/_fuzz}"
 cmake --build "$build" -j "$ASYMCACHE_JOBS" --target "${selected[@]/%/_fuzz}"
 

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 #include <random>
 #include <string>
 #include <tuple>
@@ -48,8 +47,6 @@ using testing::RandomLayoutOptions;
 using testing::SequenceLayout;
 using testing::TestBatch;
 using testing::ToleranceFor;
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Host workspace, 16-byte aligned (operator new alignment).
 struct HostWorkspace {

@@ -62,7 +62,8 @@ using testing::ChildProcess;
 
 // A service binary started as a child (tests/services/child_process.h), its
 // stderr in `log_path`; nullptr (the failure recorded) when it does not
-// reach READY.
+// reach READY. A server restarted on a killed one's port retries while the
+// port is taken (StartOnBusyPort).
 std::unique_ptr<ChildProcess> StartChild(const std::string& name, const std::string& binary,
                                          const std::vector<std::string>& flags,
                                          const std::string& log_path) {
@@ -71,7 +72,7 @@ std::unique_ptr<ChildProcess> StartChild(const std::string& name, const std::str
   options.binary = binary;
   options.flags = flags;
   options.stderr_path = log_path;
-  absl::StatusOr<std::unique_ptr<ChildProcess>> child = ChildProcess::Start(options);
+  absl::StatusOr<std::unique_ptr<ChildProcess>> child = testing::StartOnBusyPort(options);
   if (!child.ok()) {
     ADD_FAILURE() << child.status();
     return nullptr;

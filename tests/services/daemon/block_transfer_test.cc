@@ -521,7 +521,6 @@ std::vector<BlockHash> FillRemote(v1::CacheDaemon::Stub& stub, SequenceId sequen
 // Every byte of the child's host pool := kPoison, through its shared memory
 // (AttachPool names it), so that arriving bytes are visible on the importer.
 constexpr uint8_t kPoison = 0xA5;
-constexpr uint64_t kPoisonWord = 0xA5A5A5A5A5A5A5A5ull;
 // A killed daemon cannot unlink its host pool: the pool's shared-memory name
 // is unlinked once the child is dead (its on-kill hook).
 bool PoisonRemotePool(v1::CacheDaemon::Stub& stub, ChildProcess& process) {

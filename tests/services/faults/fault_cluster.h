@@ -338,7 +338,8 @@ class FaultCluster {
     options.stderr_path = absl::StrCat(log_dir_, "/", name, ".log");
     logs_.push_back(options.stderr_path);
     children_.erase(name);  // a previous run of this name (killed): reaped here
-    absl::StatusOr<std::unique_ptr<ChildProcess>> child = ChildProcess::Start(options);
+    // Restarts reuse the killed process's port (StartOnBusyPort says why).
+    absl::StatusOr<std::unique_ptr<ChildProcess>> child = StartOnBusyPort(options);
     if (!child.ok()) {
       if (!shm.empty()) ::shm_unlink(shm.c_str());
       return child.status();
