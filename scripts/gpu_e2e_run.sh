@@ -24,7 +24,9 @@
 # (default 8GiB: 4096 blocks of 2 MiB, 65k tokens — under pressure for these
 # workloads), SESSIONS_* and *_RATES, DELAY_SCALE (tool/think times x, default
 # 0.25 so that a sweep fits the GPU time), CALIBRATION (default
-# calibration/h100-llama-3-8b.json, also what the simulator predicts with).
+# calibration/h100-llama-3-8b.json, also what the simulator predicts with),
+# SYSTEMS_AGENT / SYSTEMS_DOCQA / SYSTEMS_CHAT (the systems of a part, default
+# the lists below).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,6 +41,9 @@ CHAT_RATES="${CHAT_RATES:-1,2}"
 SESSIONS_AGENT="${SESSIONS_AGENT:-16}"
 SESSIONS_DOCQA="${SESSIONS_DOCQA:-24}"
 SESSIONS_CHAT="${SESSIONS_CHAT:-24}"
+SYSTEMS_AGENT="${SYSTEMS_AGENT:-vllm,pensieve,asymcache,vllm+pins,asymcache+pins}"
+SYSTEMS_DOCQA="${SYSTEMS_DOCQA:-vllm,pensieve,asymcache,asym-fixed,front-first-adaptive}"
+SYSTEMS_CHAT="${SYSTEMS_CHAT:-vllm,pensieve,asymcache}"
 mkdir -p "$OUT"
 
 if [[ -n "${ASYMCACHE_BIN_DIR:-}" ]]; then
@@ -71,14 +76,14 @@ for part in "$@"; do
   case "$part" in
     agent)
       run_part agent "${GPU_ARGS[@]}" --workload=agent --sessions="$SESSIONS_AGENT" \
-        --rates="$AGENT_RATES" --systems=vllm,pensieve,asymcache,vllm+pins,asymcache+pins ;;
+        --rates="$AGENT_RATES" --systems="$SYSTEMS_AGENT" ;;
     docqa)
       run_part docqa "${GPU_ARGS[@]}" --workload=doc-qa --sessions="$SESSIONS_DOCQA" \
         --rates="$DOCQA_RATES" \
-        --systems=vllm,pensieve,asymcache,asym-fixed,front-first-adaptive ;;
+        --systems="$SYSTEMS_DOCQA" ;;
     chat)
       run_part chat "${GPU_ARGS[@]}" --workload=chat --sessions="$SESSIONS_CHAT" \
-        --rates="$CHAT_RATES" --systems=vllm,pensieve,asymcache ;;
+        --rates="$CHAT_RATES" --systems="$SYSTEMS_CHAT" ;;
     cpu)
       run_part cpu --model=tiny --backend=host --pool-bytes=4MiB --workload=agent,doc-qa \
         --sessions=2 --scale-lengths=0.05 --scale-delays=0.05 --rates=2 --cpu-threads=1 \
