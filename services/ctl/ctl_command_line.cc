@@ -178,6 +178,14 @@ const Table& CtlSettings() {
        [](const CtlOptions& o) { return absl::FormatDuration(o.EffectiveTimeout()); }},
       Table::Bool("json", "print the response as JSON (proto field names, every field)",
                   [](auto* o) { return &o->json; }),
+      Table::String("tls-cert",
+                    "PEM certificate this client presents (mutual TLS, with --tls-key and "
+                    "--tls-ca; none of the three: plaintext)",
+                    [](auto* o) { return &o->channel.security.cert_file; }),
+      Table::String("tls-key", "PEM private key of --tls-cert",
+                    [](auto* o) { return &o->channel.security.key_file; }),
+      Table::String("tls-ca", "PEM CA bundle the server's certificate must chain to",
+                    [](auto* o) { return &o->channel.security.ca_file; }),
   });
   return *table;
 }
@@ -185,8 +193,13 @@ const Table& CtlSettings() {
 // The Table::Bool settings: a bare --NAME sets them (command_line.h).
 bool IsBoolFlag(absl::string_view name) { return name == "json" || name == "explain"; }
 
+// Flags of every subcommand besides its target flag.
+bool IsCommonFlag(absl::string_view flag) {
+  return flag == "timeout" || flag == "tls-cert" || flag == "tls-key" || flag == "tls-ca";
+}
+
 bool TakesFlag(const SubcommandSpec& spec, absl::string_view flag) {
-  if (flag == TargetFlag(spec.subcommand) || flag == "timeout") return true;
+  if (flag == TargetFlag(spec.subcommand) || IsCommonFlag(flag)) return true;
   for (absl::string_view f : spec.flags) {
     if (f == flag) return true;
   }
@@ -259,7 +272,7 @@ absl::Status CtlOptions::Validate() const {
     return max_new_tokens == 0 ? absl::InvalidArgumentError("--max-new-tokens=K is required")
                                : FlagValueError("max-new-tokens", max_new_tokens, "must be >= 1");
   }
-  return absl::OkStatus();
+  return channel.Validate();
 }
 
 absl::StatusOr<CtlCommandLine> ParseCtlCommandLine(int argc, const char* const* argv) {
@@ -310,6 +323,10 @@ absl::StatusOr<CtlCommandLine> ParseCtlCommandLine(int argc, const char* const* 
       return InSubcommand(spec, absl::Status(s.code(), absl::StrCat("--", s.message())));
     }
   }
+  // TLS when any of its files is given (Validate then requires all three).
+  TransportSecurityOptions& security = options.channel.security;
+  security.plaintext =
+      security.cert_file.empty() && security.key_file.empty() && security.ca_file.empty();
   if (absl::Status valid = options.Validate(); !valid.ok()) return InSubcommand(spec, valid);
   return parsed;
 }

@@ -13,7 +13,9 @@
 //   worker-stats  --worker       [--json]
 //   health        --target       [--service]
 // where PROMPT is --tokens=ID,ID,... or --random-tokens=N [--seed] [--vocab],
-// plus [--salt]; every subcommand takes --timeout.
+// plus [--salt]; every subcommand takes --timeout and, for a cluster that
+// runs mutual TLS, --tls-cert, --tls-key and --tls-ca (all three, or none:
+// plaintext).
 //
 // Errors (INVALID_ARGUMENT, each naming the subcommand or flag at fault):
 // "no subcommand", "unknown subcommand 'X'", "unknown flag --X", "--X is not
@@ -105,7 +107,8 @@ struct CtlOptions {
   // server as a whole (what every AsymCache server marks SERVING).
   std::string service;
 
-  // How channels are made (no flags yet; the one place TLS will be configured).
+  // How channels are made: --tls-cert, --tls-key, --tls-ca set
+  // channel.security (TLS when any is given; none: plaintext).
   ChannelOptions channel;
 
   // The deadline the subcommand's RPC gets.
@@ -114,7 +117,8 @@ struct CtlOptions {
   }
 
   // INVALID_ARGUMENT naming the flag: the target missing, a bad timeout, no
-  // prompt or two, generate without --max-new-tokens.
+  // prompt or two, generate without --max-new-tokens, TLS files missing one
+  // of the three, unreadable or not PEM (TransportSecurityOptions::Validate).
   absl::Status Validate() const;
 };
 

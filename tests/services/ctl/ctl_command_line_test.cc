@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "services/ctl/ctl_commands.h"
+#include "tests/services/security/test_certs.h"
 
 namespace asymcache::ctl {
 namespace {
@@ -67,6 +68,57 @@ TEST(CtlCommandLineTest, EachSubcommandHasItsTargetFlagAndDefaultTimeout) {
     EXPECT_FALSE(parsed->options.target.empty()) << args[0];
     EXPECT_EQ(parsed->options.EffectiveTimeout(),
               subcommand == Subcommand::kGenerate ? absl::Seconds(60) : absl::Seconds(5));
+  }
+}
+
+TEST(CtlCommandLineTest, TlsFilesMakeTheChannelMutualTlsOnEverySubcommand) {
+  absl::StatusOr<CtlCommandLine> parsed = Parse({"daemon-stats", "--daemon=d:1"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->options.channel.security.plaintext);  // no TLS file: plaintext
+
+  absl::StatusOr<std::unique_ptr<testing::TestCerts>> certs = testing::TestCerts::Make();
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  const std::vector<std::string> tls = {absl::StrCat("--tls-cert=", (*certs)->Cert("tenant-a")),
+                                        absl::StrCat("--tls-key=", (*certs)->Key("tenant-a")),
+                                        absl::StrCat("--tls-ca=", (*certs)->Cert("ca"))};
+  const std::vector<std::vector<std::string>> commands = {
+      {"status", "--coordinator=c:1"},
+      {"route", "--coordinator=c:1", "--tokens=1,2"},
+      {"generate", "--target=w:1", "--tokens=1", "--max-new-tokens=2"},
+      {"pins", "--daemon=d:1"},
+      {"daemon-stats", "--daemon=d:1"},
+      {"worker-stats", "--worker=w:1"},
+      {"health", "--target=x:1"}};
+  for (std::vector<std::string> args : commands) {
+    args.insert(args.end(), tls.begin(), tls.end());
+    parsed = Parse(args);
+    ASSERT_TRUE(parsed.ok()) << args[0] << ": " << parsed.status();
+    const TransportSecurityOptions& security = parsed->options.channel.security;
+    EXPECT_FALSE(security.plaintext) << args[0];
+    EXPECT_EQ(security.cert_file, (*certs)->Cert("tenant-a"));
+    EXPECT_EQ(security.key_file, (*certs)->Key("tenant-a"));
+    EXPECT_EQ(security.ca_file, (*certs)->Cert("ca"));
+  }
+
+  // One or two of the three files, a file that is not PEM, a key of another
+  // certificate: usage errors naming the flag.
+  const std::vector<std::pair<std::vector<std::string>, std::string>> mistakes = {
+      {{"health", "--target=x:1", tls[0]}, "mutual TLS needs --tls-key and --tls-ca as well"},
+      {{"health", "--target=x:1", tls[0], tls[1]}, "mutual TLS needs --tls-ca as well"},
+      {{"health", "--target=x:1", tls[0], tls[1], "--tls-ca=/nonexistent/ca.pem"}, "--tls-ca"},
+      {{"health", "--target=x:1", tls[0], tls[1],
+        absl::StrCat("--tls-ca=", (*certs)->Key("ca"))},
+       "--tls-ca"},
+      {{"health", "--target=x:1", tls[0], absl::StrCat("--tls-key=", (*certs)->Key("tenant-b")),
+        tls[2]},
+       "--tls-key"},
+  };
+  for (const auto& [args, message] : mistakes) {
+    parsed = Parse(args);
+    ASSERT_FALSE(parsed.ok()) << message;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << parsed.status();
+    EXPECT_THAT(parsed.status().message(), HasSubstr(absl::StrCat("health: ", message)))
+        << parsed.status();
   }
 }
 

@@ -47,11 +47,13 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "services/ctl/ctl_command_line.h"
+#include "services/common/transport_security.h"
 #include "services/ctl/ctl_commands.h"
 #include "tests/services/child_process.h"
 #include "tests/services/client/silent_listener.h"
 #include "tests/services/ctl/ctl_run.h"
 #include "tests/services/free_port.h"
+#include "tests/services/security/test_certs.h"
 #include "tests/services/test_binaries.h"
 
 #ifndef ASYMCACHE_BUILT_CTL
@@ -204,10 +206,11 @@ TEST(CtlUsageTest, UnreachableTargetExitsOneWithTheCode) {
 // service of its own to poll the server's completion queue).
 class HealthOnlyServer {
  public:
-  HealthOnlyServer() {
+  explicit HealthOnlyServer(std::shared_ptr<grpc::ServerCredentials> credentials =
+                                grpc::InsecureServerCredentials()) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
     builder.RegisterService(&unimplemented_);
     server_ = builder.BuildAndStart();
   }
@@ -258,6 +261,45 @@ TEST(CtlUsageTest, HealthExitsOneUnlessServing) {
   EXPECT_EQ(run.exit_code, 1) << run.Describe();
   EXPECT_EQ(run.out, "");
   EXPECT_THAT(run.err, HasSubstr(absl::StrCat("NOT_FOUND: Health.Check on ", health.address())));
+}
+
+TEST(CtlUsageTest, MutualTlsServerAnswersOnlyWithTheClustersCertificates) {
+  if (CtlBinary().empty()) GTEST_SKIP() << "no asymcachectl binary";
+  absl::StatusOr<std::unique_ptr<testing::TestCerts>> certs = testing::TestCerts::Make();
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  const testing::TestCerts& c = **certs;
+  TransportSecurityOptions server_tls;
+  server_tls.plaintext = false;
+  server_tls.cert_file = c.Cert("component");  // SAN IP:127.0.0.1
+  server_tls.key_file = c.Key("component");
+  server_tls.ca_file = c.Cert("ca");
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(server_tls);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  HealthOnlyServer health(*credentials);
+  ASSERT_NE(health.server(), nullptr);
+  health.server()->GetHealthCheckService()->SetServingStatus(true);
+  const std::string target = absl::StrCat("--target=", health.address());
+  auto tls = [&](const std::string& name, const std::string& ca) {
+    return std::vector<std::string>{"health", target, absl::StrCat("--tls-cert=", c.Cert(name)),
+                                    absl::StrCat("--tls-key=", c.Key(name)),
+                                    absl::StrCat("--tls-ca=", c.Cert(ca)), "--timeout=3s"};
+  };
+
+  CommandResult run = Ctl(tls("tenant-a", "ca"));
+  EXPECT_EQ(run.exit_code, 0) << run.Describe();
+  EXPECT_EQ(run.out, "SERVING\n");
+
+  // Plaintext to a TLS server, a client certificate of a CA the server does
+  // not trust, a CA that did not sign the server: no answer, exit 1.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"health", target, "--timeout=3s"}, tls("rogue", "ca"),
+        tls("tenant-a", "rogue-ca")}) {
+    run = Ctl(args);
+    EXPECT_EQ(run.exit_code, 1) << run.Describe();
+    EXPECT_EQ(run.out, "");
+    EXPECT_THAT(run.err, HasSubstr(absl::StrCat("Health.Check on ", health.address())));
+  }
 }
 
 // ---------------------------------------------------------------- cluster
