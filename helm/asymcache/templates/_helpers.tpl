@@ -174,14 +174,20 @@ The transport flags of every binary: the TLS files, or --plaintext.
 {{/*
 Startup, readiness and liveness probes of a container serving gRPC on .port:
 the kubelet's gRPC probe on grpc.health.v1 (service ""), or, with TLS (which
-that probe cannot speak), a TCP connect to the port.
+that probe cannot speak), the same check made by `asymcachectl health` (in the
+image) over mutual TLS with the pod's own certificate, dialing 127.0.0.1 (a
+name the certificate carries already: workers dial their daemon there).
 Call with (dict "root" $ "port" N).
 */}}
 {{- define "asymcache.probes" -}}
 {{- $p := .root.Values.probes -}}
 {{- $check := dict "grpc" (dict "port" (int .port) "service" "") -}}
 {{- if .root.Values.tls.enabled -}}
-{{- $check = dict "tcpSocket" (dict "port" (int .port)) -}}
+{{- $dir := .root.Values.tls.mountPath -}}
+{{- $command := list "asymcachectl" "health" (printf "--target=127.0.0.1:%d" (int .port))
+      (printf "--timeout=%ds" (int $p.timeoutSeconds)) (printf "--tls-cert=%s/tls.crt" $dir)
+      (printf "--tls-key=%s/tls.key" $dir) (printf "--tls-ca=%s/ca.crt" $dir) -}}
+{{- $check = dict "exec" (dict "command" $command) -}}
 {{- end -}}
 startupProbe:
   {{- toYaml $check | nindent 2 }}

@@ -213,8 +213,17 @@ def check_worker_pods(docs, role, replicas, cuda, tls, coordinators):
         args = c["args"]
         check(("--plaintext" in args) != tls, f"{name}/{c['name']}: --plaintext with tls={tls}")
         check(any(a.startswith("--tls-cert=") for a in args) == tls, f"{name}/{c['name']}: TLS flags with tls={tls}")
-        probe = c["readinessProbe"]
-        check(("tcpSocket" if tls else "grpc") in probe, f"{name}/{c['name']}: readiness probe {probe}")
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = c[kind]
+            if tls:
+                command = probe.get("exec", {}).get("command", [])
+                want = ["asymcachectl", "health", "--tls-cert=", "--tls-key=", "--tls-ca="]
+                check(command[:2] == want[:2] and
+                      all(any(a.startswith(w) for a in command) for w in want[2:]) and
+                      any(a.startswith("--target=127.0.0.1:") for a in command),
+                      f"{name}/{c['name']}: {kind} with TLS is not asymcachectl health over TLS: {probe}")
+            else:
+                check("grpc" in probe, f"{name}/{c['name']}: {kind} {probe}")
         check(c["securityContext"].get("allowPrivilegeEscalation") is False, f"{name}/{c['name']}: may escalate")
     check(pod["securityContext"].get("runAsNonRoot") is True, f"{name}: pod may run as root")
     check(bool(pod.get("shareProcessNamespace")) == cuda, f"{name}: shareProcessNamespace with cuda={cuda}")
@@ -307,6 +316,12 @@ def case_template_split(chart, _):
     volumes = {v["name"]: v for v in find(docs, "StatefulSet", f"{RELEASE}-coordinator")["spec"]["template"]["spec"]["volumes"]}
     check(volumes["tls"]["secret"]["secretName"] == "asymcache-tls", "TLS secret not mounted")
     check("--tls-ca=/etc/asymcache/tls/ca.crt" in coordinator["args"], "coordinator lacks --tls-ca")
+    grpc_port = next(p["containerPort"] for p in coordinator["ports"] if p["name"] == "grpc")
+    check(coordinator["readinessProbe"].get("exec", {}).get("command") ==
+          ["asymcachectl", "health", f"--target=127.0.0.1:{grpc_port}", "--timeout=2s",
+           "--tls-cert=/etc/asymcache/tls/tls.crt", "--tls-key=/etc/asymcache/tls/tls.key",
+           "--tls-ca=/etc/asymcache/tls/ca.crt"],
+          f"coordinator readiness probe with TLS: {coordinator['readinessProbe']}")
     daemon_yaml = config_file(docs, "daemon.yaml").splitlines()
     for line in ("backend: cuda", "model: llama-3-8b", "pool-bytes: 48GiB"):
         check(line in daemon_yaml, f"daemon.yaml lacks '{line}'")
