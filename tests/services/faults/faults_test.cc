@@ -16,6 +16,8 @@
 //                                worker whose kv_source died rebuilds
 //   CoordinatorReplicaRestart    one of two coordinators killed and restarted
 //                                under a stream of requests
+//   HungDaemonDuringSteps        one of two daemons SIGSTOPped under a stream
+//                                of requests, then SIGCONTed
 //
 // Each test is bounded (kFaultBound per wait, the ctest TIMEOUT overall) and
 // prints the children's logs when it fails.
@@ -171,6 +173,88 @@ TEST_F(FaultsTest, DaemonKilledDuringStepsEveryRequestExactOrClearError) {
 
   // The surviving daemon holds nothing of the finished requests.
   std::string seen;
+  EXPECT_TRUE(Settled(cluster_.address("d1"), &seen)) << seen;
+}
+
+// A daemon that hangs (SIGSTOP: its process and sockets alive, answering
+// nothing, not even heartbeats) while its worker runs steps. The worker's
+// daemon RPCs end at their deadline (--rpc-timeout=2s) and fail its requests;
+// the coordinator's proxy regenerates them on the other daemon; the silent
+// member leaves the coordinator's list. After SIGCONT the daemon serves again:
+// it rejoins, its worker answers exactly through it, and the leases of the
+// requests that failed during the hang are released (by the worker, or at
+// the daemon's --lease-timeout).
+TEST_F(FaultsTest, HungDaemonDuringStepsRequestsRetriedElsewhereThenItRecovers) {
+  ASSERT_TRUE(cluster_.StartCoordinator("c0", 0).ok());
+  const std::vector<std::string> coordinators = {cluster_.address("c0")};
+  for (int i = 0; i < 2; ++i) {
+    const std::string d = absl::StrCat("d", i);
+    absl::Status s = cluster_.StartDaemon(d, 0, coordinators, {"--lease-timeout=4s"});
+    ASSERT_TRUE(s.ok()) << s;
+    s = cluster_.StartWorker(absl::StrCat("w", i), d, coordinators);
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  absl::Status members = cluster_.WaitForMembers("c0", {"d0", "d1", "w0", "w1"});
+  ASSERT_TRUE(members.ok()) << members;
+
+  constexpr int kRequests = 24;
+  const Prompts prompts(kRequests, /*new_tokens=*/48, /*seed=*/905);
+  Outcome outcome;
+  absl::Mutex mu;
+  std::atomic<int> done{0};
+  std::atomic<bool> stopped{false};
+  const pid_t d0 = cluster_.pid("d0");
+  std::thread hanger([&] {
+    testing::WaitFor([&] { return done.load() >= kRequests / 4; });
+    testing::WaitFor([&] {
+      absl::StatusOr<v1::GetWorkerStatsResponse> w = testing::WorkerStatsOf(cluster_.address("w0"));
+      return w.ok() && w->running() > 0;
+    });
+    stopped = ::kill(d0, SIGSTOP) == 0;
+  });
+  const absl::Time start = absl::Now();
+  RunRequests(cluster_.address("c0"), prompts, 0, kRequests, 4, &outcome, &mu,
+              [&] { ++done; });
+  const absl::Duration took = absl::Now() - start;
+  hanger.join();
+  ASSERT_TRUE(stopped.load());
+  std::printf("[faults] daemon hung (SIGSTOP) during steps: %s in %s\n",
+              outcome.ToString().c_str(), absl::FormatDuration(took).c_str());
+  EXPECT_EQ(outcome.wrong, 0) << outcome.ToString();
+  EXPECT_EQ(outcome.completed, kRequests) << outcome.ToString();
+  EXPECT_GE(outcome.retried, 1) << "no request was in flight on the hung daemon: "
+                                << outcome.ToString();
+  // Each hung request costs about one RPC deadline before its retry; nothing
+  // waits on the hung daemon for long.
+  EXPECT_LT(took, absl::Seconds(40));
+
+  // The coordinator stops routing to the silent daemon (no heartbeats).
+  std::string listed;
+  EXPECT_TRUE(testing::WaitFor([&] {
+    absl::StatusOr<v1::ListMembersResponse> list = testing::ListMembersOf(cluster_.address("c0"));
+    listed = list.ok() ? list->DebugString() : list.status().ToString();
+    return list.ok() && testing::FindMember(*list, "d0") == nullptr;
+  })) << listed;
+
+  // Resumed: it rejoins, and its worker serves exactly through it again.
+  ASSERT_EQ(::kill(d0, SIGCONT), 0);
+  members = cluster_.WaitForMembers("c0", {"d0", "d1", "w0", "w1"});
+  ASSERT_TRUE(members.ok()) << members;
+  auto w0 = testing::StubTo<v1::Worker>(cluster_.address("w0"));
+  Outcome direct;
+  EXPECT_TRUE(testing::WaitFor([&] {
+    const Generated g = Generate(*w0, prompts.request(1), kStreamDeadline);
+    if (!g.status.ok()) return false;  // the worker may still be re-checking its daemon
+    absl::MutexLock lock(&mu);
+    direct.Add(g, prompts.reference(1));
+    return true;
+  }));
+  EXPECT_EQ(direct.completed, 1) << direct.ToString();
+  EXPECT_EQ(direct.wrong, 0) << direct.ToString();
+
+  // Nothing of any finished or failed request stays held on either daemon.
+  std::string seen;
+  EXPECT_TRUE(Settled(cluster_.address("d0"), &seen)) << seen;
   EXPECT_TRUE(Settled(cluster_.address("d1"), &seen)) << seen;
 }
 
