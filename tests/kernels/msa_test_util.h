@@ -74,8 +74,10 @@ struct RandomLayoutOptions {
   int32_t context_len = 256;     // the sequence covers positions [0, context_len)
   int32_t num_holes = 2;         // random runs missing from the KV
   int32_t max_hole_len = 48;
-  bool hole_at_front = false;    // KV starts after position 0
-  bool hole_at_tail = false;     // KV ends before context_len - 1
+  // KV starts after position 0 (kept by drawing the query runs after it,
+  // where the context is long enough for a run to fit).
+  bool hole_at_front = false;
+  bool hole_at_tail = false;     // KV ends before context_len - 1 (likewise)
   int32_t num_q_runs = 2;        // random query runs
   int32_t max_q_run_len = 24;
   bool decode_query = false;     // add a query at context_len - 1
@@ -95,12 +97,25 @@ inline SequenceLayout RandomLayout(const RandomLayoutOptions& options, std::mt19
     const int32_t begin = UniformInt(rng, 0, length - hole);
     clear(begin, begin + hole);
   }
-  if (options.hole_at_front) clear(0, UniformInt(rng, 1, max_hole));
-  if (options.hole_at_tail) clear(length - UniformInt(rng, 1, max_hole), length);
+  // The front and tail holes stay holes: query runs (whose positions get K/V
+  // with queries_have_kv) are drawn between them where they fit.
+  int32_t front = 0;
+  int32_t tail = 0;
+  if (options.hole_at_front) {
+    front = UniformInt(rng, 1, max_hole);
+    clear(0, front);
+  }
+  if (options.hole_at_tail) {
+    tail = UniformInt(rng, 1, max_hole);
+    clear(length - tail, length);
+  }
   const int32_t max_run = std::max(1, std::min(options.max_q_run_len, length));
   for (int32_t r = 0; r < options.num_q_runs; ++r) {
     const int32_t run = UniformInt(rng, 1, max_run);
-    const int32_t begin = UniformInt(rng, 0, length - run);
+    const int32_t last_begin = length - run;
+    const int32_t lo = std::min(front, last_begin);
+    const int32_t hi = std::max(lo, std::min(last_begin, length - tail - run));
+    const int32_t begin = UniformInt(rng, lo, hi);
     std::fill(query.begin() + begin, query.begin() + begin + run, 1);
   }
   if (options.decode_query) query[length - 1] = 1;
