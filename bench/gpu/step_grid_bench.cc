@@ -49,9 +49,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "bench/gpu/bench_device.h"
@@ -65,11 +65,22 @@
 #include "model/weight_source.h"
 #include "nlohmann/json.hpp"
 #include "tests/model/step_arrays.h"
+#include "util/absl_flags_main.h"
+
+ABSL_FLAG(std::string, shape, "llama-3-8b", "named model shape");
+ABSL_FLAG(std::string, calibration, "", "base calibration file the fit starts from (required)");
+ABSL_FLAG(std::string, out, "step_grid.json", "JSON of every step (measured, predicted)");
+ABSL_FLAG(std::string, out_md, "", "markdown table of the same");
+ABSL_FLAG(std::string, fit_out, "", "write the fitted calibration file here");
+ABSL_FLAG(bool, quick, false, "smaller grid, at most 5 / 2 repetitions");
+ABSL_FLAG(int, iters, 10, "timed repetitions of each decode and mixed step (>= 3)");
+ABSL_FLAG(int, prefill_iters, 4, "timed repetitions of each prefill step (>= 1)");
+ABSL_FLAG(int64_t, max_context_tokens, 270000,
+          "most KV tokens of one step (sizes the pool: 270k tokens of llama-3-8b are 33 GiB)");
+ABSL_FLAG(uint64_t, seed, 1, "weights, pool contents and page order");
 
 namespace asymcache::model::bench {
 namespace {
-
-using msa::bench::FlagValue;
 
 struct BenchOptions {
   std::string shape = "llama-3-8b";
@@ -98,38 +109,19 @@ struct BenchOptions {
   }
 };
 
-absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
+// The options from the flags (after ParseDashedAbslFlags), validated.
+absl::StatusOr<BenchOptions> OptionsFromFlags() {
   BenchOptions o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (const char* v = FlagValue(arg, "shape")) {
-      o.shape = v;
-    } else if (const char* v = FlagValue(arg, "calibration")) {
-      o.calibration = v;
-    } else if (const char* v = FlagValue(arg, "out")) {
-      o.out_path = v;
-    } else if (const char* v = FlagValue(arg, "out_md")) {
-      o.out_md = v;
-    } else if (const char* v = FlagValue(arg, "fit_out")) {
-      o.fit_out = v;
-    } else if (arg == "--quick") {
-      o.quick = true;
-    } else if (const char* v = FlagValue(arg, "iters")) {
-      if (!absl::SimpleAtoi(v, &o.iters)) return absl::InvalidArgumentError("bad --iters");
-    } else if (const char* v = FlagValue(arg, "prefill_iters")) {
-      if (!absl::SimpleAtoi(v, &o.prefill_iters)) {
-        return absl::InvalidArgumentError("bad --prefill_iters");
-      }
-    } else if (const char* v = FlagValue(arg, "max_context_tokens")) {
-      if (!absl::SimpleAtoi(v, &o.max_context_tokens)) {
-        return absl::InvalidArgumentError("bad --max_context_tokens");
-      }
-    } else if (const char* v = FlagValue(arg, "seed")) {
-      if (!absl::SimpleAtoi(v, &o.seed)) return absl::InvalidArgumentError("bad --seed");
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
-    }
-  }
+  o.shape = absl::GetFlag(FLAGS_shape);
+  o.calibration = absl::GetFlag(FLAGS_calibration);
+  o.out_path = absl::GetFlag(FLAGS_out);
+  o.out_md = absl::GetFlag(FLAGS_out_md);
+  o.fit_out = absl::GetFlag(FLAGS_fit_out);
+  o.quick = absl::GetFlag(FLAGS_quick);
+  o.iters = absl::GetFlag(FLAGS_iters);
+  o.prefill_iters = absl::GetFlag(FLAGS_prefill_iters);
+  o.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
+  o.seed = absl::GetFlag(FLAGS_seed);
   if (o.quick) {
     o.iters = std::min(o.iters, 5);
     o.prefill_iters = std::min(o.prefill_iters, 2);
@@ -192,7 +184,7 @@ std::string UtcNow() {
 }
 
 int Main(int argc, char** argv) {
-  absl::StatusOr<BenchOptions> options = ParseFlags(argc, argv);
+  absl::StatusOr<BenchOptions> options = OptionsFromFlags();
   if (!options.ok()) {
     std::fprintf(stderr, "[step_grid_bench] %s\n", options.status().ToString().c_str());
     return 2;
@@ -318,4 +310,9 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace asymcache::model::bench
 
-int main(int argc, char** argv) { return asymcache::model::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  asymcache::ParseDashedAbslFlags(argc, argv, "bench/gpu/step_grid_bench.cc",
+                                  "step_grid_bench --calibration=BASE.json [--quick] "
+                                  "[--out=step_grid.json] [--out_md=FILE] [--fit_out=FILE]");
+  return asymcache::model::bench::Main(argc, argv);
+}
