@@ -13,6 +13,13 @@
 #   docqa   shared-document Q&A: vllm, pensieve, asymcache, asym-fixed,
 #           front-first-adaptive at $DOCQA_RATES sessions/s;
 #   chat    multi-turn chat: vllm, pensieve, asymcache at $CHAT_RATES;
+#   longdocqa  long shared-document Q&A (32-64k-token documents, the regime
+#           where asymcache-sim with calibration/h200-llama-3-8b-steps.json
+#           predicts the largest gains: 1.4-2.0x mean TTFT over vllm at
+#           0.1-0.15 sessions/s with 24-40 sessions): vllm, pensieve, asymcache
+#           at $LONGDOCQA_RATES with a $POOL_LONG pool. 24 sessions at 0.1/s
+#           arrive over 4 minutes: about 5 minutes per (system, rate), so give
+#           a GPU call one rate;
 #   cpu     the same flow on the CPU (tiny model, host pool): what the ctest
 #           gpu_e2e_cpu_run checks.
 # Each part writes $OUT/<part>.json (asymcache-bench's JSON: per run the
@@ -26,7 +33,8 @@
 # 0.25 so that a sweep fits the GPU time), CALIBRATION (default
 # calibration/h100-llama-3-8b.json, also what the simulator predicts with),
 # SYSTEMS_AGENT / SYSTEMS_DOCQA / SYSTEMS_CHAT (the systems of a part, default
-# the lists below).
+# the lists below), SESSIONS_LONGDOCQA, LONGDOCQA_RATES, POOL_LONG (default
+# 24GiB: 12288 blocks, the simulator's pool for long-doc-qa).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -41,9 +49,13 @@ CHAT_RATES="${CHAT_RATES:-1,2}"
 SESSIONS_AGENT="${SESSIONS_AGENT:-16}"
 SESSIONS_DOCQA="${SESSIONS_DOCQA:-24}"
 SESSIONS_CHAT="${SESSIONS_CHAT:-24}"
+LONGDOCQA_RATES="${LONGDOCQA_RATES:-0.1,0.15}"
+SESSIONS_LONGDOCQA="${SESSIONS_LONGDOCQA:-24}"
+POOL_LONG="${POOL_LONG:-24GiB}"
 SYSTEMS_AGENT="${SYSTEMS_AGENT:-vllm,pensieve,asymcache,vllm+pins,asymcache+pins}"
 SYSTEMS_DOCQA="${SYSTEMS_DOCQA:-vllm,pensieve,asymcache,asym-fixed,front-first-adaptive}"
 SYSTEMS_CHAT="${SYSTEMS_CHAT:-vllm,pensieve,asymcache}"
+SYSTEMS_LONGDOCQA="${SYSTEMS_LONGDOCQA:-vllm,pensieve,asymcache}"
 mkdir -p "$OUT"
 
 if [[ -n "${ASYMCACHE_BIN_DIR:-}" ]]; then
@@ -84,11 +96,16 @@ for part in "$@"; do
     chat)
       run_part chat "${GPU_ARGS[@]}" --workload=chat --sessions="$SESSIONS_CHAT" \
         --rates="$CHAT_RATES" --systems="$SYSTEMS_CHAT" ;;
+    longdocqa)
+      # The later --pool-bytes wins over GPU_ARGS'.
+      run_part longdocqa "${GPU_ARGS[@]}" --pool-bytes="$POOL_LONG" --workload=long-doc-qa \
+        --sessions="$SESSIONS_LONGDOCQA" --rates="$LONGDOCQA_RATES" \
+        --systems="$SYSTEMS_LONGDOCQA" ;;
     cpu)
       run_part cpu --model=tiny --backend=host --pool-bytes=4MiB --workload=agent,doc-qa \
         --sessions=2 --scale-lengths=0.05 --scale-delays=0.05 --rates=2 --cpu-threads=1 \
         --systems=vllm,asymcache,vllm+pins --require-no-errors --require-same-tokens ;;
-    *) echo "unknown part '$part' (agent, docqa, chat, cpu)" >&2; exit 2 ;;
+    *) echo "unknown part '$part' (agent, docqa, chat, longdocqa, cpu)" >&2; exit 2 ;;
   esac
 done
 exit $status
