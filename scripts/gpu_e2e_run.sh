@@ -32,7 +32,10 @@
 # workloads), SESSIONS_* and *_RATES, DELAY_SCALE (tool/think times x, default
 # 0.25 so that a sweep fits the GPU time), CALIBRATION (default
 # calibration/h100-llama-3-8b.json, also what the simulator predicts with),
-# SYSTEMS_AGENT / SYSTEMS_DOCQA / SYSTEMS_CHAT (the systems of a part, default
+# STEP_TRACES=1 (every worker writes a step trace, copied to
+# $OUT/<part>-traces/<system>-<rate>/worker-<i>.steps.jsonl; compare with the
+# cost model by asymcache-fit-steps --trace), SYSTEMS_AGENT / SYSTEMS_DOCQA /
+# SYSTEMS_CHAT (the systems of a part, default
 # the lists below), SESSIONS_LONGDOCQA, LONGDOCQA_RATES, POOL_LONG (default
 # 24GiB: 12288 blocks, the simulator's pool for long-doc-qa).
 set -uo pipefail
@@ -70,10 +73,17 @@ GPU_ARGS=(--model=llama-3-8b --backend=cuda --pool-bytes="$POOL" --calibration="
 status=0
 run_part() {
   local part="$1"; shift
-  echo "== $part: ${BENCH[*]} $*" | tee -a "$OUT/run.log"
-  "${BENCH[@]}" "$@" --json="$OUT/$part.json" --log-dir="/tmp/asymcache-e2e-logs/$part" \
-    > "$OUT/$part.txt" 2>> "$OUT/run.log"
+  local traces=()
+  [[ "${STEP_TRACES:-0}" == 1 ]] && traces=(--step-traces)
+  echo "== $part: ${BENCH[*]} $* ${traces[*]}" | tee -a "$OUT/run.log"
+  "${BENCH[@]}" "$@" "${traces[@]}" --json="$OUT/$part.json" \
+    --log-dir="/tmp/asymcache-e2e-logs/$part" > "$OUT/$part.txt" 2>> "$OUT/run.log"
   local rc=$?
+  if ((${#traces[@]})); then
+    mkdir -p "$OUT/$part-traces"
+    (cd "/tmp/asymcache-e2e-logs/$part" && find . -name '*.steps.jsonl' -print0 |
+       xargs -0 -r cp --parents -t "$OUT/$part-traces")
+  fi
   cat "$OUT/$part.txt"
   if [[ $rc -ne 0 ]]; then
     echo "== $part failed (exit $rc); logs:" | tee -a "$OUT/run.log"

@@ -95,6 +95,9 @@ ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking's step target (ms)");
 ABSL_FLAG(int, cpu_threads, 0, "cpu worker threads (0 = all cores)");
 ABSL_FLAG(std::string, gpus, "0", "GPU of daemon i: the i-th of this comma-separated list");
 ABSL_FLAG(std::string, worker_flags, "", "extra worker flags, space-separated");
+ABSL_FLAG(bool, step_traces, false,
+          "started clusters: each worker writes a step trace (one JSON line per step) to "
+          "<log-dir>/<system>-<rate>/worker-<i>.steps.jsonl (asymcache-fit-steps --trace reads it)");
 ABSL_FLAG(std::string, daemon_flags, "", "extra daemon flags, space-separated");
 ABSL_FLAG(int, max_in_flight, 512, "requests in flight at once");
 ABSL_FLAG(double, request_timeout_s, 600, "deadline of one request (s)");
@@ -477,6 +480,7 @@ absl::Status Main(int argc, char** argv) {
         if (!gpus.empty()) c.gpus = gpus;
         c.daemon_flags = SplitFlags(absl::GetFlag(FLAGS_daemon_flags));
         c.worker_flags = SplitFlags(absl::GetFlag(FLAGS_worker_flags));
+        c.step_traces = absl::GetFlag(FLAGS_step_traces);
         absl::StatusOr<std::unique_ptr<LocalCluster>> started = LocalCluster::Start(c);
         if (!started.ok()) return started.status();
         cluster = std::move(*started);

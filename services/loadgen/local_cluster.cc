@@ -167,6 +167,10 @@ absl::Status LocalCluster::StartAll() {
       worker_flags.push_back(absl::StrCat("--coordinators=", coordinators));
       worker_flags.push_back(absl::StrCat("--daemon-member-id=", id));
     }
+    if (options_.step_traces) {
+      worker_flags.push_back(
+          absl::StrCat("--step-trace=", options_.log_dir, "/worker-", i, ".steps.jsonl"));
+    }
     worker_flags.insert(worker_flags.end(), options_.worker_flags.begin(),
                         options_.worker_flags.end());
     absl::StatusOr<std::unique_ptr<ServiceProcess>> worker =

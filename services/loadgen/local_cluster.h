@@ -84,6 +84,9 @@ struct LocalClusterOptions {
   int cpu_threads = 0;
   // GPU of daemon i (and its worker): gpus[i % gpus.size()]. Default {0}.
   std::vector<int> gpus = {0};
+  // Worker i writes a step trace (--step-trace, services/worker/step_trace.h)
+  // to <log_dir>/worker-i.steps.jsonl. Default false.
+  bool step_traces = false;
   // Extra flags appended to every daemon's / worker's command line.
   std::vector<std::string> daemon_flags;
   std::vector<std::string> worker_flags;

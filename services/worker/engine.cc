@@ -969,6 +969,17 @@ bool Engine::Step() {
     }
     stats_.queued_prefill_tokens = queued;
   }
+  if (options_.on_step) {
+    StepRecord record;
+    record.start = step_start;
+    record.decodes = std::move(decodes);
+    record.chunks = schedule.chunks;
+    record.predicted_s = schedule.predicted_latency_s;
+    record.forward_s = forward_s;
+    record.step_s = SecondsSince(step_start);
+    record.waiting = static_cast<int64_t>(waiting_.size());
+    options_.on_step(record);
+  }
   return true;
 }
 

@@ -90,6 +90,20 @@ struct ReattachedPool {
   int64_t capacity_blocks = 0;
 };
 
+// One forward step as it ran: its work in the ChunkScheduler's terms (so the
+// cost model's prediction of it can be recomputed; cachecore's
+// PredictMeasuredStep), what the scheduler predicted and how long it took
+// (EngineOptions::on_step; the worker writes these as --step-trace).
+struct StepRecord {
+  absl::Time start;                 // when the step began
+  std::vector<DecodeWork> decodes;  // one query each, context_tokens keys
+  std::vector<Chunk> chunks;        // prefill/rebuild slices run
+  double predicted_s = 0;           // StepSchedule::predicted_latency_s
+  double forward_s = 0;             // the backend's Forward
+  double step_s = 0;                // the whole step: planning RPCs, forward, sampling, commit
+  int64_t waiting = 0;              // requests waiting for admission after the step
+};
+
 struct EngineOptions {
   static ChunkSchedulerOptions DefaultChunking() {
     ChunkSchedulerOptions chunking;
@@ -129,6 +143,10 @@ struct EngineOptions {
   // token (negative for the first token, whose time is the TTFT). Must not
   // block. Empty (default): none. The worker feeds its TTFT/TPOT histograms.
   std::function<void(double since_arrival_s, double since_previous_s)> on_token;
+  // Called on the step thread after every step that ran a forward pass.
+  // Must not block for long (it delays the next step). Empty (default):
+  // none. The worker writes them to --step-trace.
+  std::function<void(const StepRecord&)> on_step;
   // The daemon run whose pool the backend maps (AttachedPool::daemon_instance).
   // A plan from another run is never computed: the daemon restarted.
   // Empty (default): the run GetStats reports at Start (a caller that

@@ -13,6 +13,7 @@
 #include "services/common/metrics_exposer.h"
 #include "services/common/transport_security.h"
 #include "services/coordinator/member_registrar.h"
+#include "services/worker/step_trace.h"
 #include "services/worker/worker_metrics.h"
 #include "services/worker/worker_service.h"
 
@@ -107,6 +108,7 @@ struct Worker::Server {
   std::unique_ptr<model::WeightSource> weights;
   std::unique_ptr<model::ModelBackend> backend;
   std::unique_ptr<WorkerMetrics> metrics;
+  std::unique_ptr<StepTraceWriter> step_trace;  // written by the engine's step thread
   std::unique_ptr<Engine> engine;
   std::unique_ptr<WorkerService> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -209,6 +211,15 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
       } else {
         metrics->ObserveTpot(since_previous_s);
       }
+    };
+  }
+  if (!options.step_trace.empty()) {
+    absl::StatusOr<std::unique_ptr<StepTraceWriter>> trace =
+        StepTraceWriter::Open(options.step_trace, config.ToCacheModel());
+    if (!trace.ok()) return trace.status();
+    server->step_trace = *std::move(trace);
+    engine_options.on_step = [trace = server->step_trace.get()](const StepRecord& record) {
+      trace->Write(record);
     };
   }
   absl::StatusOr<std::unique_ptr<Engine>> engine =

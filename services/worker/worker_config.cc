@@ -125,6 +125,10 @@ const Table& Settings() {
                                   [](auto* o) { return &o->engine.max_context_tokens; }),
           Table::Duration("rpc-timeout", "deadline of each daemon RPC of the step loop",
                           kDurationExamples, [](auto* o) { return &o->engine.rpc_timeout; }),
+          Table::String("step-trace",
+                        "write one JSON line per step (work, predicted and measured time) to "
+                        "this file; empty: none",
+                        [](auto* o) { return &o->step_trace; }),
           Table::Duration("admission-timeout",
                           "a request not admitted this long after arriving (pool full) fails",
                           kDurationExamples, [](auto* o) { return &o->engine.admission_timeout; }),

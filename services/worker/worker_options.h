@@ -106,6 +106,12 @@ struct WorkerOptions {
   // and well inside a 15 s Prometheus scrape interval. > 0.
   absl::Duration stats_interval = absl::Milliseconds(250);
 
+  // Write one JSON line per engine step (its decodes, chunks, the cost
+  // model's prediction and the measured forward and step times) to this file
+  // (step_trace.h; truncated at start). "" (default): no trace. A diagnostic
+  // for comparing the cost model with the real steps of a run.
+  std::string step_trace;
+
   // Transport security of the gRPC server (Generate) and of the channels to
   // the daemon and the coordinators: mutual TLS or plaintext
   // (services/common/transport_security.h). With TLS, a Generate from a peer

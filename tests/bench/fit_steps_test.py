@@ -8,6 +8,9 @@
    of the measurement file.
 3. Bad input: a missing file, a label the grid does not have, a malformed file and missing
    flags each end with a non-zero exit and a message naming the problem.
+4. --trace (a worker's --step-trace): steps are classed (decode only, prefill only, mixed) and
+   totalled; a trace whose forward times are the model's own predictions has no error; bad
+   traces are refused naming the line.
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
 import json
@@ -82,12 +85,64 @@ with tempfile.TemporaryDirectory() as tmp:
         ([f"--measured={not_json}", f"--calibration={BASE}"], 1, "not a JSON object"),
         ([f"--measured={MEASURED}", "--calibration=/nonexistent/base.json"], 1, "NOT_FOUND"),
         ([f"--measured={MEASURED}"], 2, "required"),
+        ([f"--calibration={BASE}"], 2, "one of --measured and --trace"),
     ]
     for args, want_code, want_text in cases:
         result = run(*args)
         if result.returncode != want_code or want_text not in result.stderr:
             failures.append(f"{args}: exit {result.returncode} (want {want_code}), "
                             f"stderr {result.stderr.strip()!r} (want '{want_text}')")
+
+    # --trace: one step of each class, measured 10 ms each first.
+    llama = {"name": "llama-3-8b", "num_layers": 32, "num_q_heads": 32, "num_kv_heads": 8,
+             "head_dim": 128, "dtype_bytes": 2, "block_tokens": 16, "hidden_size": 4096,
+             "intermediate_size": 14336, "vocab_size": 128256}
+    steps = [{"decodes": [4097] * 8, "chunks": []},
+             {"decodes": [], "chunks": [[1, 8192, 9216]]},
+             {"decodes": [2049] * 4, "chunks": [[9, 0, 512], [9, 512, 1024]]}]
+
+    def write_trace(path, forward_ms, header=None):
+        with open(path, "w") as f:
+            f.write(json.dumps(header or {"schema": "asymcache.step_trace.v1", "model": llama}) + "\n")
+            for step, ms in zip(steps, forward_ms):
+                f.write(json.dumps(dict(step, t_ms=0, predicted_ms=0, forward_ms=ms, step_ms=ms,
+                                        waiting=0)) + "\n")
+
+    trace = os.path.join(tmp, "steps.jsonl")
+    out = os.path.join(tmp, "trace_report.json")
+    write_trace(trace, [10.0, 10.0, 10.0])
+    result = run(f"--trace={trace}", f"--calibration={COMMITTED}", f"--out={out}")
+    if result.returncode != 0:
+        failures.append(f"--trace failed: {result.stderr}")
+    else:
+        classes = {c["class"]: c for c in json.load(open(out))["classes"]}
+        if sorted(classes) != ["all", "decode only", "mixed", "prefill only"]:
+            failures.append(f"--trace classes {sorted(classes)}")
+        elif classes["all"]["steps"] != 3 or abs(classes["all"]["measured_s"] - 0.03) > 1e-9:
+            failures.append(f"--trace totals {classes['all']}")
+        else:
+            predicted = [classes[c]["predicted_s"] * 1e3 for c in ("decode only", "prefill only", "mixed")]
+            write_trace(trace, predicted)
+            result = run(f"--trace={trace}", f"--calibration={COMMITTED}", f"--out={out}")
+            total = {c["class"]: c for c in json.load(open(out))["classes"]}["all"]["total_error"]
+            if result.returncode != 0 or abs(total) > 1e-9:
+                failures.append(f"a trace of the model's own predictions has error {total}")
+    bad_cases = [
+        ('{"schema": "something.else"}\n', "not an asymcache.step_trace.v1 file"),
+        ('{"schema": "asymcache.step_trace.v1"}\n', "no \"model\" in the header"),
+        (json.dumps({"schema": "asymcache.step_trace.v1", "model": llama}) + '\n{"decodes": 3}\n',
+         ":2: needs"),
+        (json.dumps({"schema": "asymcache.step_trace.v1", "model": llama}) +
+         '\n{"decodes": [], "chunks": [[1, 2]], "forward_ms": 1}\n', ":2: a chunk is not"),
+    ]
+    for text, want in bad_cases:
+        open(trace, "w").write(text)
+        result = run(f"--trace={trace}", f"--calibration={COMMITTED}")
+        if result.returncode != 1 or want not in result.stderr:
+            failures.append(f"bad trace {text[:40]!r}: exit {result.returncode}, {result.stderr.strip()!r}")
+    result = run(f"--trace={trace}", f"--measured={MEASURED}", f"--calibration={BASE}")
+    if result.returncode != 2 or "one of --measured and --trace" not in result.stderr:
+        failures.append(f"--trace with --measured: exit {result.returncode}, {result.stderr.strip()!r}")
 
 for failure in failures:
     print("FAIL:", failure)

@@ -45,6 +45,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -57,11 +58,14 @@
 #include "absl/time/time.h"
 #include "asymcache/v1/coordinator.grpc.pb.h"
 #include "asymcache/v1/worker.grpc.pb.h"
+#include "cachecore/step_calibration_fit.h"
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "services/client/client.h"
 #include "tests/services/child_process.h"
 #include "tests/services/free_port.h"
 #include "tests/services/test_binaries.h"
@@ -604,6 +608,97 @@ TEST_F(WorkerProcessTest, JoinsTheCoordinatorAsAWorkerAndLeavesOnSigterm) {
 
 // --client-rate-limit: a client past its burst gets RESOURCE_EXHAUSTED naming
 // the limit, before anything is queued; under the limit it is served.
+// --step-trace: one line per step, whose work the offline cost model turns
+// into exactly the prediction the worker's scheduler made, and whose totals
+// are the worker's own counters.
+TEST_F(WorkerProcessTest, StepTraceRecordsEveryStepAsTheCostModelSeesIt) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  const std::string trace_path = LogPath("steps");
+  std::unique_ptr<ServiceProcess> worker = SpawnWorker(
+      {absl::StrCat("--daemon=", daemon_->address()), "--listen=127.0.0.1:0",
+       "--metrics-port=-1", "--model=tiny", "--cpu-threads=1", "--shutdown-grace=2s",
+       absl::StrCat("--step-trace=", trace_path)});
+  ASSERT_NE(worker, nullptr);
+  std::unique_ptr<v1::Worker::Stub> stub = WorkerStub(*worker);
+  ASSERT_NE(stub, nullptr);
+
+  // Three requests, the third repeating the first's prompt (cache hits), two
+  // of them at once (decodes of one beside the other's prefill).
+  constexpr int kNewTokens = 6;
+  std::mt19937 rng(77);
+  auto prompt = [&](int tokens) {
+    v1::GenerateRequest request;
+    for (int i = 0; i < tokens; ++i) request.add_prompt_tokens(static_cast<int32_t>(rng() % 1024));
+    request.set_max_new_tokens(kNewTokens);
+    return request;
+  };
+  const v1::GenerateRequest a = prompt(70);
+  const v1::GenerateRequest b = prompt(150);
+  ASSERT_TRUE(Generate(*stub, a, kGenerateDeadline).status.ok());
+  std::thread other([&] { EXPECT_TRUE(Generate(*stub, b, kGenerateDeadline).status.ok()); });
+  ASSERT_TRUE(Generate(*stub, a, kGenerateDeadline).status.ok());
+  other.join();
+  grpc::ClientContext context;
+  v1::GetWorkerStatsResponse stats;
+  ASSERT_TRUE(stub->GetWorkerStats(&context, {}, &stats).ok());
+
+  // The daemon's calibration: what the worker's scheduler predicted with.
+  ClientOptions client_options;
+  client_options.target = daemon_->address();
+  absl::StatusOr<std::unique_ptr<Client>> daemon = Client::Create(client_options);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<DaemonStats> daemon_stats = (*daemon)->GetStats();
+  ASSERT_TRUE(daemon_stats.ok()) << daemon_stats.status();
+
+  stub.reset();
+  worker->Signal(SIGTERM);  // the trace is flushed on the way out
+  absl::StatusOr<int> exit = worker->WaitExit(kProcessBound);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+
+  std::ifstream trace(trace_path);
+  std::string line;
+  ASSERT_TRUE(std::getline(trace, line));
+  const nlohmann::json header = nlohmann::json::parse(line);
+  EXPECT_EQ(header["schema"], "asymcache.step_trace.v1");
+  EXPECT_EQ(header["model"]["name"], "tiny");
+  ModelConfig model = daemon_stats->model;
+  EXPECT_EQ(header["model"]["num_layers"], model.num_layers);
+  EXPECT_EQ(header["model"]["block_tokens"], model.block_tokens);
+  EXPECT_EQ(header["model"]["vocab_size"], model.vocab_size);
+
+  int64_t steps = 0, decodes = 0, chunk_tokens = 0;
+  double forward_ms = 0, last_t = -1;
+  while (std::getline(trace, line)) {
+    const nlohmann::json entry = nlohmann::json::parse(line);
+    ++steps;
+    MeasuredStep step;
+    for (const nlohmann::json& context : entry["decodes"]) {
+      step.decodes.push_back(DecodeWork{static_cast<SequenceId>(1000 + step.decodes.size()),
+                                        context.get<int64_t>()});
+    }
+    for (const nlohmann::json& c : entry["chunks"]) {
+      step.chunks.push_back(Chunk{c[0].get<SequenceId>(), c[1].get<int64_t>(), c[2].get<int64_t>()});
+      chunk_tokens += step.chunks.back().tokens();
+    }
+    ASSERT_FALSE(step.decodes.empty() && step.chunks.empty()) << line;
+    decodes += static_cast<int64_t>(step.decodes.size());
+    forward_ms += entry["forward_ms"].get<double>();
+    EXPECT_GE(entry["step_ms"].get<double>(), entry["forward_ms"].get<double>()) << line;
+    EXPECT_GE(entry["t_ms"].get<double>(), last_t) << line;
+    last_t = entry["t_ms"].get<double>();
+    // The offline cost model gives the scheduler's prediction (to the
+    // file's 0.1 µs).
+    EXPECT_NEAR(PredictMeasuredStep(model, daemon_stats->calibration, step) * 1e3,
+                entry["predicted_ms"].get<double>(), 1e-3)
+        << line;
+  }
+  EXPECT_EQ(steps, stats.steps());
+  EXPECT_EQ(chunk_tokens, stats.prefill_tokens());
+  // Every token after a request's first comes from a decode query.
+  EXPECT_EQ(decodes, stats.generated_tokens() - 3);
+  EXPECT_NEAR(forward_ms, stats.forward_seconds() * 1e3, 0.01 * forward_ms + 0.01 * steps);
+}
+
 TEST_F(WorkerProcessTest, ClientOverItsRateLimitIsRefused) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon());
   std::unique_ptr<ServiceProcess> worker = SpawnWorker(
