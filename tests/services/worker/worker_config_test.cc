@@ -98,6 +98,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"tls-key", "/etc/asymcache/worker.key"},
       {"tls-ca", "/etc/asymcache/ca.pem"},
       {"trusted-peers", "asymcache-component,frontend"},
+      {"step-trace", "/var/log/asymcache/steps.jsonl"},
   };
   return *values;
 }

@@ -638,9 +638,19 @@ TEST_F(WorkerProcessTest, StepTraceRecordsEveryStepAsTheCostModelSeesIt) {
   std::thread other([&] { EXPECT_TRUE(Generate(*stub, b, kGenerateDeadline).status.ok()); });
   ASSERT_TRUE(Generate(*stub, a, kGenerateDeadline).status.ok());
   other.join();
-  grpc::ClientContext context;
+  // The engine counts a step after its tokens went out: wait until it idles
+  // (nothing running) and its counters stop moving.
   v1::GetWorkerStatsResponse stats;
-  ASSERT_TRUE(stub->GetWorkerStats(&context, {}, &stats).ok());
+  int64_t previous_steps = -1;
+  const absl::Time give_up = absl::Now() + kProcessBound;
+  while (true) {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->GetWorkerStats(&context, {}, &stats).ok());
+    if (stats.running() == 0 && stats.steps() == previous_steps) break;
+    ASSERT_LT(absl::Now(), give_up) << stats.DebugString();
+    previous_steps = stats.steps();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
 
   // The daemon's calibration: what the worker's scheduler predicted with.
   ClientOptions client_options;
