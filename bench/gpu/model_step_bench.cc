@@ -58,6 +58,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/types/span.h"
 #include "bench/gpu/bench_device.h"
+#include "bench/gpu/forward_timing.h"
 #include "kernels/msa.h"
 #include "kernels/msa_cuda.h"
 #include "model/llama_config.h"
@@ -277,17 +278,10 @@ StepArrays BuildStep(int32_t sequences, int32_t cached, int32_t queries, int32_t
 
 absl::StatusOr<Timing> TimeSteps(ModelBackend& backend, const StepArrays& step, int warmup,
                                  int iters) {
-  const ForwardBatch batch = step.batch(/*want_logits=*/false);
-  ForwardResult result;
-  for (int i = 0; i < warmup; ++i) BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  return Summarize(ms);
+  absl::StatusOr<ForwardTiming> t = TimeForward(backend, step.batch(/*want_logits=*/false), warmup,
+                                                iters);
+  if (!t.ok()) return t.status();
+  return Timing{t->median_ms, t->p10_ms, t->p90_ms, t->iters};
 }
 
 struct Costs {

@@ -37,7 +37,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -55,6 +54,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "bench/gpu/bench_device.h"
+#include "bench/gpu/forward_timing.h"
 #include "bench/step_grid.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
@@ -153,29 +153,6 @@ StepArrays BuildStepArrays(const GridStep& step, int32_t block_tokens,
   return arrays;
 }
 
-struct Timing {
-  double median_ms = 0;
-  double p10_ms = 0;
-  double p90_ms = 0;
-};
-
-absl::StatusOr<Timing> TimeSteps(ModelBackend& backend, const StepArrays& arrays, int warmup,
-                                 int iters) {
-  const ForwardBatch batch = arrays.batch(/*want_logits=*/false);
-  ForwardResult result;
-  for (int i = 0; i < warmup; ++i) BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
-  std::vector<double> ms;
-  for (int i = 0; i < iters; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    BENCH_RETURN_IF_ERROR(backend.Forward(batch, &result));
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-                     .count());
-  }
-  std::sort(ms.begin(), ms.end());
-  return Timing{msa::bench::Percentile(ms, 0.5), msa::bench::Percentile(ms, 0.1),
-                msa::bench::Percentile(ms, 0.9)};
-}
-
 std::string UtcNow() {
   const std::time_t now = std::time(nullptr);
   char text[32];
@@ -271,8 +248,9 @@ int Main(int argc, char** argv) {
   for (GridStep& step : grid) {
     const StepArrays arrays = BuildStepArrays(step, bt, pages, rng, config->vocab_size);
     const bool prefill = step.kind == "prefill";
-    absl::StatusOr<Timing> t = TimeSteps(**backend, arrays, prefill ? 1 : 3,
-                                         prefill ? options->prefill_iters : options->iters);
+    absl::StatusOr<ForwardTiming> t =
+        TimeForward(**backend, arrays.batch(/*want_logits=*/false), prefill ? 1 : 3,
+                    prefill ? options->prefill_iters : options->iters);
     if (!t.ok()) {
       std::fprintf(stderr, "[step_grid_bench] %s: %s\n", step.step.label.c_str(),
                    t.status().ToString().c_str());
