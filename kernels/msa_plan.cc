@@ -108,7 +108,8 @@ MsaWorkspaceSizes MsaWorkspaceSizesFor(const AttentionShape& shape, int32_t max_
     const int64_t max_keys = pages * std::max<int32_t>(shape.page_size, 1);
     items = unsplit * (1 + CeilDiv(max_keys, options.forced_kv_chunk_tokens));
   } else if (options.allow_split_kv) {
-    items = unsplit + static_cast<int64_t>(std::max(options.num_sms, 1)) *
+    // Each class (prefill, decode) splits up to the target on its own.
+    items = unsplit + 2 * static_cast<int64_t>(std::max(options.num_sms, 1)) *
                           std::max(options.target_ctas_per_sm, 1);
   }
   const bool may_split = options.forced_kv_chunk_tokens > 0 || options.allow_split_kv;
@@ -203,26 +204,34 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
     }
   }
 
-  // 2. Chunk size.
+  // 2. Chunk sizes, one per class. Prefill and decode items run in two
+  // launches, one after the other (msa_kernel.cuh LaunchMsaAttention), so
+  // each launch must fill the GPU by itself: a decode batch riding with a
+  // prefill chunk is split as the same decodes alone would be, instead of
+  // running as one long unsplit CTA per (sequence, KV head) after the
+  // prefill launch (step_grid_h200.md: +10 ms on a 56 ms step). Per class:
+  // when its items need fewer than the target slots, the smallest 128-aligned
+  // chunk (>= min_kv_chunk_tokens) that keeps them within the target.
   const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
-  int32_t chunk = 0;
-  auto slots_with_chunk = [&](int64_t c) {
-    int64_t n = 0;
-    for (const TileItem& t : tiles) {
-      n += SlotsOf(t) * std::max<int64_t>(1, CeilDiv(t.item.kv_end, c));
-    }
-    return n;
-  };
-  int64_t unsplit_slots = 0;
-  for (const TileItem& t : tiles) unsplit_slots += SlotsOf(t);
-  if (options.forced_kv_chunk_tokens > 0) {
-    chunk = options.forced_kv_chunk_tokens;
-  } else if (options.allow_split_kv && !tiles.empty() &&
-             unsplit_slots < target) {
+  auto chunk_for = [&](bool decode) -> int32_t {
+    if (options.forced_kv_chunk_tokens > 0) return options.forced_kv_chunk_tokens;
+    if (!options.allow_split_kv) return 0;
+    int64_t unsplit_slots = 0;
     int32_t max_kv = 0;
-    for (const TileItem& t : tiles) max_kv = std::max(max_kv, t.item.kv_end);
-    // Smallest multiple of 128 (>= min) with slots <= target; slots(c) is
-    // non-increasing in c.
+    for (const TileItem& t : tiles) {
+      if (t.decode != decode) continue;
+      unsplit_slots += SlotsOf(t);
+      max_kv = std::max(max_kv, t.item.kv_end);
+    }
+    if (unsplit_slots == 0 || unsplit_slots >= target) return 0;
+    auto slots_with_chunk = [&](int64_t c) {
+      int64_t n = 0;
+      for (const TileItem& t : tiles) {
+        if (t.decode == decode) n += SlotsOf(t) * std::max<int64_t>(1, CeilDiv(t.item.kv_end, c));
+      }
+      return n;
+    };
+    // slots_with_chunk is non-increasing in the chunk.
     int64_t lo = options.min_kv_chunk_tokens / 128;
     int64_t hi = std::max<int64_t>(lo, CeilDiv(max_kv, 128));
     while (lo < hi) {
@@ -233,8 +242,10 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         lo = mid + 1;
       }
     }
-    if (lo * 128 < max_kv) chunk = static_cast<int32_t>(lo * 128);
-  }
+    return lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
+  };
+  const int32_t prefill_chunk = chunk_for(/*decode=*/false);
+  const int32_t decode_chunk = chunk_for(/*decode=*/true);
 
   // 3. Split into chunks; prefill items first, then decode; each class in
   // descending cost so the block scheduler approximates LPT.
@@ -245,6 +256,7 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   for (const TileItem& t : tiles) {
     std::vector<MsaWorkItem>& out = t.decode ? decode_items : prefill_items;
     const int32_t kv_end = t.item.kv_end;
+    const int32_t chunk = t.decode ? decode_chunk : prefill_chunk;
     const int64_t chunks = chunk > 0 ? std::max<int64_t>(1, CeilDiv(kv_end, chunk)) : 1;
     if (chunks == 1) {
       out.push_back(t.item);
@@ -316,7 +328,9 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   plan.num_decode_items = static_cast<int32_t>(decode_items.size());
   plan.num_merge_groups = static_cast<int32_t>(groups.size());
   plan.num_partial_rows = static_cast<int32_t>(partial_rows);
-  plan.kv_chunk_tokens = chunk;
+  plan.prefill_kv_chunk_tokens = prefill_chunk;
+  plan.decode_kv_chunk_tokens = decode_chunk;
+  plan.kv_chunk_tokens = std::max(prefill_chunk, decode_chunk);
   plan.items_offset = layout.items_offset;
   plan.merge_groups_offset = layout.merge_groups_offset;
   plan.q_pos_offset = layout.q_pos_offset;

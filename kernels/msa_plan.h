@@ -11,7 +11,10 @@
 // item is an 8-warp CTA and counts as two slots, a decode item as one), the KV
 // range of each item is split into chunks (a binary search picks the smallest
 // 128-aligned chunk that keeps the slots <= the target); split items write fp32 partial states
-// into the device workspace and a merge pass combines them per row.
+// into the device workspace and a merge pass combines them per row. Prefill
+// and decode items run in separate launches, so each class is split against
+// the target on its own (a decode batch beside a prefill chunk is split as
+// it would be alone).
 //
 // Workspace: the plan writes, into host_ws, a block that is copied byte for
 // byte to the start of device_ws (UploadMsaPlan in msa_cuda.h): work items,
@@ -116,7 +119,9 @@ struct MsaPlan {
   int32_t num_decode_items = 0;
   int32_t num_merge_groups = 0;
   int32_t num_partial_rows = 0;
-  int32_t kv_chunk_tokens = 0;  // 0: no split; else the chunk size used
+  int32_t prefill_kv_chunk_tokens = 0;  // 0: prefill items unsplit; else their chunk size
+  int32_t decode_kv_chunk_tokens = 0;   // 0: decode items unsplit; else their chunk size
+  int32_t kv_chunk_tokens = 0;  // the larger of the two: 0 when nothing is split
 
   // Byte offsets from the workspace start (same on host and device).
   size_t items_offset = 0;
