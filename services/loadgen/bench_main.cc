@@ -240,18 +240,30 @@ absl::StatusOr<ClusterFacts> ReadClusterFacts(const std::string& worker, const s
   return facts;
 }
 
-// The worker's counters (where its time went), for the run's record.
+// The worker's counters (where its time went), for the run's record. The
+// engine counts a step after its tokens went out, so the counters are read
+// once the worker has settled (nothing running, the step count unchanged
+// over 50 ms), or after 2 s (a shared --target may never idle): the last read.
 absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
     const std::string& worker, const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   auto stub = v1::Worker::NewStub(grpc::CreateChannel(worker, creds));
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  const absl::Time give_up = absl::Now() + absl::Seconds(2);
   v1::GetWorkerStatsResponse stats;
-  if (absl::Status s = FromGrpc(stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats));
-      !s.ok()) {
-    return s;
+  int64_t previous_steps = -1;
+  while (true) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (absl::Status s =
+            FromGrpc(stub->GetWorkerStats(&context, v1::GetWorkerStatsRequest(), &stats));
+        !s.ok()) {
+      return s;
+    }
+    if ((stats.running() == 0 && stats.steps() == previous_steps) || absl::Now() >= give_up) {
+      return stats;
+    }
+    previous_steps = stats.steps();
+    absl::SleepFor(absl::Milliseconds(50));
   }
-  return stats;
 }
 
 // The simulator's replay of the same workload on the same system, pool and

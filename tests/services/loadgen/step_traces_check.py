@@ -2,7 +2,7 @@
 """ctest loadgen.e2e_cpu_step_traces: the CPU run of scripts/gpu_e2e_run.sh with STEP_TRACES=1
 left, for every (system, rate) run of the JSON, a worker step trace under OUT/cpu-traces whose
 header is asymcache.step_trace.v1 with the model's shape, whose step count is the run's worker
-step count (or one more, see below), and whose every line holds work and a forward time.
+step count, and whose every line holds work and a forward time.
 Usage: step_traces_check.py OUT
 """
 import json
@@ -26,10 +26,8 @@ for run in runs:
         if not (step["decodes"] or step["chunks"]) or step["forward_ms"] <= 0:
             failures.append(f"{path}: step without work or time: {step}")
             break
-    # The bench reads the worker's counters as the last answer arrives, which can be before the
-    # engine counts that answer's step: the trace may hold one step more.
     want = run.get("worker", {}).get("steps")
-    if want is not None and len(steps) not in (want, want + 1):
+    if want is not None and len(steps) != want:
         failures.append(f"{path}: {len(steps)} steps, the run's worker counted {want}")
     print(f"{path}: {len(steps)} steps")
 for failure in failures:
