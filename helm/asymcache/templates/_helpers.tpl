@@ -144,6 +144,17 @@ The transport flags of every binary: the TLS files, or --plaintext.
 {{- end -}}
 {{- end -}}
 
+{{/*
+With TLS, the identities of the cluster's own components (tls.trustedPeers):
+the coordinator lets only them register and the workers trust the salt the
+coordinator forwards (docs/security.md). Nothing without TLS.
+*/}}
+{{- define "asymcache.trustedPeersArgs" -}}
+{{- if .Values.tls.enabled -}}
+- --trusted-peers={{ join "," .Values.tls.trustedPeers }}
+{{- end -}}
+{{- end -}}
+
 {{/* Volume mounts every container has: config, /tmp, TLS. */}}
 {{- define "asymcache.commonMounts" -}}
 - name: config

@@ -213,6 +213,10 @@ def check_worker_pods(docs, role, replicas, cuda, tls, coordinators):
         args = c["args"]
         check(("--plaintext" in args) != tls, f"{name}/{c['name']}: --plaintext with tls={tls}")
         check(any(a.startswith("--tls-cert=") for a in args) == tls, f"{name}/{c['name']}: TLS flags with tls={tls}")
+        # Workers (not daemons) trust the coordinator's forwarded salt: --trusted-peers with TLS.
+        trusted = [a for a in args if a.startswith("--trusted-peers=")]
+        want_trusted = ["--trusted-peers=asymcache-component"] if tls and c is worker else []
+        check(trusted == want_trusted, f"{name}/{c['name']}: {trusted}, want {want_trusted}")
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c[kind]
             if tls:
@@ -316,6 +320,8 @@ def case_template_split(chart, _):
     volumes = {v["name"]: v for v in find(docs, "StatefulSet", f"{RELEASE}-coordinator")["spec"]["template"]["spec"]["volumes"]}
     check(volumes["tls"]["secret"]["secretName"] == "asymcache-tls", "TLS secret not mounted")
     check("--tls-ca=/etc/asymcache/tls/ca.crt" in coordinator["args"], "coordinator lacks --tls-ca")
+    check("--trusted-peers=asymcache-component" in coordinator["args"],
+          "coordinator lacks --trusted-peers (it refuses to start with TLS without them)")
     grpc_port = next(p["containerPort"] for p in coordinator["ports"] if p["name"] == "grpc")
     check(coordinator["readinessProbe"].get("exec", {}).get("command") ==
           ["asymcachectl", "health", f"--target=127.0.0.1:{grpc_port}", "--timeout=2s",
@@ -338,6 +344,8 @@ BAD_VALUES = [
     ([], ["roles.prefill.enabled=true"], "roles.decode.enabled does not match: true"),
     ([], ["roles.both.enabled=false"], "roles.both.enabled does not match: true"),
     ([], ["tls.enabled=true"], "tls.existingSecret: String length must be greater than or equal to 1"),
+    ([], ["tls.enabled=true", "tls.existingSecret=s", "tls.trustedPeers[0]=a\\,b"],
+     "tls.trustedPeers.0: Does not match pattern"),
     ([], ["daemon.config.listen=0.0.0.0:1"], 'daemon.config: Property name of "listen" does not match'),
     ([], ["worker.config.max_running=4"], 'worker.config: Property name of "max_running" does not match'),
     ([], ["coordinatr.replicas=3"], "Additional property coordinatr is not allowed"),
@@ -684,6 +692,101 @@ def case_rendered_cluster(chart, args):
                 p.proc.wait()
 
 
+def case_rendered_cluster_tls(chart, args):
+    """tls.enabled: the rendered TLS arguments on real binaries (certificates from
+    scripts/make_certs.sh under the Secret's file names), each container's exec probe run
+    as the kubelet would, and a tenant's Generate through the coordinator."""
+    check(args.daemon and args.coordinator and args.worker and args.ctl,
+          "rendered_cluster_tls needs --daemon, --coordinator, --worker, --ctl")
+    docs = chart.render_validated("cluster_tls", sets=["tls.enabled=true",
+                                                       "tls.existingSecret=asymcache-tls",
+                                                       "coordinator.replicas=1"])
+    config_dir = os.path.join(chart.scratch, "config")
+    os.makedirs(config_dir)
+    for key, text in find(docs, "ConfigMap", f"{RELEASE}-config")["data"].items():
+        with open(os.path.join(config_dir, key), "w") as f:
+            f.write(text)
+    certs = os.path.join(chart.scratch, "certs")
+    made = subprocess.run(["bash", os.path.join(args.repo_root, "scripts/make_certs.sh"), certs, "2"],
+                          capture_output=True, text=True, timeout=60)
+    check(made.returncode == 0, f"make_certs.sh failed:\n{made.stdout}{made.stderr}")
+    secret = os.path.join(chart.scratch, "secret")  # the Secret's keys as mounted
+    os.makedirs(secret)
+    for src, dst in (("component.pem", "tls.crt"), ("component.key", "tls.key"), ("ca.pem", "ca.crt")):
+        shutil.copy(os.path.join(certs, src), os.path.join(secret, dst))
+    mount = "/etc/asymcache/tls"
+
+    def here(container):
+        """The container with the Secret's mount path pointing at the local copy."""
+        c = json.loads(json.dumps(container))
+        c["args"] = [a.replace(mount + "/", secret + "/") for a in c["args"]]
+        return c
+
+    coordinator_c = containers_of(find(docs, "StatefulSet", f"{RELEASE}-coordinator"))["coordinator"]
+    pods = containers_of(find(docs, "StatefulSet", f"{RELEASE}-worker-both"))
+    local = ["--listen=127.0.0.1:0", "--metrics-host=127.0.0.1", "--metrics-port=0"]
+    pod = f"{RELEASE}-worker-both-0"
+    started = []
+    try:
+        coordinator = Process("coordinator-0", local_argv(args.coordinator, here(coordinator_c), config_dir,
+                                                          f"{RELEASE}-coordinator-0", local), chart.scratch)
+        started.append(coordinator)
+        coordinator.wait_ready()
+        to_coordinator = [f"--coordinators=127.0.0.1:{coordinator.grpc_port}", "--advertise-address="]
+        daemon = Process("daemon", local_argv(args.daemon, here(pods["daemon"]), config_dir, pod,
+                                              local + to_coordinator), chart.scratch)
+        started.append(daemon)
+        daemon.wait_ready()
+        worker = Process("worker", local_argv(args.worker, here(pods["worker"]), config_dir, pod,
+                                              local + to_coordinator +
+                                              [f"--daemon=127.0.0.1:{daemon.grpc_port}", "--cpu-threads=1"]),
+                         chart.scratch)
+        started.append(worker)
+        worker.wait_ready()
+        # Both register over mutual TLS with the component certificate (a trusted peer).
+        deadline = time.monotonic() + 30
+        while True:
+            counts = [metric_value(coordinator.metrics_port, "asymcache_coordinator_members",
+                                   {"kind": k, "role": "both"}) for k in ("daemon", "worker")]
+            if counts == [1.0, 1.0]:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"members (daemon, worker) = {counts}, want (1, 1)\n"
+                                  f"coordinator:\n{coordinator.stderr()}\ndaemon:\n{daemon.stderr()}")
+            time.sleep(0.2)
+        # Each container's readiness probe, as the kubelet runs it (in the pod: 127.0.0.1 and the
+        # container port; here the process's port and the local Secret copy).
+        for p, container in ((coordinator, coordinator_c), (daemon, pods["daemon"]), (worker, pods["worker"])):
+            command = container["readinessProbe"]["exec"]["command"]
+            command = [args.ctl if a == "asymcachectl" else
+                       re.sub(r"^--target=127\.0\.0\.1:\d+$", f"--target=127.0.0.1:{p.grpc_port}",
+                              a.replace(mount + "/", secret + "/")) for a in command]
+            probe = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            check(probe.returncode == 0 and probe.stdout.strip() == "SERVING",
+                  f"{p.name}: probe {command} exit {probe.returncode}: {probe.stdout}{probe.stderr}")
+            plain = [a for a in command if not a.startswith("--tls-")]
+            refused = subprocess.run(plain, capture_output=True, text=True, timeout=30)
+            check(refused.returncode == 1, f"{p.name}: a plaintext probe got exit {refused.returncode}")
+        print("every container's TLS exec probe answers SERVING; plaintext is refused", flush=True)
+        # A tenant's frontend (its own certificate) generates through the coordinator.
+        generated = subprocess.run(
+            [args.ctl, "generate", f"--target=127.0.0.1:{coordinator.grpc_port}", "--random-tokens=40",
+             "--max-new-tokens=4", f"--tls-cert={certs}/tenant-a.pem", f"--tls-key={certs}/tenant-a.key",
+             f"--tls-ca={certs}/ca.pem", "--timeout=60s"], capture_output=True, text=True, timeout=90)
+        check(generated.returncode == 0 and "tokens:" in generated.stdout,
+              f"generate as tenant-a: exit {generated.returncode}: {generated.stdout}{generated.stderr}\n"
+              f"worker:\n{worker.stderr()}")
+        print(f"tenant-a generated through the coordinator: {generated.stdout.strip()}", flush=True)
+        for p in [worker, daemon, coordinator]:
+            p.stop()
+            started.remove(p)
+    finally:
+        for p in started:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+
+
 CASES = {
     "lint_default": case_lint_default,
     "lint_split": case_lint_split,
@@ -692,6 +795,7 @@ CASES = {
     "values_schema_rejects": case_values_schema_rejects,
     "validator_rejects": case_validator_rejects,
     "rendered_cluster": case_rendered_cluster,
+    "rendered_cluster_tls": case_rendered_cluster_tls,
 }
 
 
@@ -704,6 +808,7 @@ def main():
     parser.add_argument("--daemon", help="asymcache-daemon binary (rendered_cluster)")
     parser.add_argument("--coordinator", help="asymcache-coordinator binary (rendered_cluster)")
     parser.add_argument("--worker", help="asymcache-worker binary (rendered_cluster)")
+    parser.add_argument("--ctl", help="asymcachectl binary (rendered_cluster_tls)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix=f"helm-{args.case}-", dir=args.build_dir) as scratch:
         try:
