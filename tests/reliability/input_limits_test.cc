@@ -366,9 +366,11 @@ TEST_F(InputLimitsTest, WorkerRefusesRequestsBeyondItsQueue) {
   }
   v1::GenerateResponse response;
   ASSERT_TRUE(held[0]->Read(&response)) << "the first request did not start";
-  // The second is queued once the worker counts it: poll its stats.
+  // The second is queued once the worker counts it: poll its stats (up to
+  // 20 s: on a loaded 2-core machine the second stream can take seconds to
+  // reach the engine, and the first generates for far longer than that).
   bool full = false;
-  for (int i = 0; i < 500 && !full; ++i) {
+  for (int i = 0; i < 2000 && !full; ++i) {
     absl::StatusOr<v1::GetWorkerStatsResponse> stats = cluster_->WorkerStats();
     ASSERT_TRUE(stats.ok()) << stats.status();
     full = stats->running() + stats->waiting() >= 2;
