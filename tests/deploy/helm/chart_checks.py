@@ -559,6 +559,29 @@ def metric_value(port, name, labels):
     return None
 
 
+def kill_all(processes):
+    """SIGKILL (and reap) every process still running."""
+    for p in processes:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def wait_for_pod_members(coordinator, daemon, worker, timeout_s=30):
+    """Until `coordinator` counts the pod's daemon and worker as members (role both)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = [metric_value(coordinator.metrics_port, "asymcache_coordinator_members",
+                               {"kind": k, "role": "both"}) for k in ("daemon", "worker")]
+        if counts == [1.0, 1.0]:
+            return
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"{coordinator.name}: members (daemon, worker) = {counts}, want (1, 1)\n"
+                              f"coordinator:\n{coordinator.stderr()}\ndaemon:\n{daemon.stderr()}\n"
+                              f"worker:\n{worker.stderr()}")
+        time.sleep(0.2)
+
+
 def python_stubs(repo_root, scratch):
     """Generated Python modules for asymcache.v1.Worker and grpc.health.v1 (the
     latter under another file path, so it does not shadow the installed grpc
@@ -651,17 +674,8 @@ def case_rendered_cluster(chart, args):
         started.append(worker)
         worker.wait_ready()
         # Every replica must see the pod's daemon and worker, registered with the role.
-        deadline = time.monotonic() + 30
         for p in coordinators:
-            while True:
-                counts = [metric_value(p.metrics_port, "asymcache_coordinator_members", {"kind": k, "role": "both"})
-                          for k in ("daemon", "worker")]
-                if counts == [1.0, 1.0]:
-                    break
-                if time.monotonic() > deadline:
-                    raise CheckFailed(f"{p.name}: members (daemon, worker) = {counts}, want (1, 1)\n"
-                                      f"daemon:\n{daemon.stderr()}\nworker:\n{worker.stderr()}")
-                time.sleep(0.2)
+            wait_for_pod_members(p, daemon, worker)
         print(f"{len(coordinators)} coordinator replicas see the daemon and the worker of {pod}", flush=True)
         # What the kubelet's probes ask (grpc.health.v1 with the rendered service name) answers SERVING.
         python_stubs(args.repo_root, chart.scratch)
@@ -686,10 +700,7 @@ def case_rendered_cluster(chart, args):
             p.stop()
             started.remove(p)
     finally:
-        for p in started:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        kill_all(started)
 
 
 def case_rendered_cluster_tls(chart, args):
@@ -744,16 +755,7 @@ def case_rendered_cluster_tls(chart, args):
         started.append(worker)
         worker.wait_ready()
         # Both register over mutual TLS with the component certificate (a trusted peer).
-        deadline = time.monotonic() + 30
-        while True:
-            counts = [metric_value(coordinator.metrics_port, "asymcache_coordinator_members",
-                                   {"kind": k, "role": "both"}) for k in ("daemon", "worker")]
-            if counts == [1.0, 1.0]:
-                break
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"members (daemon, worker) = {counts}, want (1, 1)\n"
-                                  f"coordinator:\n{coordinator.stderr()}\ndaemon:\n{daemon.stderr()}")
-            time.sleep(0.2)
+        wait_for_pod_members(coordinator, daemon, worker)
         # Each container's readiness probe, as the kubelet runs it (in the pod: 127.0.0.1 and the
         # container port; here the process's port and the local Secret copy).
         for p, container in ((coordinator, coordinator_c), (daemon, pods["daemon"]), (worker, pods["worker"])):
@@ -781,10 +783,7 @@ def case_rendered_cluster_tls(chart, args):
             p.stop()
             started.remove(p)
     finally:
-        for p in started:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        kill_all(started)
 
 
 CASES = {
