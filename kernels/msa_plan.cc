@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -73,6 +74,85 @@ struct TileItem {
 // CTA slots an item takes in the split-KV target: the prefill kernel runs
 // 8 warps per CTA (one CTA per SM), the decode kernel 4.
 int64_t SlotsOf(const TileItem& t) { return t.decode ? 1 : 2; }
+
+// Wave balancing of the prefill launch (one 8-warp CTA per SM). A prefill
+// class of at least a wave of items is not split to fill the GPU, but its
+// last wave can be nearly empty: 160 items of equal length on 132 SMs take
+// two item-times for 1.2 item-times of work (the 512-token chunk plus four
+// rebuild holes of msa_h100.md's mixed batch). Model: a piece's time is its
+// keys plus kPieceCostKeys; the block scheduler hands out pieces in plan
+// order (descending keys) to the SM that frees first (list scheduling, LPT);
+// a split plan pays kMergeCostKeys once for its merge launch.
+constexpr int64_t kPieceCostKeys = 128;  // Q tile load, epilogue, partial-state write
+constexpr int64_t kMergeCostKeys = 256;  // the merge launch
+constexpr double kMinWaveGain = 0.08;    // a split must predict >= 8% less time
+constexpr int kWaveCandidates = 12;      // chunks tried, from max_kv / 4 up
+
+// Makespan (in keys) of the class's tiles cut at `chunk` keys (0 = uncut) on
+// `slots` SMs; -1 when the cut needs more than `max_extra_pieces` pieces
+// beyond one per tile (the workspace bound). `pieces` is scratch.
+int64_t PrefillMakespan(const std::vector<int64_t>& tile_keys, int64_t chunk, int32_t slots,
+                        int64_t max_extra_pieces, std::vector<int64_t>& pieces) {
+  pieces.clear();
+  bool split = false;
+  for (const int64_t keys : tile_keys) {
+    const int64_t n = chunk > 0 ? std::max<int64_t>(1, CeilDiv(keys, chunk)) : 1;
+    split |= n > 1;
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t begin = c * chunk;
+      pieces.push_back((n == 1 ? keys : std::min(keys, begin + chunk) - begin) + kPieceCostKeys);
+    }
+    if (static_cast<int64_t>(pieces.size()) - static_cast<int64_t>(tile_keys.size()) >
+        max_extra_pieces) {
+      return -1;
+    }
+  }
+  std::sort(pieces.begin(), pieces.end(), std::greater<int64_t>());
+  // Min-heap of the SMs' finish times.
+  std::vector<int64_t> finish(static_cast<size_t>(std::max(slots, 1)), 0);
+  for (const int64_t cost : pieces) {
+    std::pop_heap(finish.begin(), finish.end(), std::greater<int64_t>());
+    finish.back() += cost;
+    std::push_heap(finish.begin(), finish.end(), std::greater<int64_t>());
+  }
+  return *std::max_element(finish.begin(), finish.end()) + (split ? kMergeCostKeys : 0);
+}
+
+// The prefill chunk (0 = unsplit) that balances the launch's waves, for a
+// class whose unsplit items already fill the GPU.
+int32_t WaveBalancedPrefillChunk(const std::vector<TileItem>& tiles, int32_t num_sms,
+                                 int32_t min_chunk, int64_t max_extra_pieces) {
+  std::vector<int64_t> tile_keys;
+  int64_t total = 0;
+  int64_t max_kv = 0;
+  for (const TileItem& t : tiles) {
+    if (t.decode) continue;
+    tile_keys.push_back(t.item.kv_end);
+    total += t.item.kv_end + kPieceCostKeys;
+    max_kv = std::max<int64_t>(max_kv, t.item.kv_end);
+  }
+  std::vector<int64_t> pieces;
+  const int64_t unsplit = PrefillMakespan(tile_keys, 0, num_sms, max_extra_pieces, pieces);
+  // No cut can beat the perfectly balanced time: skip when that is near.
+  const double balanced = static_cast<double>(total) / std::max(num_sms, 1);
+  if (unsplit <= (1.0 + kMinWaveGain) * balanced) return 0;
+  int64_t best = unsplit;
+  int64_t best_chunk = 0;
+  for (int j = 0; j < kWaveCandidates; ++j) {
+    const double fraction = 0.25 + 0.75 * j / kWaveCandidates;
+    const int64_t chunk = std::max<int64_t>(
+        min_chunk, CeilDiv(static_cast<int64_t>(fraction * static_cast<double>(max_kv)), 128) * 128);
+    if (chunk >= max_kv) continue;
+    const int64_t makespan = PrefillMakespan(tile_keys, chunk, num_sms, max_extra_pieces, pieces);
+    if (makespan >= 0 && makespan < best) {
+      best = makespan;
+      best_chunk = chunk;
+    }
+  }
+  return static_cast<double>(best) <= (1.0 - kMinWaveGain) * static_cast<double>(unsplit)
+             ? static_cast<int32_t>(best_chunk)
+             : 0;
+}
 
 }  // namespace
 
@@ -211,7 +291,9 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   // running as one long unsplit CTA per (sequence, KV head) after the
   // prefill launch (step_grid_h200.md: +10 ms on a 56 ms step). Per class:
   // when its items need fewer than the target slots, the smallest 128-aligned
-  // chunk (>= min_kv_chunk_tokens) that keeps them within the target.
+  // chunk (>= min_kv_chunk_tokens) that keeps them within the target; a
+  // prefill class that fills the target is cut only where that balances its
+  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces).
   const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
   auto chunk_for = [&](bool decode) -> int32_t {
     if (options.forced_kv_chunk_tokens > 0) return options.forced_kv_chunk_tokens;
@@ -223,7 +305,14 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
       unsplit_slots += SlotsOf(t);
       max_kv = std::max(max_kv, t.item.kv_end);
     }
-    if (unsplit_slots == 0 || unsplit_slots >= target) return 0;
+    if (unsplit_slots == 0) return 0;
+    if (unsplit_slots >= target) {
+      // Decode CTAs are small and many share an SM; a full prefill class
+      // may still leave its last wave nearly empty.
+      return decode ? 0
+                    : WaveBalancedPrefillChunk(tiles, options.num_sms,
+                                               options.min_kv_chunk_tokens, target);
+    }
     auto slots_with_chunk = [&](int64_t c) {
       int64_t n = 0;
       for (const TileItem& t : tiles) {
