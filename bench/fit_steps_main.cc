@@ -13,7 +13,11 @@
 //     per class of step (decode only, prefill only, mixed) the count, the
 //     measured and predicted totals and their ratio (what a run's latency
 //     prediction inherits), and the median, p10 and p90 of the per-step
-//     relative error. --out writes the same as JSON.
+//     relative error. --out writes the same as JSON. It also reports the
+//     engine's time outside the forward (step_ms - forward_ms: daemon RPCs,
+//     scheduling, bookkeeping), which whole-step grids (forward only) never
+//     see; --fit_out then writes CAL with that mean added to
+//     step_overhead_s, so the simulator charges it to every step.
 //
 // Exit status: 0 on success; 1 when a file cannot be read or matched, or the
 // fit fails (the message says which step, line or field); 2 on bad flags.
@@ -45,7 +49,9 @@ ABSL_FLAG(std::string, shape, "",
           "named model shape; empty = the measurement file's (the trace header's)");
 ABSL_FLAG(std::string, out, "", "write the report JSON here");
 ABSL_FLAG(std::string, out_md, "", "write the markdown table here");
-ABSL_FLAG(std::string, fit_out, "", "write the fitted calibration file here");
+ABSL_FLAG(std::string, fit_out, "",
+          "write the fitted calibration file here (--trace: CAL plus the engine time "
+          "outside the forward)");
 
 namespace asymcache::bench {
 namespace {
@@ -168,9 +174,11 @@ absl::StatusOr<ModelConfig> TraceModel(const nlohmann::json& header, const std::
   return shape;
 }
 
-// `shape`: --shape's, or nullopt for the trace header's.
+// `shape`: --shape's, or nullopt for the trace header's. `fit_out`: where to
+// write `calibration` plus the trace's mean engine time outside the forward
+// (empty = nowhere).
 int RunTrace(const std::string& trace_path, const CalibrationParams& calibration,
-             std::optional<ModelConfig> shape) {
+             std::optional<ModelConfig> shape, const std::string& fit_out) {
   std::ifstream file(trace_path);
   if (!file) {
     std::fprintf(stderr, "asymcache-fit-steps: NOT_FOUND: %s: cannot open\n", trace_path.c_str());
@@ -185,6 +193,10 @@ int RunTrace(const std::string& trace_path, const CalibrationParams& calibration
     std::vector<double> errors;
   };
   Class classes[3] = {Class("decode only"), Class("prefill only"), Class("mixed")};
+  // Steps with both times, and their sums (engine time outside the forward).
+  size_t timed_steps = 0;
+  double step_s = 0;
+  double outside_s = 0;
   std::string text;
   size_t line = 0;
   while (std::getline(file, text)) {
@@ -220,6 +232,19 @@ int RunTrace(const std::string& trace_path, const CalibrationParams& calibration
       std::fprintf(stderr, "asymcache-fit-steps: INVALID_ARGUMENT: %s: no header line\n",
                    trace_path.c_str());
       return 1;
+    }
+    if (entry.contains("step_ms") && entry["step_ms"].is_number()) {
+      const double whole = entry["step_ms"].get<double>() * 1e-3;
+      if (whole < step->seconds) {
+        std::fprintf(stderr,
+                     "asymcache-fit-steps: INVALID_ARGUMENT: %s:%zu: step_ms is less than "
+                     "forward_ms\n",
+                     trace_path.c_str(), line);
+        return 1;
+      }
+      ++timed_steps;
+      step_s += whole;
+      outside_s += whole - step->seconds;
     }
     const double predicted = PredictMeasuredStep(*shape, calibration, *step);
     ++c.steps;
@@ -257,6 +282,33 @@ int RunTrace(const std::string& trace_path, const CalibrationParams& calibration
     std::fprintf(stderr, "asymcache-fit-steps: INVALID_ARGUMENT: %s: no step with a forward time\n",
                  trace_path.c_str());
     return 1;
+  }
+  const double outside_per_step = timed_steps > 0 ? outside_s / static_cast<double>(timed_steps) : 0;
+  if (timed_steps > 0) {
+    std::printf("engine time outside the forward: %.3f ms per step (%.1f%% of %zu steps' time)\n",
+                outside_per_step * 1e3, 100 * outside_s / step_s, timed_steps);
+    out["engine_outside_forward_s_per_step"] = outside_per_step;
+    out["engine_outside_forward_fraction"] = outside_s / step_s;
+  }
+  if (!fit_out.empty()) {
+    if (timed_steps == 0) {
+      std::fprintf(stderr,
+                   "asymcache-fit-steps: INVALID_ARGUMENT: %s: no step has step_ms; nothing to "
+                   "add to step_overhead_s\n",
+                   trace_path.c_str());
+      return 1;
+    }
+    CalibrationParams with_engine = calibration;
+    with_engine.step_overhead_s += outside_per_step;
+    with_engine.source = absl::StrCat(calibration.source, "; + ", outside_per_step * 1e3,
+                                      " ms per step of engine time outside the forward from ",
+                                      trace_path, " (asymcache-fit-steps --trace)");
+    std::ofstream cal(fit_out);
+    cal << CostModel::CalibrationToJson(with_engine, *shape) << "\n";
+    if (!cal) {
+      std::fprintf(stderr, "asymcache-fit-steps: INTERNAL: cannot write %s\n", fit_out.c_str());
+      return 1;
+    }
   }
   const std::string out_path = absl::GetFlag(FLAGS_out);
   if (!out_path.empty()) {
@@ -296,7 +348,7 @@ int Run() {
       }
       shape = *named;
     }
-    return RunTrace(trace_path, *calibration, shape);
+    return RunTrace(trace_path, *calibration, shape, absl::GetFlag(FLAGS_fit_out));
   }
   absl::StatusOr<nlohmann::json> doc = ReadJson(measured_path);
   absl::StatusOr<CalibrationParams> base = CostModel::LoadCalibrationFile(calibration_path);
@@ -345,6 +397,6 @@ int main(int argc, char** argv) {
       "asymcache-fit-steps --measured=step_grid.json --calibration=BASE.json "
       "[--fit_out=FITTED.json] [--out=report.json] [--out_md=table.md]\n"
       "       asymcache-fit-steps --trace=STEPS.jsonl --calibration=CAL.json [--shape=NAME] "
-      "[--out=report.json]");
+      "[--fit_out=CAL_WITH_ENGINE.json] [--out=report.json]");
   return asymcache::bench::Run();
 }

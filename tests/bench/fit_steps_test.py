@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """asymcache-fit-steps against the committed measurements (ctest bench.fit_steps).
 
-1. Refitting docs/results/step_grid/step_grid.json from calibration/h100-llama-3-8b.json
-   reproduces the committed calibration/h200-llama-3-8b-steps.json (every number;
-   `source` names the command), so the committed file is what those measurements give.
+1. Refitting docs/results/step_grid/step_grid.json (H200) and
+   docs/results/step_grid_h100/step_grid.json (H100) from calibration/h100-llama-3-8b.json
+   reproduces the committed calibration/h200-llama-3-8b-steps.json and
+   calibration/h100-llama-3-8b-steps.json (every number; `source` names the command), so the
+   committed files are what those measurements give.
 2. The refitted model predicts every fitted step within 13% and the report lists every step
    of the measurement file.
 3. Bad input: a missing file, a label the grid does not have, a malformed file and missing
    flags each end with a non-zero exit and a message naming the problem.
 4. --trace (a worker's --step-trace): steps are classed (decode only, prefill only, mixed) and
-   totalled; a trace whose forward times are the model's own predictions has no error; bad
-   traces are refused naming the line.
+   totalled; a trace whose forward times are the model's own predictions has no error; the
+   engine time outside the forward (step_ms - forward_ms) is reported and --fit_out adds its
+   mean to step_overhead_s (nothing else changes); bad traces are refused naming the line.
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
 import json
@@ -24,6 +27,9 @@ BINARY = sys.argv[1]
 MEASURED = "docs/results/step_grid/step_grid.json"
 BASE = "calibration/h100-llama-3-8b.json"
 COMMITTED = "calibration/h200-llama-3-8b-steps.json"
+# (measurement file, the calibration committed from it)
+COMMITTED_FITS = [(MEASURED, COMMITTED),
+                  ("docs/results/step_grid_h100/step_grid.json", "calibration/h100-llama-3-8b-steps.json")]
 
 
 def run(*args):
@@ -44,22 +50,23 @@ failures = []
 with tempfile.TemporaryDirectory() as tmp:
     fitted_path = os.path.join(tmp, "fitted.json")
     report_path = os.path.join(tmp, "report.json")
-    result = run(f"--measured={MEASURED}", f"--calibration={BASE}", f"--fit_out={fitted_path}",
-                 f"--out={report_path}")
-    if result.returncode != 0:
-        sys.exit(f"refit failed ({result.returncode}): {result.stderr}")
-    fitted = json.load(open(fitted_path))
-    committed = json.load(open(COMMITTED))
-    for key in sorted(set(fitted) | set(committed)):
-        if key == "source":
-            continue
-        if not close(fitted.get(key), committed.get(key)):
-            failures.append(f"{COMMITTED}: '{key}' differs from the refit: "
-                            f"{committed.get(key)!r} vs {fitted.get(key)!r}")
-    if "asymcache-fit-steps" not in fitted.get("source", ""):
-        failures.append(f"source does not name the command: {fitted.get('source')!r}")
-    if fitted.get("device") != json.load(open(MEASURED))["card"]:
-        failures.append(f"device {fitted.get('device')!r} is not the measurement file's card")
+    for measured, committed_path in reversed(COMMITTED_FITS):  # MEASURED's report last
+        result = run(f"--measured={measured}", f"--calibration={BASE}", f"--fit_out={fitted_path}",
+                     f"--out={report_path}")
+        if result.returncode != 0:
+            sys.exit(f"refit of {measured} failed ({result.returncode}): {result.stderr}")
+        fitted = json.load(open(fitted_path))
+        committed = json.load(open(committed_path))
+        for key in sorted(set(fitted) | set(committed)):
+            if key == "source":
+                continue
+            if not close(fitted.get(key), committed.get(key)):
+                failures.append(f"{committed_path}: '{key}' differs from the refit: "
+                                f"{committed.get(key)!r} vs {fitted.get(key)!r}")
+        if "asymcache-fit-steps" not in fitted.get("source", ""):
+            failures.append(f"source does not name the command: {fitted.get('source')!r}")
+        if fitted.get("device") != json.load(open(measured))["card"]:
+            failures.append(f"device {fitted.get('device')!r} is not {measured}'s card")
 
     report = json.load(open(report_path))
     measured_labels = [s["label"] for s in json.load(open(MEASURED))["steps"]]
@@ -101,12 +108,12 @@ with tempfile.TemporaryDirectory() as tmp:
              {"decodes": [], "chunks": [[1, 8192, 9216]]},
              {"decodes": [2049] * 4, "chunks": [[9, 0, 512], [9, 512, 1024]]}]
 
-    def write_trace(path, forward_ms, header=None):
+    def write_trace(path, forward_ms, outside_ms=(0, 0, 0), header=None):
         with open(path, "w") as f:
             f.write(json.dumps(header or {"schema": "asymcache.step_trace.v1", "model": llama}) + "\n")
-            for step, ms in zip(steps, forward_ms):
-                f.write(json.dumps(dict(step, t_ms=0, predicted_ms=0, forward_ms=ms, step_ms=ms,
-                                        waiting=0)) + "\n")
+            for step, ms, extra in zip(steps, forward_ms, outside_ms):
+                f.write(json.dumps(dict(step, t_ms=0, predicted_ms=0, forward_ms=ms,
+                                        step_ms=ms + extra, waiting=0)) + "\n")
 
     trace = os.path.join(tmp, "steps.jsonl")
     out = os.path.join(tmp, "trace_report.json")
@@ -127,8 +134,33 @@ with tempfile.TemporaryDirectory() as tmp:
             total = {c["class"]: c for c in json.load(open(out))["classes"]}["all"]["total_error"]
             if result.returncode != 0 or abs(total) > 1e-9:
                 failures.append(f"a trace of the model's own predictions has error {total}")
+    # Engine time outside the forward: 0.5, 1 and 1.5 ms -> 1 ms per step added to the
+    # calibration's step_overhead_s, every other number unchanged.
+    write_trace(trace, [10.0, 10.0, 10.0], outside_ms=(0.5, 1.0, 1.5))
+    with_engine = os.path.join(tmp, "with_engine.json")
+    result = run(f"--trace={trace}", f"--calibration={COMMITTED}", f"--out={out}",
+                 f"--fit_out={with_engine}")
+    if result.returncode != 0:
+        failures.append(f"--trace --fit_out failed: {result.stderr}")
+    else:
+        report = json.load(open(out))
+        if not close(report.get("engine_outside_forward_s_per_step"), 0.001):
+            failures.append(f"engine time outside the forward {report.get('engine_outside_forward_s_per_step')}")
+        if "1.000 ms per step" not in result.stdout:
+            failures.append(f"--trace does not print the engine time: {result.stdout!r}")
+        base = json.load(open(COMMITTED))
+        got = json.load(open(with_engine))
+        for key in sorted(set(base) | set(got)):
+            want = base.get(key) + 0.001 if key == "step_overhead_s" else base.get(key)
+            if key != "source" and not close(got.get(key), want):
+                failures.append(f"--trace --fit_out: '{key}' is {got.get(key)!r}, want {want!r}")
+        if "outside the forward" not in got.get("source", ""):
+            failures.append(f"--trace --fit_out source: {got.get('source')!r}")
     bad_cases = [
         ('{"schema": "something.else"}\n', "not an asymcache.step_trace.v1 file"),
+        (json.dumps({"schema": "asymcache.step_trace.v1", "model": llama}) +
+         '\n{"decodes": [5], "chunks": [], "forward_ms": 2, "step_ms": 1}\n',
+         ":2: step_ms is less than forward_ms"),
         ('{"schema": "asymcache.step_trace.v1"}\n', "no \"model\" in the header"),
         (json.dumps({"schema": "asymcache.step_trace.v1", "model": llama}) + '\n{"decodes": 3}\n',
          ":2: needs"),
