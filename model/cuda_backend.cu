@@ -50,6 +50,7 @@
 #include "kernels/msa_cuda.h"
 #include "kernels/msa_plan.h"
 #include "model/cuda_gemm.cuh"
+#include "model/gemm_buckets.h"
 #include "model/cuda_kernels.cuh"
 #include "model/cuda_sampling.cuh"
 #include "model/llama_config.h"
@@ -213,6 +214,8 @@ class CudaBackend final : public ModelBackend {
   absl::Status LoadWeights(const WeightSource& weights);
   absl::Status BuildRopeTable();
   absl::Status AllocateStepBuffers();
+  // Runs every linear layer's GEMM once per row bucket (model/gemm_buckets.h).
+  absl::Status WarmGemms();
   absl::Status CheckBatch(const ForwardBatch& batch);
   absl::Status RunForward(const ForwardBatch& batch, ForwardResult* result);
   StepTables StageTables(const ForwardBatch& batch, std::vector<SampleChunk>* chunks);
@@ -340,7 +343,9 @@ absl::Status CudaBackend::Init(const WeightSource& weights) {
   absl::StatusOr<msa::CudaStream> created = msa::CudaStream::Create();
   if (!created.ok()) return created.status();
   stream_ = *std::move(created);
-  absl::StatusOr<std::unique_ptr<LinearGemm>> gemm = LinearGemm::Create();
+  LinearGemm::Options gemm_options;
+  gemm_options.bucket_rows = options_.gemm_row_buckets;
+  absl::StatusOr<std::unique_ptr<LinearGemm>> gemm = LinearGemm::Create(gemm_options);
   if (!gemm.ok()) return gemm.status();
   gemm_ = *std::move(gemm);
 
@@ -348,7 +353,44 @@ absl::Status CudaBackend::Init(const WeightSource& weights) {
   ASYMCACHE_RETURN_IF_ERROR(LoadWeights(weights));
   ASYMCACHE_RETURN_IF_ERROR(BuildRopeTable());
   ASYMCACHE_RETURN_IF_ERROR(AllocateStepBuffers());
+  if (options_.warm_gemm_buckets) ASYMCACHE_RETURN_IF_ERROR(WarmGemms());
   ASYMCACHE_CUDA_OK(cudaStreamSynchronize(stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::WarmGemms() {
+  // Zeroed inputs (the outputs are scratch every step overwrites first).
+  for (msa::DeviceBuffer* input : {&normed_, &attn_, &act_, &lm_in_}) {
+    ASYMCACHE_CUDA_OK(cudaMemsetAsync(input->data(), 0, input->size(), stream()));
+  }
+  const LayerWeights& w = layers_.front();
+  const int64_t hidden = config_.hidden_size;
+  const int64_t inter = config_.intermediate_size;
+  const int64_t qkv_rows = config_.q_dim() + 2 * config_.kv_dim();
+  const msa::DType dtype = config_.dtype;
+  cudaStream_t s = stream();
+  // Every row bucket of a step's layers, then of the LM head (its rows are
+  // sampled rows, at most lm_rows_ per call); the last bucket may exceed
+  // the buffers, so it runs at the largest size they hold.
+  for (const int64_t bucket : GemmRowBuckets(options_.max_step_tokens)) {
+    const int64_t n = std::min<int64_t>(bucket, options_.max_step_tokens);
+    ASYMCACHE_RETURN_IF_ERROR(gemm_->Run(w.qkv, normed_.data(), qkv_.data(), qkv_rows, n, hidden,
+                                         dtype, /*out_fp32=*/false, /*accumulate=*/false, s));
+    ASYMCACHE_RETURN_IF_ERROR(gemm_->Run(w.o, attn_.data(), residual_.data(), hidden, n,
+                                         config_.q_dim(), dtype, /*out_fp32=*/true,
+                                         /*accumulate=*/true, s));
+    ASYMCACHE_RETURN_IF_ERROR(gemm_->Run(w.gate_up, normed_.data(), gate_up_.data(), 2 * inter, n,
+                                         hidden, dtype, /*out_fp32=*/false, /*accumulate=*/false,
+                                         s));
+    ASYMCACHE_RETURN_IF_ERROR(gemm_->Run(w.down, act_.data(), residual_.data(), hidden, n, inter,
+                                         dtype, /*out_fp32=*/true, /*accumulate=*/true, s));
+  }
+  for (const int64_t bucket : GemmRowBuckets(lm_rows_)) {
+    const int64_t n = std::min<int64_t>(bucket, lm_rows_);
+    ASYMCACHE_RETURN_IF_ERROR(gemm_->Run(lm_head_, lm_in_.data(), logits_.data(),
+                                         config_.vocab_size, n, hidden, dtype, /*out_fp32=*/true,
+                                         /*accumulate=*/false, s));
+  }
   return absl::OkStatus();
 }
 

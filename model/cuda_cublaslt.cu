@@ -33,6 +33,7 @@ absl::StatusOr<const CublasLtApi*> Load() {
   bind(api->GetStatusName, "cublasLtGetStatusName");
   bind(api->GetStatusString, "cublasLtGetStatusString");
   bind(api->Matmul, "cublasLtMatmul");
+  bind(api->MatmulAlgoCheck, "cublasLtMatmulAlgoCheck");
   bind(api->MatmulAlgoGetHeuristic, "cublasLtMatmulAlgoGetHeuristic");
   bind(api->MatmulDescCreate, "cublasLtMatmulDescCreate");
   bind(api->MatmulDescDestroy, "cublasLtMatmulDescDestroy");

@@ -27,6 +27,7 @@ struct CublasLtApi {
   decltype(&cublasLtGetStatusName) GetStatusName = nullptr;
   decltype(&cublasLtGetStatusString) GetStatusString = nullptr;
   decltype(&cublasLtMatmul) Matmul = nullptr;
+  decltype(&cublasLtMatmulAlgoCheck) MatmulAlgoCheck = nullptr;
   decltype(&cublasLtMatmulAlgoGetHeuristic) MatmulAlgoGetHeuristic = nullptr;
   decltype(&cublasLtMatmulDescCreate) MatmulDescCreate = nullptr;
   decltype(&cublasLtMatmulDescDestroy) MatmulDescDestroy = nullptr;

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/cuda_cublaslt.cuh"
 #include "model/cuda_gemm.cuh"
+#include "model/gemm_buckets.h"
 
 namespace asymcache::model::cuda {
 namespace {
@@ -47,15 +49,17 @@ struct LinearGemm::Plan {
   }
 };
 
-absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create() {
+absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create(Options options) {
   if (absl::StatusOr<const CublasLtApi*> lt = CublasLt(); !lt.ok()) return lt.status();
-  std::unique_ptr<LinearGemm> gemm(new LinearGemm());
+  std::unique_ptr<LinearGemm> gemm(new LinearGemm(options));
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().Create(&gemm->handle_));
   absl::StatusOr<msa::DeviceBuffer> workspace = msa::DeviceBuffer::Allocate(kWorkspaceBytes);
   if (!workspace.ok()) return workspace.status();
   gemm->workspace_ = *std::move(workspace);
   return gemm;
 }
+
+LinearGemm::LinearGemm(Options options) : options_(options) {}
 
 LinearGemm::~LinearGemm() {
   ClearCache();
@@ -64,14 +68,11 @@ LinearGemm::~LinearGemm() {
 
 void LinearGemm::ClearCache() { cache_.clear(); }
 
-absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
-  if (auto it = cache_.find(key); it != cache_.end()) return it->second.get();
-  if (cache_.size() >= kMaxCachedShapes) ClearCache();
+absl::StatusOr<std::unique_ptr<LinearGemm::Plan>> LinearGemm::Describe(const Key& key) {
   const auto [m, n, k, io, out_fp32, accumulate] = key;
   const cudaDataType_t ab_type =
       static_cast<msa::DType>(io) == msa::DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
   const cudaDataType_t d_type = out_fp32 ? CUDA_R_32F : ab_type;
-
   auto plan = std::make_unique<Plan>();
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans_a = CUBLAS_OP_T;
@@ -83,7 +84,10 @@ absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->a, ab_type, k, m, k));
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->b, ab_type, k, n, k));
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(&plan->d, d_type, m, n, m));
+  return plan;
+}
 
+absl::StatusOr<cublasLtMatmulAlgo_t> LinearGemm::Heuristic(const Plan& plan, const Key& key) {
   cublasLtMatmulPreference_t preference = nullptr;
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&preference));
   const uint64_t workspace_bytes = workspace_.size();
@@ -93,19 +97,59 @@ absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
   if (status == CUBLAS_STATUS_SUCCESS) {
-    status = Lt().MatmulAlgoGetHeuristic(handle_, plan->op, plan->a, plan->b, plan->d, plan->d,
+    status = Lt().MatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d,
                                             preference, 1, &result, &returned);
   }
   Lt().MatmulPreferenceDestroy(preference);
   ASYMCACHE_LT_RETURN_IF_ERROR(status);
   if (returned == 0) {
+    const auto [m, n, k, io, out_fp32, accumulate] = key;
     return absl::InternalError(absl::StrCat(
         "cuBLASLt has no algorithm for y[", n, "][", m, "] = x[", n, "][", k, "] W^T (out ",
         out_fp32 ? "fp32" : "16-bit", accumulate ? ", accumulate" : "", ")"));
   }
-  plan->algo = result.algo;
-  const Plan* raw = plan.get();
-  cache_.emplace(key, std::move(plan));
+  return result.algo;
+}
+
+absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
+  if (auto it = cache_.find(key); it != cache_.end()) return it->second.get();
+  if (cache_.size() >= kMaxCachedShapes) ClearCache();
+  absl::StatusOr<std::unique_ptr<Plan>> plan = Describe(key);
+  if (!plan.ok()) return plan.status();
+  bool have_algo = false;
+  if (options_.bucket_rows) {
+    Key bucket_key = key;
+    std::get<1>(bucket_key) = GemmRowBucket(std::get<1>(key));
+    auto bucket = bucket_algos_.find(bucket_key);
+    if (bucket == bucket_algos_.end()) {
+      // The heuristic for the bucket's own n (descriptors made for it).
+      std::unique_ptr<Plan> bucket_plan;
+      if (std::get<1>(bucket_key) != std::get<1>(key)) {
+        absl::StatusOr<std::unique_ptr<Plan>> described = Describe(bucket_key);
+        if (!described.ok()) return described.status();
+        bucket_plan = *std::move(described);
+      }
+      absl::StatusOr<cublasLtMatmulAlgo_t> algo =
+          Heuristic(bucket_plan != nullptr ? *bucket_plan : **plan, bucket_key);
+      if (!algo.ok()) return algo.status();
+      bucket = bucket_algos_.emplace(bucket_key, *algo).first;
+    }
+    // The bucket's algorithm, if cuBLASLt accepts it for this n.
+    cublasLtMatmulHeuristicResult_t check{};
+    if (Lt().MatmulAlgoCheck(handle_, (*plan)->op, (*plan)->a, (*plan)->b, (*plan)->d,
+                             (*plan)->d, &bucket->second, &check) == CUBLAS_STATUS_SUCCESS &&
+        check.workspaceSize <= workspace_.size()) {
+      (*plan)->algo = bucket->second;
+      have_algo = true;
+    }
+  }
+  if (!have_algo) {
+    absl::StatusOr<cublasLtMatmulAlgo_t> algo = Heuristic(**plan, key);
+    if (!algo.ok()) return algo.status();
+    (*plan)->algo = *algo;
+  }
+  const Plan* raw = plan->get();
+  cache_.emplace(key, *std::move(plan));
   return raw;
 }
 

@@ -7,11 +7,17 @@
 // into the GEMM epilogue). In cuBLASLt's column-major terms this is the "TN"
 // product D[m][n] = op_T(W) x with ld = k for both operands.
 //
-// Algorithms come from cuBLASLt's heuristic, queried once per distinct
-// (m, n, k, types, accumulate) and cached with their descriptors, so a decode
-// step of an engine reuses them every layer and every step without host cost
-// beyond a map lookup. The cache holds at most kMaxCachedShapes entries and is
-// cleared when full (adaptive chunking makes n vary).
+// Algorithms come from cuBLASLt's heuristic. With Options::bucket_rows the
+// heuristic is asked once per row bucket (model/gemm_buckets.h:
+// n rounded up, at most 25%) and the algorithm is reused for every n in the
+// bucket after cublasLtMatmulAlgoCheck accepts it for that n (else the
+// heuristic is asked for that n); without it, once per distinct n. Plans
+// (descriptors + algorithm) are cached per (m, n, k, types, accumulate), so
+// a decode step reuses them every layer and every step without host cost
+// beyond a map lookup; the plan cache holds at most kMaxCachedShapes entries
+// and is cleared when full, the bucket algorithms are kept. The CUDA
+// backend runs every bucket once at creation (CudaBackendOptions::
+// warm_gemm_buckets) so engine steps find those plans and kernels ready.
 //
 // Ownership: owns the cuBLASLt handle, its workspace and the cached
 // descriptors. Pointers passed to Run are borrowed for the (asynchronous)
@@ -47,8 +53,16 @@ class LinearGemm {
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
   static constexpr size_t kMaxCachedShapes = 4096;
 
+  struct Options {
+    // Reuse one heuristic algorithm per row bucket (model/gemm_buckets.h).
+    // Default false: the heuristic is asked for every distinct n (the best
+    // algorithm for each; see CudaBackendOptions::gemm_row_buckets).
+    bool bucket_rows = false;
+  };
+
   // INTERNAL when cuBLASLt cannot be initialised or the workspace not allocated.
-  static absl::StatusOr<std::unique_ptr<LinearGemm>> Create();
+  static absl::StatusOr<std::unique_ptr<LinearGemm>> Create(Options options);
+  static absl::StatusOr<std::unique_ptr<LinearGemm>> Create() { return Create(Options{}); }
   ~LinearGemm();
   LinearGemm(const LinearGemm&) = delete;
   LinearGemm& operator=(const LinearGemm&) = delete;
@@ -64,13 +78,19 @@ class LinearGemm {
   struct Plan;
   using Key = std::tuple<int64_t, int64_t, int64_t, int, bool, bool>;
 
-  LinearGemm() = default;
+  explicit LinearGemm(Options options);  // in the .cu: Plan is complete there
   absl::StatusOr<const Plan*> PlanFor(const Key& key);
+  // The heuristic's algorithm for `key`'s shape with its layouts `plan`.
+  absl::StatusOr<cublasLtMatmulAlgo_t> Heuristic(const Plan& plan, const Key& key);
+  // Plan descriptors (no algorithm) for `key`.
+  absl::StatusOr<std::unique_ptr<Plan>> Describe(const Key& key);
   void ClearCache();
 
+  const Options options_;
   cublasLtHandle_t handle_ = nullptr;
   msa::DeviceBuffer workspace_;
   std::map<Key, std::unique_ptr<Plan>> cache_;
+  std::map<Key, cublasLtMatmulAlgo_t> bucket_algos_;  // key n = the bucket
 };
 
 }  // namespace asymcache::model::cuda

@@ -124,6 +124,21 @@ struct CudaBackendOptions {
   // Largest number of pages a step lists (all sequences). 1 Mi (16 Mi tokens of
   // context at 16-token pages). > 0.
   int32_t max_step_pages = 1 << 20;
+  // Linear layers reuse one cuBLASLt algorithm per row bucket (n rounded up
+  // at most 25%, model/gemm_buckets.h) instead of asking the heuristic for
+  // every distinct step size. Default false: with the warm-up below it
+  // removes the first-step cost of new sizes entirely but made repeated
+  // prefill steps 2-17% slower (mean 7%; the bucket's algorithm is not the
+  // best for every n), measured on an H100 (docs/results/first_step_h100/).
+  bool gemm_row_buckets = false;
+  // At creation, run every linear layer's GEMM once per row bucket up to
+  // max_step_tokens (and the LM head's up to max_batch rows): the kernels
+  // those sizes use are loaded and their plans cached before any engine
+  // step. Default true: on an H100 it cut the first step of a new size from
+  // +15.9 ms to +10.2 ms over its repeats (sizes up to 2048; up to 8192:
+  // +6.2 -> +2.6 ms) for ~0.5 s more at creation; what remains is mostly
+  // cuBLASLt's heuristic query for the new size.
+  bool warm_gemm_buckets = true;
   absl::Status Validate() const;
 };
 
