@@ -301,6 +301,29 @@ class SettingsTable {
                                             : absl::StrCat(bytes);
             }};
   }
+  // An int64_t field holding a byte size (ParseByteSize), e.g. a memory
+  // bound; printed as NMiB or NKiB when a whole number of them, else bytes.
+  // Range checks (e.g. > 0) are the options' Validate()'s.
+  template <typename Field>
+  static Setting ByteSize(const char* name, const char* help, Field field) {
+    return {name, help,
+            [name, field](absl::string_view v, Options* o) {
+              absl::StatusOr<int64_t> bytes = ParseByteSize(v);
+              if (!bytes.ok()) {
+                return SettingValueError(name, v, "a byte size (e.g. 262144, 256KiB, 8MiB)");
+              }
+              *field(o) = *bytes;
+              return absl::OkStatus();
+            },
+            [field](const Options& o) {
+              const int64_t bytes = *field(&o);
+              if (bytes != 0 && bytes % (int64_t{1} << 20) == 0) {
+                return absl::StrCat(bytes >> 20, "MiB");
+              }
+              if (bytes != 0 && bytes % 1024 == 0) return absl::StrCat(bytes >> 10, "KiB");
+              return absl::StrCat(bytes);
+            }};
+  }
   // A field that takes one of `choices` (text, value) by its text; a bad
   // value is "NAME: 'VALUE' is not A, B or C" (ChoiceList, in the order
   // given). Printed as the text of the field's value.

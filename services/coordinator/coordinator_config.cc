@@ -109,6 +109,10 @@ const Table& Settings() {
           Table::Integer<int>("generate-attempts",
                               "routes a proxied Generate tries when workers fail with UNAVAILABLE",
                               [](auto* o) { return &o->generate_attempts; }),
+          Table::ByteSize("proxy-max-buffered-bytes",
+                          "bytes a proxied Generate queues for a slow client before it stops "
+                          "reading the worker",
+                          [](auto* o) { return &o->proxy_max_buffered_bytes; }),
           Table::Duration("maintenance-interval",
                           "period of member/affinity expiry and gauge updates", kDurationExamples,
                           [](auto* o) { return &o->maintenance_interval; }),

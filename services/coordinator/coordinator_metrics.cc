@@ -130,6 +130,11 @@ CoordinatorMetrics::CoordinatorMetrics(MetricFamilyRegistrar& families, RoutingM
   agent_jobs_ = &families.Add(BuildGauge(), "asymcache_coordinator_agent_jobs",
                           "Agent jobs with a daemon affinity.")
                      .Add({});
+  proxy_pauses_ =
+      &families.Add(BuildCounter(), "asymcache_coordinator_proxy_backpressure_pauses_total",
+                    "Times a proxied Generate stopped reading its worker because the messages "
+                    "queued for its client passed --proxy-max-buffered-bytes.")
+           .Add({});
 }
 
 void CoordinatorMetrics::ObserveRoute(RouteReason reason, absl::Duration latency) {
@@ -200,5 +205,6 @@ void CoordinatorMetrics::AddKvEvents(KvEvent::Kind kind, int64_t events) {
 
 void CoordinatorMetrics::AddSnapshot() { snapshots_->Increment(); }
 void CoordinatorMetrics::AddWatcherReconnect() { reconnects_->Increment(); }
+void CoordinatorMetrics::AddProxyPause() { proxy_pauses_->Increment(); }
 
 }  // namespace asymcache

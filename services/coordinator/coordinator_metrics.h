@@ -19,6 +19,9 @@
 //   asymcache_coordinator_snapshots_total                        counter
 //   asymcache_coordinator_watcher_reconnects_total               counter
 //   asymcache_coordinator_agent_jobs                             gauge (affinities held)
+//   asymcache_coordinator_proxy_backpressure_pauses_total        counter: times a proxied
+//       Generate stopped reading its worker because its client's queue passed
+//       --proxy-max-buffered-bytes (generate_proxy.h)
 // Every series of a fixed label domain (reasons × the configured mode, kinds
 // × roles, event kinds) exists from the first scrape. Per-daemon series are
 // created when the daemon is first seen and removed when it leaves
@@ -100,6 +103,8 @@ class CoordinatorMetrics {
   void AddKvEvents(KvEvent::Kind kind, int64_t events);
   void AddSnapshot();
   void AddWatcherReconnect();
+  // A proxied Generate paused its worker leg for backpressure.
+  void AddProxyPause();
 
  private:
   // Registers every family through `families` (Create removes them again if
@@ -126,6 +131,7 @@ class CoordinatorMetrics {
   prometheus::Counter* snapshots_ = nullptr;
   prometheus::Counter* reconnects_ = nullptr;
   prometheus::Gauge* agent_jobs_ = nullptr;
+  prometheus::Counter* proxy_pauses_ = nullptr;
 
   absl::Mutex index_mu_;
   int64_t last_dropped_ ABSL_GUARDED_BY(index_mu_) = 0;

@@ -82,6 +82,10 @@ absl::Status CoordinatorOptions::Validate() const {
   if (generate_attempts < 1 || generate_attempts > 16) {
     return FlagValueError("generate-attempts", generate_attempts, "must be in [1, 16]");
   }
+  if (proxy_max_buffered_bytes <= 0) {
+    return FlagValueError("proxy-max-buffered-bytes", proxy_max_buffered_bytes,
+                          "must be > 0 (bytes a proxied Generate queues for its client)");
+  }
   if (shutdown_grace < absl::ZeroDuration()) {
     return FlagValueError("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
   }

@@ -67,6 +67,21 @@ struct CoordinatorOptions {
   // regeneration costs a whole prefill, so the bound stays small. >= 1
   // (1 = no retry).
   int generate_attempts = 3;
+  // Generate through the coordinator: the most bytes of worker messages one
+  // proxied call queues for its client (the sum of their serialized sizes).
+  // A client that reads slower than its worker generates — or stops reading
+  // — would otherwise make the coordinator hold its whole generation (with
+  // return_logits on a 128k vocabulary, ~0.5 MiB a token). Past the bound
+  // the call stops reading from the worker (backpressure, not an error):
+  // HTTP/2 flow control then holds back that one stream, the worker's other
+  // streams on the shared channel flow on, and reading resumes once the
+  // client has drained the queue to half the bound. A call holds at most the
+  // bound plus one worker message (and gRPC's per-stream receive window).
+  // 8 MiB: 16 tokens of 128k-vocabulary logits, or hundreds of thousands of
+  // plain tokens (~10-20 bytes a message): slack enough for a client's read
+  // jitter, while 1000 stalled clients cost 8 GiB rather than their whole
+  // generations. > 0.
+  int64_t proxy_max_buffered_bytes = int64_t{8} << 20;
 
   // Routing (cachecore/router.h documents each field and its default).
   RouterOptions router;

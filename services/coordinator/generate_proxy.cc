@@ -89,13 +89,21 @@ class WorkerLeg final : public grpc::ClientReadReactor<v1::GenerateResponse> {
         owned_(std::move(owned)),
         request_(owned_.has_value() ? &*owned_ : request) {}
 
+  // Reads are started from OnReadDone, except the one that ends a pause
+  // (ResumeReading, from the client's side): a hold, taken before StartCall
+  // as gRPC requires, keeps the call (and OnDone) from ending while no read
+  // is outstanding; the read that reports the stream's end releases it.
   void Start(const std::shared_ptr<grpc::Channel>& channel) {
     stub_ = v1::Worker::NewStub(channel);
     stub_->async()->Generate(context_.get(), request_, this);
+    AddHold();
     StartRead(&incoming_);
     StartCall();
   }
   void Cancel() { context_->TryCancel(); }
+  // Precondition: the owner paused this leg (LegMessage answered false) and
+  // has not resumed it since: no read is outstanding. Called once per pause.
+  void ResumeReading() { StartRead(&incoming_); }
 
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
@@ -146,14 +154,19 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
-      if (!queue_.empty()) queue_.pop_front();
+      if (!queue_.empty()) {
+        queued_bytes_ -= queue_.front().bytes;
+        queue_.pop_front();
+      }
       if (!ok) {
         // The client is gone (OnCancel follows): nothing more is written;
         // the running leg is cancelled and its end finishes the call.
         queue_.clear();
+        queued_bytes_ = 0;
         client_gone_ = true;
         action.cancel = active_;
       }
+      action.resume = ResumeLocked();
       Action next = NextLocked();
       action.write = next.write;
       action.finish = std::move(next.finish);
@@ -166,17 +179,24 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
       action.cancel = active_;
+      action.resume = ResumeLocked();  // its read ends the cancelled leg
     }
     Run(std::move(action));
   }
   void OnDone() override { Unref(); }
 
   // Leg side (the leg's reactions).
-  void LegMessage(WorkerLeg* leg, v1::GenerateResponse message) {
+  // True: the leg reads its next message now. False: the leg is paused (the
+  // client's queue is past proxy_max_buffered_bytes); it must start no read
+  // until ResumeReading, which the client side calls exactly once when the
+  // queue has drained to the low-water mark, or the client cancelled or went
+  // away.
+  bool LegMessage(WorkerLeg* leg, v1::GenerateResponse message) {
     Action action;
+    bool read_on = true;
     {
       absl::MutexLock lock(&mu_);
-      if (leg != active_ || final_status_.has_value()) return;  // a leg being ended
+      if (leg != active_ || final_status_.has_value()) return true;  // a leg being ended: drain
       LegResult& result = results_.back();
       if (!message.finish_reason().empty() || message.has_stats()) {
         result.finish_reason = message.finish_reason();
@@ -194,18 +214,30 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
         if (!ForwardNewTokensLocked(*leg, message, result.offset_us, &out)) {
           action.cancel = active_;  // ABORTED is final; the leg's end finishes
         } else if (!client_gone_ && out.tokens_size() > 0) {
-          queue_.push_back(std::move(out));
+          EnqueueLocked(std::move(out));
+          // Backpressure: past the bound, this leg stops reading (HTTP/2
+          // flow control holds back this stream only). Never once the
+          // client is gone or cancelled: nothing would resume it.
+          if (queued_bytes_ > proxy_->state_->options().proxy_max_buffered_bytes &&
+              !cancelled_ && !client_gone_) {
+            paused_ = leg;
+            read_on = false;
+            action.count_pause = true;
+          }
         }
         action = MergeNext(std::move(action));
       }
     }
     Run(std::move(action));
+    return read_on;
   }
 
   void LegDone(WorkerLeg* leg, const grpc::Status& status) {
     Action action;
     {
       absl::MutexLock lock(&mu_);
+      // A paused leg holds its call open (WorkerLeg::Start): it cannot end.
+      if (paused_ == leg) paused_ = nullptr;  // defensive: never read after its end
       active_ = nullptr;
       EndLegLocked(leg, status, &action);
       action = MergeNext(std::move(action));
@@ -225,8 +257,35 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
     const v1::GenerateResponse* write = nullptr;
     std::optional<grpc::Status> finish;
     WorkerLeg* cancel = nullptr;
+    WorkerLeg* resume = nullptr;  // a paused leg to read again
+    bool count_pause = false;     // a leg was paused (the metric)
     std::optional<std::pair<uint64_t, double>> report_ttft;  // route id, TTFT (s)
   };
+
+  // A message for the client and its serialized size (counted in
+  // queued_bytes_ until its write is done).
+  struct Queued {
+    v1::GenerateResponse message;
+    int64_t bytes = 0;
+  };
+
+  void EnqueueLocked(v1::GenerateResponse message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const auto bytes = static_cast<int64_t>(message.ByteSizeLong());
+    queue_.push_back(Queued{std::move(message), bytes});
+    queued_bytes_ += bytes;
+  }
+
+  // The paused leg, to be read again by the caller (once: it is no longer
+  // paused), when the queue has drained to the low-water mark (half the
+  // bound) or the client cancelled or is gone; else nullptr.
+  WorkerLeg* ResumeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (paused_ == nullptr) return nullptr;
+    const int64_t low_water = proxy_->state_->options().proxy_max_buffered_bytes / 2;
+    if (queued_bytes_ > low_water && !cancelled_ && !client_gone_) return nullptr;
+    WorkerLeg* leg = paused_;
+    paused_ = nullptr;
+    return leg;
+  }
 
   ~ProxiedGenerate() override = default;
 
@@ -431,9 +490,10 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return;
     }
     if (!client_gone_) {
-      v1::GenerateResponse& last = queue_.emplace_back();
+      v1::GenerateResponse last;
       last.set_finish_reason(result.finish_reason);
       *last.mutable_stats() = MergeStats(results_, ttft_s_, attempt_);
+      EnqueueLocked(std::move(last));
     }
     final_status_ = grpc::Status::OK;
   }
@@ -452,7 +512,7 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
     if (finished_ || writing_) return action;
     if (!queue_.empty()) {
       writing_ = true;
-      action.write = &queue_.front();
+      action.write = &queue_.front().message;
       return action;
     }
     if (final_status_.has_value() && active_ == nullptr) {
@@ -465,6 +525,10 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   void Run(Action action) {
     if (action.start != nullptr) action.start->Start(action.channel);
     if (action.cancel != nullptr) action.cancel->Cancel();
+    if (action.resume != nullptr) action.resume->ResumeReading();
+    if (action.count_pause) {
+      if (CoordinatorMetrics* metrics = proxy_->state_->metrics()) metrics->AddProxyPause();
+    }
     if (action.report_ttft.has_value()) {
       // NOT_FOUND when the route fell out of the route log: nothing to do.
       (void)proxy_->state_->ReportTtft(action.report_ttft->first, action.report_ttft->second);
@@ -512,7 +576,11 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
   WorkerLeg* active_ ABSL_GUARDED_BY(mu_) = nullptr;     // the leg running, if any
   std::optional<absl::Time> first_token_ ABSL_GUARDED_BY(mu_);
   double ttft_s_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<v1::GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);  // front: in flight
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);  // front: in flight
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;   // the sum of queue_'s bytes
+  // The leg that stopped reading for backpressure (LegMessage answered
+  // false), until ResumeLocked hands it out; nullptr when none is paused.
+  WorkerLeg* paused_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;    // OnCancel
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;  // a write failed
@@ -521,10 +589,17 @@ class ProxiedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
 };
 
 void WorkerLeg::OnReadDone(bool ok) {
-  if (!ok) return;  // the stream's end: OnDone has the status
-  owner_->LegMessage(this, std::move(incoming_));
+  if (!ok) {
+    // The stream's end: no read follows; OnDone (with the status) may come.
+    RemoveHold();
+    return;
+  }
+  // Taken out of incoming_ before the owner sees it: once the owner has
+  // paused this leg, the client side may resume it (StartRead into
+  // incoming_) at any moment, so nothing here touches incoming_ afterwards.
+  v1::GenerateResponse message = std::move(incoming_);
   incoming_.Clear();
-  StartRead(&incoming_);
+  if (owner_->LegMessage(this, std::move(message))) StartRead(&incoming_);
 }
 
 void WorkerLeg::OnDone(const grpc::Status& status) {

@@ -48,9 +48,17 @@
 // Everything runs on gRPC's callback API: the client side is a
 // ServerWriteReactor, each downstream call a ClientReadReactor, so no thread
 // waits per request. A downstream message is read as soon as it arrives and
-// queued for the client (at most max_new_tokens + 1 messages per leg, like
-// the worker's own stream). Channels to workers are cached per address (at
-// most max_members of them; an evicted one lives on in the calls using it).
+// queued for the client, up to options().proxy_max_buffered_bytes of
+// queued messages (their serialized sizes) per call: past it the leg stops
+// reading (backpressure, never an error) and HTTP/2 flow control holds back
+// that stream alone — the worker's other streams on the shared channel flow
+// on, and the worker keeps what it generates meanwhile in its own stream's
+// queue. Reading resumes when the client's writes have drained the queue to
+// half the bound, or at once when the client cancels or goes away (so the
+// leg's end is seen). A paused leg's failure (e.g. UNAVAILABLE, retried) is
+// seen only once reading resumes. Channels to workers are cached per address
+// (at most max_members of them; an evicted one lives on in the calls using
+// it).
 //
 // Thread-safety: handlers and reactions run concurrently on gRPC's threads;
 // each call's state is guarded by its own mutex, the channel cache by
@@ -77,8 +85,9 @@ class ProxiedGenerate;  // one proxied call (generate_proxy.cc)
 
 class GenerateProxy final : public v1::Worker::CallbackService {
  public:
-  // `state` is borrowed; its options give the message size limit and the
-  // channel cache's bound (max_members).
+  // `state` is borrowed; its options give the message size limit, the
+  // channel cache's bound (max_members), the retries (generate_attempts) and
+  // the per-call buffer bound (proxy_max_buffered_bytes).
   explicit GenerateProxy(CoordinatorState* state);
 
   // After this, every new Generate gets UNAVAILABLE (graceful shutdown);

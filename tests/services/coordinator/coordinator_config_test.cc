@@ -2,7 +2,10 @@
 // the YAML config: every setting round-trips, bad values name the setting.
 #include "services/coordinator/coordinator_config.h"
 
+#include <cstdint>
 #include <string>
+
+#include "absl/strings/str_cat.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -21,6 +24,8 @@ TEST(CoordinatorOptionsTest, DefaultsAreValidAndDocumented) {
   EXPECT_EQ(o.router.mode, RoutingMode::kHoleAware);
   EXPECT_FALSE(o.expected_model.has_value());
   EXPECT_LE(o.max_members, o.index.max_members);
+  EXPECT_EQ(o.proxy_max_buffered_bytes, int64_t{8} << 20);
+  EXPECT_EQ(CoordinatorSettingValue("proxy-max-buffered-bytes", o).value(), "8MiB");
 }
 
 TEST(CoordinatorOptionsTest, ValidateNamesTheField) {
@@ -69,6 +74,59 @@ TEST(CoordinatorOptionsTest, ValidateNamesTheField) {
   o = CoordinatorOptions();
   o.listen = "";
   expect_bad(o, "--listen");
+}
+
+TEST(CoordinatorOptionsTest, ProxyBufferBoundMustBePositive) {
+  for (const int64_t bad : {int64_t{0}, int64_t{-1}, int64_t{-8} << 20}) {
+    CoordinatorOptions o;
+    o.proxy_max_buffered_bytes = bad;
+    const absl::Status s = o.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(s.message(), absl::StrCat("--proxy-max-buffered-bytes must be > 0 (bytes a proxied "
+                                        "Generate queues for its client), got ",
+                                        bad));
+  }
+  CoordinatorOptions o;
+  o.proxy_max_buffered_bytes = 1;  // the smallest bound: one message at a time
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+}
+
+TEST(CoordinatorConfigTest, ProxyBufferBoundTakesTheByteSizeSyntax) {
+  CoordinatorOptions o;
+  ASSERT_TRUE(ApplyCoordinatorSetting("proxy-max-buffered-bytes", "256KiB", &o).ok());
+  EXPECT_EQ(o.proxy_max_buffered_bytes, 256 << 10);
+  EXPECT_EQ(CoordinatorSettingValue("proxy-max-buffered-bytes", o).value(), "256KiB");
+  ASSERT_TRUE(ApplyCoordinatorSetting("proxy-max-buffered-bytes", "3G", &o).ok());
+  EXPECT_EQ(o.proxy_max_buffered_bytes, int64_t{3} << 30);  // no 2 GiB limit
+  EXPECT_EQ(CoordinatorSettingValue("proxy-max-buffered-bytes", o).value(), "3072MiB");
+  ASSERT_TRUE(ApplyCoordinatorSetting("proxy-max-buffered-bytes", "1000", &o).ok());
+  EXPECT_EQ(o.proxy_max_buffered_bytes, 1000);
+  EXPECT_EQ(CoordinatorSettingValue("proxy-max-buffered-bytes", o).value(), "1000");
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+
+  // Parsed but out of range: Validate names the flag.
+  ASSERT_TRUE(ApplyCoordinatorSetting("proxy-max-buffered-bytes", "0", &o).ok());
+  EXPECT_THAT(o.Validate().message(), HasSubstr("--proxy-max-buffered-bytes must be > 0"));
+
+  // Not a byte size: refused by the parser, naming the setting; unchanged.
+  o.proxy_max_buffered_bytes = 4096;
+  for (const char* bad : {"-1", "-8MiB", "lots", "8 MB", "1.5MiB", "", "99999999999T"}) {
+    const absl::Status s = ApplyCoordinatorSetting("proxy-max-buffered-bytes", bad, &o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(s.message(), absl::StrCat("proxy-max-buffered-bytes: '", bad,
+                                        "' is not a byte size (e.g. 262144, 256KiB, 8MiB)"));
+    EXPECT_EQ(o.proxy_max_buffered_bytes, 4096) << bad;
+  }
+
+  // The YAML key is the flag's name.
+  ASSERT_TRUE(
+      ApplyCoordinatorYamlText("proxy-max-buffered-bytes: 1MiB\n", "test.yaml", &o).ok());
+  EXPECT_EQ(o.proxy_max_buffered_bytes, 1 << 20);
+  const absl::Status yaml =
+      ApplyCoordinatorYamlText("proxy-max-buffered-bytes: plenty\n", "test.yaml", &o);
+  EXPECT_EQ(yaml.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(yaml.message(), HasSubstr("test.yaml:1: proxy-max-buffered-bytes: 'plenty'"));
+  EXPECT_EQ(o.proxy_max_buffered_bytes, 1 << 20);
 }
 
 TEST(CoordinatorConfigTest, EverySettingRoundTripsThroughItsText) {

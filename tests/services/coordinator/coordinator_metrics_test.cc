@@ -97,6 +97,7 @@ TEST(CoordinatorMetricsTest, FixedSeriesExistFromTheStart) {
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_ttft_relative_error_count 0"));
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_index_entries 0"));
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_watcher_reconnects_total 0"));
+  EXPECT_THAT(text, HasSubstr("asymcache_coordinator_proxy_backpressure_pauses_total 0"));
   // A second set on the same registry conflicts with the first only if the
   // types differ; a registry holding one of the names as another type fails.
   prometheus::Registry taken;
@@ -123,6 +124,8 @@ TEST(CoordinatorMetricsTest, ObservationsAndDeltas) {
   metrics->AddKvEvents(KvEvent::Kind::kStored, 5);
   metrics->AddSnapshot();
   metrics->AddWatcherReconnect();
+  metrics->AddProxyPause();
+  metrics->AddProxyPause();
   std::string text = Serialize(registry);
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_routes_total{mode=\"hole-aware\",reason=\"agent_affinity\"} 2"));
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_route_duration_seconds_count 2"));
@@ -140,6 +143,7 @@ TEST(CoordinatorMetricsTest, ObservationsAndDeltas) {
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_kv_events_applied_total{kind=\"stored\"} 5"));
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_snapshots_total 1"));
   EXPECT_THAT(text, HasSubstr("asymcache_coordinator_watcher_reconnects_total 1"));
+  EXPECT_THAT(text, HasSubstr("asymcache_coordinator_proxy_backpressure_pauses_total 2"));
   metrics->RemoveDaemon("d-1");
   text = Serialize(registry);
   EXPECT_THAT(text, Not(HasSubstr("member=\"d-1\"")));
