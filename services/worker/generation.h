@@ -56,6 +56,8 @@ struct TokenBatch {
   std::vector<float> logits;            // vocab floats per token when requested
 };
 
+// The engine calls a sink on its step thread without holding its own lock,
+// so a sink may call Engine::Cancel (e.g. for a client that stopped reading).
 class GenerationSink {
  public:
   virtual ~GenerationSink() = default;

@@ -229,7 +229,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(const WorkerOptions& optio
 
   server->service = std::make_unique<WorkerService>(
       server->engine.get(), TenantSaltPolicy(options.security), options.client_rate_limit,
-      options.security.trusted_peers);
+      options.security.trusted_peers, options.max_stream_buffered_bytes);
   absl::StatusOr<StartedGrpcServer> grpc_server =
       StartGrpcServer(options.listen, options.security, options.max_message_bytes,
                       server->service.get());

@@ -154,6 +154,10 @@ const Table& Settings() {
                           kDurationExamples, [](auto* o) { return &o->coordinator_retry_max; }),
           Table::IntByteSize("max-message-bytes", "largest gRPC message accepted and sent",
                              [](auto* o) { return &o->max_message_bytes; }),
+          Table::ByteSize("max-stream-buffered-bytes",
+                          "responses a Generate stream may hold for a client that does not read "
+                          "them; past it the request is cancelled",
+                          [](auto* o) { return &o->max_stream_buffered_bytes; }),
           Table::Duration("shutdown-grace",
                           "SIGTERM: time in-flight Generate streams get before being cancelled",
                           kDurationExamples, [](auto* o) { return &o->shutdown_grace; }),

@@ -119,6 +119,10 @@ absl::Status WorkerOptions::Validate() const {
   if (max_message_bytes < (1 << 20)) {
     return FlagValueError("max-message-bytes", max_message_bytes, "must be >= 1 MiB");
   }
+  if (max_stream_buffered_bytes < (int64_t{1} << 20)) {
+    return FlagValueError("max-stream-buffered-bytes", max_stream_buffered_bytes,
+                          "must be >= 1 MiB");
+  }
   if (shutdown_grace < absl::ZeroDuration()) {
     return FlagValueError("shutdown-grace", absl::FormatDuration(shutdown_grace), "must be >= 0");
   }

@@ -96,6 +96,13 @@ struct WorkerOptions {
   // (the daemon's max_context_tokens) in one GenerateRequest, and the
   // daemon's own limit. >= 1 MiB.
   int max_message_bytes = 64 << 20;
+  // Responses one Generate stream may hold for a client that does not read
+  // them (bytes; worker_service.h): past it the request is cancelled, its
+  // blocks released, and the stream ends with RESOURCE_EXHAUSTED. 64 MiB:
+  // tokens alone never come close (~20 bytes each), and with return_logits
+  // on a 128k vocabulary (512 KiB a token) the client may fall ~128 tokens
+  // behind. >= 1 MiB.
+  int64_t max_stream_buffered_bytes = int64_t{64} << 20;
   // SIGTERM: in-flight Generate streams get this long to finish before being
   // cancelled (their blocks are released either way). 20 s: a few hundred
   // tokens at a 50 ms TPOT finish, and the worker still exits inside

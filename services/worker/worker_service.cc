@@ -37,7 +37,8 @@ class GenerateReactor;
 
 class Stream final : public GenerationSink {
  public:
-  explicit Stream(GenerateReactor* reactor) : reactor_(reactor) {}
+  Stream(GenerateReactor* reactor, Engine* engine, int64_t max_buffered_bytes)
+      : engine_(engine), max_buffered_bytes_(max_buffered_bytes), reactor_(reactor) {}
   void OnTokens(TokenBatch batch) override;
   void OnFinish(const absl::Status& status, const std::string& finish_reason,
                 const RequestStats& stats) override;
@@ -50,6 +51,9 @@ class Stream final : public GenerationSink {
   }
   // The request could not be submitted: end the call with `status`.
   void FailNow(const absl::Status& status);
+  // The engine request this stream carries (after a successful Submit); a
+  // stream that overflowed before it was known cancels it now.
+  void SetRequest(uint64_t request_id);
 
  private:
   // Under mu_: the next action for the reactor (a write or the finish), or
@@ -61,10 +65,21 @@ class Stream final : public GenerationSink {
   };
   Action NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run(Action action) ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues `message`; past the bound, drops the queue (but a message being
+  // written) and ends the stream with RESOURCE_EXHAUSTED. Returns the engine
+  // request to cancel (0: none).
+  uint64_t EnqueueLocked(v1::GenerateResponse message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  Engine* const engine_;
+  const int64_t max_buffered_bytes_;
   absl::Mutex mu_;
   GenerateReactor* reactor_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
+  // Front: the message being written while writing_. Each with its
+  // serialized size, summed in queued_bytes_.
+  std::deque<std::pair<v1::GenerateResponse, int64_t>> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t request_id_ ABSL_GUARDED_BY(mu_) = 0;  // 0 until SetRequest
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish() called
   std::optional<grpc::Status> final_status_ ABSL_GUARDED_BY(mu_);
@@ -75,9 +90,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // `salt`: the salt the request runs under (TenantSaltPolicy), or the error
   // that refuses it.
   GenerateReactor(Engine* engine, const v1::GenerateRequest& request,
-                  const absl::StatusOr<std::string>& salt)
+                  const absl::StatusOr<std::string>& salt, int64_t max_buffered_bytes)
       : engine_(engine) {
-    stream_ = std::make_shared<Stream>(this);
+    stream_ = std::make_shared<Stream>(this, engine, max_buffered_bytes);
     if (!salt.ok()) {
       stream_->FailNow(absl::Status(salt.status().code(),
                                     absl::StrCat("Generate: ", salt.status().message())));
@@ -91,6 +106,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       return;
     }
     request_id_ = *id;
+    stream_->SetRequest(*id);
   }
   void OnWriteDone(bool ok) override { stream_->WriteDone(ok); }
   void OnCancel() override {
@@ -109,15 +125,50 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 void Stream::OnTokens(TokenBatch batch) {
   Action action;
+  uint64_t cancel = 0;
   {
     absl::MutexLock lock(&mu_);
-    v1::GenerateResponse& message = queue_.emplace_back();
+    if (overflowed_) return;  // the request is being cancelled
+    v1::GenerateResponse message;
     message.mutable_tokens()->Add(batch.tokens.begin(), batch.tokens.end());
     message.mutable_token_times_us()->Add(batch.times_us.begin(), batch.times_us.end());
     message.mutable_logits()->Add(batch.logits.begin(), batch.logits.end());
+    cancel = EnqueueLocked(std::move(message));
     action = NextLocked();
   }
+  // Outside the lock: the engine takes its own (never while calling a sink).
+  if (cancel != 0) engine_->Cancel(cancel);
   Run(action);
+}
+
+uint64_t Stream::EnqueueLocked(v1::GenerateResponse message) {
+  const auto bytes = static_cast<int64_t>(message.ByteSizeLong());
+  queue_.emplace_back(std::move(message), bytes);
+  queued_bytes_ += bytes;
+  if (queued_bytes_ <= max_buffered_bytes_) return 0;
+  // The client does not keep up: keep only a message gRPC is writing.
+  overflowed_ = true;
+  const size_t keep = writing_ ? 1 : 0;
+  while (queue_.size() > keep) {
+    queued_bytes_ -= queue_.back().second;
+    queue_.pop_back();
+  }
+  final_status_ = grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      absl::StrCat("Generate: the client did not read its stream: over ", max_buffered_bytes_,
+                   " bytes of responses were waiting (--max-stream-buffered-bytes); the request "
+                   "was cancelled"));
+  return request_id_;
+}
+
+void Stream::SetRequest(uint64_t request_id) {
+  bool cancel = false;
+  {
+    absl::MutexLock lock(&mu_);
+    request_id_ = request_id;
+    cancel = overflowed_;
+  }
+  if (cancel) engine_->Cancel(request_id);
 }
 
 void Stream::OnFinish(const absl::Status& status, const std::string& finish_reason,
@@ -125,14 +176,23 @@ void Stream::OnFinish(const absl::Status& status, const std::string& finish_reas
   Action action;
   {
     absl::MutexLock lock(&mu_);
+    // An overflow (or a failed write) already decided how the stream ends.
+    if (final_status_.has_value()) return;
     if (status.ok()) {
-      v1::GenerateResponse& message = queue_.emplace_back();
+      v1::GenerateResponse message;
       message.set_finish_reason(finish_reason);
       ToProto(stats, message.mutable_stats());
+      (void)EnqueueLocked(std::move(message));  // the request is over: nothing to cancel
+      if (!final_status_.has_value()) final_status_ = grpc::Status::OK;
     } else {
-      queue_.clear();  // an error ends the stream without the queued tokens' order mattering
+      // An error ends the stream without the queued tokens (but one being written).
+      const size_t keep = writing_ ? 1 : 0;
+      while (queue_.size() > keep) {
+        queued_bytes_ -= queue_.back().second;
+        queue_.pop_back();
+      }
+      final_status_ = ToGrpcStatus(status);
     }
-    final_status_ = ToGrpcStatus(status);
     action = NextLocked();
   }
   Run(action);
@@ -153,10 +213,14 @@ void Stream::WriteDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     writing_ = false;
-    if (!queue_.empty()) queue_.pop_front();
+    if (!queue_.empty()) {
+      queued_bytes_ -= queue_.front().second;
+      queue_.pop_front();
+    }
     if (!ok) {
       // The client is gone; the engine hears of it through OnCancel.
       queue_.clear();
+      queued_bytes_ = 0;
       if (!final_status_.has_value()) {
         final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
@@ -171,7 +235,7 @@ Stream::Action Stream::NextLocked() {
   if (reactor_ == nullptr || writing_ || finished_) return action;
   if (!queue_.empty()) {
     writing_ = true;
-    action.write = &queue_.front();
+    action.write = &queue_.front().first;
     return action;
   }
   if (final_status_.has_value()) {
@@ -233,7 +297,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* WorkerService::Generate(
                                     std::string(limited.message())));
   }
   return new GenerateReactor(engine_, *request,
-                             tenant_salts_.SaltFor(PeerIdentity(*ctx), request->salt()));
+                             tenant_salts_.SaltFor(PeerIdentity(*ctx), request->salt()),
+                             max_stream_buffered_bytes_);
 }
 
 grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerContext* ctx,

@@ -8,6 +8,13 @@
 // certificate unless the peer is a trusted component); a peer without an
 // identity gets PERMISSION_DENIED.
 //
+// A client that stops reading: each stream buffers at most
+// `max_stream_buffered_bytes` of responses (serialized sizes, the one being
+// written included). Past it the engine request is cancelled (its blocks
+// are released) and the stream ends with RESOURCE_EXHAUSTED once the client
+// reads again (or at its deadline / disconnect); the queued responses are
+// dropped, except one whose write gRPC already holds.
+//
 // Thread-safety: handlers run on gRPC's threads; the engine calls the stream
 // sinks on its step thread; each stream's state is guarded by its own mutex.
 // The engine must outlive the service's RPCs (stop the server first).
@@ -15,7 +22,10 @@
 #define ASYMCACHE_SERVICES_WORKER_WORKER_SERVICE_H_
 
 #include <atomic>
+#include <cstdint>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "asymcache/v1/worker.grpc.pb.h"
 #include "services/common/client_rate_limiter.h"
@@ -34,11 +44,13 @@ class WorkerService final
  public:
   // `rate_limit`: per-client Generate limits; `exempt` the identities never
   // limited (the trusted peers: the coordinator forwards every tenant's).
+  // `max_stream_buffered_bytes` (> 0): the per-stream bound above.
   WorkerService(Engine* engine, TenantSaltPolicy tenant_salts, ClientRateLimitOptions rate_limit,
-                std::vector<std::string> exempt)
+                std::vector<std::string> exempt, int64_t max_stream_buffered_bytes)
       : engine_(engine),
         tenant_salts_(std::move(tenant_salts)),
-        limiter_(rate_limit, std::move(exempt)) {}
+        limiter_(rate_limit, std::move(exempt)),
+        max_stream_buffered_bytes_(max_stream_buffered_bytes) {}
 
   // After this every new RPC gets UNAVAILABLE.
   void StopAccepting() { accepting_.store(false); }
@@ -53,6 +65,7 @@ class WorkerService final
   Engine* const engine_;
   const TenantSaltPolicy tenant_salts_;
   ClientRateLimiter limiter_;
+  const int64_t max_stream_buffered_bytes_;
   std::atomic<bool> accepting_{true};
 };
 

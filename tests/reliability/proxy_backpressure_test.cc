@@ -14,6 +14,11 @@
 //     still ends (the worker's request is released, the coordinator counts
 //     the Generate as CANCELLED), and the pause is counted in
 //     asymcache_coordinator_proxy_backpressure_pauses_total.
+// And the worker's own bound (worker_service.h, --max-stream-buffered-bytes)
+// for a client of the worker that stops reading: the request is cancelled
+// (its blocks released) once the bound is passed, the worker's memory stays
+// far below the stream's size, and the client, reading on, gets
+// RESOURCE_EXHAUSTED naming the flag.
 // Every client is on its own connection (an unread stream of a shared
 // client connection is not what is tested here).
 #include <arpa/inet.h>
@@ -321,6 +326,105 @@ TEST_F(ProxyBackpressureTest, PausedCallStillEndsOnTheClientsCancel) {
   const Stream after = GenerateAll(*OwnConnection(), LogitsRequest(5, 50, "tenant-cancel"));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens.size(), 50u);
+}
+
+class WorkerStreamBoundTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/asymcache_stream_bound_XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
+    log_dir_ = dir;
+    ServiceClusterOptions options;
+    options.log_dir = log_dir_;
+    options.pool_bytes = kPoolBytes;
+    options.worker_flags = {"--max-stream-buffered-bytes=1MiB"};
+    absl::StatusOr<std::unique_ptr<ServiceCluster>> cluster = ServiceCluster::Start(options);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = *std::move(cluster);
+  }
+  void TearDown() override {
+    if (HasFailure() && cluster_ != nullptr) std::fprintf(stderr, "%s", cluster_->Logs().c_str());
+    cluster_.reset();
+    ::rmdir(log_dir_.c_str());
+  }
+
+  std::unique_ptr<v1::Worker::Stub> OwnConnection() {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return v1::Worker::NewStub(grpc::CreateCustomChannel(
+        cluster_->worker_process().address(), grpc::InsecureChannelCredentials(), args));
+  }
+
+  absl::StatusOr<v1::GetWorkerStatsResponse> Stats() { return cluster_->WorkerStats(); }
+
+  int64_t WorkerRss() {
+    absl::StatusOr<int64_t> rss = ResidentBytes(cluster_->worker_process().pid());
+    EXPECT_TRUE(rss.ok()) << rss.status();
+    return rss.ok() ? *rss : 0;
+  }
+
+  std::string log_dir_;
+  std::unique_ptr<ServiceCluster> cluster_;
+};
+
+TEST_F(WorkerStreamBoundTest, RequestOfAClientThatStopsReadingIsCancelledAtTheBound) {
+  // Warm-up (connections, gRPC's threads, the allocator's arenas), so that
+  // what follows measures the stalled stream.
+  const Stream warmed = GenerateAll(*OwnConnection(), LogitsRequest(2, 600, "tenant-warm"));
+  ASSERT_TRUE(warmed.status.ok()) << warmed.status.error_message();
+  ASSERT_EQ(warmed.tokens.size(), 600u);
+  absl::StatusOr<v1::GetWorkerStatsResponse> before = Stats();
+  ASSERT_TRUE(before.ok()) << before.status();
+  const int64_t rss_before = WorkerRss();
+
+  // 7000 tokens of 4 KiB logits (~27 MiB), read one message, then nothing.
+  std::unique_ptr<v1::Worker::Stub> stub = OwnConnection();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + kCallDeadline));
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub->Generate(&context, LogitsRequest(1, kStalledTokens, "tenant-stall"));
+  Stream seen;
+  {
+    v1::GenerateResponse first;
+    ASSERT_TRUE(reader->Read(&first));
+    seen.tokens.assign(first.tokens().begin(), first.tokens().end());
+  }
+
+  // The worker cancels the request once 1 MiB waits for the client: it
+  // finishes (one more finished request), releases its blocks, and stops
+  // generating long before the 7000 tokens.
+  ASSERT_TRUE(WaitUntil([&] {
+    absl::StatusOr<v1::GetWorkerStatsResponse> now = Stats();
+    return now.ok() && now->running() + now->waiting() == 0 &&
+           now->generated_tokens() > before->generated_tokens();
+  })) << "the request still runs";
+  absl::StatusOr<BlockAccounting> idle = cluster_->WaitForIdlePool(absl::Seconds(15));
+  EXPECT_TRUE(idle.ok()) << idle.status();
+  absl::StatusOr<v1::GetWorkerStatsResponse> after = Stats();
+  ASSERT_TRUE(after.ok()) << after.status();
+  const int64_t generated = after->generated_tokens() - before->generated_tokens();
+  const int64_t rss_stalled = WorkerRss();
+  std::printf("worker generated %lld of %d tokens for the stalled client; RSS %.1f -> %.1f MiB\n",
+              static_cast<long long>(generated), kStalledTokens, rss_before / 1048576.0,
+              rss_stalled / 1048576.0);
+  EXPECT_LT(generated, kStalledTokens) << "the request ran to its end";
+  // The whole stream would be ~27 MiB; the worker keeps the bound (1 MiB)
+  // plus gRPC's send window to the client.
+  EXPECT_LT(rss_stalled - rss_before, int64_t{kStalledTokens} * kVocab * 4 / 3)
+      << "the worker buffered the stalled stream";
+
+  // Reading on, the client gets what the windows held, then the error.
+  ReadToEnd(*reader, &seen);
+  EXPECT_EQ(seen.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << seen.status.error_message();
+  EXPECT_TRUE(absl::StrContains(seen.status.error_message(), "--max-stream-buffered-bytes"))
+      << seen.status.error_message();
+  EXPECT_LT(seen.tokens.size(), static_cast<size_t>(kStalledTokens));
+
+  // The worker serves a whole generation afterwards.
+  const Stream next = GenerateAll(*OwnConnection(), LogitsRequest(5, 50, "tenant-next"));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.tokens.size(), 50u);
 }
 
 }  // namespace

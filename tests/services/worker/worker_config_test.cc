@@ -91,6 +91,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"coordinator-rpc-timeout", "500ms"},
       {"coordinator-retry-max", "5s"},
       {"max-message-bytes", "8MiB"},
+      {"max-stream-buffered-bytes", "256MiB"},
       {"shutdown-grace", "3s"},
       {"stats-interval", "1s"},
       {"plaintext", "false"},
@@ -174,6 +175,7 @@ TEST(WorkerConfigTest, NonDefaultValuesRoundTripAndLandInTheirFields) {
   EXPECT_EQ(options.coordinator_rpc_timeout, absl::Milliseconds(500));
   EXPECT_EQ(options.coordinator_retry_max, absl::Seconds(5));
   EXPECT_EQ(options.max_message_bytes, 8 << 20);
+  EXPECT_EQ(options.max_stream_buffered_bytes, int64_t{256} << 20);
   EXPECT_EQ(options.shutdown_grace, absl::Seconds(3));
   EXPECT_EQ(options.stats_interval, absl::Seconds(1));
   EXPECT_FALSE(options.security.plaintext);
@@ -261,6 +263,8 @@ TEST(WorkerConfigTest, UnparsableValuesAreRefusedNamingTheSetting) {
       {"coordinator-retry-max", "2"},
       {"max-message-bytes", "4GiB"},
       {"max-message-bytes", "big"},
+      {"max-stream-buffered-bytes", "-1MiB"},
+      {"max-stream-buffered-bytes", "lots"},
       {"shutdown-grace", "-"},
       {"stats-interval", "often"},
   };
@@ -326,6 +330,8 @@ TEST(WorkerConfigTest, OutOfRangeValuesAreRefusedWithTheirMessage) {
       {{daemon, "--coordinator-retry-max=-1s"},
        "--coordinator-retry-max must be positive and finite"},
       {{daemon, "--max-message-bytes=1000"}, "--max-message-bytes must be >= 1 MiB"},
+      {{daemon, "--max-stream-buffered-bytes=64KiB"},
+       "--max-stream-buffered-bytes must be >= 1 MiB"},
       {{daemon, "--shutdown-grace=-1s"}, "--shutdown-grace must be >= 0"},
       {{daemon, "--stats-interval=0s"}, "--stats-interval must be positive and finite"},
   };
