@@ -48,6 +48,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "tests/reliability/service_cluster.h"
+#include "tests/services/http_get.h"
 
 namespace asymcache {
 namespace {
@@ -125,34 +126,6 @@ bool WaitUntil(const std::function<bool()>& condition, absl::Duration bound = kW
   return true;
 }
 
-// A plain HTTP/1.1 GET of /metrics on 127.0.0.1 (5 s socket timeouts); the
-// response, headers included ("" when the port does not answer).
-std::string ScrapeMetrics(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  timeval timeout{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if (::send(fd, request.data(), request.size(), 0) == static_cast<ssize_t>(request.size())) {
-      char buffer[8192];
-      ssize_t n = 0;
-      while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
-        response.append(buffer, static_cast<size_t>(n));
-      }
-    }
-  }
-  ::close(fd);
-  return response;
-}
-
 class ProxyBackpressureTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -196,7 +169,11 @@ class ProxyBackpressureTest : public ::testing::Test {
     return rss.ok() ? *rss : 0;
   }
 
-  std::string Metrics() { return ScrapeMetrics(cluster_->coordinator_process().metrics_port()); }
+  // The whole /metrics response ("" when the port does not answer).
+  std::string Metrics() {
+    return testing::HttpGet(cluster_->coordinator_process().metrics_port(), "/metrics")
+        .value_or("");
+  }
 
   std::string log_dir_;
   std::unique_ptr<ServiceCluster> cluster_;

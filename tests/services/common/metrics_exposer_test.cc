@@ -17,52 +17,15 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "tests/services/http_get.h"
 
 namespace asymcache {
 namespace {
 
+using ::asymcache::testing::HttpGet;
+
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-// A plain HTTP/1.1 GET over a blocking socket with a 5 s receive timeout.
-// Returns the whole response (status line, headers, body).
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    std::string error = std::strerror(errno);
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("connect to port ", port, ": ", error));
-  }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return absl::UnavailableError("send failed");
-  }
-  std::string response;
-  char buffer[4096];
-  while (true) {
-    ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      std::string error = std::strerror(errno);
-      close(fd);
-      return absl::DeadlineExceededError(absl::StrCat("recv: ", error));
-    }
-    response.append(buffer, static_cast<size_t>(n));
-  }
-  close(fd);
-  return response;
-}
 
 // A listening socket on 127.0.0.1 (port 0 = ephemeral); closes on destruction.
 class Listener {

@@ -22,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/services/coordinator/coordinator_test_util.h"
+#include "tests/services/http_get.h"
 
 namespace asymcache {
 namespace {
@@ -43,43 +44,6 @@ std::string Serialize(prometheus::Registry& registry) {
   std::ostringstream out;
   serializer.Serialize(out, registry.Collect());
   return out.str();
-}
-
-// A plain HTTP/1.1 GET of /metrics on 127.0.0.1 (5 s socket timeouts).
-absl::StatusOr<std::string> Scrape(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("connect to port ", port));
-  }
-  const std::string request =
-      "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return absl::UnavailableError("send failed");
-  }
-  std::string response;
-  char buffer[4096];
-  while (true) {
-    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      close(fd);
-      return absl::DeadlineExceededError("recv timed out");
-    }
-    response.append(buffer, static_cast<size_t>(n));
-  }
-  close(fd);
-  return response;
 }
 
 TEST(CoordinatorMetricsTest, FixedSeriesExistFromTheStart) {
@@ -187,7 +151,7 @@ TEST(CoordinatorMetricsTest, ScrapedFromARunningCoordinator) {
 
   std::string text;
   ASSERT_TRUE(WaitUntil([&] {
-    absl::StatusOr<std::string> scraped = Scrape(coordinator->metrics_port());
+    absl::StatusOr<std::string> scraped = testing::HttpGet(coordinator->metrics_port(), "/metrics");
     if (!scraped.ok()) return false;
     text = *scraped;
     return absl::StrContains(text, "asymcache_coordinator_event_lag{member=\"d-1\"} 0") &&
@@ -214,7 +178,7 @@ TEST(CoordinatorMetricsTest, ScrapedFromARunningCoordinator) {
   v1::DeregisterResponse left;
   ASSERT_TRUE(Call(*stub, &Stub::Deregister, leave, &left).ok());
   ASSERT_TRUE(WaitUntil([&] {
-    absl::StatusOr<std::string> scraped = Scrape(coordinator->metrics_port());
+    absl::StatusOr<std::string> scraped = testing::HttpGet(coordinator->metrics_port(), "/metrics");
     return scraped.ok() && !absl::StrContains(*scraped, "member=\"d-1\"") &&
            absl::StrContains(*scraped, "asymcache_coordinator_index_entries 0");
   }));

@@ -68,6 +68,7 @@
 #include "services/client/client.h"
 #include "tests/services/child_process.h"
 #include "tests/services/free_port.h"
+#include "tests/services/http_get.h"
 #include "tests/services/test_binaries.h"
 #include "tests/services/worker/generate_stream.h"
 
@@ -214,43 +215,6 @@ class ServiceProcess {
   std::string buffer_;
   bool reaped_ = false;
 };
-
-// A plain HTTP/1.1 GET of /metrics on 127.0.0.1 (5 s socket timeouts); the body.
-absl::StatusOr<std::string> ScrapeMetrics(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  timeval timeout{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const std::string error = std::strerror(errno);
-    ::close(fd);
-    return absl::UnavailableError(absl::StrCat("connect to metrics port ", port, ": ", error));
-  }
-  const std::string request =
-      "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    ::close(fd);
-    return absl::UnavailableError("send failed");
-  }
-  std::string response;
-  char buffer[4096];
-  ssize_t n;
-  while ((n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0) {
-    response.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (!absl::StartsWith(response, "HTTP/1.1 200")) {
-    return absl::InternalError(absl::StrCat("unexpected response: ", response.substr(0, 200)));
-  }
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
 
 // The value of the series `name` (exact name with labels, if any) in an
 // exposition; nullopt when absent.
@@ -446,7 +410,7 @@ TEST_F(WorkerProcessTest, GeneratesReportsMetricsAndStopsOnSigterm) {
   std::string exposition;
   const absl::Time deadline = absl::Now() + kProcessBound;
   while (true) {
-    absl::StatusOr<std::string> scraped = ScrapeMetrics(metrics_port);
+    absl::StatusOr<std::string> scraped = testing::ScrapeMetrics(metrics_port);
     ASSERT_TRUE(scraped.ok()) << scraped.status();
     exposition = *std::move(scraped);
     if (SeriesValue(exposition, "asymcache_worker_steps_total") == stats.steps()) break;
