@@ -126,19 +126,20 @@ bool WaitUntil(const std::function<bool()>& condition, absl::Duration bound = kW
   return true;
 }
 
-class ProxyBackpressureTest : public ::testing::Test {
+// A daemon + worker (+ coordinator) cluster per test, set up by the
+// subclass's Configure; clients on connections of their own.
+class StalledClientTest : public ::testing::Test {
  protected:
+  virtual void Configure(ServiceClusterOptions& options) = 0;
+
   void SetUp() override {
     char dir[] = "/tmp/asymcache_backpressure_XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
     log_dir_ = dir;
     ServiceClusterOptions options;
     options.log_dir = log_dir_;
-    options.coordinator = true;
     options.pool_bytes = kPoolBytes;
-    // After the cluster's --metrics-port=-1: the last one given wins.
-    options.coordinator_flags = {absl::StrCat("--proxy-max-buffered-bytes=", kBoundBytes),
-                                 "--metrics-port=0", "--metrics-host=127.0.0.1"};
+    Configure(options);
     absl::StatusOr<std::unique_ptr<ServiceCluster>> cluster = ServiceCluster::Start(options);
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = *std::move(cluster);
@@ -149,12 +150,31 @@ class ProxyBackpressureTest : public ::testing::Test {
     ::rmdir(log_dir_.c_str());
   }
 
-  // A stub on its own connection to the coordinator's proxy.
-  std::unique_ptr<v1::Worker::Stub> OwnConnection() {
+  // A stub on its own connection to `address` (the coordinator's proxy or
+  // the worker).
+  static std::unique_ptr<v1::Worker::Stub> OwnConnection(const std::string& address) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    return v1::Worker::NewStub(grpc::CreateCustomChannel(
-        cluster_->coordinator_process().address(), grpc::InsecureChannelCredentials(), args));
+    return v1::Worker::NewStub(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  }
+
+  std::string log_dir_;
+  std::unique_ptr<ServiceCluster> cluster_;
+};
+
+class ProxyBackpressureTest : public StalledClientTest {
+ protected:
+  void Configure(ServiceClusterOptions& options) override {
+    options.coordinator = true;
+    // After the cluster's --metrics-port=-1: the last one given wins.
+    options.coordinator_flags = {absl::StrCat("--proxy-max-buffered-bytes=", kBoundBytes),
+                                 "--metrics-port=0", "--metrics-host=127.0.0.1"};
+  }
+
+  // A stub on its own connection to the coordinator's proxy.
+  std::unique_ptr<v1::Worker::Stub> OwnConnection() {
+    return StalledClientTest::OwnConnection(cluster_->coordinator_process().address());
   }
 
   int64_t GeneratedTokens() {
@@ -175,8 +195,6 @@ class ProxyBackpressureTest : public ::testing::Test {
         .value_or("");
   }
 
-  std::string log_dir_;
-  std::unique_ptr<ServiceCluster> cluster_;
 };
 
 TEST_F(ProxyBackpressureTest, StalledClientIsHeldAtTheBoundOthersFlowAndItResumesInOrder) {
@@ -305,31 +323,15 @@ TEST_F(ProxyBackpressureTest, PausedCallStillEndsOnTheClientsCancel) {
   EXPECT_EQ(after.tokens.size(), 50u);
 }
 
-class WorkerStreamBoundTest : public ::testing::Test {
+class WorkerStreamBoundTest : public StalledClientTest {
  protected:
-  void SetUp() override {
-    char dir[] = "/tmp/asymcache_stream_bound_XXXXXX";
-    ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
-    log_dir_ = dir;
-    ServiceClusterOptions options;
-    options.log_dir = log_dir_;
-    options.pool_bytes = kPoolBytes;
+  void Configure(ServiceClusterOptions& options) override {
     options.worker_flags = {"--max-stream-buffered-bytes=1MiB"};
-    absl::StatusOr<std::unique_ptr<ServiceCluster>> cluster = ServiceCluster::Start(options);
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    cluster_ = *std::move(cluster);
-  }
-  void TearDown() override {
-    if (HasFailure() && cluster_ != nullptr) std::fprintf(stderr, "%s", cluster_->Logs().c_str());
-    cluster_.reset();
-    ::rmdir(log_dir_.c_str());
   }
 
+  // A stub on its own connection to the worker.
   std::unique_ptr<v1::Worker::Stub> OwnConnection() {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    return v1::Worker::NewStub(grpc::CreateCustomChannel(
-        cluster_->worker_process().address(), grpc::InsecureChannelCredentials(), args));
+    return StalledClientTest::OwnConnection(cluster_->worker_process().address());
   }
 
   absl::StatusOr<v1::GetWorkerStatsResponse> Stats() { return cluster_->WorkerStats(); }
@@ -339,9 +341,6 @@ class WorkerStreamBoundTest : public ::testing::Test {
     EXPECT_TRUE(rss.ok()) << rss.status();
     return rss.ok() ? *rss : 0;
   }
-
-  std::string log_dir_;
-  std::unique_ptr<ServiceCluster> cluster_;
 };
 
 TEST_F(WorkerStreamBoundTest, RequestOfAClientThatStopsReadingIsCancelledAtTheBound) {
