@@ -26,13 +26,13 @@ log "clang sanitizer tree: ASan+UBSan tests, -Wthread-safety -Werror, libFuzzer 
 configure_build build/sanitize -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug \
   "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DASYMCACHE_SANITIZE=address -DASYMCACHE_FUZZ=ON \
   -DASYMCACHE_THREAD_SAFETY=ON -DASYMCACHE_CUDA=OFF -DASYMCACHE_SERVICES=ON -DASYMCACHE_BENCH=OFF
-# Not here: loadgen.gpu_e2e_cpu_run and the two checks of its output, which run the GPU
+# Not here: loadgen.gpu_e2e_cpu_run and the three checks of its output, which run the GPU
 # evaluation script (bash + Python around the same asymcache-bench binary that
 # loadgen.bench_split_cluster_exact runs in this tree) on the CPU: 3 to 5
 # minutes under ASan for no code the other tests leave unchecked.
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/sanitize --output-on-failure -j "$ASYMCACHE_JOBS" --timeout 900 \
-  -L 'cachecore|sim|kernels|services' -E '^loadgen[.](gpu_e2e_cpu_run|e2e_report|e2e_cpu_step_traces)$'
+  -L 'cachecore|sim|kernels|services' -E '^loadgen[.](gpu_e2e_cpu_run|e2e_report|e2e_cpu_step_traces|repredict)$'
 
 log "libFuzzer targets, ${ASYMCACHE_FUZZ_SECONDS:-10} s each"
 ASYMCACHE_FUZZ_BUILD=build/sanitize "$ASYMCACHE_ROOT/scripts/fuzz.sh" \

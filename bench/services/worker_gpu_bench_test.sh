@@ -43,6 +43,11 @@ ln -s "$WORKER" "$TMP/bin/asymcache-worker"
 if ! OUT="$TMP/out" ASYMCACHE_BIN_DIR="$TMP/bin" POLICIES="asym lru" POOL_BLOCKS=24 SEED=5 \
     bash "$ROOT/scripts/gpu_worker_run.sh" --cpu; then
   cat "$TMP/out/run.log" >&2
+  # The processes' own logs (packed by the run), for what the run log cannot say.
+  if [[ -s "$TMP/out/logs.tgz" ]]; then
+    mkdir -p "$TMP/logs" && tar xzf "$TMP/out/logs.tgz" -C "$TMP/logs" 2>/dev/null || true
+    for f in "$TMP"/logs/*; do [[ -f "$f" ]] && { echo "---- $(basename "$f")" >&2; tail -n 30 "$f" >&2; }; done
+  fi
   fail "gpu_worker_run.sh --cpu failed"
 fi
 cat "$TMP/out/exactness.md" "$TMP/out/load.md"

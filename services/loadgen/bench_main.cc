@@ -11,7 +11,11 @@
 // every run starts cold and nothing else differs. `NAME+pins` adds the
 // Continuum-style agent pins (AgentJob fields on agent steps) to a system.
 // With --target the bench drives an already running cluster instead (one run
-// per rate, labelled --label).
+// per rate, labelled --label). With --repredict=RUN.json it starts nothing:
+// it re-runs the simulator's prediction of every run of an earlier bench JSON
+// (the same workload flags regenerate its workload) with that run's recorded
+// calibration or --calibration's, against the run's measurements — how a new
+// calibration would have predicted a GPU run, on any machine.
 #include <unistd.h>
 
 #include <atomic>
@@ -103,6 +107,10 @@ ABSL_FLAG(int, max_in_flight, 512, "requests in flight at once");
 ABSL_FLAG(double, request_timeout_s, 600, "deadline of one request (s)");
 ABSL_FLAG(double, run_timeout_s, 3600, "deadline of one run (s)");
 ABSL_FLAG(bool, predict, true, "also run the simulator with the daemon's calibration");
+ABSL_FLAG(std::string, repredict, "",
+          "start nothing: predict every run of this bench JSON again (with --calibration, or the "
+          "calibration the run recorded) and compare with its measurements; the workload flags "
+          "must regenerate the run's workload");
 ABSL_FLAG(bool, require_same_tokens, false,
           "exit 1 unless every system generated the same tokens (greedy, batch-invariant "
           "backends: the CPU worker)");
@@ -269,13 +277,11 @@ absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
 // The simulator's replay of the same workload on the same system, pool and
 // calibration (what the cost model predicts for this run).
 absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
-                                   const ClusterFacts& facts, double tpot_target_ms) {
-  if (!facts.daemon.has_value()) return absl::FailedPreconditionError("no daemon to read");
-  absl::StatusOr<ModelConfig> model = FromProto(facts.daemon->model(), "daemon model");
-  if (!model.ok()) return model.status();
-  const CostModel cost(*model, FromProto(facts.daemon->calibration()));
+                                   const ModelConfig& model, const CalibrationParams& calibration,
+                                   int64_t pool_blocks, double tpot_target_ms) {
+  const CostModel cost(model, calibration);
   EngineOptions engine;
-  engine.pool_blocks = facts.daemon->capacity_blocks();
+  engine.pool_blocks = pool_blocks;
   engine.max_running_requests = 128;  // the worker's --max-running default
   engine.tpot_target = absl::Milliseconds(tpot_target_ms);
   engine.max_budget_tokens = 8192 - 128;  // the worker's --max-chunk-tokens default
@@ -363,6 +369,121 @@ absl::Status WriteJson(const std::string& path, const nlohmann::json& json) {
 
 std::string Ms(double seconds) { return absl::StrFormat("%.1f", seconds * 1e3); }
 
+// `status` with `prefix` before its message.
+absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+// (predicted - measured) / measured, 0 when nothing was measured.
+double RelativeError(double predicted, double measured) {
+  return measured > 0 ? (predicted - measured) / measured : 0;
+}
+
+// --repredict: every run of the bench JSON at `path`, predicted again.
+absl::Status Repredict(const Workload& workload, double scale_lengths, double scale_delays,
+                       const std::string& path) {
+  std::ifstream file(path);
+  if (!file) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  const nlohmann::json doc = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || doc.value("schema", std::string()) != "asymcache.bench.v1" ||
+      !doc.contains("runs") || !doc["runs"].is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not an asymcache.bench.v1 JSON (asymcache-bench --json)"));
+  }
+  const int64_t sessions = doc.value("sessions", int64_t{-1});
+  const int64_t steps = doc.value("steps", int64_t{-1});
+  if (sessions != static_cast<int64_t>(workload.sessions.size()) ||
+      steps != workload.total_steps()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the workload flags do not regenerate ", path, "'s workload: ", workload.sessions.size(),
+        " sessions and ", workload.total_steps(), " steps here, ", sessions, " and ", steps,
+        " there (give the run's --workload, --sessions, --seed, --scale-lengths, --trace)"));
+  }
+  // Recorded since 2026-11-27 (older files: sessions and steps only).
+  auto differs = [&](const char* key, double here) {
+    return doc.contains(key) && doc[key].is_number() && doc[key].get<double>() != here;
+  };
+  if (differs("scale_lengths", scale_lengths) || differs("scale_delays", scale_delays) ||
+      differs("seed", static_cast<double>(absl::GetFlag(FLAGS_seed))) ||
+      (doc.contains("trace") && doc["trace"] != absl::GetFlag(FLAGS_trace))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the workload flags do not regenerate ", path, "'s workload: it was made with --seed=",
+        doc.value("seed", nlohmann::json()).dump(), " --scale-lengths=",
+        doc.value("scale_lengths", nlohmann::json()).dump(), " --scale-delays=",
+        doc.value("scale_delays", nlohmann::json()).dump(), " --trace=",
+        doc.value("trace", nlohmann::json()).dump()));
+  }
+  absl::StatusOr<ModelConfig> model = ModelConfig::Named(doc.value("model", std::string()));
+  if (!model.ok()) return Prefixed(model.status(), absl::StrCat(path, ": model: "));
+  std::optional<CalibrationParams> override_calibration;
+  const std::string calibration_path = absl::GetFlag(FLAGS_calibration);
+  if (!calibration_path.empty()) {
+    absl::StatusOr<CalibrationParams> c = CostModel::LoadCalibrationFile(calibration_path);
+    if (!c.ok()) return c.status();
+    override_calibration = *c;
+  }
+  std::printf("re-predicting %s (%s) with %s\n", path.c_str(), doc.value("workload", "").c_str(),
+              calibration_path.empty() ? "each run's recorded calibration"
+                                       : calibration_path.c_str());
+  std::printf("%-22s %6s %10s %10s %7s %9s %9s %7s\n", "system", "rate", "ttft_ms", "sim_ttft",
+              "err", "tpot_ms", "sim_tpot", "err");
+  nlohmann::json out = {{"schema", "asymcache.repredict.v1"},
+                        {"runs_from", path},
+                        {"calibration", calibration_path},
+                        {"runs", nlohmann::json::array()}};
+  const double tpot_target_ms = absl::GetFlag(FLAGS_tpot_target_ms);
+  size_t index = 0;
+  for (const nlohmann::json& run : doc["runs"]) {
+    const std::string where = absl::StrCat(path, ": runs[", index++, "]");
+    if (!run.is_object() || !run.contains("system") || !run["system"].is_string() ||
+        !run.contains("rate") || !run["rate"].is_number() || !run.contains("pool_blocks") ||
+        !run["pool_blocks"].is_number_integer() || !run.contains("summary") ||
+        !run["summary"].is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": needs system, rate, pool_blocks and summary"));
+    }
+    CalibrationParams calibration;
+    if (override_calibration.has_value()) {
+      calibration = *override_calibration;
+    } else if (run.contains("calibration")) {
+      absl::StatusOr<CalibrationParams> recorded =
+          CostModel::ParseCalibration(run["calibration"].dump(), where);
+      if (!recorded.ok()) return recorded.status();
+      calibration = *recorded;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " records no calibration (an older bench): pass --calibration"));
+    }
+    absl::StatusOr<std::vector<SystemRun>> parsed = ParseSystemRuns(
+        run["system"].get<std::string>(), run.value("fixed_budget_tokens", int64_t{2048}));
+    if (!parsed.ok()) return Prefixed(parsed.status(), absl::StrCat(where, ": "));
+    const SystemRun& system = parsed->front();
+    const double rate = run["rate"].get<double>();
+    const Workload at_rate =
+        workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
+    absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration,
+                                                   run["pool_blocks"].get<int64_t>(),
+                                                   tpot_target_ms);
+    if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
+    const nlohmann::json& measured = run["summary"];
+    const double ttft = measured.value("ttft_s", nlohmann::json::object()).value("mean", 0.0);
+    const double tpot = measured.value("tpot_s", nlohmann::json::object()).value("mean", 0.0);
+    const double ttft_error = RelativeError(predicted->ttft_s.mean, ttft);
+    const double tpot_error = RelativeError(predicted->tpot_s.mean, tpot);
+    std::printf("%-22s %6.3g %10s %10s %+6.0f%% %9s %9s %+6.0f%%\n", system.label.c_str(), rate,
+                Ms(ttft).c_str(), Ms(predicted->ttft_s.mean).c_str(), ttft_error * 100,
+                Ms(tpot).c_str(), Ms(predicted->tpot_s.mean).c_str(), tpot_error * 100);
+    out["runs"].push_back({{"system", system.label},
+                           {"rate", rate},
+                           {"measured_ttft_s", ttft},
+                           {"measured_tpot_s", tpot},
+                           {"predicted", SummaryJson(*predicted)},
+                           {"predicted_ttft_error", ttft_error},
+                           {"predicted_tpot_error", tpot_error}});
+  }
+  return WriteJson(absl::GetFlag(FLAGS_json), out);
+}
+
 absl::Status Main(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
@@ -419,6 +540,9 @@ absl::Status Main(int argc, char** argv) {
   Workload workload = scale == 1.0 ? *std::move(base) : ScaleLengths(*std::move(base), scale);
   if (delay_scale != 1.0) workload = ScaleDelays(std::move(workload), delay_scale);
   if (absl::Status s = workload.Validate(); !s.ok()) return s;
+  if (!absl::GetFlag(FLAGS_repredict).empty()) {
+    return Repredict(workload, scale, delay_scale, absl::GetFlag(FLAGS_repredict));
+  }
   if (rates->empty()) rates->push_back(workload.session_rate() > 0 ? workload.session_rate() : 1);
 
   // Launched clusters are plaintext on 127.0.0.1; --target may need TLS.
@@ -453,6 +577,9 @@ absl::Status Main(int argc, char** argv) {
                         {"sessions", workload.sessions.size()},
                         {"steps", workload.total_steps()},
                         {"scale_lengths", scale},
+                        {"scale_delays", delay_scale},
+                        {"seed", absl::GetFlag(FLAGS_seed)},
+                        {"trace", absl::GetFlag(FLAGS_trace)},
                         {"model", absl::GetFlag(FLAGS_model)},
                         {"backend", absl::GetFlag(FLAGS_backend)},
                         {"pool_bytes", absl::GetFlag(FLAGS_pool_bytes)},
@@ -537,9 +664,21 @@ absl::Status Main(int argc, char** argv) {
       const RunSummary summary = SummarizeRun(*result);
       std::optional<RunSummary> predicted;
       std::string predict_error;
-      if (absl::GetFlag(FLAGS_predict)) {
+      std::optional<ModelConfig> daemon_model;
+      if (facts->daemon.has_value()) {
+        absl::StatusOr<ModelConfig> m = FromProto(facts->daemon->model(), "daemon model");
+        if (m.ok()) {
+          daemon_model = *m;
+        } else {
+          predict_error = m.status().ToString();
+        }
+      } else {
+        predict_error = "no daemon to read";
+      }
+      if (absl::GetFlag(FLAGS_predict) && daemon_model.has_value()) {
         absl::StatusOr<RunSummary> p =
-            Predict(at_rate, system, *facts, absl::GetFlag(FLAGS_tpot_target_ms));
+            Predict(at_rate, system, *daemon_model, FromProto(facts->daemon->calibration()),
+                    facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms));
         if (p.ok()) {
           predicted = *p;
         } else {
@@ -599,11 +738,16 @@ absl::Status Main(int argc, char** argv) {
       if (facts->daemon.has_value()) {
         run["pool_blocks"] = facts->daemon->capacity_blocks();
         run["calibration_device"] = facts->daemon->calibration().device();
+        if (daemon_model.has_value()) {
+          // What --repredict uses by default.
+          run["calibration"] = nlohmann::json::parse(
+              CostModel::CalibrationToJson(FromProto(facts->daemon->calibration()), *daemon_model));
+        }
       }
       if (predicted.has_value()) {
         run["predicted"] = SummaryJson(*predicted);
         run["predicted_ttft_error"] = sim_error;
-      } else if (!predict_error.empty()) {
+      } else if (!predict_error.empty() && absl::GetFlag(FLAGS_predict)) {
         run["predict_error"] = predict_error;
       }
       nlohmann::json ttft = nlohmann::json::array(), tpot = nlohmann::json::array();

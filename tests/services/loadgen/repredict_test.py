@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""asymcache-bench --repredict against the JSON of a real (CPU) bench run.
+
+The run is scripts/gpu_e2e_run.sh's CPU part (ctest loadgen.gpu_e2e_cpu_run,
+fixture e2e_cpu_json). Its workload flags are read from the command the JSON
+records.
+1. With the calibration each run recorded, every run's prediction is exactly
+   the one the bench made during the run (same simulator, same inputs).
+2. With a calibration whose step overhead is 5 ms longer, every run's predicted
+   mean TTFT is longer than that.
+3. Workload flags that do not regenerate the run's workload (another session
+   count, another delay scale), a file that is not a bench JSON and a missing
+   file are refused with a message naming the problem.
+Usage: repredict_test.py ASYMCACHE_BENCH RUN_JSON OUT_DIR
+"""
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+bench, run_json, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(out_dir, exist_ok=True)
+doc = json.load(open(run_json))
+WORKLOAD_FLAGS = ("--workload", "--sessions", "--seed", "--scale-lengths", "--scale-delays",
+                  "--trace", "--model")
+workload_args = [a for a in shlex.split(doc["command"])[1:]
+                 if a.split("=", 1)[0].replace("_", "-") in WORKLOAD_FLAGS]
+assert any(a.startswith("--workload") for a in workload_args), doc["command"]
+
+
+def run(*args):
+    return subprocess.run([bench, *args], capture_output=True, text=True, timeout=120)
+
+
+failures = []
+out = os.path.join(out_dir, "repredicted.json")
+result = run(*workload_args, f"--repredict={run_json}", f"--json={out}")
+if result.returncode != 0:
+    sys.exit(f"--repredict failed ({result.returncode}): {result.stderr}")
+print(result.stdout)
+again = json.load(open(out))
+if len(again["runs"]) != len(doc["runs"]):
+    failures.append(f"{len(again['runs'])} runs re-predicted, {len(doc['runs'])} in the file")
+for before, now in zip(doc["runs"], again["runs"]):
+    want = before["predicted"]["ttft_s"]["mean"]
+    got = now["predicted"]["ttft_s"]["mean"]
+    if now["system"] != before["system"] or not math.isclose(got, want, rel_tol=1e-9):
+        failures.append(f"{before['system']}: re-predicted TTFT {got} != the run's {want}")
+    if not math.isclose(now["measured_ttft_s"], before["summary"]["ttft_s"]["mean"], rel_tol=1e-12):
+        failures.append(f"{before['system']}: measured TTFT not the file's")
+
+slower = dict(doc["runs"][0]["calibration"])
+slower["step_overhead_s"] = slower.get("step_overhead_s", 0) + 0.005
+slower_path = os.path.join(out_dir, "slower.json")
+json.dump(slower, open(slower_path, "w"))
+result = run(*workload_args, f"--repredict={run_json}", f"--calibration={slower_path}",
+             f"--json={out}")
+if result.returncode != 0:
+    failures.append(f"--repredict --calibration failed: {result.stderr}")
+else:
+    for before, now in zip(doc["runs"], json.load(open(out))["runs"]):
+        if not now["predicted"]["ttft_s"]["mean"] > before["predicted"]["ttft_s"]["mean"]:
+            failures.append(f"{before['system']}: a 5 ms longer step did not lengthen TTFT")
+
+def with_flag(name, value):
+    return [a for a in workload_args if not a.startswith(name + "=")] + [f"{name}={value}"]
+
+not_bench = os.path.join(out_dir, "not_bench.json")
+json.dump({"schema": "something.else"}, open(not_bench, "w"))
+cases = [
+    (with_flag("--sessions", 7) + [f"--repredict={run_json}"], 1, "do not regenerate"),
+    (with_flag("--scale-delays", 0.5) + [f"--repredict={run_json}"], 1, "--scale-delays="),
+    (workload_args + [f"--repredict={not_bench}"], 2, "not an asymcache.bench.v1 JSON"),
+    (workload_args + ["--repredict=/nonexistent/run.json"], 2, "cannot open"),
+]
+for args, code, text in cases:
+    result = run(*args)
+    if result.returncode != code or text not in result.stderr:
+        failures.append(f"{args[-1]} ({args[-2]}): exit {result.returncode} (want {code}), "
+                        f"stderr {result.stderr.strip()!r} (want '{text}')")
+
+for failure in failures:
+    print("FAIL:", failure)
+print(f"{len(failures)} failures")
+sys.exit(1 if failures else 0)
