@@ -31,7 +31,9 @@
 # (default 8GiB: 4096 blocks of 2 MiB, 65k tokens — under pressure for these
 # workloads), SESSIONS_* and *_RATES, DELAY_SCALE (tool/think times x, default
 # 0.25 so that a sweep fits the GPU time), CALIBRATION (default
-# calibration/h100-llama-3-8b.json, also what the simulator predicts with),
+# calibration/h100-llama-3-8b-engine.json: whole H100 steps plus the engine's
+# time outside the forward, docs/calibration.md; also what the simulator
+# predicts with; an H200 has calibration/h200-llama-3-8b-steps.json),
 # STEP_TRACES=1 (every worker writes a step trace, copied to
 # $OUT/<part>-traces/<system>-<rate>/worker-<i>.steps.jsonl; compare with the
 # cost model by asymcache-fit-steps --trace), SYSTEMS_AGENT / SYSTEMS_DOCQA /
@@ -45,7 +47,7 @@ BUNDLE="${ASYMCACHE_BUNDLE:-$ROOT/.bundle/gpu-services}"
 OUT="${OUT:-/tmp/asymcache-e2e}"
 POOL="${POOL:-8GiB}"
 DELAY_SCALE="${DELAY_SCALE:-0.25}"
-CALIBRATION="${CALIBRATION:-calibration/h100-llama-3-8b.json}"
+CALIBRATION="${CALIBRATION:-calibration/h100-llama-3-8b-engine.json}"
 AGENT_RATES="${AGENT_RATES:-0.5,1}"
 DOCQA_RATES="${DOCQA_RATES:-1,2}"
 CHAT_RATES="${CHAT_RATES:-1,2}"

@@ -14,8 +14,12 @@
    totalled; a trace whose forward times are the model's own predictions has no error; the
    engine time outside the forward (step_ms - forward_ms) is reported and --fit_out adds its
    mean to step_overhead_s (nothing else changes); bad traces are refused naming the line.
+5. The committed calibration/h100-llama-3-8b-engine.json is what --trace --fit_out gives from
+   the step-fitted H100 file and the long-doc-qa vllm run's trace
+   (docs/results/e2e_h100_steps/traces/, gzipped).
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
+import gzip
 import json
 import math
 import os
@@ -175,6 +179,25 @@ with tempfile.TemporaryDirectory() as tmp:
     result = run(f"--trace={trace}", f"--measured={MEASURED}", f"--calibration={BASE}")
     if result.returncode != 2 or "one of --measured and --trace" not in result.stderr:
         failures.append(f"--trace with --measured: exit {result.returncode}, {result.stderr.strip()!r}")
+
+    # 5. The engine-overhead calibration from a committed GPU trace.
+    trace_gz = "docs/results/e2e_h100_steps/traces/longdocqa-vllm-0.1.steps.jsonl.gz"
+    engine_committed = "calibration/h100-llama-3-8b-engine.json"
+    plain = os.path.join(tmp, "longdocqa-vllm-0.1.steps.jsonl")
+    with gzip.open(trace_gz, "rb") as src, open(plain, "wb") as dst:
+        dst.write(src.read())
+    engine_fitted = os.path.join(tmp, "engine.json")
+    result = run(f"--trace={plain}", "--calibration=calibration/h100-llama-3-8b-steps.json",
+                 f"--fit_out={engine_fitted}")
+    if result.returncode != 0:
+        failures.append(f"engine refit failed: {result.stderr}")
+    else:
+        fitted = json.load(open(engine_fitted))
+        committed = json.load(open(engine_committed))
+        for key in sorted(set(fitted) | set(committed)):
+            if key != "source" and not close(fitted.get(key), committed.get(key)):
+                failures.append(f"{engine_committed}: '{key}' differs from the refit: "
+                                f"{committed.get(key)!r} vs {fitted.get(key)!r}")
 
 for failure in failures:
     print("FAIL:", failure)
