@@ -345,6 +345,7 @@ absl::Status CudaBackend::Init(const WeightSource& weights) {
   stream_ = *std::move(created);
   LinearGemm::Options gemm_options;
   gemm_options.bucket_rows = options_.gemm_row_buckets;
+  gemm_options.heuristic_off_thread = options_.gemm_heuristic_off_thread;
   absl::StatusOr<std::unique_ptr<LinearGemm>> gemm = LinearGemm::Create(gemm_options);
   if (!gemm.ok()) return gemm.status();
   gemm_ = *std::move(gemm);

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -56,17 +57,57 @@ absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create(Options options) 
   absl::StatusOr<msa::DeviceBuffer> workspace = msa::DeviceBuffer::Allocate(kWorkspaceBytes);
   if (!workspace.ok()) return workspace.status();
   gemm->workspace_ = *std::move(workspace);
+  if (options.heuristic_off_thread && !options.bucket_rows) {
+    ASYMCACHE_LT_RETURN_IF_ERROR(Lt().Create(&gemm->helper_handle_));
+    gemm->helper_ = std::thread([raw = gemm.get()] { raw->HeuristicLoop(); });
+  }
   return gemm;
 }
 
 LinearGemm::LinearGemm(Options options) : options_(options) {}
 
 LinearGemm::~LinearGemm() {
+  if (helper_.joinable()) {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    helper_.join();
+  }
+  if (helper_handle_ != nullptr) Lt().Destroy(helper_handle_);
   ClearCache();
   if (handle_ != nullptr) Lt().Destroy(handle_);
 }
 
-void LinearGemm::ClearCache() { cache_.clear(); }
+void LinearGemm::ClearCache() {
+  cache_.clear();
+  provisional_.clear();
+  absl::MutexLock lock(&mu_);
+  answers_.clear();  // answers for sizes no longer waiting (asked again if used again)
+}
+
+void LinearGemm::HeuristicLoop() {
+  while (true) {
+    Key key;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !requests_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (stopping_) return;
+      key = requests_.front();
+      requests_.pop_front();
+    }
+    absl::StatusOr<cublasLtMatmulAlgo_t> algo = [&]() -> absl::StatusOr<cublasLtMatmulAlgo_t> {
+      absl::StatusOr<std::unique_ptr<Plan>> plan = Describe(key);
+      if (!plan.ok()) return plan.status();
+      return Heuristic(helper_handle_, **plan, key);
+    }();
+    absl::MutexLock lock(&mu_);
+    answers_.insert_or_assign(key, std::move(algo));
+  }
+}
 
 absl::StatusOr<std::unique_ptr<LinearGemm::Plan>> LinearGemm::Describe(const Key& key) {
   const auto [m, n, k, io, out_fp32, accumulate] = key;
@@ -87,7 +128,8 @@ absl::StatusOr<std::unique_ptr<LinearGemm::Plan>> LinearGemm::Describe(const Key
   return plan;
 }
 
-absl::StatusOr<cublasLtMatmulAlgo_t> LinearGemm::Heuristic(const Plan& plan, const Key& key) {
+absl::StatusOr<cublasLtMatmulAlgo_t> LinearGemm::Heuristic(cublasLtHandle_t handle,
+                                                         const Plan& plan, const Key& key) {
   cublasLtMatmulPreference_t preference = nullptr;
   ASYMCACHE_LT_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&preference));
   const uint64_t workspace_bytes = workspace_.size();
@@ -97,7 +139,7 @@ absl::StatusOr<cublasLtMatmulAlgo_t> LinearGemm::Heuristic(const Plan& plan, con
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
   if (status == CUBLAS_STATUS_SUCCESS) {
-    status = Lt().MatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.d, plan.d,
+    status = Lt().MatmulAlgoGetHeuristic(handle, plan.op, plan.a, plan.b, plan.d, plan.d,
                                             preference, 1, &result, &returned);
   }
   Lt().MatmulPreferenceDestroy(preference);
@@ -113,41 +155,73 @@ absl::StatusOr<cublasLtMatmulAlgo_t> LinearGemm::Heuristic(const Plan& plan, con
 
 absl::StatusOr<const LinearGemm::Plan*> LinearGemm::PlanFor(const Key& key) {
   if (auto it = cache_.find(key); it != cache_.end()) return it->second.get();
-  if (cache_.size() >= kMaxCachedShapes) ClearCache();
+  if (auto it = provisional_.find(key); it != provisional_.end()) {
+    // Running with the bucket's algorithm: has the helper answered?
+    std::optional<absl::StatusOr<cublasLtMatmulAlgo_t>> answer;
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto a = answers_.find(key); a != answers_.end()) {
+        answer = std::move(a->second);
+        answers_.erase(a);
+      }
+    }
+    if (!answer.has_value()) return it->second.get();
+    std::unique_ptr<Plan> plan = std::move(it->second);
+    provisional_.erase(it);
+    // A failed query keeps the bucket's algorithm (it runs this size).
+    if (answer->ok()) plan->algo = **answer;
+    if (cache_.size() >= kMaxCachedShapes) ClearCache();
+    const Plan* raw = plan.get();
+    cache_.emplace(key, std::move(plan));
+    return raw;
+  }
+  if (cache_.size() + provisional_.size() >= kMaxCachedShapes) ClearCache();
   absl::StatusOr<std::unique_ptr<Plan>> plan = Describe(key);
   if (!plan.ok()) return plan.status();
-  bool have_algo = false;
-  if (options_.bucket_rows) {
-    Key bucket_key = key;
-    std::get<1>(bucket_key) = GemmRowBucket(std::get<1>(key));
-    auto bucket = bucket_algos_.find(bucket_key);
-    if (bucket == bucket_algos_.end()) {
-      // The heuristic for the bucket's own n (descriptors made for it).
-      std::unique_ptr<Plan> bucket_plan;
-      if (std::get<1>(bucket_key) != std::get<1>(key)) {
-        absl::StatusOr<std::unique_ptr<Plan>> described = Describe(bucket_key);
-        if (!described.ok()) return described.status();
-        bucket_plan = *std::move(described);
-      }
-      absl::StatusOr<cublasLtMatmulAlgo_t> algo =
-          Heuristic(bucket_plan != nullptr ? *bucket_plan : **plan, bucket_key);
-      if (!algo.ok()) return algo.status();
-      bucket = bucket_algos_.emplace(bucket_key, *algo).first;
+  Key bucket_key = key;
+  std::get<1>(bucket_key) = GemmRowBucket(std::get<1>(key));
+  const bool own_bucket = bucket_key == key;
+  auto bucket = bucket_algos_.find(bucket_key);
+  if (options_.bucket_rows && bucket == bucket_algos_.end()) {
+    // The heuristic for the bucket's own n (descriptors made for it).
+    std::unique_ptr<Plan> bucket_plan;
+    if (!own_bucket) {
+      absl::StatusOr<std::unique_ptr<Plan>> described = Describe(bucket_key);
+      if (!described.ok()) return described.status();
+      bucket_plan = *std::move(described);
     }
+    absl::StatusOr<cublasLtMatmulAlgo_t> algo =
+        Heuristic(handle_, bucket_plan != nullptr ? *bucket_plan : **plan, bucket_key);
+    if (!algo.ok()) return algo.status();
+    bucket = bucket_algos_.emplace(bucket_key, *algo).first;
+  }
+  const bool try_bucket =
+      bucket != bucket_algos_.end() &&
+      (options_.bucket_rows || (options_.heuristic_off_thread && !own_bucket));
+  if (try_bucket) {
     // The bucket's algorithm, if cuBLASLt accepts it for this n.
     cublasLtMatmulHeuristicResult_t check{};
     if (Lt().MatmulAlgoCheck(handle_, (*plan)->op, (*plan)->a, (*plan)->b, (*plan)->d,
                              (*plan)->d, &bucket->second, &check) == CUBLAS_STATUS_SUCCESS &&
         check.workspaceSize <= workspace_.size()) {
       (*plan)->algo = bucket->second;
-      have_algo = true;
+      const Plan* raw = plan->get();
+      if (options_.bucket_rows) {
+        cache_.emplace(key, *std::move(plan));
+      } else {
+        // Until the helper answers for this n.
+        provisional_.emplace(key, *std::move(plan));
+        absl::MutexLock lock(&mu_);
+        requests_.push_back(key);
+      }
+      return raw;
     }
   }
-  if (!have_algo) {
-    absl::StatusOr<cublasLtMatmulAlgo_t> algo = Heuristic(**plan, key);
-    if (!algo.ok()) return algo.status();
-    (*plan)->algo = *algo;
-  }
+  absl::StatusOr<cublasLtMatmulAlgo_t> algo = Heuristic(handle_, **plan, key);
+  if (!algo.ok()) return algo.status();
+  (*plan)->algo = *algo;
+  // A bucket's own size: later sizes of the bucket start from its algorithm.
+  if (own_bucket && bucket == bucket_algos_.end()) bucket_algos_.emplace(bucket_key, *algo);
   const Plan* raw = plan->get();
   cache_.emplace(key, *std::move(plan));
   return raw;

@@ -20,9 +20,11 @@
 // warm_gemm_buckets) so engine steps find those plans and kernels ready.
 //
 // Ownership: owns the cuBLASLt handle, its workspace and the cached
-// descriptors. Pointers passed to Run are borrowed for the (asynchronous)
-// call; they must be 256-byte aligned (cuBLASLt's default alignment
-// assumption for the heuristic). Thread-safety: one thread at a time (the
+// descriptors, and with Options::heuristic_off_thread a helper thread (its
+// own cuBLASLt handle; joined by the destructor). Pointers passed to Run are
+// borrowed for the (asynchronous) call; they must be 256-byte aligned
+// (cuBLASLt's default alignment assumption for the heuristic). Thread-safety:
+// Run from one thread at a time (the
 // backend's step thread); Run enqueues on the caller's stream and never
 // synchronizes.
 //
@@ -35,12 +37,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
+#include <thread>
 #include <tuple>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "kernels/msa.h"
 #include "kernels/msa_cuda.h"
 
@@ -58,6 +64,14 @@ class LinearGemm {
     // Default false: the heuristic is asked for every distinct n (the best
     // algorithm for each; see CudaBackendOptions::gemm_row_buckets).
     bool bucket_rows = false;
+    // Without bucket_rows: a size seen for the first time runs with its row
+    // bucket's algorithm (when that bucket has run, e.g. in the CUDA
+    // backend's warm-up, and cublasLtMatmulAlgoCheck accepts it) while a
+    // helper thread asks the heuristic for the size itself, which the calls
+    // after the answer use, so the heuristic query (~1 ms per GEMM shape on
+    // an H100) leaves the step thread. Default false: written after the
+    // session's GPU time was spent, not yet run on a GPU (docs/worker.md).
+    bool heuristic_off_thread = false;
   };
 
   // INTERNAL when cuBLASLt cannot be initialised or the workspace not allocated.
@@ -80,17 +94,31 @@ class LinearGemm {
 
   explicit LinearGemm(Options options);  // in the .cu: Plan is complete there
   absl::StatusOr<const Plan*> PlanFor(const Key& key);
-  // The heuristic's algorithm for `key`'s shape with its layouts `plan`.
-  absl::StatusOr<cublasLtMatmulAlgo_t> Heuristic(const Plan& plan, const Key& key);
+  // The heuristic's algorithm (asked on `handle`) for `key`'s shape with its
+  // layouts `plan`.
+  absl::StatusOr<cublasLtMatmulAlgo_t> Heuristic(cublasLtHandle_t handle, const Plan& plan,
+                                                 const Key& key);
   // Plan descriptors (no algorithm) for `key`.
   absl::StatusOr<std::unique_ptr<Plan>> Describe(const Key& key);
   void ClearCache();
+  // The helper thread: answers requests_ until stopping_.
+  void HeuristicLoop();
 
   const Options options_;
   cublasLtHandle_t handle_ = nullptr;
   msa::DeviceBuffer workspace_;
+  // Run's thread only.
   std::map<Key, std::unique_ptr<Plan>> cache_;
   std::map<Key, cublasLtMatmulAlgo_t> bucket_algos_;  // key n = the bucket
+  // Sizes running with their bucket's algorithm until the helper answers.
+  std::map<Key, std::unique_ptr<Plan>> provisional_;
+  // Shared with the helper thread.
+  absl::Mutex mu_;
+  std::deque<Key> requests_ ABSL_GUARDED_BY(mu_);
+  std::map<Key, absl::StatusOr<cublasLtMatmulAlgo_t>> answers_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  cublasLtHandle_t helper_handle_ = nullptr;
+  std::thread helper_;
 };
 
 }  // namespace asymcache::model::cuda

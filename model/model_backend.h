@@ -139,6 +139,14 @@ struct CudaBackendOptions {
   // +6.2 -> +2.6 ms) for ~0.5 s more at creation; what remains is mostly
   // cuBLASLt's heuristic query for the new size.
   bool warm_gemm_buckets = true;
+  // Without gemm_row_buckets: the first step of a new size runs its linear
+  // layers with their row bucket's algorithm (ready after the warm-up) while
+  // a helper thread asks cuBLASLt's heuristic for the size itself, which
+  // later steps of that size use (model/cuda_gemm.cuh), so the ~1 ms
+  // heuristic query per GEMM shape leaves the step. Default false until it
+  // is measured on a GPU (bench/gpu/first_step_bench
+  // --gemm_heuristic_off_thread=true; docs/worker.md).
+  bool gemm_heuristic_off_thread = false;
   absl::Status Validate() const;
 };
 

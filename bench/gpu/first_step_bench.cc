@@ -49,6 +49,8 @@ ABSL_FLAG(int, max_tokens, 2048, "largest step size drawn (>= 17); also max_step
 ABSL_FLAG(int, repeats, 3, "timed repeats of each size after its first step (>= 1)");
 ABSL_FLAG(bool, gemm_row_buckets, false, "CudaBackendOptions::gemm_row_buckets (its default)");
 ABSL_FLAG(bool, warm_gemm_buckets, true, "CudaBackendOptions::warm_gemm_buckets (its default)");
+ABSL_FLAG(bool, gemm_heuristic_off_thread, false,
+          "CudaBackendOptions::gemm_heuristic_off_thread (its default)");
 ABSL_FLAG(uint64_t, seed, 1, "weights, pool contents, page order and the sizes drawn");
 ABSL_FLAG(std::string, out, "", "write the results as JSON here");
 
@@ -108,6 +110,7 @@ int Main() {
   options.max_step_pages = static_cast<int32_t>(num_blocks);
   options.gemm_row_buckets = absl::GetFlag(FLAGS_gemm_row_buckets);
   options.warm_gemm_buckets = absl::GetFlag(FLAGS_warm_gemm_buckets);
+  options.gemm_heuristic_off_thread = absl::GetFlag(FLAGS_gemm_heuristic_off_thread);
   const auto created_at = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<ModelBackend>> backend = CreateCudaBackend(
       *weights, KvPoolView{pool->data(), num_blocks, num_blocks * page_bytes}, options);
@@ -116,10 +119,10 @@ int Main() {
     std::fprintf(stderr, "[first_step_bench] backend: %s\n", backend.status().ToString().c_str());
     return 1;
   }
-  std::printf("# first_step_bench on %s, %s, gemm_row_buckets=%d warm_gemm_buckets=%d: backend "
-              "created in %.0f ms\n",
+  std::printf("# first_step_bench on %s, %s, gemm_row_buckets=%d warm_gemm_buckets=%d "
+              "gemm_heuristic_off_thread=%d: backend created in %.0f ms\n",
               gpu->name.c_str(), config->name.c_str(), options.gemm_row_buckets,
-              options.warm_gemm_buckets, create_ms);
+              options.warm_gemm_buckets, options.gemm_heuristic_off_thread, create_ms);
 
   std::mt19937_64 rng(seed);
   std::set<int> drawn;
@@ -177,6 +180,7 @@ int Main() {
                           {"shape", config->name},
                           {"gemm_row_buckets", options.gemm_row_buckets},
                           {"warm_gemm_buckets", options.warm_gemm_buckets},
+                          {"gemm_heuristic_off_thread", options.gemm_heuristic_off_thread},
                           {"create_ms", create_ms},
                           {"mean_first_ms", first_sum / count},
                           {"mean_repeat_ms", repeat_sum / count},
