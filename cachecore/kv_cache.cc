@@ -235,9 +235,11 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options
           absl::StrCat("CommitStep: lease ", lease_id, " is already committed"));
     }
     // Taken out while the pool and index are updated (no lock held); a
-    // concurrent Commit/Release of the same lease sees NOT_FOUND meanwhile.
+    // concurrent Commit/Release of the same lease sees NOT_FOUND meanwhile,
+    // GetStats still counts it (committing_).
     lease = std::move(it->second);
     leases_.erase(it);
+    ++committing_;
   }
   // Index first, then seal: a concurrent planner that finds the entry before
   // the seal fails PinIfIndexed (block still writing) and treats it as a miss.
@@ -269,6 +271,7 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options
   EmitStored(sealing);
   absl::MutexLock lock(&leases_mu_);
   leases_.emplace(lease_id, std::move(lease));
+  --committing_;
   return absl::OkStatus();
 }
 
@@ -475,7 +478,7 @@ KvCache::Stats KvCache::GetStats() const {
   stats.indexed_blocks = static_cast<int64_t>(index_.size());
   {
     absl::MutexLock lock(&leases_mu_);
-    stats.active_leases = static_cast<int64_t>(leases_.size());
+    stats.active_leases = static_cast<int64_t>(leases_.size()) + committing_;
     stats.steps = steps_;
     stats.hit_tokens = hit_tokens_;
     stats.rebuild_tokens = rebuild_tokens_;

@@ -264,6 +264,9 @@ class KvCache {
 
   mutable absl::Mutex leases_mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
+  // Leases taken out of leases_ by a CommitStep in progress (put back when
+  // it ends): still active, so GetStats counts them.
+  int64_t committing_ ABSL_GUARDED_BY(leases_mu_) = 0;
   uint64_t next_lease_id_ ABSL_GUARDED_BY(leases_mu_) = 1;
   // Lease ids are a keyed bijection of a counter (unique, never 0, not
   // guessable from another client's id): see NextLeaseIdLocked.

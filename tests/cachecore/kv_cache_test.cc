@@ -270,6 +270,28 @@ TEST(KvCacheTest, SessionChainsAreBoundedByTokenBudget) {
   EXPECT_EQ(cache->GetStats().session_chains, 1);
 }
 
+// A lease being committed is still active: the stats read while the commit
+// seals its blocks (from the listener its stored events reach) count it, as
+// they count its pins. (They read 0 leases beside 4 pinned blocks before,
+// which two cluster tests caught under load.)
+TEST(KvCacheTest, LeaseBeingCommittedStillCountsAsActive) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 8);
+  std::vector<int64_t> leases_seen;
+  cache->SetEventListener([&](const KvEvent& e) {
+    if (e.kind == KvEvent::Kind::kStored) leases_seen.push_back(cache->GetStats().active_leases);
+  });
+  auto a = cache->BeginStep(StepRequest{"s", 1, Tokens(40)});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(cache->GetStats().active_leases, 1);
+  ASSERT_TRUE(cache->CommitStep(a->lease_id).ok());
+  ASSERT_EQ(leases_seen.size(), 3u);  // every page sealed (40 tokens: 2 full + 1 partial)
+  for (const int64_t n : leases_seen) EXPECT_EQ(n, 1);
+  EXPECT_EQ(cache->GetStats().active_leases, 1);
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().active_leases, 0);
+}
+
 TEST(KvCacheTest, EventsReportStoredAndRemovedInOrder) {
   FakeClock clock;
   auto cache = MakeCache(&clock, 3);

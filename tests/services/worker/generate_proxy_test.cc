@@ -445,11 +445,8 @@ TEST_F(GenerateProxyTest, ClientCancelAndDeadlineEndTheWorkersRequest) {
     v1::GenerateResponse first;
     ASSERT_TRUE(reader->Read(&first));
     EXPECT_EQ(first.tokens_size(), 1);
-    // The worker holds it now (running, or waiting again if preempted). Not
-    // the daemon's lease count: once, under ASan on a loaded machine, it read
-    // 0 at this point (not understood; see the 2026-11-27 stop note).
-    const v1::GetWorkerStatsResponse held = node.WorkerStats();
-    EXPECT_GE(held.running() + held.waiting(), 1);
+    // The worker is running it now.
+    EXPECT_GE(node.DaemonStatsNow().active_leases, 1);
     context.TryCancel();
     v1::GenerateResponse rest;
     while (reader->Read(&rest)) {
