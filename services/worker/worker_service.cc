@@ -69,6 +69,9 @@ class Stream final : public GenerationSink {
   // written) and ends the stream with RESOURCE_EXHAUSTED. Returns the engine
   // request to cancel (0: none).
   uint64_t EnqueueLocked(v1::GenerateResponse message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops every queued message but one gRPC is writing (its memory is gRPC's
+  // until WriteDone).
+  void DropUnwrittenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Engine* const engine_;
   const int64_t max_buffered_bytes_;
@@ -141,6 +144,14 @@ void Stream::OnTokens(TokenBatch batch) {
   Run(action);
 }
 
+void Stream::DropUnwrittenLocked() {
+  const size_t keep = writing_ ? 1 : 0;
+  while (queue_.size() > keep) {
+    queued_bytes_ -= queue_.back().second;
+    queue_.pop_back();
+  }
+}
+
 uint64_t Stream::EnqueueLocked(v1::GenerateResponse message) {
   const auto bytes = static_cast<int64_t>(message.ByteSizeLong());
   queue_.emplace_back(std::move(message), bytes);
@@ -148,11 +159,7 @@ uint64_t Stream::EnqueueLocked(v1::GenerateResponse message) {
   if (queued_bytes_ <= max_buffered_bytes_) return 0;
   // The client does not keep up: keep only a message gRPC is writing.
   overflowed_ = true;
-  const size_t keep = writing_ ? 1 : 0;
-  while (queue_.size() > keep) {
-    queued_bytes_ -= queue_.back().second;
-    queue_.pop_back();
-  }
+  DropUnwrittenLocked();
   final_status_ = grpc::Status(
       grpc::StatusCode::RESOURCE_EXHAUSTED,
       absl::StrCat("Generate: the client did not read its stream: over ", max_buffered_bytes_,
@@ -186,11 +193,7 @@ void Stream::OnFinish(const absl::Status& status, const std::string& finish_reas
       if (!final_status_.has_value()) final_status_ = grpc::Status::OK;
     } else {
       // An error ends the stream without the queued tokens (but one being written).
-      const size_t keep = writing_ ? 1 : 0;
-      while (queue_.size() > keep) {
-        queued_bytes_ -= queue_.back().second;
-        queue_.pop_back();
-      }
+      DropUnwrittenLocked();
       final_status_ = ToGrpcStatus(status);
     }
     action = NextLocked();
