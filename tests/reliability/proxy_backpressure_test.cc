@@ -150,7 +150,7 @@ class StalledClientTest : public ::testing::Test {
     ::rmdir(log_dir_.c_str());
   }
 
-  // A stub on its own connection to `address` (the coordinator's proxy or
+  // A client on its own connection to `address` (the coordinator's proxy or
   // the worker).
   static std::unique_ptr<v1::Worker::Stub> OwnConnection(const std::string& address) {
     grpc::ChannelArguments args;
@@ -172,7 +172,7 @@ class ProxyBackpressureTest : public StalledClientTest {
                                  "--metrics-port=0", "--metrics-host=127.0.0.1"};
   }
 
-  // A stub on its own connection to the coordinator's proxy.
+  // A client on its own connection to the coordinator's proxy.
   std::unique_ptr<v1::Worker::Stub> OwnConnection() {
     return StalledClientTest::OwnConnection(cluster_->coordinator_process().address());
   }
@@ -329,7 +329,7 @@ class WorkerStreamBoundTest : public StalledClientTest {
     options.worker_flags = {"--max-stream-buffered-bytes=1MiB"};
   }
 
-  // A stub on its own connection to the worker.
+  // A client on its own connection to the worker.
   std::unique_ptr<v1::Worker::Stub> OwnConnection() {
     return StalledClientTest::OwnConnection(cluster_->worker_process().address());
   }

@@ -9,8 +9,9 @@ records.
 2. With a calibration whose step overhead is 5 ms longer, every run's predicted
    mean TTFT is longer than that.
 3. Workload flags that do not regenerate the run's workload (another session
-   count, another delay scale), a file that is not a bench JSON and a missing
-   file are refused with a message naming the problem.
+   count, another delay scale), a file that is not a bench JSON, a missing
+   file, a run without its pool size and runs without a recorded calibration
+   (and no --calibration) are refused with a message naming the problem.
 Usage: repredict_test.py ASYMCACHE_BENCH RUN_JSON OUT_DIR
 """
 import json
@@ -69,11 +70,23 @@ def with_flag(name, value):
 
 not_bench = os.path.join(out_dir, "not_bench.json")
 json.dump({"schema": "something.else"}, open(not_bench, "w"))
+# The run's own file with one run missing its pool size, and with no recorded calibration.
+no_pool = os.path.join(out_dir, "no_pool.json")
+broken = json.loads(json.dumps(doc))
+del broken["runs"][0]["pool_blocks"]
+json.dump(broken, open(no_pool, "w"))
+no_calibration = os.path.join(out_dir, "no_calibration.json")
+older = json.loads(json.dumps(doc))
+for r in older["runs"]:
+    del r["calibration"]
+json.dump(older, open(no_calibration, "w"))
 cases = [
     (with_flag("--sessions", 7) + [f"--repredict={run_json}"], 1, "do not regenerate"),
     (with_flag("--scale-delays", 0.5) + [f"--repredict={run_json}"], 1, "--scale-delays="),
     (workload_args + [f"--repredict={not_bench}"], 2, "not an asymcache.bench.v1 JSON"),
     (workload_args + ["--repredict=/nonexistent/run.json"], 2, "cannot open"),
+    (workload_args + [f"--repredict={no_pool}"], 2, "runs[0]: needs system, rate, pool_blocks"),
+    (workload_args + [f"--repredict={no_calibration}"], 2, "records no calibration"),
 ]
 for args, code, text in cases:
     result = run(*args)
