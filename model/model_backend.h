@@ -143,10 +143,12 @@ struct CudaBackendOptions {
   // layers with their row bucket's algorithm (ready after the warm-up) while
   // a helper thread asks cuBLASLt's heuristic for the size itself, which
   // later steps of that size use (model/cuda_gemm.cuh), so the ~1 ms
-  // heuristic query per GEMM shape leaves the step. Default false until it
-  // is measured on a GPU (bench/gpu/first_step_bench
-  // --gemm_heuristic_off_thread=true; docs/worker.md).
-  bool gemm_heuristic_off_thread = false;
+  // heuristic query per GEMM shape leaves the step. Default true: on an
+  // H100 it cut the first step of a new size from +6.5 to +3.6 ms over its
+  // repeats (16 sizes up to 2048, two runs each; up to 8192: +2.7 -> +1.5
+  // ms) with repeats unchanged (bench/gpu/first_step_bench, docs/worker.md).
+  // Costs one more cuBLASLt handle and a helper thread per backend.
+  bool gemm_heuristic_off_thread = true;
   absl::Status Validate() const;
 };
 

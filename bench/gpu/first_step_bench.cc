@@ -49,7 +49,7 @@ ABSL_FLAG(int, max_tokens, 2048, "largest step size drawn (>= 17); also max_step
 ABSL_FLAG(int, repeats, 3, "timed repeats of each size after its first step (>= 1)");
 ABSL_FLAG(bool, gemm_row_buckets, false, "CudaBackendOptions::gemm_row_buckets (its default)");
 ABSL_FLAG(bool, warm_gemm_buckets, true, "CudaBackendOptions::warm_gemm_buckets (its default)");
-ABSL_FLAG(bool, gemm_heuristic_off_thread, false,
+ABSL_FLAG(bool, gemm_heuristic_off_thread, true,
           "CudaBackendOptions::gemm_heuristic_off_thread (its default)");
 ABSL_FLAG(uint64_t, seed, 1, "weights, pool contents, page order and the sizes drawn");
 ABSL_FLAG(std::string, out, "", "write the results as JSON here");

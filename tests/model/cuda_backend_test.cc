@@ -26,6 +26,8 @@
 //   - prefill then decode (all three shapes);
 //   - several sequences batched in one step (prefill and decode);
 //   - chunked prefill (chunks not block-aligned) == one-shot prefill;
+//   - every GEMM algorithm option (warm-up, row buckets, heuristic off the
+//     step thread) matches the dense reference;
 //   - seeded temperature/top-p sampling equals the host rule applied to the
 //     backend's own logits, bit for bit;
 //   - more sample rows than one LM-head chunk (max_batch 4): every row's
@@ -494,6 +496,55 @@ TEST_P(CudaBackendTest, ChunkedPrefillMatchesOneShot) {
   }
   EXPECT_GT(compared, 0);
   EXPECT_LE(max_diff, 0.02) << "layer-0 K/V of the chunked prefill differ (seed " << seed_ << ")";
+}
+
+// Every GEMM algorithm choice of CudaBackendOptions (bucket warm-up off/on,
+// one algorithm per row bucket, the heuristic off the step thread) computes
+// the same model: a prompt prefilled in chunks whose token counts are not
+// bucket sizes, each count run more than once (so the off-thread choice runs
+// both its first step with the bucket's algorithm and later steps with the
+// size's own), then a decode step, match the dense reference.
+TEST_P(CudaBackendTest, EveryGemmAlgorithmChoiceMatchesDense) {
+  struct Choice {
+    const char* name;
+    bool warm_gemm_buckets;
+    bool gemm_row_buckets;
+    bool gemm_heuristic_off_thread;
+  };
+  const Choice choices[] = {{"default", true, false, false},
+                            {"no warm-up", false, false, false},
+                            {"row buckets", true, true, false},
+                            {"heuristic off thread", true, false, true},
+                            {"heuristic off thread, no warm-up", false, false, true}};
+  const int32_t chunks[] = {13, 23, 13, 23, 13, 23};
+  const int32_t prompt_len = 13 * 3 + 23 * 3;
+  const std::vector<int32_t> prompt = RandomTokens(prompt_len);
+  const DenseGeneration dense = Dense(prompt, 2);
+  ASSERT_EQ(dense.tokens.size(), 2u);
+  for (const Choice& choice : choices) {
+    SCOPED_TRACE(choice.name);
+    CudaBackendOptions options;
+    options.warm_gemm_buckets = choice.warm_gemm_buckets;
+    options.gemm_row_buckets = choice.gemm_row_buckets;
+    options.gemm_heuristic_off_thread = choice.gemm_heuristic_off_thread;
+    std::unique_ptr<ModelBackend> backend = MakeBackend(options);
+    ASSERT_NE(backend, nullptr);
+    Sequence seq;
+    seq.tokens = prompt;
+    ForwardResult result;
+    int32_t begin = 0;
+    for (const int32_t chunk : chunks) {
+      result = Run(*backend, BuildStep({Part{&seq, begin, begin + chunk}}, B(), *allocator_));
+      begin += chunk;
+    }
+    ASSERT_EQ(begin, prompt_len);
+    ASSERT_EQ(result.logits.size(), static_cast<size_t>(V()));
+    ExpectClose(result.logits, dense.logits[0], absl::StrCat(choice.name, ": chunked prefill"));
+    seq.tokens.push_back(dense.tokens[0]);
+    result = Run(*backend, BuildStep({Part{&seq, prompt_len, prompt_len + 1}}, B(), *allocator_));
+    ASSERT_EQ(result.logits.size(), static_cast<size_t>(V()));
+    ExpectClose(result.logits, dense.logits[1], absl::StrCat(choice.name, ": decode"));
+  }
 }
 
 // Seeded temperature / top-p sampling: the device picks exactly what the host
