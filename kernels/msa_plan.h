@@ -47,8 +47,9 @@ namespace asymcache::msa {
 // Which kernel runs the prefill (128-row) tiles; decode tiles always run the
 // 16-row kernel. docs/msa_kernel.md ("version 3: wgmma") has the numbers.
 enum class MsaPrefillKernel : int32_t {
-  // The default for the shape and device: currently kMma everywhere (see
-  // kMsaDefaultPrefillKernel in msa_cuda.cu and docs/msa_kernel.md).
+  // The default for the shape and device: kWgmma where it is available
+  // (head dim 128 on a cc 9.0 device with sm_90a code), else kMma
+  // (kMsaDefaultPrefillKernel in msa_cuda.cu, docs/msa_kernel.md).
   kAuto = 0,
   // mma.sync m16n8k16 kernel (v2): every head dim, every device.
   kMma = 1,
