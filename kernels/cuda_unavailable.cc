@@ -21,6 +21,15 @@ absl::Status RunMsaCuda(const MsaPlan&, const AttentionShape&, const void*, cons
   return NoCuda();
 }
 
+bool MsaWgmmaAvailable(int /*device*/) { return false; }
+
+MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan&) { return MsaPrefillKernel::kMma; }
+
+absl::StatusOr<WgmmaTileTestOutput> RunMsaWgmmaTileTest(DType, const void*, const void*,
+                                                        const void*, int) {
+  return NoCuda();
+}
+
 absl::Status AppendKvCuda(const AttentionShape&, const int32_t*, const int32_t*, int32_t,
                           const void*, const void*, void*, int64_t, void*) {
   return NoCuda();

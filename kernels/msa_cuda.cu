@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <utility>
 
@@ -32,19 +33,76 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
 
 cudaStream_t AsStream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
+// What MsaPrefillKernel::kAuto runs where the wgmma kernel is available
+// (head dim 128, cc 9.0, sm_90a code): it was faster on every prefill
+// configuration measured (docs/msa_kernel.md, "version 3: wgmma").
+constexpr MsaPrefillKernel kMsaDefaultPrefillKernel = MsaPrefillKernel::kWgmma;
+
+// Launches the plan's items; wgmma: the prefill items run the Hopper kernel
+// (the caller checked head_dim == 128 and availability).
 template <typename T>
 cudaError_t DispatchHeadDim(int32_t head_dim, const cuda::MsaKernelParams& params,
-                            int32_t num_prefill, int32_t num_decode, cudaStream_t stream) {
+                            int32_t num_prefill, int32_t num_decode, bool wgmma,
+                            cudaStream_t stream) {
   switch (head_dim) {
     case 64:
-      return cuda::LaunchMsaAttention<T, 64>(params, num_prefill, num_decode, stream);
+      return cuda::LaunchMsaAttention<T, 64>(params, num_prefill, num_decode, true, stream);
     case 128:
-      return cuda::LaunchMsaAttention<T, 128>(params, num_prefill, num_decode, stream);
+#if defined(ASYMCACHE_MSA_WGMMA)
+      if (wgmma) {
+        const cudaError_t error = cuda::LaunchMsaWgmmaPrefill<T>(params, num_prefill, stream);
+        if (error != cudaSuccess) return error;
+        return cuda::LaunchMsaAttention<T, 128>(params, num_prefill, num_decode, false, stream);
+      }
+#else
+      (void)wgmma;
+#endif
+      return cuda::LaunchMsaAttention<T, 128>(params, num_prefill, num_decode, true, stream);
     case 256:
-      return cuda::LaunchMsaAttention<T, 256>(params, num_prefill, num_decode, stream);
+      return cuda::LaunchMsaAttention<T, 256>(params, num_prefill, num_decode, true, stream);
     default:
       return cudaErrorInvalidValue;
   }
+}
+
+#if defined(ASYMCACHE_MSA_WGMMA)
+// Per-device answers of MsaWgmmaAvailable: 0 unknown, 1 no, 2 yes.
+constexpr int kMaxCachedDevices = 64;
+std::atomic<int8_t> g_wgmma_available[kMaxCachedDevices];
+
+bool ProbeWgmma(int device) {
+  int major = 0;
+  int minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;  // sm_90a code runs on 9.0 only
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (current != device && cudaSetDevice(device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const bool ok = cuda::ProbeMsaWgmmaPrefill<__nv_bfloat16>() == cudaSuccess &&
+                  cuda::ProbeMsaWgmmaPrefill<__half>() == cudaSuccess;
+  cudaGetLastError();  // a missing image is not sticky; clear it
+  if (current != device) cudaSetDevice(current);
+  return ok;
+}
+#endif
+
+bool WgmmaAvailableOnCurrentDevice() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return MsaWgmmaAvailable(device);
 }
 
 absl::Status CheckPlanMatches(const MsaPlan& plan, const AttentionShape& shape) {
@@ -62,6 +120,85 @@ absl::Status CheckPlanMatches(const MsaPlan& plan, const AttentionShape& shape) 
 }
 
 }  // namespace
+
+bool MsaWgmmaAvailable(int device) {
+#if defined(ASYMCACHE_MSA_WGMMA)
+  if (device < 0) return false;
+  if (device >= kMaxCachedDevices) return ProbeWgmma(device);
+  const int8_t known = g_wgmma_available[device].load(std::memory_order_relaxed);
+  if (known != 0) return known == 2;
+  const bool ok = ProbeWgmma(device);
+  g_wgmma_available[device].store(ok ? 2 : 1, std::memory_order_relaxed);
+  return ok;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan& plan) {
+  const MsaPrefillKernel wanted =
+      plan.prefill_kernel == MsaPrefillKernel::kAuto ? kMsaDefaultPrefillKernel : plan.prefill_kernel;
+  if (wanted == MsaPrefillKernel::kWgmma && plan.head_dim == 128 &&
+      WgmmaAvailableOnCurrentDevice()) {
+    return MsaPrefillKernel::kWgmma;
+  }
+  return MsaPrefillKernel::kMma;
+}
+
+absl::StatusOr<WgmmaTileTestOutput> RunMsaWgmmaTileTest(DType dtype, const void* host_a,
+                                                        const void* host_b, const void* host_v,
+                                                        int variant) {
+  if (dtype != DType::kBFloat16 && dtype != DType::kFloat16) {
+    return absl::InvalidArgumentError("the wgmma tile test takes bf16 or fp16");
+  }
+  if (!WgmmaAvailableOnCurrentDevice()) {
+    return absl::UnavailableError("the wgmma kernel cannot run here (no sm_90a code or not cc 9.0)");
+  }
+#if defined(ASYMCACHE_MSA_WGMMA)
+  constexpr size_t kA = 128 * 128;
+  constexpr size_t kB = 64 * 128;
+  constexpr size_t kS = 128 * 64;
+  constexpr size_t kO = 128 * 128;
+  absl::StatusOr<DeviceBuffer> d_a = DeviceBuffer::Allocate(kA * 2);
+  absl::StatusOr<DeviceBuffer> d_b = DeviceBuffer::Allocate(kB * 2);
+  absl::StatusOr<DeviceBuffer> d_v = DeviceBuffer::Allocate(kB * 2);
+  absl::StatusOr<DeviceBuffer> d_s = DeviceBuffer::Allocate(kS * 4);
+  absl::StatusOr<DeviceBuffer> d_o = DeviceBuffer::Allocate(kO * 4);
+  for (const auto* buffer : {&d_a, &d_b, &d_v, &d_s, &d_o}) {
+    if (!buffer->ok()) return buffer->status();
+  }
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaMemcpy(d_a->data(), host_a, kA * 2, cudaMemcpyHostToDevice));
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaMemcpy(d_b->data(), host_b, kB * 2, cudaMemcpyHostToDevice));
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaMemcpy(d_v->data(), host_v, kB * 2, cudaMemcpyHostToDevice));
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaMemset(d_s->data(), 0xFF, kS * 4));
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaMemset(d_o->data(), 0xFF, kO * 4));
+  auto* s_out = static_cast<float*>(d_s->data());
+  auto* o_out = static_cast<float*>(d_o->data());
+  if (dtype == DType::kBFloat16) {
+    ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaWgmmaTileTest<__nv_bfloat16>(
+        d_a->data(), d_b->data(), d_v->data(), s_out, o_out, variant, nullptr));
+  } else {
+    ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaWgmmaTileTest<__half>(
+        d_a->data(), d_b->data(), d_v->data(), s_out, o_out, variant, nullptr));
+  }
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  WgmmaTileTestOutput output;
+  output.s.resize(kS);
+  output.o.resize(kO);
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(output.s.data(), s_out, kS * 4, cudaMemcpyDeviceToHost));
+  ASYMCACHE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(output.o.data(), o_out, kO * 4, cudaMemcpyDeviceToHost));
+  return output;
+#else
+  (void)host_a;
+  (void)host_b;
+  (void)host_v;
+  (void)variant;
+  return absl::UnavailableError("built without the wgmma kernel");
+#endif
+}
 
 absl::StatusOr<GpuInfo> QueryGpu(int device) {
   int count = 0;
@@ -138,17 +275,19 @@ absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const 
   params.page_stride = 2 * params.kv_half_stride;
 
   const cudaStream_t s = AsStream(stream);
+  const bool wgmma = plan.num_prefill_items > 0 &&
+                     ResolvedPrefillKernel(plan) == MsaPrefillKernel::kWgmma;
   const int32_t merge_rows = plan.num_prefill_items > 0 ? kMsaPrefillTileRows : kMsaDecodeTileRows;
   const auto* groups = reinterpret_cast<const MsaMergeGroup*>(ws + plan.merge_groups_offset);
   if (shape.dtype == DType::kBFloat16) {
     ASYMCACHE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<__nv_bfloat16>(
-        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, s));
+        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, wgmma, s));
     ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaMerge<__nv_bfloat16>(
         groups, plan.num_merge_groups, params.partial_out, params.partial_lse, out, lse,
         shape.num_q_heads, shape.group_size(), shape.head_dim, merge_rows, s));
   } else if (shape.dtype == DType::kFloat16) {
     ASYMCACHE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<__half>(
-        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, s));
+        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, wgmma, s));
     ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaMerge<__half>(
         groups, plan.num_merge_groups, params.partial_out, params.partial_lse, out, lse,
         shape.num_q_heads, shape.group_size(), shape.head_dim, merge_rows, s));

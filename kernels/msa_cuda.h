@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -70,6 +71,34 @@ absl::Status UploadMsaPlan(const MsaPlan& plan, const void* host_ws, void* devic
 absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const void* q,
                         const void* kv_pool, void* out, float* lse, void* device_ws,
                         void* stream);
+
+// True when prefill tiles can run the Hopper kernel (MsaPrefillKernel::kWgmma,
+// msa_plan.h) on `device`: the binary carries its sm_90a code (a build with
+// ASYMCACHE_MSA_WGMMA, kernels/CMakeLists.txt), the device is compute
+// capability 9.0 and it loads that code. False without CUDA or a device.
+// The answer is cached per device after the first call.
+bool MsaWgmmaAvailable(int device = 0);
+
+// The kernel RunMsaCuda runs the plan's prefill items with on the current
+// device: kWgmma when the plan asks for it (or kAuto and it is the default),
+// the head dim is 128 and MsaWgmmaAvailable; else kMma. Never kAuto.
+MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan& plan);
+
+// Test hook for the wgmma kernel's layouts and descriptors (no attention):
+// one 128 x 64 x 128 tile of its two GEMMs, run with the kernel's own
+// shared-memory layout, descriptors and GEMM helpers. Host inputs in `dtype`
+// (bf16 or fp16), row-major: a [128][128] (query rows), b [64][128] (key rows),
+// v [64][128] (value rows). Returns s = a b^T [128][64] (fp32) and
+// o = dtype(s) v [128][128] (fp32). variant 0: the kernel's encoding; 1: the
+// V descriptor's leading and stride byte offsets swapped (a diagnostic).
+// UNAVAILABLE when !MsaWgmmaAvailable() for the current device.
+struct WgmmaTileTestOutput {
+  std::vector<float> s;
+  std::vector<float> o;
+};
+absl::StatusOr<WgmmaTileTestOutput> RunMsaWgmmaTileTest(DType dtype, const void* host_a,
+                                                        const void* host_b, const void* host_v,
+                                                        int variant);
 
 // Writes K/V rows of num_tokens tokens into the pool: token t goes to page
 // d_slot_page_ids[t], row d_slot_offsets[t] (device int32 arrays). k, v:

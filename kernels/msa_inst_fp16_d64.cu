@@ -4,7 +4,7 @@
 
 namespace asymcache::msa::cuda {
 
-template cudaError_t LaunchMsaAttention<__half, 64>(const MsaKernelParams&, int32_t, int32_t,
-                                                    cudaStream_t);
+template cudaError_t LaunchMsaAttention<__half, 64>(const MsaKernelParams&, int32_t,
+                                                    int32_t, bool, cudaStream_t);
 
 }  // namespace asymcache::msa::cuda

@@ -935,8 +935,11 @@ cudaError_t LaunchMsaAttentionTiles(const MsaKernelParams& params, int32_t item_
 
 template <typename T, int kHeadDim>
 cudaError_t LaunchMsaAttention(const MsaKernelParams& params, int32_t num_prefill,
-                               int32_t num_decode, cudaStream_t stream) {
-  ASYMCACHE_CUDA_TRY((LaunchMsaAttentionTiles<T, kHeadDim, false>(params, 0, num_prefill, stream)));
+                               int32_t num_decode, bool run_prefill, cudaStream_t stream) {
+  if (run_prefill) {
+    ASYMCACHE_CUDA_TRY(
+        (LaunchMsaAttentionTiles<T, kHeadDim, false>(params, 0, num_prefill, stream)));
+  }
   ASYMCACHE_CUDA_TRY(
       (LaunchMsaAttentionTiles<T, kHeadDim, true>(params, num_prefill, num_decode, stream)));
   return cudaSuccess;

@@ -48,11 +48,35 @@ struct MsaKernelParams {
   int64_t token_stride = 0;     // elements per token row of a page: Hkv * D
 };
 
-// Runs items [0, num_prefill) with 128-row tiles and
-// [num_prefill, num_prefill + num_decode) with 16-row tiles.
+// Runs items [0, num_prefill) with 128-row tiles (unless run_prefill is
+// false: another kernel runs them) and [num_prefill, num_prefill + num_decode)
+// with 16-row tiles.
 template <typename T, int kHeadDim>
 cudaError_t LaunchMsaAttention(const MsaKernelParams& params, int32_t num_prefill,
-                               int32_t num_decode, cudaStream_t stream);
+                               int32_t num_decode, bool run_prefill, cudaStream_t stream);
+
+// The Hopper prefill kernel (msa_wgmma.cuh; head dim 128, compiled for sm_90a
+// only, in msa_wgmma_<dtype>.cu): runs items [0, num_prefill) with the same
+// 128-row tiles and outputs as the mma.sync prefill kernel. Defined only in
+// builds with ASYMCACHE_MSA_WGMMA.
+template <typename T>
+cudaError_t LaunchMsaWgmmaPrefill(const MsaKernelParams& params, int32_t num_prefill,
+                                  cudaStream_t stream);
+
+// cudaSuccess when the wgmma kernel has an image the current device can load
+// (cudaFuncGetAttributes), else that call's error.
+template <typename T>
+cudaError_t ProbeMsaWgmmaPrefill();
+
+// Test hook: one 128 x 64 x 128 tile of the wgmma kernel's two GEMMs with its
+// shared-memory layouts and descriptors. a [128][128] (Q rows), b [64][128]
+// (K rows), v [64][128] (V rows), all device memory of T; writes
+// s_out [128][64] = a b^T (fp32) and o_out [128][128] = T(s) v (fp32).
+// variant 0 is the kernel's encoding; 1 swaps the V descriptor's two byte
+// offsets (a probe that tells a layout bug from a descriptor bug).
+template <typename T>
+cudaError_t LaunchMsaWgmmaTileTest(const void* a, const void* b, const void* v, float* s_out,
+                                   float* o_out, int variant, cudaStream_t stream);
 
 // Merges the partial states of split items into out/lse. max_rows bounds
 // the groups' num_rows (16 when every split item is a decode tile, else 128).

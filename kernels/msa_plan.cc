@@ -173,6 +173,11 @@ absl::Status MsaPlanOptions::Validate() const {
         "forced_kv_chunk_tokens must be 0 or a positive multiple of 64, got ",
         forced_kv_chunk_tokens));
   }
+  if (prefill_kernel != MsaPrefillKernel::kAuto && prefill_kernel != MsaPrefillKernel::kMma &&
+      prefill_kernel != MsaPrefillKernel::kWgmma) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill_kernel must be kAuto, kMma or kWgmma, got ",
+                                                   static_cast<int32_t>(prefill_kernel)));
+  }
   return absl::OkStatus();
 }
 
@@ -420,6 +425,7 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   plan.prefill_kv_chunk_tokens = prefill_chunk;
   plan.decode_kv_chunk_tokens = decode_chunk;
   plan.kv_chunk_tokens = std::max(prefill_chunk, decode_chunk);
+  plan.prefill_kernel = options.prefill_kernel;
   plan.items_offset = layout.items_offset;
   plan.merge_groups_offset = layout.merge_groups_offset;
   plan.q_pos_offset = layout.q_pos_offset;

@@ -44,6 +44,21 @@
 
 namespace asymcache::msa {
 
+// Which kernel runs the prefill (128-row) tiles; decode tiles always run the
+// 16-row kernel. docs/msa_kernel.md ("version 3: wgmma") has the numbers.
+enum class MsaPrefillKernel : int32_t {
+  // The default for the shape and device: kWgmma where it is available
+  // (head dim 128 on a cc 9.0 device with sm_90a code), else kMma
+  // (kMsaDefaultPrefillKernel in msa_cuda.cu, docs/msa_kernel.md).
+  kAuto = 0,
+  // mma.sync m16n8k16 kernel (v2): every head dim, every device.
+  kMma = 1,
+  // Hopper kernel (wgmma, sm_90a): head dim 128 only, on a compute
+  // capability 9.0 device when the binary carries sm_90a code
+  // (MsaWgmmaAvailable in msa_cuda.h); elsewhere the plan runs kMma.
+  kWgmma = 2,
+};
+
 struct MsaPlanOptions {
   // Streaming multiprocessors of the target GPU (H100 SXM: 132). Use
   // QueryGpu().sm_count when a device is present.
@@ -60,6 +75,10 @@ struct MsaPlanOptions {
   // > 0: split every item at this many KV tokens (multiple of 64; tests and
   // benchmarks). Overrides the automatic choice and allow_split_kv.
   int32_t forced_kv_chunk_tokens = 0;
+  // Prefill tile kernel (copied into MsaPlan; read by RunMsaCuda). Both
+  // kernels use 128-row tiles and one 8-warp CTA per SM, so the plan is the
+  // same for either.
+  MsaPrefillKernel prefill_kernel = MsaPrefillKernel::kAuto;
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
@@ -126,6 +145,7 @@ struct MsaPlan {
   int32_t prefill_kv_chunk_tokens = 0;  // 0: prefill items unsplit; else their chunk size
   int32_t decode_kv_chunk_tokens = 0;   // 0: decode items unsplit; else their chunk size
   int32_t kv_chunk_tokens = 0;  // the larger of the two: 0 when nothing is split
+  MsaPrefillKernel prefill_kernel = MsaPrefillKernel::kAuto;  // MsaPlanOptions::prefill_kernel
 
   // Byte offsets from the workspace start (same on host and device).
   size_t items_offset = 0;

@@ -27,6 +27,12 @@
 //
 // Usage: msa_gpu_bench [--out=FILE] [--quick] [--warmup=N] [--iters=N]
 //                      [--budget_s=S] [--seed=N] [--plan_only]
+//                      [--prefill_kernel=auto|mma|wgmma|both] [--sections=LIST]
+// --prefill_kernel picks MsaPlanOptions::prefill_kernel (default auto);
+// `both` times every configuration that has prefill tiles with the mma.sync
+// kernel and then the wgmma kernel, back to back in the same process (records
+// carry "prefill_kernel": the kernel that actually ran). --sections runs a
+// comma-separated subset of copy,rebuild,qseg,packed,mixed,decode (default all).
 // --plan_only needs no GPU: it builds and plans every configuration (a CPU
 // check of the batches; in a build without CUDA the planner still runs).
 #include <cuda_runtime.h>
@@ -76,6 +82,14 @@ struct BenchOptions {
   int iters = 100;        // timed replays (>= 10)
   double budget_s = 3.0;  // cap per measured item (only the largest items hit it)
   uint64_t seed = 0;      // 0: from the clock (logged)
+  // Prefill kernels to time each configuration with, in order (--prefill_kernel).
+  std::vector<MsaPrefillKernel> prefill_kernels = {MsaPrefillKernel::kAuto};
+  std::string sections = "copy,rebuild,qseg,packed,mixed,decode";
+
+  bool Runs(const std::string& section) const {
+    return absl::StrCat(",", sections, ",").find(absl::StrCat(",", section, ",")) !=
+           std::string::npos;
+  }
 
   absl::Status Validate() const {
     if (warmup < 1) return absl::InvalidArgumentError("--warmup must be >= 1");
@@ -104,6 +118,21 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       o.budget_s = std::atof(v);
     } else if (const char* v = FlagValue(arg, "seed")) {
       o.seed = std::strtoull(v, nullptr, 10);
+    } else if (const char* v = FlagValue(arg, "prefill_kernel")) {
+      const std::string k = v;
+      if (k == "auto") {
+        o.prefill_kernels = {MsaPrefillKernel::kAuto};
+      } else if (k == "mma") {
+        o.prefill_kernels = {MsaPrefillKernel::kMma};
+      } else if (k == "wgmma") {
+        o.prefill_kernels = {MsaPrefillKernel::kWgmma};
+      } else if (k == "both") {
+        o.prefill_kernels = {MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma};
+      } else {
+        return absl::InvalidArgumentError("--prefill_kernel must be auto, mma, wgmma or both");
+      }
+    } else if (const char* v = FlagValue(arg, "sections")) {
+      o.sections = v;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
@@ -438,8 +467,12 @@ class MsaBench {
 
   // Plans (timed on the CPU), uploads, checks one run, then times the run.
   // Returns the median time per call in us.
-  absl::StatusOr<double> RunConfig(const Record& rec, const BatchBuilder& batch, bool cold) {
+  // kernel_index > 0 (a second prefill kernel of --prefill_kernel=both):
+  // configurations without prefill tiles are skipped (NaN, nothing emitted).
+  absl::StatusOr<double> RunConfig(const Record& rec, const BatchBuilder& batch, bool cold,
+                                   size_t kernel_index) {
     const BatchTables view = batch.tables().view();
+    plan_options_.prefill_kernel = options_.prefill_kernels[kernel_index];
     std::vector<double> plan_us;
     absl::StatusOr<MsaPlan> plan = absl::UnknownError("not planned");
     for (int i = 0; i < 5; ++i) {
@@ -450,6 +483,7 @@ class MsaBench {
       plan_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
     }
     std::sort(plan_us.begin(), plan_us.end());
+    if (kernel_index > 0 && plan->num_prefill_items == 0) return NAN;
     if (options_.plan_only) {
       std::printf("plan     %-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d items %d (prefill %d) "
                   "chunk %d merges %d plan %.0f us\n",
@@ -461,6 +495,10 @@ class MsaBench {
     BENCH_RETURN_IF_ERROR(
         UploadMsaPlan(*plan, host_ws_.get(), device_ws_.data(), device_ws_.size(), stream_));
     const MsaPlan p = *plan;
+    const char* kernel_name =
+        p.num_prefill_items == 0
+            ? "none"
+            : (ResolvedPrefillKernel(p) == MsaPrefillKernel::kWgmma ? "wgmma" : "mma");
     const void* q = q_.data();
     const void* pool = pool_.data();
     void* out = out_buf_.data();
@@ -490,16 +528,17 @@ class MsaBench {
                         {"kv_bytes", kv_bytes},     {"flops", flops},
                         {"plan_us", Percentile(plan_us, 0.5)},
                         {"items", p.num_items()},   {"kv_chunk_tokens", p.kv_chunk_tokens},
+                        {"prefill_kernel", kernel_name},
                         {"nonfinite_outputs", bad}};
     AddTiming(&j, *t);
     const double secs = t->median_us * 1e-6;
     j["kv_read_gb_per_s"] = kv_bytes / secs / 1e9;
     j["tflops"] = flops / secs / 1e12;
     Emit(j);
-    std::printf("%-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d %s %10.1f us [%.1f, %.1f] "
+    std::printf("%-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d %s %-5s %10.1f us [%.1f, %.1f] "
                 "%7.0f GB/s %6.1f TF/s plan %.0f us%s\n",
                 rec.kind.c_str(), rec.batch, static_cast<long long>(rec.context), rec.segments,
-                rec.q_tokens, rec.pos, cold ? "cold" : "warm", t->median_us, t->p10_us,
+                rec.q_tokens, rec.pos, cold ? "cold" : "warm", kernel_name, t->median_us, t->p10_us,
                 t->p90_us, j["kv_read_gb_per_s"].get<double>(), j["tflops"].get<double>(),
                 j["plan_us"].get<double>(), bad ? " NONFINITE OUTPUT" : "");
     std::fflush(stdout);
@@ -507,9 +546,19 @@ class MsaBench {
     return t->median_us;
   }
 
-  // Runs one config; an error is logged and recorded, never fatal.
+  // Runs one config with each prefill kernel of --prefill_kernel; returns the
+  // first kernel's time. An error is logged and recorded, never fatal.
   double Try(const Record& rec, const BatchBuilder& batch, bool cold) {
-    auto t = RunConfig(rec, batch, cold);
+    double first = NAN;
+    for (size_t k = 0; k < options_.prefill_kernels.size(); ++k) {
+      const double t = TryKernel(rec, batch, cold, k);
+      if (k == 0) first = t;
+    }
+    return first;
+  }
+
+  double TryKernel(const Record& rec, const BatchBuilder& batch, bool cold, size_t kernel_index) {
+    auto t = RunConfig(rec, batch, cold, kernel_index);
     if (!t.ok()) {
       ++failures_;
       std::fprintf(stderr, "[msa_gpu_bench] %s B=%d ctx=%lld seg=%d q=%d pos=%d failed: %s\n",
@@ -735,19 +784,22 @@ int Main(int argc, char** argv) {
   }
   if (!options->plan_only) {
     bench.EmitMeta(command);
-    st = bench.MeasureCopy();
-    if (!st.ok()) std::fprintf(stderr, "[msa_gpu_bench] copy: %s\n", st.ToString().c_str());
+    std::printf("# wgmma prefill kernel available: %s\n", MsaWgmmaAvailable(0) ? "yes" : "no");
+    if (options->Runs("copy")) {
+      st = bench.MeasureCopy();
+      if (!st.ok()) std::fprintf(stderr, "[msa_gpu_bench] copy: %s\n", st.ToString().c_str());
+    }
     st = bench.AllocateBuffers();
     if (!st.ok()) {
       std::fprintf(stderr, "[msa_gpu_bench] buffers: %s\n", st.ToString().c_str());
       return 1;
     }
   }
-  bench.RebuildSweep();
-  bench.QuerySegmentSweep();
-  bench.PackedRebuild();
-  bench.MixedBatch();
-  bench.DecodeSweep();
+  if (options->Runs("rebuild")) bench.RebuildSweep();
+  if (options->Runs("qseg")) bench.QuerySegmentSweep();
+  if (options->Runs("packed")) bench.PackedRebuild();
+  if (options->Runs("mixed")) bench.MixedBatch();
+  if (options->Runs("decode")) bench.DecodeSweep();
   std::printf("# done: %d failed configurations, %d with non-finite outputs\n", bench.failures(),
               bench.nonfinite_configs());
   return bench.failures() == 0 && bench.nonfinite_configs() == 0 ? 0 : 1;

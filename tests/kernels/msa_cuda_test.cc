@@ -60,6 +60,7 @@ struct GpuOutputs {
   std::vector<uint8_t> out;  // shape.dtype
   std::vector<float> lse;
   MsaPlan plan;
+  MsaPrefillKernel prefill_kernel = MsaPrefillKernel::kMma;  // what ran the prefill tiles
 };
 
 // Uploads q and the pool, plans, runs once with NaN-poisoned outputs, copies
@@ -99,6 +100,7 @@ absl::StatusOr<GpuOutputs> RunOnGpu(const TestBatch& batch, const MsaPlanOptions
   if (!status.ok()) return status;
   GpuOutputs outputs;
   outputs.plan = *plan;
+  outputs.prefill_kernel = ResolvedPrefillKernel(*plan);
   outputs.out.resize(out_bytes);
   outputs.lse.resize(static_cast<size_t>(batch.lse_elements()));
   status.Update(CopyDeviceToHost(outputs.out.data(), d_out->data(), out_bytes));
@@ -140,6 +142,7 @@ class MsaCudaTest : public SeededTest {
   MsaPlanOptions Options(int32_t forced_chunk = 0, bool allow_split = true) const {
     MsaPlanOptions options;
     options.num_sms = num_sms_;
+    options.prefill_kernel = prefill_kernel_;
     options.forced_kv_chunk_tokens = forced_chunk;
     options.allow_split_kv = allow_split;
     return options;
@@ -153,22 +156,60 @@ class MsaCudaTest : public SeededTest {
           {"chunk192", Options(192)}}) {
       absl::StatusOr<GpuOutputs> outputs = RunOnGpu(batch, options);
       ASSERT_TRUE(outputs.ok()) << outputs.status();
+      ExpectKernelRan(batch.shape, *outputs);
       ExpectMatchesReference(batch, *outputs,
                              absl::StrCat(what, " plan=", name, " chunk=",
                                           outputs->plan.kv_chunk_tokens, " ", SeedNote()));
     }
   }
 
+  // A test that asked for the wgmma kernel must have run it (head dim 128).
+  void ExpectKernelRan(const AttentionShape& shape, const GpuOutputs& outputs) const {
+    if (prefill_kernel_ == MsaPrefillKernel::kWgmma && shape.head_dim == 128) {
+      EXPECT_EQ(outputs.prefill_kernel, MsaPrefillKernel::kWgmma);
+    }
+  }
+
   int32_t num_sms_ = 132;
+  MsaPrefillKernel prefill_kernel_ = MsaPrefillKernel::kAuto;
+};
+
+const char* PrefillKernelName(MsaPrefillKernel kernel) {
+  switch (kernel) {
+    case MsaPrefillKernel::kMma:
+      return "Mma";
+    case MsaPrefillKernel::kWgmma:
+      return "Wgmma";
+    default:
+      return "Auto";
+  }
+}
+
+// The structure tests, once per prefill kernel.
+class MsaCudaKernelTest : public MsaCudaTest,
+                          public ::testing::WithParamInterface<MsaPrefillKernel> {
+ protected:
+  void SetUp() override {
+    MsaCudaTest::SetUp();
+    if (IsSkipped()) return;
+    prefill_kernel_ = GetParam();
+    if (prefill_kernel_ == MsaPrefillKernel::kWgmma && !MsaWgmmaAvailable()) {
+      GTEST_SKIP() << "wgmma prefill kernel not available (no sm_90a code or not a cc 9.0 device)";
+    }
+  }
+  bool Wgmma() const { return prefill_kernel_ == MsaPrefillKernel::kWgmma; }
 };
 
 // ---- sweeps: dtype x head dim x GQA group x page size ----------------------
 
 class MsaCudaSweepTest
     : public MsaCudaTest,
-      public ::testing::WithParamInterface<std::tuple<DType, int32_t, int32_t, int32_t>> {};
+      public ::testing::WithParamInterface<std::tuple<DType, int32_t, int32_t, int32_t>> {
+ protected:
+  void RunSweep();
+};
 
-TEST_P(MsaCudaSweepTest, MatchesReferenceSplitAndUnsplit) {
+void MsaCudaSweepTest::RunSweep() {
   const auto [dtype, head_dim, group, page_size] = GetParam();
   const AttentionShape shape = MakeShape(2 * group, 2, head_dim, page_size, dtype);
   std::vector<SequenceLayout> layouts;
@@ -189,6 +230,23 @@ TEST_P(MsaCudaSweepTest, MatchesReferenceSplitAndUnsplit) {
   RunAndCheckAllPlans(batch, "sweep");
 }
 
+TEST_P(MsaCudaSweepTest, MatchesReferenceSplitAndUnsplit) { RunSweep(); }
+
+// The same sweep with prefill tiles on the wgmma kernel (head dim 128 only).
+class MsaCudaWgmmaSweepTest : public MsaCudaSweepTest {
+ protected:
+  void SetUp() override {
+    MsaCudaSweepTest::SetUp();
+    if (IsSkipped()) return;
+    if (!MsaWgmmaAvailable()) {
+      GTEST_SKIP() << "wgmma prefill kernel not available (no sm_90a code or not a cc 9.0 device)";
+    }
+    prefill_kernel_ = MsaPrefillKernel::kWgmma;
+  }
+};
+
+TEST_P(MsaCudaWgmmaSweepTest, MatchesReferenceSplitAndUnsplit) { RunSweep(); }
+
 INSTANTIATE_TEST_SUITE_P(
     DTypeHeadDimGroup, MsaCudaSweepTest,
     ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
@@ -199,10 +257,14 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
                        ::testing::Values(64, 128), ::testing::Values(1, 4),
                        ::testing::Values(7, 32)));
+INSTANTIATE_TEST_SUITE_P(
+    Wgmma, MsaCudaWgmmaSweepTest,
+    ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16), ::testing::Values(128),
+                       ::testing::Values(1, 2, 4, 8), ::testing::Values(16, 7, 32)));
 
 // ---- structures ---------------------------------------------------------------
 
-TEST_F(MsaCudaTest, HolesAtFrontMiddleAndTail) {
+TEST_P(MsaCudaKernelTest, HolesAtFrontMiddleAndTail) {
   for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
     const AttentionShape shape = MakeShape(8, 2, 128, 16, dtype);
     std::vector<SequenceLayout> layouts;
@@ -221,7 +283,7 @@ TEST_F(MsaCudaTest, HolesAtFrontMiddleAndTail) {
   }
 }
 
-TEST_F(MsaCudaTest, InterleavedQuerySegmentsInOneTile) {
+TEST_P(MsaCudaKernelTest, InterleavedQuerySegmentsInOneTile) {
   const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
   SequenceLayout layout;
   layout.kv_runs = {PositionRun{0, 3000}};
@@ -233,8 +295,8 @@ TEST_F(MsaCudaTest, InterleavedQuerySegmentsInOneTile) {
   RunAndCheckAllPlans(BuildTestBatch(shape, {layout}, BuildOptions{}, rng_), "interleaved");
 }
 
-TEST_F(MsaCudaTest, QueryAtPositionZeroAndQueryWithNoVisibleKey) {
-  const AttentionShape shape = MakeShape(4, 4, 64, 16, DType::kFloat16);
+TEST_P(MsaCudaKernelTest, QueryAtPositionZeroAndQueryWithNoVisibleKey) {
+  const AttentionShape shape = MakeShape(4, 4, Wgmma() ? 128 : 64, 16, DType::kFloat16);
   std::vector<SequenceLayout> layouts;
   layouts.push_back(SequenceLayout{{PositionRun{0, 40}}, {PositionRun{0, 3}, PositionRun{20, 25}}});
   layouts.push_back(SequenceLayout{{PositionRun{5, 300}}, {PositionRun{0, 3}, PositionRun{5, 8}}});
@@ -242,9 +304,9 @@ TEST_F(MsaCudaTest, QueryAtPositionZeroAndQueryWithNoVisibleKey) {
   RunAndCheckAllPlans(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "pos0/no-key");
 }
 
-TEST_F(MsaCudaTest, PartialPagesEverywhere) {
+TEST_P(MsaCudaKernelTest, PartialPagesEverywhere) {
   for (int32_t page_size : {7, 16, 32}) {
-    const AttentionShape shape = MakeShape(8, 2, 64, page_size, DType::kBFloat16);
+    const AttentionShape shape = MakeShape(8, 2, Wgmma() ? 128 : 64, page_size, DType::kBFloat16);
     std::vector<SequenceLayout> layouts;
     for (int i = 0; i < 3; ++i) {
       int32_t length = testing::UniformInt(rng_, 20, 500);
@@ -258,7 +320,7 @@ TEST_F(MsaCudaTest, PartialPagesEverywhere) {
   }
 }
 
-TEST_F(MsaCudaTest, TwoHundredFiftySixTinySegments) {
+TEST_P(MsaCudaKernelTest, TwoHundredFiftySixTinySegments) {
   const AttentionShape shape = MakeShape(8, 2, 128, 16, DType::kBFloat16);
   SequenceLayout layout;
   int32_t pos = testing::UniformInt(rng_, 0, 3);
@@ -289,7 +351,7 @@ TEST_F(MsaCudaTest, LongContextDecodeAtBatchOne) {
   ExpectMatchesReference(batch, *outputs, SeedNote());
 }
 
-TEST_F(MsaCudaTest, MixedDecodePrefillAndRebuildBatch) {
+TEST_P(MsaCudaKernelTest, MixedDecodePrefillAndRebuildBatch) {
   const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
   std::vector<SequenceLayout> layouts;
   for (int i = 0; i < 9; ++i) {
@@ -318,8 +380,8 @@ TEST_F(MsaCudaTest, MixedDecodePrefillAndRebuildBatch) {
   RunAndCheckAllPlans(batch, "mixed");
 }
 
-TEST_F(MsaCudaTest, EmptyBatchAndSequencesWithoutQueries) {
-  const AttentionShape shape = MakeShape(4, 2, 64, 16, DType::kBFloat16);
+TEST_P(MsaCudaKernelTest, EmptyBatchAndSequencesWithoutQueries) {
+  const AttentionShape shape = MakeShape(4, 2, Wgmma() ? 128 : 64, 16, DType::kBFloat16);
   std::vector<SequenceLayout> layouts;
   layouts.push_back(SequenceLayout{{PositionRun{0, 50}}, {}});
   layouts.push_back(SequenceLayout{{PositionRun{0, 70}}, {PositionRun{60, 70}}});
@@ -335,7 +397,7 @@ TEST_F(MsaCudaTest, EmptyBatchAndSequencesWithoutQueries) {
   EXPECT_TRUE(RunMsaCuda(*plan, shape, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr).ok());
 }
 
-TEST_F(MsaCudaTest, SplitAndUnsplitAgree) {
+TEST_P(MsaCudaKernelTest, SplitAndUnsplitAgree) {
   for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
     const AttentionShape shape = MakeShape(16, 4, 128, 16, dtype);
     RandomLayoutOptions options;
@@ -351,6 +413,8 @@ TEST_F(MsaCudaTest, SplitAndUnsplitAgree) {
     absl::StatusOr<GpuOutputs> split = RunOnGpu(batch, Options(128));
     ASSERT_TRUE(unsplit.ok()) << unsplit.status();
     ASSERT_TRUE(split.ok()) << split.status();
+    ExpectKernelRan(shape, *unsplit);
+    ExpectKernelRan(shape, *split);
     EXPECT_EQ(unsplit->plan.num_merge_groups, 0);
     EXPECT_GT(split->plan.num_merge_groups, 0);
     const std::vector<double> a = testing::ToDoubles(dtype, unsplit->out.data(), batch.out_elements());
@@ -365,7 +429,7 @@ TEST_F(MsaCudaTest, SplitAndUnsplitAgree) {
 
 // ---- plan reuse, CUDA graph ------------------------------------------------------
 
-TEST_F(MsaCudaTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers) {
+TEST_P(MsaCudaKernelTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers) {
   const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
   std::vector<SequenceLayout> layouts;
   for (int i = 0; i < 4; ++i) {
@@ -399,6 +463,9 @@ TEST_F(MsaCudaTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers) {
   absl::StatusOr<MsaPlan> plan =
       PlanMsa(shape, tables, layer0.num_pages, options, host_ws->data(), host_ws->size());
   ASSERT_TRUE(plan.ok()) << plan.status();
+  if (Wgmma()) {
+    EXPECT_EQ(ResolvedPrefillKernel(*plan), MsaPrefillKernel::kWgmma);
+  }
   const size_t out_bytes = static_cast<size_t>(layer0.out_elements()) * 2;
   const size_t lse_bytes = static_cast<size_t>(layer0.lse_elements()) * 4;
   std::vector<DeviceBuffer> q(2), kv(2), out(2), lse(2);
@@ -469,6 +536,101 @@ TEST_F(MsaCudaTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers) {
 }
 
 // ---- KV append --------------------------------------------------------------------
+
+// ---- one wgmma tile (layouts and descriptors) -----------------------------------
+
+// Small integers: every product and sum below is exact in fp32, and S fits
+// the 16-bit types' integer range used for P (|s| <= 768: exact in fp16; in
+// bf16 the host rounds P exactly as the device does, round to nearest even).
+struct TileInputs {
+  std::vector<uint16_t> a, b, v;  // dtype bits: [128][128], [64][128], [64][128]
+  std::vector<double> af, bf, vf;
+};
+
+TileInputs MakeTileInputs(DType dtype) {
+  TileInputs in;
+  auto fill = [&](int rows, int salt, std::vector<uint16_t>* bits, std::vector<double>* values,
+                  int range) {
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < 128; ++c) {
+        const int value = (r * 7 + c * 3 + salt * (r ^ c)) % (2 * range + 1) - range;
+        bits->push_back(dtype == DType::kBFloat16 ? Bf16BitsFromFloat(static_cast<float>(value))
+                                                  : Fp16BitsFromFloat(static_cast<float>(value)));
+        values->push_back(value);
+      }
+    }
+  };
+  fill(128, 1, &in.a, &in.af, 3);
+  fill(64, 2, &in.b, &in.bf, 2);
+  fill(64, 5, &in.v, &in.vf, 4);
+  return in;
+}
+
+// Counts mismatches and describes the first few ("(row, col) got x want y").
+int CompareTile(const std::vector<float>& got, const std::vector<double>& want, int cols,
+                std::string* first) {
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (static_cast<double>(got[i]) != want[i]) {
+      if (bad < 4) {
+        absl::StrAppend(first, " (", i / cols, ",", i % cols, ") got ", got[i], " want ", want[i]);
+      }
+      ++bad;
+    }
+  }
+  return bad;
+}
+
+TEST(MsaWgmmaTileTest, KnownInputsGiveExactOutputs) {
+  absl::StatusOr<GpuInfo> gpu = QueryGpu();
+  if (!gpu.ok()) GTEST_SKIP() << "no CUDA GPU: " << gpu.status();
+  if (!MsaWgmmaAvailable()) GTEST_SKIP() << "wgmma prefill kernel not available";
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    SCOPED_TRACE(testing::DTypeName(dtype));
+    const TileInputs in = MakeTileInputs(dtype);
+    std::vector<double> s_ref(128 * 64, 0.0);
+    for (int r = 0; r < 128; ++r) {
+      for (int n = 0; n < 64; ++n) {
+        double acc = 0;
+        for (int c = 0; c < 128; ++c) acc += in.af[r * 128 + c] * in.bf[n * 128 + c];
+        s_ref[r * 64 + n] = acc;
+      }
+    }
+    std::vector<double> o_ref(128 * 128, 0.0);
+    for (int r = 0; r < 128; ++r) {
+      for (int n = 0; n < 64; ++n) {
+        const float s = static_cast<float>(s_ref[r * 64 + n]);
+        const double p = dtype == DType::kBFloat16 ? FloatFromBf16Bits(Bf16BitsFromFloat(s))
+                                                   : FloatFromFp16Bits(Fp16BitsFromFloat(s));
+        for (int d = 0; d < 128; ++d) o_ref[r * 128 + d] += p * in.vf[n * 128 + d];
+      }
+    }
+    absl::StatusOr<WgmmaTileTestOutput> out =
+        RunMsaWgmmaTileTest(dtype, in.a.data(), in.b.data(), in.v.data(), 0);
+    ASSERT_TRUE(out.ok()) << out.status();
+    std::string s_first;
+    std::string o_first;
+    EXPECT_EQ(CompareTile(out->s, s_ref, 64, &s_first), 0)
+        << "S = Q K^T (Q/K K-major descriptors, row layout):" << s_first;
+    const int o_bad = CompareTile(out->o, o_ref, 128, &o_first);
+    if (o_bad != 0) {
+      // Diagnostic: does the V descriptor with its two byte offsets swapped match?
+      absl::StatusOr<WgmmaTileTestOutput> probe =
+          RunMsaWgmmaTileTest(dtype, in.a.data(), in.b.data(), in.v.data(), 1);
+      std::string probe_first;
+      const int probe_bad = probe.ok() ? CompareTile(probe->o, o_ref, 128, &probe_first) : -1;
+      ADD_FAILURE() << "O = P V: " << o_bad << " mismatches:" << o_first
+                    << "; with the V descriptor's LBO/SBO swapped: " << probe_bad
+                    << " mismatches" << probe_first;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(PrefillKernel, MsaCudaKernelTest,
+                         ::testing::Values(MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma),
+                         [](const ::testing::TestParamInfo<MsaPrefillKernel>& info) {
+                           return std::string(PrefillKernelName(info.param));
+                         });
 
 TEST_F(MsaCudaTest, AppendRoundTripMatchesCpuAppend) {
   for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -272,6 +274,30 @@ TEST(MsaPlanTest, NoSplitWhenDisallowedAndForcedChunksSplitBothClasses) {
 // Random mixes of decodes, prefill chunks and rebuild runs, on several GPU
 // sizes: every plan fits the workspace bound, covers every tile's keys
 // exactly once, and keeps each split class within its target.
+TEST(MsaPlanTest, PrefillKernelChoiceIsValidatedAndCarriedIntoThePlanOnly) {
+  MsaPlanOptions bad;
+  bad.prefill_kernel = static_cast<MsaPrefillKernel>(7);
+  EXPECT_EQ(bad.Validate().code(), absl::StatusCode::kInvalidArgument);
+  const AttentionShape shape = Llama8bShape();
+  BatchTablesStorage tables;
+  int32_t next_page = 0;
+  AppendSequence(tables, 8192 + 512, 8192, 8192 + 512, shape.page_size, &next_page);
+  MsaPlanOptions mma;
+  mma.prefill_kernel = MsaPrefillKernel::kMma;
+  MsaPlanOptions wgmma;
+  wgmma.prefill_kernel = MsaPrefillKernel::kWgmma;
+  const Planned a = PlanBatch(shape, tables, next_page, mma);
+  const Planned b = PlanBatch(shape, tables, next_page, wgmma);
+  EXPECT_EQ(a.plan.prefill_kernel, MsaPrefillKernel::kMma);
+  EXPECT_EQ(b.plan.prefill_kernel, MsaPrefillKernel::kWgmma);
+  // Both kernels use 128-row tiles and one 8-warp CTA per SM: same work.
+  ASSERT_EQ(a.items.size(), b.items.size());
+  for (size_t i = 0; i < a.items.size(); ++i) {
+    EXPECT_EQ(0, std::memcmp(&a.items[i], &b.items[i], sizeof(MsaWorkItem))) << "item " << i;
+  }
+  EXPECT_EQ(a.plan.kv_chunk_tokens, b.plan.kv_chunk_tokens);
+}
+
 TEST(MsaPlanTest, RandomMixedBatchesCoverEveryTileExactlyOnce) {
   std::mt19937_64 rng(std::random_device{}());
   const uint64_t seed = rng();
