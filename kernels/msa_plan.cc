@@ -83,7 +83,8 @@ int64_t SlotsOf(const TileItem& t) { return t.decode ? 1 : 2; }
 // keys plus kPieceCostKeys; the block scheduler hands out pieces in plan
 // order (descending keys) to the SM that frees first (list scheduling, LPT);
 // a split plan pays kMergeCostKeys once for its merge launch.
-constexpr int64_t kPieceCostKeys = 128;  // Q tile load, epilogue, partial-state write
+constexpr int64_t kPieceCostKeys =  // Q tile load, epilogue, partial-state write
+    kMsaTileFixedWork * kMsaKeyTileKeys;
 constexpr int64_t kMergeCostKeys = 256;  // the merge launch
 constexpr double kMinWaveGain = 0.08;    // a split must predict >= 8% less time
 constexpr int kWaveCandidates = 12;      // chunks tried, from max_kv / 4 up
@@ -154,6 +155,34 @@ int32_t WaveBalancedPrefillChunk(const std::vector<TileItem>& tiles, int32_t num
              : 0;
 }
 
+// Rows in the first tile of a prefill-class sequence of `rows` packed rows;
+// every later tile is full (kMsaPrefillTileRows).
+//
+// kLeastWork puts the partial tile first. Why that is the least modeled work
+// of any grouping of the rows into tiles (contiguous or not): a tile's work
+// MsaTileModeledWork(kv_end) depends only on its largest query position and
+// never decreases with it (q_pos strictly increases within a sequence, so
+// keys_visible does not decrease). Tiles hold at most C = 128 / G tokens
+// (cut on token boundaries). Rank the tokens from the highest position down
+// and the tiles by their largest position, descending: tokens 1 .. i*C + 1
+// cannot fit in i tiles, so at least i + 1 tiles reach token i*C + 1's
+// position, i.e. tile i + 1 does. Any grouping has at least ceil(n / C)
+// tiles, and the sum of their work is at least the sum over i of the work
+// at token i*C + 1's position (plus the fixed cost of ceil(n / C) tiles).
+// Full tiles cut from the last token back end exactly at tokens 1, C + 1,
+// 2C + 1, ... and number ceil(n / C): they meet the bound. Against
+// kFromFirstRow (same tile count), the i-th highest tile of either rule ends
+// at token i*C + 1 (kLeastWork) or at a token no lower, since kFromFirstRow's
+// first k - i tiles hold (k - i) * C >= n - i*C tokens: no ranked tile's key
+// range grows, so the split-KV search and the workspace bound (a function of
+// the tile count) see no more work than before.
+int32_t FirstTileRows(int32_t rows, MsaPrefillTiling tiling) {
+  if (tiling == MsaPrefillTiling::kLeastWork && rows % kMsaPrefillTileRows != 0) {
+    return rows % kMsaPrefillTileRows;
+  }
+  return std::min(rows, kMsaPrefillTileRows);
+}
+
 }  // namespace
 
 absl::Status MsaPlanOptions::Validate() const {
@@ -172,6 +201,12 @@ absl::Status MsaPlanOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "forced_kv_chunk_tokens must be 0 or a positive multiple of 64, got ",
         forced_kv_chunk_tokens));
+  }
+  if (prefill_tiling != MsaPrefillTiling::kFromFirstRow &&
+      prefill_tiling != MsaPrefillTiling::kLeastWork) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill_tiling must be kFromFirstRow (0) or kLeastWork (1), got ",
+        static_cast<int32_t>(prefill_tiling)));
   }
   return absl::OkStatus();
 }
@@ -261,9 +296,11 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
     if (q_len == 0) continue;
     const int32_t rows = q_len * group;
     const bool decode = rows <= kMsaDecodeTileRows;
-    const int32_t tile_rows = decode ? kMsaDecodeTileRows : kMsaPrefillTileRows;
-    for (int32_t r0 = 0; r0 < rows; r0 += tile_rows) {
-      const int32_t num_rows = std::min(tile_rows, rows - r0);
+    // Decode: one tile. Prefill: the first tile's rows, then full tiles.
+    // G divides both tile sizes, so every tile starts on a token boundary.
+    const int32_t first_rows = decode ? rows : FirstTileRows(rows, options.prefill_tiling);
+    for (int32_t r0 = 0; r0 < rows;) {
+      const int32_t num_rows = r0 == 0 ? first_rows : std::min(kMsaPrefillTileRows, rows - r0);
       const int32_t first_token = q_begin + r0 / group;
       const int32_t last_token = q_begin + (r0 + num_rows - 1) / group;
       const int32_t kv_end = keys_visible(s, batch.q_pos[last_token]);
@@ -281,6 +318,7 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         item.uniform_pages = seq_uniform[s];
         tiles.push_back(TileItem{item, decode});
       }
+      r0 += num_rows;
     }
   }
 

@@ -4,7 +4,9 @@
 // What (FlashInfer plan/run, MSA_NOTES.md §3): one work item per
 // (sequence, kv head, query tile of packed GQA rows row = token * G + g, KV
 // chunk). A sequence whose packed rows (q_len * G) fit in 16 uses the decode
-// tile (16 rows); others use 128-row prefill tiles. Each item stores kv_end =
+// tile (16 rows); others use 128-row prefill tiles, cut as
+// options.prefill_tiling says (by default the partial tile is the sequence's
+// lowest-position one: least modeled work). Each item stores kv_end =
 // the number of the sequence's keys with position <= the tile's largest query
 // position, so later pages are never read. When the batch has too few items to
 // fill the GPU (fewer than num_sms * target_ctas_per_sm CTA slots; a prefill
@@ -44,6 +46,22 @@
 
 namespace asymcache::msa {
 
+// How a prefill-class sequence's packed query rows are cut into 128-row
+// tiles (docs/msa_kernel.md, "Tile forming"). Tiles hold consecutive query
+// tokens of one sequence either way (the kernels index a tile by its first
+// token and row count), cut on token boundaries, ceil(rows / 128) per
+// sequence.
+enum class MsaPrefillTiling : int32_t {
+  // Full tiles from the sequence's first row; the last (highest-position)
+  // tile is the partial one. The only rule until 2026-11-27.
+  kFromFirstRow = 0,
+  // Full tiles from the sequence's last row back; the first (lowest-position)
+  // tile is the partial one. Least modeled work (MsaTileModeledWork summed
+  // over the tiles) of every way to group the rows into 128-row tiles,
+  // contiguous or not, and never more than kFromFirstRow: see msa_plan.cc.
+  kLeastWork = 1,
+};
+
 struct MsaPlanOptions {
   // Streaming multiprocessors of the target GPU (H100 SXM: 132). Use
   // QueryGpu().sm_count when a device is present.
@@ -60,6 +78,10 @@ struct MsaPlanOptions {
   // > 0: split every item at this many KV tokens (multiple of 64; tests and
   // benchmarks). Overrides the automatic choice and allow_split_kv.
   int32_t forced_kv_chunk_tokens = 0;
+  // Tile forming of prefill-class sequences (decode-class sequences have one
+  // 16-row tile). Default kLeastWork: it never increases the modeled work
+  // (tests/kernels/msa_plan_test.cc compares both on random batches).
+  MsaPrefillTiling prefill_tiling = MsaPrefillTiling::kLeastWork;
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
@@ -67,6 +89,16 @@ struct MsaPlanOptions {
 // Packed query rows per tile of the two kernels.
 inline constexpr int32_t kMsaDecodeTileRows = 16;
 inline constexpr int32_t kMsaPrefillTileRows = 128;
+
+// The planner's cost model of one (query tile, kv head) before any KV split,
+// in 64-key units (the kernels' KV tile): the key tiles it scans, [0, kv_end),
+// plus a fixed cost per tile (Q tile load, epilogue, partial-state write; 128
+// keys, the wave-balancing model's per-piece cost). kv_end >= 0.
+inline constexpr int64_t kMsaKeyTileKeys = 64;
+inline constexpr int64_t kMsaTileFixedWork = 2;
+inline constexpr int64_t MsaTileModeledWork(int64_t kv_end) {
+  return (kv_end + kMsaKeyTileKeys - 1) / kMsaKeyTileKeys + kMsaTileFixedWork;
+}
 
 // One CTA's work (device layout; 48 bytes).
 struct MsaWorkItem {
