@@ -15,6 +15,8 @@
 //            {1,4,16,32} runs (query-segment overhead, the cost model's c_seg);
 //   packed   a 16-token rebuild at 8k alone, and packed with the same
 //            sequence's other query segments (marginal cost = with - without);
+//            with --prefill_tiling=both each configuration is planned and
+//            timed with both tile-forming rules, back to back;
 //   mixed    decode B=32 @16k + a 512-token chunk at 8k + 4 holes, in one
 //            launch vs the parts alone.
 // Timing: CUDA events around CUDA-graph replays of K calls (K makes a replay
@@ -27,8 +29,14 @@
 //
 // Usage: msa_gpu_bench [--out=FILE] [--quick] [--warmup=N] [--iters=N]
 //                      [--budget_s=S] [--seed=N] [--plan_only]
+//                      [--only=CASE[,CASE...]]
+//                      [--prefill_tiling=least_work|first_row|both]
 // --plan_only needs no GPU: it builds and plans every configuration (a CPU
 // check of the batches; in a build without CUDA the planner still runs).
+// --only runs the named cases (copy, rebuild, qseg, packed, mixed, decode).
+// --prefill_tiling picks MsaPlanOptions::prefill_tiling (default least_work,
+// the planner's default); `both` times the packed case with first_row and
+// least_work back to back (the other cases use least_work).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -51,6 +59,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/gpu/bench_device.h"
 #include "kernels/dtype.h"
 #include "kernels/msa.h"
@@ -76,12 +85,29 @@ struct BenchOptions {
   int iters = 100;        // timed replays (>= 10)
   double budget_s = 3.0;  // cap per measured item (only the largest items hit it)
   uint64_t seed = 0;      // 0: from the clock (logged)
+  std::vector<std::string> only;  // cases to run; empty: all
+  std::string prefill_tiling = "least_work";  // least_work | first_row | both
+
+  bool Runs(const std::string& name) const {
+    return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+  }
 
   absl::Status Validate() const {
     if (warmup < 1) return absl::InvalidArgumentError("--warmup must be >= 1");
     if (iters < 10) return absl::InvalidArgumentError("--iters must be >= 10");
     if (budget_s <= 0) return absl::InvalidArgumentError("--budget_s must be > 0");
     if (out_path.empty()) return absl::InvalidArgumentError("--out must not be empty");
+    for (const std::string& name : only) {
+      if (name != "copy" && name != "rebuild" && name != "qseg" && name != "packed" &&
+          name != "mixed" && name != "decode") {
+        return absl::InvalidArgumentError(absl::StrCat("--only: unknown case ", name));
+      }
+    }
+    if (prefill_tiling != "least_work" && prefill_tiling != "first_row" &&
+        prefill_tiling != "both") {
+      return absl::InvalidArgumentError(
+          "--prefill_tiling must be least_work, first_row or both");
+    }
     return absl::OkStatus();
   }
 };
@@ -104,6 +130,10 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       o.budget_s = std::atof(v);
     } else if (const char* v = FlagValue(arg, "seed")) {
       o.seed = std::strtoull(v, nullptr, 10);
+    } else if (const char* v = FlagValue(arg, "only")) {
+      o.only = absl::StrSplit(v, ',', absl::SkipEmpty());
+    } else if (const char* v = FlagValue(arg, "prefill_tiling")) {
+      o.prefill_tiling = v;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
@@ -345,6 +375,10 @@ struct Record {
   std::string variant;
 };
 
+const char* TilingName(MsaPrefillTiling tiling) {
+  return tiling == MsaPrefillTiling::kFromFirstRow ? "first_row" : "least_work";
+}
+
 class MsaBench {
  public:
   MsaBench(BenchOptions options, GpuInfo gpu) : options_(std::move(options)), gpu_(std::move(gpu)) {}
@@ -365,6 +399,9 @@ class MsaBench {
     shape_.dtype = DType::kBFloat16;
     BENCH_RETURN_IF_ERROR(shape_.Validate());
     plan_options_.num_sms = gpu_.sm_count;
+    plan_options_.prefill_tiling = options_.prefill_tiling == "first_row"
+                                       ? MsaPrefillTiling::kFromFirstRow
+                                       : MsaPrefillTiling::kLeastWork;
     BENCH_RETURN_IF_ERROR(plan_options_.Validate());
     const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
         shape_, kMaxBatch, kMaxTotalQ, static_cast<int32_t>(kPoolPages), plan_options_);
@@ -451,11 +488,12 @@ class MsaBench {
     }
     std::sort(plan_us.begin(), plan_us.end());
     if (options_.plan_only) {
-      std::printf("plan     %-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d items %d (prefill %d) "
-                  "chunk %d merges %d plan %.0f us\n",
+      std::printf("plan     %-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d %s items %d "
+                  "(prefill %d) chunk %d merges %d plan %.0f us\n",
                   rec.kind.c_str(), rec.batch, static_cast<long long>(rec.context), rec.segments,
-                  rec.q_tokens, rec.pos, plan->num_items(), plan->num_prefill_items,
-                  plan->kv_chunk_tokens, plan->num_merge_groups, Percentile(plan_us, 0.5));
+                  rec.q_tokens, rec.pos, rec.variant.c_str(), plan->num_items(),
+                  plan->num_prefill_items, plan->kv_chunk_tokens, plan->num_merge_groups,
+                  Percentile(plan_us, 0.5));
       return Percentile(plan_us, 0.5);
     }
     BENCH_RETURN_IF_ERROR(
@@ -490,6 +528,7 @@ class MsaBench {
                         {"kv_bytes", kv_bytes},     {"flops", flops},
                         {"plan_us", Percentile(plan_us, 0.5)},
                         {"items", p.num_items()},   {"kv_chunk_tokens", p.kv_chunk_tokens},
+                        {"prefill_tiling", TilingName(plan_options_.prefill_tiling)},
                         {"nonfinite_outputs", bad}};
     AddTiming(&j, *t);
     const double secs = t->median_us * 1e-6;
@@ -590,8 +629,15 @@ class MsaBench {
   }
 
   // A 16-token rebuild at 8k: alone, and packed with the same sequence's other
-  // query segments (holes at 2k..14k and 64 new tokens at 16k).
+  // query segments (holes at 2k..14k and 64 new tokens at 16k). With
+  // --prefill_tiling=both, each configuration is planned and timed with both
+  // tilings back to back (variant "<case>/<tiling>").
   void PackedRebuild() {
+    std::vector<MsaPrefillTiling> tilings = {plan_options_.prefill_tiling};
+    if (options_.prefill_tiling == "both") {
+      tilings = {MsaPrefillTiling::kFromFirstRow, MsaPrefillTiling::kLeastWork};
+    }
+    const MsaPrefillTiling saved = plan_options_.prefill_tiling;
     const int32_t context = 16384 + 64;
     std::vector<Run> others = {{2048, 16},  {4096, 16},  {6144, 16}, {10240, 16},
                                {12288, 16}, {14336, 16}, {16384, 64}};
@@ -607,9 +653,15 @@ class MsaBench {
       if (!builder.Add(ContextWithQueries(context, c.runs)).ok()) continue;
       int32_t q = 0;
       for (const Run& r : c.runs) q += r.len;
-      Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, c.variant};
-      Try(rec, builder, false);
+      for (const MsaPrefillTiling tiling : tilings) {
+        plan_options_.prefill_tiling = tiling;
+        const std::string variant =
+            tilings.size() > 1 ? absl::StrCat(c.variant, "/", TilingName(tiling)) : c.variant;
+        Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, variant};
+        Try(rec, builder, false);
+      }
     }
+    plan_options_.prefill_tiling = saved;
   }
 
   // Decode B=32 @16k + one 512-token chunk at 8k + 4 sequences with a 16-token
@@ -735,19 +787,21 @@ int Main(int argc, char** argv) {
   }
   if (!options->plan_only) {
     bench.EmitMeta(command);
-    st = bench.MeasureCopy();
-    if (!st.ok()) std::fprintf(stderr, "[msa_gpu_bench] copy: %s\n", st.ToString().c_str());
+    if (options->Runs("copy")) {
+      st = bench.MeasureCopy();
+      if (!st.ok()) std::fprintf(stderr, "[msa_gpu_bench] copy: %s\n", st.ToString().c_str());
+    }
     st = bench.AllocateBuffers();
     if (!st.ok()) {
       std::fprintf(stderr, "[msa_gpu_bench] buffers: %s\n", st.ToString().c_str());
       return 1;
     }
   }
-  bench.RebuildSweep();
-  bench.QuerySegmentSweep();
-  bench.PackedRebuild();
-  bench.MixedBatch();
-  bench.DecodeSweep();
+  if (options->Runs("rebuild")) bench.RebuildSweep();
+  if (options->Runs("qseg")) bench.QuerySegmentSweep();
+  if (options->Runs("packed")) bench.PackedRebuild();
+  if (options->Runs("mixed")) bench.MixedBatch();
+  if (options->Runs("decode")) bench.DecodeSweep();
   std::printf("# done: %d failed configurations, %d with non-finite outputs\n", bench.failures(),
               bench.nonfinite_configs());
   return bench.failures() == 0 && bench.nonfinite_configs() == 0 ? 0 : 1;
