@@ -155,6 +155,42 @@ int32_t WaveBalancedPrefillChunk(const std::vector<TileItem>& tiles, int32_t num
              : 0;
 }
 
+// The prefill chunk of a class below the split target when
+// options.balance_small_prefill is on. The slot search's chunk gives at most
+// one wave of pieces, each up to `slot_chunk` keys, and the launch takes as
+// long as the longest; smaller chunks give more, shorter pieces that the
+// block scheduler can pack several to an SM (a short tile's piece beside
+// another). The list-scheduling model (PrefillMakespan) tries chunks
+// slot_chunk * j / 12 (j = 1..11, >= min_chunk, 128-aligned) and takes the
+// best only if it predicts >= 8% less time than slot_chunk, with at most
+// `max_extra_pieces` pieces beyond one per tile (the workspace bound).
+int32_t BalancedSmallPrefillChunk(const std::vector<TileItem>& tiles, int32_t num_sms,
+                                  int32_t min_chunk, int64_t max_extra_pieces,
+                                  int32_t slot_chunk) {
+  std::vector<int64_t> tile_keys;
+  for (const TileItem& t : tiles) {
+    if (!t.decode) tile_keys.push_back(t.item.kv_end);
+  }
+  std::vector<int64_t> pieces;
+  const int64_t base = PrefillMakespan(tile_keys, slot_chunk, num_sms, max_extra_pieces, pieces);
+  if (base < 0) return slot_chunk;
+  int64_t best = base;
+  int64_t best_chunk = slot_chunk;
+  for (int j = 1; j < kWaveCandidates; ++j) {
+    const int64_t chunk = std::max<int64_t>(
+        min_chunk, CeilDiv(int64_t{slot_chunk} * j / kWaveCandidates, 128) * 128);
+    if (chunk >= slot_chunk) continue;
+    const int64_t makespan = PrefillMakespan(tile_keys, chunk, num_sms, max_extra_pieces, pieces);
+    if (makespan >= 0 && makespan < best) {
+      best = makespan;
+      best_chunk = chunk;
+    }
+  }
+  return static_cast<double>(best) <= (1.0 - kMinWaveGain) * static_cast<double>(base)
+             ? static_cast<int32_t>(best_chunk)
+             : slot_chunk;
+}
+
 // Rows in the first tile of a prefill-class sequence of `rows` packed rows;
 // every later tile is full (kMsaPrefillTileRows).
 //
@@ -331,7 +367,10 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   // when its items need fewer than the target slots, the smallest 128-aligned
   // chunk (>= min_kv_chunk_tokens) that keeps them within the target; a
   // prefill class that fills the target is cut only where that balances its
-  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces).
+  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces). With
+  // options.balance_small_prefill, a prefill class below the target may take
+  // a smaller chunk than the slot search's, by the same model and limit
+  // (BalancedSmallPrefillChunk).
   const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
   auto chunk_for = [&](bool decode) -> int32_t {
     if (options.forced_kv_chunk_tokens > 0) return options.forced_kv_chunk_tokens;
@@ -369,7 +408,12 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         lo = mid + 1;
       }
     }
-    return lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
+    const int32_t slot_chunk = lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
+    if (!decode && slot_chunk > 0 && options.balance_small_prefill) {
+      return BalancedSmallPrefillChunk(tiles, options.num_sms, options.min_kv_chunk_tokens, target,
+                                       slot_chunk);
+    }
+    return slot_chunk;
   };
   const int32_t prefill_chunk = chunk_for(/*decode=*/false);
   const int32_t decode_chunk = chunk_for(/*decode=*/true);

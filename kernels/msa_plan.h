@@ -82,6 +82,13 @@ struct MsaPlanOptions {
   // 16-row tile). Default kLeastWork: it never increases the modeled work
   // (tests/kernels/msa_plan_test.cc compares both on random batches).
   MsaPrefillTiling prefill_tiling = MsaPrefillTiling::kLeastWork;
+  // A prefill class needing fewer than the target slots is split by the
+  // slot search (at most one wave of pieces: the launch lasts as long as the
+  // largest chunk). true: also try smaller chunks under the wave-balancing
+  // model (list scheduling, at most num_sms * target_ctas_per_sm extra
+  // pieces) and take one that predicts >= 8% less time. Off until measured
+  // on a GPU (docs/msa_kernel.md, "Tile forming").
+  bool balance_small_prefill = false;
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
