@@ -15,8 +15,9 @@
 //            {1,4,16,32} runs (query-segment overhead, the cost model's c_seg);
 //   packed   a 16-token rebuild at 8k alone, and packed with the same
 //            sequence's other query segments (marginal cost = with - without);
-//            with --prefill_tiling=both each configuration is planned and
-//            timed with both tile-forming rules, back to back;
+//            with --prefill_tiling=both (--balance_small_prefill=both) each
+//            configuration is planned and timed with both tile-forming rules
+//            (small-class split choices), back to back;
 //   mixed    decode B=32 @16k + a 512-token chunk at 8k + 4 holes, in one
 //            launch vs the parts alone.
 // Timing: CUDA events around CUDA-graph replays of K calls (K makes a replay
@@ -31,12 +32,15 @@
 //                      [--budget_s=S] [--seed=N] [--plan_only]
 //                      [--only=CASE[,CASE...]]
 //                      [--prefill_tiling=least_work|first_row|both]
+//                      [--balance_small_prefill=off|on|both]
 // --plan_only needs no GPU: it builds and plans every configuration (a CPU
 // check of the batches; in a build without CUDA the planner still runs).
 // --only runs the named cases (copy, rebuild, qseg, packed, mixed, decode).
 // --prefill_tiling picks MsaPlanOptions::prefill_tiling (default least_work,
 // the planner's default); `both` times the packed case with first_row and
 // least_work back to back (the other cases use least_work).
+// --balance_small_prefill sets MsaPlanOptions::balance_small_prefill (default
+// off); `both` times the packed case with it off and on (other cases: off).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -87,6 +91,7 @@ struct BenchOptions {
   uint64_t seed = 0;      // 0: from the clock (logged)
   std::vector<std::string> only;  // cases to run; empty: all
   std::string prefill_tiling = "least_work";  // least_work | first_row | both
+  std::string balance_small_prefill = "off";  // off | on | both
 
   bool Runs(const std::string& name) const {
     return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
@@ -107,6 +112,10 @@ struct BenchOptions {
         prefill_tiling != "both") {
       return absl::InvalidArgumentError(
           "--prefill_tiling must be least_work, first_row or both");
+    }
+    if (balance_small_prefill != "off" && balance_small_prefill != "on" &&
+        balance_small_prefill != "both") {
+      return absl::InvalidArgumentError("--balance_small_prefill must be off, on or both");
     }
     return absl::OkStatus();
   }
@@ -134,6 +143,8 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       o.only = absl::StrSplit(v, ',', absl::SkipEmpty());
     } else if (const char* v = FlagValue(arg, "prefill_tiling")) {
       o.prefill_tiling = v;
+    } else if (const char* v = FlagValue(arg, "balance_small_prefill")) {
+      o.balance_small_prefill = v;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
@@ -402,6 +413,7 @@ class MsaBench {
     plan_options_.prefill_tiling = options_.prefill_tiling == "first_row"
                                        ? MsaPrefillTiling::kFromFirstRow
                                        : MsaPrefillTiling::kLeastWork;
+    plan_options_.balance_small_prefill = options_.balance_small_prefill == "on";
     BENCH_RETURN_IF_ERROR(plan_options_.Validate());
     const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
         shape_, kMaxBatch, kMaxTotalQ, static_cast<int32_t>(kPoolPages), plan_options_);
@@ -529,6 +541,7 @@ class MsaBench {
                         {"plan_us", Percentile(plan_us, 0.5)},
                         {"items", p.num_items()},   {"kv_chunk_tokens", p.kv_chunk_tokens},
                         {"prefill_tiling", TilingName(plan_options_.prefill_tiling)},
+                        {"balance_small_prefill", plan_options_.balance_small_prefill},
                         {"nonfinite_outputs", bad}};
     AddTiming(&j, *t);
     const double secs = t->median_us * 1e-6;
@@ -630,14 +643,18 @@ class MsaBench {
 
   // A 16-token rebuild at 8k: alone, and packed with the same sequence's other
   // query segments (holes at 2k..14k and 64 new tokens at 16k). With
-  // --prefill_tiling=both, each configuration is planned and timed with both
-  // tilings back to back (variant "<case>/<tiling>").
+  // --prefill_tiling=both / --balance_small_prefill=both, each configuration
+  // is planned and timed with each setting back to back (variant
+  // "<case>/<tiling>[/balanced]").
   void PackedRebuild() {
     std::vector<MsaPrefillTiling> tilings = {plan_options_.prefill_tiling};
     if (options_.prefill_tiling == "both") {
       tilings = {MsaPrefillTiling::kFromFirstRow, MsaPrefillTiling::kLeastWork};
     }
-    const MsaPrefillTiling saved = plan_options_.prefill_tiling;
+    std::vector<bool> balances = {plan_options_.balance_small_prefill};
+    if (options_.balance_small_prefill == "both") balances = {false, true};
+    const bool several = tilings.size() > 1 || balances.size() > 1;
+    const MsaPlanOptions saved = plan_options_;
     const int32_t context = 16384 + 64;
     std::vector<Run> others = {{2048, 16},  {4096, 16},  {6144, 16}, {10240, 16},
                                {12288, 16}, {14336, 16}, {16384, 64}};
@@ -654,14 +671,18 @@ class MsaBench {
       int32_t q = 0;
       for (const Run& r : c.runs) q += r.len;
       for (const MsaPrefillTiling tiling : tilings) {
-        plan_options_.prefill_tiling = tiling;
-        const std::string variant =
-            tilings.size() > 1 ? absl::StrCat(c.variant, "/", TilingName(tiling)) : c.variant;
-        Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, variant};
-        Try(rec, builder, false);
+        for (const bool balance : balances) {
+          plan_options_.prefill_tiling = tiling;
+          plan_options_.balance_small_prefill = balance;
+          const std::string variant =
+              several ? absl::StrCat(c.variant, "/", TilingName(tiling), balance ? "/balanced" : "")
+                      : c.variant;
+          Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, variant};
+          Try(rec, builder, false);
+        }
       }
     }
-    plan_options_.prefill_tiling = saved;
+    plan_options_ = saved;
   }
 
   // Decode B=32 @16k + one 512-token chunk at 8k + 4 sequences with a 16-token
