@@ -83,7 +83,8 @@ int64_t SlotsOf(const TileItem& t) { return t.decode ? 1 : 2; }
 // keys plus kPieceCostKeys; the block scheduler hands out pieces in plan
 // order (descending keys) to the SM that frees first (list scheduling, LPT);
 // a split plan pays kMergeCostKeys once for its merge launch.
-constexpr int64_t kPieceCostKeys = 128;  // Q tile load, epilogue, partial-state write
+constexpr int64_t kPieceCostKeys =  // Q tile load, epilogue, partial-state write
+    kMsaTileFixedWork * kMsaKeyTileKeys;
 constexpr int64_t kMergeCostKeys = 256;  // the merge launch
 constexpr double kMinWaveGain = 0.08;    // a split must predict >= 8% less time
 constexpr int kWaveCandidates = 12;      // chunks tried, from max_kv / 4 up
@@ -154,6 +155,70 @@ int32_t WaveBalancedPrefillChunk(const std::vector<TileItem>& tiles, int32_t num
              : 0;
 }
 
+// The prefill chunk of a class below the split target when
+// options.balance_small_prefill is on. The slot search's chunk gives at most
+// one wave of pieces, each up to `slot_chunk` keys, and the launch takes as
+// long as the longest; smaller chunks give more, shorter pieces that the
+// block scheduler can pack several to an SM (a short tile's piece beside
+// another). The list-scheduling model (PrefillMakespan) tries chunks
+// slot_chunk * j / 12 (j = 1..11, >= min_chunk, 128-aligned) and takes the
+// best only if it predicts >= 8% less time than slot_chunk, with at most
+// `max_extra_pieces` pieces beyond one per tile (the workspace bound).
+int32_t BalancedSmallPrefillChunk(const std::vector<TileItem>& tiles, int32_t num_sms,
+                                  int32_t min_chunk, int64_t max_extra_pieces,
+                                  int32_t slot_chunk) {
+  std::vector<int64_t> tile_keys;
+  for (const TileItem& t : tiles) {
+    if (!t.decode) tile_keys.push_back(t.item.kv_end);
+  }
+  std::vector<int64_t> pieces;
+  const int64_t base = PrefillMakespan(tile_keys, slot_chunk, num_sms, max_extra_pieces, pieces);
+  if (base < 0) return slot_chunk;
+  int64_t best = base;
+  int64_t best_chunk = slot_chunk;
+  for (int j = 1; j < kWaveCandidates; ++j) {
+    const int64_t chunk = std::max<int64_t>(
+        min_chunk, CeilDiv(int64_t{slot_chunk} * j / kWaveCandidates, 128) * 128);
+    if (chunk >= slot_chunk) continue;
+    const int64_t makespan = PrefillMakespan(tile_keys, chunk, num_sms, max_extra_pieces, pieces);
+    if (makespan >= 0 && makespan < best) {
+      best = makespan;
+      best_chunk = chunk;
+    }
+  }
+  return static_cast<double>(best) <= (1.0 - kMinWaveGain) * static_cast<double>(base)
+             ? static_cast<int32_t>(best_chunk)
+             : slot_chunk;
+}
+
+// Rows in the first tile of a prefill-class sequence of `rows` packed rows;
+// every later tile is full (kMsaPrefillTileRows).
+//
+// kLeastWork puts the partial tile first. Why that is the least modeled work
+// of any grouping of the rows into tiles (contiguous or not): a tile's work
+// MsaTileModeledWork(kv_end) depends only on its largest query position and
+// never decreases with it (q_pos strictly increases within a sequence, so
+// keys_visible does not decrease). Tiles hold at most C = 128 / G tokens
+// (cut on token boundaries). Rank the tokens from the highest position down
+// and the tiles by their largest position, descending: tokens 1 .. i*C + 1
+// cannot fit in i tiles, so at least i + 1 tiles reach token i*C + 1's
+// position, i.e. tile i + 1 does. Any grouping has at least ceil(n / C)
+// tiles, and the sum of their work is at least the sum over i of the work
+// at token i*C + 1's position (plus the fixed cost of ceil(n / C) tiles).
+// Full tiles cut from the last token back end exactly at tokens 1, C + 1,
+// 2C + 1, ... and number ceil(n / C): they meet the bound. Against
+// kFromFirstRow (same tile count), the i-th highest tile of either rule ends
+// at token i*C + 1 (kLeastWork) or at a token no lower, since kFromFirstRow's
+// first k - i tiles hold (k - i) * C >= n - i*C tokens: no ranked tile's key
+// range grows, so the split-KV search and the workspace bound (a function of
+// the tile count) see no more work than before.
+int32_t FirstTileRows(int32_t rows, MsaPrefillTiling tiling) {
+  if (tiling == MsaPrefillTiling::kLeastWork && rows % kMsaPrefillTileRows != 0) {
+    return rows % kMsaPrefillTileRows;
+  }
+  return std::min(rows, kMsaPrefillTileRows);
+}
+
 }  // namespace
 
 absl::Status MsaPlanOptions::Validate() const {
@@ -177,6 +242,12 @@ absl::Status MsaPlanOptions::Validate() const {
       prefill_kernel != MsaPrefillKernel::kWgmma) {
     return absl::InvalidArgumentError(absl::StrCat("prefill_kernel must be kAuto, kMma or kWgmma, got ",
                                                    static_cast<int32_t>(prefill_kernel)));
+  }
+  if (prefill_tiling != MsaPrefillTiling::kFromFirstRow &&
+      prefill_tiling != MsaPrefillTiling::kLeastWork) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill_tiling must be kFromFirstRow (0) or kLeastWork (1), got ",
+        static_cast<int32_t>(prefill_tiling)));
   }
   return absl::OkStatus();
 }
@@ -266,9 +337,11 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
     if (q_len == 0) continue;
     const int32_t rows = q_len * group;
     const bool decode = rows <= kMsaDecodeTileRows;
-    const int32_t tile_rows = decode ? kMsaDecodeTileRows : kMsaPrefillTileRows;
-    for (int32_t r0 = 0; r0 < rows; r0 += tile_rows) {
-      const int32_t num_rows = std::min(tile_rows, rows - r0);
+    // Decode: one tile. Prefill: the first tile's rows, then full tiles.
+    // G divides both tile sizes, so every tile starts on a token boundary.
+    const int32_t first_rows = decode ? rows : FirstTileRows(rows, options.prefill_tiling);
+    for (int32_t r0 = 0; r0 < rows;) {
+      const int32_t num_rows = r0 == 0 ? first_rows : std::min(kMsaPrefillTileRows, rows - r0);
       const int32_t first_token = q_begin + r0 / group;
       const int32_t last_token = q_begin + (r0 + num_rows - 1) / group;
       const int32_t kv_end = keys_visible(s, batch.q_pos[last_token]);
@@ -286,6 +359,7 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         item.uniform_pages = seq_uniform[s];
         tiles.push_back(TileItem{item, decode});
       }
+      r0 += num_rows;
     }
   }
 
@@ -298,7 +372,10 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   // when its items need fewer than the target slots, the smallest 128-aligned
   // chunk (>= min_kv_chunk_tokens) that keeps them within the target; a
   // prefill class that fills the target is cut only where that balances its
-  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces).
+  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces). With
+  // options.balance_small_prefill, a prefill class below the target may take
+  // a smaller chunk than the slot search's, by the same model and limit
+  // (BalancedSmallPrefillChunk).
   const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
   auto chunk_for = [&](bool decode) -> int32_t {
     if (options.forced_kv_chunk_tokens > 0) return options.forced_kv_chunk_tokens;
@@ -336,7 +413,12 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         lo = mid + 1;
       }
     }
-    return lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
+    const int32_t slot_chunk = lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
+    if (!decode && slot_chunk > 0 && options.balance_small_prefill) {
+      return BalancedSmallPrefillChunk(tiles, options.num_sms, options.min_kv_chunk_tokens, target,
+                                       slot_chunk);
+    }
+    return slot_chunk;
   };
   const int32_t prefill_chunk = chunk_for(/*decode=*/false);
   const int32_t decode_chunk = chunk_for(/*decode=*/true);

@@ -4,7 +4,9 @@
 // What (FlashInfer plan/run, MSA_NOTES.md §3): one work item per
 // (sequence, kv head, query tile of packed GQA rows row = token * G + g, KV
 // chunk). A sequence whose packed rows (q_len * G) fit in 16 uses the decode
-// tile (16 rows); others use 128-row prefill tiles. Each item stores kv_end =
+// tile (16 rows); others use 128-row prefill tiles, cut as
+// options.prefill_tiling says (by default the partial tile is the sequence's
+// lowest-position one: least modeled work). Each item stores kv_end =
 // the number of the sequence's keys with position <= the tile's largest query
 // position, so later pages are never read. When the batch has too few items to
 // fill the GPU (fewer than num_sms * target_ctas_per_sm CTA slots; a prefill
@@ -59,6 +61,22 @@ enum class MsaPrefillKernel : int32_t {
   kWgmma = 2,
 };
 
+// How a prefill-class sequence's packed query rows are cut into 128-row
+// tiles (docs/msa_kernel.md, "Tile forming"). Tiles hold consecutive query
+// tokens of one sequence either way (the kernels index a tile by its first
+// token and row count), cut on token boundaries, ceil(rows / 128) per
+// sequence.
+enum class MsaPrefillTiling : int32_t {
+  // Full tiles from the sequence's first row; the last (highest-position)
+  // tile is the partial one. The only rule until 2026-11-27.
+  kFromFirstRow = 0,
+  // Full tiles from the sequence's last row back; the first (lowest-position)
+  // tile is the partial one. Least modeled work (MsaTileModeledWork summed
+  // over the tiles) of every way to group the rows into 128-row tiles,
+  // contiguous or not, and never more than kFromFirstRow: see msa_plan.cc.
+  kLeastWork = 1,
+};
+
 struct MsaPlanOptions {
   // Streaming multiprocessors of the target GPU (H100 SXM: 132). Use
   // QueryGpu().sm_count when a device is present.
@@ -79,6 +97,20 @@ struct MsaPlanOptions {
   // kernels use 128-row tiles and one 8-warp CTA per SM, so the plan is the
   // same for either.
   MsaPrefillKernel prefill_kernel = MsaPrefillKernel::kAuto;
+  // Tile forming of prefill-class sequences (decode-class sequences have one
+  // 16-row tile). Default kLeastWork: it never increases the modeled work
+  // (tests/kernels/msa_plan_test.cc compares both on random batches).
+  MsaPrefillTiling prefill_tiling = MsaPrefillTiling::kLeastWork;
+  // A prefill class needing fewer than the target slots is split by the
+  // slot search (at most one wave of pieces: the launch lasts as long as the
+  // largest chunk). true: also try smaller chunks under the wave-balancing
+  // model (list scheduling, at most num_sms * target_ctas_per_sm extra
+  // pieces) and take one that predicts >= 8% less time. Default true: on an
+  // H100 (mma.sync kernel) a 16-token rebuild at 8k went 26.8 -> 24.8 us
+  // alone, and packed beside its sequence's other segments it added 8.4 us
+  // instead of 31.9 (docs/msa_kernel.md, "Tile forming"); planning such a
+  // batch takes ~70 us of host time instead of ~13.
+  bool balance_small_prefill = true;
 
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
@@ -86,6 +118,16 @@ struct MsaPlanOptions {
 // Packed query rows per tile of the two kernels.
 inline constexpr int32_t kMsaDecodeTileRows = 16;
 inline constexpr int32_t kMsaPrefillTileRows = 128;
+
+// The planner's cost model of one (query tile, kv head) before any KV split,
+// in 64-key units (the kernels' KV tile): the key tiles it scans, [0, kv_end),
+// plus a fixed cost per tile (Q tile load, epilogue, partial-state write; 128
+// keys, the wave-balancing model's per-piece cost). kv_end >= 0.
+inline constexpr int64_t kMsaKeyTileKeys = 64;
+inline constexpr int64_t kMsaTileFixedWork = 2;
+inline constexpr int64_t MsaTileModeledWork(int64_t kv_end) {
+  return (kv_end + kMsaKeyTileKeys - 1) / kMsaKeyTileKeys + kMsaTileFixedWork;
+}
 
 // One CTA's work (device layout; 48 bytes).
 struct MsaWorkItem {

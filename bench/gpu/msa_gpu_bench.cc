@@ -15,6 +15,9 @@
 //            {1,4,16,32} runs (query-segment overhead, the cost model's c_seg);
 //   packed   a 16-token rebuild at 8k alone, and packed with the same
 //            sequence's other query segments (marginal cost = with - without);
+//            with --prefill_tiling=both (--balance_small_prefill=both) each
+//            configuration is planned and timed with both tile-forming rules
+//            (small-class split choices), back to back;
 //   mixed    decode B=32 @16k + a 512-token chunk at 8k + 4 holes, in one
 //            launch vs the parts alone.
 // Timing: CUDA events around CUDA-graph replays of K calls (K makes a replay
@@ -33,8 +36,16 @@
 // kernel and then the wgmma kernel, back to back in the same process (records
 // carry "prefill_kernel": the kernel that actually ran). --sections runs a
 // comma-separated subset of copy,rebuild,qseg,packed,mixed,decode (default all).
+//                      [--prefill_tiling=least_work|first_row|both]
+//                      [--balance_small_prefill=off|on|both]
 // --plan_only needs no GPU: it builds and plans every configuration (a CPU
 // check of the batches; in a build without CUDA the planner still runs).
+// --prefill_tiling picks MsaPlanOptions::prefill_tiling (default least_work,
+// the planner's default); `both` times the packed case with first_row and
+// least_work back to back (the other cases use least_work).
+// --balance_small_prefill sets MsaPlanOptions::balance_small_prefill (default
+// on, the planner's default); `both` times the packed case with it off and on
+// (other cases: on).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -57,6 +68,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/gpu/bench_device.h"
 #include "kernels/dtype.h"
 #include "kernels/msa.h"
@@ -86,6 +98,9 @@ struct BenchOptions {
   std::vector<MsaPrefillKernel> prefill_kernels = {MsaPrefillKernel::kAuto};
   std::string sections = "copy,rebuild,qseg,packed,mixed,decode";
 
+  std::string prefill_tiling = "least_work";  // least_work | first_row | both
+  std::string balance_small_prefill = "on";   // off | on | both
+
   bool Runs(const std::string& section) const {
     return absl::StrCat(",", sections, ",").find(absl::StrCat(",", section, ",")) !=
            std::string::npos;
@@ -96,6 +111,21 @@ struct BenchOptions {
     if (iters < 10) return absl::InvalidArgumentError("--iters must be >= 10");
     if (budget_s <= 0) return absl::InvalidArgumentError("--budget_s must be > 0");
     if (out_path.empty()) return absl::InvalidArgumentError("--out must not be empty");
+    for (absl::string_view name : absl::StrSplit(sections, ',', absl::SkipEmpty())) {
+      if (name != "copy" && name != "rebuild" && name != "qseg" && name != "packed" &&
+          name != "mixed" && name != "decode") {
+        return absl::InvalidArgumentError(absl::StrCat("--sections: unknown section ", name));
+      }
+    }
+    if (prefill_tiling != "least_work" && prefill_tiling != "first_row" &&
+        prefill_tiling != "both") {
+      return absl::InvalidArgumentError(
+          "--prefill_tiling must be least_work, first_row or both");
+    }
+    if (balance_small_prefill != "off" && balance_small_prefill != "on" &&
+        balance_small_prefill != "both") {
+      return absl::InvalidArgumentError("--balance_small_prefill must be off, on or both");
+    }
     return absl::OkStatus();
   }
 };
@@ -133,6 +163,10 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       }
     } else if (const char* v = FlagValue(arg, "sections")) {
       o.sections = v;
+    } else if (const char* v = FlagValue(arg, "prefill_tiling")) {
+      o.prefill_tiling = v;
+    } else if (const char* v = FlagValue(arg, "balance_small_prefill")) {
+      o.balance_small_prefill = v;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
@@ -374,6 +408,10 @@ struct Record {
   std::string variant;
 };
 
+const char* TilingName(MsaPrefillTiling tiling) {
+  return tiling == MsaPrefillTiling::kFromFirstRow ? "first_row" : "least_work";
+}
+
 class MsaBench {
  public:
   MsaBench(BenchOptions options, GpuInfo gpu) : options_(std::move(options)), gpu_(std::move(gpu)) {}
@@ -394,6 +432,10 @@ class MsaBench {
     shape_.dtype = DType::kBFloat16;
     BENCH_RETURN_IF_ERROR(shape_.Validate());
     plan_options_.num_sms = gpu_.sm_count;
+    plan_options_.prefill_tiling = options_.prefill_tiling == "first_row"
+                                       ? MsaPrefillTiling::kFromFirstRow
+                                       : MsaPrefillTiling::kLeastWork;
+    plan_options_.balance_small_prefill = options_.balance_small_prefill != "off";
     BENCH_RETURN_IF_ERROR(plan_options_.Validate());
     const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
         shape_, kMaxBatch, kMaxTotalQ, static_cast<int32_t>(kPoolPages), plan_options_);
@@ -485,11 +527,12 @@ class MsaBench {
     std::sort(plan_us.begin(), plan_us.end());
     if (kernel_index > 0 && plan->num_prefill_items == 0) return NAN;
     if (options_.plan_only) {
-      std::printf("plan     %-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d items %d (prefill %d) "
-                  "chunk %d merges %d plan %.0f us\n",
+      std::printf("plan     %-8s B=%-4d ctx=%-6lld seg=%-4d q=%-5d pos=%-6d %s items %d "
+                  "(prefill %d) chunk %d merges %d plan %.0f us\n",
                   rec.kind.c_str(), rec.batch, static_cast<long long>(rec.context), rec.segments,
-                  rec.q_tokens, rec.pos, plan->num_items(), plan->num_prefill_items,
-                  plan->kv_chunk_tokens, plan->num_merge_groups, Percentile(plan_us, 0.5));
+                  rec.q_tokens, rec.pos, rec.variant.c_str(), plan->num_items(),
+                  plan->num_prefill_items, plan->kv_chunk_tokens, plan->num_merge_groups,
+                  Percentile(plan_us, 0.5));
       return Percentile(plan_us, 0.5);
     }
     BENCH_RETURN_IF_ERROR(
@@ -529,6 +572,8 @@ class MsaBench {
                         {"plan_us", Percentile(plan_us, 0.5)},
                         {"items", p.num_items()},   {"kv_chunk_tokens", p.kv_chunk_tokens},
                         {"prefill_kernel", kernel_name},
+                        {"prefill_tiling", TilingName(plan_options_.prefill_tiling)},
+                        {"balance_small_prefill", plan_options_.balance_small_prefill},
                         {"nonfinite_outputs", bad}};
     AddTiming(&j, *t);
     const double secs = t->median_us * 1e-6;
@@ -639,8 +684,19 @@ class MsaBench {
   }
 
   // A 16-token rebuild at 8k: alone, and packed with the same sequence's other
-  // query segments (holes at 2k..14k and 64 new tokens at 16k).
+  // query segments (holes at 2k..14k and 64 new tokens at 16k). With
+  // --prefill_tiling=both / --balance_small_prefill=both, each configuration
+  // is planned and timed with each setting back to back (variant
+  // "<case>/<tiling>[/balanced]").
   void PackedRebuild() {
+    std::vector<MsaPrefillTiling> tilings = {plan_options_.prefill_tiling};
+    if (options_.prefill_tiling == "both") {
+      tilings = {MsaPrefillTiling::kFromFirstRow, MsaPrefillTiling::kLeastWork};
+    }
+    std::vector<bool> balances = {plan_options_.balance_small_prefill};
+    if (options_.balance_small_prefill == "both") balances = {false, true};
+    const bool several = tilings.size() > 1 || balances.size() > 1;
+    const MsaPlanOptions saved = plan_options_;
     const int32_t context = 16384 + 64;
     std::vector<Run> others = {{2048, 16},  {4096, 16},  {6144, 16}, {10240, 16},
                                {12288, 16}, {14336, 16}, {16384, 64}};
@@ -656,9 +712,19 @@ class MsaBench {
       if (!builder.Add(ContextWithQueries(context, c.runs)).ok()) continue;
       int32_t q = 0;
       for (const Run& r : c.runs) q += r.len;
-      Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, c.variant};
-      Try(rec, builder, false);
+      for (const MsaPrefillTiling tiling : tilings) {
+        for (const bool balance : balances) {
+          plan_options_.prefill_tiling = tiling;
+          plan_options_.balance_small_prefill = balance;
+          const std::string variant =
+              several ? absl::StrCat(c.variant, "/", TilingName(tiling), balance ? "/balanced" : "")
+                      : c.variant;
+          Record rec{"packed", 1, context, static_cast<int32_t>(c.runs.size()), q, 8192, variant};
+          Try(rec, builder, false);
+        }
+      }
     }
+    plan_options_ = saved;
   }
 
   // Decode B=32 @16k + one 512-token chunk at 8k + 4 sequences with a 16-token

@@ -139,21 +139,28 @@ class MsaCudaTest : public SeededTest {
     num_sms_ = gpu->sm_count;
     SeededTest::SetUp();
   }
-  MsaPlanOptions Options(int32_t forced_chunk = 0, bool allow_split = true) const {
+  MsaPlanOptions Options(int32_t forced_chunk = 0, bool allow_split = true,
+                         MsaPrefillTiling tiling = MsaPrefillTiling::kLeastWork) const {
     MsaPlanOptions options;
     options.num_sms = num_sms_;
     options.prefill_kernel = prefill_kernel_;
     options.forced_kv_chunk_tokens = forced_chunk;
     options.allow_split_kv = allow_split;
+    options.prefill_tiling = tiling;
     return options;
   }
-  // Runs unsplit, auto and forced-split plans; each must match the reference.
+  // Runs unsplit, auto and forced-split plans, with both prefill tilings;
+  // each must match the reference.
   void RunAndCheckAllPlans(const TestBatch& batch, const std::string& what) {
+    constexpr MsaPrefillTiling kFirstRow = MsaPrefillTiling::kFromFirstRow;
     for (const auto& [name, options] :
          {std::pair<const char*, MsaPlanOptions>{"unsplit", Options(0, false)},
           {"auto", Options()},
           {"chunk64", Options(64)},
-          {"chunk192", Options(192)}}) {
+          {"chunk192", Options(192)},
+          {"unsplit_first_row", Options(0, false, kFirstRow)},
+          {"auto_first_row", Options(0, true, kFirstRow)},
+          {"chunk64_first_row", Options(64, true, kFirstRow)}}) {
       absl::StatusOr<GpuOutputs> outputs = RunOnGpu(batch, options);
       ASSERT_TRUE(outputs.ok()) << outputs.status();
       ExpectKernelRan(batch.shape, *outputs);
@@ -742,6 +749,14 @@ TEST(MsaPlanTest, RejectsBadBatchesShapesAndOptions) {
   options = MsaPlanOptions{};
   options.min_kv_chunk_tokens = 256;
   EXPECT_TRUE(options.Validate().ok());
+  for (int32_t tiling : {-1, 2}) {
+    options = MsaPlanOptions{};
+    options.prefill_tiling = static_cast<MsaPrefillTiling>(tiling);
+    EXPECT_THAT(options.Validate().message(), HasSubstr("prefill_tiling")) << tiling;
+    EXPECT_EQ(PlanMsa(shape, good.view(), 1, options, ws.data(), ws.size()).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << tiling;
+  }
 
   // Workspace: null with bytes, misaligned, too small.
   absl::Status status =
@@ -775,10 +790,15 @@ TEST(MsaPlanTest, ItemsCoverEveryRowAndStopAtTheTilesLastQuery) {
   }
   const TestBatch batch = BuildTestBatch(shape, layouts, BuildOptions{}, rng);
   const BatchTables tables = batch.view();
-  for (int32_t chunk : {0, 64, 256}) {
+  for (auto [chunk, tiling] : {std::pair{0, MsaPrefillTiling::kLeastWork},
+                               std::pair{64, MsaPrefillTiling::kLeastWork},
+                               std::pair{256, MsaPrefillTiling::kLeastWork},
+                               std::pair{0, MsaPrefillTiling::kFromFirstRow},
+                               std::pair{256, MsaPrefillTiling::kFromFirstRow}}) {
     MsaPlanOptions options;
     options.forced_kv_chunk_tokens = chunk;
     options.allow_split_kv = false;
+    options.prefill_tiling = tiling;
     const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
         shape, tables.batch_size(), tables.total_q(), tables.total_pages(), options);
     HostWorkspace ws(sizes.host_bytes);

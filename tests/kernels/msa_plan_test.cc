@@ -5,6 +5,7 @@
 #include "kernels/msa_plan.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -19,6 +20,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/msa.h"
+#include "tests/kernels/msa_expect.h"
+#include "tests/kernels/msa_plan_executor.h"
+#include "tests/kernels/msa_reference.h"
+#include "tests/kernels/msa_test_util.h"
 
 namespace asymcache::msa {
 namespace {
@@ -128,12 +133,14 @@ int64_t TilesAmong(const Planned& p, int32_t begin, int32_t end) {
 // Step 2 of the planner's contract, whenever a class was split: a decode
 // class fills at most the target's slots (one each); a prefill class either
 // fills at most the target's slots (two each) or, when its unsplit tiles
-// already filled them (wave balancing), adds at most `target` pieces.
+// already filled them (wave balancing), adds at most `target` pieces; with
+// balance_small_prefill, a prefill class below the target also adds at most
+// `target` pieces.
 void ExpectEachSplitClassWithinTarget(const Planned& p, const MsaPlanOptions& options) {
   const int64_t target = int64_t{options.num_sms} * options.target_ctas_per_sm;
   if (p.plan.prefill_kv_chunk_tokens > 0) {
     const int64_t tiles = TilesAmong(p, 0, p.plan.num_prefill_items);
-    if (2 * tiles < target) {
+    if (2 * tiles < target && !options.balance_small_prefill) {
       EXPECT_LE(2 * p.plan.num_prefill_items, target);
     } else {
       EXPECT_LE(p.plan.num_prefill_items - tiles, target);
@@ -318,6 +325,10 @@ TEST(MsaPlanTest, RandomMixedBatchesCoverEveryTileExactlyOnce) {
     MsaPlanOptions options;
     options.num_sms = std::uniform_int_distribution<int32_t>(8, 132)(rng);
     options.target_ctas_per_sm = std::uniform_int_distribution<int32_t>(1, 4)(rng);
+    options.prefill_tiling = std::bernoulli_distribution(0.5)(rng)
+                                 ? MsaPrefillTiling::kLeastWork
+                                 : MsaPrefillTiling::kFromFirstRow;
+    options.balance_small_prefill = std::bernoulli_distribution(0.5)(rng);
     const Planned p = PlanBatch(shape, tables, next_page, options);
     ExpectEachSplitClassWithinTarget(p, options);
     ExpectExactCover(p);
@@ -328,6 +339,361 @@ TEST(MsaPlanTest, RandomMixedBatchesCoverEveryTileExactlyOnce) {
     }
   }
 }
+
+
+// ---- tile forming (MsaPlanOptions::prefill_tiling) ----------------------------
+
+// A query run: positions [start, start + len).
+struct QueryRun {
+  int32_t start;
+  int32_t len;
+};
+
+// Appends a sequence whose keys are positions [0, keys) on fresh pages and
+// whose queries are `runs` (sorted, disjoint, inside [0, keys)).
+void AppendSequenceWithRuns(BatchTablesStorage& tables, int32_t keys,
+                            const std::vector<QueryRun>& runs, int32_t page_size,
+                            int32_t* next_page) {
+  for (int32_t p = 0; p < keys; p += page_size) {
+    tables.kv_page_ids.push_back((*next_page)++);
+    tables.kv_page_pos.push_back(p);
+    tables.kv_page_len.push_back(std::min(page_size, keys - p));
+  }
+  tables.kv_indptr.push_back(static_cast<int32_t>(tables.kv_page_ids.size()));
+  for (const QueryRun& run : runs) {
+    for (int32_t q = run.start; q < run.start + run.len; ++q) tables.q_pos.push_back(q);
+  }
+  tables.q_indptr.push_back(static_cast<int32_t>(tables.q_pos.size()));
+}
+
+// The planner's modeled work of a plan: MsaTileModeledWork of every
+// (query tile, kv head), i.e. of the largest kv_end among the tile's items.
+int64_t ModeledWork(const Planned& p) {
+  std::map<std::pair<int32_t, int32_t>, int32_t> tile_end;
+  for (const MsaWorkItem& item : p.items) {
+    int32_t& end = tile_end[{item.q_token_begin, item.kv_head}];
+    end = std::max(end, item.kv_end);
+  }
+  int64_t work = 0;
+  for (const auto& [tile, end] : tile_end) work += MsaTileModeledWork(end);
+  return work;
+}
+
+// Every (token, kv head) is in exactly one tile, tiles start on token
+// boundaries and stay inside one sequence (an unsplit plan: one item a tile).
+void ExpectEveryRowInOneTile(const Planned& p, const BatchTables& tables, int32_t group,
+                             int32_t kv_heads) {
+  std::vector<int32_t> seq_of(tables.total_q());
+  for (int32_t s = 0; s < tables.batch_size(); ++s) {
+    for (int32_t t = tables.q_indptr[s]; t < tables.q_indptr[s + 1]; ++t) seq_of[t] = s;
+  }
+  std::vector<int32_t> count(static_cast<size_t>(tables.total_q()) * kv_heads, 0);
+  for (const MsaWorkItem& item : p.items) {
+    ASSERT_GT(item.num_rows, 0);
+    ASSERT_EQ(item.num_rows % group, 0) << "tile not on a token boundary";
+    const int32_t last = item.q_token_begin + item.num_rows / group - 1;
+    ASSERT_LT(last, tables.total_q());
+    EXPECT_EQ(seq_of[item.q_token_begin], seq_of[last]) << "tile crosses sequences";
+    EXPECT_EQ(item.q_pos_min, tables.q_pos[item.q_token_begin]);
+    for (int32_t t = item.q_token_begin; t <= last; ++t) ++count[t * kv_heads + item.kv_head];
+  }
+  for (size_t i = 0; i < count.size(); ++i) {
+    ASSERT_EQ(count[i], 1) << "token " << i / kv_heads << " kv head " << i % kv_heads;
+  }
+}
+
+// The least modeled work of any cut of one sequence's tokens (positions
+// q_pos, strictly increasing) into runs of at most `tile_tokens`, by dynamic
+// programming over every cut point (independent of the planner's rule).
+int64_t OptimalSequenceWork(const std::vector<int32_t>& q_pos, int32_t keys,
+                            int32_t tile_tokens) {
+  const int32_t n = static_cast<int32_t>(q_pos.size());
+  std::vector<int64_t> best(n + 1, INT64_MAX);
+  best[0] = 0;
+  for (int32_t i = 1; i <= n; ++i) {
+    // The tile ending at token i - 1 sees keys with position <= q_pos[i - 1].
+    const int64_t w = MsaTileModeledWork(std::min(keys, q_pos[i - 1] + 1));
+    for (int32_t j = std::max(0, i - tile_tokens); j < i; ++j) {
+      best[i] = std::min(best[i], best[j] + w);
+    }
+  }
+  return best[n];
+}
+
+// The packed case of bench/gpu/msa_gpu_bench.cc (issue 3), Llama-3-8B shape:
+// one sequence of 16448 keys; "without": 16-token holes at 2k, 4k, 6k, 10k,
+// 12k, 14k and 64 new tokens at 16k (640 rows: five full tiles); "with": plus
+// a 16-token hole at 8k (64 rows); "alone": that hole only. The 16-token
+// rebuild's modeled cost packed (with - without) against alone, per kv head
+// in 64-key units: kFromFirstRow 195 of 131 (1.49x; the H100 measured 40.4 of
+// 26.9 us, 1.50x, docs/results/msa_planner_h100/), kLeastWork 67 of 131
+// (0.51x). 0.5 is the floor for 64 rows in 128-row tiles here: "without"
+// fills its five tiles, and kLeastWork is the least work of any grouping
+// (msa_plan.cc FirstTileRows).
+TEST(MsaPlanTest, PackedSixteenTokenRebuildCostsHalfItsStandaloneWork) {
+  const AttentionShape shape = Llama8bShape();
+  const int32_t keys = 16384 + 64;
+  const std::vector<QueryRun> without = {{2048, 16},  {4096, 16},  {6144, 16}, {10240, 16},
+                                         {12288, 16}, {14336, 16}, {16384, 64}};
+  std::vector<QueryRun> with = without;
+  with.insert(with.begin() + 3, QueryRun{8192, 16});
+  const std::vector<QueryRun> alone = {{8192, 16}};
+  auto plan = [&](const std::vector<QueryRun>& runs, MsaPrefillTiling tiling) {
+    BatchTablesStorage tables;
+    int32_t pages = 0;
+    AppendSequenceWithRuns(tables, keys, runs, shape.page_size, &pages);
+    MsaPlanOptions options;  // H100: 132 SMs
+    options.prefill_tiling = tiling;
+    Planned p = PlanBatch(shape, tables, pages, options);
+    ExpectExactCover(p);
+    return p;
+  };
+  struct Costs {
+    int64_t alone, without, with;
+    int32_t chunk_without, chunk_with;
+  };
+  auto costs = [&](MsaPrefillTiling tiling) {
+    const Planned a = plan(alone, tiling);
+    const Planned wo = plan(without, tiling);
+    const Planned w = plan(with, tiling);
+    return Costs{ModeledWork(a) / shape.num_kv_heads, ModeledWork(wo) / shape.num_kv_heads,
+                 ModeledWork(w) / shape.num_kv_heads, wo.plan.prefill_kv_chunk_tokens,
+                 w.plan.prefill_kv_chunk_tokens};
+  };
+  const Costs old = costs(MsaPrefillTiling::kFromFirstRow);
+  const Costs rule = costs(MsaPrefillTiling::kLeastWork);
+  std::printf("[ packed   ] per kv head, 64-key units: alone %lld; first_row without %lld with "
+              "%lld (+%lld, %.2fx alone), chunks %d/%d; least_work without %lld with %lld "
+              "(+%lld, %.2fx alone), chunks %d/%d\n",
+              static_cast<long long>(old.alone), static_cast<long long>(old.without),
+              static_cast<long long>(old.with), static_cast<long long>(old.with - old.without),
+              double(old.with - old.without) / old.alone, old.chunk_without, old.chunk_with,
+              static_cast<long long>(rule.without), static_cast<long long>(rule.with),
+              static_cast<long long>(rule.with - rule.without),
+              double(rule.with - rule.without) / rule.alone, rule.chunk_without,
+              rule.chunk_with);
+  // alone: one 64-row tile of 8208 keys: 129 key tiles + 2.
+  EXPECT_EQ(old.alone, 131);
+  EXPECT_EQ(rule.alone, 131);
+  // without: 640 rows, five full tiles either way.
+  EXPECT_EQ(old.without, 975);
+  EXPECT_EQ(rule.without, 975);
+  EXPECT_EQ(old.with - old.without, 195);
+  EXPECT_EQ(rule.with - rule.without, 67);
+  EXPECT_LE(rule.with - rule.without, 0.52 * rule.alone);
+
+  // The launch is one wave of split pieces, so its time follows the largest
+  // chunk (5504 -> 5248 keys with the rule), not the summed work. With
+  // balance_small_prefill the wave-balancing model picks smaller chunks and
+  // packs pieces (docs/msa_kernel.md): the chunks and piece counts it gives.
+  for (const bool balance : {false, true}) {
+    for (const auto& [name, runs] :
+         {std::pair<const char*, const std::vector<QueryRun>*>{"alone", &alone},
+          {"without", &without},
+          {"with", &with}}) {
+      BatchTablesStorage tables;
+      int32_t pages = 0;
+      AppendSequenceWithRuns(tables, keys, *runs, shape.page_size, &pages);
+      MsaPlanOptions options;
+      options.balance_small_prefill = balance;
+      const Planned p = PlanBatch(shape, tables, pages, options);
+      ExpectExactCover(p);
+      ExpectEachSplitClassWithinTarget(p, options);
+      std::printf("[ packed   ] least_work balance_small_prefill=%d %-7s chunk %d, %d items\n",
+                  balance ? 1 : 0, name, p.plan.prefill_kv_chunk_tokens, p.plan.num_items());
+    }
+  }
+}
+
+// Random query-segment structures (holes, runs, new tokens; GQA 1..8; a
+// sequence's first tile partial or not): kLeastWork covers every row once,
+// keeps the tile count, never models more work than kFromFirstRow (sequence
+// by sequence), and equals the optimum of every cut found by dynamic
+// programming.
+TEST(MsaPlanTest, LeastWorkTilingIsOptimalAndNeverCostsMoreThanFirstRowTiling) {
+  const uint64_t seed = testing::FreshSeed();
+  std::mt19937_64 rng(seed);
+  SCOPED_TRACE(absl::StrCat("seed=", seed));
+  int64_t total_old = 0;
+  int64_t total_rule = 0;
+  int rounds_cheaper = 0;
+  constexpr int kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    const int32_t group = 1 << testing::UniformInt(rng, 0, 3);
+    const int32_t kv_heads = testing::UniformInt(rng, 1, 2);
+    const AttentionShape shape =
+        testing::MakeShape(group * kv_heads, kv_heads, 128, 16, DType::kBFloat16);
+    BatchTablesStorage tables;
+    int32_t next_page = 0;
+    std::vector<std::vector<int32_t>> seq_q_pos;
+    std::vector<int32_t> seq_keys;
+    const int sequences = testing::UniformInt(rng, 1, 6);
+    for (int s = 0; s < sequences; ++s) {
+      const int32_t keys = testing::UniformInt(rng, 1, 20000);
+      // Query runs at sorted random starts; the last may be new tokens at the end.
+      std::vector<QueryRun> runs;
+      const int num_runs = testing::UniformInt(rng, 0, 12);
+      std::vector<int32_t> starts;
+      for (int r = 0; r < num_runs; ++r) starts.push_back(testing::UniformInt(rng, 0, keys - 1));
+      if (testing::UniformInt(rng, 0, 1) == 1) {
+        starts.push_back(std::max(0, keys - testing::UniformInt(rng, 1, 300)));
+      }
+      std::sort(starts.begin(), starts.end());
+      int32_t next_free = 0;
+      for (const int32_t start : starts) {
+        const int32_t begin = std::max(start, next_free);
+        const int32_t len = std::min(testing::UniformInt(rng, 1, 96), keys - begin);
+        if (len <= 0) continue;
+        runs.push_back({begin, len});
+        next_free = begin + len;
+      }
+      AppendSequenceWithRuns(tables, keys, runs, shape.page_size, &next_page);
+      seq_keys.push_back(keys);
+      seq_q_pos.emplace_back();
+      for (const QueryRun& r : runs) {
+        for (int32_t q = r.start; q < r.start + r.len; ++q) seq_q_pos.back().push_back(q);
+      }
+    }
+    MsaPlanOptions options;
+    options.allow_split_kv = false;
+    options.prefill_tiling = MsaPrefillTiling::kFromFirstRow;
+    const Planned old = PlanBatch(shape, tables, next_page, options);
+    options.prefill_tiling = MsaPrefillTiling::kLeastWork;
+    const Planned rule = PlanBatch(shape, tables, next_page, options);
+    ExpectEveryRowInOneTile(rule, tables.view(), group, kv_heads);
+    ExpectEveryRowInOneTile(old, tables.view(), group, kv_heads);
+    EXPECT_EQ(rule.plan.num_items(), old.plan.num_items());
+    EXPECT_EQ(rule.plan.num_prefill_items, old.plan.num_prefill_items);
+
+    // Per sequence: the rule's tiles against the old ones and the optimum.
+    for (int s = 0; s < sequences; ++s) {
+      const int32_t q_begin = tables.q_indptr[s];
+      const int32_t q_end = tables.q_indptr[s + 1];
+      auto work_of = [&](const Planned& p) {
+        int64_t w = 0;
+        for (const MsaWorkItem& item : p.items) {
+          if (item.q_token_begin >= q_begin && item.q_token_begin < q_end) {
+            w += MsaTileModeledWork(item.kv_end);
+          }
+        }
+        return w;
+      };
+      const int64_t w_old = work_of(old);
+      const int64_t w_rule = work_of(rule);
+      const int32_t rows = (q_end - q_begin) * group;
+      const int32_t tile_tokens =
+          (rows <= kMsaDecodeTileRows ? kMsaDecodeTileRows : kMsaPrefillTileRows) / group;
+      const int64_t optimum =
+          kv_heads * OptimalSequenceWork(seq_q_pos[s], seq_keys[s], tile_tokens);
+      EXPECT_LE(w_rule, w_old) << "round " << round << " sequence " << s;
+      EXPECT_EQ(w_rule, optimum) << "round " << round << " sequence " << s;
+    }
+    const int64_t w_old = ModeledWork(old);
+    const int64_t w_rule = ModeledWork(rule);
+    total_old += w_old;
+    total_rule += w_rule;
+    rounds_cheaper += w_rule < w_old ? 1 : 0;
+    if (::testing::Test::HasFailure()) {
+      ADD_FAILURE() << "round " << round << ": " << sequences << " sequences, G " << group;
+      return;
+    }
+  }
+  std::printf("[ tiling   ] %d random batches: modeled work first_row %lld, least_work %lld "
+              "(%.2f%% less); cheaper in %d, equal in %d\n",
+              kRounds, static_cast<long long>(total_old), static_cast<long long>(total_rule),
+              100.0 * double(total_old - total_rule) / double(total_old), rounds_cheaper,
+              kRounds - rounds_cheaper);
+}
+
+// Plans of random multi-segment batches, executed on the CPU the way the
+// kernels read them (tests/kernels/msa_plan_executor.h), against the dense
+// reference: both tilings, unsplit, auto-split on a small GPU and forced
+// chunks. Every row is written exactly once (directly or by one merge), every
+// partial row once.
+class MsaPlanExecutionTest
+    : public testing::SeededTest,
+      public ::testing::WithParamInterface<std::tuple<MsaPrefillTiling, int32_t, int32_t>> {};
+
+TEST_P(MsaPlanExecutionTest, RandomSegmentStructuresMatchDenseAttention) {
+  const auto [tiling, group, page_size] = GetParam();
+  const int32_t kv_heads = group == 8 ? 1 : 2;
+  for (int round = 0; round < 4; ++round) {
+    const DType dtype = testing::UniformInt(rng_, 0, 1) == 0 ? DType::kBFloat16 : DType::kFloat16;
+    const int32_t head_dim = testing::UniformInt(rng_, 0, 1) == 0 ? 64 : 128;
+    const AttentionShape shape =
+        testing::MakeShape(kv_heads * group, kv_heads, head_dim, page_size, dtype);
+    std::vector<testing::SequenceLayout> layouts;
+    const int sequences = testing::UniformInt(rng_, 1, 3);
+    for (int i = 0; i < sequences; ++i) {
+      testing::RandomLayoutOptions options;
+      options.context_len = testing::UniformInt(rng_, 20, 500);
+      options.num_holes = testing::UniformInt(rng_, 0, 3);
+      options.hole_at_front = testing::UniformInt(rng_, 0, 1) == 1;
+      options.num_q_runs = testing::UniformInt(rng_, 0, 6);
+      options.max_q_run_len = 64;
+      options.decode_query = testing::UniformInt(rng_, 0, 1) == 1;
+      layouts.push_back(testing::RandomLayout(options, rng_));
+    }
+    testing::BuildOptions build;
+    build.aligned_pages = testing::UniformInt(rng_, 0, 1) == 1;
+    const testing::TestBatch batch = testing::BuildTestBatch(shape, layouts, build, rng_);
+    const BatchTables view = batch.view();
+    std::vector<double> ref_out;
+    std::vector<double> ref_lse;
+    testing::ReferenceAttention(shape, view, batch.q.data(), batch.kv_pool.data(),
+                                batch.num_pages, &ref_out, &ref_lse);
+
+    MsaPlanOptions unsplit;
+    unsplit.allow_split_kv = false;
+    MsaPlanOptions small_gpu;  // few SMs: the auto split cuts long tiles
+    small_gpu.num_sms = testing::UniformInt(rng_, 1, 8);
+    small_gpu.target_ctas_per_sm = testing::UniformInt(rng_, 1, 4);
+    small_gpu.min_kv_chunk_tokens = 128;
+    MsaPlanOptions forced;
+    forced.forced_kv_chunk_tokens = 64 * testing::UniformInt(rng_, 1, 3);
+    MsaPlanOptions balanced = small_gpu;
+    balanced.balance_small_prefill = true;
+    for (auto [name, options] : {std::pair<const char*, MsaPlanOptions>{"unsplit", unsplit},
+                                 {"auto", small_gpu},
+                                 {"auto_balanced", balanced},
+                                 {"forced", forced}}) {
+      options.prefill_tiling = tiling;
+      SCOPED_TRACE(absl::StrCat(SeedNote(), " round ", round, " plan ", name, " D ", head_dim,
+                                " ", testing::DTypeName(dtype)));
+      const MsaWorkspaceSizes sizes = MsaWorkspaceSizesFor(
+          shape, view.batch_size(), view.total_q(), view.total_pages(), options);
+      std::vector<uint64_t> host((sizes.host_bytes + 7) / 8 + 2);
+      absl::StatusOr<MsaPlan> plan =
+          PlanMsa(shape, view, batch.num_pages, options, host.data(), sizes.host_bytes);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      EXPECT_LE(plan->device_bytes_used, sizes.device_bytes);
+      const testing::PlanExecution ex =
+          testing::ExecutePlanOnCpu(*plan, host.data(), shape, batch.q.data(),
+                                    batch.kv_pool.data());
+      EXPECT_EQ(ex.bad_uniform_keys, 0);
+      for (size_t i = 0; i < ex.writes.size(); ++i) {
+        ASSERT_EQ(ex.writes[i], 1) << "row " << i << " (token " << i / shape.num_q_heads << ")";
+      }
+      for (size_t i = 0; i < ex.partial_writes.size(); ++i) {
+        ASSERT_EQ(ex.partial_writes[i], 1) << "partial row " << i;
+      }
+      EXPECT_LE(testing::RelativeErrorNorm(ex.out, ref_out), 1e-9);
+      testing::ExpectLseMatchesReference(ex.lse, ref_lse, 1e-9, 1e-12);
+      testing::ExpectRowsWithoutKeysAreZero(ex.out, ref_lse, head_dim);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TilingGroupPage, MsaPlanExecutionTest,
+    ::testing::Combine(::testing::Values(MsaPrefillTiling::kFromFirstRow,
+                                         MsaPrefillTiling::kLeastWork),
+                       ::testing::Values(1, 2, 4, 8), ::testing::Values(1, 7, 16)),
+    [](const auto& info) {
+      return absl::StrCat(std::get<0>(info.param) == MsaPrefillTiling::kLeastWork ? "least_work"
+                                                                                  : "first_row",
+                          "_g", std::get<1>(info.param), "_page", std::get<2>(info.param));
+    });
 
 }  // namespace
 }  // namespace asymcache::msa
