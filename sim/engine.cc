@@ -205,6 +205,7 @@ double EngineInstance::ExpectedRebuildCost(int64_t tokens) const {
 absl::Status EngineInstance::Admit() {
   const int block = cache_->model().block_tokens;
   const Workload& workload = replay_->workload();
+  head_blocked_on_memory_ = false;
   while (!waiting_.empty() &&
          static_cast<int>(running_.size()) < options_.max_running_requests) {
     EngineRequest& request = waiting_.front();
@@ -232,6 +233,7 @@ absl::Status EngineInstance::Admit() {
         Reject(rejected);
         continue;
       }
+      head_blocked_on_memory_ = true;
       return absl::OkStatus();  // FCFS: the head waits for memory
     }
     if (pins_ != nullptr) pins_->OnJobResumed(workload.sessions[request.session].id);
@@ -333,6 +335,22 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
   totals_.busy_s += schedule_.predicted_latency_s;
   totals_.prefill_tokens += schedule_.prefill_tokens;
   totals_.decode_tokens += static_cast<int64_t>(decodes.size());
+  if (schedule_.prefill_tokens > 0) {
+    if (decodes.empty()) {
+      ++totals_.prefill_only_steps;
+      totals_.prefill_only_busy_s += schedule_.predicted_latency_s;
+    } else {
+      ++totals_.mixed_steps;
+      totals_.mixed_busy_s += schedule_.predicted_latency_s;
+    }
+  }
+  if (head_blocked_on_memory_) {
+    const BlockPool::Stats pool = cache_->pool().GetStats();
+    totals_.memory_blocked_s += schedule_.predicted_latency_s;
+    totals_.memory_blocked_busy_block_s +=
+        schedule_.predicted_latency_s * static_cast<double>(pool.writing + pool.pinned) /
+        static_cast<double>(std::max<int64_t>(pool.capacity, 1));
+  }
   step_end_s_ = now_s_ + schedule_.predicted_latency_s;
   in_step_ = true;
   return true;
@@ -341,11 +359,19 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
 absl::Status EngineInstance::CompleteStep() {
   if (!in_step_) return absl::InternalError("CompleteStep without a step in flight");
   in_step_ = false;
+  const double step_s = schedule_.predicted_latency_s;
   now_s_ = step_end_s_;
+  SequenceId previous_sequence = 0;
   for (const Chunk& chunk : schedule_.chunks) {
     auto it = prefilling_.find(chunk.sequence);
     if (it == prefilling_.end()) return absl::InternalError("chunk for an unknown sequence");
     EngineRequest& r = running_[it->second];
+    if (chunk.sequence != previous_sequence) {  // a sequence's chunks are consecutive
+      RequestRecord& record = replay_->record(r.record);
+      ++record.prefill_steps;
+      record.prefill_step_s += step_s;
+      previous_sequence = chunk.sequence;
+    }
     if (r.next_run >= r.runs.size() || r.runs[r.next_run].first != chunk.begin ||
         chunk.end > r.runs[r.next_run].second) {
       return absl::InternalError(absl::StrCat("chunk [", chunk.begin, ", ", chunk.end,
@@ -474,6 +500,13 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
   result.busy_s = totals.busy_s;
   result.prefill_tokens = totals.prefill_tokens;
   result.decode_tokens = totals.decode_tokens;
+  result.mixed_steps = totals.mixed_steps;
+  result.mixed_busy_s = totals.mixed_busy_s;
+  result.prefill_only_steps = totals.prefill_only_steps;
+  result.prefill_only_busy_s = totals.prefill_only_busy_s;
+  result.memory_blocked_s = totals.memory_blocked_s;
+  result.memory_blocked_busy_fraction =
+      totals.memory_blocked_s > 0 ? totals.memory_blocked_busy_block_s / totals.memory_blocked_s : 0;
   result.evictions = totals.evictions;
   result.pins_granted = totals.pins_granted;
   result.pins_released_under_pressure = totals.pins_released_under_pressure;

@@ -86,6 +86,7 @@ struct EngineOptions {
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
   int64_t tile_tokens = 16;            // chunk alignment (= block size)
   bool agent_pins = false;             // Continuum-style pins for tool calls
+
   AgentPinOptions pin_options;
   // Optional: called with the fraction of requests done, at most ~200 times a run.
   std::function<void(double)> progress;
@@ -110,6 +111,11 @@ struct RequestRecord {
   int64_t rebuild_tokens = 0; // prompt tokens in holes (recomputed)
   int64_t new_tokens = 0;     // prompt tokens in the uncached tail
   bool rejected = false;      // never admitted (context larger than the pool)
+  // Where its prefill time went (admitted_s .. first_token_s): the engine
+  // steps that computed a chunk of its prompt, and their modeled time. The
+  // rest of that span it was admitted but got no chunk (others' chunks first).
+  int32_t prefill_steps = 0;
+  double prefill_step_s = 0;
 
   bool finished() const { return finish_s >= 0; }
   double ttft_s() const { return first_token_s - arrival_s; }
@@ -135,6 +141,18 @@ struct RunResult {
   double busy_s = 0;                    // modeled time spent in steps
   int64_t prefill_tokens = 0;           // query tokens of prefill/rebuild chunks
   int64_t decode_tokens = 0;
+  // Step mix: steps with prefill chunks and decodes, with chunks only; the
+  // rest were decode-only. Counts and modeled time.
+  int64_t mixed_steps = 0;
+  double mixed_busy_s = 0;
+  int64_t prefill_only_steps = 0;
+  double prefill_only_busy_s = 0;
+  // Modeled time during which the head of the waiting queue could not be
+  // admitted for lack of memory, and the mean share of the pool that could
+  // not be evicted then (being written or pinned: running requests' contexts,
+  // agent pins), weighted by time.
+  double memory_blocked_s = 0;
+  double memory_blocked_busy_fraction = 0;
   int64_t evictions = 0;
   int64_t pins_granted = 0;             // AgentPinTable decisions that pinned
   int64_t pins_released_under_pressure = 0;
@@ -166,6 +184,7 @@ struct EngineRequest {
   std::vector<std::pair<int64_t, int64_t>> runs;  // pending prefill query runs [begin, end)
   size_t next_run = 0;
   int64_t generated = 0;
+
   bool prefilled() const { return next_run == runs.size(); }
   // Prefill/rebuild query tokens not computed yet (admitted requests).
   int64_t remaining_prefill_tokens() const;
@@ -248,6 +267,12 @@ struct EngineTotals {
   double busy_s = 0;              // modeled time spent in steps
   int64_t prefill_tokens = 0;     // query tokens of prefill/rebuild chunks
   int64_t decode_tokens = 0;
+  int64_t mixed_steps = 0;        // RunResult's step mix
+  double mixed_busy_s = 0;
+  int64_t prefill_only_steps = 0;
+  double prefill_only_busy_s = 0;
+  double memory_blocked_s = 0;    // RunResult's
+  double memory_blocked_busy_block_s = 0;  // (writing + pinned) / capacity, integrated over it
   int64_t evictions = 0;
   int64_t pins_granted = 0;
   int64_t pins_released_under_pressure = 0;
@@ -332,6 +357,7 @@ class EngineInstance {
   std::vector<size_t> decoding_;   // running_ indices decoding in it
   absl::flat_hash_map<SequenceId, size_t> prefilling_;  // running_ indices prefilling in it
   int64_t load_hint_tokens_ = 0;
+  bool head_blocked_on_memory_ = false;  // the last Admit left the head waiting for memory
   EngineTotals totals_;
 };
 
