@@ -75,6 +75,10 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
     EXPECT_EQ(q.output_tokens, step.output_tokens);
     EXPECT_EQ(q.hit_tokens + q.rebuild_tokens + q.new_tokens, q.prompt_tokens);
     EXPECT_LE(q.hit_blocks, q.prompt_blocks);
+    // Its prefill ran in at least one step, all inside [admitted, first token].
+    EXPECT_GE(q.prefill_steps, 1);
+    EXPECT_GT(q.prefill_step_s, 0);
+    EXPECT_LE(q.prefill_step_s, q.first_token_s - q.admitted_s + 1e-9);
     generated += q.output_tokens;
     expected += step.output_tokens;
   }
@@ -85,6 +89,15 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
   EXPECT_EQ(r.final_pool.pinned, 0);
   EXPECT_EQ(r.final_pool.writing, 0);
   EXPECT_GT(r.engine_steps, 0);
+  // Step mix: mixed and prefill-only steps are part of all steps and their time.
+  EXPECT_GE(r.mixed_steps, 0);
+  EXPECT_GE(r.prefill_only_steps, 0);
+  EXPECT_LE(r.mixed_steps + r.prefill_only_steps, r.engine_steps);
+  EXPECT_LE(r.mixed_busy_s + r.prefill_only_busy_s, r.busy_s + 1e-9);
+  EXPECT_GE(r.memory_blocked_s, 0);
+  EXPECT_LE(r.memory_blocked_s, r.busy_s + 1e-9);
+  EXPECT_GE(r.memory_blocked_busy_fraction, 0);
+  EXPECT_LE(r.memory_blocked_busy_fraction, 1);
   for (const JobRecord& j : r.jobs) EXPECT_GT(j.finish_s, j.start_s);
 }
 
@@ -95,6 +108,8 @@ TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
     ASSERT_TRUE(r.ok()) << s.name << ": " << r.status();
     ExpectConservation(w, *r);
     EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
+    EXPECT_GT(r->memory_blocked_s, 0) << s.name << ": admission should wait for memory";
+    EXPECT_GT(r->memory_blocked_busy_fraction, 0) << s.name;
   }
 }
 
