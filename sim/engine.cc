@@ -273,8 +273,10 @@ absl::Status EngineInstance::Admit() {
 }
 
 absl::Status EngineInstance::FinishRequest(EngineRequest& request) {
-  if (absl::Status s = cache_->CommitStep(request.lease_id); !s.ok()) {
-    return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+  if (!request.committed) {
+    if (absl::Status s = cache_->CommitStep(request.lease_id); !s.ok()) {
+      return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+    }
   }
   if (absl::Status s = cache_->ReleaseStep(request.lease_id); !s.ok()) {
     return absl::InternalError(absl::StrCat("ReleaseStep: ", s.message()));
@@ -381,11 +383,22 @@ absl::Status EngineInstance::CompleteStep() {
     if (r.runs[r.next_run].first == r.runs[r.next_run].second) ++r.next_run;
   }
   for (size_t i : decoding_) ++running_[i].generated;
+  // In running_ order (admission order), not the map's: which of two leases
+  // that wrote the same blocks commits first must not depend on hashing.
+  std::vector<size_t> prefilled;
   for (const auto& [sequence, i] : prefilling_) {
+    if (running_[i].prefilled() && running_[i].generated == 0) prefilled.push_back(i);
+  }
+  std::sort(prefilled.begin(), prefilled.end());
+  for (size_t i : prefilled) {
     EngineRequest& r = running_[i];
-    if (r.prefilled() && r.generated == 0) {
-      r.generated = 1;
-      replay_->record(r.record).first_token_s = now_s_;
+    r.generated = 1;
+    replay_->record(r.record).first_token_s = now_s_;
+    if (options_.commit_at_prefill_end) {
+      if (absl::Status s = cache_->CommitStep(r.lease_id); !s.ok()) {
+        return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+      }
+      r.committed = true;
     }
   }
   size_t kept = 0;

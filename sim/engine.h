@@ -23,7 +23,10 @@
 //     At finish the lease is committed (blocks sealed and indexed, so later
 //     requests can hit them) and released. Committing at finish, not at the
 //     end of prefill, means two requests that run concurrently on the same new
-//     document both compute it (documented simplification).
+//     document both compute it (documented simplification); with
+//     EngineOptions::commit_at_prefill_end the lease is committed when the
+//     prefill completes instead (as the worker commits a lease once its
+//     positions are computed) and released at finish.
 //   * Sessions are closed loops: step k+1 arrives delay_after_s() after step k
 //     finished. With agent pins on, a step that ends in a tool call hands its
 //     context's resident blocks to the AgentPinTable (Continuum-style TTL
@@ -86,6 +89,12 @@ struct EngineOptions {
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
   int64_t tile_tokens = 16;            // chunk alignment (= block size)
   bool agent_pins = false;             // Continuum-style pins for tool calls
+  // Commit a request's lease when its prefill completes (the worker's
+  // behaviour: later requests hit its prompt blocks while it decodes) instead
+  // of at finish (the default, kept so that earlier results reproduce). The
+  // output blocks reserved at admission are sealed then too; only the
+  // session's next step could hit them, and it arrives after the finish.
+  bool commit_at_prefill_end = false;
 
   AgentPinOptions pin_options;
   // Optional: called with the fraction of requests done, at most ~200 times a run.
@@ -178,6 +187,7 @@ struct EngineRequest {
   SequenceId sequence = 0;
   std::string salt;
   uint64_t lease_id = 0;
+  bool committed = false;      // its lease is committed (commit_at_prefill_end)
   int64_t prompt_tokens = 0;
   int64_t context_tokens = 0;  // prompt + outputs (what admission reserves)
   int64_t output_tokens = 0;

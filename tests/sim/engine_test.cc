@@ -140,6 +140,40 @@ TEST(Engine, NoneNeverHits) {
   }
 }
 
+// Two sessions read the same new document; the second arrives while the
+// first decodes. Committed at finish, the second computes the document again;
+// committed at the end of the prefill, it hits every full block of it.
+TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
+  Workload w;
+  w.name = "two-readers";
+  for (int i = 0; i < 2; ++i) {
+    SessionSpec s;
+    s.id = absl::StrFormat("reader-%d", i);
+    s.salt = "corpus";
+    StepSpec step;
+    step.arrival_s = i == 0 ? 0 : 1.0;  // the 8k prefill takes well under 1 s
+    step.input = {InputPart::Shared("doc", 8192), InputPart::Unique(32)};
+    step.output_tokens = 400;         // ~400 decode steps: still decoding at 1 s
+    step.last_step = true;
+    s.steps = {step};
+    w.sessions.push_back(s);
+  }
+  const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
+  for (bool at_prefill : {false, true}) {
+    SCOPED_TRACE(at_prefill ? "commit at prefill end" : "commit at finish");
+    EngineOptions o = Options(1 << 20);
+    o.commit_at_prefill_end = at_prefill;
+    absl::StatusOr<RunResult> r = RunSystem(w, asym, Cost(), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectConservation(w, *r);
+    const RequestRecord& second = r->requests[1];
+    ASSERT_EQ(second.session, 1);
+    ASSERT_LT(second.admitted_s, r->requests[0].finish_s) << "the readers should overlap";
+    ASSERT_GT(second.admitted_s, r->requests[0].first_token_s);
+    EXPECT_EQ(second.hit_tokens, at_prefill ? 8192 : 0);
+  }
+}
+
 TEST(Engine, FollowUpTurnsHitTheirOwnContext) {
   const Workload w = Generate("chat", 3, 0.001);  // sessions never overlap
   const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
