@@ -232,6 +232,11 @@ absl::StatusOr<ClusterResult> ClusterReplay::Run(RoutingMode mode) {
     run.busy_s += t.busy_s;
     run.prefill_tokens += t.prefill_tokens;
     run.decode_tokens += t.decode_tokens;
+    run.mixed_steps += t.mixed_steps;
+    run.mixed_busy_s += t.mixed_busy_s;
+    run.prefill_only_steps += t.prefill_only_steps;
+    run.prefill_only_busy_s += t.prefill_only_busy_s;
+    run.memory_blocked_s += t.memory_blocked_s;  // summed over engines; busy fraction not kept
     run.evictions += t.evictions;
     run.pins_granted += t.pins_granted;
     run.pins_released_under_pressure += t.pins_released_under_pressure;

@@ -205,6 +205,7 @@ double EngineInstance::ExpectedRebuildCost(int64_t tokens) const {
 absl::Status EngineInstance::Admit() {
   const int block = cache_->model().block_tokens;
   const Workload& workload = replay_->workload();
+  head_blocked_on_memory_ = false;
   while (!waiting_.empty() &&
          static_cast<int>(running_.size()) < options_.max_running_requests) {
     EngineRequest& request = waiting_.front();
@@ -232,6 +233,7 @@ absl::Status EngineInstance::Admit() {
         Reject(rejected);
         continue;
       }
+      head_blocked_on_memory_ = true;
       return absl::OkStatus();  // FCFS: the head waits for memory
     }
     if (pins_ != nullptr) pins_->OnJobResumed(workload.sessions[request.session].id);
@@ -271,8 +273,10 @@ absl::Status EngineInstance::Admit() {
 }
 
 absl::Status EngineInstance::FinishRequest(EngineRequest& request) {
-  if (absl::Status s = cache_->CommitStep(request.lease_id); !s.ok()) {
-    return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+  if (!request.committed) {
+    if (absl::Status s = cache_->CommitStep(request.lease_id); !s.ok()) {
+      return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+    }
   }
   if (absl::Status s = cache_->ReleaseStep(request.lease_id); !s.ok()) {
     return absl::InternalError(absl::StrCat("ReleaseStep: ", s.message()));
@@ -333,6 +337,22 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
   totals_.busy_s += schedule_.predicted_latency_s;
   totals_.prefill_tokens += schedule_.prefill_tokens;
   totals_.decode_tokens += static_cast<int64_t>(decodes.size());
+  if (schedule_.prefill_tokens > 0) {
+    if (decodes.empty()) {
+      ++totals_.prefill_only_steps;
+      totals_.prefill_only_busy_s += schedule_.predicted_latency_s;
+    } else {
+      ++totals_.mixed_steps;
+      totals_.mixed_busy_s += schedule_.predicted_latency_s;
+    }
+  }
+  if (head_blocked_on_memory_) {
+    const BlockPool::Stats pool = cache_->pool().GetStats();
+    totals_.memory_blocked_s += schedule_.predicted_latency_s;
+    totals_.memory_blocked_busy_block_s +=
+        schedule_.predicted_latency_s * static_cast<double>(pool.writing + pool.pinned) /
+        static_cast<double>(std::max<int64_t>(pool.capacity, 1));
+  }
   step_end_s_ = now_s_ + schedule_.predicted_latency_s;
   in_step_ = true;
   return true;
@@ -341,11 +361,19 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
 absl::Status EngineInstance::CompleteStep() {
   if (!in_step_) return absl::InternalError("CompleteStep without a step in flight");
   in_step_ = false;
+  const double step_s = schedule_.predicted_latency_s;
   now_s_ = step_end_s_;
+  SequenceId previous_sequence = 0;
   for (const Chunk& chunk : schedule_.chunks) {
     auto it = prefilling_.find(chunk.sequence);
     if (it == prefilling_.end()) return absl::InternalError("chunk for an unknown sequence");
     EngineRequest& r = running_[it->second];
+    if (chunk.sequence != previous_sequence) {  // a sequence's chunks are consecutive
+      RequestRecord& record = replay_->record(r.record);
+      ++record.prefill_steps;
+      record.prefill_step_s += step_s;
+      previous_sequence = chunk.sequence;
+    }
     if (r.next_run >= r.runs.size() || r.runs[r.next_run].first != chunk.begin ||
         chunk.end > r.runs[r.next_run].second) {
       return absl::InternalError(absl::StrCat("chunk [", chunk.begin, ", ", chunk.end,
@@ -355,11 +383,22 @@ absl::Status EngineInstance::CompleteStep() {
     if (r.runs[r.next_run].first == r.runs[r.next_run].second) ++r.next_run;
   }
   for (size_t i : decoding_) ++running_[i].generated;
+  // In running_ order (admission order), not the map's: which of two leases
+  // that wrote the same blocks commits first must not depend on hashing.
+  std::vector<size_t> prefilled;
   for (const auto& [sequence, i] : prefilling_) {
+    if (running_[i].prefilled() && running_[i].generated == 0) prefilled.push_back(i);
+  }
+  std::sort(prefilled.begin(), prefilled.end());
+  for (size_t i : prefilled) {
     EngineRequest& r = running_[i];
-    if (r.prefilled() && r.generated == 0) {
-      r.generated = 1;
-      replay_->record(r.record).first_token_s = now_s_;
+    r.generated = 1;
+    replay_->record(r.record).first_token_s = now_s_;
+    if (options_.commit_at_prefill_end) {
+      if (absl::Status s = cache_->CommitStep(r.lease_id); !s.ok()) {
+        return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+      }
+      r.committed = true;
     }
   }
   size_t kept = 0;
@@ -474,6 +513,13 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
   result.busy_s = totals.busy_s;
   result.prefill_tokens = totals.prefill_tokens;
   result.decode_tokens = totals.decode_tokens;
+  result.mixed_steps = totals.mixed_steps;
+  result.mixed_busy_s = totals.mixed_busy_s;
+  result.prefill_only_steps = totals.prefill_only_steps;
+  result.prefill_only_busy_s = totals.prefill_only_busy_s;
+  result.memory_blocked_s = totals.memory_blocked_s;
+  result.memory_blocked_busy_fraction =
+      totals.memory_blocked_s > 0 ? totals.memory_blocked_busy_block_s / totals.memory_blocked_s : 0;
   result.evictions = totals.evictions;
   result.pins_granted = totals.pins_granted;
   result.pins_released_under_pressure = totals.pins_released_under_pressure;

@@ -23,7 +23,10 @@
 //     At finish the lease is committed (blocks sealed and indexed, so later
 //     requests can hit them) and released. Committing at finish, not at the
 //     end of prefill, means two requests that run concurrently on the same new
-//     document both compute it (documented simplification).
+//     document both compute it (documented simplification); with
+//     EngineOptions::commit_at_prefill_end the lease is committed when the
+//     prefill completes instead (as the worker commits a lease once its
+//     positions are computed) and released at finish.
 //   * Sessions are closed loops: step k+1 arrives delay_after_s() after step k
 //     finished. With agent pins on, a step that ends in a tool call hands its
 //     context's resident blocks to the AgentPinTable (Continuum-style TTL
@@ -86,6 +89,13 @@ struct EngineOptions {
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
   int64_t tile_tokens = 16;            // chunk alignment (= block size)
   bool agent_pins = false;             // Continuum-style pins for tool calls
+  // Commit a request's lease when its prefill completes (the worker's
+  // behaviour: later requests hit its prompt blocks while it decodes) instead
+  // of at finish (the default, kept so that earlier results reproduce). The
+  // output blocks reserved at admission are sealed then too; only the
+  // session's next step could hit them, and it arrives after the finish.
+  bool commit_at_prefill_end = false;
+
   AgentPinOptions pin_options;
   // Optional: called with the fraction of requests done, at most ~200 times a run.
   std::function<void(double)> progress;
@@ -110,6 +120,11 @@ struct RequestRecord {
   int64_t rebuild_tokens = 0; // prompt tokens in holes (recomputed)
   int64_t new_tokens = 0;     // prompt tokens in the uncached tail
   bool rejected = false;      // never admitted (context larger than the pool)
+  // Where its prefill time went (admitted_s .. first_token_s): the engine
+  // steps that computed a chunk of its prompt, and their modeled time. The
+  // rest of that span it was admitted but got no chunk (others' chunks first).
+  int32_t prefill_steps = 0;
+  double prefill_step_s = 0;
 
   bool finished() const { return finish_s >= 0; }
   double ttft_s() const { return first_token_s - arrival_s; }
@@ -135,6 +150,18 @@ struct RunResult {
   double busy_s = 0;                    // modeled time spent in steps
   int64_t prefill_tokens = 0;           // query tokens of prefill/rebuild chunks
   int64_t decode_tokens = 0;
+  // Step mix: steps with prefill chunks and decodes, with chunks only; the
+  // rest were decode-only. Counts and modeled time.
+  int64_t mixed_steps = 0;
+  double mixed_busy_s = 0;
+  int64_t prefill_only_steps = 0;
+  double prefill_only_busy_s = 0;
+  // Modeled time during which the head of the waiting queue could not be
+  // admitted for lack of memory, and the mean share of the pool that could
+  // not be evicted then (being written or pinned: running requests' contexts,
+  // agent pins), weighted by time.
+  double memory_blocked_s = 0;
+  double memory_blocked_busy_fraction = 0;
   int64_t evictions = 0;
   int64_t pins_granted = 0;             // AgentPinTable decisions that pinned
   int64_t pins_released_under_pressure = 0;
@@ -160,12 +187,14 @@ struct EngineRequest {
   SequenceId sequence = 0;
   std::string salt;
   uint64_t lease_id = 0;
+  bool committed = false;      // its lease is committed (commit_at_prefill_end)
   int64_t prompt_tokens = 0;
   int64_t context_tokens = 0;  // prompt + outputs (what admission reserves)
   int64_t output_tokens = 0;
   std::vector<std::pair<int64_t, int64_t>> runs;  // pending prefill query runs [begin, end)
   size_t next_run = 0;
   int64_t generated = 0;
+
   bool prefilled() const { return next_run == runs.size(); }
   // Prefill/rebuild query tokens not computed yet (admitted requests).
   int64_t remaining_prefill_tokens() const;
@@ -248,6 +277,12 @@ struct EngineTotals {
   double busy_s = 0;              // modeled time spent in steps
   int64_t prefill_tokens = 0;     // query tokens of prefill/rebuild chunks
   int64_t decode_tokens = 0;
+  int64_t mixed_steps = 0;        // RunResult's step mix
+  double mixed_busy_s = 0;
+  int64_t prefill_only_steps = 0;
+  double prefill_only_busy_s = 0;
+  double memory_blocked_s = 0;    // RunResult's
+  double memory_blocked_busy_block_s = 0;  // (writing + pinned) / capacity, integrated over it
   int64_t evictions = 0;
   int64_t pins_granted = 0;
   int64_t pins_released_under_pressure = 0;
@@ -332,6 +367,7 @@ class EngineInstance {
   std::vector<size_t> decoding_;   // running_ indices decoding in it
   absl::flat_hash_map<SequenceId, size_t> prefilling_;  // running_ indices prefilling in it
   int64_t load_hint_tokens_ = 0;
+  bool head_blocked_on_memory_ = false;  // the last Admit left the head waiting for memory
   EngineTotals totals_;
 };
 

@@ -84,6 +84,15 @@ std::string FormatHeader(const RunHeader& header);
 std::string FormatTable(const std::vector<SystemSummary>& rows);
 std::string ToJson(const RunHeader& header, const std::vector<SystemSummary>& rows);
 
+// Every request of every run as CSV, one row per request (arrival order within
+// a run), for looking at where TTFT goes: system, session, step, arrival /
+// admitted / first token / finish (modeled s; -1 when it never happened),
+// queue_s = admitted - arrival, prefill_s = first token - admitted, the steps
+// that computed its chunks and their modeled time, prompt / hit / rebuilt /
+// new tokens, output tokens. Then one `#steps` comment line per run with its
+// step mix (mixed, prefill-only and decode-only steps with their busy time).
+std::string RequestsToCsv(const std::vector<RunResult>& runs);
+
 // --- sweeps ---------------------------------------------------------------
 
 struct SloTargets {

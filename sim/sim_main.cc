@@ -71,6 +71,15 @@ ABSL_FLAG(std::string, dump_trace, "", "write the generated workload as a JSONL 
 ABSL_FLAG(bool, progress, false, "progress bar on stderr (only when stderr is a terminal)");
 ABSL_FLAG(int, threads, 0, "worker threads for independent runs; 0 = hardware threads");
 ABSL_FLAG(int, max_running, 256, "most requests running at once (vLLM max_num_seqs)");
+ABSL_FLAG(int64_t, max_chunk_tokens, 16384,
+          "adaptive chunking: most prefill tokens in a step with no decode waiting (the worker's "
+          "--max-chunk-tokens; asymcache-bench predicts with 8064)");
+ABSL_FLAG(bool, commit_at_prefill_end, false,
+          "commit a request's blocks when its prefill completes (as the worker does) instead "
+          "of at finish: later requests on the same document hit them while it decodes");
+ABSL_FLAG(std::string, requests_csv, "",
+          "single-rate runs: write every request of every system (queue / prefill time, hit / "
+          "rebuilt / new tokens) and each run's step mix as CSV to this file");
 ABSL_FLAG(int, cluster, 0,
           "cluster mode: replay over N engines (each with its own --pool-gib/--pool-blocks pool) "
           "behind the router, one run per system x --routing mode; 0 = one engine. In cluster "
@@ -128,6 +137,7 @@ struct SimOptions {
   int cluster = 0;                   // engines; 0 = single-engine mode
   std::vector<RoutingMode> routing;  // cluster mode
   std::string csv;
+  std::string requests_csv;
 };
 
 absl::StatusOr<SimOptions> ParseOptions() {
@@ -198,12 +208,18 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.pool_blocks = o.pool_blocks;
   o.engine.max_running_requests = absl::GetFlag(FLAGS_max_running);
   o.engine.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
+  o.engine.max_budget_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
+  o.engine.commit_at_prefill_end = absl::GetFlag(FLAGS_commit_at_prefill_end);
   if (absl::Status s = o.engine.Validate(); !s.ok()) return s;
   absl::StatusOr<std::vector<RoutingMode>> routing =
       ParseRoutingModes(absl::GetFlag(FLAGS_routing));
   if (!routing.ok()) return routing.status();
   o.routing = *std::move(routing);
   o.csv = absl::GetFlag(FLAGS_csv);
+  o.requests_csv = absl::GetFlag(FLAGS_requests_csv);
+  if (!o.requests_csv.empty() && (o.cluster > 0 || !o.sweep.empty() || o.sweep_auto)) {
+    return absl::InvalidArgumentError("--requests-csv needs a single-rate, single-engine run");
+  }
   if (o.cluster == 0 && !o.csv.empty()) {
     return absl::InvalidArgumentError("--csv needs --cluster (cluster mode)");
   }
@@ -345,6 +361,9 @@ absl::Status Main() {
     std::cout << "\n" << FormatTable(rows);
     if (!o.json.empty()) {
       if (absl::Status s = WriteFile(o.json, ToJson(header, rows)); !s.ok()) return s;
+    }
+    if (!o.requests_csv.empty()) {
+      if (absl::Status s = WriteFile(o.requests_csv, RequestsToCsv(*runs)); !s.ok()) return s;
     }
   } else {
     absl::StatusOr<std::vector<SweepPoint>> sweep =

@@ -75,6 +75,10 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
     EXPECT_EQ(q.output_tokens, step.output_tokens);
     EXPECT_EQ(q.hit_tokens + q.rebuild_tokens + q.new_tokens, q.prompt_tokens);
     EXPECT_LE(q.hit_blocks, q.prompt_blocks);
+    // Its prefill ran in at least one step, all inside [admitted, first token].
+    EXPECT_GE(q.prefill_steps, 1);
+    EXPECT_GT(q.prefill_step_s, 0);
+    EXPECT_LE(q.prefill_step_s, q.first_token_s - q.admitted_s + 1e-9);
     generated += q.output_tokens;
     expected += step.output_tokens;
   }
@@ -85,6 +89,15 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
   EXPECT_EQ(r.final_pool.pinned, 0);
   EXPECT_EQ(r.final_pool.writing, 0);
   EXPECT_GT(r.engine_steps, 0);
+  // Step mix: mixed and prefill-only steps are part of all steps and their time.
+  EXPECT_GE(r.mixed_steps, 0);
+  EXPECT_GE(r.prefill_only_steps, 0);
+  EXPECT_LE(r.mixed_steps + r.prefill_only_steps, r.engine_steps);
+  EXPECT_LE(r.mixed_busy_s + r.prefill_only_busy_s, r.busy_s + 1e-9);
+  EXPECT_GE(r.memory_blocked_s, 0);
+  EXPECT_LE(r.memory_blocked_s, r.busy_s + 1e-9);
+  EXPECT_GE(r.memory_blocked_busy_fraction, 0);
+  EXPECT_LE(r.memory_blocked_busy_fraction, 1);
   for (const JobRecord& j : r.jobs) EXPECT_GT(j.finish_s, j.start_s);
 }
 
@@ -95,6 +108,8 @@ TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
     ASSERT_TRUE(r.ok()) << s.name << ": " << r.status();
     ExpectConservation(w, *r);
     EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
+    EXPECT_GT(r->memory_blocked_s, 0) << s.name << ": admission should wait for memory";
+    EXPECT_GT(r->memory_blocked_busy_fraction, 0) << s.name;
   }
 }
 
@@ -122,6 +137,40 @@ TEST(Engine, NoneNeverHits) {
   for (const RequestRecord& q : r->requests) {
     EXPECT_EQ(q.hit_tokens, 0);
     EXPECT_EQ(q.new_tokens + q.rebuild_tokens, q.prompt_tokens);
+  }
+}
+
+// Two sessions read the same new document; the second arrives while the
+// first decodes. Committed at finish, the second computes the document again;
+// committed at the end of the prefill, it hits every full block of it.
+TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
+  Workload w;
+  w.name = "two-readers";
+  for (int i = 0; i < 2; ++i) {
+    SessionSpec s;
+    s.id = absl::StrFormat("reader-%d", i);
+    s.salt = "corpus";
+    StepSpec step;
+    step.arrival_s = i == 0 ? 0 : 1.0;  // the 8k prefill takes well under 1 s
+    step.input = {InputPart::Shared("doc", 8192), InputPart::Unique(32)};
+    step.output_tokens = 400;         // ~400 decode steps: still decoding at 1 s
+    step.last_step = true;
+    s.steps = {step};
+    w.sessions.push_back(s);
+  }
+  const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
+  for (bool at_prefill : {false, true}) {
+    SCOPED_TRACE(at_prefill ? "commit at prefill end" : "commit at finish");
+    EngineOptions o = Options(1 << 20);
+    o.commit_at_prefill_end = at_prefill;
+    absl::StatusOr<RunResult> r = RunSystem(w, asym, Cost(), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectConservation(w, *r);
+    const RequestRecord& second = r->requests[1];
+    ASSERT_EQ(second.session, 1);
+    ASSERT_LT(second.admitted_s, r->requests[0].finish_s) << "the readers should overlap";
+    ASSERT_GT(second.admitted_s, r->requests[0].first_token_s);
+    EXPECT_EQ(second.hit_tokens, at_prefill ? 8192 : 0);
   }
 }
 

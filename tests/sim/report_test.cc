@@ -113,6 +113,64 @@ TEST(Report, TableHasRatiosAgainstVllmAndPensieve) {
   EXPECT_DOUBLE_EQ(j["systems"][2]["ttft_s"]["mean"].get<double>(), 1.0);
 }
 
+TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
+  RunResult run;
+  run.system = "asymcache";
+  RequestRecord done;
+  done.session = 3;
+  done.step = 1;
+  done.arrival_s = 1;
+  done.admitted_s = 1.5;
+  done.first_token_s = 2;
+  done.finish_s = 4;
+  done.prompt_tokens = 100;
+  done.hit_tokens = 60;
+  done.rebuild_tokens = 16;
+  done.new_tokens = 24;
+  done.output_tokens = 5;
+  done.prefill_steps = 2;
+  done.prefill_step_s = 0.25;
+  RequestRecord rejected;
+  rejected.rejected = true;
+  run.requests = {done, rejected};
+  run.engine_steps = 10;
+  run.busy_s = 3;
+  run.mixed_steps = 4;
+  run.mixed_busy_s = 1;
+  run.prefill_only_steps = 1;
+  run.prefill_only_busy_s = 0.5;
+  run.memory_blocked_s = 0.75;
+  run.memory_blocked_busy_fraction = 0.9;
+  run.makespan_s = 3;
+  const std::vector<std::string> lines =
+      absl::StrSplit(RequestsToCsv({run}), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u);
+  const std::vector<std::string> header = absl::StrSplit(lines[0], ',');
+  const std::vector<std::string> row = absl::StrSplit(lines[1], ',');
+  ASSERT_EQ(row.size(), header.size());
+  auto cell = [&](const std::vector<std::string>& r, const std::string& column) {
+    for (size_t i = 0; i < header.size(); ++i) {
+      if (header[i] == column) return r[i];
+    }
+    ADD_FAILURE() << "no column " << column;
+    return std::string();
+  };
+  EXPECT_EQ(cell(row, "system"), "asymcache");
+  EXPECT_EQ(cell(row, "ttft_s"), "1.000000");
+  EXPECT_EQ(cell(row, "queue_s"), "0.500000");
+  EXPECT_EQ(cell(row, "prefill_s"), "0.500000");
+  EXPECT_EQ(cell(row, "prefill_steps"), "2");
+  EXPECT_EQ(cell(row, "rebuild_tokens"), "16");
+  EXPECT_EQ(cell(row, "tpot_s"), "0.500000");
+  // A request that never ran: -1 for what never happened.
+  const std::vector<std::string> never = absl::StrSplit(lines[2], ',');
+  EXPECT_EQ(cell(never, "ttft_s"), "-1.000000");
+  EXPECT_EQ(cell(never, "queue_s"), "-1.000000");
+  EXPECT_THAT(lines[3], ::testing::StartsWith("#steps,asymcache,total,10,3.000000,mixed,4,"));
+  EXPECT_THAT(lines[3], ::testing::HasSubstr("decode_only,5,1.500000"));
+  EXPECT_THAT(lines[3], ::testing::HasSubstr("memory_blocked_s,0.750000"));
+}
+
 TEST(Report, CapacityIsTheHighestRateMeetingTheSloAtEveryLowerRate) {
   const SloTargets slo{2.0, 0.1};
   std::vector<SweepPoint> sweep = {
