@@ -54,6 +54,13 @@ absl::Status ChunkSchedulerOptions::Validate() const {
         "ChunkSchedulerOptions.min_budget_tokens (", min_budget_tokens,
         ") exceeds max_budget_tokens (", max_budget_tokens, ")"));
   }
+  if (overload_budget_tokens != 0) {
+    if (absl::Status s =
+            CheckBudget("overload_budget_tokens", overload_budget_tokens, tile_tokens);
+        !s.ok()) {
+      return s;
+    }
+  }
   if (tpot_target <= absl::ZeroDuration() || tpot_target == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError(
         absl::StrCat("ChunkSchedulerOptions.tpot_target must be positive and finite, got ",
@@ -148,7 +155,8 @@ double ChunkScheduler::PredictStepLatency(absl::Span<const DecodeWork> decodes,
 }
 
 StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
-                                      absl::Span<const PrefillWork> pending) const {
+                                      absl::Span<const PrefillWork> pending,
+                                      bool overloaded) const {
   const int64_t tile = options_.tile_tokens;
   int64_t pending_tokens = 0;
   for (const PrefillWork& work : pending) {
@@ -168,7 +176,12 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
   } else {
     // A budget at or above the pending work (rounded to a tile) takes all of it.
     const int64_t cap = std::min(options_.max_budget_tokens, AlignUp(pending_tokens, tile));
-    if (decodes.empty() || cap <= options_.min_budget_tokens) {
+    // The smallest budget this step takes, whatever the target says.
+    int64_t floor_tokens = options_.min_budget_tokens;
+    if (overloaded && options_.overload_budget_tokens > 0) {
+      floor_tokens = std::max(floor_tokens, std::min(options_.overload_budget_tokens, cap));
+    }
+    if (decodes.empty() || cap <= floor_tokens) {
       // TTFT first: nobody waits on this step, finish as much prefill as allowed.
       schedule.budget_tokens = cap;
       schedule.chunks = FillBudget(cap, pending);
@@ -181,7 +194,7 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       // short), so binary search over tile counts. The budget returned was
       // always evaluated against the target (or is the minimum).
       const double target_s = absl::ToDoubleSeconds(options_.tpot_target);
-      int64_t lo = options_.min_budget_tokens / tile;  // fallback, need not fit
+      int64_t lo = floor_tokens / tile;  // fallback, need not fit
       int64_t hi = cap / tile;
       // `best` and its latency are kept together, so the result needs no
       // second evaluation.

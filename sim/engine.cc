@@ -177,6 +177,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   chunking.tile_tokens = options.tile_tokens;
   chunking.max_budget_tokens = std::max(options.max_budget_tokens, options.tile_tokens);
   chunking.min_budget_tokens = options.tile_tokens;
+  chunking.overload_budget_tokens = options.overload_budget_tokens;
   if (absl::Status s = chunking.Validate(); !s.ok()) return s;
   engine->scheduler_ = std::make_unique<ChunkScheduler>(&cost, chunking);
   if (options.agent_pins && system.reuse) {
@@ -328,7 +329,7 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
       prefilling_[r.sequence] = i;
     }
   }
-  schedule_ = scheduler_->Schedule(decodes, pending);
+  schedule_ = scheduler_->Schedule(decodes, pending, /*overloaded=*/!waiting_.empty());
   const int64_t step_tokens = static_cast<int64_t>(decodes.size()) + schedule_.prefill_tokens;
   if (step_tokens == 0) {
     return absl::InternalError("scheduler chose an empty step while work was pending");
@@ -467,6 +468,11 @@ absl::Status EngineOptions::Validate() const {
   if (max_budget_tokens < tile_tokens || max_budget_tokens % tile_tokens != 0) {
     return absl::InvalidArgumentError(
         "EngineOptions.max_budget_tokens must be a positive multiple of tile_tokens");
+  }
+  if (overload_budget_tokens < 0 || overload_budget_tokens % tile_tokens != 0) {
+    return absl::InvalidArgumentError(
+        "EngineOptions.overload_budget_tokens must be 0 (off) or a positive multiple of "
+        "tile_tokens");
   }
   if (tpot_target <= absl::ZeroDuration() || tpot_target == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError("EngineOptions.tpot_target must be > 0 and finite");

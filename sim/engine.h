@@ -87,6 +87,10 @@ struct EngineOptions {
   int max_running_requests = 256;      // vLLM's max_num_seqs default
   absl::Duration tpot_target = absl::Milliseconds(50);  // adaptive chunking's step target
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
+  // Adaptive chunking's budget floor while requests wait for admission
+  // (ChunkSchedulerOptions::overload_budget_tokens; above max_budget_tokens
+  // it acts as that); 0 = off. 0 or a positive multiple of tile_tokens.
+  int64_t overload_budget_tokens = 2048;
   int64_t tile_tokens = 16;            // chunk alignment (= block size)
   bool agent_pins = false;             // Continuum-style pins for tool calls
   // Commit a request's lease when its prefill completes (the worker's

@@ -74,6 +74,9 @@ ABSL_FLAG(int, max_running, 256, "most requests running at once (vLLM max_num_se
 ABSL_FLAG(int64_t, max_chunk_tokens, 16384,
           "adaptive chunking: most prefill tokens in a step with no decode waiting (the worker's "
           "--max-chunk-tokens; asymcache-bench predicts with 8064)");
+ABSL_FLAG(int64_t, overload_budget_tokens, 2048,
+          "adaptive chunking: least prefill tokens a step takes while requests wait for "
+          "admission (0 = off; the worker's --overload-budget-tokens)");
 ABSL_FLAG(bool, commit_at_prefill_end, false,
           "commit a request's blocks when its prefill completes (as the worker does) instead "
           "of at finish: later requests on the same document hit them while it decodes");
@@ -209,6 +212,7 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.max_running_requests = absl::GetFlag(FLAGS_max_running);
   o.engine.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
   o.engine.max_budget_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
+  o.engine.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
   o.engine.commit_at_prefill_end = absl::GetFlag(FLAGS_commit_at_prefill_end);
   if (absl::Status s = o.engine.Validate(); !s.ok()) return s;
   absl::StatusOr<std::vector<RoutingMode>> routing =

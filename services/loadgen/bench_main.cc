@@ -96,6 +96,9 @@ ABSL_FLAG(std::string, backend, "host", "host (CPU worker, shared-memory pool) o
 ABSL_FLAG(std::string, pool_bytes, "16MiB", "KV pool per daemon (e.g. 16MiB, 24GiB)");
 ABSL_FLAG(std::string, calibration, "", "calibration file for the daemons (empty = theirs)");
 ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking's step target (ms)");
+ABSL_FLAG(int64_t, overload_budget_tokens, 2048,
+          "adaptive chunking's budget floor while requests wait for admission (0 = off; the "
+          "worker's --overload-budget-tokens)");
 ABSL_FLAG(int, cpu_threads, 0, "cpu worker threads (0 = all cores)");
 ABSL_FLAG(std::string, gpus, "0", "GPU of daemon i: the i-th of this comma-separated list");
 ABSL_FLAG(std::string, worker_flags, "", "extra worker flags, space-separated");
@@ -278,13 +281,15 @@ absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
 // calibration (what the cost model predicts for this run).
 absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
                                    const ModelConfig& model, const CalibrationParams& calibration,
-                                   int64_t pool_blocks, double tpot_target_ms) {
+                                   int64_t pool_blocks, double tpot_target_ms,
+                                   int64_t overload_budget_tokens) {
   const CostModel cost(model, calibration);
   EngineOptions engine;
   engine.pool_blocks = pool_blocks;
   engine.max_running_requests = 128;  // the worker's --max-running default
   engine.tpot_target = absl::Milliseconds(tpot_target_ms);
   engine.max_budget_tokens = 8192 - 128;  // the worker's --max-chunk-tokens default
+  engine.overload_budget_tokens = overload_budget_tokens;
   engine.agent_pins = system.agent_pins;
   absl::StatusOr<RunResult> run = RunSystem(workload, system.spec, cost, engine);
   if (!run.ok()) return run.status();
@@ -463,7 +468,11 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
         workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
     absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration,
                                                    run["pool_blocks"].get<int64_t>(),
-                                                   tpot_target_ms);
+                                                   tpot_target_ms,
+                                                   // Recorded since 2026-11-27 (evening);
+                                                   // older runs had no floor.
+                                                   run.value("overload_budget_tokens",
+                                                             int64_t{0}));
     if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
     const nlohmann::json& measured = run["summary"];
     const double ttft = measured.value("ttft_s", nlohmann::json::object()).value("mean", 0.0);
@@ -615,6 +624,7 @@ absl::Status Main(int argc, char** argv) {
         c.chunking = system.spec.adaptive_chunking ? "adaptive" : "fixed";
         c.fixed_budget_tokens = system.spec.fixed_budget_tokens;
         c.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
+        c.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
         c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
         if (!gpus.empty()) c.gpus = gpus;
         c.daemon_flags = SplitFlags(absl::GetFlag(FLAGS_daemon_flags));
@@ -678,7 +688,8 @@ absl::Status Main(int argc, char** argv) {
       if (absl::GetFlag(FLAGS_predict) && daemon_model.has_value()) {
         absl::StatusOr<RunSummary> p =
             Predict(at_rate, system, *daemon_model, FromProto(facts->daemon->calibration()),
-                    facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms));
+                    facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms),
+                    absl::GetFlag(FLAGS_overload_budget_tokens));
         if (p.ok()) {
           predicted = *p;
         } else {
@@ -716,6 +727,7 @@ absl::Status Main(int argc, char** argv) {
                             {"policy", system.spec.policy},
                             {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
                             {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
+                            {"overload_budget_tokens", absl::GetFlag(FLAGS_overload_budget_tokens)},
                             {"reuse", system.spec.reuse},
                             {"agent_pins", system.agent_pins},
                             {"rate", rate},

@@ -73,6 +73,10 @@ absl::Status LocalClusterOptions::Validate() const {
   if (fixed_budget_tokens < 16 || fixed_budget_tokens % 16 != 0) {
     return absl::InvalidArgumentError("fixed_budget_tokens: must be a positive multiple of 16");
   }
+  if (overload_budget_tokens < 0 || overload_budget_tokens % 16 != 0) {
+    return absl::InvalidArgumentError(
+        "overload_budget_tokens: must be 0 (off) or a positive multiple of 16");
+  }
   if (tpot_target <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("tpot_target: must be > 0");
   }
@@ -162,6 +166,7 @@ absl::Status LocalCluster::StartAll() {
         absl::StrCat("--chunking=", options_.chunking),
         absl::StrCat("--fixed-budget-tokens=", options_.fixed_budget_tokens),
         absl::StrCat("--tpot-target=", absl::FormatDuration(options_.tpot_target)),
+        absl::StrCat("--overload-budget-tokens=", options_.overload_budget_tokens),
         absl::StrCat("--member-id=worker-", i), "--shutdown-grace=2s"};
     if (!coordinators.empty()) {
       worker_flags.push_back(absl::StrCat("--coordinators=", coordinators));

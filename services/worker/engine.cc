@@ -796,7 +796,10 @@ bool Engine::Step() {
     }
     return false;
   }
-  const StepSchedule schedule = scheduler_.Schedule(decodes, prefills);
+  // Requests left waiting by Admit: the step keeps at least the overload
+  // budget of prefill (ChunkSchedulerOptions::overload_budget_tokens).
+  const StepSchedule schedule =
+      scheduler_.Schedule(decodes, prefills, /*overloaded=*/!waiting_.empty());
 
   // Assemble the forward pass, sequence by sequence in running order.
   std::vector<int32_t> token_ids, slot_pages, slot_rows, sample_rows;

@@ -104,6 +104,11 @@ const Table& Settings() {
                                   [](auto* o) { return &o->engine.chunking.fixed_budget_tokens; }),
           Table::Duration("tpot-target", "adaptive chunking: longest predicted step while decodes wait",
                           kDurationExamples, [](auto* o) { return &o->engine.chunking.tpot_target; }),
+          Table::Integer<int64_t>(
+              "overload-budget-tokens",
+              "adaptive chunking: least prefill tokens a step takes while requests wait for "
+              "admission (0 = off; multiple of 16)",
+              [](auto* o) { return &o->engine.chunking.overload_budget_tokens; }),
           Table::Integer<int64_t>("max-chunk-tokens",
                                   "adaptive chunking: prefill tokens per step when no decode waits",
                                   [](auto* o) { return &o->engine.chunking.max_budget_tokens; }),

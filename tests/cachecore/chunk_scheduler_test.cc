@@ -120,6 +120,17 @@ TEST_F(ChunkSchedulerTest, ValidateRejectsBadOptions) {
   o.min_budget_tokens = 32768;
   expect_invalid(o, "min_budget_tokens");
   o = {};
+  o.overload_budget_tokens = -16;
+  expect_invalid(o, "overload_budget_tokens");
+  o = {};
+  o.overload_budget_tokens = 1000;  // not a multiple of 16
+  expect_invalid(o, "overload_budget_tokens");
+  o = {};
+  o.overload_budget_tokens = 0;  // off
+  EXPECT_TRUE(o.Validate().ok());
+  o.overload_budget_tokens = 65536;  // above max_budget_tokens: acts as it
+  EXPECT_TRUE(o.Validate().ok());
+  o = {};
   o.tpot_target = absl::ZeroDuration();
   expect_invalid(o, "tpot_target");
   o = {};
@@ -276,6 +287,53 @@ TEST_F(ChunkSchedulerTest, AdaptiveChunksShrinkDeeperInTheContext) {
   StepSchedule shallow = scheduler.Schedule(decodes, {PrefillWork{1, {{0, 100000}}, 100000}});
   StepSchedule deep = scheduler.Schedule(decodes, {PrefillWork{1, {{96000, 100000}}, 100000}});
   EXPECT_LT(deep.budget_tokens, shallow.budget_tokens);
+}
+
+// Overload (requests wait for admission behind the step): a budget the
+// target would shrink below overload_budget_tokens is raised to it, a larger
+// budget that fits the target is kept, kFixed ignores the signal, 0 turns the
+// rule off, and the floor never exceeds the pending work.
+TEST_F(ChunkSchedulerTest, OverloadKeepsAtLeastTheOverloadBudget) {
+  ChunkSchedulerOptions options;  // overload_budget_tokens 2048
+  ChunkScheduler scheduler(&cost_, options);
+  const double target_s = absl::ToDoubleSeconds(options.tpot_target);
+  // Deep in a long context beside two long decodes: the 50 ms target leaves
+  // far less than 2048 tokens (the long-doc-qa case of docs/scheduling.md).
+  const std::vector<DecodeWork> decodes = Decodes(2, 50000);
+  const std::vector<PrefillWork> deep = {Tail(1, 48000, 60000)};
+  const StepSchedule calm = scheduler.Schedule(decodes, deep, /*overloaded=*/false);
+  ASSERT_LT(calm.budget_tokens, 2048);
+  EXPECT_LE(calm.predicted_latency_s, target_s);
+  const StepSchedule busy = scheduler.Schedule(decodes, deep, /*overloaded=*/true);
+  ExpectWellFormed(busy, deep, options.tile_tokens);
+  EXPECT_EQ(busy.budget_tokens, 2048);
+  EXPECT_EQ(busy.prefill_tokens, 2048);
+  EXPECT_GT(busy.predicted_latency_s, target_s) << "the floor overrides the target";
+
+  // Shallow work where the target already allows more: unchanged.
+  const std::vector<DecodeWork> one = Decodes(1, 1024);
+  const std::vector<PrefillWork> shallow = {Tail(2, 0, 60000)};
+  const StepSchedule shallow_calm = scheduler.Schedule(one, shallow, false);
+  ASSERT_GT(shallow_calm.budget_tokens, 2048);
+  EXPECT_EQ(scheduler.Schedule(one, shallow, true).budget_tokens, shallow_calm.budget_tokens);
+
+  // Less pending work than the floor: all of it, no more.
+  const std::vector<PrefillWork> small = {Tail(3, 49000, 49500)};
+  const StepSchedule small_busy = scheduler.Schedule(decodes, small, true);
+  EXPECT_EQ(small_busy.prefill_tokens, 500);
+  EXPECT_EQ(small_busy.budget_tokens, 512);
+
+  // Off, and kFixed: the signal changes nothing.
+  options.overload_budget_tokens = 0;
+  ChunkScheduler off(&cost_, options);
+  EXPECT_EQ(off.Schedule(decodes, deep, true).budget_tokens, calm.budget_tokens);
+  ChunkScheduler fixed(&cost_, Fixed(512));
+  EXPECT_EQ(fixed.Schedule(decodes, deep, true).budget_tokens, 512);
+  // A floor above max_budget_tokens acts as max_budget_tokens.
+  options.overload_budget_tokens = 65536;
+  options.max_budget_tokens = 4096;
+  ChunkScheduler capped(&cost_, options);
+  EXPECT_EQ(capped.Schedule(decodes, deep, true).budget_tokens, 4096);
 }
 
 TEST_F(ChunkSchedulerTest, EmptyPendingSchedulesNothing) {

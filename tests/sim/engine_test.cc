@@ -270,6 +270,13 @@ TEST(Engine, OptionsValidateEveryField) {
   o = Options(100);
   o.tpot_target = absl::InfiniteDuration();
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o = Options(100);
+  o.overload_budget_tokens = o.tile_tokens + 1;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o.overload_budget_tokens = -o.tile_tokens;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o.overload_budget_tokens = 0;  // off
+  EXPECT_TRUE(o.Validate().ok());
 }
 
 TEST(Sweep, FindsACapacityBetweenLightAndHeavyLoad) {
