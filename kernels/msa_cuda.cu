@@ -33,29 +33,29 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
 
 cudaStream_t AsStream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
-// What MsaPrefillKernel::kAuto runs where the wgmma kernel is available
-// (head dim 128, cc 9.0, sm_90a code): it was faster on every prefill
-// configuration measured (docs/msa_kernel.md, "version 3: wgmma").
-constexpr MsaPrefillKernel kMsaDefaultPrefillKernel = MsaPrefillKernel::kWgmma;
 
-// Launches the plan's items; wgmma: the prefill items run the Hopper kernel
-// (the caller checked head_dim == 128 and availability).
+// Launches the plan's items with the resolved prefill kernel (kWgmma and
+// kWgmmaOverlap: the caller checked head_dim == 128 and availability).
 template <typename T>
 cudaError_t DispatchHeadDim(int32_t head_dim, const cuda::MsaKernelParams& params,
-                            int32_t num_prefill, int32_t num_decode, bool wgmma,
+                            int32_t num_prefill, int32_t num_decode, MsaPrefillKernel kernel,
                             cudaStream_t stream) {
+  const bool wgmma =
+      kernel == MsaPrefillKernel::kWgmma || kernel == MsaPrefillKernel::kWgmmaOverlap;
   switch (head_dim) {
     case 64:
       return cuda::LaunchMsaAttention<T, 64>(params, num_prefill, num_decode, true, stream);
     case 128:
 #if defined(ASYMCACHE_MSA_WGMMA)
       if (wgmma) {
-        const cudaError_t error = cuda::LaunchMsaWgmmaPrefill<T>(params, num_prefill, stream);
+        const cudaError_t error = cuda::LaunchMsaWgmmaPrefill<T>(
+            params, num_prefill, kernel == MsaPrefillKernel::kWgmmaOverlap, stream);
         if (error != cudaSuccess) return error;
         return cuda::LaunchMsaAttention<T, 128>(params, num_prefill, num_decode, false, stream);
       }
 #else
       (void)wgmma;
+      (void)kernel;
 #endif
       return cuda::LaunchMsaAttention<T, 128>(params, num_prefill, num_decode, true, stream);
     case 256:
@@ -137,11 +137,17 @@ bool MsaWgmmaAvailable(int device) {
 }
 
 MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan& plan) {
+  // kAuto where the wgmma kernel is available (head dim 128, cc 9.0, sm_90a
+  // code): it was faster than kMma on every prefill configuration measured;
+  // the overlapped loop only where a tile has more than one warpgroup's 64
+  // rows (docs/msa_kernel.md, "version 3: wgmma").
   const MsaPrefillKernel wanted =
-      plan.prefill_kernel == MsaPrefillKernel::kAuto ? kMsaDefaultPrefillKernel : plan.prefill_kernel;
-  if (wanted == MsaPrefillKernel::kWgmma && plan.head_dim == 128 &&
-      WgmmaAvailableOnCurrentDevice()) {
-    return MsaPrefillKernel::kWgmma;
+      plan.prefill_kernel != MsaPrefillKernel::kAuto ? plan.prefill_kernel
+      : plan.max_prefill_tile_rows > 64              ? MsaPrefillKernel::kWgmmaOverlap
+                                                     : MsaPrefillKernel::kWgmma;
+  if ((wanted == MsaPrefillKernel::kWgmma || wanted == MsaPrefillKernel::kWgmmaOverlap) &&
+      plan.head_dim == 128 && WgmmaAvailableOnCurrentDevice()) {
+    return wanted;
   }
   return MsaPrefillKernel::kMma;
 }
@@ -275,19 +281,19 @@ absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const 
   params.page_stride = 2 * params.kv_half_stride;
 
   const cudaStream_t s = AsStream(stream);
-  const bool wgmma = plan.num_prefill_items > 0 &&
-                     ResolvedPrefillKernel(plan) == MsaPrefillKernel::kWgmma;
+  const MsaPrefillKernel prefill_kernel =
+      plan.num_prefill_items > 0 ? ResolvedPrefillKernel(plan) : MsaPrefillKernel::kMma;
   const int32_t merge_rows = plan.num_prefill_items > 0 ? kMsaPrefillTileRows : kMsaDecodeTileRows;
   const auto* groups = reinterpret_cast<const MsaMergeGroup*>(ws + plan.merge_groups_offset);
   if (shape.dtype == DType::kBFloat16) {
     ASYMCACHE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<__nv_bfloat16>(
-        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, wgmma, s));
+        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, prefill_kernel, s));
     ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaMerge<__nv_bfloat16>(
         groups, plan.num_merge_groups, params.partial_out, params.partial_lse, out, lse,
         shape.num_q_heads, shape.group_size(), shape.head_dim, merge_rows, s));
   } else if (shape.dtype == DType::kFloat16) {
     ASYMCACHE_CUDA_RETURN_IF_ERROR(DispatchHeadDim<__half>(
-        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, wgmma, s));
+        shape.head_dim, params, plan.num_prefill_items, plan.num_decode_items, prefill_kernel, s));
     ASYMCACHE_CUDA_RETURN_IF_ERROR(cuda::LaunchMsaMerge<__half>(
         groups, plan.num_merge_groups, params.partial_out, params.partial_lse, out, lse,
         shape.num_q_heads, shape.group_size(), shape.head_dim, merge_rows, s));

@@ -80,8 +80,9 @@ absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const 
 bool MsaWgmmaAvailable(int device = 0);
 
 // The kernel RunMsaCuda runs the plan's prefill items with on the current
-// device: kWgmma when the plan asks for it (or kAuto and it is the default),
-// the head dim is 128 and MsaWgmmaAvailable; else kMma. Never kAuto.
+// device: kWgmma (kWgmmaOverlap) when the plan asks for it (kWgmma also for
+// kAuto, the default), the head dim is 128 and MsaWgmmaAvailable; else kMma.
+// Never kAuto.
 MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan& plan);
 
 // Test hook for the wgmma kernel's layouts and descriptors (no attention):

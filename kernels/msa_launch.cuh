@@ -58,10 +58,11 @@ cudaError_t LaunchMsaAttention(const MsaKernelParams& params, int32_t num_prefil
 // The Hopper prefill kernel (msa_wgmma.cuh; head dim 128, compiled for sm_90a
 // only, in msa_wgmma_<dtype>.cu): runs items [0, num_prefill) with the same
 // 128-row tiles and outputs as the mma.sync prefill kernel. Defined only in
-// builds with ASYMCACHE_MSA_WGMMA.
+// builds with ASYMCACHE_MSA_WGMMA. overlap: MsaWgmmaPrefillOverlapKernel
+// (MsaPrefillKernel::kWgmmaOverlap) instead of the serial main loop.
 template <typename T>
 cudaError_t LaunchMsaWgmmaPrefill(const MsaKernelParams& params, int32_t num_prefill,
-                                  cudaStream_t stream);
+                                  bool overlap, cudaStream_t stream);
 
 // cudaSuccess when the wgmma kernel has an image the current device can load
 // (cudaFuncGetAttributes), else that call's error.

@@ -239,8 +239,10 @@ absl::Status MsaPlanOptions::Validate() const {
         forced_kv_chunk_tokens));
   }
   if (prefill_kernel != MsaPrefillKernel::kAuto && prefill_kernel != MsaPrefillKernel::kMma &&
-      prefill_kernel != MsaPrefillKernel::kWgmma) {
-    return absl::InvalidArgumentError(absl::StrCat("prefill_kernel must be kAuto, kMma or kWgmma, got ",
+      prefill_kernel != MsaPrefillKernel::kWgmma &&
+      prefill_kernel != MsaPrefillKernel::kWgmmaOverlap) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill_kernel must be kAuto, kMma, kWgmma or kWgmmaOverlap, got ",
                                                    static_cast<int32_t>(prefill_kernel)));
   }
   if (prefill_tiling != MsaPrefillTiling::kFromFirstRow &&
@@ -502,6 +504,9 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   plan.num_pool_pages = num_pool_pages;
   plan.num_prefill_items = static_cast<int32_t>(prefill_items.size());
   plan.num_decode_items = static_cast<int32_t>(decode_items.size());
+  for (const TileItem& t : tiles) {
+    if (!t.decode) plan.max_prefill_tile_rows = std::max(plan.max_prefill_tile_rows, t.item.num_rows);
+  }
   plan.num_merge_groups = static_cast<int32_t>(groups.size());
   plan.num_partial_rows = static_cast<int32_t>(partial_rows);
   plan.prefill_kv_chunk_tokens = prefill_chunk;

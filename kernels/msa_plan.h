@@ -49,9 +49,12 @@ namespace asymcache::msa {
 // Which kernel runs the prefill (128-row) tiles; decode tiles always run the
 // 16-row kernel. docs/msa_kernel.md ("version 3: wgmma") has the numbers.
 enum class MsaPrefillKernel : int32_t {
-  // The default for the shape and device: kWgmma where it is available
-  // (head dim 128 on a cc 9.0 device with sm_90a code), else kMma
-  // (kMsaDefaultPrefillKernel in msa_cuda.cu, docs/msa_kernel.md).
+  // The default for the shape and device: where the wgmma kernel is
+  // available (head dim 128 on a cc 9.0 device with sm_90a code),
+  // kWgmmaOverlap when the plan's largest prefill tile has more than 64 rows
+  // and kWgmma otherwise (measured on an H100: the overlapped loop is 2-6%
+  // faster on such tiles and 6-20% slower on 64-row ones); else kMma
+  // (ResolvedPrefillKernel in msa_cuda.cu, docs/msa_kernel.md).
   kAuto = 0,
   // mma.sync m16n8k16 kernel (v2): every head dim, every device.
   kMma = 1,
@@ -59,6 +62,12 @@ enum class MsaPrefillKernel : int32_t {
   // capability 9.0 device when the binary carries sm_90a code
   // (MsaWgmmaAvailable in msa_cuda.h); elsewhere the plan runs kMma.
   kWgmma = 2,
+  // The wgmma kernel with FA3-style intra-warpgroup overlap (the softmax of
+  // key tile i runs while tile i-1's P V GEMM does; MsaWgmmaPrefillOverlapKernel).
+  // Both warpgroups always compute, so 64-row tiles waste half the tensor
+  // work. Same availability and fallback as kWgmma (docs/msa_kernel.md,
+  // "version 3: wgmma").
+  kWgmmaOverlap = 3,
 };
 
 // How a prefill-class sequence's packed query rows are cut into 128-row
@@ -182,6 +191,9 @@ struct MsaPlan {
   // num_decode_items use 16-row tiles.
   int32_t num_prefill_items = 0;
   int32_t num_decode_items = 0;
+  // Rows of the largest prefill tile (0 without prefill items): kAuto's
+  // choice between the two wgmma main loops (ResolvedPrefillKernel).
+  int32_t max_prefill_tile_rows = 0;
   int32_t num_merge_groups = 0;
   int32_t num_partial_rows = 0;
   int32_t prefill_kv_chunk_tokens = 0;  // 0: prefill items unsplit; else their chunk size

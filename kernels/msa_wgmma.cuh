@@ -1004,18 +1004,14 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-// Which main loop the launcher runs: false = MsaWgmmaPrefillKernel (the
-// GPU-verified one), true = MsaWgmmaPrefillOverlapKernel (unverified).
-constexpr bool kMsaWgmmaOverlap = false;
-
 // ---- launchers ------------------------------------------------------------------------
 
 template <typename T>
 cudaError_t LaunchMsaWgmmaPrefill(const MsaKernelParams& params, int32_t num_prefill,
-                                  cudaStream_t stream) {
+                                  bool overlap, cudaStream_t stream) {
   if (num_prefill <= 0) return cudaSuccess;
   constexpr int kSmem = MsaWgmmaConfig::kSmemBytes;
-  auto kernel = kMsaWgmmaOverlap ? MsaWgmmaPrefillOverlapKernel<T> : MsaWgmmaPrefillKernel<T>;
+  auto kernel = overlap ? MsaWgmmaPrefillOverlapKernel<T> : MsaWgmmaPrefillKernel<T>;
   ASYMCACHE_CUDA_TRY(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<num_prefill, MsaWgmmaConfig::kThreads, kSmem, stream>>>(params, 0);
@@ -1025,8 +1021,11 @@ cudaError_t LaunchMsaWgmmaPrefill(const MsaKernelParams& params, int32_t num_pre
 template <typename T>
 cudaError_t ProbeMsaWgmmaPrefill() {
   cudaFuncAttributes attributes{};
-  return cudaFuncGetAttributes(&attributes, kMsaWgmmaOverlap ? MsaWgmmaPrefillOverlapKernel<T>
-                                                             : MsaWgmmaPrefillKernel<T>);
+  if (const cudaError_t e = cudaFuncGetAttributes(&attributes, MsaWgmmaPrefillKernel<T>);
+      e != cudaSuccess) {
+    return e;
+  }
+  return cudaFuncGetAttributes(&attributes, MsaWgmmaPrefillOverlapKernel<T>);
 }
 
 template <typename T>

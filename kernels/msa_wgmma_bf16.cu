@@ -5,7 +5,8 @@
 
 namespace asymcache::msa::cuda {
 
-template cudaError_t LaunchMsaWgmmaPrefill<__nv_bfloat16>(const MsaKernelParams&, int32_t, cudaStream_t);
+template cudaError_t LaunchMsaWgmmaPrefill<__nv_bfloat16>(const MsaKernelParams&, int32_t, bool,
+                                                            cudaStream_t);
 template cudaError_t ProbeMsaWgmmaPrefill<__nv_bfloat16>();
 template cudaError_t LaunchMsaWgmmaTileTest<__nv_bfloat16>(const void*, const void*, const void*, float*,
                                                 float*, int, cudaStream_t);

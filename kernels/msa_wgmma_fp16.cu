@@ -5,7 +5,8 @@
 
 namespace asymcache::msa::cuda {
 
-template cudaError_t LaunchMsaWgmmaPrefill<__half>(const MsaKernelParams&, int32_t, cudaStream_t);
+template cudaError_t LaunchMsaWgmmaPrefill<__half>(const MsaKernelParams&, int32_t, bool,
+                                                    cudaStream_t);
 template cudaError_t ProbeMsaWgmmaPrefill<__half>();
 template cudaError_t LaunchMsaWgmmaTileTest<__half>(const void*, const void*, const void*, float*,
                                                 float*, int, cudaStream_t);

@@ -30,10 +30,12 @@
 //
 // Usage: msa_gpu_bench [--out=FILE] [--quick] [--warmup=N] [--iters=N]
 //                      [--budget_s=S] [--seed=N] [--plan_only]
-//                      [--prefill_kernel=auto|mma|wgmma|both] [--sections=LIST]
+//                      [--prefill_kernel=auto|mma|wgmma|wgmma_overlap|both|all]
+//                      [--sections=LIST]
 // --prefill_kernel picks MsaPlanOptions::prefill_kernel (default auto);
 // `both` times every configuration that has prefill tiles with the mma.sync
-// kernel and then the wgmma kernel, back to back in the same process (records
+// kernel and then the wgmma kernel (`all`: then the overlapped wgmma loop too),
+// back to back in the same process (records
 // carry "prefill_kernel": the kernel that actually ran). --sections runs a
 // comma-separated subset of copy,rebuild,qseg,packed,mixed,decode (default all).
 //                      [--prefill_tiling=least_work|first_row|both]
@@ -156,10 +158,16 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
         o.prefill_kernels = {MsaPrefillKernel::kMma};
       } else if (k == "wgmma") {
         o.prefill_kernels = {MsaPrefillKernel::kWgmma};
+      } else if (k == "wgmma_overlap") {
+        o.prefill_kernels = {MsaPrefillKernel::kWgmmaOverlap};
       } else if (k == "both") {
         o.prefill_kernels = {MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma};
+      } else if (k == "all") {
+        o.prefill_kernels = {MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma,
+                             MsaPrefillKernel::kWgmmaOverlap};
       } else {
-        return absl::InvalidArgumentError("--prefill_kernel must be auto, mma, wgmma or both");
+        return absl::InvalidArgumentError(
+            "--prefill_kernel must be auto, mma, wgmma, wgmma_overlap, both or all");
       }
     } else if (const char* v = FlagValue(arg, "sections")) {
       o.sections = v;
@@ -541,7 +549,9 @@ class MsaBench {
     const char* kernel_name =
         p.num_prefill_items == 0
             ? "none"
-            : (ResolvedPrefillKernel(p) == MsaPrefillKernel::kWgmma ? "wgmma" : "mma");
+            : (ResolvedPrefillKernel(p) == MsaPrefillKernel::kWgmma          ? "wgmma"
+               : ResolvedPrefillKernel(p) == MsaPrefillKernel::kWgmmaOverlap ? "wgmma_overlap"
+                                                                              : "mma");
     const void* q = q_.data();
     const void* pool = pool_.data();
     void* out = out_buf_.data();

@@ -172,8 +172,10 @@ class MsaCudaTest : public SeededTest {
 
   // A test that asked for the wgmma kernel must have run it (head dim 128).
   void ExpectKernelRan(const AttentionShape& shape, const GpuOutputs& outputs) const {
-    if (prefill_kernel_ == MsaPrefillKernel::kWgmma && shape.head_dim == 128) {
-      EXPECT_EQ(outputs.prefill_kernel, MsaPrefillKernel::kWgmma);
+    if ((prefill_kernel_ == MsaPrefillKernel::kWgmma ||
+         prefill_kernel_ == MsaPrefillKernel::kWgmmaOverlap) &&
+        shape.head_dim == 128) {
+      EXPECT_EQ(outputs.prefill_kernel, prefill_kernel_);
     }
   }
 
@@ -187,6 +189,8 @@ const char* PrefillKernelName(MsaPrefillKernel kernel) {
       return "Mma";
     case MsaPrefillKernel::kWgmma:
       return "Wgmma";
+    case MsaPrefillKernel::kWgmmaOverlap:
+      return "WgmmaOverlap";
     default:
       return "Auto";
   }
@@ -200,11 +204,14 @@ class MsaCudaKernelTest : public MsaCudaTest,
     MsaCudaTest::SetUp();
     if (IsSkipped()) return;
     prefill_kernel_ = GetParam();
-    if (prefill_kernel_ == MsaPrefillKernel::kWgmma && !MsaWgmmaAvailable()) {
+    if (Wgmma() && !MsaWgmmaAvailable()) {
       GTEST_SKIP() << "wgmma prefill kernel not available (no sm_90a code or not a cc 9.0 device)";
     }
   }
-  bool Wgmma() const { return prefill_kernel_ == MsaPrefillKernel::kWgmma; }
+  bool Wgmma() const {
+    return prefill_kernel_ == MsaPrefillKernel::kWgmma ||
+           prefill_kernel_ == MsaPrefillKernel::kWgmmaOverlap;
+  }
 };
 
 // ---- sweeps: dtype x head dim x GQA group x page size ----------------------
@@ -254,6 +261,18 @@ class MsaCudaWgmmaSweepTest : public MsaCudaSweepTest {
 
 TEST_P(MsaCudaWgmmaSweepTest, MatchesReferenceSplitAndUnsplit) { RunSweep(); }
 
+// And with the overlapped wgmma main loop (MsaPrefillKernel::kWgmmaOverlap).
+class MsaCudaWgmmaOverlapSweepTest : public MsaCudaWgmmaSweepTest {
+ protected:
+  void SetUp() override {
+    MsaCudaWgmmaSweepTest::SetUp();
+    if (IsSkipped()) return;
+    prefill_kernel_ = MsaPrefillKernel::kWgmmaOverlap;
+  }
+};
+
+TEST_P(MsaCudaWgmmaOverlapSweepTest, MatchesReferenceSplitAndUnsplit) { RunSweep(); }
+
 INSTANTIATE_TEST_SUITE_P(
     DTypeHeadDimGroup, MsaCudaSweepTest,
     ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
@@ -266,6 +285,11 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(7, 32)));
 INSTANTIATE_TEST_SUITE_P(
     Wgmma, MsaCudaWgmmaSweepTest,
+    ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16), ::testing::Values(128),
+                       ::testing::Values(1, 2, 4, 8), ::testing::Values(16, 7, 32)));
+
+INSTANTIATE_TEST_SUITE_P(
+    WgmmaOverlap, MsaCudaWgmmaOverlapSweepTest,
     ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16), ::testing::Values(128),
                        ::testing::Values(1, 2, 4, 8), ::testing::Values(16, 7, 32)));
 
@@ -470,9 +494,7 @@ TEST_P(MsaCudaKernelTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers
   absl::StatusOr<MsaPlan> plan =
       PlanMsa(shape, tables, layer0.num_pages, options, host_ws->data(), host_ws->size());
   ASSERT_TRUE(plan.ok()) << plan.status();
-  if (Wgmma()) {
-    EXPECT_EQ(ResolvedPrefillKernel(*plan), MsaPrefillKernel::kWgmma);
-  }
+  if (Wgmma()) EXPECT_EQ(ResolvedPrefillKernel(*plan), prefill_kernel_);
   const size_t out_bytes = static_cast<size_t>(layer0.out_elements()) * 2;
   const size_t lse_bytes = static_cast<size_t>(layer0.lse_elements()) * 4;
   std::vector<DeviceBuffer> q(2), kv(2), out(2), lse(2);
@@ -634,7 +656,8 @@ TEST(MsaWgmmaTileTest, KnownInputsGiveExactOutputs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(PrefillKernel, MsaCudaKernelTest,
-                         ::testing::Values(MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma),
+                         ::testing::Values(MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma,
+                                           MsaPrefillKernel::kWgmmaOverlap),
                          [](const ::testing::TestParamInfo<MsaPrefillKernel>& info) {
                            return std::string(PrefillKernelName(info.param));
                          });

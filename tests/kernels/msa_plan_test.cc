@@ -303,6 +303,32 @@ TEST(MsaPlanTest, PrefillKernelChoiceIsValidatedAndCarriedIntoThePlanOnly) {
     EXPECT_EQ(0, std::memcmp(&a.items[i], &b.items[i], sizeof(MsaWorkItem))) << "item " << i;
   }
   EXPECT_EQ(a.plan.kv_chunk_tokens, b.plan.kv_chunk_tokens);
+  // overlap: validated, carried, same work too.
+  MsaPlanOptions overlap;
+  overlap.prefill_kernel = MsaPrefillKernel::kWgmmaOverlap;
+  EXPECT_TRUE(overlap.Validate().ok());
+  const Planned c = PlanBatch(shape, tables, next_page, overlap);
+  EXPECT_EQ(c.plan.prefill_kernel, MsaPrefillKernel::kWgmmaOverlap);
+  ASSERT_EQ(a.items.size(), c.items.size());
+}
+
+// max_prefill_tile_rows (kAuto's choice between the wgmma main loops): the
+// rows of the largest prefill tile; decode tiles do not count.
+TEST(MsaPlanTest, PlanRecordsItsLargestPrefillTile) {
+  const AttentionShape shape = Llama8bShape();  // GQA 4
+  auto largest = [&](std::vector<std::pair<int32_t, int32_t>> queries) {
+    BatchTablesStorage tables;
+    int32_t next_page = 0;
+    for (const auto& [q_begin, q_end] : queries) {
+      AppendSequence(tables, q_end, q_begin, q_end, shape.page_size, &next_page);
+    }
+    return PlanBatch(shape, tables, next_page, MsaPlanOptions{}).plan.max_prefill_tile_rows;
+  };
+  EXPECT_EQ(largest({{8191, 8192}}), 0);                  // a decode: no prefill tile
+  EXPECT_EQ(largest({{8192, 8208}}), 64);                 // a 16-token rebuild
+  EXPECT_EQ(largest({{8192, 8208}, {4095, 4096}}), 64);   // and a decode
+  EXPECT_EQ(largest({{8192, 8704}}), 128);                // a 512-token chunk
+  EXPECT_EQ(largest({{8192, 8208}, {0, 20}}), 80);        // 64 and 80 rows
 }
 
 TEST(MsaPlanTest, RandomMixedBatchesCoverEveryTileExactlyOnce) {
