@@ -182,17 +182,18 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       floor_tokens = std::max(floor_tokens, std::min(options_.overload_budget_tokens, cap));
     }
     if (decodes.empty() || cap <= floor_tokens) {
-      // TTFT first: nobody waits on this step, finish as much prefill as allowed.
+      // No decode waits (TTFT first: finish as much prefill as allowed), or the
+      // floor already covers all the pending work.
       schedule.budget_tokens = cap;
       schedule.chunks = FillBudget(cap, pending);
       schedule.predicted_latency_s = PredictStepLatency(decodes, schedule.chunks);
     } else {
-      // Largest tile multiple in [min, cap] whose predicted step fits the
+      // Largest tile multiple in [floor, cap] whose predicted step fits the
       // target. Latency grows with the budget (a larger budget takes the same
       // chunks extended further; the rare exception, leftover tokens that no
       // longer fit a later tiny hole, can only make the search settle a tile
       // short), so binary search over tile counts. The budget returned was
-      // always evaluated against the target (or is the minimum).
+      // always evaluated against the target (or is the floor).
       const double target_s = absl::ToDoubleSeconds(options_.tpot_target);
       int64_t lo = floor_tokens / tile;  // fallback, need not fit
       int64_t hi = cap / tile;

@@ -33,7 +33,6 @@ absl::Status CudaStatus(cudaError_t error, const char* what) {
 
 cudaStream_t AsStream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
-
 // Launches the plan's items with the resolved prefill kernel (kWgmma and
 // kWgmmaOverlap: the caller checked head_dim == 128 and availability).
 template <typename T>

@@ -80,9 +80,12 @@ absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const 
 bool MsaWgmmaAvailable(int device = 0);
 
 // The kernel RunMsaCuda runs the plan's prefill items with on the current
-// device: kWgmma (kWgmmaOverlap) when the plan asks for it (kWgmma also for
-// kAuto, the default), the head dim is 128 and MsaWgmmaAvailable; else kMma.
-// Never kAuto.
+// device: kWgmma or kWgmmaOverlap when the plan asks for it, the head dim is
+// 128 and MsaWgmmaAvailable; for kAuto (the default) under the same
+// conditions kWgmmaOverlap when the launch's largest prefill tile
+// (MsaPlan::max_prefill_tile_rows) has more than 64 rows, else kWgmma; kMma
+// otherwise. Never kAuto. One choice per launch: 64-row tiles beside a
+// larger one run the overlapped loop too.
 MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan& plan);
 
 // Test hook for the wgmma kernel's layouts and descriptors (no attention):

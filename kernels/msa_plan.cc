@@ -243,7 +243,7 @@ absl::Status MsaPlanOptions::Validate() const {
       prefill_kernel != MsaPrefillKernel::kWgmmaOverlap) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prefill_kernel must be kAuto, kMma, kWgmma or kWgmmaOverlap, got ",
-                                                   static_cast<int32_t>(prefill_kernel)));
+        static_cast<int32_t>(prefill_kernel)));
   }
   if (prefill_tiling != MsaPrefillTiling::kFromFirstRow &&
       prefill_tiling != MsaPrefillTiling::kLeastWork) {

@@ -24,9 +24,10 @@
 // barrier of iteration i - 1), so the PV wgmma of tile i - 1 still runs while
 // the threads issue those copies. One barrier per tile; cp.async writes are
 // made visible to the tensor cores with fence.proxy.async before it.
-// MsaWgmmaPrefillOverlapKernel (further down, off: kMsaWgmmaOverlap) is an
-// FA3-style variant whose softmax overlaps the PV wgmma; it has never run on
-// a GPU (docs/msa_kernel.md, "version 3: wgmma").
+// MsaWgmmaPrefillOverlapKernel (further down, MsaPrefillKernel::kWgmmaOverlap)
+// is an FA3-style variant whose softmax overlaps the PV wgmma; kAuto runs it
+// for launches whose largest prefill tile has more than 64 rows (measured on
+// an H100: docs/msa_kernel.md, "version 3: wgmma").
 #ifndef ASYMCACHE_KERNELS_MSA_WGMMA_CUH_
 #define ASYMCACHE_KERNELS_MSA_WGMMA_CUH_
 
@@ -628,13 +629,14 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-// ---- overlapped variant (compiled out; NOT verified on a GPU) -------------------
+// ---- overlapped variant (MsaPrefillKernel::kWgmmaOverlap) -----------------------
 //
 // FA3-style intra-warpgroup overlap: the softmax of tile i runs while the PV
-// wgmma of tile i - 1 is in flight. Written and compiled (nvcc 13.0, sm_90a:
-// 152 registers, no spills, no wgmma serialisation) after the GPU runs of
-// this change, so never run: the launcher uses it only when
-// kMsaWgmmaOverlap is true (docs/msa_kernel.md, "version 3: wgmma").
+// wgmma of tile i - 1 is in flight (nvcc 13.0, sm_90a: 152 registers, no
+// spills, no wgmma serialisation). Both warpgroups always compute, so tiles
+// of <= 64 rows waste half the tensor work; kAuto therefore runs it only for
+// launches whose largest prefill tile has more than 64 rows. Measured and
+// tested on an H100 (docs/msa_kernel.md, "version 3: wgmma").
 
 template <int N, int M>
 __device__ __forceinline__ void FenceOperands(uint32_t (&r)[N][M]) {

@@ -58,6 +58,11 @@ absl::StatusOr<std::unique_ptr<LinearGemm>> LinearGemm::Create(Options options) 
   if (!workspace.ok()) return workspace.status();
   gemm->workspace_ = *std::move(workspace);
   if (options.heuristic_off_thread && !options.bucket_rows) {
+    // The helper thread's CUDA calls go to this device, not device 0.
+    if (const cudaError_t e = cudaGetDevice(&gemm->device_); e != cudaSuccess) {
+      return absl::InternalError(
+          absl::StrCat("cudaGetDevice for the GEMM heuristic helper: ", cudaGetErrorString(e)));
+    }
     ASYMCACHE_LT_RETURN_IF_ERROR(Lt().Create(&gemm->helper_handle_));
     gemm->helper_ = std::thread([raw = gemm.get()] { raw->HeuristicLoop(); });
   }
@@ -87,6 +92,10 @@ void LinearGemm::ClearCache() {
 }
 
 void LinearGemm::HeuristicLoop() {
+  // A new thread starts on device 0: answer for the backend's own device.
+  // Should this fail, every query below fails too and the sizes keep their
+  // bucket's algorithm (a failed answer is handled in PlanFor).
+  (void)cudaSetDevice(device_);
   while (true) {
     Key key;
     {

@@ -69,8 +69,9 @@ class LinearGemm {
     // backend's warm-up, and cublasLtMatmulAlgoCheck accepts it) while a
     // helper thread asks the heuristic for the size itself, which the calls
     // after the answer use, so the heuristic query (~1 ms per GEMM shape on
-    // an H100) leaves the step thread. Default false: written after the
-    // session's GPU time was spent, not yet run on a GPU (docs/worker.md).
+    // an H100) leaves the step thread. Default false here; the CUDA backend
+    // sets it from CudaBackendOptions::gemm_heuristic_off_thread (default
+    // true, measured: docs/worker.md, "Steps of new sizes").
     bool heuristic_off_thread = false;
   };
 
@@ -119,6 +120,7 @@ class LinearGemm {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   cublasLtHandle_t helper_handle_ = nullptr;
   std::thread helper_;
+  int device_ = 0;  // the device current at Create; the helper thread makes it current
 };
 
 }  // namespace asymcache::model::cuda

@@ -32,14 +32,14 @@
 //                      [--budget_s=S] [--seed=N] [--plan_only]
 //                      [--prefill_kernel=auto|mma|wgmma|wgmma_overlap|both|all]
 //                      [--sections=LIST]
+//                      [--prefill_tiling=least_work|first_row|both]
+//                      [--balance_small_prefill=off|on|both]
 // --prefill_kernel picks MsaPlanOptions::prefill_kernel (default auto);
 // `both` times every configuration that has prefill tiles with the mma.sync
 // kernel and then the wgmma kernel (`all`: then the overlapped wgmma loop too),
 // back to back in the same process (records
 // carry "prefill_kernel": the kernel that actually ran). --sections runs a
 // comma-separated subset of copy,rebuild,qseg,packed,mixed,decode (default all).
-//                      [--prefill_tiling=least_work|first_row|both]
-//                      [--balance_small_prefill=off|on|both]
 // --plan_only needs no GPU: it builds and plans every configuration (a CPU
 // check of the batches; in a build without CUDA the planner still runs).
 // --prefill_tiling picks MsaPlanOptions::prefill_tiling (default least_work,

@@ -220,6 +220,13 @@ class MsaCudaSweepTest
     : public MsaCudaTest,
       public ::testing::WithParamInterface<std::tuple<DType, int32_t, int32_t, int32_t>> {
  protected:
+  // The mma.sync kernel (the fallback on every device without sm_90a code)
+  // at every head dim; kAuto would send head dim 128 to the wgmma kernels on
+  // an H100, which their own sweeps below cover.
+  void SetUp() override {
+    MsaCudaTest::SetUp();
+    prefill_kernel_ = MsaPrefillKernel::kMma;
+  }
   void RunSweep();
 };
 

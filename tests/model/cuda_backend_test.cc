@@ -511,7 +511,10 @@ TEST_P(CudaBackendTest, EveryGemmAlgorithmChoiceMatchesDense) {
     bool gemm_row_buckets;
     bool gemm_heuristic_off_thread;
   };
-  const Choice choices[] = {{"default", true, false, false},
+  const CudaBackendOptions defaults;
+  const Choice choices[] = {{"default", defaults.warm_gemm_buckets, defaults.gemm_row_buckets,
+                             defaults.gemm_heuristic_off_thread},
+                            {"heuristic on the step thread", true, false, false},
                             {"no warm-up", false, false, false},
                             {"row buckets", true, true, false},
                             {"heuristic off thread", true, false, true},

@@ -174,6 +174,58 @@ TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
   }
 }
 
+// The overload rule reaches the scheduler through the waiting queue: long
+// prompts that queue behind a full running set (max 4) prefill beside
+// long-context decodes in chunks of at least 2048 tokens, so fewer steps
+// prefill; with room for everyone (max 64) nothing waits and the rule
+// changes nothing.
+TEST(Engine, OverloadBudgetAppliesOnlyWhileRequestsWait) {
+  Workload w;
+  w.name = "backlog";
+  for (int i = 0; i < 10; ++i) {
+    SessionSpec s;
+    s.id = absl::StrFormat("reader-%d", i);
+    StepSpec step;
+    step.arrival_s = 0;
+    step.input = {InputPart::Unique(30000)};
+    step.output_tokens = 300;
+    step.last_step = true;
+    s.steps = {step};
+    w.sessions.push_back(s);
+  }
+  const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
+  auto run = [&](int max_running, int64_t overload) {
+    EngineOptions o = Options(1 << 16);
+    o.max_running_requests = max_running;
+    o.overload_budget_tokens = overload;
+    absl::StatusOr<RunResult> r = RunSystem(w, asym, Cost(), o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) ExpectConservation(w, *r);
+    return r.ok() ? *std::move(r) : RunResult{};
+  };
+  auto prefill_steps = [](const RunResult& r) {
+    int64_t steps = 0;
+    for (const RequestRecord& q : r.requests) steps += q.prefill_steps;
+    return steps;
+  };
+  const RunResult queued_on = run(4, 2048);
+  const RunResult queued_off = run(4, 0);
+  EXPECT_LT(prefill_steps(queued_on), prefill_steps(queued_off));
+  EXPECT_LT(queued_on.mixed_steps, queued_off.mixed_steps);
+  // While others waited, every step took at least 2048 prefill tokens, in
+  // service order: a 30000-token prompt needs at most ceil(30000 / 2048) = 15
+  // such steps, plus one for the leftover of a step whose earlier sequence
+  // finished its prompt.
+  for (size_t i = 0; i + 4 < queued_on.requests.size(); ++i) {
+    EXPECT_LE(queued_on.requests[i].prefill_steps, 16) << "request " << i;
+  }
+  const RunResult roomy_on = run(64, 2048);
+  const RunResult roomy_off = run(64, 0);
+  EXPECT_EQ(prefill_steps(roomy_on), prefill_steps(roomy_off));
+  EXPECT_EQ(roomy_on.mixed_steps, roomy_off.mixed_steps);
+  EXPECT_EQ(roomy_on.engine_steps, roomy_off.engine_steps);
+}
+
 TEST(Engine, FollowUpTurnsHitTheirOwnContext) {
   const Workload w = Generate("chat", 3, 0.001);  // sessions never overlap
   const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
