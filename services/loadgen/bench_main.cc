@@ -514,6 +514,11 @@ absl::Status Main(int argc, char** argv) {
   if (!(scale > 0) || !std::isfinite(scale)) {
     return absl::InvalidArgumentError("--scale-lengths must be > 0");
   }
+  const int64_t overload = absl::GetFlag(FLAGS_overload_budget_tokens);
+  if (overload < 0 || overload % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--overload-budget-tokens must be 0 (off) or a positive multiple of 16, got ", overload));
+  }
   std::vector<int> gpus;
   for (absl::string_view g : absl::StrSplit(absl::GetFlag(FLAGS_gpus), ',', absl::SkipEmpty())) {
     int gpu = 0;

@@ -22,6 +22,9 @@ assert bad.returncode == 2, (bad.returncode, bad.stderr)
 assert "unknown system 'bogus'" in bad.stderr, bad.stderr
 bad = run(["--rates=0"], 30)
 assert bad.returncode == 2 and "--rates: bad rate '0'" in bad.stderr, bad.stderr
+bad = run(["--overload-budget-tokens=100"], 30)
+assert bad.returncode == 2, (bad.returncode, bad.stderr)
+assert "--overload-budget-tokens must be 0 (off) or a positive multiple of 16" in bad.stderr, bad.stderr
 # An unreachable target: exit 1 naming it.
 down = run(["--target=127.0.0.1:1", "--workload=chat", "--sessions=1"], 60)
 assert down.returncode == 1, (down.returncode, down.stderr)

@@ -24,6 +24,13 @@ TEST(LocalClusterOptionsTest, BadFieldsAreNamed) {
   o.backend = "host";
   o.fixed_budget_tokens = 100;
   EXPECT_THAT(o.Validate().message(), HasSubstr("multiple of 16"));
+  o.fixed_budget_tokens = 2048;
+  o.overload_budget_tokens = 100;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("overload_budget_tokens"));
+  o.overload_budget_tokens = -16;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("overload_budget_tokens"));
+  o.overload_budget_tokens = 0;  // off
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
 }
 
 TEST(LocalClusterTest, MissingBinaryIsNotFoundAndStartsNothing) {
