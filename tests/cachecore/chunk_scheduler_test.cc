@@ -296,7 +296,7 @@ TEST_F(ChunkSchedulerTest, AdaptiveChunksShrinkDeeperInTheContext) {
 TEST_F(ChunkSchedulerTest, OverloadKeepsAtLeastTheOverloadBudget) {
   ChunkSchedulerOptions options;  // overload_budget_tokens 2048
   ChunkScheduler scheduler(&cost_, options);
-  const double target_s = absl::ToDoubleSeconds(options.tpot_target);
+  const double target_s = absl::ToDoubleSeconds(scheduler.options().tpot_target);
   // Deep in a long context beside two long decodes: the 50 ms target leaves
   // far less than 2048 tokens (the long-doc-qa case of docs/scheduling.md).
   const std::vector<DecodeWork> decodes = Decodes(2, 50000);

@@ -140,24 +140,36 @@ TEST(Engine, NoneNeverHits) {
   }
 }
 
-// Two sessions read the same new document; the second arrives while the
-// first decodes. Committed at finish, the second computes the document again;
-// committed at the end of the prefill, it hits every full block of it.
-TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
+// One single-step session "reader-<i>" per entry of `arrivals_s`, each with
+// `input` and `output_tokens`, salted with `salt`.
+Workload OneStepReaders(const std::string& name, const std::vector<double>& arrivals_s,
+                        const std::vector<InputPart>& input, int32_t output_tokens,
+                        const std::string& salt = "") {
   Workload w;
-  w.name = "two-readers";
-  for (int i = 0; i < 2; ++i) {
+  w.name = name;
+  for (size_t i = 0; i < arrivals_s.size(); ++i) {
     SessionSpec s;
     s.id = absl::StrFormat("reader-%d", i);
-    s.salt = "corpus";
+    s.salt = salt;
     StepSpec step;
-    step.arrival_s = i == 0 ? 0 : 1.0;  // the 8k prefill takes well under 1 s
-    step.input = {InputPart::Shared("doc", 8192), InputPart::Unique(32)};
-    step.output_tokens = 400;         // ~400 decode steps: still decoding at 1 s
+    step.arrival_s = arrivals_s[i];
+    step.input = input;
+    step.output_tokens = output_tokens;
     step.last_step = true;
     s.steps = {step};
     w.sessions.push_back(s);
   }
+  return w;
+}
+
+// Two sessions read the same new document; the second arrives while the
+// first decodes. Committed at finish, the second computes the document again;
+// committed at the end of the prefill, it hits every full block of it.
+TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
+  // The 8k prefill takes well under 1 s; ~400 decode steps: still decoding at 1 s.
+  const Workload w =
+      OneStepReaders("two-readers", {0.0, 1.0},
+                     {InputPart::Shared("doc", 8192), InputPart::Unique(32)}, 400, "corpus");
   const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
   for (bool at_prefill : {false, true}) {
     SCOPED_TRACE(at_prefill ? "commit at prefill end" : "commit at finish");
@@ -180,19 +192,8 @@ TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
 // prefill; with room for everyone (max 64) nothing waits and the rule
 // changes nothing.
 TEST(Engine, OverloadBudgetAppliesOnlyWhileRequestsWait) {
-  Workload w;
-  w.name = "backlog";
-  for (int i = 0; i < 10; ++i) {
-    SessionSpec s;
-    s.id = absl::StrFormat("reader-%d", i);
-    StepSpec step;
-    step.arrival_s = 0;
-    step.input = {InputPart::Unique(30000)};
-    step.output_tokens = 300;
-    step.last_step = true;
-    s.steps = {step};
-    w.sessions.push_back(s);
-  }
+  const Workload w =
+      OneStepReaders("backlog", std::vector<double>(10, 0.0), {InputPart::Unique(30000)}, 300);
   const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
   auto run = [&](int max_running, int64_t overload) {
     EngineOptions o = Options(1 << 16);
