@@ -39,8 +39,15 @@ MODEL = {
     "dtype_bytes": 2,
     "block_tokens": 16,
 }
-# Threshold for "a small fraction" (issue 3, packed 16-token rebuild): our choice.
-PACKED_SMALL_FRACTION = 0.25
+# "A small fraction" (issue 3, packed 16-token rebuild at 8k): our reading. Packing
+# cannot make the rebuild's own FLOPs free, so the least it can add is the time of
+# those FLOPs at the kernel's full-tile attention rate (the calibration's
+# flops_per_s); standalone, 16 queries run latency-bound far below that rate. The
+# verdict passes when the marginal cost is within PACKED_FLOOR_SLACK of that floor;
+# the fraction of the standalone time is reported beside it. (Until 2026-11-27 the
+# verdict was a fixed 25% of standalone, which is below the floor on an H100:
+# 16 x 8k queries' FLOPs at 319 TFLOP/s take 6.7 us, 32% of the 21 us standalone.)
+PACKED_FLOOR_SLACK = 1.25
 
 
 def load_msa(path):
@@ -424,9 +431,15 @@ def markdown(msa_meta, msa, sdpa, cal, device, date, command, wrote, inputs=None
     if all(v in pk for v in ("alone", "without", "with")):
         marg = us(pk["with"]) - us(pk["without"])
         frac = marg / us(pk["alone"])
-        L.append(f"| packed 16-token rebuild at 8k: small fraction of standalone (≤ {PACKED_SMALL_FRACTION:.0%}, our threshold) | "
+        rate = cal.get("flops_per_s")
+        floor = pk["alone"]["flops"] / rate * 1e6 if rate else None
+        floor_text = (f"; its FLOPs at the calibrated {rate / 1e12:.0f} TFLOP/s take {floor:.1f} µs "
+                      f"(marginal = ×{marg / floor:.2f} of that floor)" if floor else "; no attention rate")
+        L.append(f"| packed 16-token rebuild at 8k: small fraction of standalone (marginal ≤ "
+                 f"×{PACKED_FLOOR_SLACK:.2f} its FLOPs at the full-tile rate, our reading) | "
                  f"marginal {marg:.1f} µs (with {us(pk['with']):.1f} − without {us(pk['without']):.1f}) vs "
-                 f"alone {us(pk['alone']):.1f} µs = {frac:.0%} | {verdict(frac <= PACKED_SMALL_FRACTION)} |")
+                 f"alone {us(pk['alone']):.1f} µs = {frac:.0%}{floor_text} | "
+                 f"{verdict(floor is not None and marg <= PACKED_FLOOR_SLACK * floor) if floor else '—'} |")
     else:
         L.append("| packed 16-token rebuild vs standalone | missing measurement | — |")
     L.append("")
