@@ -946,6 +946,9 @@ TEST(MsaCudaUnavailableTest, EveryEntryPointReportsUnavailableWithoutCuda) {
 
   EXPECT_EQ(QueryGpu().status().code(), kUnavailable);
   EXPECT_EQ(QueryGpu(1).status().code(), kUnavailable);
+  EXPECT_FALSE(MsaWgmmaAvailable());
+  EXPECT_FALSE(MsaWgmmaAvailable(0));
+  EXPECT_EQ(ResolvedPrefillKernel(*plan), MsaPrefillKernel::kMma);
   EXPECT_EQ(UploadMsaPlan(*plan, ws.data(), host.data(), 1 << 16, nullptr).code(), kUnavailable);
   EXPECT_EQ(RunMsaCuda(*plan, shape, host.data(), host.data(), host.data(), lse.data(),
                        host.data(), nullptr)
