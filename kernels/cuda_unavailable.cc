@@ -21,6 +21,7 @@ absl::Status RunMsaCuda(const MsaPlan&, const AttentionShape&, const void*, cons
   return NoCuda();
 }
 
+bool MsaWgmmaAvailable() { return false; }
 bool MsaWgmmaAvailable(int /*device*/) { return false; }
 
 MsaPrefillKernel ResolvedPrefillKernel(const MsaPlan&) { return MsaPrefillKernel::kMma; }

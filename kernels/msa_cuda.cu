@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -69,36 +70,35 @@ cudaError_t DispatchHeadDim(int32_t head_dim, const cuda::MsaKernelParams& param
 constexpr int kMaxCachedDevices = 64;
 std::atomic<int8_t> g_wgmma_available[kMaxCachedDevices];
 
+// Runs on a thread of its own: the CUDA runtime keeps the last error and the
+// current device per host thread, so the probe's failures (a device that
+// cannot load the sm_90a image answers cudaFuncGetAttributes with an error)
+// are cleared there, and the caller's pending error and current device stay
+// as they were.
 bool ProbeWgmma(int device) {
-  int major = 0;
-  int minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (major != 9 || minor != 0) return false;  // sm_90a code runs on 9.0 only
-  int current = 0;
-  if (cudaGetDevice(&current) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (current != device && cudaSetDevice(device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  const bool ok = cuda::ProbeMsaWgmmaPrefill<__nv_bfloat16>() == cudaSuccess &&
-                  cuda::ProbeMsaWgmmaPrefill<__half>() == cudaSuccess;
-  cudaGetLastError();  // a missing image is not sticky; clear it
-  if (current != device) cudaSetDevice(current);
+  bool ok = false;
+  std::thread probe([device, &ok] {
+    int major = 0;
+    int minor = 0;
+    // sm_90a code runs on 9.0 only.
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
+        major == 9 && minor == 0 && cudaSetDevice(device) == cudaSuccess) {
+      ok = cuda::ProbeMsaWgmmaPrefill<__nv_bfloat16>() == cudaSuccess &&
+           cuda::ProbeMsaWgmmaPrefill<__half>() == cudaSuccess;
+    }
+    cudaGetLastError();  // this thread's own errors only
+  });
+  probe.join();
   return ok;
 }
 #endif
 
 bool WgmmaAvailableOnCurrentDevice() {
+  const cudaError_t pending = cudaPeekAtLastError();
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
-    cudaGetLastError();
+    if (pending == cudaSuccess) cudaGetLastError();  // ours; a caller's error stays
     return false;
   }
   return MsaWgmmaAvailable(device);
@@ -119,6 +119,8 @@ absl::Status CheckPlanMatches(const MsaPlan& plan, const AttentionShape& shape) 
 }
 
 }  // namespace
+
+bool MsaWgmmaAvailable() { return WgmmaAvailableOnCurrentDevice(); }
 
 bool MsaWgmmaAvailable(int device) {
 #if defined(ASYMCACHE_MSA_WGMMA)

@@ -68,16 +68,27 @@ absl::Status UploadMsaPlan(const MsaPlan& plan, const void* host_ws, void* devic
 // [num_pool_pages][2][page_size][Hkv][D] in shape.dtype, lse [total_q][Hq]
 // float or nullptr. out (and lse) are fully written; a query with no visible
 // key gets 0 / -inf. INVALID_ARGUMENT if the shape differs from the plan's.
+// Prefill items run the kernel ResolvedPrefillKernel names; the first such
+// run on a device probes it (MsaWgmmaAvailable) unless the caller already did.
 absl::Status RunMsaCuda(const MsaPlan& plan, const AttentionShape& shape, const void* q,
                         const void* kv_pool, void* out, float* lse, void* device_ws,
                         void* stream);
 
-// True when prefill tiles can run the Hopper kernel (MsaPrefillKernel::kWgmma,
-// msa_plan.h) on `device`: the binary carries its sm_90a code (a build with
-// ASYMCACHE_MSA_WGMMA, kernels/CMakeLists.txt), the device is compute
-// capability 9.0 and it loads that code. False without CUDA or a device.
-// The answer is cached per device after the first call.
-bool MsaWgmmaAvailable(int device = 0);
+// True when prefill tiles can run the Hopper kernels (MsaPrefillKernel::kWgmma
+// and kWgmmaOverlap, msa_plan.h) on the current device (cudaGetDevice; the
+// one RunMsaCuda launches on), or on `device`: the binary carries their
+// sm_90a code (a build with ASYMCACHE_MSA_WGMMA, kernels/CMakeLists.txt), the
+// device is compute capability 9.0 and it loads that code. False without
+// CUDA or a device.
+// The first call for a device probes it (loads the kernels' module) and the
+// answer is cached per device. RunMsaCuda asks on its first launch with
+// prefill items, so call this once before capturing a CUDA graph
+// (model/cuda_backend.cu does, in CudaBackend::Init) to keep the probe out
+// of the capture. The probe runs on a thread of its own: the caller's CUDA
+// state (its pending error, its current device) is left as it was.
+// Thread-safe.
+bool MsaWgmmaAvailable();
+bool MsaWgmmaAvailable(int device);
 
 // The kernel RunMsaCuda runs the plan's prefill items with on the current
 // device: kWgmma or kWgmmaOverlap when the plan asks for it, the head dim is

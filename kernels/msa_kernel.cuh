@@ -111,6 +111,51 @@ __device__ __forceinline__ int Swizzle(int row, int chunk) {
   return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
 }
 
+// ---- key -> page ------------------------------------------------------------
+
+// Where logical key t of an item's sequence lives (keys are numbered by
+// concatenating the pages' valid rows): the pool page, that page's first
+// position and the key's row in it; in_page -1 for t >= kv_end (past the
+// item) or when not `wanted` (a thread without a key in this tile). Every
+// page but the last full (uniform_pages): a division; otherwise a binary
+// search over the per-page key offsets. The gathers of every MSA kernel
+// (this file, msa_wgmma.cuh) load a key's entry a tile before they copy it.
+struct MsaKeyEntry {
+  int32_t page_id;
+  int32_t page_pos;
+  int32_t in_page;  // -1: past the item's end
+};
+
+__device__ __forceinline__ MsaKeyEntry LookupMsaKey(const MsaKernelParams& p,
+                                                    const MsaWorkItem& item, int t,
+                                                    bool wanted = true) {
+  MsaKeyEntry e{0, 0, -1};
+  if (wanted && t < item.kv_end) {
+    int gp;
+    if (item.uniform_pages) {
+      const int page = t / p.page_size;
+      gp = item.page_begin + page;
+      e.in_page = t - page * p.page_size;
+    } else {
+      int lo = 0;
+      int hi = item.num_pages - 1;  // largest page with token_start <= t
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (p.page_token_start[item.page_begin + mid] <= t) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      gp = item.page_begin + lo;
+      e.in_page = t - p.page_token_start[gp];
+    }
+    e.page_id = p.page_ids[gp];
+    e.page_pos = p.page_pos[gp];
+  }
+  return e;
+}
+
 // ---- tile configuration ---------------------------------------------------
 
 // Prefill: 8 warps x 16 rows = 128 packed rows, every warp over the whole KV
@@ -220,45 +265,15 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
   constexpr int kRounds = Cfg::kGatherRounds;
   const int gather_key = tid / Cfg::kThreadsPerKey;
   const int gather_lane = tid % Cfg::kThreadsPerKey;
-  struct KeyEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t in_page;  // -1: past the item's end
-  };
   struct TileEntries {
-    KeyEntry key[kRounds];
+    MsaKeyEntry key[kRounds];
   };
   auto load_entries = [&](int tile) {
     TileEntries entries;
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
-      KeyEntry e{0, 0, -1};
-      const int t =
-          item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key;
-      if (t < item.kv_end) {
-        int gp;
-        if (item.uniform_pages) {
-          const int page = t / p.page_size;
-          gp = item.page_begin + page;
-          e.in_page = t - page * p.page_size;
-        } else {
-          int lo = 0;
-          int hi = item.num_pages - 1;  // largest page with token_start <= t
-          while (lo < hi) {
-            const int mid = (lo + hi + 1) >> 1;
-            if (p.page_token_start[item.page_begin + mid] <= t) {
-              lo = mid;
-            } else {
-              hi = mid - 1;
-            }
-          }
-          gp = item.page_begin + lo;
-          e.in_page = t - p.page_token_start[gp];
-        }
-        e.page_id = p.page_ids[gp];
-        e.page_pos = p.page_pos[gp];
-      }
-      entries.key[round] = e;
+      entries.key[round] = LookupMsaKey(
+          p, item, item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key);
     }
     return entries;
   };
@@ -270,7 +285,7 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
     const int last = min(kBlockN, item.kv_end - (item.kv_begin + tile * kBlockN)) - 1;
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
-      const KeyEntry& e = entries.key[round];
+      const MsaKeyEntry& e = entries.key[round];
       const int key = round * Cfg::kKeysPerRound + gather_key;
       const bool valid = e.in_page >= 0;
       int64_t off = 0;
@@ -648,40 +663,10 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
   // Key -> (page id, page position, row in page) for this thread's key of a
   // KV tile, loaded one tile before it is written to shared memory, so the
   // page-table loads overlap a whole tile of compute.
-  struct KeyEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t in_page;  // -1: past the item's end
-  };
   auto load_entry = [&](int tile) {
-    KeyEntry e{0, 0, -1};
-    const int t = item.kv_begin + tile * kBlockN + tid;
-    if (tid < kBlockN && t < item.kv_end) {
-      int gp;
-      if (item.uniform_pages) {
-        const int page = t / p.page_size;
-        gp = item.page_begin + page;
-        e.in_page = t - page * p.page_size;
-      } else {
-        int lo = 0;
-        int hi = item.num_pages - 1;  // largest page with token_start <= t
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (p.page_token_start[item.page_begin + mid] <= t) {
-            lo = mid;
-          } else {
-            hi = mid - 1;
-          }
-        }
-        gp = item.page_begin + lo;
-        e.in_page = t - p.page_token_start[gp];
-      }
-      e.page_id = p.page_ids[gp];
-      e.page_pos = p.page_pos[gp];
-    }
-    return e;
+    return LookupMsaKey(p, item, item.kv_begin + tile * kBlockN + tid, tid < kBlockN);
   };
-  auto write_entry = [&](const KeyEntry& e, int tile, int slot) {
+  auto write_entry = [&](const MsaKeyEntry& e, int tile, int slot) {
     if (tid < kBlockN) {
       int64_t off = -1;
       int32_t pos = INT32_MAX;
@@ -712,7 +697,7 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
 
   const int num_tiles = (item.kv_end - item.kv_begin + kBlockN - 1) / kBlockN;
   static_assert(kStages == 2, "the table/data pipeline below is written for 2 stages");
-  KeyEntry next_entry{0, 0, -1};
+  MsaKeyEntry next_entry{0, 0, -1};
   if (num_tiles > 0) write_entry(load_entry(0), 0, 0);
   if (num_tiles > 1) next_entry = load_entry(1);
   __syncthreads();

@@ -6,7 +6,8 @@
 // [q_dim + 2 kv_dim, hidden] matrix and gate/up into one [2 I, hidden]; norms
 // kept in fp32), activation buffers for max_step_tokens, the rotary cos/sin
 // table (model/rope.h, host-built, fp32) up to max_position_embeddings, the
-// MSA workspaces, a pinned staging area and the sampler. Random weights are
+// MSA workspaces, a pinned staging area and the sampler; it also probes the
+// wgmma prefill kernels (msa::MsaWgmmaAvailable). Random weights are
 // generated on the device from RandomWeightValue (no host copy of the model);
 // stored weights are converted per tensor on the host and uploaded.
 //
@@ -339,6 +340,10 @@ absl::Status CudaBackend::Init(const WeightSource& weights) {
   if (!gpu.ok()) return absl::FailedPreconditionError(gpu.status().message());
   plan_options_.num_sms = gpu->sm_count;
   ASYMCACHE_RETURN_IF_ERROR(plan_options_.Validate());
+  // The wgmma prefill kernels' probe (a module load, cached per device) runs
+  // here, not inside the first step's RunMsaCuda, where a caller may be
+  // capturing a CUDA graph. The answer itself is read again at dispatch.
+  msa::MsaWgmmaAvailable(options_.device);
 
   absl::StatusOr<msa::CudaStream> created = msa::CudaStream::Create();
   if (!created.ok()) return created.status();

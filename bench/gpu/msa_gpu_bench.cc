@@ -860,7 +860,7 @@ int Main(int argc, char** argv) {
   }
   if (!options->plan_only) {
     bench.EmitMeta(command);
-    std::printf("# wgmma prefill kernel available: %s\n", MsaWgmmaAvailable(0) ? "yes" : "no");
+    std::printf("# wgmma prefill kernel available: %s\n", MsaWgmmaAvailable() ? "yes" : "no");
     if (options->Runs("copy")) {
       st = bench.MeasureCopy();
       if (!st.ok()) std::fprintf(stderr, "[msa_gpu_bench] copy: %s\n", st.ToString().c_str());

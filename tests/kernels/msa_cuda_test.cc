@@ -662,6 +662,163 @@ TEST(MsaWgmmaTileTest, KnownInputsGiveExactOutputs) {
   }
 }
 
+// ---- the two wgmma main loops agree bit for bit ---------------------------------
+//
+// MsaWgmmaPrefillKernel (kWgmma, serial) and MsaWgmmaPrefillOverlapKernel
+// (kWgmmaOverlap) do the same arithmetic in the same order; only the issue
+// order of the asynchronous GEMMs differs. Per key tile both run the same 8
+// wgmma for S (same descriptors, fresh accumulator), the same masked base-2
+// online softmax on the same fragment (the overlapped loop on a copy, pr),
+// and the same O update O = O * alpha_i + P_i V_i: the serial loop scales O
+// just before issuing P_i V_i, the overlapped one right after P_{i-1} V_{i-1}
+// completes and before P_i V_i is issued (tile 0's scale is skipped there:
+// O = 0 and alpha_0 = 0, so the serial 0 * 0 adds nothing). The epilogue is
+// the same code. So outputs and LSE must be equal byte for byte, not merely
+// within a tolerance. The structures cover 64-row tiles (a warpgroup with no
+// rows: the overlapped loop computes on zero Q rows, the serial one skips),
+// partial warpgroups, full 128-row tiles, 64-row tiles beside full ones in
+// one launch, holes, partial and non-uniform pages (page size 7), GQA 4,
+// unsplit and split (fp32 partials + merge) plans, bf16 and fp16.
+class MsaWgmmaLoopsTest : public MsaCudaTest {
+ protected:
+  void SetUp() override {
+    MsaCudaTest::SetUp();
+    if (IsSkipped()) return;
+    if (!MsaWgmmaAvailable()) {
+      GTEST_SKIP() << "wgmma prefill kernels not available (no sm_90a code in the build or not "
+                      "a compute capability 9.0 device)";
+    }
+  }
+
+  // Runs the batch with both loops under the same plan options and expects
+  // identical output and LSE bytes.
+  void ExpectLoopsBitIdentical(const TestBatch& batch, const std::string& what) {
+    for (const int32_t forced_chunk : {0, 128}) {
+      prefill_kernel_ = MsaPrefillKernel::kWgmma;
+      absl::StatusOr<GpuOutputs> serial = RunOnGpu(batch, Options(forced_chunk, forced_chunk > 0));
+      prefill_kernel_ = MsaPrefillKernel::kWgmmaOverlap;
+      absl::StatusOr<GpuOutputs> overlap =
+          RunOnGpu(batch, Options(forced_chunk, forced_chunk > 0));
+      ASSERT_TRUE(serial.ok()) << serial.status();
+      ASSERT_TRUE(overlap.ok()) << overlap.status();
+      const std::string note = absl::StrCat(
+          what, " ", testing::DTypeName(batch.shape.dtype), " G=", batch.shape.group_size(),
+          " page=", batch.shape.page_size, " chunk=", forced_chunk, " prefill items=",
+          serial->plan.num_prefill_items, " max tile rows=", serial->plan.max_prefill_tile_rows,
+          " ", SeedNote());
+      ASSERT_GT(serial->plan.num_prefill_items, 0) << note;
+      ASSERT_EQ(serial->prefill_kernel, MsaPrefillKernel::kWgmma) << note;
+      ASSERT_EQ(overlap->prefill_kernel, MsaPrefillKernel::kWgmmaOverlap) << note;
+      ASSERT_EQ(serial->out.size(), overlap->out.size());
+      ASSERT_EQ(serial->lse.size(), overlap->lse.size());
+      // The serial loop is right (its sweeps check it against the reference),
+      // and nothing may be left unwritten in either.
+      const std::vector<double> out =
+          testing::ToDoubles(batch.shape.dtype, serial->out.data(), batch.out_elements());
+      ASSERT_EQ(testing::CountNaN(out), 0) << note;
+      const int element_bytes = DTypeBytes(batch.shape.dtype);
+      int64_t out_diff = 0;
+      int64_t first_out = -1;
+      for (size_t i = 0; i < serial->out.size(); i += element_bytes) {
+        if (std::memcmp(&serial->out[i], &overlap->out[i], element_bytes) != 0) {
+          if (first_out < 0) first_out = static_cast<int64_t>(i / element_bytes);
+          ++out_diff;
+        }
+      }
+      int64_t lse_diff = 0;
+      int64_t first_lse = -1;
+      for (size_t i = 0; i < serial->lse.size(); ++i) {
+        if (std::memcmp(&serial->lse[i], &overlap->lse[i], sizeof(float)) != 0) {
+          if (first_lse < 0) first_lse = static_cast<int64_t>(i);
+          ++lse_diff;
+        }
+      }
+      EXPECT_EQ(out_diff, 0) << note << ": first differing output element " << first_out
+                             << " (row " << first_out / batch.shape.head_dim << ")";
+      EXPECT_EQ(lse_diff, 0) << note << ": first differing LSE " << first_lse
+                             << (first_lse >= 0 ? absl::StrCat(" serial ", serial->lse[first_lse],
+                                                               " overlap ", overlap->lse[first_lse])
+                                                : "");
+    }
+  }
+};
+
+TEST_F(MsaWgmmaLoopsTest, SerialAndOverlappedLoopsGiveBitIdenticalOutputs) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    // GQA 4 (Hq 8, Hkv 2): 16 query tokens make a 64-row tile.
+    const AttentionShape shape = MakeShape(8, 2, 128, 16, dtype);
+    {
+      // 64-row tiles only (the second warpgroup has no rows), holes in the context.
+      std::vector<SequenceLayout> layouts;
+      for (int i = 0; i < 3; ++i) {
+        RandomLayoutOptions options;
+        options.context_len = testing::UniformInt(rng_, 300, 1500);
+        options.num_holes = 3;
+        options.max_hole_len = 90;
+        options.num_q_runs = 0;
+        layouts.push_back(RandomLayout(options, rng_));
+        const int32_t end = options.context_len;
+        layouts.back().q_runs = {PositionRun{end - 16, end}};
+      }
+      ExpectLoopsBitIdentical(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "64-row tiles");
+    }
+    {
+      // Full 128-row tiles (32 and 96 tokens), a partial warpgroup (24
+      // tokens: 96 rows; 10 tokens: 40 rows) and 64-row tiles in one launch.
+      std::vector<SequenceLayout> layouts;
+      for (const int32_t tokens : {32, 96, 24, 10, 16}) {
+        RandomLayoutOptions options;
+        options.context_len = testing::UniformInt(rng_, 200, 1200);
+        options.num_holes = 2;
+        options.num_q_runs = 0;
+        layouts.push_back(RandomLayout(options, rng_));
+        const int32_t end = options.context_len;
+        layouts.back().q_runs = {PositionRun{end - tokens, end}};
+      }
+      ExpectLoopsBitIdentical(BuildTestBatch(shape, layouts, BuildOptions{}, rng_),
+                              "full and partial tiles");
+    }
+    {
+      // Holes at the front, middle and tail, several query segments per
+      // sequence (rows of far-apart positions share a tile), a decode query.
+      std::vector<SequenceLayout> layouts;
+      for (int i = 0; i < 3; ++i) {
+        RandomLayoutOptions options;
+        options.context_len = testing::UniformInt(rng_, 400, 2000);
+        options.num_holes = 4;
+        options.max_hole_len = 120;
+        options.hole_at_front = true;
+        options.hole_at_tail = true;
+        options.num_q_runs = 3;
+        options.max_q_run_len = 40;
+        options.decode_query = true;
+        layouts.push_back(RandomLayout(options, rng_));
+      }
+      ExpectLoopsBitIdentical(BuildTestBatch(shape, layouts, BuildOptions{}, rng_), "holes");
+    }
+  }
+  // Partial pages: page size 7, pages cut at page boundaries (partial pages
+  // at both ends of every run) and cut from each run's start (partial last
+  // pages only); holes make the key -> page map a binary search.
+  for (const bool aligned : {true, false}) {
+    const AttentionShape shape = MakeShape(8, 2, 128, 7, DType::kBFloat16);
+    std::vector<SequenceLayout> layouts;
+    for (int i = 0; i < 3; ++i) {
+      RandomLayoutOptions options;
+      options.context_len = testing::UniformInt(rng_, 100, 900);
+      options.num_holes = 3;
+      options.max_hole_len = 30;
+      options.num_q_runs = 2;
+      options.max_q_run_len = 40;
+      layouts.push_back(RandomLayout(options, rng_));
+    }
+    BuildOptions build;
+    build.aligned_pages = aligned;
+    ExpectLoopsBitIdentical(BuildTestBatch(shape, layouts, build, rng_),
+                            aligned ? "partial pages (aligned)" : "partial pages (from run start)");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(PrefillKernel, MsaCudaKernelTest,
                          ::testing::Values(MsaPrefillKernel::kMma, MsaPrefillKernel::kWgmma,
                                            MsaPrefillKernel::kWgmmaOverlap),
@@ -946,6 +1103,9 @@ TEST(MsaCudaUnavailableTest, EveryEntryPointReportsUnavailableWithoutCuda) {
 
   EXPECT_EQ(QueryGpu().status().code(), kUnavailable);
   EXPECT_EQ(QueryGpu(1).status().code(), kUnavailable);
+  EXPECT_FALSE(MsaWgmmaAvailable());
+  EXPECT_FALSE(MsaWgmmaAvailable(0));
+  EXPECT_EQ(ResolvedPrefillKernel(*plan), MsaPrefillKernel::kMma);
   EXPECT_EQ(UploadMsaPlan(*plan, ws.data(), host.data(), 1 << 16, nullptr).code(), kUnavailable);
   EXPECT_EQ(RunMsaCuda(*plan, shape, host.data(), host.data(), host.data(), lse.data(),
                        host.data(), nullptr)
