@@ -356,6 +356,7 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
         item.num_pages = batch.kv_indptr[s + 1] - batch.kv_indptr[s];
         item.kv_begin = 0;
         item.kv_end = kv_end;
+        item.kv_begin_page = 0;
         item.q_pos_min = batch.q_pos[first_token];
         item.partial_row = -1;
         item.uniform_pages = seq_uniform[s];
@@ -447,10 +448,16 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
     g.partial_row = static_cast<int32_t>(partial_rows);
     g.num_chunks = static_cast<int32_t>(chunks);
     groups.push_back(g);
+    // The sequence's key offsets, to name each chunk's first page.
+    const int32_t* seq_start = page_token_start.data() + t.item.page_begin;
+    const int32_t* seq_end = seq_start + t.item.num_pages;
     for (int64_t c = 0; c < chunks; ++c) {
       MsaWorkItem item = t.item;
       item.kv_begin = static_cast<int32_t>(c * chunk);
       item.kv_end = static_cast<int32_t>(std::min<int64_t>(kv_end, (c + 1) * chunk));
+      // Last page whose first key is <= kv_begin (page 0 starts at key 0).
+      item.kv_begin_page =
+          static_cast<int32_t>(std::upper_bound(seq_start, seq_end, item.kv_begin) - seq_start) - 1;
       item.partial_row = static_cast<int32_t>(partial_rows + c * t.item.num_rows);
       out.push_back(item);
     }

@@ -150,7 +150,10 @@ struct MsaWorkItem {
   int32_t q_pos_min;      // smallest query position of the tile
   int32_t partial_row;    // -1: write out/lse directly; else first row in the partial buffers
   int32_t uniform_pages;  // 1: every page of the sequence but the last is full (key -> page is a division)
-  int32_t reserved0;
+  // The page holding key kv_begin, counted from page_begin (0 when
+  // kv_begin == 0; unused when kv_end <= kv_begin). The decode kernel walks a
+  // sequence of partial pages from it without searching the key offsets.
+  int32_t kv_begin_page;
   int32_t reserved1;
 };
 static_assert(sizeof(MsaWorkItem) == 48, "MsaWorkItem is a device layout");

@@ -34,6 +34,8 @@
 //                      [--sections=LIST]
 //                      [--prefill_tiling=least_work|first_row|both]
 //                      [--balance_small_prefill=off|on|both]
+//                      [--decode_batches=LIST] [--decode_contexts=LIST]
+//                      [--decode_segments=LIST]
 // --prefill_kernel picks MsaPlanOptions::prefill_kernel (default auto);
 // `both` times every configuration that has prefill tiles with the mma.sync
 // kernel and then the wgmma kernel (`all`: then the overlapped wgmma loop too),
@@ -48,6 +50,10 @@
 // --balance_small_prefill sets MsaPlanOptions::balance_small_prefill (default
 // on, the planner's default); `both` times the packed case with it off and on
 // (other cases: on).
+// --decode_batches / --decode_contexts / --decode_segments replace the decode
+// sweep's batch sizes, contexts (keys per sequence) and KV segment counts
+// (comma-separated positive integers; B * context <= 2M still applies), e.g.
+// `--sections=decode --decode_batches=1,8,32 --decode_segments=1,4,64`.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,6 +74,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -102,6 +109,10 @@ struct BenchOptions {
 
   std::string prefill_tiling = "least_work";  // least_work | first_row | both
   std::string balance_small_prefill = "on";   // off | on | both
+  // Decode sweep lists; empty: the sweep's own (--quick or full).
+  std::vector<int32_t> decode_batches;
+  std::vector<int32_t> decode_contexts;
+  std::vector<int32_t> decode_segments;
 
   bool Runs(const std::string& section) const {
     return absl::StrCat(",", sections, ",").find(absl::StrCat(",", section, ",")) !=
@@ -131,6 +142,23 @@ struct BenchOptions {
     return absl::OkStatus();
   }
 };
+
+// "1,8,32" -> {1, 8, 32}; INVALID_ARGUMENT naming the flag unless every entry
+// is a positive integer.
+absl::Status ParsePositiveList(const char* flag, absl::string_view text,
+                               std::vector<int32_t>* out) {
+  out->clear();
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int32_t value = 0;
+    if (!absl::SimpleAtoi(part, &value) || value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": expected positive integers, got '", part, "'"));
+    }
+    out->push_back(value);
+  }
+  if (out->empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
   BenchOptions o;
@@ -175,6 +203,12 @@ absl::StatusOr<BenchOptions> ParseFlags(int argc, char** argv) {
       o.prefill_tiling = v;
     } else if (const char* v = FlagValue(arg, "balance_small_prefill")) {
       o.balance_small_prefill = v;
+    } else if (const char* v = FlagValue(arg, "decode_batches")) {
+      BENCH_RETURN_IF_ERROR(ParsePositiveList("decode_batches", v, &o.decode_batches));
+    } else if (const char* v = FlagValue(arg, "decode_contexts")) {
+      BENCH_RETURN_IF_ERROR(ParsePositiveList("decode_contexts", v, &o.decode_contexts));
+    } else if (const char* v = FlagValue(arg, "decode_segments")) {
+      BENCH_RETURN_IF_ERROR(ParsePositiveList("decode_segments", v, &o.decode_segments));
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", arg));
     }
@@ -637,10 +671,14 @@ class MsaBench {
       contexts = {4096, 16384};
       segments = {1, 64};
     }
+    if (!options_.decode_batches.empty()) batches = options_.decode_batches;
+    if (!options_.decode_contexts.empty()) contexts = options_.decode_contexts;
+    if (!options_.decode_segments.empty()) segments = options_.decode_segments;
     for (int32_t b : batches) {
       for (int32_t n : contexts) {
         if (int64_t{b} * n > kMaxDecodeTokens) continue;
         for (int32_t s : segments) {
+          if (s > n) continue;  // a segment holds >= 1 key
           BatchBuilder builder(&rng_);
           absl::Status st = absl::OkStatus();
           for (int32_t i = 0; i < b && st.ok(); ++i) st = builder.Add(DecodeSequence(n, s, &rng_));

@@ -389,6 +389,30 @@ TEST_F(MsaCudaTest, LongContextDecodeAtBatchOne) {
   ExpectMatchesReference(batch, *outputs, SeedNote());
 }
 
+// msa_gpu_bench's segmented decode: contexts of ~4k keys in 64 runs, each on
+// fresh pages (a partial page per run), split into chunks that start
+// mid-page; the decode kernel walks the partial pages tile by tile from each
+// chunk's first page (item.kv_begin_page). Page sizes 16, 7 and 32.
+TEST_P(MsaCudaKernelTest, SegmentedDecodeContextsSplitMidPage) {
+  for (int32_t page_size : {16, 7, 32}) {
+    const AttentionShape shape = MakeShape(32, 8, 128, page_size, DType::kBFloat16);
+    std::vector<SequenceLayout> layouts;
+    for (int i = 0; i < 3; ++i) {
+      RandomLayoutOptions options;
+      options.context_len = testing::UniformInt(rng_, 3500, 5000);
+      options.num_holes = 63;
+      options.max_hole_len = 48;
+      options.num_q_runs = 0;
+      options.decode_query = true;
+      layouts.push_back(RandomLayout(options, rng_));
+    }
+    BuildOptions build;
+    build.aligned_pages = false;  // every run starts a fresh page
+    RunAndCheckAllPlans(BuildTestBatch(shape, layouts, build, rng_),
+                        absl::StrCat("segmented decode page ", page_size));
+  }
+}
+
 TEST_P(MsaCudaKernelTest, MixedDecodePrefillAndRebuildBatch) {
   const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
   std::vector<SequenceLayout> layouts;

@@ -18,7 +18,11 @@
 // (an unsplit item's row or a merge group's row) and of every partial row;
 // `writes` and `partial_writes` come back for the caller to expect ones.
 // Also flags, in `bad_uniform_keys`, keys whose page by division (when the
-// item claims uniform pages) differs from the one by key offsets.
+// item claims uniform pages) differs from the one by key offsets, and in
+// `bad_page_walk_keys`, keys of items with partial pages that the decode
+// kernel's page walk (WalkPartialPages below: from item.kv_begin_page, 64
+// keys a tile) would not resolve to the page the key offsets name, or would
+// resolve zero or several times.
 //
 // Preconditions: the plan came from PlanMsa on `host_ws` for `shape` and a
 // batch whose q / kv_pool tensors are passed (layouts of kernels/msa.h).
@@ -44,7 +48,45 @@ struct PlanExecution {
   std::vector<int32_t> writes;      // [total_q][Hq]: final writes of each row
   std::vector<int32_t> partial_writes;  // [num_partial_rows]
   int64_t bad_uniform_keys = 0;
+  int64_t bad_page_walk_keys = 0;
 };
+
+// The decode kernel's walk of a sequence with partial pages
+// (kernels/msa_kernel.cuh, MsaDecodeKernel): tiles of `tile_keys` keys from
+// kv_begin; a tile's first page is item.kv_begin_page (tile 0) or the one the
+// previous tile named; pages first .. first + tile_keys - 1 (those that
+// exist) each claim the keys of the tile inside their key range; the page
+// holding the tile's last key names the next tile's first page (the page
+// after it when it ends exactly there). Fills page_of_key[j] with the local
+// page of key kv_begin + j (-1: unclaimed) and returns the number of keys
+// claimed more than once. page_start: the workspace's per-page key offsets.
+inline int64_t WalkPartialPages(const MsaWorkItem& item, const int32_t* page_start,
+                                int32_t tile_keys, std::vector<int32_t>* page_of_key) {
+  const int32_t keys = std::max(0, item.kv_end - item.kv_begin);
+  page_of_key->assign(static_cast<size_t>(keys), -1);
+  int64_t claimed_twice = 0;
+  int32_t first = item.kv_begin_page;
+  for (int32_t t0 = item.kv_begin; t0 < item.kv_end; t0 += tile_keys) {
+    const int32_t limit = std::min(t0 + tile_keys, item.kv_end);
+    const int32_t tile_last = t0 + tile_keys - 1;
+    int32_t next = -1;
+    for (int32_t j = 0; j < tile_keys; ++j) {
+      const int32_t page = first + j;
+      if (page < 0 || page >= item.num_pages) continue;
+      const int32_t start = page_start[item.page_begin + page];
+      const int32_t end = page + 1 < item.num_pages ? page_start[item.page_begin + page + 1]
+                                                    : std::numeric_limits<int32_t>::max();
+      for (int32_t t = std::max(start, t0); t < std::min(end, limit); ++t) {
+        int32_t& slot = (*page_of_key)[static_cast<size_t>(t - item.kv_begin)];
+        if (slot >= 0) ++claimed_twice;
+        slot = page;
+      }
+      if (start <= tile_last && tile_last < end) next = end == tile_last + 1 ? page + 1 : page;
+    }
+    first = next;
+  }
+  return claimed_twice;
+}
 
 inline PlanExecution ExecutePlanOnCpu(const MsaPlan& plan, const void* host_ws,
                                       const AttentionShape& shape, const void* q,
@@ -102,6 +144,7 @@ inline PlanExecution ExecutePlanOnCpu(const MsaPlan& plan, const void* host_ws,
   };
 
   std::vector<double> scores;
+  std::vector<int32_t> walked;
   std::vector<double> row_out(static_cast<size_t>(dim));
   std::vector<double> q_row(static_cast<size_t>(dim));
   for (int32_t i = 0; i < plan.num_items(); ++i) {
@@ -112,9 +155,19 @@ inline PlanExecution ExecutePlanOnCpu(const MsaPlan& plan, const void* host_ws,
     std::vector<double> v_rows(static_cast<size_t>(keys) * dim);
     std::vector<int64_t> k_pos(static_cast<size_t>(keys));
     const int64_t v_shift = page_size * hkv * dim;  // V block follows the page's K block
+    if (!item.uniform_pages) {
+      ex.bad_page_walk_keys += WalkPartialPages(item, page_start, /*tile_keys=*/64, &walked);
+    }
     for (int32_t j = 0; j < keys; ++j) {
       int64_t k_offset = 0;
       locate(item, item.kv_begin + j, &k_offset, &k_pos[j]);
+      if (!item.uniform_pages) {
+        const int32_t t = item.kv_begin + j;
+        const int32_t page = walked[static_cast<size_t>(j)];
+        const bool holds = page >= 0 && page_start[item.page_begin + page] <= t &&
+                           (page + 1 == item.num_pages || t < page_start[item.page_begin + page + 1]);
+        if (!holds) ++ex.bad_page_walk_keys;
+      }
       for (int64_t d = 0; d < dim; ++d) {
         k_rows[j * dim + d] = LoadElement(shape.dtype, kv_pool, k_offset + d);
         v_rows[j * dim + d] = LoadElement(shape.dtype, kv_pool, k_offset + v_shift + d);
