@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +67,15 @@ absl::Status ChunkSchedulerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("ChunkSchedulerOptions.tpot_target must be positive and finite, got ",
                      absl::FormatDuration(tpot_target)));
+  }
+  if (tpot_slo != TpotSlo::kPerStep && tpot_slo != TpotSlo::kRequestMean) {
+    return absl::InvalidArgumentError(
+        "ChunkSchedulerOptions.tpot_slo is not kPerStep or kRequestMean");
+  }
+  if (max_step_latency == absl::InfiniteDuration() || max_step_latency < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkSchedulerOptions.max_step_latency must be finite and >= 0, got ",
+                     absl::FormatDuration(max_step_latency)));
   }
   if (mode != Mode::kFixed && mode != Mode::kAdaptive) {
     return absl::InvalidArgumentError("ChunkSchedulerOptions.mode is not kFixed or kAdaptive");
@@ -154,6 +165,24 @@ double ChunkScheduler::PredictStepLatency(absl::Span<const DecodeWork> decodes,
   return cost_->StepLatency(total_tokens, works);
 }
 
+double ChunkScheduler::StepLatencyLimit(absl::Span<const DecodeWork> decodes) const {
+  const double target_s = absl::ToDoubleSeconds(options_.tpot_target);
+  if (options_.tpot_slo == ChunkSchedulerOptions::TpotSlo::kPerStep || decodes.empty()) {
+    return target_s;
+  }
+  double allowance_s = std::numeric_limits<double>::infinity();
+  for (const DecodeWork& decode : decodes) {
+    const double tokens = static_cast<double>(std::max<int64_t>(decode.tokens_after_first, 0));
+    // A clock reading that is not a finite time gives the sequence no slack.
+    const double allowance = std::isfinite(decode.seconds_since_first)
+                                 ? target_s * (tokens + 1) - decode.seconds_since_first
+                                 : target_s;
+    allowance_s = std::min(allowance_s, allowance);
+  }
+  // Below tpot_target the cap acts as tpot_target.
+  return std::max(target_s, std::min(allowance_s, absl::ToDoubleSeconds(options_.max_step_latency)));
+}
+
 StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
                                       absl::Span<const PrefillWork> pending,
                                       bool overloaded) const {
@@ -194,7 +223,7 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
       // longer fit a later tiny hole, can only make the search settle a tile
       // short), so binary search over tile counts. The budget returned was
       // always evaluated against the target (or is the floor).
-      const double target_s = absl::ToDoubleSeconds(options_.tpot_target);
+      const double target_s = StepLatencyLimit(decodes);
       int64_t lo = floor_tokens / tile;  // fallback, need not fit
       int64_t hi = cap / tile;
       // `best` and its latency are kept together, so the result needs no

@@ -5,7 +5,12 @@
 //   * The step's token budget (prefill/rebuild query tokens, decodes not
 //     counted) is either fixed (kFixed: the common serving-engine default) or
 //     adaptive (kAdaptive: the largest multiple of `tile_tokens` whose
-//     predicted step latency, decodes included, stays within `tpot_target`;
+//     predicted step latency, decodes included, stays within the step's
+//     latency limit: `tpot_target` under TpotSlo::kPerStep; under
+//     kRequestMean, the most any decoding sequence can wait for its next
+//     token with its mean TPOT since its first token still within
+//     `tpot_target`, clamped to [tpot_target, max_step_latency] — see
+//     StepLatencyLimit;
 //     with no decode waiting it grows to `max_budget_tokens` so a prefill
 //     finishes in as few steps as possible: TTFT first). When the caller says
 //     requests wait for admission behind the step (`overloaded`), the
@@ -51,10 +56,36 @@ struct ChunkSchedulerOptions {
   // kFixed: prefill/rebuild tokens per step. 2048 is vLLM's common
   // max_num_batched_tokens default for chunked prefill. Multiple of tile_tokens.
   int64_t fixed_budget_tokens = 2048;
-  // kAdaptive: the largest predicted step latency allowed while decodes wait
-  // (the TPOT SLO). 50 ms is a typical interactive decode SLO and, with the
-  // H100 Llama-3-8B calibration, leaves room for ~2k prefill tokens per step.
+  // kAdaptive: the TPOT SLO. 50 ms is a typical interactive decode SLO and,
+  // with the H100 Llama-3-8B calibration, leaves room for ~2k prefill tokens
+  // per step at shallow positions.
   absl::Duration tpot_target = absl::Milliseconds(50);
+  // kAdaptive: what tpot_target bounds.
+  //  * kPerStep: every step's predicted latency (the rule until 2026-11-27):
+  //    every inter-token gap of every decode stays within the target.
+  //  * kRequestMean (default): each decoding sequence's mean time per output
+  //    token since its first token — the TPOT a client measures and the SLO
+  //    the benchmarks report. A sequence that decoded n tokens after its first
+  //    in e seconds can wait tpot_target * (n + 1) - e for its next one with
+  //    its mean still within the target; the step may take the least such
+  //    allowance over the step's decodes (never less than tpot_target, never
+  //    more than max_step_latency). Decode-only steps run well under the
+  //    target, so running decodes bank slack that a prefill chunk deep in a
+  //    long context can spend; a sequence that just produced its first token
+  //    has none. Why: on an H100, long-doc-qa at 24 sessions / 0.15 per s,
+  //    kPerStep held asymcache's chunks to ~1100 tokens while no request waited
+  //    for admission (pensieve's fixed budget: ~2000) for no mean-TPOT gain
+  //    (26.2 ms both), and its mean TTFT was 1.2x pensieve's
+  //    (docs/scheduling.md, "Request-mean TPOT").
+  enum class TpotSlo { kPerStep, kRequestMean };
+  TpotSlo tpot_slo = TpotSlo::kRequestMean;
+  // kRequestMean: the longest step that banked slack may buy — the longest
+  // single inter-token gap a decoding client sees because of prefill work
+  // beside it (a stall cap). 250 ms = 5x the default target: a 2048-token
+  // chunk at 48k positions of the H100 Llama-3-8B calibration (~0.2 s, what
+  // the fixed-budget baselines run there) fits; a whole 16k-token step does
+  // not. Finite and >= 0; below tpot_target it acts as tpot_target.
+  absl::Duration max_step_latency = absl::Milliseconds(250);
   // Budgets and in-run cuts are multiples of this: the KV block size (16) and
   // the attention kernels' tile rows, so chunks fill whole blocks.
   int64_t tile_tokens = 16;
@@ -81,15 +112,22 @@ struct ChunkSchedulerOptions {
   // INVALID_ARGUMENT naming the field: tile_tokens <= 0; budgets not positive
   // multiples of tile_tokens; min_budget_tokens > max_budget_tokens;
   // overload_budget_tokens negative or not a multiple of tile_tokens;
-  // tpot_target <= 0 or infinite.
+  // tpot_target <= 0 or infinite; tpot_slo not one of its values;
+  // max_step_latency infinite or negative.
   absl::Status Validate() const;
 };
 
 // One sequence decoding this step: one query token that sees `context_tokens`
-// keys (its whole context, itself included).
+// keys (its whole context, itself included). For TpotSlo::kRequestMean, its
+// decode so far: tokens generated after its first token, and seconds since
+// its first token (the caller's clock, measured when the step is planned).
+// The defaults (0, 0) describe a sequence with no slack (the allowance is
+// tpot_target).
 struct DecodeWork {
   SequenceId sequence = 0;
   int64_t context_tokens = 0;
+  int64_t tokens_after_first = 0;
+  double seconds_since_first = 0;
 };
 
 // The remaining prefill/rebuild work of one sequence: query runs [begin, end)
@@ -144,6 +182,14 @@ class ChunkScheduler {
   // rules above (exposed for tests and the simulator's what-ifs).
   std::vector<Chunk> FillBudget(int64_t budget_tokens,
                                 absl::Span<const PrefillWork> pending) const;
+
+  // The latency a kAdaptive step may predict with these decodes (seconds):
+  // tpot_target under kPerStep; under kRequestMean
+  // max(tpot_target, min(max_step_latency, min over decodes of
+  // tpot_target * (tokens_after_first + 1) - seconds_since_first)) (a
+  // non-finite seconds_since_first counts as no slack); tpot_target with no
+  // decodes.
+  double StepLatencyLimit(absl::Span<const DecodeWork> decodes) const;
 
   // Predicted latency of a step running `decodes` plus `chunks` (chunks of one
   // sequence consecutive and in position order, as FillBudget returns them).

@@ -174,6 +174,8 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
                                            : ChunkSchedulerOptions::Mode::kFixed;
   chunking.fixed_budget_tokens = system.fixed_budget_tokens;
   chunking.tpot_target = options.tpot_target;
+  chunking.tpot_slo = options.tpot_slo;
+  chunking.max_step_latency = options.max_step_latency;
   chunking.tile_tokens = options.tile_tokens;
   chunking.max_budget_tokens = std::max(options.max_budget_tokens, options.tile_tokens);
   chunking.min_budget_tokens = options.tile_tokens;
@@ -318,7 +320,10 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
   for (size_t i = 0; i < running_.size(); ++i) {
     EngineRequest& r = running_[i];
     if (r.prefilled()) {
-      decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated});
+      // Its decode so far, for the request-mean TPOT rule: generated counts
+      // the first token.
+      decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated, r.generated - 1,
+                                   now_s_ - replay_->record(r.record).first_token_s});
       decoding_.push_back(i);
     } else {
       PrefillWork work;
@@ -476,6 +481,9 @@ absl::Status EngineOptions::Validate() const {
   }
   if (tpot_target <= absl::ZeroDuration() || tpot_target == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError("EngineOptions.tpot_target must be > 0 and finite");
+  }
+  if (max_step_latency < absl::ZeroDuration() || max_step_latency == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("EngineOptions.max_step_latency must be finite and >= 0");
   }
   if (agent_pins) return pin_options.Validate();
   return absl::OkStatus();

@@ -85,7 +85,14 @@ namespace asymcache {
 struct EngineOptions {
   int64_t pool_blocks = 0;             // KV pool capacity in blocks; required, >= 1
   int max_running_requests = 256;      // vLLM's max_num_seqs default
-  absl::Duration tpot_target = absl::Milliseconds(50);  // adaptive chunking's step target
+  absl::Duration tpot_target = absl::Milliseconds(50);  // adaptive chunking's TPOT SLO
+  // What tpot_target bounds, and the stall cap of slack-extended steps
+  // (ChunkSchedulerOptions::tpot_slo / max_step_latency, same defaults:
+  // each request's mean TPOT, 250 ms; kPerStep reproduces results of
+  // 2026-11-27 and earlier). max_step_latency finite, >= 0 (below
+  // tpot_target it acts as tpot_target).
+  ChunkSchedulerOptions::TpotSlo tpot_slo = ChunkSchedulerOptions::TpotSlo::kRequestMean;
+  absl::Duration max_step_latency = absl::Milliseconds(250);
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
   // Adaptive chunking's budget floor while requests wait for admission
   // (ChunkSchedulerOptions::overload_budget_tokens; above max_budget_tokens

@@ -93,7 +93,8 @@ json HeaderJson(const RunHeader& h) {
               {"pool_blocks", h.pool_blocks}, {"pool_gib", h.pool_gib},
               {"model", h.model},             {"calibration", h.calibration},
               {"seed", h.seed},               {"agent_pins", h.agent_pins},
-              {"tpot_target_ms", h.tpot_target_ms}};
+              {"tpot_target_ms", h.tpot_target_ms}, {"tpot_slo", h.tpot_slo},
+              {"max_step_latency_ms", h.max_step_latency_ms}};
 }
 
 bool IsBaseline(const std::string& name) {
@@ -208,9 +209,11 @@ int FindReference(const std::vector<SystemSummary>& rows, const std::string& bas
 std::string FormatHeader(const RunHeader& h) {
   return absl::StrFormat(
       "workload %s: %d sessions, %d requests, %.3g sessions/s | pool %d blocks (%.1f GiB) | "
-      "model %s | cost model: %s | seed %d | agent pins %s | adaptive TPOT target %.0f ms\n",
+      "model %s | cost model: %s | seed %d | agent pins %s | adaptive TPOT target %.0f ms (%s, "
+      "steps <= %.0f ms)\n",
       h.workload, h.sessions, h.requests, h.rate, h.pool_blocks, h.pool_gib, h.model,
-      h.calibration, h.seed, h.agent_pins ? "on" : "off", h.tpot_target_ms);
+      h.calibration, h.seed, h.agent_pins ? "on" : "off", h.tpot_target_ms,
+      h.tpot_slo.empty() ? "per-step" : h.tpot_slo, h.max_step_latency_ms);
 }
 
 std::string FormatTable(const std::vector<SystemSummary>& rows) {

@@ -73,6 +73,8 @@ struct RunHeader {
   uint64_t seed = 0;
   bool agent_pins = false;
   double tpot_target_ms = 0;
+  std::string tpot_slo;            // "request-mean" or "per-step"
+  double max_step_latency_ms = 0;  // request-mean's stall cap
 };
 
 // Index of the reference row for `base` ("vllm" / "pensieve"): the row named

@@ -56,7 +56,14 @@ ABSL_FLAG(std::string, model, "llama-3-8b", "model shape (cachecore ModelConfig:
 ABSL_FLAG(std::string, calibration, "",
           "calibration JSON; default: the built-in H100 Llama-3-8B calibration");
 ABSL_FLAG(int64_t, budget, 2048, "token budget per step of fixed-budget systems");
-ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking: predicted step latency target (ms)");
+ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking: the TPOT SLO (ms)");
+ABSL_FLAG(std::string, tpot_slo, "request-mean",
+          "what --tpot_target_ms bounds: request-mean (each request's mean TPOT; steps may spend "
+          "banked slack up to --max_step_latency_ms) or per-step (every step; the rule of "
+          "2026-11-27 and earlier)");
+ABSL_FLAG(double, max_step_latency_ms, 250,
+          "request-mean: the longest step that banked slack may buy (ms; below --tpot_target_ms it "
+          "acts as that)");
 ABSL_FLAG(std::string, sweep, "", "comma-separated session rates to sweep, e.g. 0.5,1,2");
 ABSL_FLAG(bool, sweep_auto, false,
           "sweep from --rate upward by --sweep-factor until every system misses the SLO");
@@ -211,6 +218,15 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.pool_blocks = o.pool_blocks;
   o.engine.max_running_requests = absl::GetFlag(FLAGS_max_running);
   o.engine.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
+  if (const std::string slo = absl::GetFlag(FLAGS_tpot_slo); slo == "request-mean") {
+    o.engine.tpot_slo = ChunkSchedulerOptions::TpotSlo::kRequestMean;
+  } else if (slo == "per-step") {
+    o.engine.tpot_slo = ChunkSchedulerOptions::TpotSlo::kPerStep;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tpot_slo must be request-mean or per-step, got '", slo, "'"));
+  }
+  o.engine.max_step_latency = absl::Milliseconds(absl::GetFlag(FLAGS_max_step_latency_ms));
   o.engine.max_budget_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
   o.engine.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
   o.engine.commit_at_prefill_end = absl::GetFlag(FLAGS_commit_at_prefill_end);
@@ -321,6 +337,8 @@ absl::Status Main() {
   header.seed = o.seed;
   header.agent_pins = run.engine.agent_pins;
   header.tpot_target_ms = absl::ToDoubleMilliseconds(o.engine.tpot_target);
+  header.tpot_slo = absl::GetFlag(FLAGS_tpot_slo);
+  header.max_step_latency_ms = absl::ToDoubleMilliseconds(o.engine.max_step_latency);
 
   ProgressBar bar(o.progress);
   ComparisonOptions compare;

@@ -95,7 +95,10 @@ ABSL_FLAG(std::string, model, "tiny", "model shape: tiny, llama-3-8b, llama-3-70
 ABSL_FLAG(std::string, backend, "host", "host (CPU worker, shared-memory pool) or cuda");
 ABSL_FLAG(std::string, pool_bytes, "16MiB", "KV pool per daemon (e.g. 16MiB, 24GiB)");
 ABSL_FLAG(std::string, calibration, "", "calibration file for the daemons (empty = theirs)");
-ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking's step target (ms)");
+ABSL_FLAG(double, tpot_target_ms, 50, "adaptive chunking's TPOT SLO (ms)");
+ABSL_FLAG(std::string, tpot_slo, "request-mean",
+          "what --tpot_target_ms bounds in adaptive chunking (the workers' --tpot-slo and the "
+          "prediction's): request-mean or per-step");
 ABSL_FLAG(int64_t, overload_budget_tokens, 2048,
           "adaptive chunking's budget floor while requests wait for admission (0 = off; the "
           "worker's --overload-budget-tokens)");
@@ -282,7 +285,7 @@ absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
 absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
                                    const ModelConfig& model, const CalibrationParams& calibration,
                                    int64_t pool_blocks, double tpot_target_ms,
-                                   int64_t overload_budget_tokens) {
+                                   int64_t overload_budget_tokens, const std::string& tpot_slo) {
   const CostModel cost(model, calibration);
   EngineOptions engine;
   engine.pool_blocks = pool_blocks;
@@ -290,6 +293,9 @@ absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& sy
   engine.tpot_target = absl::Milliseconds(tpot_target_ms);
   engine.max_budget_tokens = 8192 - 128;  // the worker's --max-chunk-tokens default
   engine.overload_budget_tokens = overload_budget_tokens;
+  // The worker's defaults (--tpot-slo, --max-step-latency 250ms).
+  engine.tpot_slo = tpot_slo == "per-step" ? ChunkSchedulerOptions::TpotSlo::kPerStep
+                                           : ChunkSchedulerOptions::TpotSlo::kRequestMean;
   engine.agent_pins = system.agent_pins;
   absl::StatusOr<RunResult> run = RunSystem(workload, system.spec, cost, engine);
   if (!run.ok()) return run.status();
@@ -472,7 +478,10 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
                                                    // Recorded since 2026-11-27 (evening);
                                                    // older runs had no floor.
                                                    run.value("overload_budget_tokens",
-                                                             int64_t{0}));
+                                                             int64_t{0}),
+                                                   // Recorded since 2026-11-28; older
+                                                   // runs bounded every step.
+                                                   run.value("tpot_slo", std::string("per-step")));
     if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
     const nlohmann::json& measured = run["summary"];
     const double ttft = measured.value("ttft_s", nlohmann::json::object()).value("mean", 0.0);
@@ -513,6 +522,11 @@ absl::Status Main(int argc, char** argv) {
   const double scale = absl::GetFlag(FLAGS_scale_lengths);
   if (!(scale > 0) || !std::isfinite(scale)) {
     return absl::InvalidArgumentError("--scale-lengths must be > 0");
+  }
+  if (const std::string slo = absl::GetFlag(FLAGS_tpot_slo);
+      slo != "request-mean" && slo != "per-step") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tpot-slo must be request-mean or per-step, got '", slo, "'"));
   }
   const int64_t overload = absl::GetFlag(FLAGS_overload_budget_tokens);
   if (overload < 0 || overload % 16 != 0) {
@@ -630,6 +644,7 @@ absl::Status Main(int argc, char** argv) {
         c.fixed_budget_tokens = system.spec.fixed_budget_tokens;
         c.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
         c.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
+        c.tpot_slo = absl::GetFlag(FLAGS_tpot_slo);
         c.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
         if (!gpus.empty()) c.gpus = gpus;
         c.daemon_flags = SplitFlags(absl::GetFlag(FLAGS_daemon_flags));
@@ -694,7 +709,7 @@ absl::Status Main(int argc, char** argv) {
         absl::StatusOr<RunSummary> p =
             Predict(at_rate, system, *daemon_model, FromProto(facts->daemon->calibration()),
                     facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms),
-                    absl::GetFlag(FLAGS_overload_budget_tokens));
+                    absl::GetFlag(FLAGS_overload_budget_tokens), absl::GetFlag(FLAGS_tpot_slo));
         if (p.ok()) {
           predicted = *p;
         } else {
@@ -733,6 +748,7 @@ absl::Status Main(int argc, char** argv) {
                             {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
                             {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
                             {"overload_budget_tokens", absl::GetFlag(FLAGS_overload_budget_tokens)},
+                            {"tpot_slo", absl::GetFlag(FLAGS_tpot_slo)},
                             {"reuse", system.spec.reuse},
                             {"agent_pins", system.agent_pins},
                             {"rate", rate},

@@ -80,6 +80,10 @@ absl::Status LocalClusterOptions::Validate() const {
   if (tpot_target <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("tpot_target: must be > 0");
   }
+  if (tpot_slo != "request-mean" && tpot_slo != "per-step") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tpot_slo: must be request-mean or per-step, got '", tpot_slo, "'"));
+  }
   if (gpus.empty()) return absl::InvalidArgumentError("gpus: at least one GPU index");
   for (int gpu : gpus) {
     if (gpu < 0) return absl::InvalidArgumentError("gpus: indices must be >= 0");
@@ -166,6 +170,7 @@ absl::Status LocalCluster::StartAll() {
         absl::StrCat("--chunking=", options_.chunking),
         absl::StrCat("--fixed-budget-tokens=", options_.fixed_budget_tokens),
         absl::StrCat("--tpot-target=", absl::FormatDuration(options_.tpot_target)),
+        absl::StrCat("--tpot-slo=", options_.tpot_slo),
         absl::StrCat("--overload-budget-tokens=", options_.overload_budget_tokens),
         absl::StrCat("--member-id=worker-", i), "--shutdown-grace=2s"};
     if (!coordinators.empty()) {

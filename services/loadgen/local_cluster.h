@@ -77,6 +77,9 @@ struct LocalClusterOptions {
   std::string chunking = "adaptive";
   int64_t fixed_budget_tokens = 2048;
   absl::Duration tpot_target = absl::Milliseconds(50);
+  // What tpot_target bounds (the worker's --tpot-slo): "request-mean" or
+  // "per-step".
+  std::string tpot_slo = "request-mean";
   // Adaptive chunking's budget floor while requests wait for admission
   // (the worker's --overload-budget-tokens; 0 = off).
   int64_t overload_budget_tokens = 2048;

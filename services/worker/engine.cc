@@ -769,11 +769,20 @@ bool Engine::Step() {
   std::vector<DecodeWork> decodes;
   std::vector<PrefillWork> prefills;
   std::vector<Sequence*> runnable;  // running order
+  const absl::Time plan_time = absl::Now();
   for (auto& seq : running_) {
     if (seq->blocked || !seq->lease.active()) continue;
     const int64_t context = seq->pages.context_tokens();
     if (seq->decoding()) {
-      decodes.push_back({seq->id, context});
+      // Its decode so far, for the request-mean TPOT rule; a logits-only
+      // re-run has no first token yet (no slack).
+      DecodeWork decode{seq->id, context};
+      if (seq->generated > 0) {
+        decode.tokens_after_first = seq->generated - 1;
+        decode.seconds_since_first =
+            absl::ToDoubleSeconds(plan_time - seq->arrival) - seq->stats.ttft_seconds;
+      }
+      decodes.push_back(decode);
     } else if (!seq->pages.done()) {
       prefills.push_back({seq->id, seq->pages.pending(), context});
     } else {

@@ -102,8 +102,20 @@ const Table& Settings() {
           Table::Integer<int64_t>("fixed-budget-tokens",
                                   "fixed chunking: prefill tokens per step (multiple of 16)",
                                   [](auto* o) { return &o->engine.chunking.fixed_budget_tokens; }),
-          Table::Duration("tpot-target", "adaptive chunking: longest predicted step while decodes wait",
+          Table::Duration("tpot-target", "adaptive chunking: the TPOT SLO (see --tpot-slo)",
                           kDurationExamples, [](auto* o) { return &o->engine.chunking.tpot_target; }),
+          Table::Choice<ChunkSchedulerOptions::TpotSlo>(
+              "tpot-slo",
+              "adaptive chunking: what --tpot-target bounds: request-mean (each request's mean "
+              "TPOT; a step may spend the decodes' banked slack up to --max-step-latency) or "
+              "per-step (every step's predicted latency)",
+              {{"request-mean", ChunkSchedulerOptions::TpotSlo::kRequestMean},
+               {"per-step", ChunkSchedulerOptions::TpotSlo::kPerStep}},
+              [](auto* o) { return &o->engine.chunking.tpot_slo; }),
+          Table::Duration("max-step-latency",
+                          "adaptive chunking, request-mean: the longest step banked slack may buy",
+                          kDurationExamples,
+                          [](auto* o) { return &o->engine.chunking.max_step_latency; }),
           Table::Integer<int64_t>(
               "overload-budget-tokens",
               "adaptive chunking: least prefill tokens a step takes while requests wait for "

@@ -57,6 +57,11 @@ absl::Status WorkerOptions::Validate() const {
                           absl::StrCat("must be a positive multiple of ", tile));
   }
   if (absl::Status s = CheckPositiveFinite("tpot-target", chunking.tpot_target); !s.ok()) return s;
+  if (chunking.max_step_latency < absl::ZeroDuration() ||
+      chunking.max_step_latency == absl::InfiniteDuration()) {
+    return FlagValueError("max-step-latency", absl::FormatDuration(chunking.max_step_latency),
+                          "must be finite and >= 0");
+  }
   if (chunking.overload_budget_tokens < 0 || chunking.overload_budget_tokens % tile != 0) {
     return FlagValueError("overload-budget-tokens", chunking.overload_budget_tokens,
                           absl::StrCat("must be 0 (off) or a positive multiple of ", tile));

@@ -1,6 +1,7 @@
 #include "cachecore/chunk_scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <random>
@@ -136,6 +137,82 @@ TEST_F(ChunkSchedulerTest, ValidateRejectsBadOptions) {
   o = {};
   o.tpot_target = absl::InfiniteDuration();
   expect_invalid(o, "tpot_target");
+  o = {};
+  o.max_step_latency = absl::InfiniteDuration();
+  expect_invalid(o, "max_step_latency");
+  o = {};
+  o.max_step_latency = absl::Milliseconds(-1);
+  expect_invalid(o, "max_step_latency");
+  o = {};
+  o.max_step_latency = absl::Milliseconds(10);  // below the target: acts as the target
+  EXPECT_TRUE(o.Validate().ok());
+  o = {};
+  o.tpot_slo = static_cast<ChunkSchedulerOptions::TpotSlo>(7);
+  expect_invalid(o, "tpot_slo");
+}
+
+// A decode that produced `after_first` tokens after its first one in `seconds`.
+DecodeWork DecodeWithHistory(SequenceId seq, int64_t context, int64_t after_first, double seconds) {
+  DecodeWork decode{seq, context};
+  decode.tokens_after_first = after_first;
+  decode.seconds_since_first = seconds;
+  return decode;
+}
+
+TEST_F(ChunkSchedulerTest, StepLatencyLimitIsTheSlowestDecodesMeanTpotAllowance) {
+  ChunkSchedulerOptions options;  // kRequestMean, 50 ms target, 250 ms cap
+  ASSERT_EQ(options.tpot_slo, ChunkSchedulerOptions::TpotSlo::kRequestMean);
+  ChunkScheduler scheduler(&cost_, options);
+  auto limit = [&](std::vector<DecodeWork> decodes) { return scheduler.StepLatencyLimit(decodes); };
+  EXPECT_DOUBLE_EQ(limit({}), 0.05);
+  EXPECT_DOUBLE_EQ(limit({DecodeWithHistory(1, 100, 0, 0)}), 0.05) << "no tokens yet: no slack";
+  // 10 tokens after the first in 0.45 s: the 11th may come 0.05 * 11 - 0.45 = 0.1 s later.
+  EXPECT_NEAR(limit({DecodeWithHistory(1, 100, 10, 0.45)}), 0.10, 1e-12);
+  // The least allowance over the step's decodes (the other one: 0.05 * 21 - 0.3 = 0.75).
+  EXPECT_NEAR(limit({DecodeWithHistory(2, 100, 20, 0.3), DecodeWithHistory(1, 100, 10, 0.45)}),
+              0.10, 1e-12);
+  // Capped at max_step_latency; never below the target (a decode already behind).
+  EXPECT_DOUBLE_EQ(limit({DecodeWithHistory(1, 100, 10, 0.2)}), 0.25);
+  EXPECT_DOUBLE_EQ(limit({DecodeWithHistory(1, 100, 10, 0.6)}), 0.05);
+  EXPECT_DOUBLE_EQ(limit({DecodeWithHistory(1, 100, 10, std::nan(""))}), 0.05);
+  // A cap below the target acts as the target.
+  options.max_step_latency = absl::Milliseconds(10);
+  EXPECT_DOUBLE_EQ(ChunkScheduler(&cost_, options).StepLatencyLimit(
+                       std::vector<DecodeWork>{DecodeWithHistory(1, 100, 10, 0.2)}),
+                   0.05);
+  // kPerStep: the target, whatever the history.
+  options = {};
+  options.tpot_slo = ChunkSchedulerOptions::TpotSlo::kPerStep;
+  EXPECT_DOUBLE_EQ(ChunkScheduler(&cost_, options).StepLatencyLimit(
+                       std::vector<DecodeWork>{DecodeWithHistory(1, 100, 10, 0.2)}),
+                   0.05);
+}
+
+TEST_F(ChunkSchedulerTest, BankedSlackBuysTheLargestChunkWithinTheLimit) {
+  // The long-doc-qa case: a chunk deep in a document beside two long decodes.
+  const std::vector<PrefillWork> deep = {Tail(1, 48000, 60000)};
+  ChunkSchedulerOptions per_step_options;
+  per_step_options.tpot_slo = ChunkSchedulerOptions::TpotSlo::kPerStep;
+  ChunkScheduler per_step(&cost_, per_step_options);
+  ChunkScheduler request_mean(&cost_, ChunkSchedulerOptions{});
+  // Decodes that ran 100 tokens at 26 ms each: 2.45 s of slack, capped at 250 ms.
+  std::vector<DecodeWork> banked = {DecodeWithHistory(1000, 50000, 100, 2.6),
+                                    DecodeWithHistory(1001, 50000, 100, 2.6)};
+  const StepSchedule old_rule = per_step.Schedule(banked, deep);
+  const StepSchedule slack = request_mean.Schedule(banked, deep);
+  ExpectWellFormed(slack, deep, 16);
+  EXPECT_GT(slack.budget_tokens, old_rule.budget_tokens);
+  EXPECT_GT(slack.predicted_latency_s, 0.05);
+  EXPECT_LE(slack.predicted_latency_s, 0.25);
+  // The largest such budget: one tile more predicts past the limit.
+  const std::vector<Chunk> more = request_mean.FillBudget(slack.budget_tokens + 16, deep);
+  EXPECT_GT(request_mean.PredictStepLatency(banked, more), 0.25);
+  // One decode without slack (it just produced its first token) holds the step
+  // to the target: the old rule's budget.
+  banked.push_back(DecodeWithHistory(1002, 30000, 0, 0));
+  EXPECT_EQ(request_mean.Schedule(banked, deep).budget_tokens,
+            per_step.Schedule(banked, deep).budget_tokens);
+  EXPECT_LE(request_mean.Schedule(banked, deep).predicted_latency_s, 0.05);
 }
 
 TEST(ChunkSchedulerStatic, CausalAttendedPairsMatchesBruteForce) {

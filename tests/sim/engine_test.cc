@@ -227,6 +227,49 @@ TEST(Engine, OverloadBudgetAppliesOnlyWhileRequestsWait) {
   EXPECT_EQ(roomy_on.engine_steps, roomy_off.engine_steps);
 }
 
+// The request-mean TPOT rule reaches the scheduler with each decode's history:
+// a reader decoding a long answer banks slack (decode-only steps run far under
+// 50 ms), which a second reader's deep document spends in fewer, larger
+// chunks; the first reader's mean TPOT stays within the target either way.
+TEST(Engine, RequestMeanTpotSpendsBankedSlackOnADeepPrefill) {
+  Workload w = OneStepReaders("slack", {0.0, 3.0}, {InputPart::Unique(1000)}, 2000);
+  w.sessions[1].steps[0].input = {InputPart::Unique(40000)};
+  w.sessions[1].steps[0].output_tokens = 4;
+  const SystemSpec asym = (*ParseSystems("asymcache", 2048))[0];
+  auto run = [&](ChunkSchedulerOptions::TpotSlo slo) {
+    EngineOptions o = Options(1 << 16);
+    o.tpot_slo = slo;
+    absl::StatusOr<RunResult> r = RunSystem(w, asym, Cost(), o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) ExpectConservation(w, *r);
+    return r.ok() ? *std::move(r) : RunResult{};
+  };
+  const RunResult per_step = run(ChunkSchedulerOptions::TpotSlo::kPerStep);
+  const RunResult mean = run(ChunkSchedulerOptions::TpotSlo::kRequestMean);
+  ASSERT_EQ(per_step.requests.size(), 2u);
+  ASSERT_EQ(mean.requests.size(), 2u);
+  const RequestRecord& deep_per_step = per_step.requests[1];
+  const RequestRecord& deep_mean = mean.requests[1];
+  ASSERT_LT(deep_per_step.first_token_s, per_step.requests[0].finish_s)
+      << "the deep prefill should run beside the long decode";
+  EXPECT_LT(deep_mean.prefill_steps, deep_per_step.prefill_steps);
+  EXPECT_LT(deep_mean.first_token_s - deep_mean.arrival_s,
+            deep_per_step.first_token_s - deep_per_step.arrival_s);
+  for (const RunResult* r : {&per_step, &mean}) {
+    const RequestRecord& reader = r->requests[0];
+    const double tpot = (reader.finish_s - reader.first_token_s) / (reader.output_tokens - 1);
+    EXPECT_LE(tpot, 0.05) << "the decoding reader's mean TPOT";
+  }
+  // Decode histories are bounded by max_step_latency: with the cap at the
+  // target, request-mean schedules exactly as per-step.
+  EngineOptions capped = Options(1 << 16);
+  capped.max_step_latency = capped.tpot_target;
+  absl::StatusOr<RunResult> same = RunSystem(w, asym, Cost(), capped);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->requests[1].prefill_steps, deep_per_step.prefill_steps);
+  EXPECT_EQ(same->engine_steps, per_step.engine_steps);
+}
+
 TEST(Engine, FollowUpTurnsHitTheirOwnContext) {
   const Workload w = Generate("chat", 3, 0.001);  // sessions never overlap
   const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
@@ -329,6 +372,13 @@ TEST(Engine, OptionsValidateEveryField) {
   o.overload_budget_tokens = -o.tile_tokens;
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
   o.overload_budget_tokens = 0;  // off
+  EXPECT_TRUE(o.Validate().ok());
+  o = Options(100);
+  o.max_step_latency = absl::InfiniteDuration();
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o.max_step_latency = absl::Milliseconds(-1);
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o.max_step_latency = absl::Milliseconds(10);  // below the target: acts as the target
   EXPECT_TRUE(o.Validate().ok());
 }
 
