@@ -25,6 +25,9 @@ assert bad.returncode == 2 and "--rates: bad rate '0'" in bad.stderr, bad.stderr
 bad = run(["--overload-budget-tokens=100"], 30)
 assert bad.returncode == 2, (bad.returncode, bad.stderr)
 assert "--overload-budget-tokens must be 0 (off) or a positive multiple of 16" in bad.stderr, bad.stderr
+bad = run(["--tpot-slo=p99"], 30)
+assert bad.returncode == 2, (bad.returncode, bad.stderr)
+assert "--tpot-slo must be request-mean or per-step, got 'p99'" in bad.stderr, bad.stderr
 # An unreachable target: exit 1 naming it.
 down = run(["--target=127.0.0.1:1", "--workload=chat", "--sessions=1"], 60)
 assert down.returncode == 1, (down.returncode, down.stderr)

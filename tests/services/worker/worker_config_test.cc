@@ -74,6 +74,8 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"chunking", "fixed"},
       {"fixed-budget-tokens", "512"},
       {"tpot-target", "30ms"},
+      {"tpot-slo", "per-step"},
+      {"max-step-latency", "400ms"},
       {"overload-budget-tokens", "1024"},
       {"max-chunk-tokens", "4096"},
       {"max-running", "64"},
@@ -160,6 +162,8 @@ TEST(WorkerConfigTest, NonDefaultValuesRoundTripAndLandInTheirFields) {
   EXPECT_EQ(options.engine.chunking.mode, ChunkSchedulerOptions::Mode::kFixed);
   EXPECT_EQ(options.engine.chunking.fixed_budget_tokens, 512);
   EXPECT_EQ(options.engine.chunking.tpot_target, absl::Milliseconds(30));
+  EXPECT_EQ(options.engine.chunking.tpot_slo, ChunkSchedulerOptions::TpotSlo::kPerStep);
+  EXPECT_EQ(options.engine.chunking.max_step_latency, absl::Milliseconds(400));
   EXPECT_EQ(options.engine.chunking.max_budget_tokens, 4096);
   EXPECT_EQ(options.engine.max_running, 64);
   EXPECT_EQ(options.engine.max_queued, 1000);
@@ -307,6 +311,8 @@ TEST(WorkerConfigTest, OutOfRangeValuesAreRefusedWithTheirMessage) {
        "--fixed-budget-tokens must be a positive multiple of 16, got 100"},
       {{daemon, "--fixed-budget-tokens=0"}, "--fixed-budget-tokens must be a positive multiple"},
       {{daemon, "--tpot-target=0ms"}, "--tpot-target must be positive and finite"},
+      {{daemon, "--max-step-latency=-1ms"}, "--max-step-latency must be finite and >= 0"},
+      {{daemon, "--max-step-latency=inf"}, "--max-step-latency must be finite and >= 0"},
       {{daemon, "--overload-budget-tokens=100"},
        "--overload-budget-tokens must be 0 (off) or a positive multiple of 16, got 100"},
       {{daemon, "--overload-budget-tokens=-16"},
