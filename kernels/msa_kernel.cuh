@@ -111,51 +111,6 @@ __device__ __forceinline__ int Swizzle(int row, int chunk) {
   return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
 }
 
-// ---- key -> page ------------------------------------------------------------
-
-// Where logical key t of an item's sequence lives (keys are numbered by
-// concatenating the pages' valid rows): the pool page, that page's first
-// position and the key's row in it; in_page -1 for t >= kv_end (past the
-// item) or when not `wanted` (a thread without a key in this tile). Every
-// page but the last full (uniform_pages): a division; otherwise a binary
-// search over the per-page key offsets. The gathers of every MSA kernel
-// (this file, msa_wgmma.cuh) load a key's entry a tile before they copy it.
-struct MsaKeyEntry {
-  int32_t page_id;
-  int32_t page_pos;
-  int32_t in_page;  // -1: past the item's end
-};
-
-__device__ __forceinline__ MsaKeyEntry LookupMsaKey(const MsaKernelParams& p,
-                                                    const MsaWorkItem& item, int t,
-                                                    bool wanted = true) {
-  MsaKeyEntry e{0, 0, -1};
-  if (wanted && t < item.kv_end) {
-    int gp;
-    if (item.uniform_pages) {
-      const int page = t / p.page_size;
-      gp = item.page_begin + page;
-      e.in_page = t - page * p.page_size;
-    } else {
-      int lo = 0;
-      int hi = item.num_pages - 1;  // largest page with token_start <= t
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (p.page_token_start[item.page_begin + mid] <= t) {
-          lo = mid;
-        } else {
-          hi = mid - 1;
-        }
-      }
-      gp = item.page_begin + lo;
-      e.in_page = t - p.page_token_start[gp];
-    }
-    e.page_id = p.page_ids[gp];
-    e.page_pos = p.page_pos[gp];
-  }
-  return e;
-}
-
 // ---- tile configuration ---------------------------------------------------
 
 // Prefill: 8 warps x 16 rows = 128 packed rows, every warp over the whole KV
@@ -265,15 +220,45 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
   constexpr int kRounds = Cfg::kGatherRounds;
   const int gather_key = tid / Cfg::kThreadsPerKey;
   const int gather_lane = tid % Cfg::kThreadsPerKey;
+  struct KeyEntry {
+    int32_t page_id;
+    int32_t page_pos;
+    int32_t in_page;  // -1: past the item's end
+  };
   struct TileEntries {
-    MsaKeyEntry key[kRounds];
+    KeyEntry key[kRounds];
   };
   auto load_entries = [&](int tile) {
     TileEntries entries;
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
-      entries.key[round] = LookupMsaKey(
-          p, item, item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key);
+      KeyEntry e{0, 0, -1};
+      const int t =
+          item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key;
+      if (t < item.kv_end) {
+        int gp;
+        if (item.uniform_pages) {
+          const int page = t / p.page_size;
+          gp = item.page_begin + page;
+          e.in_page = t - page * p.page_size;
+        } else {
+          int lo = 0;
+          int hi = item.num_pages - 1;  // largest page with token_start <= t
+          while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (p.page_token_start[item.page_begin + mid] <= t) {
+              lo = mid;
+            } else {
+              hi = mid - 1;
+            }
+          }
+          gp = item.page_begin + lo;
+          e.in_page = t - p.page_token_start[gp];
+        }
+        e.page_id = p.page_ids[gp];
+        e.page_pos = p.page_pos[gp];
+      }
+      entries.key[round] = e;
     }
     return entries;
   };
@@ -285,7 +270,7 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
     const int last = min(kBlockN, item.kv_end - (item.kv_begin + tile * kBlockN)) - 1;
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
-      const MsaKeyEntry& e = entries.key[round];
+      const KeyEntry& e = entries.key[round];
       const int key = round * Cfg::kKeysPerRound + gather_key;
       const bool valid = e.in_page >= 0;
       int64_t off = 0;

@@ -27,11 +27,7 @@
 // MsaWgmmaPrefillOverlapKernel (further down, MsaPrefillKernel::kWgmmaOverlap)
 // is an FA3-style variant whose softmax overlaps the PV wgmma; kAuto runs it
 // for launches whose largest prefill tile has more than 64 rows (measured on
-// an H100: docs/msa_kernel.md, "version 3: wgmma"). The two kernels share
-// everything but their main loop ("pieces of the two prefill kernels"
-// below: shared-memory layout, Q load, K/V gather, softmax step, O rescale,
-// epilogue), so they compute the same values in the same order
-// (MsaWgmmaLoopsTest checks their outputs for bit identity).
+// an H100: docs/msa_kernel.md, "version 3: wgmma").
 #ifndef ASYMCACHE_KERNELS_MSA_WGMMA_CUH_
 #define ASYMCACHE_KERNELS_MSA_WGMMA_CUH_
 
@@ -256,22 +252,13 @@ __device__ __forceinline__ uint32_t Sw128Offset(int row, int chunk) {
                                (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-template <int N, int M>
-__device__ __forceinline__ void FenceOperands(uint32_t (&r)[N][M]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-#pragma unroll
-    for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
-  }
-}
-
-// Issues S (64 x 64, this warpgroup's rows) = Q K^T over head dim 128 (8
-// wgmma, not committed). q_rows: the shared address of this warpgroup's Q
-// row 0 within a kQTileRows-row Q tile; k_tile: the K tile (kBlockN rows).
-// The caller fences (WgmmaFence) before and commits/waits after.
+// S (64 x 64, this warpgroup's rows) = Q K^T over head dim 128. q_rows: the
+// shared address of Q row 0 of this warpgroup within a kQTileRows-row Q tile;
+// k_tile: the K tile (kBlockN rows). Waits for completion.
 template <typename T, int kQTileRows>
-__device__ __forceinline__ void WgmmaQKIssue(float (&s)[32], uint32_t q_rows, uint32_t k_tile) {
+__device__ __forceinline__ void WgmmaQK(float (&s)[32], uint32_t q_rows, uint32_t k_tile) {
   using Cfg = MsaWgmmaConfig;
+  WgmmaFence();
 #pragma unroll
   for (int ks = 0; ks < Cfg::kHeadDim / 16; ++ks) {
     const uint32_t k_off = (ks & 3) * 32;  // 16 columns = 32 bytes into the 128-byte row
@@ -281,103 +268,76 @@ __device__ __forceinline__ void WgmmaQKIssue(float (&s)[32], uint32_t q_rows, ui
                                           Cfg::kKMajorLbo, Cfg::kKMajorSbo);
     WgmmaOps<T>::SS64(s, desc_a, desc_b, ks > 0 ? 1 : 0);
   }
-}
-
-// P as 16-bit A fragments: the m64 accumulator fragment of S has the A
-// fragment's layout, so key block kt is s[8 kt .. 8 kt + 7] packed in pairs.
-template <typename T>
-__device__ __forceinline__ void PackP(const float (&s)[32],
-                                      uint32_t (&pf)[MsaWgmmaConfig::kBlockN / 16][4]) {
-  using Ops = ElementOps<T>;
-#pragma unroll
-  for (int kt = 0; kt < MsaWgmmaConfig::kBlockN / 16; ++kt) {
-    pf[kt][0] = Ops::Pack(s[8 * kt + 0], s[8 * kt + 1]);
-    pf[kt][1] = Ops::Pack(s[8 * kt + 2], s[8 * kt + 3]);
-    pf[kt][2] = Ops::Pack(s[8 * kt + 4], s[8 * kt + 5]);
-    pf[kt][3] = Ops::Pack(s[8 * kt + 6], s[8 * kt + 7]);
-  }
-}
-
-// Issues O += P V for this warpgroup (4 wgmma over 16-key steps, not
-// committed); V tile at v_tile read N-major. The caller fences before and
-// commits/waits after.
-template <typename T>
-__device__ __forceinline__ void WgmmaPVIssue(float (&o)[64],
-                                             const uint32_t (&pf)[MsaWgmmaConfig::kBlockN / 16][4],
-                                             uint32_t v_tile, uint32_t v_lbo, uint32_t v_sbo) {
-#pragma unroll
-  for (int kt = 0; kt < MsaWgmmaConfig::kBlockN / 16; ++kt) {
-    // 16 keys = two 8-key groups of 128-byte rows.
-    const uint64_t desc_b = SmemDescSw128(v_tile + kt * 16 * 128, v_lbo, v_sbo);
-    WgmmaOps<T>::RS128(o, pf[kt], desc_b, 1);
-  }
-}
-
-// S = Q K^T (WgmmaQKIssue), waited for.
-template <typename T, int kQTileRows>
-__device__ __forceinline__ void WgmmaQK(float (&s)[32], uint32_t q_rows, uint32_t k_tile) {
-  WgmmaFence();
-  WgmmaQKIssue<T, kQTileRows>(s, q_rows, k_tile);
   WgmmaCommit();
   WgmmaWait<0>();
   FenceOperands(s);
 }
 
-// O += P V with P = the 16-bit repack of s (PackP, WgmmaPVIssue). Issues and
-// commits; the caller waits (WgmmaWait<0>) before reading o or reusing the
-// V slot.
+// O += P V for this warpgroup: P = the 16-bit repack of s (accumulator
+// fragment = A fragment layout), V tile at v_tile. Issues and commits; the
+// caller waits (WgmmaWait<0>) before reading o or reusing the V slot.
 template <typename T>
 __device__ __forceinline__ void WgmmaPV(float (&o)[64], const float (&s)[32], uint32_t v_tile,
                                         uint32_t v_lbo, uint32_t v_sbo) {
-  uint32_t a[MsaWgmmaConfig::kBlockN / 16][4];
-  PackP<T>(s, a);
+  using Cfg = MsaWgmmaConfig;
+  using Ops = ElementOps<T>;
+  uint32_t a[Cfg::kBlockN / 16][4];
+#pragma unroll
+  for (int kt = 0; kt < Cfg::kBlockN / 16; ++kt) {
+    a[kt][0] = Ops::Pack(s[8 * kt + 0], s[8 * kt + 1]);
+    a[kt][1] = Ops::Pack(s[8 * kt + 2], s[8 * kt + 3]);
+    a[kt][2] = Ops::Pack(s[8 * kt + 4], s[8 * kt + 5]);
+    a[kt][3] = Ops::Pack(s[8 * kt + 6], s[8 * kt + 7]);
+  }
   FenceOperands(o);
   WgmmaFence();
-  WgmmaPVIssue<T>(o, a, v_tile, v_lbo, v_sbo);
+#pragma unroll
+  for (int kt = 0; kt < Cfg::kBlockN / 16; ++kt) {
+    // 16 keys = two 8-key groups of 128-byte rows.
+    const uint64_t desc_b = SmemDescSw128(v_tile + kt * 16 * 128, v_lbo, v_sbo);
+    WgmmaOps<T>::RS128(o, a[kt], desc_b, 1);
+  }
   WgmmaCommit();
   FenceOperands(o);
 }
 
-// ---- pieces of the two prefill kernels ------------------------------------------------
+// ---- prefill kernel ---------------------------------------------------------------
 
-// A CTA's shared memory: Q tile, K and V rings, key positions, mask flags
-// and row query positions (kSmemBytes; the dynamic buffer is aligned up to
-// 1024 bytes here).
-struct WgmmaSmem {
-  uint32_t q;          // shared address of the Q tile (kRows rows, swizzled)
-  uint32_t k;          // K ring: kStages tiles of kBlockN rows
-  uint32_t v;          // V ring, likewise
-  int32_t* tok_pos;    // [kStages][kBlockN] key positions (INT32_MAX past the item)
-  int32_t* flag;       // [kStages] the tile needs the causal mask (4 slots reserved)
-  int32_t* row_qpos;   // [kRows] query position of each packed row (-1 past the item)
-};
-
-__device__ __forceinline__ WgmmaSmem CarveWgmmaSmem(unsigned char* smem_raw) {
+template <typename T>
+__global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
+    MsaWgmmaPrefillKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = MsaWgmmaConfig;
+  using Ops = ElementOps<T>;
+  constexpr int D = Cfg::kHeadDim;
+  constexpr int kThreads = Cfg::kThreads;
+  constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kChunks = Cfg::kChunks;
+  constexpr int kRows = Cfg::kRows;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw_addr = SmemAddr(smem_raw);
   const uint32_t pad = (1024u - (raw_addr & 1023u)) & 1023u;
   unsigned char* smem = smem_raw + pad;
-  WgmmaSmem s;
-  s.q = raw_addr + pad;
-  s.k = s.q + Cfg::kQBytes;
-  s.v = s.k + Cfg::kStages * Cfg::kTileBytes;
-  s.tok_pos = reinterpret_cast<int32_t*>(smem + Cfg::kQBytes + Cfg::kKvBytes);
-  s.flag = s.tok_pos + Cfg::kStages * Cfg::kBlockN;
-  s.row_qpos = s.flag + 4;
-  return s;
-}
+  const uint32_t s_q = raw_addr + pad;
+  const uint32_t s_k = s_q + Cfg::kQBytes;
+  const uint32_t s_v = s_k + kStages * Cfg::kTileBytes;
+  int32_t* s_tok_pos = reinterpret_cast<int32_t*>(smem + Cfg::kQBytes + Cfg::kKvBytes);
+  int32_t* s_flag = s_tok_pos + kStages * kBlockN;  // 4 slots reserved
+  int32_t* s_row_qpos = s_flag + 4;
 
-// Issues the cp.async copies of the item's Q tile (rows past num_rows are
-// zero; one commit group) and writes each row's query position.
-template <typename T>
-__device__ __forceinline__ void LoadWgmmaQTile(const MsaKernelParams& p, const MsaWorkItem& item,
-                                               const WgmmaSmem& smem, int tid) {
-  using Cfg = MsaWgmmaConfig;
-  constexpr int kChunks = Cfg::kChunks;
-  constexpr int kRows = Cfg::kRows;
+  const MsaWorkItem item = p.items[item_base + blockIdx.x];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wg = warp >> 2;  // warpgroup: rows [64 wg, 64 wg + 64)
   const int group = p.group_size;
   const T* q = static_cast<const T*>(p.q);
-  for (int c = tid; c < kRows * kChunks; c += Cfg::kThreads) {
+  const T* kv = static_cast<const T*>(p.kv_pool);
+
+  // Q tile (rows past num_rows are zero) and each row's query position.
+  for (int c = tid; c < kRows * kChunks; c += kThreads) {
     const int r = c / kChunks;
     const int ch = c % kChunks;
     const bool valid = r < item.num_rows;
@@ -385,181 +345,187 @@ __device__ __forceinline__ void LoadWgmmaQTile(const MsaKernelParams& p, const M
     if (valid) {
       const int64_t token = item.q_token_begin + r / group;
       const int head = item.kv_head * group + r % group;
-      src = q + (token * p.num_q_heads + head) * Cfg::kHeadDim + ch * 8;
+      src = q + (token * p.num_q_heads + head) * D + ch * 8;
     }
-    CpAsync16(smem.q + Sw128Offset<kRows>(r, ch), src, valid);
+    CpAsync16(s_q + Sw128Offset<kRows>(r, ch), src, valid);
   }
   CpAsyncCommit();
-  for (int r = tid; r < kRows; r += Cfg::kThreads) {
-    smem.row_qpos[r] = r < item.num_rows ? p.q_pos[item.q_token_begin + r / group] : -1;
-  }
-}
-
-// The K/V gather of one CTA into the kStages-slot ring: thread tid copies
-// chunks lane + kThreadsPerKey * i of key tid / kThreadsPerKey of every tile
-// with 16-byte cp.async (zero-fill past the item's end), one commit group per
-// tile; its page-table entry is loaded one tile before the copy is issued.
-// Start() issues tile 0; IssueNext(tile) issues tile + 1 into slot
-// (tile + 1) % kStages, which the caller has made free.
-template <typename T>
-class WgmmaKvGather {
- public:
-  __device__ __forceinline__ WgmmaKvGather(const MsaKernelParams& p, const MsaWorkItem& item,
-                                           const WgmmaSmem& smem, int tid)
-      : p_(p),
-        item_(item),
-        smem_(smem),
-        key_(tid / MsaWgmmaConfig::kThreadsPerKey),
-        lane_(tid % MsaWgmmaConfig::kThreadsPerKey),
-        kv_(static_cast<const T*>(p.kv_pool)),
-        num_tiles_((item.kv_end - item.kv_begin + MsaWgmmaConfig::kBlockN - 1) /
-                   MsaWgmmaConfig::kBlockN) {}
-
-  __device__ __forceinline__ int num_tiles() const { return num_tiles_; }
-
-  __device__ __forceinline__ void Start() {
-    if (num_tiles_ > 0) Issue(Load(0), 0, 0);
-    CpAsyncCommit();
-    if (num_tiles_ > 1) next_ = Load(1);
+  for (int r = tid; r < kRows; r += kThreads) {
+    s_row_qpos[r] = r < item.num_rows ? p.q_pos[item.q_token_begin + r / group] : -1;
   }
 
-  __device__ __forceinline__ void IssueNext(int tile) {
-    if (tile + 1 < num_tiles_) Issue(next_, tile + 1, (tile + 1) % MsaWgmmaConfig::kStages);
-    CpAsyncCommit();
-    if (tile + 2 < num_tiles_) next_ = Load(tile + 2);
-  }
-
- private:
-  // This thread's key of tile `tile` (LookupMsaKey, msa_kernel.cuh).
-  __device__ __forceinline__ MsaKeyEntry Load(int tile) const {
-    return LookupMsaKey(p_, item_, item_.kv_begin + tile * MsaWgmmaConfig::kBlockN + key_);
-  }
-
+  // K/V gather: this thread copies chunks gather_lane + kThreadsPerKey * i of
+  // key gather_key of every tile; its page-table entry is loaded one tile
+  // before the copy is issued.
+  const int gather_key = tid / Cfg::kThreadsPerKey;
+  const int gather_lane = tid % Cfg::kThreadsPerKey;
+  struct KeyEntry {
+    int32_t page_id;
+    int32_t page_pos;
+    int32_t in_page;  // -1: past the item's end
+  };
+  auto load_entry = [&](int tile) {
+    KeyEntry e{0, 0, -1};
+    const int t = item.kv_begin + tile * kBlockN + gather_key;
+    if (t < item.kv_end) {
+      int gp;
+      if (item.uniform_pages) {
+        const int page = t / p.page_size;
+        gp = item.page_begin + page;
+        e.in_page = t - page * p.page_size;
+      } else {
+        int lo = 0;
+        int hi = item.num_pages - 1;  // largest page with token_start <= t
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) >> 1;
+          if (p.page_token_start[item.page_begin + mid] <= t) {
+            lo = mid;
+          } else {
+            hi = mid - 1;
+          }
+        }
+        gp = item.page_begin + lo;
+        e.in_page = t - p.page_token_start[gp];
+      }
+      e.page_id = p.page_ids[gp];
+      e.page_pos = p.page_pos[gp];
+    }
+    return e;
+  };
   // Copies tile `tile` into ring slot `slot` (zero rows past the end) and
   // records its key positions and whether it needs the causal mask.
-  __device__ __forceinline__ void Issue(const MsaKeyEntry& e, int tile, int slot) const {
-    using Cfg = MsaWgmmaConfig;
-    constexpr int kBlockN = Cfg::kBlockN;
-    const uint32_t dst_k = smem_.k + slot * Cfg::kTileBytes;
-    const uint32_t dst_v = smem_.v + slot * Cfg::kTileBytes;
-    const int last = min(kBlockN, item_.kv_end - (item_.kv_begin + tile * kBlockN)) - 1;
+  auto issue_tile = [&](const KeyEntry& e, int tile, int slot) {
+    const uint32_t dst_k = s_k + slot * Cfg::kTileBytes;
+    const uint32_t dst_v = s_v + slot * Cfg::kTileBytes;
+    const int last = min(kBlockN, item.kv_end - (item.kv_begin + tile * kBlockN)) - 1;
     const bool valid = e.in_page >= 0;
     int64_t off = 0;
     if (valid) {
-      off = static_cast<int64_t>(e.page_id) * p_.page_stride + e.in_page * p_.token_stride +
-            static_cast<int64_t>(item_.kv_head) * Cfg::kHeadDim;
+      off = static_cast<int64_t>(e.page_id) * p.page_stride + e.in_page * p.token_stride +
+            static_cast<int64_t>(item.kv_head) * D;
     }
-    const T* src_k = kv_ + off;
-    const T* src_v = src_k + p_.kv_half_stride;
+    const T* src_k = kv + off;
+    const T* src_v = src_k + p.kv_half_stride;
 #pragma unroll
     for (int i = 0; i < Cfg::kChunksPerThread; ++i) {
-      const int ch = lane_ + i * Cfg::kThreadsPerKey;
-      const uint32_t so = Sw128Offset<kBlockN>(key_, ch);
-      CpAsync16(dst_k + so, valid ? src_k + ch * 8 : kv_, valid);
-      CpAsync16(dst_v + so, valid ? src_v + ch * 8 : kv_, valid);
+      const int ch = gather_lane + i * Cfg::kThreadsPerKey;
+      const uint32_t so = Sw128Offset<kBlockN>(gather_key, ch);
+      CpAsync16(dst_k + so, valid ? src_k + ch * 8 : kv, valid);
+      CpAsync16(dst_v + so, valid ? src_v + ch * 8 : kv, valid);
     }
-    if (lane_ == 0) {
+    if (gather_lane == 0) {
       const int32_t pos = valid ? e.page_pos + e.in_page : INT32_MAX;
-      smem_.tok_pos[slot * kBlockN + key_] = pos;
-      if (key_ == last) {
-        smem_.flag[slot] = (last < kBlockN - 1 || pos > item_.q_pos_min) ? 1 : 0;
+      s_tok_pos[slot * kBlockN + gather_key] = pos;
+      if (gather_key == last) {
+        s_flag[slot] = (last < kBlockN - 1 || pos > item.q_pos_min) ? 1 : 0;
       }
     }
-  }
+  };
 
-  const MsaKernelParams& p_;
-  const MsaWorkItem& item_;
-  const WgmmaSmem& smem_;
-  const int key_;
-  const int lane_;
-  const T* const kv_;
-  const int num_tiles_;
-  MsaKeyEntry next_{0, 0, -1};
-};
+  const int num_tiles = (item.kv_end - item.kv_begin + kBlockN - 1) / kBlockN;
+  if (num_tiles > 0) issue_tile(load_entry(0), 0, 0);
+  CpAsyncCommit();
+  KeyEntry next_entry{0, 0, -1};
+  if (num_tiles > 1) next_entry = load_entry(1);
 
-// Masks the scores s of ring slot `slot` for this thread's rows r0 and
-// r0 + 8 (accumulator fragment: element 4 j + e is column 8 j + 2 t4 +
-// (e & 1) of row r0 + 8 (e >> 1)) and runs one online-softmax step in base
-// 2 with the scale folded into the exponent, as the mma.sync kernel does:
-// pr = 2^(s * scale - new max), the row state moves to the new maximum, and
-// alpha0 / alpha1 are the factors the old O rows must be scaled by. pr may
-// be s itself (the serial loop works in place); the overlapped loop passes a
-// copy so that no ordinary instruction writes a wgmma accumulator while the
-// PV wgmma is in flight (ptxas would serialise every wgmma, C7515).
-__device__ __forceinline__ void WgmmaSoftmaxTile(const float (&s)[32], float (&pr)[32],
-                                                 const WgmmaSmem& smem, int slot, int r0, int t4,
-                                                 float scale, float (&row_max)[2],
-                                                 float (&row_sum)[2], float& alpha0,
-                                                 float& alpha1) {
-  constexpr int kBlockN = MsaWgmmaConfig::kBlockN;
+  // Accumulator fragment of this thread: rows r0 = 64 wg + 16 (warp % 4) + g
+  // and r0 + 8; element 4 j + e is column 8 j + 2 t4 + (e & 1) of row
+  // r0 + 8 (e >> 1).
+  const int g = lane >> 2;
+  const int t4 = lane & 3;
+  const int r0 = wg * 64 + (warp & 3) * 16 + g;
+  const bool active = wg * 64 < item.num_rows;  // uniform per warpgroup
+  const uint32_t q_rows = s_q + wg * 64 * 128;
+  float o[64];
+  float s[32];
 #pragma unroll
-  for (int i = 0; i < 32; ++i) pr[i] = s[i];
-  if (smem.flag[slot] != 0) {
-    const int qp0 = smem.row_qpos[r0];
-    const int qp1 = smem.row_qpos[r0 + 8];
+  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) {
+  for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+  float row_max[2] = {ASYMCACHE_MSA_NEG_INF, ASYMCACHE_MSA_NEG_INF};  // scaled (base 2)
+  float row_sum[2] = {0.0f, 0.0f};
+  const float scale = p.scale_log2;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    // Tile + 1 goes into the slot of tile - 2 (freed at the last barrier).
+    if (tile + 1 < num_tiles) issue_tile(next_entry, tile + 1, (tile + 1) % kStages);
+    CpAsyncCommit();
+    if (tile + 2 < num_tiles) next_entry = load_entry(tile + 2);
+    // PV of tile - 1 done (o is read below; its V slot is reused next
+    // iteration), tile `tile` landed (this thread's copies), visible to the
+    // async proxy, then to every thread.
+    WgmmaWait<0>();
+    FenceOperands(o);
+    CpAsyncWait<1>();
+    FenceProxyAsyncShared();
+    __syncthreads();
+
+    if (active) {
+      const int slot = tile % kStages;
+      WgmmaQK<T, kRows>(s, q_rows, s_k + slot * Cfg::kTileBytes);
+
+      // Mask, online softmax (rows r0 and r0 + 8); the scale is folded into
+      // the exponent as in the mma.sync kernel.
+      if (s_flag[slot] != 0) {
+        const int qp0 = s_row_qpos[r0];
+        const int qp1 = s_row_qpos[r0 + 8];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int kp = smem.tok_pos[slot * kBlockN + j * 8 + 2 * t4 + e];
-        if (kp > qp0) pr[4 * j + e] = ASYMCACHE_MSA_NEG_INF;
-        if (kp > qp1) pr[4 * j + 2 + e] = ASYMCACHE_MSA_NEG_INF;
+        for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int kp = s_tok_pos[slot * kBlockN + j * 8 + 2 * t4 + e];
+            if (kp > qp0) s[4 * j + e] = ASYMCACHE_MSA_NEG_INF;
+            if (kp > qp1) s[4 * j + 2 + e] = ASYMCACHE_MSA_NEG_INF;
+          }
+        }
       }
+      float tile_max0 = ASYMCACHE_MSA_NEG_INF;
+      float tile_max1 = ASYMCACHE_MSA_NEG_INF;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        tile_max0 = fmaxf(tile_max0, fmaxf(s[4 * j], s[4 * j + 1]));
+        tile_max1 = fmaxf(tile_max1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+      }
+      tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 1));
+      tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 2));
+      tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 1));
+      tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 2));
+      const float new_max0 = fmaxf(row_max[0], tile_max0 * scale);
+      const float new_max1 = fmaxf(row_max[1], tile_max1 * scale);
+      const float base0 = new_max0 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max0;
+      const float base1 = new_max1 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max1;
+      const float alpha0 = FastExp2(row_max[0] - base0);
+      const float alpha1 = FastExp2(row_max[1] - base1);
+      row_max[0] = new_max0;
+      row_max[1] = new_max1;
+      row_sum[0] *= alpha0;
+      row_sum[1] *= alpha1;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        s[4 * j + 0] = FastExp2(fmaf(s[4 * j + 0], scale, -base0));
+        s[4 * j + 1] = FastExp2(fmaf(s[4 * j + 1], scale, -base0));
+        s[4 * j + 2] = FastExp2(fmaf(s[4 * j + 2], scale, -base1));
+        s[4 * j + 3] = FastExp2(fmaf(s[4 * j + 3], scale, -base1));
+        row_sum[0] += s[4 * j + 0] + s[4 * j + 1];
+        row_sum[1] += s[4 * j + 2] + s[4 * j + 3];
+      }
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[4 * j + 0] *= alpha0;
+        o[4 * j + 1] *= alpha0;
+        o[4 * j + 2] *= alpha1;
+        o[4 * j + 3] *= alpha1;
+      }
+      WgmmaPV<T>(o, s, s_v + slot * Cfg::kTileBytes, Cfg::kVLbo, Cfg::kVSbo);
     }
   }
-  float tile_max0 = ASYMCACHE_MSA_NEG_INF;
-  float tile_max1 = ASYMCACHE_MSA_NEG_INF;
-#pragma unroll
-  for (int j = 0; j < kBlockN / 8; ++j) {
-    tile_max0 = fmaxf(tile_max0, fmaxf(pr[4 * j], pr[4 * j + 1]));
-    tile_max1 = fmaxf(tile_max1, fmaxf(pr[4 * j + 2], pr[4 * j + 3]));
-  }
-  tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 1));
-  tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 2));
-  tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 1));
-  tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 2));
-  const float new_max0 = fmaxf(row_max[0], tile_max0 * scale);
-  const float new_max1 = fmaxf(row_max[1], tile_max1 * scale);
-  const float base0 = new_max0 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max0;
-  const float base1 = new_max1 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max1;
-  alpha0 = FastExp2(row_max[0] - base0);
-  alpha1 = FastExp2(row_max[1] - base1);
-  row_max[0] = new_max0;
-  row_max[1] = new_max1;
-  row_sum[0] *= alpha0;
-  row_sum[1] *= alpha1;
-#pragma unroll
-  for (int j = 0; j < kBlockN / 8; ++j) {
-    pr[4 * j + 0] = FastExp2(fmaf(pr[4 * j + 0], scale, -base0));
-    pr[4 * j + 1] = FastExp2(fmaf(pr[4 * j + 1], scale, -base0));
-    pr[4 * j + 2] = FastExp2(fmaf(pr[4 * j + 2], scale, -base1));
-    pr[4 * j + 3] = FastExp2(fmaf(pr[4 * j + 3], scale, -base1));
-    row_sum[0] += pr[4 * j + 0] + pr[4 * j + 1];
-    row_sum[1] += pr[4 * j + 2] + pr[4 * j + 3];
-  }
-}
+  WgmmaWait<0>();
+  FenceOperands(o);
+  CpAsyncWait<0>();
+  if (!active) return;
 
-// O rows r0 (alpha0) and r0 + 8 (alpha1) of this thread's fragment *= alpha.
-__device__ __forceinline__ void WgmmaRescaleO(float (&o)[64], float alpha0, float alpha1) {
-#pragma unroll
-  for (int j = 0; j < MsaWgmmaConfig::kHeadDim / 8; ++j) {
-    o[4 * j + 0] *= alpha0;
-    o[4 * j + 1] *= alpha0;
-    o[4 * j + 2] *= alpha1;
-    o[4 * j + 3] *= alpha1;
-  }
-}
-
-// Epilogue straight from the fragment (rows r0, r0 + 8): normalise, write
-// out (+ LSE) or the fp32 partial state of a split item; rows past the item
-// are never written.
-template <typename T>
-__device__ __forceinline__ void WriteWgmmaRows(const MsaKernelParams& p, const MsaWorkItem& item,
-                                               const float (&o)[64], const float (&row_max)[2],
-                                               const float (&row_sum)[2], int r0, int t4) {
-  using Ops = ElementOps<T>;
-  constexpr int D = MsaWgmmaConfig::kHeadDim;
-  const int group = p.group_size;
+  // Epilogue straight from the fragment: normalise, write out (+ LSE) or the
+  // fp32 partial state; rows past the item are never written.
   const bool partial = item.partial_row >= 0;
   T* out = static_cast<T*>(p.out);
 #pragma unroll
@@ -592,69 +558,6 @@ __device__ __forceinline__ void WriteWgmmaRows(const MsaKernelParams& p, const M
       if (t4 == 0 && p.lse != nullptr) p.lse[row] = lse_value;
     }
   }
-}
-
-// ---- prefill kernel (serial main loop, MsaPrefillKernel::kWgmma) -------------------
-
-template <typename T>
-__global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
-    MsaWgmmaPrefillKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Cfg = MsaWgmmaConfig;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgmmaSmem smem = CarveWgmmaSmem(smem_raw);
-  const MsaWorkItem item = p.items[item_base + blockIdx.x];
-  const int tid = threadIdx.x;
-  LoadWgmmaQTile<T>(p, item, smem, tid);
-  WgmmaKvGather<T> gather(p, item, smem, tid);
-  gather.Start();
-
-  // This thread's accumulator rows: r0 = 64 wg + 16 (warp % 4) + lane / 4
-  // and r0 + 8 (the fragment layout: WgmmaSoftmaxTile).
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int wg = warp >> 2;  // warpgroup: rows [64 wg, 64 wg + 64)
-  const int t4 = lane & 3;
-  const int r0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
-  const bool active = wg * 64 < item.num_rows;  // uniform per warpgroup
-  const uint32_t q_rows = smem.q + wg * 64 * 128;
-  float o[64];
-  float s[32];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 32; ++i) s[i] = 0.0f;
-  float row_max[2] = {ASYMCACHE_MSA_NEG_INF, ASYMCACHE_MSA_NEG_INF};  // scaled (base 2)
-  float row_sum[2] = {0.0f, 0.0f};
-  const float scale = p.scale_log2;
-
-  const int num_tiles = gather.num_tiles();
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    // Tile + 1 goes into the slot of tile - 2 (freed at the last barrier).
-    gather.IssueNext(tile);
-    // PV of tile - 1 done (o is read below; its V slot is reused next
-    // iteration), tile `tile` landed (this thread's copies), visible to the
-    // async proxy, then to every thread.
-    WgmmaWait<0>();
-    FenceOperands(o);
-    CpAsyncWait<1>();
-    FenceProxyAsyncShared();
-    __syncthreads();
-
-    if (active) {
-      const int slot = tile % Cfg::kStages;
-      WgmmaQK<T, Cfg::kRows>(s, q_rows, smem.k + slot * Cfg::kTileBytes);
-      float alpha0, alpha1;
-      WgmmaSoftmaxTile(s, s, smem, slot, r0, t4, scale, row_max, row_sum, alpha0, alpha1);
-      WgmmaRescaleO(o, alpha0, alpha1);
-      WgmmaPV<T>(o, s, smem.v + slot * Cfg::kTileBytes, Cfg::kVLbo, Cfg::kVSbo);
-    }
-  }
-  WgmmaWait<0>();
-  FenceOperands(o);
-  CpAsyncWait<0>();
-  if (!active) return;
-  WriteWgmmaRows<T>(p, item, o, row_max, row_sum, r0, t4);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
@@ -735,28 +638,193 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
 // launches whose largest prefill tile has more than 64 rows. Measured and
 // tested on an H100 (docs/msa_kernel.md, "version 3: wgmma").
 
+template <int N, int M>
+__device__ __forceinline__ void FenceOperands(uint32_t (&r)[N][M]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+  }
+}
+// Issues S (64 x 64, this warpgroup's rows) = Q K^T over head dim 128 (8
+// wgmma, not committed). q_rows: the shared address of this warpgroup's Q
+// row 0 within a kQTileRows-row Q tile; k_tile: the K tile (kBlockN rows).
+// The caller fences (WgmmaFence) before and commits/waits after.
+template <typename T, int kQTileRows>
+__device__ __forceinline__ void WgmmaQKIssue(float (&s)[32], uint32_t q_rows, uint32_t k_tile) {
+  using Cfg = MsaWgmmaConfig;
+#pragma unroll
+  for (int ks = 0; ks < Cfg::kHeadDim / 16; ++ks) {
+    const uint32_t k_off = (ks & 3) * 32;  // 16 columns = 32 bytes into the 128-byte row
+    const uint64_t desc_a = SmemDescSw128(q_rows + (ks >> 2) * (kQTileRows * 128) + k_off,
+                                          Cfg::kKMajorLbo, Cfg::kKMajorSbo);
+    const uint64_t desc_b = SmemDescSw128(k_tile + (ks >> 2) * (Cfg::kBlockN * 128) + k_off,
+                                          Cfg::kKMajorLbo, Cfg::kKMajorSbo);
+    WgmmaOps<T>::SS64(s, desc_a, desc_b, ks > 0 ? 1 : 0);
+  }
+}
+
+// P as 16-bit A fragments: the m64 accumulator fragment of S has the A
+// fragment's layout, so key block kt is s[8 kt .. 8 kt + 7] packed in pairs.
+template <typename T>
+__device__ __forceinline__ void PackP(const float (&s)[32], uint32_t (&pf)[MsaWgmmaConfig::kBlockN / 16][4]) {
+  using Ops = ElementOps<T>;
+#pragma unroll
+  for (int kt = 0; kt < MsaWgmmaConfig::kBlockN / 16; ++kt) {
+    pf[kt][0] = Ops::Pack(s[8 * kt + 0], s[8 * kt + 1]);
+    pf[kt][1] = Ops::Pack(s[8 * kt + 2], s[8 * kt + 3]);
+    pf[kt][2] = Ops::Pack(s[8 * kt + 4], s[8 * kt + 5]);
+    pf[kt][3] = Ops::Pack(s[8 * kt + 6], s[8 * kt + 7]);
+  }
+}
+
+// Issues O += P V for this warpgroup (4 wgmma over 16-key steps, not
+// committed); V tile at v_tile read N-major. The caller fences before and
+// commits/waits after.
+template <typename T>
+__device__ __forceinline__ void WgmmaPVIssue(float (&o)[64],
+                                             const uint32_t (&pf)[MsaWgmmaConfig::kBlockN / 16][4],
+                                             uint32_t v_tile, uint32_t v_lbo, uint32_t v_sbo) {
+#pragma unroll
+  for (int kt = 0; kt < MsaWgmmaConfig::kBlockN / 16; ++kt) {
+    // 16 keys = two 8-key groups of 128-byte rows.
+    const uint64_t desc_b = SmemDescSw128(v_tile + kt * 16 * 128, v_lbo, v_sbo);
+    WgmmaOps<T>::RS128(o, pf[kt], desc_b, 1);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
     MsaWgmmaPrefillOverlapKernel(const __grid_constant__ MsaKernelParams p, int32_t item_base) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = MsaWgmmaConfig;
+  using Ops = ElementOps<T>;
+  constexpr int D = Cfg::kHeadDim;
+  constexpr int kThreads = Cfg::kThreads;
+  constexpr int kBlockN = Cfg::kBlockN;
   constexpr int kStages = Cfg::kStages;
+  constexpr int kChunks = Cfg::kChunks;
+  constexpr int kRows = Cfg::kRows;
+
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const WgmmaSmem smem = CarveWgmmaSmem(smem_raw);
+  const uint32_t raw_addr = SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw_addr & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t s_q = raw_addr + pad;
+  const uint32_t s_k = s_q + Cfg::kQBytes;
+  const uint32_t s_v = s_k + kStages * Cfg::kTileBytes;
+  int32_t* s_tok_pos = reinterpret_cast<int32_t*>(smem + Cfg::kQBytes + Cfg::kKvBytes);
+  int32_t* s_flag = s_tok_pos + kStages * kBlockN;  // 4 slots reserved
+  int32_t* s_row_qpos = s_flag + 4;
+
   const MsaWorkItem item = p.items[item_base + blockIdx.x];
   const int tid = threadIdx.x;
-  LoadWgmmaQTile<T>(p, item, smem, tid);
-  WgmmaKvGather<T> gather(p, item, smem, tid);
-  gather.Start();
-
-  // This thread's accumulator rows: r0 = 64 wg + 16 (warp % 4) + lane / 4
-  // and r0 + 8 (the fragment layout: WgmmaSoftmaxTile).
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int wg = warp >> 2;  // warpgroup: rows [64 wg, 64 wg + 64)
+  const int group = p.group_size;
+  const T* q = static_cast<const T*>(p.q);
+  const T* kv = static_cast<const T*>(p.kv_pool);
+
+  // Q tile (rows past num_rows are zero) and each row's query position.
+  for (int c = tid; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int ch = c % kChunks;
+    const bool valid = r < item.num_rows;
+    const T* src = q;
+    if (valid) {
+      const int64_t token = item.q_token_begin + r / group;
+      const int head = item.kv_head * group + r % group;
+      src = q + (token * p.num_q_heads + head) * D + ch * 8;
+    }
+    CpAsync16(s_q + Sw128Offset<kRows>(r, ch), src, valid);
+  }
+  CpAsyncCommit();
+  for (int r = tid; r < kRows; r += kThreads) {
+    s_row_qpos[r] = r < item.num_rows ? p.q_pos[item.q_token_begin + r / group] : -1;
+  }
+
+  // K/V gather: this thread copies chunks gather_lane + kThreadsPerKey * i of
+  // key gather_key of every tile; its page-table entry is loaded one tile
+  // before the copy is issued.
+  const int gather_key = tid / Cfg::kThreadsPerKey;
+  const int gather_lane = tid % Cfg::kThreadsPerKey;
+  struct KeyEntry {
+    int32_t page_id;
+    int32_t page_pos;
+    int32_t in_page;  // -1: past the item's end
+  };
+  auto load_entry = [&](int tile) {
+    KeyEntry e{0, 0, -1};
+    const int t = item.kv_begin + tile * kBlockN + gather_key;
+    if (t < item.kv_end) {
+      int gp;
+      if (item.uniform_pages) {
+        const int page = t / p.page_size;
+        gp = item.page_begin + page;
+        e.in_page = t - page * p.page_size;
+      } else {
+        int lo = 0;
+        int hi = item.num_pages - 1;  // largest page with token_start <= t
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) >> 1;
+          if (p.page_token_start[item.page_begin + mid] <= t) {
+            lo = mid;
+          } else {
+            hi = mid - 1;
+          }
+        }
+        gp = item.page_begin + lo;
+        e.in_page = t - p.page_token_start[gp];
+      }
+      e.page_id = p.page_ids[gp];
+      e.page_pos = p.page_pos[gp];
+    }
+    return e;
+  };
+  // Copies tile `tile` into ring slot `slot` (zero rows past the end) and
+  // records its key positions and whether it needs the causal mask.
+  auto issue_tile = [&](const KeyEntry& e, int tile, int slot) {
+    const uint32_t dst_k = s_k + slot * Cfg::kTileBytes;
+    const uint32_t dst_v = s_v + slot * Cfg::kTileBytes;
+    const int last = min(kBlockN, item.kv_end - (item.kv_begin + tile * kBlockN)) - 1;
+    const bool valid = e.in_page >= 0;
+    int64_t off = 0;
+    if (valid) {
+      off = static_cast<int64_t>(e.page_id) * p.page_stride + e.in_page * p.token_stride +
+            static_cast<int64_t>(item.kv_head) * D;
+    }
+    const T* src_k = kv + off;
+    const T* src_v = src_k + p.kv_half_stride;
+#pragma unroll
+    for (int i = 0; i < Cfg::kChunksPerThread; ++i) {
+      const int ch = gather_lane + i * Cfg::kThreadsPerKey;
+      const uint32_t so = Sw128Offset<kBlockN>(gather_key, ch);
+      CpAsync16(dst_k + so, valid ? src_k + ch * 8 : kv, valid);
+      CpAsync16(dst_v + so, valid ? src_v + ch * 8 : kv, valid);
+    }
+    if (gather_lane == 0) {
+      const int32_t pos = valid ? e.page_pos + e.in_page : INT32_MAX;
+      s_tok_pos[slot * kBlockN + gather_key] = pos;
+      if (gather_key == last) {
+        s_flag[slot] = (last < kBlockN - 1 || pos > item.q_pos_min) ? 1 : 0;
+      }
+    }
+  };
+
+  const int num_tiles = (item.kv_end - item.kv_begin + kBlockN - 1) / kBlockN;
+  if (num_tiles > 0) issue_tile(load_entry(0), 0, 0);
+  CpAsyncCommit();
+  KeyEntry next_entry{0, 0, -1};
+  if (num_tiles > 1) next_entry = load_entry(1);
+
+  // Accumulator fragment of this thread: rows r0 = 64 wg + 16 (warp % 4) + g
+  // and r0 + 8; element 4 j + e is column 8 j + 2 t4 + (e & 1) of row
+  // r0 + 8 (e >> 1).
+  const int g = lane >> 2;
   const int t4 = lane & 3;
-  const int r0 = wg * 64 + (warp & 3) * 16 + (lane >> 2);
-  const uint32_t q_rows = smem.q + wg * 64 * 128;
+  const int r0 = wg * 64 + (warp & 3) * 16 + g;
+  const uint32_t q_rows = s_q + wg * 64 * 128;
   float o[64];
   float s[32];
 #pragma unroll
@@ -767,6 +835,70 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
   float row_sum[2] = {0.0f, 0.0f};
   const float scale = p.scale_log2;
 
+  // Mask and online softmax of tile `slot`'s scores in s (rows r0, r0 + 8):
+  // s becomes the unnormalised probabilities, the row state moves to the new
+  // maximum; returns the factors the old O rows must be scaled by. The scale
+  // is folded into the exponent as in the mma.sync kernel.
+  auto softmax_tile = [&](int slot, float& alpha0, float& alpha1, float (&pr)[32]) {
+    // pr = s, masked; s (the QK^T accumulators) is only read here, so no
+    // ordinary instruction writes a wgmma accumulator while the PV wgmma is
+    // in flight (ptxas would serialise every wgmma, C7515).
+#pragma unroll
+    for (int i = 0; i < 32; ++i) pr[i] = s[i];
+    if (s_flag[slot] != 0) {
+      const int qp0 = s_row_qpos[r0];
+      const int qp1 = s_row_qpos[r0 + 8];
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int kp = s_tok_pos[slot * kBlockN + j * 8 + 2 * t4 + e];
+          if (kp > qp0) pr[4 * j + e] = ASYMCACHE_MSA_NEG_INF;
+          if (kp > qp1) pr[4 * j + 2 + e] = ASYMCACHE_MSA_NEG_INF;
+        }
+      }
+    }
+    float tile_max0 = ASYMCACHE_MSA_NEG_INF;
+    float tile_max1 = ASYMCACHE_MSA_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+      tile_max0 = fmaxf(tile_max0, fmaxf(pr[4 * j], pr[4 * j + 1]));
+      tile_max1 = fmaxf(tile_max1, fmaxf(pr[4 * j + 2], pr[4 * j + 3]));
+    }
+    tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 1));
+    tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, 2));
+    tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 1));
+    tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, 2));
+    const float new_max0 = fmaxf(row_max[0], tile_max0 * scale);
+    const float new_max1 = fmaxf(row_max[1], tile_max1 * scale);
+    const float base0 = new_max0 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max0;
+    const float base1 = new_max1 == ASYMCACHE_MSA_NEG_INF ? 0.0f : new_max1;
+    alpha0 = FastExp2(row_max[0] - base0);
+    alpha1 = FastExp2(row_max[1] - base1);
+    row_max[0] = new_max0;
+    row_max[1] = new_max1;
+    row_sum[0] *= alpha0;
+    row_sum[1] *= alpha1;
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+      pr[4 * j + 0] = FastExp2(fmaf(pr[4 * j + 0], scale, -base0));
+      pr[4 * j + 1] = FastExp2(fmaf(pr[4 * j + 1], scale, -base0));
+      pr[4 * j + 2] = FastExp2(fmaf(pr[4 * j + 2], scale, -base1));
+      pr[4 * j + 3] = FastExp2(fmaf(pr[4 * j + 3], scale, -base1));
+      row_sum[0] += pr[4 * j + 0] + pr[4 * j + 1];
+      row_sum[1] += pr[4 * j + 2] + pr[4 * j + 3];
+    }
+  };
+  auto rescale_o = [&](float alpha0, float alpha1) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      o[4 * j + 0] *= alpha0;
+      o[4 * j + 1] *= alpha0;
+      o[4 * j + 2] *= alpha1;
+      o[4 * j + 3] *= alpha1;
+    }
+  };
+
   // Overlapped (FA3's intra-warpgroup pipelining): iteration i issues
   // S_i = Q K_i^T and O += P_{i-1} V_{i-1} together, waits for S_i only,
   // runs the softmax of tile i while the PV GEMM runs, then waits for it
@@ -775,7 +907,7 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
   // are all past the item runs on zero Q rows and writes nothing): any
   // branch around the wgmma waits makes ptxas serialise every wgmma of the
   // kernel (C7515, nvcc 13.0), which costs more than the idle rows.
-  uint32_t pf[Cfg::kBlockN / 16][4];
+  uint32_t pf[kBlockN / 16][4];
   // Tile `tile` (issued an iteration ago) landed, visible to the async
   // proxy and to every thread; every warpgroup finished tile - 2 (its PV
   // was waited for last iteration), so its slot takes tile + 1.
@@ -783,52 +915,94 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
     CpAsyncWait<0>();
     FenceProxyAsyncShared();
     __syncthreads();
-    gather.IssueNext(tile);
+    if (tile + 1 < num_tiles) issue_tile(next_entry, tile + 1, (tile + 1) % kStages);
+    CpAsyncCommit();
+    if (tile + 2 < num_tiles) next_entry = load_entry(tile + 2);
   };
-  const int num_tiles = gather.num_tiles();
   // Tile 0 on its own (no PV yet): no branch around the wgmma waits in
   // the loop, which would make ptxas serialise every wgmma (C7520).
   if (num_tiles > 0) {
     next_tile(0);
-    WgmmaQK<T, Cfg::kRows>(s, q_rows, smem.k);
-    float alpha0, alpha1;
-    float pr[32];
-    // o is still 0: nothing to rescale.
-    WgmmaSoftmaxTile(s, pr, smem, 0, r0, t4, scale, row_max, row_sum, alpha0, alpha1);
-    PackP<T>(pr, pf);
+    {
+      WgmmaFence();
+      WgmmaQKIssue<T, kRows>(s, q_rows, s_k);
+      WgmmaCommit();
+      WgmmaWait<0>();
+      FenceOperands(s);
+      float alpha0, alpha1;
+      float pr[32];
+      softmax_tile(0, alpha0, alpha1, pr);  // o is still 0: nothing to rescale
+      PackP<T>(pr, pf);
+    }
   }
-  for (int tile = 1; tile < num_tiles; ++tile) {
-    next_tile(tile);
-    const int slot = tile % kStages;
-    FenceOperands(o);
-    FenceOperands(pf);
-    WgmmaFence();
-    WgmmaQKIssue<T, Cfg::kRows>(s, q_rows, smem.k + slot * Cfg::kTileBytes);
-    WgmmaCommit();
-    WgmmaPVIssue<T>(o, pf, smem.v + ((tile - 1) % kStages) * Cfg::kTileBytes, Cfg::kVLbo,
-                    Cfg::kVSbo);
-    WgmmaCommit();
-    WgmmaWait<1>();
-    float alpha0, alpha1;
-    float pr[32];
-    WgmmaSoftmaxTile(s, pr, smem, slot, r0, t4, scale, row_max, row_sum, alpha0, alpha1);
-    WgmmaWait<0>();
-    FenceOperands(o);
-    FenceOperands(pf);
-    WgmmaRescaleO(o, alpha0, alpha1);
-    PackP<T>(pr, pf);
+  {
+    for (int tile = 1; tile < num_tiles; ++tile) {
+      next_tile(tile);
+      const int slot = tile % kStages;
+      FenceOperands(o);
+      FenceOperands(pf);
+      WgmmaFence();
+      WgmmaQKIssue<T, kRows>(s, q_rows, s_k + slot * Cfg::kTileBytes);
+      WgmmaCommit();
+      WgmmaPVIssue<T>(o, pf, s_v + ((tile - 1) % kStages) * Cfg::kTileBytes, Cfg::kVLbo,
+                      Cfg::kVSbo);
+      WgmmaCommit();
+      WgmmaWait<1>();
+      float alpha0, alpha1;
+      float pr[32];
+      softmax_tile(slot, alpha0, alpha1, pr);
+      WgmmaWait<0>();
+      FenceOperands(o);
+      FenceOperands(pf);
+      rescale_o(alpha0, alpha1);
+      PackP<T>(pr, pf);
+    }
   }
   if (num_tiles > 0) {
     FenceOperands(o);
     WgmmaFence();
-    WgmmaPVIssue<T>(o, pf, smem.v + ((num_tiles - 1) % kStages) * Cfg::kTileBytes, Cfg::kVLbo,
+    WgmmaPVIssue<T>(o, pf, s_v + ((num_tiles - 1) % kStages) * Cfg::kTileBytes, Cfg::kVLbo,
                     Cfg::kVSbo);
     WgmmaCommit();
   }
   WgmmaWait<0>();
   FenceOperands(o);
   CpAsyncWait<0>();
-  WriteWgmmaRows<T>(p, item, o, row_max, row_sum, r0, t4);
+
+  // Epilogue straight from the fragment: normalise, write out (+ LSE) or the
+  // fp32 partial state; rows past the item are never written.
+  const bool partial = item.partial_row >= 0;
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float sum = row_sum[h];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int r = r0 + 8 * h;
+    if (r >= item.num_rows) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float lse_value = sum > 0.0f ? row_max[h] + __log2f(sum) : ASYMCACHE_MSA_NEG_INF;
+    if (partial) {
+      float* dst = p.partial_out + static_cast<int64_t>(item.partial_row + r) * D + 2 * t4;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<float2*>(dst + 8 * j) =
+            make_float2(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+      if (t4 == 0) p.partial_lse[item.partial_row + r] = lse_value;
+    } else {
+      const int64_t token = item.q_token_begin + r / group;
+      const int head = item.kv_head * group + r % group;
+      const int64_t row = token * p.num_q_heads + head;
+      T* dst = out + row * D + 2 * t4;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(dst + 8 * j) =
+            Ops::Pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      }
+      if (t4 == 0 && p.lse != nullptr) p.lse[row] = lse_value;
+    }
+  }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
