@@ -240,6 +240,8 @@ absl::StatusOr<ClusterResult> ClusterReplay::Run(RoutingMode mode) {
     run.evictions += t.evictions;
     run.pins_granted += t.pins_granted;
     run.pins_released_under_pressure += t.pins_released_under_pressure;
+    run.preemptions += t.preemptions;
+    run.blocked_decode_steps += t.blocked_decode_steps;
     run.final_pool.capacity += t.final_pool.capacity;
     run.final_pool.free += t.final_pool.free;
     run.final_pool.writing += t.final_pool.writing;

@@ -208,20 +208,24 @@ double EngineInstance::ExpectedRebuildCost(int64_t tokens) const {
 absl::Status EngineInstance::Admit() {
   const int block = cache_->model().block_tokens;
   const Workload& workload = replay_->workload();
+  const bool grow = options_.grow_output_blocks;
   head_blocked_on_memory_ = false;
   while (!waiting_.empty() &&
          static_cast<int>(running_.size()) < options_.max_running_requests) {
     EngineRequest& request = waiting_.front();
     const std::vector<TokenId>& context = replay_->context(request.session);
+    // The whole context (outputs reserved), or, as the worker plans it, the
+    // tokens so far: the prompt, and the tokens generated before a preemption.
+    const int64_t planned =
+        grow ? request.prompt_tokens + request.generated : request.context_tokens;
     absl::StatusOr<StepLease> lease = cache_->BeginStep(
         request.salt, request.sequence,
-        absl::MakeConstSpan(context.data(), static_cast<size_t>(request.context_tokens)));
+        absl::MakeConstSpan(context.data(), static_cast<size_t>(planned)));
     if (!lease.ok() && absl::IsResourceExhausted(lease.status()) && pins_ != nullptr) {
       const double waited = now_s_ - replay_->record(request.record).arrival_s;
       const absl::Duration wait =
           running_.empty() ? absl::InfiniteDuration() : absl::Seconds(waited);
-      const int64_t released =
-          pins_->ReleaseUnderPressure(CeilDiv(request.context_tokens, block), wait);
+      const int64_t released = pins_->ReleaseUnderPressure(CeilDiv(planned, block), wait);
       totals_.pins_released_under_pressure += released;
       if (released > 0) continue;  // retry with the freed blocks
     }
@@ -239,39 +243,152 @@ absl::Status EngineInstance::Admit() {
       head_blocked_on_memory_ = true;
       return absl::OkStatus();  // FCFS: the head waits for memory
     }
-    if (pins_ != nullptr) pins_->OnJobResumed(workload.sessions[request.session].id);
-    const StepPlan& plan = lease->plan;
     RequestRecord& record = replay_->record(request.record);
-    record.admitted_s = now_s_;
-    const int64_t prompt = request.prompt_tokens;
+    // A preempted request admitted again keeps its first plan's counts (the
+    // worker's RequestStats come from its first plan too).
+    const bool first_admission = record.admitted_s < 0;
+    if (first_admission && pins_ != nullptr) {
+      pins_->OnJobResumed(workload.sessions[request.session].id);
+    }
+    const StepPlan& plan = lease->plan;
+    if (first_admission) record.admitted_s = now_s_;
+    // Positions to prefill: the prompt's (outputs reserved with it are
+    // decoded) or every planned one.
+    const int64_t limit = grow ? planned : request.prompt_tokens;
     for (const Segment& segment : plan.segments) {
       const int64_t begin = segment.begin;
-      const int64_t end = std::min(segment.end, prompt);
+      const int64_t end = std::min(segment.end, limit);
       if (begin >= end) break;
       switch (segment.kind) {
         case Segment::Kind::kResident:
-          record.hit_tokens += end - begin;
+          if (first_admission) record.hit_tokens += end - begin;
           break;
         case Segment::Kind::kHole:
-          record.rebuild_tokens += end - begin;
+          if (first_admission) record.rebuild_tokens += end - begin;
           request.runs.emplace_back(begin, end);
           break;
         case Segment::Kind::kTail:
-          record.new_tokens += end - begin;
+          if (first_admission) record.new_tokens += end - begin;
           request.runs.emplace_back(begin, end);
           break;
       }
     }
-    for (int64_t page = 0; page < record.prompt_blocks && page < static_cast<int64_t>(plan.page_resident.size()); ++page) {
-      record.hit_blocks += plan.page_resident[page];
+    if (first_admission) {
+      for (int64_t page = 0;
+           page < record.prompt_blocks && page < static_cast<int64_t>(plan.page_resident.size());
+           ++page) {
+        record.hit_blocks += plan.page_resident[page];
+      }
     }
-    // The first output token needs the last prompt position's query even when
-    // the whole prompt is resident.
-    if (request.runs.empty()) request.runs.emplace_back(prompt - 1, prompt);
+    // The next token needs the last planned position's query even when all
+    // of it is resident.
+    if (request.runs.empty()) request.runs.emplace_back(limit - 1, limit);
     request.lease_id = lease->lease_id;
+    if (grow) {
+      request.planned_tokens = planned;
+      request.committed = false;
+      request.private_last_page = false;
+      request.last_page_resident = !plan.page_resident.empty() && plan.page_resident.back() != 0;
+      request.decode_blocked = false;
+    }
     running_.push_back(std::move(request));
     waiting_.pop_front();
   }
+  return absl::OkStatus();
+}
+
+absl::Status EngineInstance::PlanDecodePages() {
+  const int block = cache_->model().block_tokens;
+  for (EngineRequest& r : running_) {
+    r.decode_blocked = false;
+    if (!r.prefilled()) continue;
+    // Tokens so far; the last one is fed in this step, at position known - 1.
+    const int64_t known = r.prompt_tokens + r.generated;
+    if (r.planned_tokens != known - 1) {
+      return absl::InternalError(absl::StrCat("request ", r.record, ": its lease covers ",
+                                              r.planned_tokens, " positions, not ", known - 1));
+    }
+    if (r.private_last_page && r.planned_tokens % block != 0) {
+      ++r.planned_tokens;  // into the private page: no plan
+      continue;
+    }
+    // The page is full (or not private): plan the context so far, as the
+    // worker does. The rows the old lease holds are copied into the new
+    // pages (no compute), so this step runs the one decode token.
+    const std::vector<TokenId>& context = replay_->context(r.session);
+    const absl::Span<const TokenId> tokens =
+        absl::MakeConstSpan(context.data(), static_cast<size_t>(known));
+    absl::StatusOr<StepLease> lease = cache_->BeginStep(r.salt, r.sequence, tokens);
+    if (!lease.ok() && absl::IsResourceExhausted(lease.status()) && pins_ != nullptr) {
+      // The daemon's pressure release: the wait counts from the sequence's
+      // first refused plan (zero then), and one retry.
+      const double waited = r.blocked_since_s < 0 ? 0 : now_s_ - r.blocked_since_s;
+      const int64_t released =
+          pins_->ReleaseUnderPressure(CeilDiv(known, block), absl::Seconds(waited));
+      totals_.pins_released_under_pressure += released;
+      if (released > 0) lease = cache_->BeginStep(r.salt, r.sequence, tokens);
+    }
+    if (!lease.ok()) {
+      if (!absl::IsResourceExhausted(lease.status())) {
+        return absl::InternalError(absl::StrCat("BeginStep: ", lease.status().message()));
+      }
+      if (r.blocked_since_s < 0) r.blocked_since_s = now_s_;
+      r.decode_blocked = true;  // skips this step, asks again at the next
+      ++replay_->record(r.record).blocked_decode_steps;
+      ++totals_.blocked_decode_steps;
+      continue;
+    }
+    r.blocked_since_s = -1;
+    if (absl::Status s = cache_->ReleaseStep(r.lease_id); !s.ok()) {
+      return absl::InternalError(absl::StrCat("ReleaseStep: ", s.message()));
+    }
+    r.lease_id = lease->lease_id;
+    r.committed = false;
+    r.private_last_page = false;
+    r.last_page_resident =
+        !lease->plan.page_resident.empty() && lease->plan.page_resident.back() != 0;
+    r.planned_tokens = known;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineInstance::CommitComputed(EngineRequest& request, bool finishing) {
+  KvCache::CommitOptions commit;
+  commit.keep_partial_last_page = !finishing;
+  KvCache::CommitResult result;
+  if (absl::Status s = cache_->CommitStep(request.lease_id, commit, &result); !s.ok()) {
+    return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
+  }
+  request.committed = true;
+  // The worker's rule (SequencePages::LastPageIsOwnPartial); the cache must agree.
+  request.private_last_page = !finishing &&
+                              request.planned_tokens % cache_->model().block_tokens != 0 &&
+                              !request.last_page_resident;
+  if (result.private_blocks != (request.private_last_page ? 1 : 0)) {
+    return absl::InternalError(absl::StrCat("CommitStep kept ", result.private_blocks,
+                                            " private blocks for request ", request.record));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineInstance::PreemptNewest() {
+  EngineRequest request = std::move(running_.back());
+  running_.pop_back();
+  if (absl::Status s = cache_->ReleaseStep(request.lease_id); !s.ok()) {
+    return absl::InternalError(absl::StrCat("ReleaseStep: ", s.message()));
+  }
+  request.lease_id = 0;
+  request.committed = false;
+  request.runs.clear();
+  request.next_run = 0;
+  request.planned_tokens = 0;
+  request.private_last_page = false;
+  request.last_page_resident = false;
+  request.decode_blocked = false;
+  request.blocked_since_s = -1;
+  ++replay_->record(request.record).preemptions;
+  ++totals_.preemptions;
+  waiting_.push_front(std::move(request));
   return absl::OkStatus();
 }
 
@@ -307,32 +424,48 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
   if (in_step_) return absl::InternalError("StartStep with a step in flight");
   now_s_ = now_s;
   if (pins_ != nullptr) pins_->ExpirePins();
-  if (absl::Status s = Admit(); !s.ok()) return s;
-  if (running_.empty()) {
-    // Admission with nothing running admits or rejects every waiting request.
-    if (!waiting_.empty()) return absl::InternalError("idle engine left requests waiting");
-    return false;
-  }
   std::vector<DecodeWork> decodes;
   std::vector<PrefillWork> pending;
-  decoding_.clear();
-  prefilling_.clear();
-  for (size_t i = 0; i < running_.size(); ++i) {
-    EngineRequest& r = running_[i];
-    if (r.prefilled()) {
-      // Its decode so far, for the request-mean TPOT rule: generated counts
-      // the first token.
-      decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated, r.generated - 1,
-                                   now_s_ - replay_->record(r.record).first_token_s});
-      decoding_.push_back(i);
-    } else {
-      PrefillWork work;
-      work.sequence = r.sequence;
-      work.runs.assign(r.runs.begin() + static_cast<std::ptrdiff_t>(r.next_run), r.runs.end());
-      work.context_tokens = r.prompt_tokens;
-      pending.push_back(std::move(work));
-      prefilling_[r.sequence] = i;
+  while (true) {
+    if (absl::Status s = Admit(); !s.ok()) return s;
+    if (options_.grow_output_blocks) {
+      if (absl::Status s = PlanDecodePages(); !s.ok()) return s;
     }
+    if (running_.empty()) {
+      // Admission with nothing running admits or rejects every waiting request.
+      if (!waiting_.empty()) return absl::InternalError("idle engine left requests waiting");
+      return false;
+    }
+    decodes.clear();
+    pending.clear();
+    decoding_.clear();
+    prefilling_.clear();
+    for (size_t i = 0; i < running_.size(); ++i) {
+      EngineRequest& r = running_[i];
+      if (r.prefilled()) {
+        if (r.decode_blocked) continue;
+        // Its decode so far, for the request-mean TPOT rule: generated counts
+        // the first token.
+        decodes.push_back(DecodeWork{r.sequence, r.prompt_tokens + r.generated, r.generated - 1,
+                                     now_s_ - replay_->record(r.record).first_token_s});
+        decoding_.push_back(i);
+      } else {
+        PrefillWork work;
+        work.sequence = r.sequence;
+        work.runs.assign(r.runs.begin() + static_cast<std::ptrdiff_t>(r.next_run), r.runs.end());
+        work.context_tokens = options_.grow_output_blocks ? r.planned_tokens : r.prompt_tokens;
+        pending.push_back(std::move(work));
+        prefilling_[r.sequence] = i;
+      }
+    }
+    if (!decodes.empty() || !pending.empty()) break;
+    if (!options_.grow_output_blocks) {
+      return absl::InternalError("running requests with nothing to run");
+    }
+    // Every running request waits for a page: as the worker, the most
+    // recently admitted one gives its blocks back, and the step is tried
+    // again at the same modeled instant (the worker sleeps 1 ms).
+    if (absl::Status s = PreemptNewest(); !s.ok()) return s;
   }
   schedule_ = scheduler_->Schedule(decodes, pending, /*overloaded=*/!waiting_.empty());
   const int64_t step_tokens = static_cast<int64_t>(decodes.size()) + schedule_.prefill_tokens;
@@ -375,9 +508,12 @@ absl::Status EngineInstance::CompleteStep() {
     if (it == prefilling_.end()) return absl::InternalError("chunk for an unknown sequence");
     EngineRequest& r = running_[it->second];
     if (chunk.sequence != previous_sequence) {  // a sequence's chunks are consecutive
-      RequestRecord& record = replay_->record(r.record);
-      ++record.prefill_steps;
-      record.prefill_step_s += step_s;
+      // Its prefill before the first token (not a re-prefill after a preemption).
+      if (r.generated == 0) {
+        RequestRecord& record = replay_->record(r.record);
+        ++record.prefill_steps;
+        record.prefill_step_s += step_s;
+      }
       previous_sequence = chunk.sequence;
     }
     if (r.next_run >= r.runs.size() || r.runs[r.next_run].first != chunk.begin ||
@@ -393,18 +529,27 @@ absl::Status EngineInstance::CompleteStep() {
   // that wrote the same blocks commits first must not depend on hashing.
   std::vector<size_t> prefilled;
   for (const auto& [sequence, i] : prefilling_) {
-    if (running_[i].prefilled() && running_[i].generated == 0) prefilled.push_back(i);
+    if (running_[i].prefilled()) prefilled.push_back(i);
   }
   std::sort(prefilled.begin(), prefilled.end());
   for (size_t i : prefilled) {
     EngineRequest& r = running_[i];
-    r.generated = 1;
+    // Its first token, or the token a re-prefill after a preemption yields.
+    if (r.generated++ > 0) continue;
     replay_->record(r.record).first_token_s = now_s_;
-    if (options_.commit_at_prefill_end) {
+    if (options_.commit_at_prefill_end && !options_.grow_output_blocks) {
       if (absl::Status s = cache_->CommitStep(r.lease_id); !s.ok()) {
         return absl::InternalError(absl::StrCat("CommitStep: ", s.message()));
       }
       r.committed = true;
+    }
+  }
+  if (options_.grow_output_blocks) {
+    // As the worker after its forward pass: every lease whose positions are
+    // all computed now (a completed prefill, a new page's decode) is committed.
+    for (EngineRequest& r : running_) {
+      if (r.committed || !r.prefilled()) continue;
+      if (absl::Status s = CommitComputed(r, r.generated >= r.output_tokens); !s.ok()) return s;
     }
   }
   size_t kept = 0;
@@ -485,6 +630,11 @@ absl::Status EngineOptions::Validate() const {
   if (max_step_latency < absl::ZeroDuration() || max_step_latency == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError("EngineOptions.max_step_latency must be finite and >= 0");
   }
+  if (grow_output_blocks && !commit_at_prefill_end) {
+    return absl::InvalidArgumentError(
+        "EngineOptions.grow_output_blocks requires commit_at_prefill_end (a decoding request's "
+        "next page is planned over its earlier pages, which it finds only once they are sealed)");
+  }
   if (agent_pins) return pin_options.Validate();
   return absl::OkStatus();
 }
@@ -537,6 +687,8 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
   result.evictions = totals.evictions;
   result.pins_granted = totals.pins_granted;
   result.pins_released_under_pressure = totals.pins_released_under_pressure;
+  result.preemptions = totals.preemptions;
+  result.blocked_decode_steps = totals.blocked_decode_steps;
   result.final_pool = totals.final_pool;
   result.consistency = totals.consistency;
   return result;

@@ -18,6 +18,18 @@
 //     (evicting by the system's policy). The prompt part of the plan gives
 //     the request's hit / rebuilt / new tokens; only prompt positions are
 //     prefilled (outputs are decoded).
+//   * With EngineOptions::grow_output_blocks the engine holds memory as the
+//     worker does (services/worker/engine.h) instead: admission plans the
+//     prompt only; the lease is committed once its positions are computed,
+//     its partial last page kept private; a decode token goes into that page
+//     until it is full, then the next token's plan (BeginStep of the context
+//     so far) allocates the next page, the old lease is released. Admission
+//     plans before the running requests' pages each step. A request whose
+//     page cannot be allocated skips the step (and asks again at the next);
+//     when no running request can run, the most recently admitted one is
+//     preempted: its lease released, it goes back to the head of the queue
+//     and, when admitted again, plans its context so far (hitting what of it
+//     is still resident) and prefills the rest, which yields its next token.
 //   * A request's first token comes at the end of the step that completes its
 //     prefill (TTFT = that time - arrival); each later step adds one token.
 //     At finish the lease is committed (blocks sealed and indexed, so later
@@ -106,6 +118,15 @@ struct EngineOptions {
   // output blocks reserved at admission are sealed then too; only the
   // session's next step could hit them, and it arrives after the finish.
   bool commit_at_prefill_end = false;
+  // How a request's output blocks are held. false (the default, kept so that
+  // earlier results reproduce): admission reserves them with the prompt, so
+  // a running request never runs out of blocks and nothing is preempted.
+  // true: the worker's memory behaviour (the model at the top of this file):
+  // the prompt at admission, one page at a time while decoding, a skipped
+  // step when the pool cannot supply a page, preemption of the newest
+  // request when nothing can run. Requires commit_at_prefill_end (the
+  // next page's plan finds the earlier pages only once they are sealed).
+  bool grow_output_blocks = false;
 
   AgentPinOptions pin_options;
   // Optional: called with the fraction of requests done, at most ~200 times a run.
@@ -136,6 +157,11 @@ struct RequestRecord {
   // rest of that span it was admitted but got no chunk (others' chunks first).
   int32_t prefill_steps = 0;
   double prefill_step_s = 0;
+  // grow_output_blocks: times it was preempted (its lease released while it
+  // decoded) and times the plan of its next page was refused (each time it
+  // skips the step it asked for and asks again at the next).
+  int32_t preemptions = 0;
+  int32_t blocked_decode_steps = 0;
 
   bool finished() const { return finish_s >= 0; }
   double ttft_s() const { return first_token_s - arrival_s; }
@@ -176,6 +202,9 @@ struct RunResult {
   int64_t evictions = 0;
   int64_t pins_granted = 0;             // AgentPinTable decisions that pinned
   int64_t pins_released_under_pressure = 0;
+  // grow_output_blocks: RequestRecord's counts, over all requests.
+  int64_t preemptions = 0;
+  int64_t blocked_decode_steps = 0;
   BlockPool::Stats final_pool;          // after the run, pin table dropped
   absl::Status consistency;             // KvCache::CheckConsistency() after the run
 };
@@ -200,11 +229,23 @@ struct EngineRequest {
   uint64_t lease_id = 0;
   bool committed = false;      // its lease is committed (commit_at_prefill_end)
   int64_t prompt_tokens = 0;
-  int64_t context_tokens = 0;  // prompt + outputs (what admission reserves)
+  int64_t context_tokens = 0;  // prompt + outputs (admission reserves it unless grow_output_blocks)
   int64_t output_tokens = 0;
   std::vector<std::pair<int64_t, int64_t>> runs;  // pending prefill query runs [begin, end)
   size_t next_run = 0;
   int64_t generated = 0;
+  // grow_output_blocks only. The positions its lease covers, decode tokens
+  // written into the private page included (the worker's
+  // SequencePages::context_tokens); whether the lease's partial last page is
+  // private (decode extends it in place); whether the plan found that page
+  // resident; whether its next page was refused this step; since when its
+  // page plans have been refused (-1: the last one succeeded), for the agent
+  // pins' pressure release as the daemon times it.
+  int64_t planned_tokens = 0;
+  bool private_last_page = false;
+  bool last_page_resident = false;
+  bool decode_blocked = false;
+  double blocked_since_s = -1;
 
   bool prefilled() const { return next_run == runs.size(); }
   // Prefill/rebuild query tokens not computed yet (admitted requests).
@@ -297,6 +338,8 @@ struct EngineTotals {
   int64_t evictions = 0;
   int64_t pins_granted = 0;
   int64_t pins_released_under_pressure = 0;
+  int64_t preemptions = 0;           // RunResult's
+  int64_t blocked_decode_steps = 0;  // RunResult's
   BlockPool::Stats final_pool;    // after the run, pin table dropped
   absl::Status consistency;       // KvCache::CheckConsistency() after the run
 };
@@ -357,6 +400,15 @@ class EngineInstance {
   EngineInstance(const SystemSpec& system, const CostModel& cost, const EngineOptions& options,
                  ReplayState* replay);
   absl::Status Admit();
+  // grow_output_blocks: every decoding request's next position, written in
+  // place or planned (a refused plan marks it decode_blocked).
+  absl::Status PlanDecodePages();
+  // grow_output_blocks: a lease whose positions are all computed is
+  // committed, its partial last page kept private unless `finishing`.
+  absl::Status CommitComputed(EngineRequest& request, bool finishing);
+  // grow_output_blocks: releases the newest running request's lease and puts
+  // it back at the head of the waiting queue.
+  absl::Status PreemptNewest();
   absl::Status FinishRequest(EngineRequest& request);
   void Reject(EngineRequest& request);
   double ExpectedRebuildCost(int64_t tokens) const;

@@ -84,7 +84,9 @@ json SummaryJson(const SystemSummary& s) {
               {"throughput_tok_s", s.throughput_tok_s},
               {"engine_steps", s.engine_steps},
               {"evictions", s.evictions},
-              {"pins_granted", s.pins_granted}};
+              {"pins_granted", s.pins_granted},
+              {"preemptions", s.preemptions},
+              {"blocked_decode_steps", s.blocked_decode_steps}};
 }
 
 json HeaderJson(const RunHeader& h) {
@@ -161,6 +163,8 @@ SystemSummary Summarize(const RunResult& run) {
   s.engine_steps = run.engine_steps;
   s.evictions = run.evictions;
   s.pins_granted = run.pins_granted;
+  s.preemptions = run.preemptions;
+  s.blocked_decode_steps = run.blocked_decode_steps;
   return s;
 }
 
@@ -168,30 +172,31 @@ std::string RequestsToCsv(const std::vector<RunResult>& runs) {
   std::string out =
       "system,session,step,arrival_s,admitted_s,first_token_s,finish_s,ttft_s,queue_s,prefill_s,"
       "prefill_steps,prefill_step_s,prompt_tokens,hit_tokens,rebuild_tokens,new_tokens,"
-      "output_tokens,tpot_s\n";
+      "output_tokens,tpot_s,preemptions,blocked_decode_steps\n";
   for (const RunResult& run : runs) {
     for (const RequestRecord& r : run.requests) {
       const bool admitted = r.admitted_s >= 0;
       const bool first = r.first_token_s >= 0;
       absl::StrAppendFormat(
-          &out, "%s,%d,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%d,%.6f,%d,%d,%d,%d,%d,%.6f\n",
+          &out, "%s,%d,%d,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%d,%.6f,%d,%d,%d,%d,%d,%.6f,%d,%d\n",
           run.system, r.session, r.step, r.arrival_s, r.admitted_s, r.first_token_s, r.finish_s,
           first ? r.ttft_s() : -1, admitted ? r.admitted_s - r.arrival_s : -1,
           admitted && first ? r.first_token_s - r.admitted_s : -1, r.prefill_steps,
           r.prefill_step_s, r.prompt_tokens, r.hit_tokens, r.rebuild_tokens, r.new_tokens,
-          r.output_tokens, r.finished() ? r.tpot_s() : -1);
+          r.output_tokens, r.finished() ? r.tpot_s() : -1, r.preemptions, r.blocked_decode_steps);
     }
     const int64_t decode_only = run.engine_steps - run.mixed_steps - run.prefill_only_steps;
     absl::StrAppendFormat(
         &out,
         "#steps,%s,total,%d,%.6f,mixed,%d,%.6f,prefill_only,%d,%.6f,decode_only,%d,%.6f,"
         "prefill_tokens,%d,decode_tokens,%d,evictions,%d,memory_blocked_s,%.6f,"
-        "memory_blocked_busy_fraction,%.4f,makespan_s,%.6f\n",
+        "memory_blocked_busy_fraction,%.4f,makespan_s,%.6f,preemptions,%d,"
+        "blocked_decode_steps,%d\n",
         run.system, run.engine_steps, run.busy_s, run.mixed_steps, run.mixed_busy_s,
         run.prefill_only_steps, run.prefill_only_busy_s, decode_only,
         run.busy_s - run.mixed_busy_s - run.prefill_only_busy_s, run.prefill_tokens,
         run.decode_tokens, run.evictions, run.memory_blocked_s, run.memory_blocked_busy_fraction,
-        run.makespan_s);
+        run.makespan_s, run.preemptions, run.blocked_decode_steps);
   }
   return out;
 }

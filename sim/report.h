@@ -57,6 +57,8 @@ struct SystemSummary {
   int64_t engine_steps = 0;
   int64_t evictions = 0;
   int64_t pins_granted = 0;
+  int64_t preemptions = 0;           // EngineOptions::grow_output_blocks only
+  int64_t blocked_decode_steps = 0;  // likewise
 };
 SystemSummary Summarize(const RunResult& run);
 

@@ -87,6 +87,11 @@ ABSL_FLAG(int64_t, overload_budget_tokens, 2048,
 ABSL_FLAG(bool, commit_at_prefill_end, false,
           "commit a request's blocks when its prefill completes (as the worker does) instead "
           "of at finish: later requests on the same document hit them while it decodes");
+ABSL_FLAG(bool, grow_output_blocks, false,
+          "hold memory as the worker does (needs --commit-at-prefill-end): admission plans the "
+          "prompt only, a decoding request takes one block per 16 tokens, skips steps while the "
+          "pool cannot supply one, and the newest request is preempted when none can run; off: "
+          "admission reserves the outputs' blocks with the prompt");
 ABSL_FLAG(std::string, requests_csv, "",
           "single-rate runs: write every request of every system (queue / prefill time, hit / "
           "rebuilt / new tokens) and each run's step mix as CSV to this file");
@@ -230,6 +235,7 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.max_budget_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
   o.engine.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
   o.engine.commit_at_prefill_end = absl::GetFlag(FLAGS_commit_at_prefill_end);
+  o.engine.grow_output_blocks = absl::GetFlag(FLAGS_grow_output_blocks);
   if (absl::Status s = o.engine.Validate(); !s.ok()) return s;
   absl::StatusOr<std::vector<RoutingMode>> routing =
       ParseRoutingModes(absl::GetFlag(FLAGS_routing));

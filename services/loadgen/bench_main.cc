@@ -113,6 +113,11 @@ ABSL_FLAG(int, max_in_flight, 512, "requests in flight at once");
 ABSL_FLAG(double, request_timeout_s, 600, "deadline of one request (s)");
 ABSL_FLAG(double, run_timeout_s, 3600, "deadline of one run (s)");
 ABSL_FLAG(bool, predict, true, "also run the simulator with the daemon's calibration");
+ABSL_FLAG(std::string, predict_memory, "worker",
+          "the prediction's memory model: worker (as the worker holds KV blocks: the prompt at "
+          "admission, one block per 16 decode tokens, commit when computed, preemption) or "
+          "reserve (outputs reserved at admission, commit at finish: the predictions recorded "
+          "before 2026-11-28)");
 ABSL_FLAG(std::string, repredict, "",
           "start nothing: predict every run of this bench JSON again (with --calibration, or the "
           "calibration the run recorded) and compare with its measurements; the workload flags "
@@ -280,13 +285,19 @@ absl::StatusOr<v1::GetWorkerStatsResponse> ReadWorkerStats(
   }
 }
 
-// The simulator's replay of the same workload on the same system, pool and
-// calibration (what the cost model predicts for this run).
-absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
-                                   const ModelConfig& model, const CalibrationParams& calibration,
-                                   int64_t pool_blocks, double tpot_target_ms,
-                                   int64_t overload_budget_tokens, const std::string& tpot_slo) {
-  const CostModel cost(model, calibration);
+// --predict-memory: whether the prediction holds KV blocks as the worker does.
+absl::StatusOr<bool> ParsePredictMemory(const std::string& value) {
+  if (value == "worker") return true;
+  if (value == "reserve") return false;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--predict-memory must be worker or reserve, got '", value, "'"));
+}
+
+// The simulator's options for predicting a run of the worker with its
+// default limits (the worker's --max-running and --max-chunk-tokens).
+EngineOptions PredictionOptions(const SystemRun& system, int64_t pool_blocks,
+                                double tpot_target_ms, int64_t overload_budget_tokens,
+                                const std::string& tpot_slo, bool worker_memory) {
   EngineOptions engine;
   engine.pool_blocks = pool_blocks;
   engine.max_running_requests = 128;  // the worker's --max-running default
@@ -297,6 +308,35 @@ absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& sy
   engine.tpot_slo = tpot_slo == "per-step" ? ChunkSchedulerOptions::TpotSlo::kPerStep
                                            : ChunkSchedulerOptions::TpotSlo::kRequestMean;
   engine.agent_pins = system.agent_pins;
+  // The worker commits a lease once its positions are computed and grows a
+  // context page by page (services/worker/engine.h).
+  engine.commit_at_prefill_end = worker_memory;
+  engine.grow_output_blocks = worker_memory;
+  return engine;
+}
+
+// The options a prediction used, for the run's record.
+nlohmann::json EngineOptionsJson(const EngineOptions& o) {
+  return {{"pool_blocks", o.pool_blocks},
+          {"max_running_requests", o.max_running_requests},
+          {"tpot_target_ms", absl::ToDoubleMilliseconds(o.tpot_target)},
+          {"tpot_slo", o.tpot_slo == ChunkSchedulerOptions::TpotSlo::kPerStep ? "per-step"
+                                                                               : "request-mean"},
+          {"max_step_latency_ms", absl::ToDoubleMilliseconds(o.max_step_latency)},
+          {"max_budget_tokens", o.max_budget_tokens},
+          {"overload_budget_tokens", o.overload_budget_tokens},
+          {"tile_tokens", o.tile_tokens},
+          {"agent_pins", o.agent_pins},
+          {"commit_at_prefill_end", o.commit_at_prefill_end},
+          {"grow_output_blocks", o.grow_output_blocks}};
+}
+
+// The simulator's replay of the same workload on the same system, pool and
+// calibration with `engine` (what the cost model predicts for this run).
+absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& system,
+                                   const ModelConfig& model, const CalibrationParams& calibration,
+                                   const EngineOptions& engine) {
+  const CostModel cost(model, calibration);
   absl::StatusOr<RunResult> run = RunSystem(workload, system.spec, cost, engine);
   if (!run.ok()) return run.status();
   // The simulator's records in the bench's shape, summarized the same way.
@@ -312,6 +352,7 @@ absl::StatusOr<RunSummary> Predict(const Workload& workload, const SystemRun& sy
     record.output_tokens = r.output_tokens;
     record.hit_tokens = r.hit_tokens;
     record.rebuilt_tokens = r.rebuild_tokens;
+    record.preemptions = r.preemptions;
     if (!r.finished()) record.status = absl::ResourceExhaustedError("rejected by the simulator");
     as_replay.requests.push_back(std::move(record));
   }
@@ -392,7 +433,7 @@ double RelativeError(double predicted, double measured) {
 
 // --repredict: every run of the bench JSON at `path`, predicted again.
 absl::Status Repredict(const Workload& workload, double scale_lengths, double scale_delays,
-                       const std::string& path) {
+                       bool worker_memory, const std::string& path) {
   std::ifstream file(path);
   if (!file) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   const nlohmann::json doc = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
@@ -433,9 +474,11 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     if (!c.ok()) return c.status();
     override_calibration = *c;
   }
-  std::printf("re-predicting %s (%s) with %s\n", path.c_str(), doc.value("workload", "").c_str(),
+  std::printf("re-predicting %s (%s) with %s, %s memory\n", path.c_str(),
+              doc.value("workload", "").c_str(),
               calibration_path.empty() ? "each run's recorded calibration"
-                                       : calibration_path.c_str());
+                                       : calibration_path.c_str(),
+              worker_memory ? "the worker's" : "reserved-output");
   std::printf("%-22s %6s %10s %10s %7s %9s %9s %7s\n", "system", "rate", "ttft_ms", "sim_ttft",
               "err", "tpot_ms", "sim_tpot", "err");
   nlohmann::json out = {{"schema", "asymcache.repredict.v1"},
@@ -472,16 +515,15 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     const double rate = run["rate"].get<double>();
     const Workload at_rate =
         workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
-    absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration,
-                                                   run["pool_blocks"].get<int64_t>(),
-                                                   tpot_target_ms,
-                                                   // Recorded since 2026-11-27 (evening);
-                                                   // older runs had no floor.
-                                                   run.value("overload_budget_tokens",
-                                                             int64_t{0}),
-                                                   // Recorded since 2026-11-28; older
-                                                   // runs bounded every step.
-                                                   run.value("tpot_slo", std::string("per-step")));
+    const EngineOptions engine = PredictionOptions(
+        system, run["pool_blocks"].get<int64_t>(),
+        // Recorded since 2026-11-28; older files: --tpot-target-ms (give the run's).
+        run.value("tpot_target_ms", tpot_target_ms),
+        // Recorded since 2026-11-27 (evening); older runs had no floor.
+        run.value("overload_budget_tokens", int64_t{0}),
+        // Recorded since 2026-11-28; older runs bounded every step.
+        run.value("tpot_slo", std::string("per-step")), worker_memory);
+    absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration, engine);
     if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
     const nlohmann::json& measured = run["summary"];
     const double ttft = measured.value("ttft_s", nlohmann::json::object()).value("mean", 0.0);
@@ -496,6 +538,7 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
                            {"measured_ttft_s", ttft},
                            {"measured_tpot_s", tpot},
                            {"predicted", SummaryJson(*predicted)},
+                           {"predicted_engine_options", EngineOptionsJson(engine)},
                            {"predicted_ttft_error", ttft_error},
                            {"predicted_tpot_error", tpot_error}});
   }
@@ -533,6 +576,9 @@ absl::Status Main(int argc, char** argv) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--overload-budget-tokens must be 0 (off) or a positive multiple of 16, got ", overload));
   }
+  const absl::StatusOr<bool> worker_memory =
+      ParsePredictMemory(absl::GetFlag(FLAGS_predict_memory));
+  if (!worker_memory.ok()) return worker_memory.status();
   std::vector<int> gpus;
   for (absl::string_view g : absl::StrSplit(absl::GetFlag(FLAGS_gpus), ',', absl::SkipEmpty())) {
     int gpu = 0;
@@ -569,7 +615,8 @@ absl::Status Main(int argc, char** argv) {
   if (delay_scale != 1.0) workload = ScaleDelays(std::move(workload), delay_scale);
   if (absl::Status s = workload.Validate(); !s.ok()) return s;
   if (!absl::GetFlag(FLAGS_repredict).empty()) {
-    return Repredict(workload, scale, delay_scale, absl::GetFlag(FLAGS_repredict));
+    return Repredict(workload, scale, delay_scale, *worker_memory,
+                     absl::GetFlag(FLAGS_repredict));
   }
   if (rates->empty()) rates->push_back(workload.session_rate() > 0 ? workload.session_rate() : 1);
 
@@ -705,11 +752,15 @@ absl::Status Main(int argc, char** argv) {
       } else {
         predict_error = "no daemon to read";
       }
+      std::optional<EngineOptions> predicted_engine;
       if (absl::GetFlag(FLAGS_predict) && daemon_model.has_value()) {
-        absl::StatusOr<RunSummary> p =
-            Predict(at_rate, system, *daemon_model, FromProto(facts->daemon->calibration()),
-                    facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms),
-                    absl::GetFlag(FLAGS_overload_budget_tokens), absl::GetFlag(FLAGS_tpot_slo));
+        predicted_engine = PredictionOptions(
+            system, facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms),
+            absl::GetFlag(FLAGS_overload_budget_tokens), absl::GetFlag(FLAGS_tpot_slo),
+            *worker_memory);
+        absl::StatusOr<RunSummary> p = Predict(at_rate, system, *daemon_model,
+                                               FromProto(facts->daemon->calibration()),
+                                               *predicted_engine);
         if (p.ok()) {
           predicted = *p;
         } else {
@@ -747,6 +798,7 @@ absl::Status Main(int argc, char** argv) {
                             {"policy", system.spec.policy},
                             {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
                             {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
+                            {"tpot_target_ms", absl::GetFlag(FLAGS_tpot_target_ms)},
                             {"overload_budget_tokens", absl::GetFlag(FLAGS_overload_budget_tokens)},
                             {"tpot_slo", absl::GetFlag(FLAGS_tpot_slo)},
                             {"reuse", system.spec.reuse},
@@ -779,6 +831,7 @@ absl::Status Main(int argc, char** argv) {
       }
       if (predicted.has_value()) {
         run["predicted"] = SummaryJson(*predicted);
+        run["predicted_engine_options"] = EngineOptionsJson(*predicted_engine);
         run["predicted_ttft_error"] = sim_error;
       } else if (!predict_error.empty() && absl::GetFlag(FLAGS_predict)) {
         run["predict_error"] = predict_error;

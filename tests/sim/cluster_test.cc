@@ -122,11 +122,13 @@ void ExpectConservation(const Workload& w, const ClusterResult& r) {
 // whatever the routing mode, with and without agent pins, under memory
 // pressure (evictions, holes, pin releases) and for `none`.
 void ExpectOneEngineIsRunSystem(const std::string& workload, int64_t sessions, double rate,
-                                int64_t pool_blocks, bool pins) {
+                                int64_t pool_blocks, bool pins, bool worker_memory = false) {
   const Workload w = Generate(workload, sessions, rate);
   for (const std::string name : {"asymcache", "vllm", "none"}) {
     const SystemSpec system = System(name);
-    const ClusterOptions options = Options(1, pool_blocks, pins);
+    ClusterOptions options = Options(1, pool_blocks, pins);
+    options.engine.commit_at_prefill_end = worker_memory;
+    options.engine.grow_output_blocks = worker_memory;
     absl::StatusOr<RunResult> single = RunSystem(w, system, Cost(), options.engine);
     ASSERT_TRUE(single.ok()) << single.status();
     for (RoutingMode mode : AllModes()) {
@@ -142,6 +144,8 @@ void ExpectOneEngineIsRunSystem(const std::string& workload, int64_t sessions, d
       EXPECT_EQ(cluster->run.pins_granted, single->pins_granted);
       EXPECT_EQ(cluster->run.pins_released_under_pressure, single->pins_released_under_pressure);
       EXPECT_EQ(cluster->run.makespan_s, single->makespan_s);
+      EXPECT_EQ(cluster->run.preemptions, single->preemptions);
+      EXPECT_EQ(cluster->run.blocked_decode_steps, single->blocked_decode_steps);
       EXPECT_EQ(cluster->load_imbalance, cluster->run.prefill_tokens > 0 ? 1.0 : 0.0);
       ExpectNoLeaks(*cluster);
     }
@@ -162,6 +166,12 @@ TEST(Cluster, OneEngineReproducesRunSystemOnSharedDocuments) {
 }
 TEST(Cluster, OneEngineReproducesRunSystemOnChat) {
   ExpectOneEngineIsRunSystem("chat", 20, 3.0, 600, /*pins=*/false);
+}
+// With the worker's memory behaviour (pages grown while decoding, refused
+// pages, preemptions): the same.
+TEST(Cluster, OneEngineReproducesRunSystemWithTheWorkersMemory) {
+  ExpectOneEngineIsRunSystem("chat", 20, 3.0, 600, /*pins=*/false, /*worker_memory=*/true);
+  ExpectOneEngineIsRunSystem("agent", 6, 0.5, 2500, /*pins=*/true, /*worker_memory=*/true);
 }
 
 TEST(Cluster, SameInputsSameResultsWhateverTheThreadCount) {

@@ -7,6 +7,7 @@
 #include "absl/strings/strip.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sim/comparison.h"
 #include "sim/engine.h"
@@ -83,8 +84,10 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
     expected += step.output_tokens;
   }
   EXPECT_EQ(generated, expected);
-  // Every output token but each request's first comes from a decode step.
-  EXPECT_EQ(r.decode_tokens, expected - static_cast<int64_t>(r.requests.size()));
+  // Every output token but each request's first comes from a decode step,
+  // except the one each preempted request's re-prefill yields.
+  EXPECT_EQ(r.decode_tokens,
+            expected - static_cast<int64_t>(r.requests.size()) - r.preemptions);
   EXPECT_TRUE(r.consistency.ok()) << r.consistency;
   EXPECT_EQ(r.final_pool.pinned, 0);
   EXPECT_EQ(r.final_pool.writing, 0);
@@ -103,21 +106,39 @@ void ExpectConservation(const Workload& w, const RunResult& r) {
 
 TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
   const Workload w = Generate("chat", 20 * kScale, 3.0);
-  for (const SystemSpec& s : AllSystems()) {
-    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(1500));
-    ASSERT_TRUE(r.ok()) << s.name << ": " << r.status();
-    ExpectConservation(w, *r);
-    EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
-    EXPECT_GT(r->memory_blocked_s, 0) << s.name << ": admission should wait for memory";
-    EXPECT_GT(r->memory_blocked_busy_fraction, 0) << s.name;
+  for (const bool worker_memory : {false, true}) {
+    int64_t preemptions = 0;
+    for (const SystemSpec& s : AllSystems()) {
+      SCOPED_TRACE(worker_memory ? "grow_output_blocks" : "outputs reserved");
+      // Growing outputs holds less memory: a smaller pool keeps admission waiting.
+      EngineOptions o = Options(worker_memory ? 1000 : 1500);
+      o.commit_at_prefill_end = worker_memory;
+      o.grow_output_blocks = worker_memory;
+      absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), o);
+      ASSERT_TRUE(r.ok()) << s.name << ": " << r.status();
+      ExpectConservation(w, *r);
+      EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
+      EXPECT_GT(r->memory_blocked_s, 0) << s.name << ": admission should wait for memory";
+      EXPECT_GT(r->memory_blocked_busy_fraction, 0) << s.name;
+      if (!worker_memory) EXPECT_EQ(r->preemptions, 0);
+      preemptions += r->preemptions;
+    }
+    if (worker_memory) EXPECT_GT(preemptions, 0) << "some system should run out of pages";
   }
 }
 
 TEST(Engine, AgentJobsWithPinsConserveAndReportJobLatency) {
   const Workload w = Generate("agent", 6 * kScale, 0.5);
-  for (const char* name : {"vllm", "asymcache", "pensieve"}) {
-    const SystemSpec s = (*ParseSystems(name, 2048))[0];
-    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), Options(6000, /*pins=*/true));
+  for (const char* name : {"vllm", "asymcache", "pensieve", "vllm+worker-memory"}) {
+    EngineOptions o = Options(6000, /*pins=*/true);
+    absl::string_view system = name;
+    if (absl::ConsumeSuffix(&system, "+worker-memory")) {
+      o.commit_at_prefill_end = true;
+      o.grow_output_blocks = true;
+    }
+    SCOPED_TRACE(name);
+    const SystemSpec s = (*ParseSystems(system, 2048))[0];
+    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), o);
     ASSERT_TRUE(r.ok()) << r.status();
     ExpectConservation(w, *r);
     EXPECT_EQ(r->jobs.size(), w.sessions.size());
@@ -183,6 +204,135 @@ TEST(Engine, CommitAtPrefillEndSharesADocumentWhileItsFirstReaderDecodes) {
     ASSERT_LT(second.admitted_s, r->requests[0].finish_s) << "the readers should overlap";
     ASSERT_GT(second.admitted_s, r->requests[0].first_token_s);
     EXPECT_EQ(second.hit_tokens, at_prefill ? 8192 : 0);
+  }
+}
+
+// The worker's memory behaviour (EngineOptions::grow_output_blocks).
+EngineOptions WorkerMemory(int64_t pool_blocks) {
+  EngineOptions o = Options(pool_blocks);
+  o.commit_at_prefill_end = true;
+  o.grow_output_blocks = true;
+  return o;
+}
+
+// One request alone: a 160-token prompt (10 full pages) and 40 outputs, so
+// its last position is 160 + 39 - 1 = 198 (13 pages; the last token is
+// never fed). Decode tokens go into a private page; rolling a full page over
+// plans the full page again (its rows are copied) and the next one: at
+// position 192 the request holds 11 sealed pages + its private full page and
+// needs 2 more, 14 blocks for a moment. A pool of 13 (what reserving the
+// whole context needs) refuses that page once; nothing else can run, so the
+// request is preempted (as the worker preempts even a lone sequence), planned
+// again (its 11 sealed pages resident, 2 allocated) and its last 17 positions
+// prefilled, which yields the next token. A pool of 14 never refuses.
+TEST(Engine, GrowOutputBlocksPreemptsALoneRequestWhosePageRollOverDoesNotFit) {
+  const Workload w = OneStepReaders("alone", {0.0}, {InputPart::Unique(160)}, 40);
+  const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
+  for (const int64_t pool : {13, 14}) {
+    SCOPED_TRACE(absl::StrFormat("pool %d blocks", pool));
+    absl::StatusOr<RunResult> reserved = RunSystem(w, vllm, Cost(), Options(pool));
+    ASSERT_TRUE(reserved.ok()) << reserved.status();
+    ExpectConservation(w, *reserved);
+    EXPECT_EQ(reserved->preemptions, 0);
+    EXPECT_EQ(reserved->blocked_decode_steps, 0);
+    EXPECT_EQ(reserved->engine_steps, 40);  // one prefill step, 39 decodes
+
+    absl::StatusOr<RunResult> grown = RunSystem(w, vllm, Cost(), WorkerMemory(pool));
+    ASSERT_TRUE(grown.ok()) << grown.status();
+    ExpectConservation(w, *grown);
+    const int64_t preempted = pool == 13 ? 1 : 0;
+    EXPECT_EQ(grown->preemptions, preempted);
+    EXPECT_EQ(grown->blocked_decode_steps, preempted);
+    const RequestRecord& q = grown->requests[0];
+    EXPECT_EQ(q.preemptions, preempted);
+    EXPECT_EQ(q.blocked_decode_steps, preempted);
+    // The re-prefill replaces one decode step; the first plan's counts stay.
+    EXPECT_EQ(grown->engine_steps, 40);
+    EXPECT_EQ(grown->decode_tokens, 39 - preempted);
+    EXPECT_EQ(grown->prefill_tokens, 160 + 17 * preempted);
+    EXPECT_EQ(q.new_tokens, 160);
+    EXPECT_EQ(q.prefill_steps, 1);
+    EXPECT_EQ(q.first_token_s, reserved->requests[0].first_token_s);
+  }
+}
+
+// Two 160-token prompts with 160 outputs each arrive together; the pool has
+// 30 blocks. Reserving the outputs, each needs 20 blocks, so the second waits
+// for the first to finish. Growing them, both prompts (10 blocks each) are
+// admitted at once; their outputs do not both fit, so pages are refused and
+// a request is preempted, and every request still finishes.
+TEST(Engine, GrowOutputBlocksAdmitsWhatReservingOutputsMakesWait) {
+  const Workload w =
+      OneStepReaders("pair", {0.0, 0.0}, {InputPart::Unique(160)}, 160);
+  const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
+  EngineOptions reserve = Options(30);
+  reserve.commit_at_prefill_end = true;
+  absl::StatusOr<RunResult> reserved = RunSystem(w, vllm, Cost(), reserve);
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  ExpectConservation(w, *reserved);
+  EXPECT_EQ(reserved->requests[1].admitted_s, reserved->requests[0].finish_s);
+  EXPECT_EQ(reserved->preemptions, 0);
+
+  absl::StatusOr<RunResult> grown = RunSystem(w, vllm, Cost(), WorkerMemory(30));
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  ExpectConservation(w, *grown);
+  EXPECT_EQ(grown->requests[1].admitted_s, 0);
+  EXPECT_LT(grown->requests[1].ttft_s(), reserved->requests[1].ttft_s());
+  EXPECT_GT(grown->blocked_decode_steps, 0);
+  EXPECT_GT(grown->preemptions, 0);
+}
+
+// What a session's next step finds. Step 0: a 100-token prompt, 60 outputs.
+// Committed at finish with its outputs reserved, the context's 160 tokens
+// are 10 sealed pages. As the worker holds it, only positions 0..158 were
+// ever written (the last token is sampled, not fed) and the partial page of
+// 144..158 stays private and is freed at finish: 9 sealed pages.
+TEST(Engine, GrowOutputBlocksSealsOnlyTheComputedFullPages) {
+  Workload w;
+  w.name = "two-turns";
+  SessionSpec session;
+  session.id = "chat-0";
+  StepSpec first;
+  first.input = {InputPart::Unique(100)};
+  first.output_tokens = 60;
+  first.think_s = 1;
+  StepSpec second;
+  second.input = {InputPart::Unique(50)};
+  second.output_tokens = 10;
+  second.last_step = true;
+  session.steps = {first, second};
+  w.sessions = {session};
+  const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
+  absl::StatusOr<RunResult> reserved = RunSystem(w, vllm, Cost(), Options(1 << 10));
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  ExpectConservation(w, *reserved);
+  EXPECT_EQ(reserved->requests[1].hit_tokens, 160);
+  absl::StatusOr<RunResult> grown = RunSystem(w, vllm, Cost(), WorkerMemory(1 << 10));
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  ExpectConservation(w, *grown);
+  EXPECT_EQ(grown->requests[1].hit_tokens, 144);
+  EXPECT_EQ(grown->requests[1].new_tokens, 210 - 144);
+}
+
+// Under memory pressure the same workload waits less for admission when
+// outputs are not reserved. Six 6000-token prompts (375 blocks) with 400
+// outputs (a 400-block context) arrive every 0.5 s, each decoding for
+// seconds; 1150 blocks hold two whole contexts but three prompts.
+TEST(Engine, GrowOutputBlocksShortensQueueingForMemory) {
+  const Workload w = OneStepReaders("long-readers", {0.0, 0.5, 1.0, 1.5, 2.0, 2.5},
+                                    {InputPart::Unique(6000)}, 400);
+  for (const char* name : {"vllm", "asymcache"}) {
+    SCOPED_TRACE(name);
+    const SystemSpec s = (*ParseSystems(name, 2048))[0];
+    EngineOptions reserve = Options(1150);
+    reserve.commit_at_prefill_end = true;
+    absl::StatusOr<RunResult> reserved = RunSystem(w, s, Cost(), reserve);
+    absl::StatusOr<RunResult> grown = RunSystem(w, s, Cost(), WorkerMemory(1150));
+    ASSERT_TRUE(reserved.ok()) << reserved.status();
+    ASSERT_TRUE(grown.ok()) << grown.status();
+    ExpectConservation(w, *reserved);
+    ExpectConservation(w, *grown);
+    EXPECT_LT(Summarize(*grown).ttft_s.mean, Summarize(*reserved).ttft_s.mean);
   }
 }
 
@@ -379,6 +529,14 @@ TEST(Engine, OptionsValidateEveryField) {
   o.max_step_latency = absl::Milliseconds(-1);
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
   o.max_step_latency = absl::Milliseconds(10);  // below the target: acts as the target
+  EXPECT_TRUE(o.Validate().ok());
+  // Growing output blocks needs the commit when the positions are computed.
+  o = Options(100);
+  o.grow_output_blocks = true;
+  const absl::Status grow_alone = o.Validate();
+  EXPECT_EQ(grow_alone.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(grow_alone.message()), ::testing::HasSubstr("grow_output_blocks"));
+  o.commit_at_prefill_end = true;
   EXPECT_TRUE(o.Validate().ok());
 }
 

@@ -130,6 +130,8 @@ TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
   done.output_tokens = 5;
   done.prefill_steps = 2;
   done.prefill_step_s = 0.25;
+  done.preemptions = 1;
+  done.blocked_decode_steps = 3;
   RequestRecord rejected;
   rejected.rejected = true;
   run.requests = {done, rejected};
@@ -142,6 +144,8 @@ TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
   run.memory_blocked_s = 0.75;
   run.memory_blocked_busy_fraction = 0.9;
   run.makespan_s = 3;
+  run.preemptions = 1;
+  run.blocked_decode_steps = 3;
   const std::vector<std::string> lines =
       absl::StrSplit(RequestsToCsv({run}), '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 4u);
@@ -162,6 +166,8 @@ TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
   EXPECT_EQ(cell(row, "prefill_steps"), "2");
   EXPECT_EQ(cell(row, "rebuild_tokens"), "16");
   EXPECT_EQ(cell(row, "tpot_s"), "0.500000");
+  EXPECT_EQ(cell(row, "preemptions"), "1");
+  EXPECT_EQ(cell(row, "blocked_decode_steps"), "3");
   // A request that never ran: -1 for what never happened.
   const std::vector<std::string> never = absl::StrSplit(lines[2], ',');
   EXPECT_EQ(cell(never, "ttft_s"), "-1.000000");
@@ -169,6 +175,7 @@ TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
   EXPECT_THAT(lines[3], ::testing::StartsWith("#steps,asymcache,total,10,3.000000,mixed,4,"));
   EXPECT_THAT(lines[3], ::testing::HasSubstr("decode_only,5,1.500000"));
   EXPECT_THAT(lines[3], ::testing::HasSubstr("memory_blocked_s,0.750000"));
+  EXPECT_THAT(lines[3], ::testing::HasSubstr("preemptions,1,blocked_decode_steps,3"));
 }
 
 TEST(Report, CapacityIsTheHighestRateMeetingTheSloAtEveryLowerRate) {

@@ -28,6 +28,9 @@ assert "--overload-budget-tokens must be 0 (off) or a positive multiple of 16" i
 bad = run(["--tpot-slo=p99"], 30)
 assert bad.returncode == 2, (bad.returncode, bad.stderr)
 assert "--tpot-slo must be request-mean or per-step, got 'p99'" in bad.stderr, bad.stderr
+bad = run(["--predict-memory=guess"], 30)
+assert bad.returncode == 2, (bad.returncode, bad.stderr)
+assert "--predict-memory must be worker or reserve, got 'guess'" in bad.stderr, bad.stderr
 # An unreachable target: exit 1 naming it.
 down = run(["--target=127.0.0.1:1", "--workload=chat", "--sessions=1"], 60)
 assert down.returncode == 1, (down.returncode, down.stderr)
@@ -59,6 +62,10 @@ for name, r in runs.items():
     assert r["token_mismatches"] == 0, name
     assert r["pool_blocks"] > 0, name
     assert "predicted" in r, (name, r.get("predict_error"))
+    # The prediction holds memory as the worker does, and says so.
+    assert r["predicted_engine_options"]["grow_output_blocks"] is True, (name, r)
+    assert r["predicted_engine_options"]["commit_at_prefill_end"] is True, (name, r)
+    assert r["predicted_engine_options"]["tpot_target_ms"] == r["tpot_target_ms"] == 50, (name, r)
 # `none` never reuses; the reusing systems hit the multi-turn prefixes.
 assert runs["none"]["summary"]["hit_tokens"] == 0, runs["none"]["summary"]
 assert runs["vllm"]["summary"]["hit_tokens"] > 0, runs["vllm"]["summary"]

@@ -5,7 +5,9 @@ The run is scripts/gpu_e2e_run.sh's CPU part (ctest loadgen.gpu_e2e_cpu_run,
 fixture e2e_cpu_json). Its workload flags are read from the command the JSON
 records.
 1. With the calibration each run recorded, every run's prediction is exactly
-   the one the bench made during the run (same simulator, same inputs).
+   the one the bench made during the run (same simulator, same inputs), with
+   the worker's memory behaviour, recorded in the output; --predict-memory=
+   reserve predicts with outputs reserved at admission and records that.
 2. With a calibration whose step overhead is 5 ms longer, every run's predicted
    mean TTFT is longer than that.
 3. Workload flags that do not regenerate the run's workload (another session
@@ -51,6 +53,20 @@ for before, now in zip(doc["runs"], again["runs"]):
         failures.append(f"{before['system']}: re-predicted TTFT {got} != the run's {want}")
     if not math.isclose(now["measured_ttft_s"], before["summary"]["ttft_s"]["mean"], rel_tol=1e-12):
         failures.append(f"{before['system']}: measured TTFT not the file's")
+    if now["predicted_engine_options"] != before["predicted_engine_options"]:
+        failures.append(f"{before['system']}: engine options {now['predicted_engine_options']} "
+                        f"!= the run's {before['predicted_engine_options']}")
+    if not now["predicted_engine_options"]["grow_output_blocks"]:
+        failures.append(f"{before['system']}: not predicted with the worker's memory")
+
+result = run(*workload_args, f"--repredict={run_json}", "--predict-memory=reserve", f"--json={out}")
+if result.returncode != 0:
+    failures.append(f"--repredict --predict-memory=reserve failed: {result.stderr}")
+else:
+    for now in json.load(open(out))["runs"]:
+        options = now["predicted_engine_options"]
+        if options["grow_output_blocks"] or options["commit_at_prefill_end"]:
+            failures.append(f"{now['system']}: --predict-memory=reserve recorded {options}")
 
 slower = dict(doc["runs"][0]["calibration"])
 slower["step_overhead_s"] = slower.get("step_overhead_s", 0) + 0.005
@@ -87,6 +103,8 @@ cases = [
     (workload_args + ["--repredict=/nonexistent/run.json"], 2, "cannot open"),
     (workload_args + [f"--repredict={no_pool}"], 2, "runs[0]: needs system, rate, pool_blocks"),
     (workload_args + [f"--repredict={no_calibration}"], 2, "records no calibration"),
+    (workload_args + [f"--repredict={run_json}", "--predict-memory=guess"], 2,
+     "--predict-memory must be worker or reserve"),
 ]
 for args, code, text in cases:
     result = run(*args)
