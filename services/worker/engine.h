@@ -130,10 +130,14 @@ struct EngineOptions {
   int64_t max_context_tokens = 0;
   // Deadline of each daemon RPC. 10 s: far above a healthy plan.
   absl::Duration rpc_timeout = absl::Seconds(10);
-  // A request whose first plan has not succeeded this long after it arrived
-  // (the pool stayed full) ends with RESOURCE_EXHAUSTED instead of waiting
-  // forever. 60 s: far beyond any healthy queueing, short enough that a
-  // client retries elsewhere. > 0.
+  // A request blocked at the head of the queue for pool space this long
+  // after it arrived ends with RESOURCE_EXHAUSTED instead of waiting
+  // forever: at its first admission (the pool stayed full), and also at a
+  // re-admission after a preemption, whose clock still runs from the arrival
+  // (deliberately: a request that the pool can hold only briefly would
+  // otherwise cycle through preemption and re-prefill forever). 60 s: far
+  // beyond any healthy queueing, short enough that a client retries
+  // elsewhere. > 0.
   absl::Duration admission_timeout = absl::Seconds(60);
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
