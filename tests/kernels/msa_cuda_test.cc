@@ -525,7 +525,9 @@ TEST_P(MsaCudaKernelTest, GraphReplayMatchesDirectRunAndPlanIsReusedAcrossLayers
   absl::StatusOr<MsaPlan> plan =
       PlanMsa(shape, tables, layer0.num_pages, options, host_ws->data(), host_ws->size());
   ASSERT_TRUE(plan.ok()) << plan.status();
-  if (Wgmma()) EXPECT_EQ(ResolvedPrefillKernel(*plan), prefill_kernel_);
+  if (Wgmma()) {
+    EXPECT_EQ(ResolvedPrefillKernel(*plan), prefill_kernel_);
+  }
   const size_t out_bytes = static_cast<size_t>(layer0.out_elements()) * 2;
   const size_t lse_bytes = static_cast<size_t>(layer0.lse_elements()) * 4;
   std::vector<DeviceBuffer> q(2), kv(2), out(2), lse(2);
