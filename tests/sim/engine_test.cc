@@ -120,10 +120,14 @@ TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
       EXPECT_GT(r->evictions, 0) << s.name << ": the pool should be under pressure";
       EXPECT_GT(r->memory_blocked_s, 0) << s.name << ": admission should wait for memory";
       EXPECT_GT(r->memory_blocked_busy_fraction, 0) << s.name;
-      if (!worker_memory) EXPECT_EQ(r->preemptions, 0);
+      if (!worker_memory) {
+        EXPECT_EQ(r->preemptions, 0);
+      }
       preemptions += r->preemptions;
     }
-    if (worker_memory) EXPECT_GT(preemptions, 0) << "some system should run out of pages";
+    if (worker_memory) {
+      EXPECT_GT(preemptions, 0) << "some system should run out of pages";
+    }
   }
 }
 
