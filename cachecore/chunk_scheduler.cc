@@ -83,6 +83,19 @@ absl::Status ChunkSchedulerOptions::Validate() const {
   return absl::OkStatus();
 }
 
+absl::string_view TpotSloName(ChunkSchedulerOptions::TpotSlo slo) {
+  return slo == ChunkSchedulerOptions::TpotSlo::kPerStep ? "per-step" : "request-mean";
+}
+
+absl::StatusOr<ChunkSchedulerOptions::TpotSlo> ParseTpotSlo(absl::string_view name) {
+  for (auto slo : {ChunkSchedulerOptions::TpotSlo::kRequestMean,
+                   ChunkSchedulerOptions::TpotSlo::kPerStep}) {
+    if (name == TpotSloName(slo)) return slo;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("must be request-mean or per-step, got '", name, "'"));
+}
+
 ChunkScheduler::ChunkScheduler(const CostModel* cost, ChunkSchedulerOptions options)
     : cost_(cost), options_(std::move(options)) {
   absl::Status valid = options_.Validate();

@@ -41,6 +41,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "cachecore/cost_model.h"
@@ -116,6 +118,13 @@ struct ChunkSchedulerOptions {
   // max_step_latency infinite or negative.
   absl::Status Validate() const;
 };
+
+// The names of ChunkSchedulerOptions::TpotSlo in flags and files:
+// "request-mean" (kRequestMean) and "per-step" (kPerStep). ParseTpotSlo
+// returns INVALID_ARGUMENT "must be request-mean or per-step, got 'NAME'" for
+// any other name (callers prefix the flag or field).
+absl::string_view TpotSloName(ChunkSchedulerOptions::TpotSlo slo);
+absl::StatusOr<ChunkSchedulerOptions::TpotSlo> ParseTpotSlo(absl::string_view name);
 
 // One sequence decoding this step: one query token that sees `context_tokens`
 // keys (its whole context, itself included). For TpotSlo::kRequestMean, its

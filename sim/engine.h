@@ -103,8 +103,8 @@ struct EngineOptions {
   // each request's mean TPOT, 250 ms; kPerStep reproduces results of
   // 2026-11-27 and earlier). max_step_latency finite, >= 0 (below
   // tpot_target it acts as tpot_target).
-  ChunkSchedulerOptions::TpotSlo tpot_slo = ChunkSchedulerOptions::TpotSlo::kRequestMean;
-  absl::Duration max_step_latency = absl::Milliseconds(250);
+  ChunkSchedulerOptions::TpotSlo tpot_slo = ChunkSchedulerOptions{}.tpot_slo;
+  absl::Duration max_step_latency = ChunkSchedulerOptions{}.max_step_latency;
   int64_t max_budget_tokens = 16384;   // adaptive budget cap (no decode waiting)
   // Adaptive chunking's budget floor while requests wait for admission
   // (ChunkSchedulerOptions::overload_budget_tokens; above max_budget_tokens

@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "cachecore/chunk_scheduler.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
 #include "util/absl_flags_main.h"
@@ -61,7 +62,8 @@ ABSL_FLAG(std::string, tpot_slo, "request-mean",
           "what --tpot_target_ms bounds: request-mean (each request's mean TPOT; steps may spend "
           "banked slack up to --max_step_latency_ms) or per-step (every step; the rule of "
           "2026-11-27 and earlier)");
-ABSL_FLAG(double, max_step_latency_ms, 250,
+ABSL_FLAG(double, max_step_latency_ms,
+          absl::ToDoubleMilliseconds(asymcache::ChunkSchedulerOptions{}.max_step_latency),
           "request-mean: the longest step that banked slack may buy (ms; below --tpot_target_ms it "
           "acts as that)");
 ABSL_FLAG(std::string, sweep, "", "comma-separated session rates to sweep, e.g. 0.5,1,2");
@@ -223,14 +225,11 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.pool_blocks = o.pool_blocks;
   o.engine.max_running_requests = absl::GetFlag(FLAGS_max_running);
   o.engine.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
-  if (const std::string slo = absl::GetFlag(FLAGS_tpot_slo); slo == "request-mean") {
-    o.engine.tpot_slo = ChunkSchedulerOptions::TpotSlo::kRequestMean;
-  } else if (slo == "per-step") {
-    o.engine.tpot_slo = ChunkSchedulerOptions::TpotSlo::kPerStep;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tpot_slo must be request-mean or per-step, got '", slo, "'"));
+  absl::StatusOr<ChunkSchedulerOptions::TpotSlo> slo = ParseTpotSlo(absl::GetFlag(FLAGS_tpot_slo));
+  if (!slo.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tpot_slo ", slo.status().message()));
   }
+  o.engine.tpot_slo = *slo;
   o.engine.max_step_latency = absl::Milliseconds(absl::GetFlag(FLAGS_max_step_latency_ms));
   o.engine.max_budget_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
   o.engine.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
@@ -343,7 +342,7 @@ absl::Status Main() {
   header.seed = o.seed;
   header.agent_pins = run.engine.agent_pins;
   header.tpot_target_ms = absl::ToDoubleMilliseconds(o.engine.tpot_target);
-  header.tpot_slo = absl::GetFlag(FLAGS_tpot_slo);
+  header.tpot_slo = std::string(TpotSloName(o.engine.tpot_slo));
   header.max_step_latency_ms = absl::ToDoubleMilliseconds(o.engine.max_step_latency);
 
   ProgressBar bar(o.progress);

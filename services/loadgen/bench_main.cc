@@ -43,6 +43,7 @@
 #include "absl/time/clock.h"
 #include "asymcache/v1/cache_daemon.grpc.pb.h"
 #include "asymcache/v1/worker.grpc.pb.h"
+#include "cachecore/chunk_scheduler.h"
 #include "cachecore/cost_model.h"
 #include "cachecore/model_config.h"
 #include "grpcpp/client_context.h"
@@ -297,16 +298,15 @@ absl::StatusOr<bool> ParsePredictMemory(const std::string& value) {
 // default limits (the worker's --max-running and --max-chunk-tokens).
 EngineOptions PredictionOptions(const SystemRun& system, int64_t pool_blocks,
                                 double tpot_target_ms, int64_t overload_budget_tokens,
-                                const std::string& tpot_slo, bool worker_memory) {
+                                ChunkSchedulerOptions::TpotSlo tpot_slo, bool worker_memory) {
   EngineOptions engine;
   engine.pool_blocks = pool_blocks;
   engine.max_running_requests = 128;  // the worker's --max-running default
   engine.tpot_target = absl::Milliseconds(tpot_target_ms);
   engine.max_budget_tokens = 8192 - 128;  // the worker's --max-chunk-tokens default
   engine.overload_budget_tokens = overload_budget_tokens;
-  // The worker's defaults (--tpot-slo, --max-step-latency 250ms).
-  engine.tpot_slo = tpot_slo == "per-step" ? ChunkSchedulerOptions::TpotSlo::kPerStep
-                                           : ChunkSchedulerOptions::TpotSlo::kRequestMean;
+  // max_step_latency: EngineOptions' default is the worker's (--max-step-latency).
+  engine.tpot_slo = tpot_slo;
   engine.agent_pins = system.agent_pins;
   // The worker commits a lease once its positions are computed and grows a
   // context page by page (services/worker/engine.h).
@@ -320,8 +320,7 @@ nlohmann::json EngineOptionsJson(const EngineOptions& o) {
   return {{"pool_blocks", o.pool_blocks},
           {"max_running_requests", o.max_running_requests},
           {"tpot_target_ms", absl::ToDoubleMilliseconds(o.tpot_target)},
-          {"tpot_slo", o.tpot_slo == ChunkSchedulerOptions::TpotSlo::kPerStep ? "per-step"
-                                                                               : "request-mean"},
+          {"tpot_slo", TpotSloName(o.tpot_slo)},
           {"max_step_latency_ms", absl::ToDoubleMilliseconds(o.max_step_latency)},
           {"max_budget_tokens", o.max_budget_tokens},
           {"overload_budget_tokens", o.overload_budget_tokens},
@@ -515,14 +514,19 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     const double rate = run["rate"].get<double>();
     const Workload at_rate =
         workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
+    // Recorded since 2026-11-28; older runs bounded every step.
+    const absl::StatusOr<ChunkSchedulerOptions::TpotSlo> tpot_slo =
+        ParseTpotSlo(run.value("tpot_slo", std::string("per-step")));
+    if (!tpot_slo.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": tpot_slo ", tpot_slo.status().message()));
+    }
     const EngineOptions engine = PredictionOptions(
         system, run["pool_blocks"].get<int64_t>(),
         // Recorded since 2026-11-28; older files: --tpot-target-ms (give the run's).
         run.value("tpot_target_ms", tpot_target_ms),
         // Recorded since 2026-11-27 (evening); older runs had no floor.
-        run.value("overload_budget_tokens", int64_t{0}),
-        // Recorded since 2026-11-28; older runs bounded every step.
-        run.value("tpot_slo", std::string("per-step")), worker_memory);
+        run.value("overload_budget_tokens", int64_t{0}), *tpot_slo, worker_memory);
     absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration, engine);
     if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
     const nlohmann::json& measured = run["summary"];
@@ -566,10 +570,10 @@ absl::Status Main(int argc, char** argv) {
   if (!(scale > 0) || !std::isfinite(scale)) {
     return absl::InvalidArgumentError("--scale-lengths must be > 0");
   }
-  if (const std::string slo = absl::GetFlag(FLAGS_tpot_slo);
-      slo != "request-mean" && slo != "per-step") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tpot-slo must be request-mean or per-step, got '", slo, "'"));
+  const absl::StatusOr<ChunkSchedulerOptions::TpotSlo> tpot_slo =
+      ParseTpotSlo(absl::GetFlag(FLAGS_tpot_slo));
+  if (!tpot_slo.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tpot-slo ", tpot_slo.status().message()));
   }
   const int64_t overload = absl::GetFlag(FLAGS_overload_budget_tokens);
   if (overload < 0 || overload % 16 != 0) {
@@ -756,7 +760,7 @@ absl::Status Main(int argc, char** argv) {
       if (absl::GetFlag(FLAGS_predict) && daemon_model.has_value()) {
         predicted_engine = PredictionOptions(
             system, facts->daemon->capacity_blocks(), absl::GetFlag(FLAGS_tpot_target_ms),
-            absl::GetFlag(FLAGS_overload_budget_tokens), absl::GetFlag(FLAGS_tpot_slo),
+            absl::GetFlag(FLAGS_overload_budget_tokens), *tpot_slo,
             *worker_memory);
         absl::StatusOr<RunSummary> p = Predict(at_rate, system, *daemon_model,
                                                FromProto(facts->daemon->calibration()),

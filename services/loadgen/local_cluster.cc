@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "asymcache/v1/coordinator.grpc.pb.h"
+#include "cachecore/chunk_scheduler.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -80,9 +81,8 @@ absl::Status LocalClusterOptions::Validate() const {
   if (tpot_target <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("tpot_target: must be > 0");
   }
-  if (tpot_slo != "request-mean" && tpot_slo != "per-step") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tpot_slo: must be request-mean or per-step, got '", tpot_slo, "'"));
+  if (absl::StatusOr<ChunkSchedulerOptions::TpotSlo> slo = ParseTpotSlo(tpot_slo); !slo.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("tpot_slo: ", slo.status().message()));
   }
   if (gpus.empty()) return absl::InvalidArgumentError("gpus: at least one GPU index");
   for (int gpu : gpus) {

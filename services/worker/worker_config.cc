@@ -109,8 +109,10 @@ const Table& Settings() {
               "adaptive chunking: what --tpot-target bounds: request-mean (each request's mean "
               "TPOT; a step may spend the decodes' banked slack up to --max-step-latency) or "
               "per-step (every step's predicted latency)",
-              {{"request-mean", ChunkSchedulerOptions::TpotSlo::kRequestMean},
-               {"per-step", ChunkSchedulerOptions::TpotSlo::kPerStep}},
+              {{std::string(TpotSloName(ChunkSchedulerOptions::TpotSlo::kRequestMean)),
+                ChunkSchedulerOptions::TpotSlo::kRequestMean},
+               {std::string(TpotSloName(ChunkSchedulerOptions::TpotSlo::kPerStep)),
+                ChunkSchedulerOptions::TpotSlo::kPerStep}},
               [](auto* o) { return &o->engine.chunking.tpot_slo; }),
           Table::Duration("max-step-latency",
                           "adaptive chunking, request-mean: the longest step banked slack may buy",

@@ -151,6 +151,20 @@ TEST_F(ChunkSchedulerTest, ValidateRejectsBadOptions) {
   expect_invalid(o, "tpot_slo");
 }
 
+TEST(TpotSloNames, RoundTripAndRefuseOthers) {
+  for (auto slo : {ChunkSchedulerOptions::TpotSlo::kRequestMean,
+                   ChunkSchedulerOptions::TpotSlo::kPerStep}) {
+    absl::StatusOr<ChunkSchedulerOptions::TpotSlo> parsed = ParseTpotSlo(TpotSloName(slo));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, slo);
+  }
+  EXPECT_EQ(TpotSloName(ChunkSchedulerOptions::TpotSlo::kRequestMean), "request-mean");
+  EXPECT_EQ(TpotSloName(ChunkSchedulerOptions::TpotSlo::kPerStep), "per-step");
+  const absl::StatusOr<ChunkSchedulerOptions::TpotSlo> bad = ParseTpotSlo("Per-Step");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "must be request-mean or per-step, got 'Per-Step'");
+}
+
 // A decode that produced `after_first` tokens after its first one in `seconds`.
 DecodeWork DecodeWithHistory(SequenceId seq, int64_t context, int64_t after_first, double seconds) {
   DecodeWork decode{seq, context};

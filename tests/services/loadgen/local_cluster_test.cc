@@ -31,6 +31,11 @@ TEST(LocalClusterOptionsTest, BadFieldsAreNamed) {
   EXPECT_THAT(o.Validate().message(), HasSubstr("overload_budget_tokens"));
   o.overload_budget_tokens = 0;  // off
   EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+  o.tpot_slo = "p99";
+  EXPECT_THAT(o.Validate().message(),
+              HasSubstr("tpot_slo: must be request-mean or per-step, got 'p99'"));
+  o.tpot_slo = "per-step";
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
 }
 
 TEST(LocalClusterTest, MissingBinaryIsNotFoundAndStartsNothing) {

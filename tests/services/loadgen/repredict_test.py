@@ -96,6 +96,10 @@ older = json.loads(json.dumps(doc))
 for r in older["runs"]:
     del r["calibration"]
 json.dump(older, open(no_calibration, "w"))
+bad_slo = os.path.join(out_dir, "bad_slo.json")
+mangled = json.loads(json.dumps(doc))
+mangled["runs"][0]["tpot_slo"] = "p99"
+json.dump(mangled, open(bad_slo, "w"))
 cases = [
     (with_flag("--sessions", 7) + [f"--repredict={run_json}"], 1, "do not regenerate"),
     (with_flag("--scale-delays", 0.5) + [f"--repredict={run_json}"], 1, "--scale-delays="),
@@ -103,6 +107,8 @@ cases = [
     (workload_args + ["--repredict=/nonexistent/run.json"], 2, "cannot open"),
     (workload_args + [f"--repredict={no_pool}"], 2, "runs[0]: needs system, rate, pool_blocks"),
     (workload_args + [f"--repredict={no_calibration}"], 2, "records no calibration"),
+    (workload_args + [f"--repredict={bad_slo}"], 2,
+     "runs[0]: tpot_slo must be request-mean or per-step, got 'p99'"),
     (workload_args + [f"--repredict={run_json}", "--predict-memory=guess"], 2,
      "--predict-memory must be worker or reserve"),
 ]
