@@ -84,9 +84,10 @@ struct ChunkSchedulerOptions {
   // kRequestMean: the longest step that banked slack may buy — the longest
   // single inter-token gap a decoding client sees because of prefill work
   // beside it (a stall cap). 250 ms = 5x the default target: a 2048-token
-  // chunk at 48k positions of the H100 Llama-3-8B calibration (~0.2 s, what
-  // the fixed-budget baselines run there) fits; a whole 16k-token step does
-  // not. Finite and >= 0; below tpot_target it acts as tpot_target.
+  // chunk at 48k positions fits (~0.21 s with
+  // calibration/h100-llama-3-8b-engine.json: 47 ms linear + 161 ms attention;
+  // docs/scheduling.md, "Defaults"), what the fixed-budget baselines run
+  // there; a whole 16k-token step does not. Finite and >= 0; below tpot_target it acts as tpot_target.
   absl::Duration max_step_latency = absl::Milliseconds(250);
   // Budgets and in-run cuts are multiples of this: the KV block size (16) and
   // the attention kernels' tile rows, so chunks fill whole blocks.
