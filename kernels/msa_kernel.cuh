@@ -102,6 +102,16 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
+// OR of `bits` over the 32 lanes of the warp (every lane active).
+__device__ __forceinline__ uint32_t WarpOr(uint32_t bits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_or_sync(0xffffffffu, bits);
+#else
+  for (int d = 16; d > 0; d >>= 1) bits |= __shfl_xor_sync(0xffffffffu, bits, d);
+  return bits;
+#endif
+}
+
 #define ASYMCACHE_MSA_NEG_INF (-__int_as_float(0x7f800000))
 
 // Element offset of 16-byte chunk `chunk` of row `row` in a swizzled tile with
@@ -615,11 +625,8 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
   float* s_o = reinterpret_cast<float*>(smem + Cfg::kQBytes);  // epilogue alias of the KV ring
   int64_t* s_tok_off = reinterpret_cast<int64_t*>(smem + Cfg::kQBytes + Cfg::kRegionBytes);
   int32_t* s_tok_pos = reinterpret_cast<int32_t*>(s_tok_off + kStages * kBlockN);
-  // 4 slots: the kStages mask flags, then the first page of tile i at
-  // s_next_page[i & 1] (two, so that tile i + 1's is written while tile i's
-  // may still be read).
+  // 4 slots: the kStages mask flags, then 2 unused (s_row_qpos stays aligned).
   int32_t* s_flag = s_tok_pos + kStages * kBlockN;
-  int32_t* s_next_page = s_flag + kStages;
   int32_t* s_row_qpos = s_flag + 4;
 
   const MsaWorkItem item = p.items[item_base + blockIdx.x];
@@ -658,25 +665,36 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
   //    and position and writes its key's row of the table.
   //  - partial pages anywhere (segments, each ending in a partial page): the
   //    tile's keys lie on at most kBlockN consecutive pages from the one
-  //    holding t0, since every page holds >= 1 key. Thread tid loads page
-  //    `first_page + tid` (key offsets, id, position: independent loads, one
-  //    memory round trip, as the uniform walk) and writes the rows of every
-  //    key of its page inside the tile. The thread whose page holds key
-  //    t0 + kBlockN - 1 names the next tile's first page (s_next_page).
-  //    Tile 0's first page is the plan's item.kv_begin_page. No search of the
-  //    key offsets: a binary search (the walk until 2026-11-28) costs
-  //    log2(pages) dependent loads per tile, ~9 at 4k keys, and made a
-  //    segmented 4k decode 18% slower than a contiguous one on an H100.
+  //    holding t0 (`first`), since every page holds >= 1 key, and key t0 + j
+  //    lies on page first + (the number of pages after `first` that start in
+  //    (t0, t0 + j]). Each of the two table warps loads all kBlockN candidate
+  //    pages (lane l: pages first + l and first + 32 + l; key offset, id,
+  //    position: independent loads, one memory round trip, as the uniform
+  //    walk), ORs a bit per page start inside the tile into a 64-bit mask
+  //    (warp reduction), and thread j takes its page's index as a popcount
+  //    of that mask and the page's fields by warp shuffle: no shared memory,
+  //    no barrier, no per-key loop. The next tile's first page is `first`
+  //    plus the pages starting in (t0, t0 + kBlockN], known to both warps in
+  //    registers. Tile 0's first page is the plan's item.kv_begin_page.
+  //    History (docs/msa_kernel.md, "Segmented decode"): a binary search of
+  //    the key offsets per key (log2(pages) dependent loads a tile) made a
+  //    segmented 4k decode 18% slower than a contiguous one on an H100; its
+  //    replacement, each page's thread writing the rows of its keys (up to
+  //    page_size serial writes) with the next page passed through shared
+  //    memory, fixed the bandwidth-bound launches but left small one-wave
+  //    launches 18-20% slower.
+  static_assert(kBlockN == 64, "the partial-page walk covers 64 keys in two warps");
   struct TileEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t start;  // uniform: the key's row in its page, -1 past the end; else the page's first key
-    int32_t end;    // partial pages: the page's end key (INT32_MAX for the sequence's last page)
-    int32_t page;   // partial pages: the page, counted from page_begin; -1: not loaded
+    int32_t page_id[2];   // uniform: [0] only
+    int32_t page_pos[2];
+    int32_t start[2];     // uniform: the key's row in its page, -1 past the end;
+                          // else the page's first key, INT32_MAX past the last page
+    int32_t first;        // partial pages: the tile's first page
+    int32_t start_after;  // partial pages, lane 0: page first + 64's first key (INT32_MAX: none)
   };
   const int kv_end = item.kv_end;
   auto load_entry = [&](int tile, int first_page) {
-    TileEntry e{0, 0, -1, 0, -1};
+    TileEntry e{{0, 0}, {0, 0}, {-1, INT32_MAX}, first_page, INT32_MAX};
     if (tid >= kBlockN) return e;
     const int t0 = item.kv_begin + tile * kBlockN;
     if (item.uniform_pages) {
@@ -684,19 +702,25 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
       if (t < kv_end) {
         const int page = t / p.page_size;
         const int gp = item.page_begin + page;
-        e.start = t - page * p.page_size;
-        e.page_id = p.page_ids[gp];
-        e.page_pos = p.page_pos[gp];
+        e.start[0] = t - page * p.page_size;
+        e.page_id[0] = p.page_ids[gp];
+        e.page_pos[0] = p.page_pos[gp];
       }
     } else {
-      const int page = first_page + tid;
-      if (page < item.num_pages) {
-        const int gp = item.page_begin + page;
-        e.page = page;
-        e.start = p.page_token_start[gp];
-        e.end = page + 1 < item.num_pages ? p.page_token_start[gp + 1] : INT32_MAX;
-        e.page_id = p.page_ids[gp];
-        e.page_pos = p.page_pos[gp];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        e.start[h] = INT32_MAX;
+        const int page = first_page + h * 32 + lane;
+        if (page < item.num_pages) {
+          const int gp = item.page_begin + page;
+          e.start[h] = p.page_token_start[gp];
+          e.page_id[h] = p.page_ids[gp];
+          e.page_pos[h] = p.page_pos[gp];
+        }
+      }
+      // 64 one-key pages: the next tile may start on page first + 64.
+      if (lane == 0 && first_page + kBlockN < item.num_pages) {
+        e.start_after = p.page_token_start[item.page_begin + first_page + kBlockN];
       }
     }
     return e;
@@ -719,25 +743,47 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
     const int last = min(kBlockN, kv_end - t0) - 1;
     if (row == last) s_flag[slot] = (last < kBlockN - 1 || pos > item.q_pos_min) ? 1 : 0;
   };
-  auto write_entry = [&](const TileEntry& e, int tile, int slot) {
-    if (tid >= kBlockN) return;
+  // Writes the tile's table rows (threads tid < kBlockN, whole warps);
+  // returns the next tile's first page (partial pages; 0 for the uniform walk).
+  auto write_entry = [&](const TileEntry& e, int tile, int slot) -> int {
+    if (tid >= kBlockN) return 0;
     const int t0 = item.kv_begin + tile * kBlockN;
     if (item.uniform_pages) {
-      write_row(slot, t0, tid, e.page_id, e.page_pos, e.start);
-      return;
+      write_row(slot, t0, tid, e.page_id[0], e.page_pos[0], e.start[0]);
+      return 0;
     }
-    // Rows past the item's end are this thread's; the keys before it belong
-    // to the pages that hold them.
-    if (t0 + tid >= kv_end) write_row(slot, t0, tid, 0, 0, -1);
-    if (e.page < 0) return;
-    const int end = min(e.end, min(t0 + kBlockN, kv_end));
-    for (int t = max(e.start, t0); t < end; ++t) {
-      write_row(slot, t0, t - t0, e.page_id, e.page_pos, t - e.start);
+    // Bit r of lo (r - 32 of hi): a page after `first` starts at key t0 + r,
+    // r in [1, 64); at_end: one starts at t0 + 64 (one of pages first + 1 ..
+    // first + 64). `first` starts at or before t0 and every later page after
+    // it (INT32_MAX past the last).
+    uint32_t lo_bits = 0;
+    uint32_t hi_bits = 0;
+    bool at_end = static_cast<int64_t>(e.start_after) - t0 == kBlockN;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t rel = static_cast<int64_t>(e.start[h]) - t0;
+      if (rel >= 1 && rel < 32) lo_bits |= 1u << rel;
+      if (rel >= 32 && rel < 64) hi_bits |= 1u << (rel - 32);
+      at_end |= rel == kBlockN;
     }
-    const int tile_last = t0 + kBlockN - 1;
-    if (e.start <= tile_last && tile_last < e.end) {
-      s_next_page[(tile + 1) & 1] = e.end == tile_last + 1 ? e.page + 1 : e.page;
-    }
+    const uint32_t lo = WarpOr(lo_bits);
+    const uint32_t hi = WarpOr(hi_bits);
+    at_end = __any_sync(0xffffffffu, at_end);
+    const int j = tid;  // this thread's key: t0 + j
+    const int idx = __popc(lo & (j >= 31 ? 0xffffffffu : (2u << j) - 1u)) +
+                    (j >= 32 ? __popc(hi & (j >= 63 ? 0xffffffffu : (2u << (j - 32)) - 1u)) : 0);
+    const int src = idx & 31;
+    const int32_t id0 = __shfl_sync(0xffffffffu, e.page_id[0], src);
+    const int32_t id1 = __shfl_sync(0xffffffffu, e.page_id[1], src);
+    const int32_t pos0 = __shfl_sync(0xffffffffu, e.page_pos[0], src);
+    const int32_t pos1 = __shfl_sync(0xffffffffu, e.page_pos[1], src);
+    const int32_t start0 = __shfl_sync(0xffffffffu, e.start[0], src);
+    const int32_t start1 = __shfl_sync(0xffffffffu, e.start[1], src);
+    const bool upper = idx >= 32;
+    const int t = t0 + j;
+    write_row(slot, t0, j, upper ? id1 : id0, upper ? pos1 : pos0,
+              t < kv_end ? t - (upper ? start1 : start0) : -1);
+    return e.first + __popc(lo) + __popc(hi) + (at_end ? 1 : 0);
   };
   auto issue_tile = [&](int slot) {
     for (int c = tid; c < kBlockN * kChunks; c += kMsaDecodeThreads) {
@@ -756,14 +802,15 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
   const int num_tiles = (item.kv_end - item.kv_begin + kBlockN - 1) / kBlockN;
   static_assert(kStages == 2, "the table/data pipeline below is written for 2 stages");
   // Per tile: write its table (loaded a tile earlier), barrier, issue its
-  // copies, then load the next tile's table (after the barrier, which makes
-  // s_next_page visible; the loads fly during this tile's copies and compute).
-  TileEntry next_entry{0, 0, -1, 0, -1};
-  if (num_tiles > 0) write_entry(load_entry(0, item.kv_begin_page), 0, 0);
+  // copies, then load the next tile's table (the loads fly during this
+  // tile's copies and compute).
+  TileEntry next_entry{{0, 0}, {0, 0}, {-1, INT32_MAX}, 0, INT32_MAX};
+  int next_first = 0;  // partial pages: the first page of the tile after the last written
+  if (num_tiles > 0) next_first = write_entry(load_entry(0, item.kv_begin_page), 0, 0);
   __syncthreads();
   if (num_tiles > 0) issue_tile(0);
   CpAsyncCommit();
-  if (num_tiles > 1) next_entry = load_entry(1, s_next_page[1]);
+  if (num_tiles > 1) next_entry = load_entry(1, next_first);
 
   const int g = lane >> 2;
   const int t4 = lane & 3;
@@ -777,11 +824,11 @@ __global__ void __launch_bounds__(kMsaDecodeThreads)
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int ahead = tile + 1;
-    if (ahead < num_tiles) write_entry(next_entry, ahead, ahead % kStages);
+    if (ahead < num_tiles) next_first = write_entry(next_entry, ahead, ahead % kStages);
     __syncthreads();
     if (ahead < num_tiles) issue_tile(ahead % kStages);
     CpAsyncCommit();
-    if (ahead + 1 < num_tiles) next_entry = load_entry(ahead + 1, s_next_page[(ahead + 1) & 1]);
+    if (ahead + 1 < num_tiles) next_entry = load_entry(ahead + 1, next_first);
     CpAsyncWait<kStages - 1>();
     __syncthreads();
 

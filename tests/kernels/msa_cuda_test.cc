@@ -413,6 +413,36 @@ TEST_P(MsaCudaKernelTest, SegmentedDecodeContextsSplitMidPage) {
   }
 }
 
+// Decode contexts made of one-key pages (one-key runs, each on a fresh
+// page) around longer runs: a 64-key tile then spans 64 pages, and the next
+// tile may start on the 65th page from the tile's first, which the decode
+// kernel's partial-page walk must look at (TileEntry::start_after).
+TEST_P(MsaCudaKernelTest, DecodeOverRunsOfOneKeyPages) {
+  for (int32_t page_size : {16, 7}) {
+    const AttentionShape shape = MakeShape(32, 8, 128, page_size, DType::kBFloat16);
+    std::vector<SequenceLayout> layouts;
+    for (int i = 0; i < 3; ++i) {
+      SequenceLayout layout;
+      int32_t pos = testing::UniformInt(rng_, 0, 5);
+      auto add_run = [&](int32_t length) {
+        layout.kv_runs.push_back(PositionRun{pos, pos + length});
+        pos += length + testing::UniformInt(rng_, 1, 3);
+      };
+      for (int32_t k = testing::UniformInt(rng_, 60, 200); k > 0; --k) add_run(1);
+      add_run(testing::UniformInt(rng_, 20, 150));
+      for (int32_t k = testing::UniformInt(rng_, 64, 140); k > 0; --k) add_run(1);
+      add_run(testing::UniformInt(rng_, 1, 40));
+      const int32_t last_key = layout.kv_runs.back().end - 1;
+      layout.q_runs.push_back(PositionRun{last_key, last_key + 1});
+      layouts.push_back(std::move(layout));
+    }
+    BuildOptions build;
+    build.aligned_pages = false;  // every run starts a fresh page
+    RunAndCheckAllPlans(BuildTestBatch(shape, layouts, build, rng_),
+                        absl::StrCat("one-key pages, page ", page_size));
+  }
+}
+
 TEST_P(MsaCudaKernelTest, MixedDecodePrefillAndRebuildBatch) {
   const AttentionShape shape = MakeShape(32, 8, 128, 16, DType::kBFloat16);
   std::vector<SequenceLayout> layouts;

@@ -21,8 +21,7 @@
 // item claims uniform pages) differs from the one by key offsets, and in
 // `bad_page_walk_keys`, keys of items with partial pages that the decode
 // kernel's page walk (WalkPartialPages below: from item.kv_begin_page, 64
-// keys a tile) would not resolve to the page the key offsets name, or would
-// resolve zero or several times.
+// keys a tile) would not resolve to the page the key offsets name.
 //
 // Preconditions: the plan came from PlanMsa on `host_ws` for `shape` and a
 // batch whose q / kv_pool tensors are passed (layouts of kernels/msa.h).
@@ -54,38 +53,38 @@ struct PlanExecution {
 // The decode kernel's walk of a sequence with partial pages
 // (kernels/msa_kernel.cuh, MsaDecodeKernel): tiles of `tile_keys` keys from
 // kv_begin; a tile's first page is item.kv_begin_page (tile 0) or the one the
-// previous tile named; pages first .. first + tile_keys - 1 (those that
-// exist) each claim the keys of the tile inside their key range; the page
-// holding the tile's last key names the next tile's first page (the page
-// after it when it ends exactly there). Fills page_of_key[j] with the local
-// page of key kv_begin + j (-1: unclaimed) and returns the number of keys
-// claimed more than once. page_start: the workspace's per-page key offsets.
-inline int64_t WalkPartialPages(const MsaWorkItem& item, const int32_t* page_start,
+// previous tile named. Of the candidate pages first .. first + tile_keys - 1
+// (those that exist), the ones after `first` starting at t0 + r for r in
+// [1, tile_keys) set bit r of a mask; key t0 + j takes page first + (set bits
+// in [1, j]); the next tile's first page is first + (set bits) + (1 if a page
+// of first + 1 .. first + tile_keys starts at t0 + tile_keys). Fills page_of_key[j] with the local page the walk
+// gives key kv_begin + j; the caller checks it against the key offsets.
+// page_start: the workspace's per-page key offsets.
+inline void WalkPartialPages(const MsaWorkItem& item, const int32_t* page_start,
                                 int32_t tile_keys, std::vector<int32_t>* page_of_key) {
   const int32_t keys = std::max(0, item.kv_end - item.kv_begin);
   page_of_key->assign(static_cast<size_t>(keys), -1);
-  int64_t claimed_twice = 0;
   int32_t first = item.kv_begin_page;
+  std::vector<bool> starts(static_cast<size_t>(tile_keys));
   for (int32_t t0 = item.kv_begin; t0 < item.kv_end; t0 += tile_keys) {
-    const int32_t limit = std::min(t0 + tile_keys, item.kv_end);
-    const int32_t tile_last = t0 + tile_keys - 1;
-    int32_t next = -1;
-    for (int32_t j = 0; j < tile_keys; ++j) {
+    std::fill(starts.begin(), starts.end(), false);
+    bool at_end = false;
+    for (int32_t j = 0; j <= tile_keys; ++j) {  // page first + tile_keys: at_end only
       const int32_t page = first + j;
       if (page < 0 || page >= item.num_pages) continue;
-      const int32_t start = page_start[item.page_begin + page];
-      const int32_t end = page + 1 < item.num_pages ? page_start[item.page_begin + page + 1]
-                                                    : std::numeric_limits<int32_t>::max();
-      for (int32_t t = std::max(start, t0); t < std::min(end, limit); ++t) {
-        int32_t& slot = (*page_of_key)[static_cast<size_t>(t - item.kv_begin)];
-        if (slot >= 0) ++claimed_twice;
-        slot = page;
-      }
-      if (start <= tile_last && tile_last < end) next = end == tile_last + 1 ? page + 1 : page;
+      const int64_t rel = int64_t{page_start[item.page_begin + page]} - t0;
+      if (rel >= 1 && rel < tile_keys) starts[static_cast<size_t>(rel)] = true;
+      at_end |= rel == tile_keys;
     }
-    first = next;
+    int32_t set_bits = 0;
+    for (int32_t j = 0; j < tile_keys; ++j) {
+      set_bits += starts[static_cast<size_t>(j)] ? 1 : 0;
+      const int32_t t = t0 + j;
+      if (t >= item.kv_end) continue;
+      (*page_of_key)[static_cast<size_t>(t - item.kv_begin)] = first + set_bits;
+    }
+    first += set_bits + (at_end ? 1 : 0);
   }
-  return claimed_twice;
 }
 
 inline PlanExecution ExecutePlanOnCpu(const MsaPlan& plan, const void* host_ws,
@@ -156,7 +155,7 @@ inline PlanExecution ExecutePlanOnCpu(const MsaPlan& plan, const void* host_ws,
     std::vector<int64_t> k_pos(static_cast<size_t>(keys));
     const int64_t v_shift = page_size * hkv * dim;  // V block follows the page's K block
     if (!item.uniform_pages) {
-      ex.bad_page_walk_keys += WalkPartialPages(item, page_start, /*tile_keys=*/64, &walked);
+      WalkPartialPages(item, page_start, /*tile_keys=*/64, &walked);
     }
     for (int32_t j = 0; j < keys; ++j) {
       int64_t k_offset = 0;
