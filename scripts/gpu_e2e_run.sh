@@ -39,7 +39,10 @@
 # cost model by asymcache-fit-steps --trace), SYSTEMS_AGENT / SYSTEMS_DOCQA /
 # SYSTEMS_CHAT (the systems of a part, default
 # the lists below), SESSIONS_LONGDOCQA, LONGDOCQA_RATES, POOL_LONG (default
-# 24GiB: 12288 blocks, the simulator's pool for long-doc-qa).
+# 24GiB: 12288 blocks, the simulator's pool for long-doc-qa), SEED (the
+# workload generator's seed, asymcache-bench --seed; default 1: at saturation
+# one seed's arrivals decide rankings within ~25%, so compare systems over
+# several).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -48,6 +51,7 @@ OUT="${OUT:-/tmp/asymcache-e2e}"
 POOL="${POOL:-8GiB}"
 DELAY_SCALE="${DELAY_SCALE:-0.25}"
 CALIBRATION="${CALIBRATION:-calibration/h100-llama-3-8b-engine.json}"
+SEED="${SEED:-1}"
 AGENT_RATES="${AGENT_RATES:-0.5,1}"
 DOCQA_RATES="${DOCQA_RATES:-1,2}"
 CHAT_RATES="${CHAT_RATES:-1,2}"
@@ -70,7 +74,7 @@ else
   BENCH=("$BUNDLE/run.sh" asymcache-bench)
 fi
 GPU_ARGS=(--model=llama-3-8b --backend=cuda --pool-bytes="$POOL" --calibration="$CALIBRATION"
-          --scale-delays="$DELAY_SCALE" --require-no-errors)
+          --scale-delays="$DELAY_SCALE" --seed="$SEED" --require-no-errors)
 
 status=0
 run_part() {
