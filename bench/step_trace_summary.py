@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Where a worker's step time went: a summary of asymcache-worker step traces
-(schema asymcache.step_trace.v1, written with --step-trace / the bench's
---step-traces; scripts/gpu_e2e_run.sh STEP_TRACES=1).
+"""Where a worker's step time went: a summary of step traces (schema
+asymcache.step_trace.v1, cachecore/step_trace.h): asymcache-worker's
+(--step-trace / the bench's --step-traces; scripts/gpu_e2e_run.sh
+STEP_TRACES=1) or the simulator's modeled ones (asymcache-sim
+--step-trace-dir; there forward = step = predicted).
 
   step_trace_summary.py TRACE[.gz] [TRACE ...]
 

@@ -492,6 +492,10 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
         schedule_.predicted_latency_s * static_cast<double>(pool.writing + pool.pinned) /
         static_cast<double>(std::max<int64_t>(pool.capacity, 1));
   }
+  if (options_.record_steps) {
+    totals_.steps.push_back(SimStep{now_s_, decodes, schedule_.chunks, schedule_.predicted_latency_s,
+                                    static_cast<int64_t>(waiting_.size())});
+  }
   step_end_s_ = now_s_ + schedule_.predicted_latency_s;
   in_step_ = true;
   return true;
@@ -671,7 +675,7 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
     clock.Set(ModeledTime(now_s));
     if (absl::Status s = engine.CompleteStep(); !s.ok()) return s;
   }
-  const EngineTotals totals = engine.Finish();
+  EngineTotals totals = engine.Finish();
   RunResult result = replay.TakeResult();
   result.engine_steps = totals.engine_steps;
   result.busy_s = totals.busy_s;
@@ -691,6 +695,7 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
   result.blocked_decode_steps = totals.blocked_decode_steps;
   result.final_pool = totals.final_pool;
   result.consistency = totals.consistency;
+  result.steps = std::move(totals.steps);
   return result;
 }
 

@@ -127,6 +127,11 @@ struct EngineOptions {
   // request when nothing can run. Requires commit_at_prefill_end (the
   // next page's plan finds the earlier pages only once they are sealed).
   bool grow_output_blocks = false;
+  // Keep every step's work (RunResult::steps; single-engine runs, RunSystem):
+  // what asymcache-sim --step-trace-dir writes as step traces
+  // (cachecore/step_trace.h). ~100 bytes a step plus 24 per decode: off by
+  // default.
+  bool record_steps = false;
 
   AgentPinOptions pin_options;
   // Optional: called with the fraction of requests done, at most ~200 times a run.
@@ -178,6 +183,17 @@ struct JobRecord {
   double finish_s = -1;  // last step finish; -1 if a step was rejected
 };
 
+// One modeled step (EngineOptions::record_steps): its start, the decodes and
+// chunks it ran, its modeled latency, and the requests waiting for admission
+// when it started (the worker's trace counts them after its step).
+struct SimStep {
+  double start_s = 0;
+  std::vector<DecodeWork> decodes;
+  std::vector<Chunk> chunks;
+  double latency_s = 0;
+  int64_t waiting = 0;
+};
+
 struct RunResult {
   std::string system;
   std::vector<RequestRecord> requests;  // in arrival order
@@ -207,6 +223,7 @@ struct RunResult {
   int64_t blocked_decode_steps = 0;
   BlockPool::Stats final_pool;          // after the run, pin table dropped
   absl::Status consistency;             // KvCache::CheckConsistency() after the run
+  std::vector<SimStep> steps;           // EngineOptions::record_steps only, in order
 };
 
 // Replays `workload` on `system`. INVALID_ARGUMENT for bad options or an
@@ -340,6 +357,7 @@ struct EngineTotals {
   int64_t pins_released_under_pressure = 0;
   int64_t preemptions = 0;           // RunResult's
   int64_t blocked_decode_steps = 0;  // RunResult's
+  std::vector<SimStep> steps;        // RunResult's (record_steps)
   BlockPool::Stats final_pool;    // after the run, pin table dropped
   absl::Status consistency;       // KvCache::CheckConsistency() after the run
 };

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cachecore/step_trace.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
 #include "nlohmann/json.hpp"
@@ -166,6 +167,20 @@ SystemSummary Summarize(const RunResult& run) {
   s.preemptions = run.preemptions;
   s.blocked_decode_steps = run.blocked_decode_steps;
   return s;
+}
+
+std::string StepsToTrace(const RunResult& run, const ModelConfig& model) {
+  std::string text = absl::StrCat(StepTraceHeader(model, absl::UnixEpoch()), "\n");
+  for (const SimStep& step : run.steps) {
+    StepTraceEntry entry;
+    entry.start_s = step.start_s;
+    entry.decodes = step.decodes;
+    entry.chunks = step.chunks;
+    entry.predicted_s = entry.forward_s = entry.step_s = step.latency_s;
+    entry.waiting = step.waiting;
+    absl::StrAppend(&text, StepTraceLine(entry), "\n");
+  }
+  return text;
 }
 
 std::string RequestsToCsv(const std::vector<RunResult>& runs) {

@@ -97,6 +97,14 @@ std::string ToJson(const RunHeader& header, const std::vector<SystemSummary>& ro
 // step mix (mixed, prefill-only and decode-only steps with their busy time).
 std::string RequestsToCsv(const std::vector<RunResult>& runs);
 
+// A run's modeled steps (RunResult::steps, EngineOptions::record_steps) as a
+// step trace (cachecore/step_trace.h), one line per step, newline-terminated:
+// the header (`started` is the Unix epoch: the times are modeled seconds from
+// the trace origin), then each step with forward_ms = step_ms = predicted_ms
+// = its modeled latency. bench/step_trace_summary.py and asymcache-fit-steps
+// --trace read it as they read a worker's.
+std::string StepsToTrace(const RunResult& run, const ModelConfig& model);
+
 // --- sweeps ---------------------------------------------------------------
 
 struct SloTargets {

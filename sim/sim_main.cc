@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <system_error>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -97,6 +99,10 @@ ABSL_FLAG(bool, grow_output_blocks, false,
 ABSL_FLAG(std::string, requests_csv, "",
           "single-rate runs: write every request of every system (queue / prefill time, hit / "
           "rebuilt / new tokens) and each run's step mix as CSV to this file");
+ABSL_FLAG(std::string, step_trace_dir, "",
+          "single-rate, single-engine runs: write each system's modeled steps as a step trace "
+          "(asymcache.step_trace.v1, cachecore/step_trace.h) to DIR/<system>.steps.jsonl, created "
+          "if missing; compare with a worker's by bench/step_trace_summary.py");
 ABSL_FLAG(int, cluster, 0,
           "cluster mode: replay over N engines (each with its own --pool-gib/--pool-blocks pool) "
           "behind the router, one run per system x --routing mode; 0 = one engine. In cluster "
@@ -155,6 +161,7 @@ struct SimOptions {
   std::vector<RoutingMode> routing;  // cluster mode
   std::string csv;
   std::string requests_csv;
+  std::string step_trace_dir;
 };
 
 absl::StatusOr<SimOptions> ParseOptions() {
@@ -245,6 +252,11 @@ absl::StatusOr<SimOptions> ParseOptions() {
   if (!o.requests_csv.empty() && (o.cluster > 0 || !o.sweep.empty() || o.sweep_auto)) {
     return absl::InvalidArgumentError("--requests-csv needs a single-rate, single-engine run");
   }
+  o.step_trace_dir = absl::GetFlag(FLAGS_step_trace_dir);
+  if (!o.step_trace_dir.empty() && (o.cluster > 0 || !o.sweep.empty() || o.sweep_auto)) {
+    return absl::InvalidArgumentError("--step-trace-dir needs a single-rate, single-engine run");
+  }
+  o.engine.record_steps = !o.step_trace_dir.empty();
   if (o.cluster == 0 && !o.csv.empty()) {
     return absl::InvalidArgumentError("--csv needs --cluster (cluster mode)");
   }
@@ -391,6 +403,19 @@ absl::Status Main() {
     }
     if (!o.requests_csv.empty()) {
       if (absl::Status s = WriteFile(o.requests_csv, RequestsToCsv(*runs)); !s.ok()) return s;
+    }
+    if (!o.step_trace_dir.empty()) {
+      std::error_code error;
+      std::filesystem::create_directories(o.step_trace_dir, error);
+      if (error) {
+        return absl::InvalidArgumentError(absl::StrCat("--step-trace-dir: cannot create '",
+                                                       o.step_trace_dir, "' (", error.message(),
+                                                       ")"));
+      }
+      for (const RunResult& r : *runs) {
+        const std::string path = absl::StrCat(o.step_trace_dir, "/", r.system, ".steps.jsonl");
+        if (absl::Status s = WriteFile(path, StepsToTrace(r, o.model)); !s.ok()) return s;
+      }
     }
   } else {
     absl::StatusOr<std::vector<SweepPoint>> sweep =

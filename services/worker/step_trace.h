@@ -3,15 +3,8 @@
 // compared with what the cost model predicts for them offline
 // (asymcache-fit-steps --trace; docs/worker.md "Step trace").
 //
-// Line schema (asymcache.step_trace.v1; times in milliseconds):
-//   {"t_ms": step start since the file was opened,
-//    "decodes": [context tokens of each decode, its own token included],
-//    "chunks": [[sequence, begin, end], ...]  prefill/rebuild query runs,
-//    "predicted_ms": the chunk scheduler's prediction (cost model),
-//    "forward_ms": the backend's forward pass, "step_ms": the whole step,
-//    "waiting": requests waiting for admission after the step}
-// The first line is {"schema": "asymcache.step_trace.v1", "started": RFC 3339
-// time, "model": the cost model's shape (cachecore ModelConfig fields)}.
+// Line schema: cachecore/step_trace.h (asymcache.step_trace.v1; the
+// simulator writes the same lines for its modeled steps).
 //
 // Size: about 60 bytes per step plus 6 per decode; a busy worker (100 steps/s
 // of 32 decodes) writes ~1.5 MB a minute. A diagnostic: off by default.
@@ -31,11 +24,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cachecore/model_config.h"
+#include "cachecore/step_trace.h"
 #include "services/worker/engine.h"
 
 namespace asymcache::worker {
-
-inline constexpr char kStepTraceSchema[] = "asymcache.step_trace.v1";
 
 class StepTraceWriter {
  public:

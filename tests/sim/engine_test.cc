@@ -131,6 +131,48 @@ TEST(Engine, EverySystemConservesRequestsTokensAndBlocksUnderPressure) {
   }
 }
 
+// EngineOptions::record_steps keeps every step (what --step-trace-dir
+// writes): they add up to the run's totals, follow each other in time, and
+// recording changes nothing of the run.
+TEST(Engine, RecordedStepsAddUpToTheRunTotalsAndChangeNothing) {
+  const Workload w = Generate("chat", 10 * kScale, 3.0);
+  for (const SystemSpec& s : AllSystems()) {
+    SCOPED_TRACE(s.name);
+    EngineOptions o = Options(1000);
+    o.commit_at_prefill_end = true;
+    o.grow_output_blocks = true;
+    absl::StatusOr<RunResult> plain = RunSystem(w, s, Cost(), o);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    EXPECT_TRUE(plain->steps.empty());
+    o.record_steps = true;
+    absl::StatusOr<RunResult> r = RunSystem(w, s, Cost(), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(static_cast<int64_t>(r->steps.size()), r->engine_steps);
+    double busy = 0;
+    int64_t prefill = 0, decodes = 0;
+    double previous_end = 0;
+    for (const SimStep& step : r->steps) {
+      EXPECT_GE(step.start_s, previous_end - 1e-9);
+      EXPECT_GT(step.latency_s, 0);
+      EXPECT_GE(step.waiting, 0);
+      EXPECT_FALSE(step.decodes.empty() && step.chunks.empty());
+      previous_end = step.start_s + step.latency_s;
+      busy += step.latency_s;
+      for (const Chunk& c : step.chunks) prefill += c.tokens();
+      decodes += static_cast<int64_t>(step.decodes.size());
+    }
+    EXPECT_NEAR(busy, r->busy_s, 1e-6 * r->busy_s);
+    EXPECT_EQ(prefill, r->prefill_tokens);
+    EXPECT_EQ(decodes, r->decode_tokens);
+    EXPECT_EQ(r->engine_steps, plain->engine_steps);
+    EXPECT_EQ(r->busy_s, plain->busy_s);
+    ASSERT_EQ(r->requests.size(), plain->requests.size());
+    for (size_t i = 0; i < r->requests.size(); ++i) {
+      EXPECT_EQ(r->requests[i].first_token_s, plain->requests[i].first_token_s);
+    }
+  }
+}
+
 TEST(Engine, AgentJobsWithPinsConserveAndReportJobLatency) {
   const Workload w = Generate("agent", 6 * kScale, 0.5);
   for (const char* name : {"vllm", "asymcache", "pensieve", "vllm+worker-memory"}) {

@@ -178,6 +178,34 @@ TEST(Report, RequestsCsvHasOneRowPerRequestAndAStepLinePerRun) {
   EXPECT_THAT(lines[3], ::testing::HasSubstr("preemptions,1,blocked_decode_steps,3"));
 }
 
+TEST(Report, StepsToTraceWritesTheHeaderAndOneModeledLinePerStep) {
+  RunResult run;
+  run.system = "asymcache";
+  run.steps.push_back(SimStep{0.25, {DecodeWork{1, 40}}, {Chunk{2, 16, 48}}, 0.002, 1});
+  run.steps.push_back(SimStep{0.252, {DecodeWork{1, 41}, DecodeWork{2, 49}}, {}, 0.001, 0});
+  const std::string text = StepsToTrace(run, ModelConfig{});
+  std::vector<std::string> lines = absl::StrSplit(absl::StripSuffix(text, "\n"), '\n');
+  ASSERT_EQ(lines.size(), 3u) << text;
+  const nlohmann::json header = nlohmann::json::parse(lines[0]);
+  EXPECT_EQ(header["schema"], "asymcache.step_trace.v1");
+  EXPECT_EQ(header["started"], "1970-01-01T00:00:00+00:00");
+  EXPECT_EQ(header["model"]["num_layers"], 32);
+  const nlohmann::json first = nlohmann::json::parse(lines[1]);
+  EXPECT_DOUBLE_EQ(first["t_ms"].get<double>(), 250.0);
+  EXPECT_EQ(first["decodes"], nlohmann::json::array({40}));
+  EXPECT_EQ(first["chunks"], nlohmann::json::parse("[[2,16,48]]"));
+  // Modeled: the prediction is the forward and the step.
+  EXPECT_DOUBLE_EQ(first["predicted_ms"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(first["forward_ms"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(first["step_ms"].get<double>(), 2.0);
+  EXPECT_EQ(first["waiting"], 1);
+  const nlohmann::json second = nlohmann::json::parse(lines[2]);
+  EXPECT_EQ(second["decodes"], nlohmann::json::array({41, 49}));
+  EXPECT_TRUE(second["chunks"].empty());
+  EXPECT_EQ(StepsToTrace(RunResult{}, ModelConfig{}).find('\n'),
+            StepsToTrace(RunResult{}, ModelConfig{}).size() - 1);
+}
+
 TEST(Report, CapacityIsTheHighestRateMeetingTheSloAtEveryLowerRate) {
   const SloTargets slo{2.0, 0.1};
   std::vector<SweepPoint> sweep = {
