@@ -521,12 +521,25 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": tpot_slo ", tpot_slo.status().message()));
     }
-    const EngineOptions engine = PredictionOptions(
+    EngineOptions engine = PredictionOptions(
         system, run["pool_blocks"].get<int64_t>(),
         // Recorded since 2026-11-28; older files: --tpot-target-ms (give the run's).
         run.value("tpot_target_ms", tpot_target_ms),
         // Recorded since 2026-11-27 (evening); older runs had no floor.
         run.value("overload_budget_tokens", int64_t{0}), *tpot_slo, worker_memory);
+    // The stall cap the run was predicted with (recorded with its engine
+    // options since 2026-11-28; older runs: EngineOptions' default, theirs).
+    const nlohmann::json recorded_options =
+        run.value("predicted_engine_options", nlohmann::json::object());
+    if (recorded_options.is_object() && recorded_options.contains("max_step_latency_ms")) {
+      const nlohmann::json& cap = recorded_options["max_step_latency_ms"];
+      if (!cap.is_number() || !std::isfinite(cap.get<double>()) || cap.get<double>() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": predicted_engine_options.max_step_latency_ms must be a number >= 0, got ",
+            cap.dump()));
+      }
+      engine.max_step_latency = absl::Milliseconds(cap.get<double>());
+    }
     absl::StatusOr<RunSummary> predicted = Predict(at_rate, system, *model, calibration, engine);
     if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(where, ": "));
     const nlohmann::json& measured = run["summary"];

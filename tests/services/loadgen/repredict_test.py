@@ -10,10 +10,13 @@ records.
    reserve predicts with outputs reserved at admission and records that.
 2. With a calibration whose step overhead is 5 ms longer, every run's predicted
    mean TTFT is longer than that.
-3. Workload flags that do not regenerate the run's workload (another session
+3. A run whose recorded engine options name another stall cap
+   (max_step_latency_ms) is re-predicted with that cap, and records it.
+4. Workload flags that do not regenerate the run's workload (another session
    count, another delay scale), a file that is not a bench JSON, a missing
    file, a run without its pool size and runs without a recorded calibration
-   (and no --calibration) are refused with a message naming the problem.
+   (and no --calibration), and a recorded stall cap that is not a number >= 0
+   are refused with a message naming the problem.
 Usage: repredict_test.py ASYMCACHE_BENCH RUN_JSON OUT_DIR
 """
 import json
@@ -81,6 +84,21 @@ else:
         if not now["predicted"]["ttft_s"]["mean"] > before["predicted"]["ttft_s"]["mean"]:
             failures.append(f"{before['system']}: a 5 ms longer step did not lengthen TTFT")
 
+other_cap = os.path.join(out_dir, "other_cap.json")
+capped = json.loads(json.dumps(doc))
+for r in capped["runs"]:
+    r["predicted_engine_options"]["max_step_latency_ms"] = 75.0
+json.dump(capped, open(other_cap, "w"))
+result = run(*workload_args, f"--repredict={other_cap}", f"--json={out}")
+if result.returncode != 0:
+    failures.append(f"--repredict with a recorded 75 ms cap failed: {result.stderr}")
+else:
+    for now in json.load(open(out))["runs"]:
+        if now["predicted_engine_options"]["max_step_latency_ms"] != 75.0:
+            failures.append(f"{now['system']}: the recorded 75 ms stall cap was not used: "
+                            f"{now['predicted_engine_options']}")
+
+
 def with_flag(name, value):
     return [a for a in workload_args if not a.startswith(name + "=")] + [f"{name}={value}"]
 
@@ -100,6 +118,10 @@ bad_slo = os.path.join(out_dir, "bad_slo.json")
 mangled = json.loads(json.dumps(doc))
 mangled["runs"][0]["tpot_slo"] = "p99"
 json.dump(mangled, open(bad_slo, "w"))
+bad_cap = os.path.join(out_dir, "bad_cap.json")
+mangled = json.loads(json.dumps(doc))
+mangled["runs"][0]["predicted_engine_options"]["max_step_latency_ms"] = -1
+json.dump(mangled, open(bad_cap, "w"))
 cases = [
     (with_flag("--sessions", 7) + [f"--repredict={run_json}"], 1, "do not regenerate"),
     (with_flag("--scale-delays", 0.5) + [f"--repredict={run_json}"], 1, "--scale-delays="),
@@ -109,6 +131,8 @@ cases = [
     (workload_args + [f"--repredict={no_calibration}"], 2, "records no calibration"),
     (workload_args + [f"--repredict={bad_slo}"], 2,
      "runs[0]: tpot_slo must be request-mean or per-step, got 'p99'"),
+    (workload_args + [f"--repredict={bad_cap}"], 2,
+     "runs[0]: predicted_engine_options.max_step_latency_ms must be a number >= 0, got -1"),
     (workload_args + [f"--repredict={run_json}", "--predict-memory=guess"], 2,
      "--predict-memory must be worker or reserve"),
 ]
