@@ -172,6 +172,48 @@ struct MsaTileConfig {
   static constexpr int kSmemBytes = kRegionBytes + kTableBytes;
 };
 
+// A key's place in the KV pool, as the prefill gathers resolve it.
+struct MsaKeyEntry {
+  int32_t page_id;
+  int32_t page_pos;
+  int32_t in_page;  // -1: past the item's end
+};
+
+// Key t of the item's sequence (keys counted from 0): its page's id and
+// position and its row in the page; {0, 0, -1} past item.kv_end. Uniform
+// pages (all full but the last) by division; otherwise the largest page
+// whose first key is <= t, by binary search of the key offsets. Shared by
+// the mma.sync prefill kernel and both wgmma loops (msa_wgmma.cuh); the
+// decode kernel walks pages tile by tile instead (MsaDecodeKernel).
+__device__ __forceinline__ MsaKeyEntry LookupKey(const MsaKernelParams& p, const MsaWorkItem& item,
+                                                 int t) {
+  MsaKeyEntry e{0, 0, -1};
+  if (t < item.kv_end) {
+    int gp;
+    if (item.uniform_pages) {
+      const int page = t / p.page_size;
+      gp = item.page_begin + page;
+      e.in_page = t - page * p.page_size;
+    } else {
+      int lo = 0;
+      int hi = item.num_pages - 1;  // largest page with token_start <= t
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (p.page_token_start[item.page_begin + mid] <= t) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      gp = item.page_begin + lo;
+      e.in_page = t - p.page_token_start[gp];
+    }
+    e.page_id = p.page_ids[gp];
+    e.page_pos = p.page_pos[gp];
+  }
+  return e;
+}
+
 // ---- attention kernel -----------------------------------------------------
 
 template <typename T, int kHeadDim, bool kDecode>
@@ -230,11 +272,7 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
   constexpr int kRounds = Cfg::kGatherRounds;
   const int gather_key = tid / Cfg::kThreadsPerKey;
   const int gather_lane = tid % Cfg::kThreadsPerKey;
-  struct KeyEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t in_page;  // -1: past the item's end
-  };
+  using KeyEntry = MsaKeyEntry;
   struct TileEntries {
     KeyEntry key[kRounds];
   };
@@ -242,33 +280,8 @@ __global__ void __launch_bounds__(MsaTileConfig<kHeadDim, kDecode>::kThreads, 1)
     TileEntries entries;
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
-      KeyEntry e{0, 0, -1};
-      const int t =
-          item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key;
-      if (t < item.kv_end) {
-        int gp;
-        if (item.uniform_pages) {
-          const int page = t / p.page_size;
-          gp = item.page_begin + page;
-          e.in_page = t - page * p.page_size;
-        } else {
-          int lo = 0;
-          int hi = item.num_pages - 1;  // largest page with token_start <= t
-          while (lo < hi) {
-            const int mid = (lo + hi + 1) >> 1;
-            if (p.page_token_start[item.page_begin + mid] <= t) {
-              lo = mid;
-            } else {
-              hi = mid - 1;
-            }
-          }
-          gp = item.page_begin + lo;
-          e.in_page = t - p.page_token_start[gp];
-        }
-        e.page_id = p.page_ids[gp];
-        e.page_pos = p.page_pos[gp];
-      }
-      entries.key[round] = e;
+      entries.key[round] = LookupKey(
+          p, item, item.kv_begin + tile * kBlockN + round * Cfg::kKeysPerRound + gather_key);
     }
     return entries;
   };

@@ -359,38 +359,9 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
   // before the copy is issued.
   const int gather_key = tid / Cfg::kThreadsPerKey;
   const int gather_lane = tid % Cfg::kThreadsPerKey;
-  struct KeyEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t in_page;  // -1: past the item's end
-  };
+  using KeyEntry = MsaKeyEntry;
   auto load_entry = [&](int tile) {
-    KeyEntry e{0, 0, -1};
-    const int t = item.kv_begin + tile * kBlockN + gather_key;
-    if (t < item.kv_end) {
-      int gp;
-      if (item.uniform_pages) {
-        const int page = t / p.page_size;
-        gp = item.page_begin + page;
-        e.in_page = t - page * p.page_size;
-      } else {
-        int lo = 0;
-        int hi = item.num_pages - 1;  // largest page with token_start <= t
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (p.page_token_start[item.page_begin + mid] <= t) {
-            lo = mid;
-          } else {
-            hi = mid - 1;
-          }
-        }
-        gp = item.page_begin + lo;
-        e.in_page = t - p.page_token_start[gp];
-      }
-      e.page_id = p.page_ids[gp];
-      e.page_pos = p.page_pos[gp];
-    }
-    return e;
+    return LookupKey(p, item, item.kv_begin + tile * kBlockN + gather_key);
   };
   // Copies tile `tile` into ring slot `slot` (zero rows past the end) and
   // records its key positions and whether it needs the causal mask.
@@ -749,38 +720,9 @@ __global__ void __launch_bounds__(MsaWgmmaConfig::kThreads, 1)
   // before the copy is issued.
   const int gather_key = tid / Cfg::kThreadsPerKey;
   const int gather_lane = tid % Cfg::kThreadsPerKey;
-  struct KeyEntry {
-    int32_t page_id;
-    int32_t page_pos;
-    int32_t in_page;  // -1: past the item's end
-  };
+  using KeyEntry = MsaKeyEntry;
   auto load_entry = [&](int tile) {
-    KeyEntry e{0, 0, -1};
-    const int t = item.kv_begin + tile * kBlockN + gather_key;
-    if (t < item.kv_end) {
-      int gp;
-      if (item.uniform_pages) {
-        const int page = t / p.page_size;
-        gp = item.page_begin + page;
-        e.in_page = t - page * p.page_size;
-      } else {
-        int lo = 0;
-        int hi = item.num_pages - 1;  // largest page with token_start <= t
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) >> 1;
-          if (p.page_token_start[item.page_begin + mid] <= t) {
-            lo = mid;
-          } else {
-            hi = mid - 1;
-          }
-        }
-        gp = item.page_begin + lo;
-        e.in_page = t - p.page_token_start[gp];
-      }
-      e.page_id = p.page_ids[gp];
-      e.page_pos = p.page_pos[gp];
-    }
-    return e;
+    return LookupKey(p, item, item.kv_begin + tile * kBlockN + gather_key);
   };
   // Copies tile `tile` into ring slot `slot` (zero rows past the end) and
   // records its key positions and whether it needs the causal mask.
