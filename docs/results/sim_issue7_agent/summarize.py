@@ -14,6 +14,34 @@ def label(system, pins):
     return system + ("+pins" if pins == "on" else "")
 
 
+def load_groups(path, filt=""):
+    """The CSV's rows (kept by --filter's key=value,...) per (workload, sessions, scale, pool,
+    commit), sorted: (key, rows, by (system, pins, rate, seed) -> row, rates, seeds)."""
+    rows = list(csv.DictReader(open(path)))
+    for kv in filter(None, filt.split(",")):
+        k, v = kv.split("=")
+        rows = [r for r in rows if r[k] == v]
+    groups = collections.defaultdict(list)
+    for r in rows:
+        groups[(r["workload"], r["sessions"], r["scale"], r["pool_gib"], r["commit"])].append(r)
+    for key, rs in sorted(groups.items()):
+        by = {(r["system"], r["pins"], float(r["rate"]), r["seed"]): r for r in rs}
+        yield (key, rs, by, sorted({float(r["rate"]) for r in rs}),
+               sorted({r["seed"] for r in rs}, key=int))
+
+
+def meets_slo(r, slo_ttft, slo_tpot):
+    return (int(r["rejected"]) == 0 and float(r["ttft_mean"]) <= slo_ttft
+            and float(r["tpot_mean"]) <= slo_tpot)
+
+
+def vllm_saturation(by, rates, seed, slo_ttft, slo_tpot):
+    """Index of vllm's (pins off) first swept rate missing the SLO for `seed`, or None."""
+    return next((i for i, rate in enumerate(rates)
+                 if (r := by.get(("vllm", "off", rate, seed))) and not meets_slo(r, slo_ttft, slo_tpot)),
+                None)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("csv")
@@ -28,24 +56,11 @@ def main():
         return compact(a.csv, a.filter)
     if a.what == "latency":
         return aligned_latency(a.csv, a.slo_ttft, a.slo_tpot, a.filter)
-    rows = list(csv.DictReader(open(a.csv)))
-    for kv in filter(None, a.filter.split(",")):
-        k, v = kv.split("=")
-        rows = [r for r in rows if r[k] == v]
-    groups = collections.defaultdict(list)
-    for r in rows:
-        groups[(r["workload"], r["sessions"], r["scale"], r["pool_gib"], r["commit"])].append(r)
-    for key, rs in sorted(groups.items()):
+    for key, rs, by, rates, seeds in load_groups(a.csv, a.filter):
         wl, n, scale, pool, commit = key
         print(f"\n### {wl}, {n} sessions, tool/think x{scale}, pool {pool} GiB, "
               f"commit at {'prefill end' if commit == '1' else 'finish'}")
-        by = {}
-        for r in rs:
-            by[(r["system"], r["pins"], float(r["rate"]), r["seed"])] = r
-        rates = sorted({float(r["rate"]) for r in rs})
-        seeds = sorted({r["seed"] for r in rs}, key=int)
-        ok = lambda r: (int(r["rejected"]) == 0 and float(r["ttft_mean"]) <= a.slo_ttft
-                        and float(r["tpot_mean"]) <= a.slo_tpot)
+        ok = lambda r: meets_slo(r, a.slo_ttft, a.slo_tpot)
         # capacity per system per seed
         if a.what in ("all", "capacity"):
             print(f"\ncapacity at SLO (mean TTFT <= {a.slo_ttft} s, TPOT <= {a.slo_tpot*1e3:.0f} ms), per seed "
@@ -115,26 +130,13 @@ def aligned(path, slo_ttft=2.0, slo_tpot=0.1, filt=""):
     """Per seed, rates relative to vllm's saturation (its first swept rate missing the SLO, pins
     off): the job-latency change of asymcache+pins vs vllm+pins and of asymcache vs vllm at the
     last rate vllm meets it (k=-1), at saturation (k=0) and the next swept rates."""
-    rows = list(csv.DictReader(open(path)))
-    for kv in filter(None, filt.split(",")):
-        k, v = kv.split("=")
-        rows = [r for r in rows if r[k] == v]
-    groups = collections.defaultdict(list)
-    for r in rows:
-        groups[(r["workload"], r["sessions"], r["scale"], r["pool_gib"], r["commit"])].append(r)
-    for key, rs in sorted(groups.items()):
-        by = {(r["system"], r["pins"], float(r["rate"]), r["seed"]): r for r in rs}
-        rates = sorted({float(r["rate"]) for r in rs})
-        seeds = sorted({r["seed"] for r in rs}, key=int)
+    for key, rs, by, rates, seeds in load_groups(path, filt):
         print(f"\n{key}: per seed, k = swept rates past vllm's saturation")
         print("| k | " + " | ".join(f"seed {s}: rate, +pins job, job, hit vllm+pins/asym+pins" for s in seeds) + " |")
         for k in (-1, 0, 1, 2):
             cells = []
             for s in seeds:
-                sat = next((i for i, rate in enumerate(rates)
-                            if (r := by.get(("vllm", "off", rate, s))) and not (
-                                int(r["rejected"]) == 0 and float(r["ttft_mean"]) <= slo_ttft
-                                and float(r["tpot_mean"]) <= slo_tpot)), None)
+                sat = vllm_saturation(by, rates, s, slo_ttft, slo_tpot)
                 if sat is None or not 0 <= sat + k < len(rates):
                     cells.append("-")
                     continue
@@ -155,27 +157,14 @@ def aligned_latency(path, slo_ttft=2.0, slo_tpot=0.1, filt=""):
     """Per seed, at vllm's last SLO-meeting rate (k=-1), its saturation (k=0) and the next swept
     rate: mean TTFT and TPOT of vllm and pensieve over asymcache's (pins off; > 1 = asymcache
     better), the issue's goals being >= 2.0x / 1.7x over vllm and >= 1.2x over pensieve."""
-    rows = list(csv.DictReader(open(path)))
-    for kv in filter(None, filt.split(",")):
-        k, v = kv.split("=")
-        rows = [r for r in rows if r[k] == v]
-    groups = collections.defaultdict(list)
-    for r in rows:
-        groups[(r["workload"], r["sessions"], r["scale"], r["pool_gib"], r["commit"])].append(r)
-    for key, rs in sorted(groups.items()):
-        by = {(r["system"], r["pins"], float(r["rate"]), r["seed"]): r for r in rs}
-        rates = sorted({float(r["rate"]) for r in rs})
-        seeds = sorted({r["seed"] for r in rs}, key=int)
+    for key, rs, by, rates, seeds in load_groups(path, filt):
         print(f"\n{key}: rate: TTFT vllm/asym, pensieve/asym; TPOT vllm/asym, pensieve/asym")
         print("| k | " + " | ".join(f"seed {s}" for s in seeds) + " |")
         print("|---|" + "---|" * len(seeds))
         for k in (-1, 0, 1):
             cells = []
             for s in seeds:
-                sat = next((i for i, rate in enumerate(rates)
-                            if (r := by.get(("vllm", "off", rate, s))) and not (
-                                int(r["rejected"]) == 0 and float(r["ttft_mean"]) <= slo_ttft
-                                and float(r["tpot_mean"]) <= slo_tpot)), None)
+                sat = vllm_saturation(by, rates, s, slo_ttft, slo_tpot)
                 if sat is None or not 0 <= sat + k < len(rates):
                     cells.append("-")
                     continue
@@ -194,17 +183,7 @@ def aligned_latency(path, slo_ttft=2.0, slo_tpot=0.1, filt=""):
 def compact(path, filt=""):
     """One line per rate, means over seeds: job latency of the five systems, the per-seed
     asymcache+pins vs vllm+pins change, and TTFT / TPOT / hit of the two pinned systems."""
-    rows = list(csv.DictReader(open(path)))
-    for kv in filter(None, filt.split(",")):
-        k, v = kv.split("=")
-        rows = [r for r in rows if r[k] == v]
-    groups = collections.defaultdict(list)
-    for r in rows:
-        groups[(r["workload"], r["sessions"], r["scale"], r["pool_gib"], r["commit"])].append(r)
-    for key, rs in sorted(groups.items()):
-        by = {(r["system"], r["pins"], float(r["rate"]), r["seed"]): r for r in rs}
-        rates = sorted({float(r["rate"]) for r in rs})
-        seeds = sorted({r["seed"] for r in rs}, key=int)
+    for key, rs, by, rates, seeds in load_groups(path, filt):
         print(f"\n{key}")
         print("| rate | job s: vllm / pensieve / asymcache / vllm+pins / asymcache+pins | "
               "asymcache+pins vs vllm+pins, per seed | TTFT s (+pins: vllm / asym) | "
