@@ -71,126 +71,6 @@ struct TileItem {
   bool decode;
 };
 
-// CTA slots an item takes in the split-KV target: the prefill kernel runs
-// 8 warps per CTA (one CTA per SM), the decode kernel 4.
-int64_t SlotsOf(const TileItem& t) { return t.decode ? 1 : 2; }
-
-// Wave balancing of the prefill launch (one 8-warp CTA per SM). A prefill
-// class of at least a wave of items is not split to fill the GPU, but its
-// last wave can be nearly empty: 160 items of equal length on 132 SMs take
-// two item-times for 1.2 item-times of work (the 512-token chunk plus four
-// rebuild holes of msa_h100.md's mixed batch). Model: a piece's time is its
-// keys plus kPieceCostKeys; the block scheduler hands out pieces in plan
-// order (descending keys) to the SM that frees first (list scheduling, LPT);
-// a split plan pays kMergeCostKeys once for its merge launch.
-constexpr int64_t kPieceCostKeys =  // Q tile load, epilogue, partial-state write
-    kMsaTileFixedWork * kMsaKeyTileKeys;
-constexpr int64_t kMergeCostKeys = 256;  // the merge launch
-constexpr double kMinWaveGain = 0.08;    // a split must predict >= 8% less time
-constexpr int kWaveCandidates = 12;      // chunks tried, from max_kv / 4 up
-
-// Makespan (in keys) of the class's tiles cut at `chunk` keys (0 = uncut) on
-// `slots` SMs; -1 when the cut needs more than `max_extra_pieces` pieces
-// beyond one per tile (the workspace bound). `pieces` is scratch.
-int64_t PrefillMakespan(const std::vector<int64_t>& tile_keys, int64_t chunk, int32_t slots,
-                        int64_t max_extra_pieces, std::vector<int64_t>& pieces) {
-  pieces.clear();
-  bool split = false;
-  for (const int64_t keys : tile_keys) {
-    const int64_t n = chunk > 0 ? std::max<int64_t>(1, CeilDiv(keys, chunk)) : 1;
-    split |= n > 1;
-    for (int64_t c = 0; c < n; ++c) {
-      const int64_t begin = c * chunk;
-      pieces.push_back((n == 1 ? keys : std::min(keys, begin + chunk) - begin) + kPieceCostKeys);
-    }
-    if (static_cast<int64_t>(pieces.size()) - static_cast<int64_t>(tile_keys.size()) >
-        max_extra_pieces) {
-      return -1;
-    }
-  }
-  std::sort(pieces.begin(), pieces.end(), std::greater<int64_t>());
-  // Min-heap of the SMs' finish times.
-  std::vector<int64_t> finish(static_cast<size_t>(std::max(slots, 1)), 0);
-  for (const int64_t cost : pieces) {
-    std::pop_heap(finish.begin(), finish.end(), std::greater<int64_t>());
-    finish.back() += cost;
-    std::push_heap(finish.begin(), finish.end(), std::greater<int64_t>());
-  }
-  return *std::max_element(finish.begin(), finish.end()) + (split ? kMergeCostKeys : 0);
-}
-
-// The prefill chunk (0 = unsplit) that balances the launch's waves, for a
-// class whose unsplit items already fill the GPU.
-int32_t WaveBalancedPrefillChunk(const std::vector<TileItem>& tiles, int32_t num_sms,
-                                 int32_t min_chunk, int64_t max_extra_pieces) {
-  std::vector<int64_t> tile_keys;
-  int64_t total = 0;
-  int64_t max_kv = 0;
-  for (const TileItem& t : tiles) {
-    if (t.decode) continue;
-    tile_keys.push_back(t.item.kv_end);
-    total += t.item.kv_end + kPieceCostKeys;
-    max_kv = std::max<int64_t>(max_kv, t.item.kv_end);
-  }
-  std::vector<int64_t> pieces;
-  const int64_t unsplit = PrefillMakespan(tile_keys, 0, num_sms, max_extra_pieces, pieces);
-  // No cut can beat the perfectly balanced time: skip when that is near.
-  const double balanced = static_cast<double>(total) / std::max(num_sms, 1);
-  if (unsplit <= (1.0 + kMinWaveGain) * balanced) return 0;
-  int64_t best = unsplit;
-  int64_t best_chunk = 0;
-  for (int j = 0; j < kWaveCandidates; ++j) {
-    const double fraction = 0.25 + 0.75 * j / kWaveCandidates;
-    const int64_t chunk = std::max<int64_t>(
-        min_chunk, CeilDiv(static_cast<int64_t>(fraction * static_cast<double>(max_kv)), 128) * 128);
-    if (chunk >= max_kv) continue;
-    const int64_t makespan = PrefillMakespan(tile_keys, chunk, num_sms, max_extra_pieces, pieces);
-    if (makespan >= 0 && makespan < best) {
-      best = makespan;
-      best_chunk = chunk;
-    }
-  }
-  return static_cast<double>(best) <= (1.0 - kMinWaveGain) * static_cast<double>(unsplit)
-             ? static_cast<int32_t>(best_chunk)
-             : 0;
-}
-
-// The prefill chunk of a class below the split target when
-// options.balance_small_prefill is on. The slot search's chunk gives at most
-// one wave of pieces, each up to `slot_chunk` keys, and the launch takes as
-// long as the longest; smaller chunks give more, shorter pieces that the
-// block scheduler can pack several to an SM (a short tile's piece beside
-// another). The list-scheduling model (PrefillMakespan) tries chunks
-// slot_chunk * j / 12 (j = 1..11, >= min_chunk, 128-aligned) and takes the
-// best only if it predicts >= 8% less time than slot_chunk, with at most
-// `max_extra_pieces` pieces beyond one per tile (the workspace bound).
-int32_t BalancedSmallPrefillChunk(const std::vector<TileItem>& tiles, int32_t num_sms,
-                                  int32_t min_chunk, int64_t max_extra_pieces,
-                                  int32_t slot_chunk) {
-  std::vector<int64_t> tile_keys;
-  for (const TileItem& t : tiles) {
-    if (!t.decode) tile_keys.push_back(t.item.kv_end);
-  }
-  std::vector<int64_t> pieces;
-  const int64_t base = PrefillMakespan(tile_keys, slot_chunk, num_sms, max_extra_pieces, pieces);
-  if (base < 0) return slot_chunk;
-  int64_t best = base;
-  int64_t best_chunk = slot_chunk;
-  for (int j = 1; j < kWaveCandidates; ++j) {
-    const int64_t chunk = std::max<int64_t>(
-        min_chunk, CeilDiv(int64_t{slot_chunk} * j / kWaveCandidates, 128) * 128);
-    if (chunk >= slot_chunk) continue;
-    const int64_t makespan = PrefillMakespan(tile_keys, chunk, num_sms, max_extra_pieces, pieces);
-    if (makespan >= 0 && makespan < best) {
-      best = makespan;
-      best_chunk = chunk;
-    }
-  }
-  return static_cast<double>(best) <= (1.0 - kMinWaveGain) * static_cast<double>(base)
-             ? static_cast<int32_t>(best_chunk)
-             : slot_chunk;
-}
-
 // Rows in the first tile of a prefill-class sequence of `rows` packed rows;
 // every later tile is full (kMsaPrefillTileRows).
 //
@@ -371,57 +251,18 @@ absl::StatusOr<MsaPlan> PlanMsa(const AttentionShape& shape, const BatchTables& 
   // each launch must fill the GPU by itself: a decode batch riding with a
   // prefill chunk is split as the same decodes alone would be, instead of
   // running as one long unsplit CTA per (sequence, KV head) after the
-  // prefill launch (step_grid_h200.md: +10 ms on a 56 ms step). Per class:
-  // when its items need fewer than the target slots, the smallest 128-aligned
-  // chunk (>= min_kv_chunk_tokens) that keeps them within the target; a
-  // prefill class that fills the target is cut only where that balances its
-  // waves (WaveBalancedPrefillChunk, at most `target` extra pieces). With
-  // options.balance_small_prefill, a prefill class below the target may take
-  // a smaller chunk than the slot search's, by the same model and limit
-  // (BalancedSmallPrefillChunk).
-  const int64_t target = static_cast<int64_t>(options.num_sms) * options.target_ctas_per_sm;
+  // prefill launch (step_grid_h200.md: +10 ms on a 56 ms step). The choice
+  // per class is MsaClassKvChunk (msa_waves.h), which the cost model shares.
+  const MsaSplitOptions split_options{options.num_sms, options.target_ctas_per_sm,
+                                      options.min_kv_chunk_tokens, options.balance_small_prefill};
   auto chunk_for = [&](bool decode) -> int32_t {
     if (options.forced_kv_chunk_tokens > 0) return options.forced_kv_chunk_tokens;
     if (!options.allow_split_kv) return 0;
-    int64_t unsplit_slots = 0;
-    int32_t max_kv = 0;
+    std::vector<int32_t> item_keys;
     for (const TileItem& t : tiles) {
-      if (t.decode != decode) continue;
-      unsplit_slots += SlotsOf(t);
-      max_kv = std::max(max_kv, t.item.kv_end);
+      if (t.decode == decode) item_keys.push_back(t.item.kv_end);
     }
-    if (unsplit_slots == 0) return 0;
-    if (unsplit_slots >= target) {
-      // Decode CTAs are small and many share an SM; a full prefill class
-      // may still leave its last wave nearly empty.
-      return decode ? 0
-                    : WaveBalancedPrefillChunk(tiles, options.num_sms,
-                                               options.min_kv_chunk_tokens, target);
-    }
-    auto slots_with_chunk = [&](int64_t c) {
-      int64_t n = 0;
-      for (const TileItem& t : tiles) {
-        if (t.decode == decode) n += SlotsOf(t) * std::max<int64_t>(1, CeilDiv(t.item.kv_end, c));
-      }
-      return n;
-    };
-    // slots_with_chunk is non-increasing in the chunk.
-    int64_t lo = options.min_kv_chunk_tokens / 128;
-    int64_t hi = std::max<int64_t>(lo, CeilDiv(max_kv, 128));
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (slots_with_chunk(mid * 128) <= target) {
-        hi = mid;
-      } else {
-        lo = mid + 1;
-      }
-    }
-    const int32_t slot_chunk = lo * 128 < max_kv ? static_cast<int32_t>(lo * 128) : 0;
-    if (!decode && slot_chunk > 0 && options.balance_small_prefill) {
-      return BalancedSmallPrefillChunk(tiles, options.num_sms, options.min_kv_chunk_tokens, target,
-                                       slot_chunk);
-    }
-    return slot_chunk;
+    return MsaClassKvChunk(item_keys, decode, split_options);
   };
   const int32_t prefill_chunk = chunk_for(/*decode=*/false);
   const int32_t decode_chunk = chunk_for(/*decode=*/true);

@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/msa.h"
+#include "kernels/msa_waves.h"
 
 namespace asymcache::msa {
 
@@ -124,19 +125,7 @@ struct MsaPlanOptions {
   absl::Status Validate() const;  // INVALID_ARGUMENT naming the field
 };
 
-// Packed query rows per tile of the two kernels.
-inline constexpr int32_t kMsaDecodeTileRows = 16;
-inline constexpr int32_t kMsaPrefillTileRows = 128;
-
-// The planner's cost model of one (query tile, kv head) before any KV split,
-// in 64-key units (the kernels' KV tile): the key tiles it scans, [0, kv_end),
-// plus a fixed cost per tile (Q tile load, epilogue, partial-state write; 128
-// keys, the wave-balancing model's per-piece cost). kv_end >= 0.
-inline constexpr int64_t kMsaKeyTileKeys = 64;
-inline constexpr int64_t kMsaTileFixedWork = 2;
-inline constexpr int64_t MsaTileModeledWork(int64_t kv_end) {
-  return (kv_end + kMsaKeyTileKeys - 1) / kMsaKeyTileKeys + kMsaTileFixedWork;
-}
+// The tile sizes, MsaTileModeledWork and the split-KV choice: msa_waves.h.
 
 // One CTA's work (device layout; 48 bytes).
 struct MsaWorkItem {

@@ -229,6 +229,40 @@ TEST(MsaPlanTest, PrefillJustPastOneWaveIsCutToBalanceTheWaves) {
   ExpectExactCover(p);
 }
 
+// The planner's tiles of a contiguous chunk are MsaPrefillTileKeys' (what the
+// cost model prices), and its prefill chunk is MsaClassKvChunk of them.
+TEST(MsaPlanTest, PlannerChunkIsTheLaunchModelsChoice) {
+  const AttentionShape shape = Llama8bShape();
+  std::mt19937 rng(20261128);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int32_t q = std::uniform_int_distribution<int32_t>(5, 2600)(rng);
+    const int32_t end = q + std::uniform_int_distribution<int32_t>(0, 48'000)(rng);
+    SCOPED_TRACE(absl::StrCat(q, " tokens ending at ", end));
+    BatchTablesStorage tables;
+    int32_t next_page = 0;
+    AppendSequence(tables, end, end - q, end, shape.page_size, &next_page);
+    MsaPlanOptions unsplit_options;
+    unsplit_options.allow_split_kv = false;
+    const Planned unsplit = PlanBatch(shape, tables, next_page, unsplit_options);
+    std::vector<int32_t> planned_keys;
+    for (int32_t i = 0; i < unsplit.plan.num_prefill_items; ++i) {
+      planned_keys.push_back(unsplit.items[i].kv_end);
+    }
+    std::vector<int32_t> model_keys;
+    MsaPrefillTileKeys(q, end - 1, shape.group_size(), shape.num_kv_heads, model_keys);
+    std::sort(planned_keys.begin(), planned_keys.end());
+    std::sort(model_keys.begin(), model_keys.end());
+    ASSERT_EQ(planned_keys, model_keys);
+    const MsaPlanOptions options;
+    const Planned p = PlanBatch(shape, tables, next_page, options);
+    EXPECT_EQ(p.plan.prefill_kv_chunk_tokens,
+              MsaClassKvChunk(model_keys, /*decode=*/false,
+                              MsaSplitOptions{options.num_sms, options.target_ctas_per_sm,
+                                              options.min_kv_chunk_tokens,
+                                              options.balance_small_prefill}));
+  }
+}
+
 // Many waves: the last one's slack is small, so nothing is cut.
 TEST(MsaPlanTest, LongPrefillOfManyWavesStaysUnsplit) {
   const AttentionShape shape = Llama8bShape();
