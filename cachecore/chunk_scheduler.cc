@@ -232,9 +232,11 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
     } else {
       // Largest tile multiple in [floor, cap] whose predicted step fits the
       // target. Latency grows with the budget (a larger budget takes the same
-      // chunks extended further; the rare exception, leftover tokens that no
-      // longer fit a later tiny hole, can only make the search settle a tile
-      // short), so binary search over tile counts. The budget returned was
+      // chunks extended further; the exceptions, leftover tokens that no
+      // longer fit a later tiny hole, and with the launch model
+      // (CalibrationParams::num_sms) a larger prefill class whose KV split
+      // balances its waves better, can only make the search settle short of
+      // the largest fitting budget), so binary search over tile counts. The budget returned was
       // always evaluated against the target (or is the floor).
       const double target_s = StepLatencyLimit(decodes);
       int64_t lo = floor_tokens / tile;  // fallback, need not fit

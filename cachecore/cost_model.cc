@@ -9,12 +9,14 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/msa_waves.h"
 
 namespace asymcache {
 namespace {
@@ -24,6 +26,14 @@ using Json = nlohmann::json;
 constexpr absl::string_view kSchema = "asymcache.calibration.v1";
 
 bool IsFinite(double v) { return std::isfinite(v); }
+
+// Query heads per kv head (GQA group), at least 1.
+int32_t GroupSize(const ModelConfig& model) {
+  return model.num_kv_heads > 0 ? std::max(model.num_q_heads / model.num_kv_heads, 1) : 1;
+}
+
+// Largest attention.num_sms accepted (an H100 has 132).
+constexpr int32_t kMaxNumSms = 4096;
 
 // Checks shared by Validate() and ParseCalibration(); `path` names are the JSON
 // paths of docs/calibration.md so a message points at the field in the file.
@@ -166,6 +176,10 @@ absl::Status CalibrationParams::Validate() const {
   if (s.ok()) s = CheckPositive(attn_kv_bytes_per_s, "attention.kv_bytes_per_s");
   if (s.ok()) s = CheckNonNegative(segment_overhead_s, "attention.segment_overhead_s");
   if (s.ok()) s = CheckNonNegative(step_overhead_s, "step_overhead_s");
+  if (s.ok() && (num_sms < 0 || num_sms > kMaxNumSms)) {
+    s = absl::InvalidArgumentError(absl::StrCat(
+        "attention.num_sms: must be an integer in [0, ", kMaxNumSms, "], got ", num_sms));
+  }
   return s;
 }
 
@@ -242,8 +256,17 @@ absl::StatusOr<CalibrationParams> CostModel::ParseCalibration(absl::string_view 
         absl::StrCat("attention: must be an object, got ", TypeName(**attention))));
   }
   keys = CheckKeys(**attention, "attention",
-                   {"flops_per_s", "kv_bytes_per_s", "segment_overhead_s"});
+                   {"flops_per_s", "kv_bytes_per_s", "segment_overhead_s", "num_sms"});
   if (!keys.ok()) return fail(keys);
+  if (auto it = (*attention)->find("num_sms"); it != (*attention)->end()) {
+    absl::StatusOr<int64_t> num_sms = IntegerAt(*it, "attention.num_sms");
+    if (!num_sms.ok()) return fail(num_sms.status());
+    if (*num_sms < 0 || *num_sms > kMaxNumSms) {
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "attention.num_sms: must be an integer in [0, ", kMaxNumSms, "], got ", *num_sms)));
+    }
+    params.num_sms = static_cast<int32_t>(*num_sms);
+  }
   struct NumberField {
     const Json* object;
     const char* prefix;
@@ -306,6 +329,8 @@ std::string CostModel::CalibrationToJson(const CalibrationParams& params,
         {"segment_overhead_s", params.segment_overhead_s}}},
       {"step_overhead_s", params.step_overhead_s},
   };
+  // Written only when set, so files without the launch model stay as they were.
+  if (params.num_sms > 0) doc["attention"]["num_sms"] = params.num_sms;
   return doc.dump(2);
 }
 
@@ -397,16 +422,69 @@ double CostModel::LayerAttentionTime(double attended_pairs, double kv_tokens_sca
 }
 
 double CostModel::AttentionTime(const AttentionWork& work) const {
+  const double extra_segments = static_cast<double>(std::max<int64_t>(work.segments - 1, 0));
+  const double segments_s = model_.num_layers * extra_segments * params_.segment_overhead_s;
+  if (IsPrefillClass(work)) return PrefillLaunchTime({&work, 1}) + segments_s;
   const double per_layer = LayerAttentionTime(static_cast<double>(work.attended_pairs),
                                               static_cast<double>(work.kv_tokens_scanned));
-  const double extra_segments = static_cast<double>(std::max<int64_t>(work.segments - 1, 0));
-  return model_.num_layers * (per_layer + extra_segments * params_.segment_overhead_s);
+  return model_.num_layers * per_layer + segments_s;
+}
+
+bool CostModel::IsPrefillClass(const AttentionWork& work) const {
+  return params_.num_sms > 0 &&
+         work.query_tokens * GroupSize(model_) > msa::kMsaDecodeTileRows;
+}
+
+double CostModel::PrefillLaunchTime(absl::Span<const AttentionWork> works) const {
+  if (params_.num_sms <= 0) return 0;
+  std::vector<int32_t> item_keys;
+  double kv_tokens = 0;
+  const int32_t group = GroupSize(model_);
+  for (const AttentionWork& w : works) {
+    if (w.query_tokens <= 0) continue;
+    // The run of query_tokens positions [first, first + q) attends
+    // q * first + q (q + 1) / 2 pairs: solve for its first position.
+    const double q = static_cast<double>(w.query_tokens);
+    const double first =
+        std::max(0.0, (static_cast<double>(w.attended_pairs) - q * (q + 1) / 2) / q);
+    const int64_t last_position = static_cast<int64_t>(std::llround(first)) + w.query_tokens - 1;
+    msa::MsaPrefillTileKeys(w.query_tokens, last_position, group, model_.num_kv_heads,
+                            item_keys);
+    kv_tokens += static_cast<double>(w.kv_tokens_scanned);
+  }
+  if (item_keys.empty()) return 0;
+  msa::MsaSplitOptions split;  // the planner's defaults (MsaPlanOptions)
+  split.num_sms = params_.num_sms;
+  const double makespan_keys =
+      static_cast<double>(msa::MsaModelPrefillLaunch(item_keys, split).makespan_keys);
+  // One 128-row tile's (query, key) work per key, at one SM's share of P.
+  const double tile_flops_per_key = 4.0 * model_.head_dim * msa::kMsaPrefillTileRows;
+  const double key_s = tile_flops_per_key * params_.num_sms / params_.attn_flops_per_s;
+  const double kv_bytes_per_token_per_layer =
+      model_.num_layers > 0 ? static_cast<double>(model_.KvBytesPerToken() / model_.num_layers)
+                            : 0.0;
+  return model_.num_layers * std::max(makespan_keys * key_s,
+                                      kv_tokens * kv_bytes_per_token_per_layer /
+                                          params_.attn_kv_bytes_per_s);
 }
 
 double CostModel::StepLatency(int64_t total_tokens, absl::Span<const AttentionWork> work) const {
   double t = params_.step_overhead_s + LinearStepTime(total_tokens);
-  for (const AttentionWork& w : work) t += AttentionTime(w);
-  return t;
+  if (params_.num_sms <= 0) {
+    for (const AttentionWork& w : work) t += AttentionTime(w);
+    return t;
+  }
+  std::vector<AttentionWork> prefill;
+  for (const AttentionWork& w : work) {
+    if (!IsPrefillClass(w)) {
+      t += AttentionTime(w);
+      continue;
+    }
+    prefill.push_back(w);
+    t += model_.num_layers * static_cast<double>(std::max<int64_t>(w.segments - 1, 0)) *
+         params_.segment_overhead_s;
+  }
+  return t + PrefillLaunchTime(prefill);
 }
 
 double CostModel::RebuildCost(int64_t block_tokens, int64_t position, double sigma,

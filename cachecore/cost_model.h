@@ -36,6 +36,16 @@ struct CalibrationParams {
   double attn_kv_bytes_per_s = 0;  // BW_att: achieved KV-scan bandwidth
   double segment_overhead_s = 0;   // c_seg: per extra segment per layer
   double step_overhead_s = 0;      // fixed cost of one engine step (launches, sync)
+  // Streaming multiprocessors of the GPU (H100 / H200 SXM: 132), JSON
+  // "attention.num_sms", optional. > 0: a step's prefill attention (every
+  // sequence with more query rows than the decode tile) is priced as the MSA
+  // launch the planner would run: its query tiles, the planner's split-KV
+  // choice and the list-scheduled makespan on num_sms SMs (kernels/msa_waves.h),
+  // each 128-row tile's key at attn_flops_per_s / num_sms, so a deep chunk
+  // of a few hundred tokens that leaves a wave half empty costs what it does
+  // on the GPU. 0 (the default, and the CPU's): every sequence's attention at
+  // attn_flops_per_s per pair (docs/calibration.md, "Prefill waves").
+  int32_t num_sms = 0;
 
   absl::Status Validate() const;   // INVALID_ARGUMENT naming the bad field
 };
@@ -76,10 +86,24 @@ class CostModel {
   // LinearStepTime(step_tokens + extra) - LinearStepTime(step_tokens).
   double MarginalLinearTime(int64_t step_tokens, int64_t extra_tokens) const;
   // Attention time over all layers for one sequence's work: L * max(flops/P, bytes/BW)
-  // + L * (segments-1) * c_seg.
+  // + L * (segments-1) * c_seg; with num_sms > 0 a prefill-class work's first
+  // term is its launch alone (PrefillLaunchTime of that one work).
   double AttentionTime(const AttentionWork& work) const;
-  // Predicted latency of one step: step overhead + linear(total tokens) + sum of attention.
+  // Predicted latency of one step: step overhead + linear(total tokens) + attention:
+  // with num_sms == 0 the sum of AttentionTime; with num_sms > 0 the decode-class
+  // works' AttentionTime plus ONE launch for all prefill-class works together
+  // (they share the GPU's waves), plus their segment overheads.
   double StepLatency(int64_t total_tokens, absl::Span<const AttentionWork> work) const;
+  // With num_sms > 0: whether `work` runs in the prefill launch (more query rows,
+  // query_tokens x GQA group, than the decode kernel's 16-row tile).
+  bool IsPrefillClass(const AttentionWork& work) const;
+  // With num_sms > 0, the prefill launch of `works` (all of them, whatever their
+  // class) over all layers, without segment overheads: L * max(makespan keys x
+  // one 128-row tile's time per key, bytes / BW). Each work's query rows are
+  // taken as one run of query_tokens consecutive positions with its
+  // attended_pairs (a contiguous chunk exactly; a sequence's holes as the run
+  // of the same depth). 0 when num_sms == 0 or nothing is prefill-class.
+  double PrefillLaunchTime(absl::Span<const AttentionWork> works) const;
 
   // DESIGN.md §3.1: cost to rebuild `block_tokens` tokens starting at absolute
   // position `position`, riding in a step that already holds `step_tokens`

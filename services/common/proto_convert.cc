@@ -85,6 +85,7 @@ void ToProto(const CalibrationParams& params, v1::Calibration* out) {
   out->set_attn_kv_bytes_per_s(params.attn_kv_bytes_per_s);
   out->set_segment_overhead_s(params.segment_overhead_s);
   out->set_step_overhead_s(params.step_overhead_s);
+  out->set_num_sms(params.num_sms);
   out->clear_linear_step();
   for (const auto& [tokens, seconds] : params.linear_step_s) {
     v1::Calibration::LinearPoint* p = out->add_linear_step();
@@ -101,6 +102,7 @@ CalibrationParams FromProto(const v1::Calibration& calibration) {
   params.attn_kv_bytes_per_s = calibration.attn_kv_bytes_per_s();
   params.segment_overhead_s = calibration.segment_overhead_s();
   params.step_overhead_s = calibration.step_overhead_s();
+  params.num_sms = calibration.num_sms();
   for (const v1::Calibration::LinearPoint& p : calibration.linear_step()) {
     params.linear_step_s.emplace_back(p.tokens(), p.seconds());
   }

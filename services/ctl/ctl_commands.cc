@@ -392,9 +392,13 @@ absl::Status RunDaemonStats(const CtlOptions& options, std::ostream& out) {
   t.AddRow({"model", DescribeModel(r.model())});
   t.AddRow({"calibration", absl::StrCat(Or(c.device(), "-"), ", ", Or(c.source(), "-"))});
   t.AddRow(
-      {"cost model", absl::StrFormat("attention %.3g FLOP/s, KV scan %.3g B/s, step overhead %s",
-                                     c.attn_flops_per_s(), c.attn_kv_bytes_per_s(),
-                                     FormatSeconds(c.step_overhead_s()))});
+      {"cost model",
+       absl::StrFormat("attention %.3g FLOP/s, KV scan %.3g B/s, step overhead %s, %s",
+                       c.attn_flops_per_s(), c.attn_kv_bytes_per_s(),
+                       FormatSeconds(c.step_overhead_s()),
+                       c.num_sms() > 0 ? absl::StrCat("prefill launch model on ", c.num_sms(),
+                                                      " SMs")
+                                       : std::string("prefill priced per pair"))});
   t.AddRow({"blocks", absl::StrCat(r.capacity_blocks(), " capacity: ", r.free_blocks(), " free, ",
                                    r.writing_blocks(), " writing, ", r.sealed_blocks(),
                                    " sealed (evictable), ", r.pinned_blocks(), " pinned, ",

@@ -172,6 +172,10 @@ DaemonMetrics::DaemonMetrics(MetricFamilyRegistrar& families, const DaemonMetric
       &families.Add(BuildGauge(), "asymcache_calibration_step_overhead_seconds",
                 "Calibrated fixed cost of one engine step.")
            .Add({});
+  calibration_num_sms_ =
+      &families.Add(BuildGauge(), "asymcache_calibration_num_sms",
+                "SMs of the cost model's prefill launch model; 0 = attention priced per pair.")
+           .Add({});
 
   auto& kv_events = families.Add(BuildCounter(), "asymcache_kv_events_total",
                              "KV events emitted to coordinators, by kind.");
@@ -255,6 +259,7 @@ void DaemonMetrics::SetCalibration(const CalibrationParams& params) {
   calibration_kv_bytes_->Set(params.attn_kv_bytes_per_s);
   calibration_segment_overhead_->Set(params.segment_overhead_s);
   calibration_step_overhead_->Set(params.step_overhead_s);
+  calibration_num_sms_->Set(params.num_sms);
 }
 
 void DaemonMetrics::AddKvEvents(KvEvent::Kind kind, int64_t events) {

@@ -17,7 +17,8 @@
 //   asymcache_transfer_errors_total{direction}              counter (failed transfers)
 //   asymcache_calibration_info{device,source}               gauge, 1 for the calibration in use
 //   asymcache_calibration_attention_flops_per_second, asymcache_calibration_kv_bytes_per_second,
-//   asymcache_calibration_segment_overhead_seconds, asymcache_calibration_step_overhead_seconds  gauge
+//   asymcache_calibration_segment_overhead_seconds, asymcache_calibration_step_overhead_seconds,
+//   asymcache_calibration_num_sms  gauge
 //   asymcache_kv_events_total{kind=stored|removed}          counter
 // Every label set of a fixed label domain is created at construction, so the
 // series exist (at 0) from the first scrape. rpc series are created on first
@@ -168,6 +169,7 @@ class DaemonMetrics {
   prometheus::Gauge* calibration_kv_bytes_;
   prometheus::Gauge* calibration_segment_overhead_;
   prometheus::Gauge* calibration_step_overhead_;
+  prometheus::Gauge* calibration_num_sms_;
   std::array<prometheus::Counter*, 2> kv_events_;        // by KvEvent::Kind
 
   absl::Mutex calibration_mu_;

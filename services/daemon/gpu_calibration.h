@@ -14,6 +14,8 @@
 //   step_overhead_s     host wall time of replaying a CUDA graph of
 //                       num_layers * 8 near-empty MSA kernels + synchronize;
 //                       the median.
+//   num_sms             the GPU's SM count (the cost model's prefill launch
+//                       model, docs/calibration.md "Prefill waves").
 //   linear_step_s       for each of `linear_tokens`: one step's linear layers,
 //                       cuBLAS bf16 GEMMs with fp32 accumulation, per layer
 //                       QKV [(Hq+2Hkv)*D x hidden], O [hidden x Hq*D],

@@ -790,6 +790,8 @@ absl::StatusOr<GpuCalibrationReport> MeasureGpuCalibration(const ModelConfig& mo
   params.attn_kv_bytes_per_s = attention->kv_bytes_per_s;
   params.segment_overhead_s = attention->segment_overhead_s;
   params.step_overhead_s = attention->step_overhead_s;
+  // The cost model prices prefill launches on this card's SMs (msa_waves.h).
+  params.num_sms = std::max(1, gpu->sm_count);
   if (absl::Status status = params.Validate(); !status.ok()) {
     return absl::InternalError(absl::StrCat(
         "GPU calibration produced invalid parameters: ", status.message()));

@@ -212,6 +212,14 @@ TEST(CostModelTest, RejectsMalformedInputNamingTheField) {
       {"\"attention\": {", "\"attention\": 3, \"x\": {", "attention"},
       {"\"num_layers\": 32", "\"num_layers\": -32", "model.num_layers"},
       {"\"head_dim\": 128", "\"head_dim\": \"128\"", "model.head_dim"},
+      {"\"segment_overhead_s\": 1e-6", "\"segment_overhead_s\": 1e-6, \"num_sms\": -1",
+       "attention.num_sms: must be an integer in [0, 4096], got -1"},
+      {"\"segment_overhead_s\": 1e-6", "\"segment_overhead_s\": 1e-6, \"num_sms\": 132.5",
+       "attention.num_sms: must be an integer"},
+      {"\"segment_overhead_s\": 1e-6", "\"segment_overhead_s\": 1e-6, \"num_sms\": \"132\"",
+       "attention.num_sms: must be an integer"},
+      {"\"segment_overhead_s\": 1e-6", "\"segment_overhead_s\": 1e-6, \"num_sms\": 5000",
+       "attention.num_sms"},
   };
   for (const BadCase& c : cases) {
     std::string json = kGood;
@@ -238,6 +246,89 @@ TEST(CostModelTest, ValidateNamesTheField) {
   p = CostModel::DefaultH100Llama3_8B();
   p.step_overhead_s = -1;
   EXPECT_THAT(p.Validate().message(), HasSubstr("step_overhead_s"));
+  p = CostModel::DefaultH100Llama3_8B();
+  p.num_sms = -3;
+  EXPECT_THAT(p.Validate().message(), HasSubstr("attention.num_sms"));
+}
+
+// attention.num_sms: parsed, written back only when set (files without it
+// round-trip byte for byte).
+TEST(CostModelTest, NumSmsIsOptionalAndRoundTrips) {
+  absl::StatusOr<CalibrationParams> plain = CostModel::ParseCalibration(kGood, "good.json");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->num_sms, 0);
+  EXPECT_EQ(CostModel::CalibrationToJson(*plain, ModelConfig{}).find("num_sms"),
+            std::string::npos);
+  const std::string with = absl::StrReplaceAll(
+      kGood, {{"\"segment_overhead_s\": 1e-6", "\"segment_overhead_s\": 1e-6, \"num_sms\": 132"}});
+  absl::StatusOr<CalibrationParams> p = CostModel::ParseCalibration(with, "sms.json");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->num_sms, 132);
+  const std::string json = CostModel::CalibrationToJson(*p, ModelConfig{});
+  absl::StatusOr<CalibrationParams> back = CostModel::ParseCalibration(json, "back.json");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->num_sms, 132);
+  EXPECT_EQ(CostModel::CalibrationToJson(*back, ModelConfig{}), json);
+}
+
+CostModel H100WaveModel() {
+  CalibrationParams p = CostModel::DefaultH100Llama3_8B();
+  p.num_sms = 132;
+  return CostModel(ModelConfig{}, p);
+}
+
+// Pairs of query tokens [begin, end) attending causally.
+AttentionWork Chunk(int64_t begin, int64_t end) {
+  const int64_t q = end - begin;
+  return AttentionWork{.query_tokens = q,
+                       .attended_pairs = q * begin + q * (q + 1) / 2,
+                       .kv_tokens_scanned = end};
+}
+
+// With num_sms the prefill launch follows the GPU's waves: a 559-token chunk
+// at ~39k (144 items on 132 SMs, msa_waves_test.cc) costs well above its
+// FLOPs at the full rate; a 2048-token chunk (512 items, ~4 waves) stays
+// within a few percent of it; decodes are priced as before.
+TEST(CostModelTest, WaveModelPricesPartlyFilledWavesAboveTheFlatRate) {
+  const CostModel flat = H100Model();
+  const CostModel waves = H100WaveModel();
+  const AttentionWork deep_short = Chunk(39'441, 40'000);
+  EXPECT_TRUE(waves.IsPrefillClass(deep_short));
+  EXPECT_FALSE(flat.IsPrefillClass(deep_short));
+  EXPECT_GT(waves.AttentionTime(deep_short), 1.10 * flat.AttentionTime(deep_short));
+  const AttentionWork long_chunk = Chunk(14'336, 16'384);
+  EXPECT_NEAR(waves.AttentionTime(long_chunk), flat.AttentionTime(long_chunk),
+              0.06 * flat.AttentionTime(long_chunk));
+  const AttentionWork decode{.query_tokens = 1, .attended_pairs = 50'000,
+                             .kv_tokens_scanned = 50'000};
+  EXPECT_FALSE(waves.IsPrefillClass(decode));
+  EXPECT_DOUBLE_EQ(waves.AttentionTime(decode), flat.AttentionTime(decode));
+  EXPECT_EQ(flat.PrefillLaunchTime({&long_chunk, 1}), 0);
+}
+
+// Two sequences' chunks share one launch: together they cost no more than
+// two launches one after the other, and the step adds their segment
+// overheads and the decodes' own time.
+TEST(CostModelTest, WaveModelPacksAStepsPrefillWorksIntoOneLaunch) {
+  const CostModel waves = H100WaveModel();
+  AttentionWork a = Chunk(8'000, 8'300);
+  a.segments = 3;
+  const AttentionWork b = Chunk(20'000, 20'200);
+  const AttentionWork decode{.query_tokens = 1, .attended_pairs = 30'000,
+                             .kv_tokens_scanned = 30'000};
+  const std::vector<AttentionWork> both = {a, b};
+  EXPECT_LE(waves.PrefillLaunchTime(both),
+            waves.PrefillLaunchTime({&a, 1}) + waves.PrefillLaunchTime({&b, 1}));
+  const std::vector<AttentionWork> step = {decode, a, b};
+  const double segments = 32 * 2 * waves.params().segment_overhead_s;
+  EXPECT_DOUBLE_EQ(waves.StepLatency(501, step),
+                   waves.params().step_overhead_s + waves.LinearStepTime(501) +
+                       waves.AttentionTime(decode) + waves.PrefillLaunchTime(both) + segments);
+  // One prefill work alone: the step is its AttentionTime, as without the model.
+  const std::vector<AttentionWork> one = {a};
+  EXPECT_DOUBLE_EQ(waves.StepLatency(300, one), waves.params().step_overhead_s +
+                                                    waves.LinearStepTime(300) +
+                                                    waves.AttentionTime(a));
 }
 
 TEST(CostModelTest, LoadsFilesAndReportsMissingOnes) {

@@ -80,11 +80,13 @@ TEST(ProtoConvert, ShapesCompareByKvLayout) {
 
 TEST(ProtoConvert, CalibrationAndHashesRoundTrip) {
   CalibrationParams p = CostModel::DefaultH100Llama3_8B();
+  p.num_sms = 132;
   v1::Calibration wire;
   ToProto(p, &wire);
   const CalibrationParams back = FromProto(wire);
   EXPECT_EQ(back.device, p.device);
   EXPECT_EQ(back.attn_flops_per_s, p.attn_flops_per_s);
+  EXPECT_EQ(back.num_sms, 132);
   EXPECT_EQ(back.linear_step_s, p.linear_step_s);
   const BlockHash h{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
   v1::BlockHash wh;

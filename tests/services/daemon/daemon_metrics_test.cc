@@ -97,6 +97,7 @@ CalibrationParams TestCalibration() {
   params.attn_kv_bytes_per_s = 2.5e12;
   params.segment_overhead_s = 3e-6;
   params.step_overhead_s = 0.0005;
+  params.num_sms = 132;
   return params;
 }
 
@@ -245,6 +246,7 @@ TEST(DaemonMetricsTest, ExpositionHasExactValuesAndLabels) {
       R"(asymcache_calibration_kv_bytes_per_second 2500000000000)",
       R"(asymcache_calibration_segment_overhead_seconds 3e-06)",
       R"(asymcache_calibration_step_overhead_seconds 0.0005)",
+      R"(asymcache_calibration_num_sms 132)",
       R"(asymcache_kv_events_total{kind="stored"} 7)",
       R"(asymcache_kv_events_total{kind="removed"} 2)",
   };
