@@ -15,7 +15,9 @@ Outputs:
                 attention.segment_overhead_s  least-squares slope of MSA time
                                           (one layer) over query segments (qseg
                                           sweep), clamped at 0;
-                step_overhead_s     host wall time of one near-empty step graph.
+                step_overhead_s     host wall time of one near-empty step graph;
+                attention.num_sms   the SMs msa_gpu_bench ran on (its meta record's
+                                    sm_count): the cost model's launch model.
               When MSA numbers are missing, the attention rates come from the
               SDPA-flash B0 baseline and "_attention_source" says so.
   --out-md    the results page (docs/results/msa_h100.md): MSA vs B0 vs B1
@@ -203,6 +205,8 @@ def write_calibration(path, cal, device, source):
         "_attention_source": cal["attention_source"],
         "_notes": cal["notes"],
     }
+    if cal.get("num_sms"):
+        doc["attention"]["num_sms"] = int(cal["num_sms"])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
@@ -480,6 +484,9 @@ def main():
     date = sdpa.get("meta", {}).get("date_utc") or datetime.datetime.now(
         datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cal = calibrate(msa, sdpa)
+    # The MSA launch model of the cost model (attention.num_sms, docs/calibration.md
+    # "Prefill waves"): the SMs msa_gpu_bench ran on.
+    cal["num_sms"] = msa_meta.get("sm_count")
     source = f"{args.command} (msa_gpu_bench + sdpa_baseline.py + make_calibration.py), {date}"
     wrote = write_calibration(args.out_json, cal, device, source)
     md = markdown(msa_meta, msa, sdpa, cal, device, date, args.command, wrote,

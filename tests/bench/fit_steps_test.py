@@ -15,8 +15,8 @@
    engine time outside the forward (step_ms - forward_ms) is reported and --fit_out adds its
    mean to step_overhead_s (nothing else changes); bad traces are refused naming the line.
 5. The committed calibration/h100-llama-3-8b-engine.json is what --trace --fit_out gives from
-   the step-fitted H100 file and the long-doc-qa vllm run's trace
-   (docs/results/e2e_h100_steps/traces/, gzipped).
+   the step-fitted H100 file and the seed-6 long-doc-qa vllm run's trace
+   (docs/results/e2e_h100_engine/traces/, gzipped).
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
 import gzip
@@ -181,9 +181,9 @@ with tempfile.TemporaryDirectory() as tmp:
         failures.append(f"--trace with --measured: exit {result.returncode}, {result.stderr.strip()!r}")
 
     # 5. The engine-overhead calibration from a committed GPU trace.
-    trace_gz = "docs/results/e2e_h100_steps/traces/longdocqa-vllm-0.1.steps.jsonl.gz"
+    trace_gz = "docs/results/e2e_h100_engine/traces/longdocqa-seed6-vllm-0.15.steps.jsonl.gz"
     engine_committed = "calibration/h100-llama-3-8b-engine.json"
-    plain = os.path.join(tmp, "longdocqa-vllm-0.1.steps.jsonl")
+    plain = os.path.join(tmp, "longdocqa-seed6-vllm-0.15.steps.jsonl")
     with gzip.open(trace_gz, "rb") as src, open(plain, "wb") as dst:
         dst.write(src.read())
     engine_fitted = os.path.join(tmp, "engine.json")
