@@ -422,12 +422,21 @@ double CostModel::LayerAttentionTime(double attended_pairs, double kv_tokens_sca
 }
 
 double CostModel::AttentionTime(const AttentionWork& work) const {
+  if (!IsPrefillClass(work)) return PerPairAttentionTime(work);
   const double extra_segments = static_cast<double>(std::max<int64_t>(work.segments - 1, 0));
-  const double segments_s = model_.num_layers * extra_segments * params_.segment_overhead_s;
-  if (IsPrefillClass(work)) return PrefillLaunchTime({&work, 1}) + segments_s;
+  return PrefillLaunchTime({&work, 1}) +
+         model_.num_layers * extra_segments * params_.segment_overhead_s;
+}
+
+double CostModel::PerPairAttentionTime(const AttentionWork& work) const {
+  const double extra_segments = static_cast<double>(std::max<int64_t>(work.segments - 1, 0));
   const double per_layer = LayerAttentionTime(static_cast<double>(work.attended_pairs),
                                               static_cast<double>(work.kv_tokens_scanned));
-  return model_.num_layers * per_layer + segments_s;
+  return model_.num_layers * (per_layer + extra_segments * params_.segment_overhead_s);
+}
+
+double CostModel::PerPairStepLatency(const AttentionWork& work) const {
+  return params_.step_overhead_s + LinearStepTime(work.query_tokens) + PerPairAttentionTime(work);
 }
 
 bool CostModel::IsPrefillClass(const AttentionWork& work) const {

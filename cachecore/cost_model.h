@@ -89,6 +89,15 @@ class CostModel {
   // + L * (segments-1) * c_seg; with num_sms > 0 a prefill-class work's first
   // term is its launch alone (PrefillLaunchTime of that one work).
   double AttentionTime(const AttentionWork& work) const;
+  // The per-pair formula whatever num_sms says: L * max(flops/P, bytes/BW) +
+  // L * (segments-1) * c_seg. For estimates of a whole prompt or context
+  // (routing, a sequence's expected rebuild) that will run as many chunked
+  // steps: the launch of one imagined step of all of it says nothing about
+  // those, and would cost host time in proportion to its tiles.
+  double PerPairAttentionTime(const AttentionWork& work) const;
+  // PerPairAttentionTime plus step overhead and the linear time of the work's
+  // query tokens: the per-pair estimate of running `work` as one step.
+  double PerPairStepLatency(const AttentionWork& work) const;
   // Predicted latency of one step: step overhead + linear(total tokens) + attention:
   // with num_sms == 0 the sum of AttentionTime; with num_sms > 0 the decode-class
   // works' AttentionTime plus ONE launch for all prefill-class works together

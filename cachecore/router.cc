@@ -166,7 +166,9 @@ CandidateScore ScoreCandidate(const RouterOptions& options, const RequestView& r
     work.attended_pairs = request.tokens;
     work.segments = 1;
   }
-  score.compute_s = cost.StepLatency(work.query_tokens, absl::MakeConstSpan(&work, 1));
+  // Per pair whatever the calibration's launch model: the missing part runs
+  // as many chunked steps, and routing must stay cheap per candidate.
+  score.compute_s = cost.PerPairStepLatency(work);
   score.queue_s = QueueSeconds(cost, candidate.queued_prefill_tokens, work.query_tokens,
                                options.queue_step_tokens);
   score.predicted_ttft_s = std::max(score.queue_s, score.fetch_s) + score.compute_s;

@@ -10,7 +10,7 @@
 //               the step(s) this request rides in (CostModel::MarginalLinearTime
 //               over its query tokens) plus one step overhead per full
 //               `queue_step_tokens` step queued ahead of it.
-//   compute_s = CostModel::StepLatency of one step whose queries are the
+//   compute_s = CostModel::PerPairStepLatency of one step whose queries are the
 //               request's missing tokens (holes and the uncached tail), as
 //               one AttentionWork: attended pairs by absolute position, the
 //               whole context scanned once, one segment per missing run.

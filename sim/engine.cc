@@ -202,7 +202,8 @@ double EngineInstance::ExpectedRebuildCost(int64_t tokens) const {
   work.query_tokens = tokens;
   work.attended_pairs = ChunkScheduler::CausalAttendedPairs(0, tokens);
   work.kv_tokens_scanned = tokens;
-  return cost_.MarginalLinearTime(load_hint_tokens_, tokens) + cost_.AttentionTime(work);
+  // Per pair: the whole context is rebuilt over many chunked steps.
+  return cost_.MarginalLinearTime(load_hint_tokens_, tokens) + cost_.PerPairAttentionTime(work);
 }
 
 absl::Status EngineInstance::Admit() {

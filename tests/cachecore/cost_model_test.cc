@@ -304,6 +304,10 @@ TEST(CostModelTest, WaveModelPricesPartlyFilledWavesAboveTheFlatRate) {
   EXPECT_FALSE(waves.IsPrefillClass(decode));
   EXPECT_DOUBLE_EQ(waves.AttentionTime(decode), flat.AttentionTime(decode));
   EXPECT_EQ(flat.PrefillLaunchTime({&long_chunk, 1}), 0);
+  // The per-pair estimate ignores the launch model: the flat model's time.
+  EXPECT_DOUBLE_EQ(waves.PerPairAttentionTime(deep_short), flat.AttentionTime(deep_short));
+  EXPECT_DOUBLE_EQ(waves.PerPairStepLatency(deep_short),
+                   flat.StepLatency(deep_short.query_tokens, {&deep_short, 1}));
 }
 
 // Two sequences' chunks share one launch: together they cost no more than

@@ -147,6 +147,17 @@ TEST_F(RouterTest, BreakdownAddsUpAndRunsFollowPositions) {
     work.attended_pairs += t * b * 16 + t * (t + 1) / 2;
   }
   EXPECT_DOUBLE_EQ(d->score.compute_s, cost_.StepLatency(102, absl::MakeConstSpan(&work, 1)));
+  // A calibration with the prefill launch model routes by the same per-pair
+  // estimate: the missing part runs as many chunked steps, not one launch.
+  CalibrationParams with_launch_model = CostModel::DefaultH100Llama3_8B();
+  with_launch_model.num_sms = 132;
+  const CostModel launch_cost(ModelConfig{}, with_launch_model);
+  RouteCandidate candidate = Candidate(4, /*load=*/5000);
+  candidate.cost = &launch_cost;
+  auto launch = router.Route(Query(), {candidate}, index_);
+  ASSERT_TRUE(launch.ok()) << launch.status();
+  EXPECT_DOUBLE_EQ(launch->score.compute_s, d->score.compute_s);
+  EXPECT_NE(launch_cost.StepLatency(102, absl::MakeConstSpan(&work, 1)), d->score.compute_s);
 }
 
 TEST_F(RouterTest, FullHitStillCostsOneQueryRow) {
