@@ -58,19 +58,26 @@ int64_t PrefillMakespan(absl::Span<const int32_t> sorted_keys, int64_t chunk, in
   }
   if (full_pieces > max_extra_pieces) return -1;
   if (scratch.remainders.empty()) return 0;
-  if (full_pieces > 0) {
+  // Items cut into the same number of pieces keep their keys' order, so the
+  // remainders are usually sorted already.
+  if (full_pieces > 0 && !std::is_sorted(scratch.remainders.begin(), scratch.remainders.end(),
+                                         std::greater<int64_t>())) {
     std::sort(scratch.remainders.begin(), scratch.remainders.end(), std::greater<int64_t>());
-  }  // else: the keys' own descending order
+  }
   const int64_t full_cost = chunk + kPieceCostKeys;
   std::vector<int64_t>& finish = scratch.finish;
-  finish.assign(static_cast<size_t>(sms), (full_pieces / sms) * full_cost);
-  for (int64_t i = 0; i < full_pieces % sms; ++i) finish[static_cast<size_t>(i)] += full_cost;
+  // After the round-robin, the last `sms - full_pieces % sms` SMs hold one
+  // full piece fewer than the first ones (all of them, with no remainder).
+  const int64_t low = (full_pieces / sms) * full_cost;
+  const size_t high_sms = static_cast<size_t>(full_pieces % sms);
+  finish.assign(static_cast<size_t>(sms), low);
+  for (size_t i = 0; i < high_sms; ++i) finish[i] += full_cost;
+  // The least-loaded SMs take the first pieces one each, in order: each is
+  // at `low`, below or at every other SM (a remainder is at most a full
+  // piece), so the list schedule would pick them in turn.
   size_t next = 0;
-  if (full_pieces == 0) {
-    // Empty SMs take the first pieces one each, in order.
-    for (; next < scratch.remainders.size() && next < finish.size(); ++next) {
-      finish[next] = scratch.remainders[next];
-    }
+  for (size_t sm = high_sms; next < scratch.remainders.size() && sm < finish.size(); ++sm, ++next) {
+    finish[sm] += scratch.remainders[next];
   }
   if (next < scratch.remainders.size()) {
     std::make_heap(finish.begin(), finish.end(), std::greater<int64_t>());
