@@ -202,13 +202,11 @@ PrefillChoice ChoosePrefill(absl::Span<const int32_t> sorted_keys, const MsaSpli
                   },
                   scratch);
   }
+  // The slot search keeps the pieces within `target` slots, so within the
+  // piece bound: the base makespan always exists.
   const int32_t slot_chunk = SlotSearchChunk(sorted_keys, /*decode=*/false, options);
   const int64_t base = PrefillMakespan(sorted_keys, slot_chunk, num_sms, target, scratch);
-  if (slot_chunk == 0 || !options.balance_small_prefill || base < 0) {
-    return {slot_chunk, base < 0 ? PrefillMakespan(sorted_keys, slot_chunk, num_sms, INT64_MAX / 4,
-                                                   scratch)
-                                 : base};
-  }
+  if (slot_chunk == 0 || !options.balance_small_prefill) return {slot_chunk, base};
   return BestOf(sorted_keys, num_sms, target, slot_chunk, base,
                 [&](auto try_chunk) {
                   for (int j = 1; j < kWaveCandidates; ++j) {
