@@ -412,12 +412,14 @@ double CostModel::MarginalLinearTime(int64_t step_tokens, int64_t extra_tokens) 
       0.0, LinearStepTime(step_tokens + extra_tokens) - LinearStepTime(step_tokens));
 }
 
+double CostModel::KvBytesPerTokenPerLayer() const {
+  return model_.num_layers > 0 ? static_cast<double>(model_.KvBytesPerToken() / model_.num_layers)
+                               : 0.0;
+}
+
 double CostModel::LayerAttentionTime(double attended_pairs, double kv_tokens_scanned) const {
   const double flops = 4.0 * model_.head_dim * model_.num_q_heads * attended_pairs;
-  const double kv_bytes_per_token_per_layer =
-      model_.num_layers > 0 ? static_cast<double>(model_.KvBytesPerToken() / model_.num_layers)
-                            : 0.0;
-  const double bytes = kv_tokens_scanned * kv_bytes_per_token_per_layer;
+  const double bytes = kv_tokens_scanned * KvBytesPerTokenPerLayer();
   return std::max(flops / params_.attn_flops_per_s, bytes / params_.attn_kv_bytes_per_s);
 }
 
@@ -469,12 +471,8 @@ double CostModel::PrefillLaunchTime(absl::Span<const AttentionWork> works) const
   // One 128-row tile's (query, key) work per key, at one SM's share of P.
   const double tile_flops_per_key = 4.0 * model_.head_dim * msa::kMsaPrefillTileRows;
   const double key_s = tile_flops_per_key * params_.num_sms / params_.attn_flops_per_s;
-  const double kv_bytes_per_token_per_layer =
-      model_.num_layers > 0 ? static_cast<double>(model_.KvBytesPerToken() / model_.num_layers)
-                            : 0.0;
-  return model_.num_layers * std::max(makespan_keys * key_s,
-                                      kv_tokens * kv_bytes_per_token_per_layer /
-                                          params_.attn_kv_bytes_per_s);
+  return model_.num_layers * std::max(makespan_keys * key_s, kv_tokens * KvBytesPerTokenPerLayer() /
+                                                                  params_.attn_kv_bytes_per_s);
 }
 
 double CostModel::StepLatency(int64_t total_tokens, absl::Span<const AttentionWork> work) const {

@@ -134,6 +134,8 @@ class CostModel {
   // (query, key) pairs and `kv_tokens_scanned` KV tokens read (fractional
   // values allowed: a rebuild's causal half-block and scan sharing).
   double LayerAttentionTime(double attended_pairs, double kv_tokens_scanned) const;
+  // Bytes of K and V one token holds in one layer (0 for a model without layers).
+  double KvBytesPerTokenPerLayer() const;
 
   ModelConfig model_;
   CalibrationParams params_;
