@@ -610,6 +610,8 @@ TEST_F(CtlClusterTest, PinsDaemonStatsAndWorkerStats) {
   EXPECT_THAT(run.out, HasSubstr("backend      host, policy "));
   EXPECT_THAT(run.out, HasSubstr("model        tiny: 2 layers"));
   EXPECT_THAT(run.out, HasSubstr("blocks       512 capacity: "));
+  // The host backend's built-in calibration has no launch model.
+  EXPECT_THAT(run.out, HasSubstr(", prefill priced per pair"));
   EXPECT_THAT(run.out, HasSubstr(absl::StrCat("agent pins   ", pinned.decision().blocks(),
                                               " blocks of 1 jobs")));
   run = Ctl({"daemon-stats", daemon, "--json"});
