@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """asymcache-fit-steps against the committed measurements (ctest bench.fit_steps).
 
-1. Refitting docs/results/step_grid/step_grid.json (H200) and
+1. Refitting docs/results/step_grid_h200_v3/step_grid.json (H200) and
    docs/results/step_grid_h100/step_grid.json (H100) from calibration/h100-llama-3-8b.json
    reproduces the committed calibration/h200-llama-3-8b-steps.json and
    calibration/h100-llama-3-8b-steps.json (every number; `source` names the command), so the
@@ -14,9 +14,10 @@
    totalled; a trace whose forward times are the model's own predictions has no error; the
    engine time outside the forward (step_ms - forward_ms) is reported and --fit_out adds its
    mean to step_overhead_s (nothing else changes); bad traces are refused naming the line.
-5. The committed calibration/h100-llama-3-8b-engine.json is what --trace --fit_out gives from
-   the step-fitted H100 file and the seed-6 long-doc-qa vllm run's trace
-   (docs/results/e2e_h100_engine/traces/, gzipped).
+5. The committed calibration/h100-llama-3-8b-engine.json and h200-llama-3-8b-engine.json are
+   what --trace --fit_out gives from the card's step-fitted file and that card's seed-6
+   long-doc-qa vllm run's trace (docs/results/e2e_h100_engine/traces/ and
+   docs/results/e2e_h200_waves/traces/, gzipped).
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
 import gzip
@@ -28,7 +29,7 @@ import sys
 import tempfile
 
 BINARY = sys.argv[1]
-MEASURED = "docs/results/step_grid/step_grid.json"
+MEASURED = "docs/results/step_grid_h200_v3/step_grid.json"
 BASE = "calibration/h100-llama-3-8b.json"
 COMMITTED = "calibration/h200-llama-3-8b-steps.json"
 # (measurement file, the calibration committed from it)
@@ -180,24 +181,30 @@ with tempfile.TemporaryDirectory() as tmp:
     if result.returncode != 2 or "one of --measured and --trace" not in result.stderr:
         failures.append(f"--trace with --measured: exit {result.returncode}, {result.stderr.strip()!r}")
 
-    # 5. The engine-overhead calibration from a committed GPU trace.
-    trace_gz = "docs/results/e2e_h100_engine/traces/longdocqa-seed6-vllm-0.15.steps.jsonl.gz"
-    engine_committed = "calibration/h100-llama-3-8b-engine.json"
-    plain = os.path.join(tmp, "longdocqa-seed6-vllm-0.15.steps.jsonl")
-    with gzip.open(trace_gz, "rb") as src, open(plain, "wb") as dst:
-        dst.write(src.read())
-    engine_fitted = os.path.join(tmp, "engine.json")
-    result = run(f"--trace={plain}", "--calibration=calibration/h100-llama-3-8b-steps.json",
-                 f"--fit_out={engine_fitted}")
-    if result.returncode != 0:
-        failures.append(f"engine refit failed: {result.stderr}")
-    else:
+    # 5. The engine-overhead calibrations from committed GPU traces.
+    engine_fits = [
+        ("docs/results/e2e_h100_engine/traces/longdocqa-seed6-vllm-0.15.steps.jsonl.gz",
+         "calibration/h100-llama-3-8b-steps.json", "calibration/h100-llama-3-8b-engine.json"),
+        ("docs/results/e2e_h200_waves/traces/seed6_vllm_launch.steps.jsonl.gz",
+         "calibration/h200-llama-3-8b-steps.json", "calibration/h200-llama-3-8b-engine.json"),
+    ]
+    for trace_gz, steps_file, engine_committed in engine_fits:
+        plain = os.path.join(tmp, os.path.basename(trace_gz)[:-len(".gz")])
+        with gzip.open(trace_gz, "rb") as src, open(plain, "wb") as dst:
+            dst.write(src.read())
+        engine_fitted = os.path.join(tmp, "engine.json")
+        result = run(f"--trace={plain}", f"--calibration={steps_file}", f"--fit_out={engine_fitted}")
+        if result.returncode != 0:
+            failures.append(f"engine refit from {trace_gz} failed: {result.stderr}")
+            continue
         fitted = json.load(open(engine_fitted))
         committed = json.load(open(engine_committed))
         for key in sorted(set(fitted) | set(committed)):
             if key != "source" and not close(fitted.get(key), committed.get(key)):
                 failures.append(f"{engine_committed}: '{key}' differs from the refit: "
                                 f"{committed.get(key)!r} vs {fitted.get(key)!r}")
+        if trace_gz not in committed.get("source", ""):
+            failures.append(f"{engine_committed}: source does not name {trace_gz}")
 
 for failure in failures:
     print("FAIL:", failure)
