@@ -14,8 +14,8 @@
 #           front-first-adaptive at $DOCQA_RATES sessions/s;
 #   chat    multi-turn chat: vllm, pensieve, asymcache at $CHAT_RATES;
 #   longdocqa  long shared-document Q&A (32-64k-token documents, the regime
-#           where asymcache-sim with calibration/h200-llama-3-8b-steps.json
-#           predicts the largest gains: 1.4-2.0x mean TTFT over vllm at
+#           where asymcache-sim with an H200 step fit of 2026-11-27
+#           predicted the largest gains: 1.4-2.0x mean TTFT over vllm at
 #           0.1-0.15 sessions/s with 24-40 sessions): vllm, pensieve, asymcache
 #           at $LONGDOCQA_RATES with a $POOL_LONG pool. 24 sessions at 0.1/s
 #           arrive over 4 minutes: about 5 minutes per (system, rate), so give
@@ -30,10 +30,11 @@
 # (binaries from this folder instead), OUT (default /tmp/asymcache-e2e), POOL
 # (default 8GiB: 4096 blocks of 2 MiB, 65k tokens — under pressure for these
 # workloads), SESSIONS_* and *_RATES, DELAY_SCALE (tool/think times x, default
-# 0.25 so that a sweep fits the GPU time), CALIBRATION (default
-# calibration/h100-llama-3-8b-engine.json: whole H100 steps plus the engine's
-# time outside the forward, docs/calibration.md; also what the simulator
-# predicts with; an H200 has calibration/h200-llama-3-8b-steps.json),
+# 0.25 so that a sweep fits the GPU time), CALIBRATION (default: the card's
+# engine file, calibration/h200-llama-3-8b-engine.json when nvidia-smi names an
+# H200, else calibration/h100-llama-3-8b-engine.json: whole steps of that card
+# plus the engine's time outside the forward, docs/calibration.md; also what
+# the simulator predicts with),
 # STEP_TRACES=1 (every worker writes a step trace, copied to
 # $OUT/<part>-traces/<system>-<rate>/worker-<i>.steps.jsonl; compare with the
 # cost model by asymcache-fit-steps --trace), SYSTEMS_AGENT / SYSTEMS_DOCQA /
@@ -50,7 +51,12 @@ BUNDLE="${ASYMCACHE_BUNDLE:-$ROOT/.bundle/gpu-services}"
 OUT="${OUT:-/tmp/asymcache-e2e}"
 POOL="${POOL:-8GiB}"
 DELAY_SCALE="${DELAY_SCALE:-0.25}"
-CALIBRATION="${CALIBRATION:-calibration/h100-llama-3-8b-engine.json}"
+if [[ -z "${CALIBRATION:-}" ]]; then
+  CALIBRATION=calibration/h100-llama-3-8b-engine.json
+  if nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -q H200; then
+    CALIBRATION=calibration/h200-llama-3-8b-engine.json
+  fi
+fi
 SEED="${SEED:-1}"
 AGENT_RATES="${AGENT_RATES:-0.5,1}"
 DOCQA_RATES="${DOCQA_RATES:-1,2}"
