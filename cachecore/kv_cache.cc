@@ -1,5 +1,6 @@
 #include "cachecore/kv_cache.h"
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 
@@ -159,6 +160,7 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   lease.deadline = clock_->Now() + options_.lease_timeout;
   lease.pins = std::move(planned->resident_pins);
   lease.allocated = plan.allocated;
+  lease.last_page_parent = chain.chain.ParentOf(static_cast<int64_t>(plan.page_ids.size()) - 1);
   lease.to_seal.reserve(plan.allocated.size());
   for (size_t i = 0; i < plan.allocated.size(); ++i) {
     const int32_t k = plan.allocated_pages[i];
@@ -248,7 +250,10 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options
   std::vector<BlockId> kept_private;
   if (options.keep_partial_last_page && !lease.to_seal.empty() &&
       lease.to_seal.back().tokens < options_.model.block_tokens) {
-    kept_private.push_back(lease.to_seal.back().id);
+    const IndexedBlockInfo& last = lease.to_seal.back();
+    kept_private.push_back(last.id);
+    lease.private_page = PrivatePage{last.id, last.position, lease.last_page_parent, last.tokens,
+                                     last.hash};
     lease.to_seal.pop_back();
   }
   std::vector<IndexedBlockInfo> sealing;
@@ -269,10 +274,95 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options
   lease.committed = true;
   lease.deadline = clock_->Now() + options_.lease_timeout;
   EmitStored(sealing);
+  ReturnLease(lease_id, std::move(lease));
+  return absl::OkStatus();
+}
+
+void KvCache::ReturnLease(uint64_t lease_id, Lease lease) {
   absl::MutexLock lock(&leases_mu_);
   leases_.emplace(lease_id, std::move(lease));
   --committing_;
-  return absl::OkStatus();
+}
+
+absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
+    uint64_t lease_id, absl::Span<const TokenId> page_tokens) {
+  const int block_tokens = options_.model.block_tokens;
+  if (page_tokens.size() != static_cast<size_t>(block_tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExtendLease: lease ", lease_id, ": page_tokens has ", page_tokens.size(),
+        " tokens; the private page's full content is block_tokens = ", block_tokens));
+  }
+  Lease lease;
+  {
+    absl::MutexLock lock(&leases_mu_);
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) {
+      return absl::NotFoundError(absl::StrCat("ExtendLease: no lease ", lease_id,
+                                              " (never issued, released or expired)"));
+    }
+    if (!it->second.committed) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ExtendLease: lease ", lease_id,
+          " is not committed (CommitStep with keep_partial_last_page comes first)"));
+    }
+    if (!it->second.private_page.has_value()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ExtendLease: lease ", lease_id,
+          " has no private page (its last page was sealed or resident: plan the longer "
+          "context instead)"));
+    }
+    // Taken out as CommitStep does (a concurrent call on it sees NOT_FOUND).
+    lease = std::move(it->second);
+    leases_.erase(it);
+    ++committing_;
+  }
+  const PrivatePage page = *lease.private_page;
+  if (page.planned_tokens > 0 &&
+      ChainBlock(page.parent, page_tokens.first(static_cast<size_t>(page.planned_tokens))) !=
+          page.planned_hash) {
+    ReturnLease(lease_id, std::move(lease));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExtendLease: lease ", lease_id, ": page_tokens do not start with the ",
+        page.planned_tokens, " tokens planned for the page at position ", page.position));
+  }
+  // The next page's block first: when the pool cannot supply it nothing changes.
+  std::vector<EvictedBlock> evicted;
+  absl::StatusOr<std::vector<BlockId>> next = pool_.Allocate(1, lease.sequence, &evicted);
+  for (const EvictedBlock& e : evicted) index_.EraseIf(e.hash, e.id);
+  Emit(KvEvent::Kind::kRemoved, evicted);
+  if (!next.ok()) {
+    ReturnLease(lease_id, std::move(lease));
+    return absl::Status(next.status().code(), absl::StrCat("ExtendLease: lease ", lease_id,
+                                                           ": ", next.status().message()));
+  }
+  IndexedBlockInfo full;
+  full.id = page.id;
+  full.hash = ChainBlock(page.parent, page_tokens);
+  full.parent_hash = page.position == 0 ? BlockHash{} : page.parent;  // as BeginStep's to_seal
+  full.position = page.position;
+  full.tokens = block_tokens;
+  full.owner = lease.sequence;
+  std::vector<IndexedBlockInfo> sealing;
+  std::vector<BlockId> duplicates;
+  IndexNewBlocks(absl::MakeConstSpan(&full, 1), &sealing, &duplicates);
+  const absl::Status sealed = pool_.SealMany(sealing, &lease.pins);
+  ABSL_RAW_CHECK(sealed.ok(), "ExtendLease: sealing the lease's private page failed");
+  if (!sealing.empty()) {
+    // Sealed: the lease's pin holds it now. A duplicate stays in `allocated`.
+    lease.allocated.erase(std::find(lease.allocated.begin(), lease.allocated.end(), page.id));
+  }
+  const BlockId next_block = next->front();
+  lease.allocated.push_back(next_block);
+  lease.private_page = PrivatePage{next_block, page.position + block_tokens, full.hash, 0, {}};
+  lease.deadline = clock_->Now() + options_.lease_timeout;
+  EmitStored(sealing);
+  {
+    absl::MutexLock lock(&leases_mu_);
+    leases_.emplace(lease_id, std::move(lease));
+    --committing_;
+    ++lease_extensions_;
+  }
+  return LeaseExtension{next_block, page.position + block_tokens, !sealing.empty()};
 }
 
 void KvCache::ReleaseLease(Lease lease) {
@@ -483,6 +573,7 @@ KvCache::Stats KvCache::GetStats() const {
     stats.hit_tokens = hit_tokens_;
     stats.rebuild_tokens = rebuild_tokens_;
     stats.new_tokens = new_tokens_;
+    stats.lease_extensions = lease_extensions_;
   }
   {
     absl::MutexLock lock(&sessions_mu_);

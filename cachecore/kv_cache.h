@@ -12,6 +12,11 @@
 //               indexed meanwhile is a duplicate: it stays private to the lease
 //               and is freed at release.
 //   ReleaseStep drop the lease's pins; allocated blocks not committed are freed.
+//   ExtendLease (decode page rollover, after a CommitStep that kept the
+//               partial last page private) the private page is full and
+//               written: seal and index it under its full hash and allocate
+//               one block for the next page, the lease's new private page.
+//               No plan, no hashing of the context (DESIGN.md §3.3).
 // Leases not released within lease_timeout (measured on the injected clock
 // from BeginStep, renewed by CommitStep) are released by ExpireLeases().
 //
@@ -39,6 +44,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -130,6 +136,26 @@ class KvCache {
   absl::Status CommitStep(uint64_t lease_id, CommitResult* result = nullptr);
   absl::Status CommitStep(uint64_t lease_id, const CommitOptions& options,
                           CommitResult* result);
+  // Decode page rollover without planning the context again. Precondition
+  // (else FAILED_PRECONDITION, nothing changed): the lease is committed and
+  // holds a private page (CommitStep kept the partial last page, or an earlier
+  // ExtendLease allocated it). `page_tokens` are that page's tokens, exactly
+  // block_tokens of them, every row written (INVALID_ARGUMENT otherwise, or
+  // when they do not start with the tokens the plan hashed for the page).
+  // The page is indexed and sealed under ChainBlock(its parent, page_tokens)
+  // (pinned by the lease; a duplicate when that hash was indexed meanwhile:
+  // then it stays private and is freed at release, as at commit), one block is
+  // allocated for the next page (position = page position + block_tokens),
+  // which becomes the lease's private page, and the lease is renewed.
+  // RESOURCE_EXHAUSTED when the pool cannot supply that block (nothing
+  // changed). NOT_FOUND for an unknown (or expired) lease.
+  struct LeaseExtension {
+    BlockId block = kNoBlock;  // the next page's block (private, being written)
+    int64_t position = 0;      // its first token position
+    bool sealed = false;       // the full page was indexed (false: a duplicate)
+  };
+  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
+                                             absl::Span<const TokenId> page_tokens);
   // NOT_FOUND for an unknown (or expired) lease.
   absl::Status ReleaseStep(uint64_t lease_id);
   // Releases the lease like ReleaseStep but hands its pins (resident pages
@@ -192,6 +218,7 @@ class KvCache {
     int64_t rebuild_tokens = 0;
     int64_t new_tokens = 0;
     int64_t hashed_tokens = 0;    // tokens hashed by BeginStep (chain reuse saves these)
+    int64_t lease_extensions = 0;  // successful ExtendLease calls
   };
   Stats GetStats() const;
 
@@ -206,13 +233,24 @@ class KvCache {
   const PrefixIndex& index() const { return index_; }
 
  private:
+  // The writable last page a committed lease keeps for decode (also listed in
+  // Lease::allocated, so that release frees it).
+  struct PrivatePage {
+    BlockId id = kNoBlock;
+    int64_t position = 0;
+    BlockHash parent;          // hash of the page before it (the salt root for page 0)
+    int32_t planned_tokens = 0;  // tokens the plan hashed for it (0: allocated by ExtendLease)
+    BlockHash planned_hash;    // ChainBlock(parent, those tokens) when planned_tokens > 0
+  };
   struct Lease {
     SequenceId sequence = 0;
     absl::Time deadline;
     bool committed = false;
     BlockPool::PinSet pins;              // resident pages, then sealed allocated pages
-    std::vector<BlockId> allocated;      // not yet sealed (uncommitted) or duplicates
+    std::vector<BlockId> allocated;      // not yet sealed (uncommitted), duplicates, private page
     std::vector<IndexedBlockInfo> to_seal;  // identities of `allocated` (before commit)
+    std::optional<PrivatePage> private_page;  // set by CommitStep(keep_partial) / ExtendLease
+    BlockHash last_page_parent;  // chain parent of the plan's last page (the root for page 0)
   };
   struct SessionChain {
     HashChain chain;
@@ -239,6 +277,8 @@ class KvCache {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   void ReleaseLease(Lease lease);
   uint64_t NextLeaseIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
+  // Puts a lease taken out by CommitStep/ExtendLease back (--committing_).
+  void ReturnLease(uint64_t lease_id, Lease lease) ABSL_LOCKS_EXCLUDED(leases_mu_);
   // Takes the lease out of leases_ (NOT_FOUND naming `op` when absent).
   absl::StatusOr<Lease> TakeLease(uint64_t lease_id, absl::string_view op)
       ABSL_LOCKS_EXCLUDED(leases_mu_);
@@ -275,6 +315,7 @@ class KvCache {
   int64_t hit_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t rebuild_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t new_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  int64_t lease_extensions_ ABSL_GUARDED_BY(leases_mu_) = 0;
 
   mutable absl::Mutex sessions_mu_;
   SessionMap sessions_ ABSL_GUARDED_BY(sessions_mu_);

@@ -252,6 +252,193 @@ TEST(KvCacheTest, KeepPartialLastPageLeavesItPrivateUntilRelease) {
   EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
 }
 
+// Decode page rollover: the private page (kept by the commit) is full; the
+// lease seals it under the chain hash and gets the next page's block.
+TEST(KvCacheTest, ExtendLeaseSealsTheFullPrivatePageAndAllocatesTheNext) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 16);
+  std::vector<KvEvent> events;
+  cache->SetEventListener([&events](const KvEvent& e) { events.push_back(e); });
+  std::vector<TokenId> context = Tokens(40);  // 2 full pages + 8 tokens of the third
+  auto a = cache->BeginStep(StepRequest{"s", 1, context});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  const BlockId private_block = a->plan.page_ids[2];
+  for (int i = 0; i < 8; ++i) context.push_back(7000 + i);  // decode fills the page (48)
+  events.clear();
+  auto first = cache->ExtendLease(
+      a->lease_id, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->sealed);
+  EXPECT_EQ(first->position, 48);
+  EXPECT_NE(first->block, private_block);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].kind, KvEvent::Kind::kStored);
+  EXPECT_EQ(events[0].position, 32);
+  EXPECT_EQ(events[0].block, private_block);
+  EXPECT_EQ(events[0].hash, ChainHashes("s", context, kB)[2]);
+  KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.indexed_blocks, 3);
+  EXPECT_EQ(stats.pool.writing, 1);  // the next page
+  EXPECT_EQ(stats.lease_extensions, 1);
+  EXPECT_EQ(stats.steps, 1);  // no plan
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+
+  // The next page started empty: its tokens are all the decode's.
+  for (int i = 0; i < kB; ++i) context.push_back(8000 + i);  // 64
+  auto second = cache->ExtendLease(
+      a->lease_id, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->sealed);
+  EXPECT_EQ(second->position, 64);
+
+  // Another request with that context hits every page the rollovers sealed.
+  std::vector<TokenId> other = context;
+  other.push_back(1);
+  auto b = cache->BeginStep(StepRequest{"s", 2, other});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->plan.hit_tokens, 64);
+  EXPECT_EQ(b->plan.page_ids[2], private_block);
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  stats = cache->GetStats();
+  EXPECT_EQ(stats.indexed_blocks, 4);
+  EXPECT_EQ(stats.pool.writing, 0);  // the last private page freed at release
+  EXPECT_EQ(stats.pool.free, 16 - 4);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, ExtendLeaseOfTheFirstPageChainsFromTheSaltRoot) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 8);
+  std::vector<TokenId> context = Tokens(5, 300);
+  auto a = cache->BeginStep(StepRequest{"tenant", 1, context});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  for (int i = 0; i < kB - 5; ++i) context.push_back(50 + i);
+  auto extended = cache->ExtendLease(a->lease_id, context);
+  ASSERT_TRUE(extended.ok()) << extended.status();
+  EXPECT_EQ(extended->position, kB);
+  context.push_back(9);
+  auto b = cache->BeginStep(StepRequest{"tenant", 2, context});
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->plan.hit_tokens, kB);
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, ExtendLeaseErrorsChangeNothing) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 4);
+  std::vector<TokenId> context = Tokens(40);  // 3 pages: 2 sealed + the private one
+  auto a = cache->BeginStep(StepRequest{"s", 1, context});
+  ASSERT_TRUE(a.ok());
+  for (int i = 0; i < 8; ++i) context.push_back(7000 + i);
+  const auto page = absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB));
+
+  EXPECT_EQ(cache->ExtendLease(a->lease_id ^ 1, page).status().code(),
+            absl::StatusCode::kNotFound);
+  const auto uncommitted = cache->ExtendLease(a->lease_id, page).status();
+  EXPECT_EQ(uncommitted.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(uncommitted.message(), HasSubstr("not committed"));
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+
+  const auto short_page = cache->ExtendLease(a->lease_id, page.first(15)).status();
+  EXPECT_EQ(short_page.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(short_page.message(), HasSubstr("15 tokens"));
+  std::vector<TokenId> wrong(page.begin(), page.end());
+  wrong[3] += 1;  // one of the 8 tokens the plan hashed
+  const auto mismatch = cache->ExtendLease(a->lease_id, wrong).status();
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mismatch.message(), HasSubstr("planned for the page at position 32"));
+
+  // The pool's last block goes to another lease: no block for the next page.
+  auto other = cache->BeginStep(StepRequest{"other", 2, Tokens(3, 500)});
+  ASSERT_TRUE(other.ok());
+  const KvCache::Stats before = cache->GetStats();
+  const auto full = cache->ExtendLease(a->lease_id, page).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(full.message(), HasSubstr("ExtendLease"));
+  const KvCache::Stats after = cache->GetStats();
+  EXPECT_EQ(after.indexed_blocks, before.indexed_blocks);
+  EXPECT_EQ(after.pool.writing, before.pool.writing);
+  EXPECT_EQ(after.pool.free, before.pool.free);
+  EXPECT_EQ(after.active_leases, 2);
+  EXPECT_EQ(after.lease_extensions, 0);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+
+  // Once a block is free the same call succeeds: the lease came back intact.
+  ASSERT_TRUE(cache->ReleaseStep(other->lease_id).ok());
+  auto extended = cache->ExtendLease(a->lease_id, page);
+  ASSERT_TRUE(extended.ok()) << extended.status();
+  EXPECT_TRUE(extended->sealed);
+
+  // A lease whose last page was sealed (no keep_partial) has no private page.
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  auto sealed = cache->BeginStep(StepRequest{"t", 3, Tokens(20, 100)});
+  ASSERT_TRUE(sealed.ok()) << sealed.status();
+  ASSERT_TRUE(cache->CommitStep(sealed->lease_id, KvCache::CommitOptions{false}, nullptr).ok());
+  const auto no_private = cache->ExtendLease(sealed->lease_id, Tokens(kB, 100)).status();
+  EXPECT_EQ(no_private.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(no_private.message(), HasSubstr("no private page"));
+  ASSERT_TRUE(cache->ReleaseStep(sealed->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().pool.writing, 0);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+// Two requests decode the same tokens: the second rollover finds the hash
+// indexed; its page stays private (readable by it) and is freed at release.
+TEST(KvCacheTest, ExtendLeaseOfADuplicatePageKeepsItPrivate) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 16);
+  std::vector<TokenId> context = Tokens(24);
+  auto a = cache->BeginStep(StepRequest{"s", 1, context});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  auto b = cache->BeginStep(StepRequest{"s", 2, context});  // hits page 0, not a's private one
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->plan.hit_tokens, 16);
+  ASSERT_TRUE(cache->CommitStep(b->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  for (int i = 0; i < 8; ++i) context.push_back(600 + i);
+  const auto page = absl::MakeConstSpan(context).subspan(16, static_cast<size_t>(kB));
+  auto first = cache->ExtendLease(a->lease_id, page);
+  auto second = cache->ExtendLease(b->lease_id, page);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(first->sealed);
+  EXPECT_FALSE(second->sealed);
+  EXPECT_EQ(cache->GetStats().pool.writing, 3);  // b's duplicate + both next pages
+  ASSERT_TRUE(cache->ReleaseStep(b->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.pool.writing, 0);
+  EXPECT_EQ(stats.indexed_blocks, 2);
+  EXPECT_EQ(stats.pool.free, 16 - 2);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+TEST(KvCacheTest, ExpiredExtendedLeaseFreesItsPrivatePage) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 8);
+  std::vector<TokenId> context = Tokens(10);
+  auto a = cache->BeginStep(StepRequest{"s", 1, context});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  for (int i = 0; i < 6; ++i) context.push_back(70 + i);
+  clock.Advance(absl::Seconds(8));
+  ASSERT_TRUE(cache->ExtendLease(a->lease_id, context).ok());  // renews: 10 s from now
+  clock.Advance(absl::Seconds(8));
+  EXPECT_EQ(cache->ExpireLeases(), 0);
+  clock.Advance(absl::Seconds(2));
+  EXPECT_EQ(cache->ExpireLeases(), 1);
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.pool.writing, 0);
+  EXPECT_EQ(stats.indexed_blocks, 1);
+  EXPECT_EQ(stats.pool.free, 8 - 1);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
 TEST(KvCacheTest, SessionChainsAreBoundedByTokenBudget) {
   FakeClock clock;
   KvCacheOptions options;
