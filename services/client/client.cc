@@ -281,6 +281,23 @@ absl::StatusOr<absl::Duration> Client::RenewLease(uint64_t lease_id, absl::Durat
   return absl::Milliseconds(response.lease_timeout_ms());
 }
 
+absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id,
+                                                   absl::Span<const TokenId> page_tokens,
+                                                   absl::Duration timeout) {
+  v1::ExtendLeaseRequest request;
+  request.set_lease_id(lease_id);
+  request.mutable_page_tokens()->Add(page_tokens.begin(), page_tokens.end());
+  v1::ExtendLeaseResponse response;
+  if (absl::Status s = rpc_->Call(&Stub::ExtendLease, request, &response, DeadlineFor(timeout));
+      !s.ok()) {
+    return s;
+  }
+  return LeaseExtension{.block = response.block_id(),
+                        .position = response.position(),
+                        .sealed = response.sealed(),
+                        .lease_timeout = absl::Milliseconds(response.lease_timeout_ms())};
+}
+
 // ---------------------------------------------------------------- lookup
 
 absl::StatusOr<std::vector<std::optional<int64_t>>> Client::Lookup(
@@ -429,6 +446,7 @@ absl::StatusOr<DaemonStats> Client::GetStats(absl::Duration timeout) {
   stats.new_tokens = response.new_tokens();
   stats.last_event_sequence = response.last_event_sequence();
   stats.uptime_s = response.uptime_s();
+  stats.lease_extensions = response.lease_extensions();
   return stats;
 }
 
@@ -690,6 +708,12 @@ absl::StatusOr<std::optional<JobPinDecision>> ScopedLease::Release(
   if (!active()) return absl::FailedPreconditionError("ScopedLease: no active lease to release");
   Client* client = std::exchange(client_, nullptr);
   return client->ReleaseStep(step_.lease_id, agent, timeout);
+}
+
+absl::StatusOr<LeaseExtension> ScopedLease::Extend(absl::Span<const TokenId> page_tokens,
+                                                   absl::Duration timeout) {
+  if (!active()) return absl::FailedPreconditionError("ScopedLease: no active lease to extend");
+  return client_->ExtendLease(step_.lease_id, page_tokens, timeout);
 }
 
 uint64_t ScopedLease::Detach() {

@@ -136,6 +136,14 @@ struct CommitResult {
   int64_t private_blocks = 0;    // kept private by keep_partial_last_page (0 or 1)
 };
 
+// ExtendLease's answer: the next page's block (the lease's new private page).
+struct LeaseExtension {
+  BlockId block = kNoBlock;
+  int64_t position = 0;           // its first token position
+  bool sealed = false;            // the full page was indexed (false: a duplicate, kept private)
+  absl::Duration lease_timeout;   // the lease expires this long from now
+};
+
 struct CommitOptions {
   // A decoding engine keeps writing the partial last page: it stays the
   // lease's private block (not sealed, freed at release); see
@@ -189,6 +197,7 @@ struct DaemonStats {
   int64_t new_tokens = 0;
   uint64_t last_event_sequence = 0;
   double uptime_s = 0;
+  int64_t lease_extensions = 0;   // successful ExtendLease calls
 };
 
 // One KvEventBatch of WatchEvents (cache_daemon.proto explains snapshots).
@@ -235,6 +244,9 @@ class ScopedLease {
                                       absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::RenewLease.
   absl::StatusOr<absl::Duration> Renew(absl::Duration timeout = kDefaultTimeout);
+  // FAILED_PRECONDITION when inactive; otherwise Client::ExtendLease.
+  absl::StatusOr<LeaseExtension> Extend(absl::Span<const TokenId> page_tokens,
+                                        absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ReleaseStep, after
   // which the lease is inactive.
   absl::StatusOr<std::optional<JobPinDecision>> Release(
@@ -363,6 +375,12 @@ class Client {
   // Returns the lease timeout now in force (from now).
   absl::StatusOr<absl::Duration> RenewLease(uint64_t lease_id,
                                             absl::Duration timeout = kDefaultTimeout);
+  // Decode page rollover (ExtendLeaseRequest): the lease's private page is
+  // full with `page_tokens` (block_tokens of them); it is sealed and the next
+  // page's block is allocated. Errors as the RPC's (cache_daemon.proto).
+  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
+                                             absl::Span<const TokenId> page_tokens,
+                                             absl::Duration timeout = kDefaultTimeout);
 
   // ------------------------------------------------------------ lookup
   // Per hash: the block's position where resident, std::nullopt where not.

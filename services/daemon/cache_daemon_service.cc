@@ -222,6 +222,23 @@ grpc::ServerUnaryReactor* CacheDaemonService::RenewLease(grpc::CallbackServerCon
   });
 }
 
+grpc::ServerUnaryReactor* CacheDaemonService::ExtendLease(grpc::CallbackServerContext* ctx,
+                                                         const v1::ExtendLeaseRequest* request,
+                                                         v1::ExtendLeaseResponse* response) {
+  return ServeUnary(ctx, "ExtendLease", [&]() -> absl::Status {
+    const absl::Span<const TokenId> page(request->page_tokens().data(),
+                                         static_cast<size_t>(request->page_tokens_size()));
+    absl::StatusOr<KvCache::LeaseExtension> extension =
+        state_->cache().ExtendLease(request->lease_id(), page);
+    if (!extension.ok()) return extension.status();
+    response->set_block_id(extension->block);
+    response->set_position(extension->position);
+    response->set_sealed(extension->sealed);
+    response->set_lease_timeout_ms(ToMillis(state_->options().lease_timeout));
+    return absl::OkStatus();
+  });
+}
+
 // ---------------------------------------------------------------- lookup
 
 grpc::ServerUnaryReactor* CacheDaemonService::Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
@@ -577,6 +594,7 @@ grpc::ServerUnaryReactor* CacheDaemonService::GetStats(grpc::CallbackServerConte
     response->set_new_tokens(stats.new_tokens);
     response->set_last_event_sequence(state_->events().last_sequence());
     response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - state_->started()));
+    response->set_lease_extensions(stats.lease_extensions);
     return absl::OkStatus();
   });
 }

@@ -31,6 +31,7 @@ using CacheDaemonServiceBase = v1::CacheDaemon::WithCallbackMethod_PlanStep<
     v1::CacheDaemon::WithCallbackMethod_CommitStep<
     v1::CacheDaemon::WithCallbackMethod_ReleaseStep<
     v1::CacheDaemon::WithCallbackMethod_RenewLease<
+    v1::CacheDaemon::WithCallbackMethod_ExtendLease<
     v1::CacheDaemon::WithCallbackMethod_Lookup<
     v1::CacheDaemon::WithCallbackMethod_InvalidateBlocks<
     v1::CacheDaemon::WithCallbackMethod_PinJob<
@@ -40,7 +41,7 @@ using CacheDaemonServiceBase = v1::CacheDaemon::WithCallbackMethod_PlanStep<
     v1::CacheDaemon::WithCallbackMethod_ExportBlocks<
     v1::CacheDaemon::WithCallbackMethod_ReleaseExport<
     v1::CacheDaemon::WithCallbackMethod_AttachPool<
-    v1::CacheDaemon::WithCallbackMethod_GetStats<v1::CacheDaemon::Service>>>>>>>>>>>>>>;
+    v1::CacheDaemon::WithCallbackMethod_GetStats<v1::CacheDaemon::Service>>>>>>>>>>>>>>>;
 
 class CacheDaemonService final : public CacheDaemonServiceBase {
  public:
@@ -60,6 +61,9 @@ class CacheDaemonService final : public CacheDaemonServiceBase {
                            v1::ReleaseStepResponse* response) override;
   grpc::ServerUnaryReactor* RenewLease(grpc::CallbackServerContext* ctx, const v1::RenewLeaseRequest* request,
                           v1::RenewLeaseResponse* response) override;
+  grpc::ServerUnaryReactor* ExtendLease(grpc::CallbackServerContext* ctx,
+                                        const v1::ExtendLeaseRequest* request,
+                                        v1::ExtendLeaseResponse* response) override;
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* ctx, const v1::LookupRequest* request,
                       v1::LookupResponse* response) override;
   grpc::ServerUnaryReactor* InvalidateBlocks(grpc::CallbackServerContext* ctx,

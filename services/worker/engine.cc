@@ -590,27 +590,72 @@ std::optional<int64_t> Engine::PlanTarget(Sequence& seq) {
   return known;
 }
 
+void Engine::ForEachConcurrently(size_t n, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto run = [&]() {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  };
+  const size_t helpers = std::min<size_t>(n, kPlanThreads) - std::min<size_t>(n, 1);
+  std::vector<std::thread> threads;
+  threads.reserve(helpers);
+  for (size_t t = 0; t < helpers; ++t) threads.emplace_back(run);
+  run();
+  for (std::thread& t : threads) t.join();
+}
+
 std::vector<absl::StatusOr<ScopedLease>> Engine::BeginPlans(absl::Span<Sequence* const> seqs,
                                                             absl::Span<const int64_t> targets) {
   std::vector<absl::StatusOr<ScopedLease>> leases;
   leases.reserve(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) leases.emplace_back(absl::UnknownError("not issued"));
   const absl::Time start = absl::Now();
-  std::atomic<size_t> next{0};
-  auto issue = [&]() {
-    for (size_t i = next++; i < seqs.size(); i = next++) leases[i] = BeginPlan(*seqs[i], targets[i]);
-  };
-  // The calling thread plus up to kPlanThreads - 1 helpers: one RPC's
-  // latency for a handful of plans instead of their sum.
-  const size_t helpers = std::min<size_t>(seqs.size(), kPlanThreads) - 1;
-  std::vector<std::thread> threads;
-  threads.reserve(helpers);
-  for (size_t t = 0; t < helpers; ++t) threads.emplace_back(issue);
-  issue();
-  for (std::thread& t : threads) t.join();
+  ForEachConcurrently(seqs.size(),
+                      [&](size_t i) { leases[i] = BeginPlan(*seqs[i], targets[i]); });
   absl::MutexLock lock(&mu_);
   stats_.rpc_seconds += SecondsSince(start);
   return leases;
+}
+
+bool Engine::RollsOver(const Sequence& seq) const {
+  return options_.extend_leases && seq.lease.active() && seq.committed && !seq.logits_only &&
+         static_cast<int64_t>(seq.tokens.size()) - seq.pages.context_tokens() == 1 &&
+         seq.pages.PrivatePageIsFull();
+}
+
+std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs) {
+  // Their commits must have landed: the private page exists from then on.
+  for (Sequence* seq : seqs) WaitForCall(seq->last_call);
+  const int64_t b = config_.block_tokens;
+  std::vector<absl::StatusOr<LeaseExtension>> extensions(
+      seqs.size(), absl::UnknownError("not issued"));
+  const absl::Time start = absl::Now();
+  ForEachConcurrently(seqs.size(), [&](size_t i) {
+    Sequence& seq = *seqs[i];  // one sequence per call: no two threads share one
+    const int64_t page_end = seq.pages.context_tokens();
+    extensions[i] = seq.lease.Extend(
+        absl::MakeConstSpan(seq.tokens).subspan(static_cast<size_t>(page_end - b),
+                                               static_cast<size_t>(b)),
+        options_.rpc_timeout);
+  });
+  const double rpc = SecondsSince(start);
+  std::vector<Sequence*> failed;
+  int64_t rolled = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& seq = *seqs[i];
+    // Any failure (pool full, an expired lease, a daemon without the RPC)
+    // falls back to planning the longer context, which handles each case.
+    if (!extensions[i].ok() || extensions[i]->position != seq.pages.context_tokens()) {
+      failed.push_back(&seq);
+      continue;
+    }
+    seq.pages.StartPrivatePage(extensions[i]->block);
+    seq.renew_due = absl::Now() + extensions[i]->lease_timeout / 3;
+    ++rolled;
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.rpc_seconds += rpc;
+  stats_.page_rollovers += rolled;
+  return failed;
 }
 
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
@@ -710,6 +755,7 @@ bool Engine::Step() {
   // PlanStep calls issued concurrently.
   std::vector<Sequence*> to_plan;
   std::vector<int64_t> targets;
+  std::vector<Sequence*> to_roll_over;
   for (auto it = running_.begin(); it != running_.end();) {
     Sequence& seq = **it;
     seq.blocked = false;
@@ -738,11 +784,19 @@ bool Engine::Step() {
       it = running_.erase(it);
       continue;
     }
-    if (const std::optional<int64_t> target = PlanTarget(seq); target.has_value()) {
+    if (RollsOver(seq)) {
+      to_roll_over.push_back(&seq);
+    } else if (const std::optional<int64_t> target = PlanTarget(seq); target.has_value()) {
       to_plan.push_back(&seq);
       targets.push_back(*target);
     }
     ++it;
+  }
+  if (!to_roll_over.empty()) {
+    for (Sequence* seq : RollOver(absl::MakeConstSpan(to_roll_over))) {
+      to_plan.push_back(seq);
+      targets.push_back(static_cast<int64_t>(seq->tokens.size()));
+    }
   }
   if (!to_plan.empty()) {
     // Their commits must have landed, so the plans find the pages they sealed.

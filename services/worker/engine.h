@@ -130,6 +130,12 @@ struct EngineOptions {
   int64_t max_context_tokens = 0;
   // Deadline of each daemon RPC. 10 s: far above a healthy plan.
   absl::Duration rpc_timeout = absl::Seconds(10);
+  // Decode page rollover: when a request's private last page is full, ask
+  // the daemon's ExtendLease for the next page (no plan, no context re-sent,
+  // no rows copied). true (default). false: plan the longer context and copy
+  // the page's rows into the block that plan allocates (the behaviour before
+  // 2026-11-28; also the fallback whenever ExtendLease fails).
+  bool extend_leases = true;
   // A request blocked at the head of the queue for pool space this long
   // after it arrived ends with RESOURCE_EXHAUSTED instead of waiting
   // forever: at its first admission (the pool stayed full), and also at a
@@ -178,6 +184,7 @@ struct EngineStats {
   int64_t generated_tokens = 0;
   int64_t prefill_tokens = 0;
   int64_t copied_tokens = 0;
+  int64_t page_rollovers = 0;  // decode pages rolled over by ExtendLease (no plan)
   int64_t preemptions = 0;
   int64_t finished_requests = 0;
   // Prompt/hole tokens not yet computed: the context of every request not
@@ -259,10 +266,19 @@ class Engine {
   absl::StatusOr<ScopedLease> BeginPlan(const Sequence& seq, int64_t target_tokens);
   absl::Status AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease, int64_t target_tokens,
                          bool* blocked);
-  // BeginPlan for several sequences at once, on up to kPlanThreads threads.
+  // fn(0), ..., fn(n - 1) on the calling thread plus up to kPlanThreads - 1
+  // helpers: one RPC's latency for a handful of daemon calls, not their sum.
   static constexpr size_t kPlanThreads = 8;
+  static void ForEachConcurrently(size_t n, const std::function<void(size_t)>& fn);
+  // BeginPlan for several sequences at once.
   std::vector<absl::StatusOr<ScopedLease>> BeginPlans(absl::Span<Sequence* const> seqs,
                                                       absl::Span<const int64_t> targets);
+  // Decode page rollover: the next token needs a new page and the private
+  // last page is full (SequencePages::PrivatePageIsFull).
+  bool RollsOver(const Sequence& seq) const;
+  // ExtendLease for each of `seqs` at once (after their commits landed); a
+  // sequence whose extension failed is returned, to be planned instead.
+  std::vector<Sequence*> RollOver(absl::Span<Sequence* const> seqs);
   void Finish(Sequence& seq, const absl::Status& status, const std::string& reason);
   void Preempt(Sequence& seq);
   void ReleaseLeases(Sequence& seq, bool with_agent);

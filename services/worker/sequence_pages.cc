@@ -81,6 +81,24 @@ void SequencePages::ExtendInPlace() {
   pending_.push_back({position, position + 1});
 }
 
+bool SequencePages::PrivatePageIsFull() const {
+  return last_page_private_ && !page_blocks_.empty() && pending_.empty() &&
+         page_lengths_.back() == block_tokens_ && rows_valid_.back() == block_tokens_;
+}
+
+void SequencePages::StartPrivatePage(int32_t block) {
+  ABSL_RAW_CHECK(PrivatePageIsFull(), "StartPrivatePage: the private last page is not full");
+  page_resident_.back() = 1;  // sealed: read only
+  const int64_t position = context_tokens_;
+  page_blocks_.push_back(block);
+  page_positions_.push_back(static_cast<int32_t>(position));
+  page_lengths_.push_back(1);
+  page_resident_.push_back(0);
+  rows_valid_.push_back(0);
+  ++context_tokens_;
+  pending_.push_back({position, position + 1});
+}
+
 std::pair<int32_t, int32_t> SequencePages::Slot(int64_t position) const {
   const int64_t k = position / block_tokens_;
   return {page_blocks_[k], static_cast<int32_t>(position - page_positions_[k])};

@@ -5,10 +5,12 @@
 //
 // Decode without a plan per token: after CommitStep(keep_partial_last_page)
 // the partial last page is the lease's private block; ExtendInPlace() appends
-// one position to it (no RPC) until it is full. The next plan (the longer
-// context) allocates a fresh block for that page; CopiesFrom(previous) finds
-// the rows the previous lease already holds for such pages (same positions,
-// same tokens: the same K/V) so they are copied, not recomputed.
+// one position to it (no RPC) until it is full. Then the daemon's ExtendLease
+// seals that page and hands out the next page's block: StartPrivatePage()
+// (no plan). Where that is not possible, the next plan (the longer context)
+// allocates a fresh block for that page; CopiesFrom(previous) finds the rows
+// the previous lease already holds for such pages (same positions, same
+// tokens: the same K/V) so they are copied, not recomputed.
 //
 // Contract: a plain value type, not thread-safe (the engine's step thread
 // owns it). Positions are absolute token positions.
@@ -67,6 +69,14 @@ class SequencePages {
   // context_tokens + 1, written into the private last page; pending += it.
   // Precondition: CanExtendInPlace().
   void ExtendInPlace();
+  // The private last page is full and every row is written (nothing
+  // pending): the next position needs a new page (ExtendLease).
+  bool PrivatePageIsFull() const;
+  // ExtendLease sealed the full private page (read only from now) and gave
+  // `block` for the next page, which starts at context_tokens: it becomes the
+  // private last page and holds context_tokens + 1 (pending += it).
+  // Precondition: PrivatePageIsFull().
+  void StartPrivatePage(int32_t block);
 
   // Block and row that receive position `position`'s K/V.
   std::pair<int32_t, int32_t> Slot(int64_t position) const;

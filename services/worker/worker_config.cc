@@ -144,6 +144,10 @@ const Table& Settings() {
                                   [](auto* o) { return &o->engine.max_context_tokens; }),
           Table::Duration("rpc-timeout", "deadline of each daemon RPC of the step loop",
                           kDurationExamples, [](auto* o) { return &o->engine.rpc_timeout; }),
+          Table::Bool("extend-leases",
+                      "decode page rollover by the daemon's ExtendLease, no plan (false: plan "
+                      "the longer context and copy the page)",
+                      [](auto* o) { return &o->engine.extend_leases; }),
           Table::String("step-trace",
                         "write one JSON line per step (work, predicted and measured time) to "
                         "this file; empty: none",

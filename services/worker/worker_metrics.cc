@@ -89,6 +89,8 @@ WorkerMetrics::WorkerMetrics(MetricFamilyRegistrar& families, const Info& info) 
                             "prefill/rebuild chunks).");
   copied_tokens_ = counter("asymcache_worker_copied_tokens_total",
                            "K/V rows copied from a request's own pages instead of recomputed.");
+  page_rollovers_ = counter("asymcache_worker_page_rollovers_total",
+                            "Decode pages rolled over by the daemon's ExtendLease (no plan).");
   preemptions_ = counter("asymcache_worker_preemptions_total",
                          "Sequences whose blocks were given back under pool pressure.");
   finished_requests_ = counter("asymcache_worker_finished_requests_total",
@@ -120,6 +122,7 @@ void WorkerMetrics::Update(const EngineStats& stats) {
   Advance(generated_tokens_, last_.generated_tokens, stats.generated_tokens);
   Advance(prefill_tokens_, last_.prefill_tokens, stats.prefill_tokens);
   Advance(copied_tokens_, last_.copied_tokens, stats.copied_tokens);
+  Advance(page_rollovers_, last_.page_rollovers, stats.page_rollovers);
   Advance(preemptions_, last_.preemptions, stats.preemptions);
   Advance(finished_requests_, last_.finished_requests, stats.finished_requests);
   running_->Set(static_cast<double>(stats.running));

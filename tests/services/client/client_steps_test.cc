@@ -178,6 +178,50 @@ TEST_F(ClientStepsTest, KeepPartialLastPageKeepsItPrivateAndFreesItAtRelease) {
   EXPECT_EQ(stats.free_blocks + stats.sealed_blocks, stats.capacity_blocks);
 }
 
+TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(SmallDaemonOptions(16)));
+  const int B = TinyBlockTokens();
+  std::vector<TokenId> context = Tokens(2 * B + 5, 7);
+  ASSERT_OK_AND_ASSIGN(ScopedLease lease, client_->BeginStep("s", 1, context));
+  const int32_t private_block = lease.plan().page_ids[2];
+  ASSERT_OK(lease.Commit(CommitOptions{.keep_partial_last_page = true}).status());
+  for (int i = 0; i < B - 5; ++i) context.push_back(900 + i);
+  const absl::Span<const TokenId> page = absl::MakeConstSpan(context).subspan(2 * B, B);
+
+  // Bad input: precise errors, nothing changes.
+  EXPECT_EQ(client_->ExtendLease(lease.lease_id() + 1, page).status().code(),
+            absl::StatusCode::kNotFound);
+  const absl::Status short_page = lease.Extend(page.first(B - 1)).status();
+  EXPECT_EQ(short_page.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(short_page.message()), HasSubstr("block_tokens"));
+  DaemonStats stats = Stats();
+  EXPECT_EQ(stats.indexed_blocks, 2);
+  EXPECT_EQ(stats.writing_blocks, 1);
+  EXPECT_EQ(stats.lease_extensions, 0);
+
+  ASSERT_OK_AND_ASSIGN(LeaseExtension extension, lease.Extend(page));
+  EXPECT_TRUE(extension.sealed);
+  EXPECT_EQ(extension.position, 3 * B);
+  EXPECT_NE(extension.block, private_block);
+  EXPECT_EQ(extension.lease_timeout, absl::Seconds(30));
+  stats = Stats();
+  EXPECT_EQ(stats.indexed_blocks, 3);
+  EXPECT_EQ(stats.writing_blocks, 1);  // the next page
+  EXPECT_EQ(stats.lease_extensions, 1);
+  EXPECT_EQ(stats.steps, 1);
+
+  // The sealed page serves another request of the same context.
+  context.push_back(1);
+  ASSERT_OK_AND_ASSIGN(LeasedStep other, client_->PlanStep("s", 2, context));
+  EXPECT_EQ(other.plan.hit_tokens, 3 * B);
+  ASSERT_OK(client_->ReleaseStep(other.lease_id));
+  ASSERT_OK(lease.Release());
+  stats = Stats();
+  EXPECT_EQ(stats.writing_blocks, 0);
+  EXPECT_EQ(stats.free_blocks + stats.sealed_blocks, stats.capacity_blocks);
+  EXPECT_EQ(lease.Extend(page).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(ClientStepsTest, ScopedLeaseReleasesOnDestructionAndRenews) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon(SmallDaemonOptions(16)));
   {

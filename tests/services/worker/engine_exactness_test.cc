@@ -193,30 +193,62 @@ TEST(EngineTest, FullyCachedPromptRecomputesOnlyItsLastTokenForLogits) {
   }
 }
 
-TEST(EngineTest, FixedSmallChunksAndDecodeCopiesStayExact) {
+// Decode page rollover both ways: the daemon's ExtendLease (no plan, no
+// copy) and, with extend_leases off, a plan of the longer context that copies
+// the full page's rows. Both are exact.
+class EngineRolloverTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(EngineRolloverTest, FixedSmallChunksAndDecodePageRolloversStayExact) {
+  const bool extend = GetParam();
   const model::WeightSource weights = TinyWeights(21);
   EngineOptions options;
   options.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
   options.chunking.fixed_budget_tokens = 32;
   options.max_step_tokens = 512;
   options.chunking.max_budget_tokens = 256;
+  options.extend_leases = extend;
   absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, options);
   ASSERT_TRUE(stack.ok()) << stack.status();
   std::mt19937_64 rng(5);
   GenerationRequest request;
   request.prompt = RandomTokens(rng, 150);
-  request.max_new_tokens = 40;  // crosses block boundaries: rows are copied
+  request.max_new_tokens = 40;  // positions 150..188: pages roll over at 160 and 176
   request.return_logits = true;
   auto sink = std::make_shared<CollectingSink>();
   ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
   ASSERT_TRUE(sink->Wait());
   EXPECT_EQ(Compare(*sink, Reference(weights, request), "chunked"), "");
-  EXPECT_GT(sink->stats().copied_tokens, 0);
   EXPECT_GE(sink->stats().steps, 150 / 32 + 40 - 1);
   const DaemonStats stats = stack->Stats();
+  const EngineStats engine = stack->engine->stats();
+  if (extend) {
+    EXPECT_EQ(sink->stats().copied_tokens, 0);
+    EXPECT_EQ(engine.page_rollovers, 2);
+    EXPECT_EQ(stats.lease_extensions, 2);
+  } else {
+    EXPECT_EQ(sink->stats().copied_tokens, 2 * 16);  // the full page, at each rollover
+    EXPECT_EQ(engine.page_rollovers, 0);
+    EXPECT_EQ(stats.lease_extensions, 0);
+  }
   EXPECT_EQ(stats.active_leases, 0);
   EXPECT_EQ(stats.writing_blocks, 0);
+  // The pages sealed at the rollovers serve the same context again.
+  GenerationRequest again;
+  again.prompt = request.prompt;
+  const std::vector<int32_t> generated = sink->tokens();
+  again.prompt.insert(again.prompt.end(), generated.begin(), generated.begin() + 26);  // 176
+  again.max_new_tokens = 1;
+  auto second = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(stack->engine->Submit(again, second).ok());
+  ASSERT_TRUE(second->Wait());
+  EXPECT_EQ(second->stats().hit_tokens, 176);
+  EXPECT_EQ(second->tokens(), std::vector<int32_t>{generated[26]});
 }
+
+INSTANTIATE_TEST_SUITE_P(Rollover, EngineRolloverTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return std::string(info.param ? "ExtendLease" : "PlanAndCopy");
+                         });
 
 TEST(EngineTest, StopTokenEndsTheRequest) {
   const model::WeightSource weights = TinyWeights(3);

@@ -1,5 +1,6 @@
 // SequencePages: pending runs, valid rows, copies from the previous lease,
-// in-place decode extension and the pages a step's queries may see.
+// in-place decode extension, the rollover into ExtendLease's next page and
+// the pages a step's queries may see.
 #include "services/worker/sequence_pages.h"
 
 #include <utility>
@@ -72,6 +73,42 @@ TEST(SequencePagesTest, PrivatePartialPageExtendsInPlaceUntilFull) {
   }
   EXPECT_EQ(pages.context_tokens(), 48);
   EXPECT_FALSE(pages.CanExtendInPlace());  // the page is full: plan the next one
+}
+
+TEST(SequencePagesTest, AFullPrivatePageRollsOverIntoTheNextBlock) {
+  SequencePages pages(MakePlan(37, {true, true}, 0));
+  pages.MarkComputed(32, 37);
+  pages.set_last_page_private(true);
+  EXPECT_FALSE(pages.PrivatePageIsFull());
+  for (int64_t p = 37; p < 48; ++p) {
+    pages.ExtendInPlace();
+    EXPECT_FALSE(pages.PrivatePageIsFull()) << p;  // position p is not computed yet
+    pages.MarkComputed(p, p + 1);
+  }
+  ASSERT_TRUE(pages.PrivatePageIsFull());
+  pages.StartPrivatePage(90);  // ExtendLease's block for positions 48..63
+  EXPECT_EQ(pages.context_tokens(), 49);
+  EXPECT_EQ(pages.pending(), (Runs{{48, 49}}));
+  EXPECT_EQ(pages.Slot(48), (std::pair<int32_t, int32_t>{90, 0}));
+  EXPECT_EQ(pages.Slot(47), (std::pair<int32_t, int32_t>{2, 15}));
+  EXPECT_FALSE(pages.PrivatePageIsFull());
+  EXPECT_FALSE(pages.CanExtendInPlace());  // 48 is not computed yet
+  pages.MarkComputed(48, 49);
+  EXPECT_TRUE(pages.CanExtendInPlace());
+  EXPECT_TRUE(pages.LastPageIsOwnPartial());
+  msa::BatchTablesStorage tables;
+  pages.AppendVisiblePages(48, &tables);
+  EXPECT_EQ(tables.kv_page_ids, (std::vector<int32_t>{0, 1, 2, 90}));
+  EXPECT_EQ(tables.kv_page_pos, (std::vector<int32_t>{0, 16, 32, 48}));
+  EXPECT_EQ(tables.kv_page_len, (std::vector<int32_t>{16, 16, 16, 1}));
+  // A later plan of the longer context copies the new page's rows, not the
+  // sealed one's (its rows are resident wherever the plan finds them).
+  SequencePages next(MakePlan(50, {true, true, true}, 200));
+  const std::vector<SequencePages::RowCopy> copies = next.TakeCopiesFrom(pages);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0].src_block, 90);
+  EXPECT_EQ(copies[0].rows, 1);
+  EXPECT_EQ(next.pending(), (Runs{{49, 50}}));
 }
 
 TEST(SequencePagesTest, CopiesComeFromThePreviousLeasesComputedRows) {

@@ -85,6 +85,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"max-step-tokens", "4224"},
       {"max-context-tokens", "32768"},
       {"rpc-timeout", "2s"},
+      {"extend-leases", "false"},
       {"admission-timeout", "45s"},
       {"daemon-check-interval", "250ms"},
       {"coordinators", "c1:50061,c2:50061"},
