@@ -33,7 +33,7 @@ STATE_FIELDS = (
     "capacity_blocks", "free_blocks", "writing_blocks", "sealed_blocks", "pinned_blocks",
     "in_transfer_blocks", "indexed_blocks", "evictions", "active_leases", "active_exports",
     "agent_pinned_blocks", "agent_pinned_jobs", "steps", "hit_tokens", "rebuild_tokens",
-    "new_tokens", "last_event_sequence")
+    "new_tokens", "last_event_sequence", "lease_extensions")
 
 
 VOCAB = 1024      # the tiny model's vocabulary: token ids must lie in [0, VOCAB)
@@ -150,6 +150,56 @@ class DaemonApiTest(unittest.TestCase):
         self.assertEqual(other.plan.hit_tokens, 0)
         self.release(other.lease_id)
         self.assertEqual(self.stats().active_leases, 0)
+
+    def test_extend_lease_rolls_a_full_decode_page_over(self):
+        context = tokens(2 * BLOCK_TOKENS + 5, 2)  # the third page is partial (5 tokens)
+        reply = self.plan("py-extend", 13, context)
+        try:
+            committed = self.stub.CommitStep(
+                pb.CommitStepRequest(lease_id=reply.lease_id, keep_partial_last_page=True),
+                timeout=TIMEOUT)
+            self.assertEqual(committed.private_blocks, 1)
+            context += [(700 + i) % VOCAB for i in range(BLOCK_TOKENS - 5)]  # decode fills it
+            page = context[2 * BLOCK_TOKENS:]
+            before = self.stats()
+            extended = self.stub.ExtendLease(
+                pb.ExtendLeaseRequest(lease_id=reply.lease_id, page_tokens=page), timeout=TIMEOUT)
+            self.assertTrue(extended.sealed)
+            self.assertEqual(extended.position, 3 * BLOCK_TOKENS)
+            self.assertNotIn(extended.block_id, list(reply.plan.page_ids))
+            self.assertGreater(extended.lease_timeout_ms, 0)
+            after = self.stats()
+            self.assertEqual(after.lease_extensions, before.lease_extensions + 1)
+            self.assertEqual(after.indexed_blocks, before.indexed_blocks + 1)
+            self.assertEqual(after.steps, before.steps)  # no plan
+            # Another request of that context hits the sealed page.
+            other = self.plan("py-extend", 14, context + [3])
+            self.assertEqual(other.plan.hit_tokens, 3 * BLOCK_TOKENS)
+            self.release(other.lease_id)
+        finally:
+            self.release(reply.lease_id)
+
+    def test_extend_lease_refusals_change_nothing(self):
+        extend = lambda lease, page: self.stub.ExtendLease(
+            pb.ExtendLeaseRequest(lease_id=lease, page_tokens=page), timeout=TIMEOUT)
+        context = tokens(BLOCK_TOKENS + 3, 9)
+        page = context[BLOCK_TOKENS:] + tokens(BLOCK_TOKENS - 3, 10)  # the full second page
+        self.assert_refused(lambda: extend(0xFFFFFFFF0001, page), grpc.StatusCode.NOT_FOUND,
+                            "lease")
+        reply = self.plan("py-bad", 35, context)
+        try:
+            self.assert_refused(lambda: extend(reply.lease_id, page),
+                                grpc.StatusCode.FAILED_PRECONDITION, "not committed")
+            self.stub.CommitStep(
+                pb.CommitStepRequest(lease_id=reply.lease_id, keep_partial_last_page=True),
+                timeout=TIMEOUT)
+            self.assert_refused(lambda: extend(reply.lease_id, page[:-1]),
+                                grpc.StatusCode.INVALID_ARGUMENT, "page_tokens")
+            wrong = [(t + 1) % VOCAB for t in page]  # not the page's 3 planned tokens
+            self.assert_refused(lambda: extend(reply.lease_id, wrong),
+                                grpc.StatusCode.INVALID_ARGUMENT, "page_tokens")
+        finally:
+            self.release(reply.lease_id)
 
     def test_watch_events_snapshot_matches_the_index(self):
         reply = self.plan("py-events", 21, tokens(3 * BLOCK_TOKENS, 2))
