@@ -35,7 +35,8 @@
 # H200, else calibration/h100-llama-3-8b-engine.json: whole steps of that card
 # plus the engine's time outside the forward, docs/calibration.md; also what
 # the simulator predicts with),
-# STEP_TRACES=1 (every worker writes a step trace, copied to
+# WORKER_FLAGS (extra flags of every worker, space-separated, e.g.
+# "--extend-leases=false"; default none), STEP_TRACES=1 (every worker writes a step trace, copied to
 # $OUT/<part>-traces/<system>-<rate>/worker-<i>.steps.jsonl; compare with the
 # cost model by asymcache-fit-steps --trace), SYSTEMS_AGENT / SYSTEMS_DOCQA /
 # SYSTEMS_CHAT (the systems of a part, default
@@ -81,6 +82,7 @@ else
 fi
 GPU_ARGS=(--model=llama-3-8b --backend=cuda --pool-bytes="$POOL" --calibration="$CALIBRATION"
           --scale-delays="$DELAY_SCALE" --seed="$SEED" --require-no-errors)
+[[ -n "${WORKER_FLAGS:-}" ]] && GPU_ARGS+=(--worker_flags="$WORKER_FLAGS")
 
 status=0
 run_part() {
