@@ -59,6 +59,10 @@ absl::Status EngineOptions::Validate() const {
   if (max_context_tokens < 0) return bad("max_context_tokens: ", max_context_tokens, " < 0");
   if (rpc_timeout <= absl::ZeroDuration()) return bad("rpc_timeout: must be > 0");
   if (admission_timeout <= absl::ZeroDuration()) return bad("admission_timeout: must be > 0");
+  if (admission_retry_interval < absl::ZeroDuration() ||
+      admission_retry_interval == absl::InfiniteDuration()) {
+    return bad("admission_retry_interval: must be finite and >= 0");
+  }
   if (daemon_check_interval < absl::ZeroDuration()) {
     return bad("daemon_check_interval: must be >= 0");
   }
@@ -676,6 +680,18 @@ void Engine::Admit() {
                        Mix64(std::hash<std::string>{}(seq.request.session_id))) |
                  1);
     }
+    if (!MayRetryAdmission(seq)) {
+      if (absl::Now() - seq.arrival > options_.admission_timeout) {
+        Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
+                        "no KV blocks for this request within ",
+                        absl::FormatDuration(options_.admission_timeout),
+                        " (the pool stayed full); retry later or elsewhere")),
+               "");
+        waiting_.pop_front();
+        continue;
+      }
+      break;  // refused before and nothing came free since: no plan this step
+    }
     bool blocked = false;
     absl::Status s = BlocksFor(static_cast<int64_t>(seq.tokens.size())) > pool_blocks_.load()
                          ? absl::ResourceExhaustedError(absl::StrCat(
@@ -689,6 +705,11 @@ void Engine::Admit() {
       continue;
     }
     if (blocked) {
+      refusal_ = AdmissionRefusal{seq.id, absl::Now(), last_release_ticket_};
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.admission_refusals;
+      }
       if (absl::Now() - seq.arrival > options_.admission_timeout) {
         Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
                         "no KV blocks for this request within ",
@@ -705,6 +726,15 @@ void Engine::Admit() {
   }
 }
 
+bool Engine::MayRetryAdmission(const Sequence& seq) {
+  if (!refusal_.has_value() || refusal_->request_id != seq.id) return true;
+  if (last_release_ticket_ > refusal_->release_ticket) {
+    WaitForCall(last_release_ticket_);  // its blocks are free once it landed
+    return true;
+  }
+  return absl::Now() - refusal_->at >= options_.admission_retry_interval;
+}
+
 void Engine::ReleaseLeases(Sequence& seq, bool with_agent) {
   if (!seq.lease.active()) return;
   std::optional<AgentJob> agent;
@@ -717,6 +747,7 @@ void Engine::ReleaseLeases(Sequence& seq, bool with_agent) {
   seq.last_call = EnqueueCall([this, lease_id, agent = std::move(agent)] {
     (void)daemon_->ReleaseStep(lease_id, agent, options_.rpc_timeout);
   });
+  last_release_ticket_ = seq.last_call;
 }
 
 void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string& reason) {

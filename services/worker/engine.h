@@ -145,6 +145,17 @@ struct EngineOptions {
   // beyond any healthy queueing, short enough that a client retries
   // elsewhere. > 0.
   absl::Duration admission_timeout = absl::Seconds(60);
+  // A request at the head of the queue whose plan was refused for pool space
+  // is planned again only once one of this engine's lease releases landed
+  // after the refusal (a request finished or was preempted: blocks came free)
+  // or this long after the refusal (space freed elsewhere: agent pins that
+  // expire or give way under pressure, another client of the daemon). In
+  // between, steps send no plan for it: each refused plan re-sends the whole
+  // context (~2 ms a step at 32-64k tokens on an H200 host, 2026-11-28 traces).
+  // 100 ms: a few decode steps of llama-3-8b, small beside the seconds such a
+  // request waits at saturation. 0 = plan it again every step (the behaviour
+  // before 2026-11-28). >= 0.
+  absl::Duration admission_retry_interval = absl::Milliseconds(100);
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
   CalibrationParams calibration;
@@ -185,6 +196,8 @@ struct EngineStats {
   int64_t prefill_tokens = 0;
   int64_t copied_tokens = 0;
   int64_t page_rollovers = 0;  // decode pages rolled over by ExtendLease (no plan)
+  // Plans of the queue's head refused for pool space (admission_retry_interval).
+  int64_t admission_refusals = 0;
   int64_t preemptions = 0;
   int64_t finished_requests = 0;
   // Prompt/hole tokens not yet computed: the context of every request not
@@ -312,6 +325,18 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   uint64_t next_daemon_sequence_ = 0;
+  // The call-queue ticket of the latest lease release (ReleaseLeases).
+  uint64_t last_release_ticket_ = 0;
+  // The head of the queue's latest refused plan (options_.admission_retry_interval).
+  struct AdmissionRefusal {
+    uint64_t request_id = 0;
+    absl::Time at;
+    uint64_t release_ticket = 0;  // last_release_ticket_ then
+  };
+  std::optional<AdmissionRefusal> refusal_;
+  // Whether the head `seq`, refused before, may be planned again now (waits
+  // for the release that allows it to land).
+  bool MayRetryAdmission(const Sequence& seq);
 
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<Sequence>> arrivals_ ABSL_GUARDED_BY(mu_);

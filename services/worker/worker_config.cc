@@ -155,6 +155,11 @@ const Table& Settings() {
           Table::Duration("admission-timeout",
                           "a request not admitted this long after arriving (pool full) fails",
                           kDurationExamples, [](auto* o) { return &o->engine.admission_timeout; }),
+          Table::Duration("admission-retry-interval",
+                          "a request refused for pool space is planned again after a release "
+                          "of this worker or this long after the refusal (0 = every step)",
+                          kDurationExamples,
+                          [](auto* o) { return &o->engine.admission_retry_interval; }),
           Table::Duration("daemon-check-interval",
                           "how often the daemon's run is checked, to follow a restart (0 = never)",
                           kDurationExamples,

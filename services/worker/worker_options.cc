@@ -97,6 +97,12 @@ absl::Status WorkerOptions::Validate() const {
       !s.ok()) {
     return s;
   }
+  if (engine.admission_retry_interval < absl::ZeroDuration() ||
+      engine.admission_retry_interval == absl::InfiniteDuration()) {
+    return FlagValueError("admission-retry-interval",
+                          absl::FormatDuration(engine.admission_retry_interval),
+                          "must be finite and >= 0 (0 = every step)");
+  }
   if (engine.daemon_check_interval < absl::ZeroDuration() ||
       engine.daemon_check_interval == absl::InfiniteDuration()) {
     return FlagValueError("daemon-check-interval",

@@ -330,6 +330,47 @@ TEST(EngineTest, ARequestThePoolCannotAdmitInTimeEndsWithResourceExhausted) {
   EXPECT_EQ(again->tokens().size(), 2u);
 }
 
+// A request that does not fit beside a decoding one is planned again once the
+// decoding one's blocks are released, not at every step in between (unless
+// admission_retry_interval is 0); either way its tokens are exact.
+TEST(EngineTest, ARefusedAdmissionIsPlannedAgainAfterARelease) {
+  const model::WeightSource weights = TinyWeights(13);
+  std::mt19937_64 rng(17);
+  GenerationRequest first;
+  first.prompt = RandomTokens(rng, 40 * 16);  // 40 of the pool's 64 blocks, 44 at the end
+  first.max_new_tokens = 60;
+  first.return_logits = true;
+  GenerationRequest second;
+  second.prompt = RandomTokens(rng, 25 * 16);  // does not fit beside the first
+  second.max_new_tokens = 3;
+  second.return_logits = true;
+  for (const absl::Duration interval : {absl::Hours(1), absl::ZeroDuration()}) {
+    SCOPED_TRACE(absl::StrCat("admission_retry_interval ", absl::FormatDuration(interval)));
+    EngineOptions options;
+    options.admission_retry_interval = interval;
+    absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(64), weights, options);
+    ASSERT_TRUE(stack.ok()) << stack.status();
+    auto a = std::make_shared<CollectingSink>();
+    auto b = std::make_shared<CollectingSink>();
+    ASSERT_TRUE(stack->engine->Submit(first, a).ok());
+    ASSERT_TRUE(stack->engine->Submit(second, b).ok());
+    ASSERT_TRUE(a->Wait());
+    ASSERT_TRUE(b->Wait());
+    EXPECT_EQ(Compare(*a, Reference(weights, first), "first"), "");
+    EXPECT_EQ(Compare(*b, Reference(weights, second), "second"), "");
+    const EngineStats stats = stack->engine->stats();
+    EXPECT_GE(stats.admission_refusals, 1);
+    if (interval == absl::Hours(1)) {
+      // Refused while the first decodes (no release: its pages roll over by
+      // ExtendLease), planned again after the first's release.
+      EXPECT_LE(stats.admission_refusals, 2);
+    } else {
+      EXPECT_GE(stats.admission_refusals, 20);  // once a step while the first decodes
+    }
+    stack->engine->Shutdown();
+  }
+}
+
 TEST(EngineTest, AGenerationThatOutgrowsThePoolEndsWithResourceExhausted) {
   const model::WeightSource weights = TinyWeights(12);
   absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(8), weights, {});
