@@ -149,13 +149,16 @@ struct EngineOptions {
   // is planned again only once one of this engine's lease releases landed
   // after the refusal (a request finished or was preempted: blocks came free)
   // or this long after the refusal (space freed elsewhere: agent pins that
-  // expire or give way under pressure, another client of the daemon). In
+  // expire or give way under pressure — the daemon releases those while
+  // refusing plans, docs/scheduling.md — or another client of the daemon). In
   // between, steps send no plan for it: each refused plan re-sends the whole
-  // context (~2 ms a step at 32-64k tokens on an H200 host, 2026-11-28 traces).
-  // 100 ms: a few decode steps of llama-3-8b, small beside the seconds such a
-  // request waits at saturation. 0 = plan it again every step (the behaviour
-  // before 2026-11-28). >= 0.
-  absl::Duration admission_retry_interval = absl::Milliseconds(100);
+  // context (~2 ms a step at 32-64k tokens on an H200 host, 2026-11-28
+  // traces). 500 ms: several decode steps and a few long prefill steps of
+  // llama-3-8b (a 100 ms interval still retried at every 140 ms mixed step),
+  // short beside the seconds such a request waits at saturation and beside
+  // agent pin TTLs. 0 = plan it again every step (the behaviour before
+  // 2026-11-28). >= 0.
+  absl::Duration admission_retry_interval = absl::Milliseconds(500);
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
   CalibrationParams calibration;
