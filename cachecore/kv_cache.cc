@@ -285,7 +285,7 @@ void KvCache::ReturnLease(uint64_t lease_id, Lease lease) {
 }
 
 absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
-    uint64_t lease_id, absl::Span<const TokenId> page_tokens) {
+    uint64_t lease_id, absl::Span<const TokenId> page_tokens, bool reserve_spare) {
   const int block_tokens = options_.model.block_tokens;
   if (page_tokens.size() != static_cast<size_t>(block_tokens)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -325,16 +325,21 @@ absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
         "ExtendLease: lease ", lease_id, ": page_tokens do not start with the ",
         page.planned_tokens, " tokens planned for the page at position ", page.position));
   }
-  // The next page's block first: when the pool cannot supply it nothing changes.
-  std::vector<EvictedBlock> evicted;
-  absl::StatusOr<std::vector<BlockId>> next = pool_.Allocate(1, lease.sequence, &evicted);
-  for (const EvictedBlock& e : evicted) index_.EraseIf(e.hash, e.id);
-  Emit(KvEvent::Kind::kRemoved, evicted);
-  if (!next.ok()) {
-    ReturnLease(lease_id, std::move(lease));
-    return absl::Status(next.status().code(), absl::StrCat("ExtendLease: lease ", lease_id,
-                                                           ": ", next.status().message()));
+  // The next page's block first (the spare, else a new one): when the pool
+  // cannot supply it nothing changes.
+  BlockId next_block = lease.spare;
+  if (next_block == kNoBlock) {
+    absl::StatusOr<BlockId> allocated = AllocateOne(lease.sequence);
+    if (!allocated.ok()) {
+      ReturnLease(lease_id, std::move(lease));
+      return absl::Status(allocated.status().code(),
+                          absl::StrCat("ExtendLease: lease ", lease_id, ": ",
+                                       allocated.status().message()));
+    }
+    next_block = *allocated;
+    lease.allocated.push_back(next_block);
   }
+  lease.spare = kNoBlock;
   IndexedBlockInfo full;
   full.id = page.id;
   full.hash = ChainBlock(page.parent, page_tokens);
@@ -351,9 +356,15 @@ absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
     // Sealed: the lease's pin holds it now. A duplicate stays in `allocated`.
     lease.allocated.erase(std::find(lease.allocated.begin(), lease.allocated.end(), page.id));
   }
-  const BlockId next_block = next->front();
-  lease.allocated.push_back(next_block);
   lease.private_page = PrivatePage{next_block, page.position + block_tokens, full.hash, 0, {}};
+  if (reserve_spare) {
+    // Best effort: a pool that cannot spare a block leaves the lease without one.
+    if (absl::StatusOr<BlockId> spare = AllocateOne(lease.sequence); spare.ok()) {
+      lease.spare = *spare;
+      lease.allocated.push_back(*spare);
+    }
+  }
+  const BlockId spare = lease.spare;
   lease.deadline = clock_->Now() + options_.lease_timeout;
   EmitStored(sealing);
   {
@@ -362,7 +373,16 @@ absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
     --committing_;
     ++lease_extensions_;
   }
-  return LeaseExtension{next_block, page.position + block_tokens, !sealing.empty()};
+  return LeaseExtension{next_block, page.position + block_tokens, !sealing.empty(), spare};
+}
+
+absl::StatusOr<BlockId> KvCache::AllocateOne(SequenceId owner) {
+  std::vector<EvictedBlock> evicted;
+  absl::StatusOr<std::vector<BlockId>> ids = pool_.Allocate(1, owner, &evicted);
+  for (const EvictedBlock& e : evicted) index_.EraseIf(e.hash, e.id);
+  Emit(KvEvent::Kind::kRemoved, evicted);
+  if (!ids.ok()) return ids.status();
+  return ids->front();
 }
 
 void KvCache::ReleaseLease(Lease lease) {

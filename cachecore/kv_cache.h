@@ -149,13 +149,20 @@ class KvCache {
   // which becomes the lease's private page, and the lease is renewed.
   // RESOURCE_EXHAUSTED when the pool cannot supply that block (nothing
   // changed). NOT_FOUND for an unknown (or expired) lease.
+  // Spare: with reserve_spare the lease also keeps one more block for the
+  // page after that (allocated now if the pool can, else none: not an
+  // error), and the next ExtendLease makes that spare the new private page
+  // instead of allocating. An engine that knows the spare starts the next
+  // page in it at once and sends the ExtendLease off its step's path.
   struct LeaseExtension {
     BlockId block = kNoBlock;  // the next page's block (private, being written)
     int64_t position = 0;      // its first token position
     bool sealed = false;       // the full page was indexed (false: a duplicate)
+    BlockId spare = kNoBlock;  // the lease's spare block after the call (kNoBlock: none)
   };
   absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
-                                             absl::Span<const TokenId> page_tokens);
+                                             absl::Span<const TokenId> page_tokens,
+                                             bool reserve_spare = false);
   // NOT_FOUND for an unknown (or expired) lease.
   absl::Status ReleaseStep(uint64_t lease_id);
   // Releases the lease like ReleaseStep but hands its pins (resident pages
@@ -250,6 +257,7 @@ class KvCache {
     std::vector<BlockId> allocated;      // not yet sealed (uncommitted), duplicates, private page
     std::vector<IndexedBlockInfo> to_seal;  // identities of `allocated` (before commit)
     std::optional<PrivatePage> private_page;  // set by CommitStep(keep_partial) / ExtendLease
+    BlockId spare = kNoBlock;  // ExtendLease's reserved next block (also in `allocated`)
     BlockHash last_page_parent;  // chain parent of the plan's last page (the root for page 0)
   };
   struct SessionChain {
@@ -277,6 +285,8 @@ class KvCache {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
   void ReleaseLease(Lease lease);
   uint64_t NextLeaseIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
+  // One block for `owner` (evicting as Allocate does, kRemoved events).
+  absl::StatusOr<BlockId> AllocateOne(SequenceId owner);
   // Puts a lease taken out by CommitStep/ExtendLease back (--committing_).
   void ReturnLease(uint64_t lease_id, Lease lease) ABSL_LOCKS_EXCLUDED(leases_mu_);
   // Takes the lease out of leases_ (NOT_FOUND naming `op` when absent).

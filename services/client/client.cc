@@ -283,9 +283,10 @@ absl::StatusOr<absl::Duration> Client::RenewLease(uint64_t lease_id, absl::Durat
 
 absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id,
                                                    absl::Span<const TokenId> page_tokens,
-                                                   absl::Duration timeout) {
+                                                   bool reserve_spare, absl::Duration timeout) {
   v1::ExtendLeaseRequest request;
   request.set_lease_id(lease_id);
+  request.set_reserve_spare(reserve_spare);
   request.mutable_page_tokens()->Add(page_tokens.begin(), page_tokens.end());
   v1::ExtendLeaseResponse response;
   if (absl::Status s = rpc_->Call(&Stub::ExtendLease, request, &response, DeadlineFor(timeout));
@@ -295,7 +296,9 @@ absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id,
   return LeaseExtension{.block = response.block_id(),
                         .position = response.position(),
                         .sealed = response.sealed(),
-                        .lease_timeout = absl::Milliseconds(response.lease_timeout_ms())};
+                        .lease_timeout = absl::Milliseconds(response.lease_timeout_ms()),
+                        .spare = response.spare_block_id() < 0 ? kNoBlock
+                                                               : response.spare_block_id()};
 }
 
 // ---------------------------------------------------------------- lookup
@@ -711,9 +714,9 @@ absl::StatusOr<std::optional<JobPinDecision>> ScopedLease::Release(
 }
 
 absl::StatusOr<LeaseExtension> ScopedLease::Extend(absl::Span<const TokenId> page_tokens,
-                                                   absl::Duration timeout) {
+                                                   bool reserve_spare, absl::Duration timeout) {
   if (!active()) return absl::FailedPreconditionError("ScopedLease: no active lease to extend");
-  return client_->ExtendLease(step_.lease_id, page_tokens, timeout);
+  return client_->ExtendLease(step_.lease_id, page_tokens, reserve_spare, timeout);
 }
 
 uint64_t ScopedLease::Detach() {

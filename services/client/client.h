@@ -142,6 +142,7 @@ struct LeaseExtension {
   int64_t position = 0;           // its first token position
   bool sealed = false;            // the full page was indexed (false: a duplicate, kept private)
   absl::Duration lease_timeout;   // the lease expires this long from now
+  BlockId spare = kNoBlock;       // the lease's spare block (reserve_spare), kNoBlock: none
 };
 
 struct CommitOptions {
@@ -246,6 +247,7 @@ class ScopedLease {
   absl::StatusOr<absl::Duration> Renew(absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ExtendLease.
   absl::StatusOr<LeaseExtension> Extend(absl::Span<const TokenId> page_tokens,
+                                        bool reserve_spare = false,
                                         absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ReleaseStep, after
   // which the lease is inactive.
@@ -377,9 +379,12 @@ class Client {
                                             absl::Duration timeout = kDefaultTimeout);
   // Decode page rollover (ExtendLeaseRequest): the lease's private page is
   // full with `page_tokens` (block_tokens of them); it is sealed and the next
-  // page's block is allocated. Errors as the RPC's (cache_daemon.proto).
+  // page's block is allocated (the spare when the lease has one; with
+  // reserve_spare one more is kept for the page after). Errors as the RPC's
+  // (cache_daemon.proto).
   absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
                                              absl::Span<const TokenId> page_tokens,
+                                             bool reserve_spare = false,
                                              absl::Duration timeout = kDefaultTimeout);
 
   // ------------------------------------------------------------ lookup

@@ -229,12 +229,13 @@ grpc::ServerUnaryReactor* CacheDaemonService::ExtendLease(grpc::CallbackServerCo
     const absl::Span<const TokenId> page(request->page_tokens().data(),
                                          static_cast<size_t>(request->page_tokens_size()));
     absl::StatusOr<KvCache::LeaseExtension> extension =
-        state_->cache().ExtendLease(request->lease_id(), page);
+        state_->cache().ExtendLease(request->lease_id(), page, request->reserve_spare());
     if (!extension.ok()) return extension.status();
     response->set_block_id(extension->block);
     response->set_position(extension->position);
     response->set_sealed(extension->sealed);
     response->set_lease_timeout_ms(ToMillis(state_->options().lease_timeout));
+    response->set_spare_block_id(extension->spare);
     return absl::OkStatus();
   });
 }

@@ -86,6 +86,28 @@ struct Engine::CallError {
   }
 };
 
+// The spare block the daemon keeps for a lease's page after next
+// (ExtendLease reserve_spare), as the last answer for that lease said. Set by
+// the call thread (asynchronous extensions) or the step thread, taken by the
+// step thread at the sequence's next rollover.
+struct Engine::SpareBlock {
+  absl::Mutex mu;
+  uint64_t lease_id ABSL_GUARDED_BY(mu) = 0;
+  int32_t block ABSL_GUARDED_BY(mu) = -1;
+  void Set(uint64_t lease, int32_t spare) {
+    absl::MutexLock lock(&mu);
+    lease_id = lease;
+    block = spare;
+  }
+  // The spare of `lease` (then forgotten: it becomes the private page), or
+  // -1 when there is none or it belongs to another lease.
+  int32_t Take(uint64_t lease) {
+    absl::MutexLock lock(&mu);
+    if (lease_id != lease) return -1;
+    return std::exchange(block, -1);
+  }
+};
+
 // One request in the engine (step thread only, after arrival).
 struct Engine::Sequence {
   uint64_t id = 0;
@@ -117,6 +139,7 @@ struct Engine::Sequence {
   // ticket of the last one, and the first error one of them met.
   uint64_t last_call = 0;
   std::shared_ptr<CallError> call_error = std::make_shared<CallError>();
+  std::shared_ptr<SpareBlock> spare = std::make_shared<SpareBlock>();
   int64_t last_token_us = -1;   // emission time of its previous token (-1: none yet)
   RequestStats stats;
 };
@@ -563,7 +586,7 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
 absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
   // Its commit must have landed, so the plan finds the pages it sealed.
   WaitForCall(seq.last_call);
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep", s);
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep/ExtendLease", s);
   double rpc = 0;
   absl::StatusOr<ScopedLease> lease;
   {
@@ -627,25 +650,62 @@ bool Engine::RollsOver(const Sequence& seq) const {
 }
 
 std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs) {
-  // Their commits must have landed: the private page exists from then on.
+  // Their commits and earlier extensions must have landed: the private page
+  // exists from then on, and the spare they reported is known.
   for (Sequence* seq : seqs) WaitForCall(seq->last_call);
   const int64_t b = config_.block_tokens;
-  std::vector<absl::StatusOr<LeaseExtension>> extensions(
-      seqs.size(), absl::UnknownError("not issued"));
-  const absl::Time start = absl::Now();
-  ForEachConcurrently(seqs.size(), [&](size_t i) {
-    Sequence& seq = *seqs[i];  // one sequence per call: no two threads share one
+  auto page_of = [b](const Sequence& seq) {
     const int64_t page_end = seq.pages.context_tokens();
-    extensions[i] = seq.lease.Extend(
-        absl::MakeConstSpan(seq.tokens).subspan(static_cast<size_t>(page_end - b),
-                                               static_cast<size_t>(b)),
-        options_.rpc_timeout);
-  });
-  const double rpc = SecondsSince(start);
-  std::vector<Sequence*> failed;
+    return absl::MakeConstSpan(seq.tokens).subspan(static_cast<size_t>(page_end - b),
+                                                  static_cast<size_t>(b));
+  };
+  // A sequence whose lease has a spare starts the next page in it now; the
+  // ExtendLease that seals the full page (and makes the spare the private
+  // page, reserving the next spare) goes to the call thread, like a commit:
+  // its failure ends the request at its next step.
+  std::vector<Sequence*> waited;
   int64_t rolled = 0;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    Sequence& seq = *seqs[i];
+  for (Sequence* seq : seqs) {
+    const uint64_t lease_id = seq->lease.lease_id();
+    const int32_t spare = seq->spare->Take(lease_id);
+    if (spare < 0) {
+      waited.push_back(seq);
+      continue;
+    }
+    const absl::Span<const int32_t> full = page_of(*seq);
+    std::vector<int32_t> page(full.begin(), full.end());
+    seq->pages.StartPrivatePage(spare);
+    seq->renew_due = absl::Now() + seq->lease.step().lease_timeout / 3;
+    seq->last_call = EnqueueCall([this, lease_id, page = std::move(page), spare,
+                                  slot = seq->spare, error = seq->call_error] {
+      absl::StatusOr<LeaseExtension> next =
+          daemon_->ExtendLease(lease_id, page, /*reserve_spare=*/true, options_.rpc_timeout);
+      if (!next.ok()) {
+        error->Set(next.status());
+      } else if (next->block != spare) {
+        error->Set(absl::InternalError(
+            absl::StrCat("ExtendLease: the daemon made block ", next->block,
+                         " the private page, not the lease's spare ", spare)));
+      } else {
+        slot->Set(lease_id, next->spare);
+      }
+    });
+    ++rolled;
+  }
+  // The others wait for their answer (the first rollover of a lease, or a
+  // pool that could not spare a block).
+  std::vector<absl::StatusOr<LeaseExtension>> extensions(
+      waited.size(), absl::UnknownError("not issued"));
+  const absl::Time start = absl::Now();
+  ForEachConcurrently(waited.size(), [&](size_t i) {
+    Sequence& seq = *waited[i];  // one sequence per call: no two threads share one
+    extensions[i] = seq.lease.Extend(page_of(seq), /*reserve_spare=*/true, options_.rpc_timeout);
+  });
+  const double rpc = waited.empty() ? 0.0 : SecondsSince(start);
+  std::vector<Sequence*> failed;
+  int64_t waited_ok = 0;
+  for (size_t i = 0; i < waited.size(); ++i) {
+    Sequence& seq = *waited[i];
     // Any failure (pool full, an expired lease, a daemon without the RPC)
     // falls back to planning the longer context, which handles each case.
     if (!extensions[i].ok() || extensions[i]->position != seq.pages.context_tokens()) {
@@ -653,17 +713,20 @@ std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs
       continue;
     }
     seq.pages.StartPrivatePage(extensions[i]->block);
+    seq.spare->Set(seq.lease.lease_id(), extensions[i]->spare);
     seq.renew_due = absl::Now() + extensions[i]->lease_timeout / 3;
     ++rolled;
+    ++waited_ok;
   }
   absl::MutexLock lock(&mu_);
   stats_.rpc_seconds += rpc;
   stats_.page_rollovers += rolled;
+  stats_.waited_rollovers += waited_ok;
   return failed;
 }
 
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep", s);
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep/ExtendLease", s);
   const std::optional<int64_t> target = PlanTarget(seq);
   if (!target.has_value()) return absl::OkStatus();
   return PlanNext(seq, *target, blocked);
@@ -791,7 +854,7 @@ bool Engine::Step() {
     Sequence& seq = **it;
     seq.blocked = false;
     absl::Status s = seq.call_error->Get();
-    if (!s.ok()) s = DaemonCallError("CommitStep", s);
+    if (!s.ok()) s = DaemonCallError("CommitStep/ExtendLease", s);
     // Keep leases alive through long decodes (in-place extensions make no RPC).
     if (s.ok() && seq.lease.active() && absl::Now() >= seq.renew_due) {
       double rpc = 0;

@@ -199,6 +199,8 @@ struct EngineStats {
   int64_t prefill_tokens = 0;
   int64_t copied_tokens = 0;
   int64_t page_rollovers = 0;  // decode pages rolled over by ExtendLease (no plan)
+  // Of which the step waited for the ExtendLease answer (no spare known yet).
+  int64_t waited_rollovers = 0;
   // Plans of the queue's head refused for pool space (admission_retry_interval).
   int64_t admission_refusals = 0;
   int64_t preemptions = 0;
@@ -250,6 +252,7 @@ class Engine {
  private:
   struct Sequence;
   struct CallError;
+  struct SpareBlock;
   Engine(model::ModelBackend* backend, Client* daemon, EngineOptions options,
          int64_t max_context_tokens, int64_t pool_blocks, std::string daemon_instance);
   void Loop();
@@ -292,8 +295,11 @@ class Engine {
   // Decode page rollover: the next token needs a new page and the private
   // last page is full (SequencePages::PrivatePageIsFull).
   bool RollsOver(const Sequence& seq) const;
-  // ExtendLease for each of `seqs` at once (after their commits landed); a
-  // sequence whose extension failed is returned, to be planned instead.
+  // Rolls each of `seqs` over to its next page (after their commits landed):
+  // into the lease's spare block at once when its last ExtendLease reported
+  // one (that page's ExtendLease then runs on the call thread), else by
+  // ExtendLease calls issued at once and waited for. A sequence whose
+  // waited-for extension failed is returned, to be planned instead.
   std::vector<Sequence*> RollOver(absl::Span<Sequence* const> seqs);
   void Finish(Sequence& seq, const absl::Status& status, const std::string& reason);
   void Preempt(Sequence& seq);

@@ -308,6 +308,49 @@ TEST(KvCacheTest, ExtendLeaseSealsTheFullPrivatePageAndAllocatesTheNext) {
   EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
 }
 
+// reserve_spare: the lease keeps the block of the page after next, which the
+// next extension turns into the private page; a full pool gives no spare.
+TEST(KvCacheTest, ExtendLeaseReservesASpareForTheFollowingPage) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 6);
+  std::vector<TokenId> context = Tokens(20);  // 1 full page + 4 tokens
+  auto a = cache->BeginStep(StepRequest{"s", 1, context});
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
+  for (int i = 0; i < 12; ++i) context.push_back(500 + i);  // 32
+  auto first = cache->ExtendLease(
+      a->lease_id, absl::MakeConstSpan(context).subspan(16, static_cast<size_t>(kB)), true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_NE(first->spare, kNoBlock);
+  EXPECT_NE(first->spare, first->block);
+  EXPECT_EQ(cache->GetStats().pool.writing, 2);  // the private page and the spare
+  for (int i = 0; i < kB; ++i) context.push_back(600 + i);  // 48
+  // The spare becomes the private page; the pool (6 blocks: 3 sealed, 2 in
+  // this lease, 1 free) still has one for a new spare.
+  auto second = cache->ExtendLease(
+      a->lease_id, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)), true);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->block, first->spare);
+  EXPECT_EQ(second->position, 48);
+  ASSERT_NE(second->spare, kNoBlock);
+  // Another lease takes the pool's last free block, and every sealed page is
+  // pinned by this lease: the third extension gets no spare (and no error).
+  auto other = cache->BeginStep(StepRequest{"other", 2, Tokens(1, 900)});
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(cache->GetStats().pool.free, 0);
+  for (int i = 0; i < kB; ++i) context.push_back(700 + i);  // 64
+  auto third = cache->ExtendLease(
+      a->lease_id, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)), true);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->block, second->spare);
+  EXPECT_EQ(third->spare, kNoBlock);
+  ASSERT_TRUE(cache->ReleaseStep(other->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(a->lease_id).ok());
+  const KvCache::Stats stats = cache->GetStats();
+  EXPECT_EQ(stats.pool.writing, 0);  // private page and spare freed at release
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
 TEST(KvCacheTest, ExtendLeaseOfTheFirstPageChainsFromTheSaltRoot) {
   FakeClock clock;
   auto cache = MakeCache(&clock, 8);

@@ -210,6 +210,16 @@ TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
   EXPECT_EQ(stats.lease_extensions, 1);
   EXPECT_EQ(stats.steps, 1);
 
+  EXPECT_EQ(extension.spare, kNoBlock);  // none asked for
+  // With reserve_spare the lease keeps the following page's block too.
+  for (int i = 0; i < B; ++i) context.push_back(950 + i);
+  ASSERT_OK_AND_ASSIGN(LeaseExtension spared,
+                       lease.Extend(absl::MakeConstSpan(context).subspan(3 * B, B),
+                                    /*reserve_spare=*/true));
+  EXPECT_NE(spared.spare, kNoBlock);
+  EXPECT_EQ(Stats().writing_blocks, 2);  // the private page and the spare
+  context.resize(3 * B);  // the request below reads the first three pages
+
   // The sealed page serves another request of the same context.
   context.push_back(1);
   ASSERT_OK_AND_ASSIGN(LeasedStep other, client_->PlanStep("s", 2, context));

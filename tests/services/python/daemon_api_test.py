@@ -168,13 +168,27 @@ class DaemonApiTest(unittest.TestCase):
             self.assertEqual(extended.position, 3 * BLOCK_TOKENS)
             self.assertNotIn(extended.block_id, list(reply.plan.page_ids))
             self.assertGreater(extended.lease_timeout_ms, 0)
+            self.assertEqual(extended.spare_block_id, -1)  # none asked for
             after = self.stats()
             self.assertEqual(after.lease_extensions, before.lease_extensions + 1)
             self.assertEqual(after.indexed_blocks, before.indexed_blocks + 1)
             self.assertEqual(after.steps, before.steps)  # no plan
-            # Another request of that context hits the sealed page.
+            # With a spare: the next extension turns it into the private page.
+            context += [(800 + i) % VOCAB for i in range(BLOCK_TOKENS)]
+            spared = self.stub.ExtendLease(
+                pb.ExtendLeaseRequest(lease_id=reply.lease_id, reserve_spare=True,
+                                      page_tokens=context[3 * BLOCK_TOKENS:]), timeout=TIMEOUT)
+            self.assertEqual(spared.position, 4 * BLOCK_TOKENS)
+            self.assertGreaterEqual(spared.spare_block_id, 0)
+            context += [(900 + i) % VOCAB for i in range(BLOCK_TOKENS)]
+            third = self.stub.ExtendLease(
+                pb.ExtendLeaseRequest(lease_id=reply.lease_id,
+                                      page_tokens=context[4 * BLOCK_TOKENS:]), timeout=TIMEOUT)
+            self.assertEqual(third.block_id, spared.spare_block_id)
+            self.assertEqual(third.spare_block_id, -1)
+            # Another request of that context hits the sealed pages.
             other = self.plan("py-extend", 14, context + [3])
-            self.assertEqual(other.plan.hit_tokens, 3 * BLOCK_TOKENS)
+            self.assertEqual(other.plan.hit_tokens, 5 * BLOCK_TOKENS)
             self.release(other.lease_id)
         finally:
             self.release(reply.lease_id)

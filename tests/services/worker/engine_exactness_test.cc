@@ -224,10 +224,14 @@ TEST_P(EngineRolloverTest, FixedSmallChunksAndDecodePageRolloversStayExact) {
   if (extend) {
     EXPECT_EQ(sink->stats().copied_tokens, 0);
     EXPECT_EQ(engine.page_rollovers, 2);
+    // The first waits for its answer; the second starts in the spare that
+    // answer reserved and seals the full page off the step thread.
+    EXPECT_EQ(engine.waited_rollovers, 1);
     EXPECT_EQ(stats.lease_extensions, 2);
   } else {
     EXPECT_EQ(sink->stats().copied_tokens, 2 * 16);  // the full page, at each rollover
     EXPECT_EQ(engine.page_rollovers, 0);
+    EXPECT_EQ(engine.waited_rollovers, 0);
     EXPECT_EQ(stats.lease_extensions, 0);
   }
   EXPECT_EQ(stats.active_leases, 0);
