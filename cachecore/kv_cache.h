@@ -246,7 +246,7 @@ class KvCache {
     BlockId id = kNoBlock;
     int64_t position = 0;
     BlockHash parent;          // hash of the page before it (the salt root for page 0)
-    int32_t planned_tokens = 0;  // tokens the plan hashed for it (0: allocated by ExtendLease)
+    int64_t planned_tokens = 0;  // tokens the plan hashed for it (0: allocated by ExtendLease)
     BlockHash planned_hash;    // ChainBlock(parent, those tokens) when planned_tokens > 0
   };
   struct Lease {

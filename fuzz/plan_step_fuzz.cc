@@ -21,6 +21,13 @@
 //   - commit, then the same request again: every page resident, in the same
 //     blocks; invalidate one block: exactly that page is rebuilt (a hole, or
 //     the tail when it is the last page);
+//   - decode rollover (ExtendLease): committed with keep_partial_last_page,
+//     a context whose last page is partial rolls that page over once full
+//     (tokens of the request, then filler): sealed under the extended
+//     context's chain hash, the next page at the right position, a spare
+//     when asked; a page whose planned tokens differ is INVALID_ARGUMENT and
+//     a block-aligned context (no private page) FAILED_PRECONDITION, both
+//     changing nothing;
 //   - afterwards (release, invalidate) the pool is empty again: nothing
 //     leaked, and KvCache::CheckConsistency() holds.
 // Every input starts from an empty cache, so a crash reproduces from its
@@ -132,6 +139,8 @@ class PlanStepHarness {
   void Commit(uint64_t lease_id, int64_t expected_sealed);
   void Release(uint64_t lease_id);
   void Invalidate(absl::Span<const int32_t> block_ids);
+  // Step 5 of Run: plan, commit keeping the partial page, ExtendLease.
+  void RollOver(const v1::PlanStepRequest& request);
   // The accepted plan against the request: geometry, residency per page
   // (`resident`), the counters and the ids.
   void CheckPlan(const v1::PlanStepRequest& request, const v1::PlanStepResponse& response,
@@ -343,6 +352,83 @@ void PlanStepHarness::Run(const v1::PlanStepRequest& request) {
   Invalidate(absl::MakeConstSpan(third.plan().page_ids().data(), third.plan().page_ids_size()));
   cache().ForgetSession(request.sequence_id());
   CheckEmpty("after invalidating the request's blocks");
+
+  // 5. Decode rollover, when the pool has room for the next page and a spare.
+  if (pages + 2 <= kPoolBlocks) RollOver(request);
+}
+
+void PlanStepHarness::RollOver(const v1::PlanStepRequest& request) {
+  const int64_t n = request.tokens_size();
+  const int block = model().block_tokens;
+  const int64_t pages = (n + block - 1) / block;
+  v1::PlanStepResponse planned;
+  const grpc::Status plan = Plan(request, &planned);
+  FUZZ_CHECK(plan.ok(), "planning for the rollover: ", plan.error_message());
+  const uint64_t lease = planned.lease_id();
+  {
+    grpc::ClientContext ctx;
+    v1::CommitStepRequest commit;
+    commit.set_lease_id(lease);
+    commit.set_keep_partial_last_page(true);
+    v1::CommitStepResponse committed;
+    const grpc::Status s = stub_->CommitStep(&ctx, commit, &committed);
+    FUZZ_CHECK(s.ok(), "CommitStep keeping the partial page: ", s.error_message());
+    FUZZ_CHECK(committed.private_blocks() == (n % block != 0 ? 1 : 0), "private blocks ",
+               committed.private_blocks(), " for ", n, " tokens");
+  }
+  // The full last page: the request's tokens of that page, then filler.
+  std::vector<int32_t> context(request.tokens().begin(), request.tokens().end());
+  while (static_cast<int64_t>(context.size()) < pages * block) {
+    context.push_back(context[context.size() % static_cast<size_t>(n)]);
+  }
+  const int64_t page_begin = (pages - 1) * block;
+  auto extend = [&](absl::Span<const int32_t> page, bool spare, v1::ExtendLeaseResponse* out) {
+    grpc::ClientContext ctx;
+    v1::ExtendLeaseRequest extend_request;
+    extend_request.set_lease_id(lease);
+    extend_request.mutable_page_tokens()->Assign(page.begin(), page.end());
+    extend_request.set_reserve_spare(spare);
+    return FromGrpcStatus(stub_->ExtendLease(&ctx, extend_request, out));
+  };
+  const absl::Span<const int32_t> page =
+      absl::MakeConstSpan(context).subspan(static_cast<size_t>(page_begin),
+                                           static_cast<size_t>(block));
+  const KvCache::Stats before = cache().GetStats();
+  v1::ExtendLeaseResponse out;
+  if (n % block == 0) {
+    const absl::Status refused = extend(page, false, &out);
+    FUZZ_CHECK(refused.code() == absl::StatusCode::kFailedPrecondition,
+               "ExtendLease without a private page: ", refused.ToString());
+  } else {
+    std::vector<int32_t> wrong(page.begin(), page.end());
+    wrong[0] = static_cast<int32_t>((wrong[0] + 1) % model().vocab_size);  // a planned token differs
+    const absl::Status refused = extend(wrong, false, &out);
+    FUZZ_CHECK(refused.code() == absl::StatusCode::kInvalidArgument,
+               "ExtendLease with a page that contradicts the plan: ", refused.ToString());
+  }
+  const KvCache::Stats after_refusal = cache().GetStats();
+  FUZZ_CHECK(after_refusal.indexed_blocks == before.indexed_blocks &&
+                 after_refusal.pool.free == before.pool.free &&
+                 after_refusal.pool.writing == before.pool.writing,
+             "a refused ExtendLease changed the cache");
+  std::vector<int32_t> sealed(planned.plan().page_ids().begin(), planned.plan().page_ids().end());
+  if (n % block != 0) {
+    const bool spare = (request.sequence_id() & 1) != 0;
+    const absl::Status s = extend(page, spare, &out);
+    FUZZ_CHECK(s.ok(), "ExtendLease of the full private page: ", s.ToString());
+    FUZZ_CHECK(out.sealed() && out.position() == pages * block &&
+                   (out.spare_block_id() >= 0) == spare,
+               "ExtendLease: sealed ", out.sealed(), ", position ", out.position(), ", spare ",
+               out.spare_block_id(), " for ", pages, " pages, spare asked ", spare);
+    const BlockHash full = ChainHashes(request.salt(), context, block).back();
+    const std::vector<int64_t> where = cache().LookupPositions(absl::MakeConstSpan(&full, 1));
+    FUZZ_CHECK(where[0] == page_begin, "the sealed page is indexed at ", where[0], ", wanted ",
+               page_begin);
+  }
+  Release(lease);
+  Invalidate(sealed);
+  cache().ForgetSession(request.sequence_id());
+  CheckEmpty("after the rollover");
 }
 
 }  // namespace
