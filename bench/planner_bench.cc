@@ -173,7 +173,8 @@ void BM_DecodeRollover(benchmark::State& state, const std::string& policy_name) 
     const auto t0 = std::chrono::steady_clock::now();
     if (extend) {
       const auto page = absl::MakeConstSpan(tokens).subspan(tokens.size() - 1 - b, b);
-      absl::StatusOr<KvCache::LeaseExtension> next = cache->ExtendLease(lease->lease_id, page);
+      absl::StatusOr<KvCache::LeaseExtension> next = cache->ExtendLease(
+          lease->lease_id, static_cast<int64_t>(tokens.size()) - 1 - b, page);
       if (!next.ok()) {
         state.SkipWithError(std::string(next.status().message()).c_str());
         break;

@@ -285,7 +285,8 @@ void KvCache::ReturnLease(uint64_t lease_id, Lease lease) {
 }
 
 absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
-    uint64_t lease_id, absl::Span<const TokenId> page_tokens, bool reserve_spare) {
+    uint64_t lease_id, int64_t position, absl::Span<const TokenId> page_tokens,
+    bool reserve_spare) {
   const int block_tokens = options_.model.block_tokens;
   if (page_tokens.size() != static_cast<size_t>(block_tokens)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -310,6 +311,12 @@ absl::StatusOr<KvCache::LeaseExtension> KvCache::ExtendLease(
           "ExtendLease: lease ", lease_id,
           " has no private page (its last page was sealed or resident: plan the longer "
           "context instead)"));
+    }
+    if (it->second.private_page->position != position) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ExtendLease: lease ", lease_id, ": its private page starts at position ",
+          it->second.private_page->position, ", not ", position,
+          " (a stale or reordered call)"));
     }
     // Taken out as CommitStep does (a concurrent call on it sees NOT_FOUND).
     lease = std::move(it->second);

@@ -14,11 +14,13 @@
 //   ReleaseStep drop the lease's pins; allocated blocks not committed are freed.
 //   ExtendLease (decode page rollover, after a CommitStep that kept the
 //               partial last page private) the private page is full and
-//               written: seal and index it under its full hash and allocate
-//               one block for the next page, the lease's new private page.
-//               No plan, no hashing of the context (DESIGN.md §3.3).
+//               written: seal and index it under its full hash (a duplicate
+//               stays private, as at commit) and give the lease a block for
+//               the next page (its spare, else a new one), the lease's new
+//               private page. No plan, no hashing of the context.
 // Leases not released within lease_timeout (measured on the injected clock
-// from BeginStep, renewed by CommitStep) are released by ExpireLeases().
+// from BeginStep, renewed by CommitStep, ExtendLease and RenewLease) are
+// released by ExpireLeases().
 //
 // Session chains: per SequenceId the cache keeps the HashChain of the last
 // BeginStep (its salt, every token, every block hash) and the page ids of
@@ -139,9 +141,11 @@ class KvCache {
   // Decode page rollover without planning the context again. Precondition
   // (else FAILED_PRECONDITION, nothing changed): the lease is committed and
   // holds a private page (CommitStep kept the partial last page, or an earlier
-  // ExtendLease allocated it). `page_tokens` are that page's tokens, exactly
-  // block_tokens of them, every row written (INVALID_ARGUMENT otherwise, or
-  // when they do not start with the tokens the plan hashed for the page).
+  // ExtendLease allocated it) that starts at `position` (a stale or reordered
+  // call names another page). `page_tokens` are that page's tokens, exactly
+  // block_tokens of them (INVALID_ARGUMENT otherwise, or when they do not
+  // start with the tokens the plan hashed for the page); the caller has
+  // written every row (the daemon cannot check that).
   // The page is indexed and sealed under ChainBlock(its parent, page_tokens)
   // (pinned by the lease; a duplicate when that hash was indexed meanwhile:
   // then it stays private and is freed at release, as at commit), one block is
@@ -160,7 +164,7 @@ class KvCache {
     bool sealed = false;       // the full page was indexed (false: a duplicate)
     BlockId spare = kNoBlock;  // the lease's spare block after the call (kNoBlock: none)
   };
-  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
+  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id, int64_t position,
                                              absl::Span<const TokenId> page_tokens,
                                              bool reserve_spare = false);
   // NOT_FOUND for an unknown (or expired) lease.

@@ -382,10 +382,12 @@ void PlanStepHarness::RollOver(const v1::PlanStepRequest& request) {
     context.push_back(context[context.size() % static_cast<size_t>(n)]);
   }
   const int64_t page_begin = (pages - 1) * block;
-  auto extend = [&](absl::Span<const int32_t> page, bool spare, v1::ExtendLeaseResponse* out) {
+  auto extend = [&](absl::Span<const int32_t> page, bool spare, v1::ExtendLeaseResponse* out,
+                    int64_t position) {
     grpc::ClientContext ctx;
     v1::ExtendLeaseRequest extend_request;
     extend_request.set_lease_id(lease);
+    extend_request.set_position(position);
     extend_request.mutable_page_tokens()->Assign(page.begin(), page.end());
     extend_request.set_reserve_spare(spare);
     return FromGrpcStatus(stub_->ExtendLease(&ctx, extend_request, out));
@@ -396,15 +398,19 @@ void PlanStepHarness::RollOver(const v1::PlanStepRequest& request) {
   const KvCache::Stats before = cache().GetStats();
   v1::ExtendLeaseResponse out;
   if (n % block == 0) {
-    const absl::Status refused = extend(page, false, &out);
+    const absl::Status refused = extend(page, false, &out, page_begin);
     FUZZ_CHECK(refused.code() == absl::StatusCode::kFailedPrecondition,
                "ExtendLease without a private page: ", refused.ToString());
   } else {
     std::vector<int32_t> wrong(page.begin(), page.end());
     wrong[0] = static_cast<int32_t>((wrong[0] + 1) % model().vocab_size);  // a planned token differs
-    const absl::Status refused = extend(wrong, false, &out);
+    const absl::Status refused = extend(wrong, false, &out, page_begin);
     FUZZ_CHECK(refused.code() == absl::StatusCode::kInvalidArgument,
                "ExtendLease with a page that contradicts the plan: ", refused.ToString());
+    const absl::Status stale = extend(page, false, &out, page_begin + block);
+    FUZZ_CHECK(stale.code() == absl::StatusCode::kFailedPrecondition ||
+                   stale.code() == absl::StatusCode::kInvalidArgument,  // past max_context_tokens
+               "ExtendLease naming another page: ", stale.ToString());
   }
   const KvCache::Stats after_refusal = cache().GetStats();
   FUZZ_CHECK(after_refusal.indexed_blocks == before.indexed_blocks &&
@@ -414,10 +420,10 @@ void PlanStepHarness::RollOver(const v1::PlanStepRequest& request) {
   std::vector<int32_t> sealed(planned.plan().page_ids().begin(), planned.plan().page_ids().end());
   if (n % block != 0) {
     const bool spare = (request.sequence_id() & 1) != 0;
-    const absl::Status s = extend(page, spare, &out);
+    const absl::Status s = extend(page, spare, &out, page_begin);
     FUZZ_CHECK(s.ok(), "ExtendLease of the full private page: ", s.ToString());
     FUZZ_CHECK(out.sealed() && out.position() == pages * block &&
-                   (out.spare_block_id() >= 0) == spare,
+                   out.has_spare_block_id() == spare,
                "ExtendLease: sealed ", out.sealed(), ", position ", out.position(), ", spare ",
                out.spare_block_id(), " for ", pages, " pages, spare asked ", spare);
     const BlockHash full = ChainHashes(request.salt(), context, block).back();

@@ -281,11 +281,12 @@ absl::StatusOr<absl::Duration> Client::RenewLease(uint64_t lease_id, absl::Durat
   return absl::Milliseconds(response.lease_timeout_ms());
 }
 
-absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id,
+absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id, int64_t position,
                                                    absl::Span<const TokenId> page_tokens,
                                                    bool reserve_spare, absl::Duration timeout) {
   v1::ExtendLeaseRequest request;
   request.set_lease_id(lease_id);
+  request.set_position(position);
   request.set_reserve_spare(reserve_spare);
   request.mutable_page_tokens()->Add(page_tokens.begin(), page_tokens.end());
   v1::ExtendLeaseResponse response;
@@ -297,8 +298,8 @@ absl::StatusOr<LeaseExtension> Client::ExtendLease(uint64_t lease_id,
                         .position = response.position(),
                         .sealed = response.sealed(),
                         .lease_timeout = absl::Milliseconds(response.lease_timeout_ms()),
-                        .spare = response.spare_block_id() < 0 ? kNoBlock
-                                                               : response.spare_block_id()};
+                        .spare = response.has_spare_block_id() ? response.spare_block_id()
+                                                               : kNoBlock};
 }
 
 // ---------------------------------------------------------------- lookup
@@ -713,10 +714,11 @@ absl::StatusOr<std::optional<JobPinDecision>> ScopedLease::Release(
   return client->ReleaseStep(step_.lease_id, agent, timeout);
 }
 
-absl::StatusOr<LeaseExtension> ScopedLease::Extend(absl::Span<const TokenId> page_tokens,
+absl::StatusOr<LeaseExtension> ScopedLease::Extend(int64_t position,
+                                                   absl::Span<const TokenId> page_tokens,
                                                    bool reserve_spare, absl::Duration timeout) {
   if (!active()) return absl::FailedPreconditionError("ScopedLease: no active lease to extend");
-  return client_->ExtendLease(step_.lease_id, page_tokens, reserve_spare, timeout);
+  return client_->ExtendLease(step_.lease_id, position, page_tokens, reserve_spare, timeout);
 }
 
 uint64_t ScopedLease::Detach() {

@@ -246,7 +246,7 @@ class ScopedLease {
   // FAILED_PRECONDITION when inactive; otherwise Client::RenewLease.
   absl::StatusOr<absl::Duration> Renew(absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ExtendLease.
-  absl::StatusOr<LeaseExtension> Extend(absl::Span<const TokenId> page_tokens,
+  absl::StatusOr<LeaseExtension> Extend(int64_t position, absl::Span<const TokenId> page_tokens,
                                         bool reserve_spare = false,
                                         absl::Duration timeout = kDefaultTimeout);
   // FAILED_PRECONDITION when inactive; otherwise Client::ReleaseStep, after
@@ -377,12 +377,13 @@ class Client {
   // Returns the lease timeout now in force (from now).
   absl::StatusOr<absl::Duration> RenewLease(uint64_t lease_id,
                                             absl::Duration timeout = kDefaultTimeout);
-  // Decode page rollover (ExtendLeaseRequest): the lease's private page is
-  // full with `page_tokens` (block_tokens of them); it is sealed and the next
+  // Decode page rollover (ExtendLeaseRequest): the lease's private page,
+  // starting at `position`, is full with `page_tokens` (block_tokens of
+  // them); it is sealed and the next
   // page's block is allocated (the spare when the lease has one; with
   // reserve_spare one more is kept for the page after). Errors as the RPC's
   // (cache_daemon.proto).
-  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id,
+  absl::StatusOr<LeaseExtension> ExtendLease(uint64_t lease_id, int64_t position,
                                              absl::Span<const TokenId> page_tokens,
                                              bool reserve_spare = false,
                                              absl::Duration timeout = kDefaultTimeout);

@@ -26,6 +26,21 @@ constexpr absl::Duration kWatchPoll = absl::Milliseconds(200);
 int64_t ToMillis(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
 int64_t UnixMillis(absl::Time t) { return absl::ToUnixMillis(t); }
 
+// INVALID_ARGUMENT naming `field`'s first token outside [0, vocab_size).
+absl::Status CheckVocabulary(absl::string_view method, absl::string_view field,
+                             const google::protobuf::RepeatedField<int32_t>& tokens,
+                             const DaemonOptions& options) {
+  const int64_t vocab = options.model.vocab_size;
+  for (int i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(method, ": ", field, "[", i, "] = ",
+                                                     tokens[i], " is outside the vocabulary [0, ",
+                                                     vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckTokens(absl::string_view method, const google::protobuf::RepeatedField<int32_t>& tokens,
                          const DaemonOptions& options) {
   if (tokens.empty()) {
@@ -36,15 +51,7 @@ absl::Status CheckTokens(absl::string_view method, const google::protobuf::Repea
                                                    " tokens, more than max_context_tokens ",
                                                    options.max_context_tokens));
   }
-  const int64_t vocab = options.model.vocab_size;
-  for (int i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] < 0 || tokens[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(method, ": tokens[", i, "] = ", tokens[i],
-                                                     " is outside the vocabulary [0, ", vocab,
-                                                     ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckVocabulary(method, "tokens", tokens, options);
 }
 
 absl::Status CheckHashCount(absl::string_view method, int count, int64_t limit) {
@@ -226,16 +233,29 @@ grpc::ServerUnaryReactor* CacheDaemonService::ExtendLease(grpc::CallbackServerCo
                                                          const v1::ExtendLeaseRequest* request,
                                                          v1::ExtendLeaseResponse* response) {
   return ServeUnary(ctx, "ExtendLease", [&]() -> absl::Status {
+    const DaemonOptions& options = state_->options();
+    if (absl::Status s = CheckVocabulary("ExtendLease", "page_tokens", request->page_tokens(),
+                                         options);
+        !s.ok()) {
+      return s;
+    }
+    // The next page's first token must fit the context limit PlanStep applies.
+    const int64_t next_page = request->position() + options.model.block_tokens;
+    if (request->position() < 0 || next_page >= options.max_context_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ExtendLease: position ", request->position(), ": the next page would start at ",
+          next_page, ", not below max_context_tokens ", options.max_context_tokens));
+    }
     const absl::Span<const TokenId> page(request->page_tokens().data(),
                                          static_cast<size_t>(request->page_tokens_size()));
-    absl::StatusOr<KvCache::LeaseExtension> extension =
-        state_->cache().ExtendLease(request->lease_id(), page, request->reserve_spare());
+    absl::StatusOr<KvCache::LeaseExtension> extension = state_->cache().ExtendLease(
+        request->lease_id(), request->position(), page, request->reserve_spare());
     if (!extension.ok()) return extension.status();
     response->set_block_id(extension->block);
     response->set_position(extension->position);
     response->set_sealed(extension->sealed);
     response->set_lease_timeout_ms(ToMillis(state_->options().lease_timeout));
-    response->set_spare_block_id(extension->spare);
+    if (extension->spare != kNoBlock) response->set_spare_block_id(extension->spare);
     return absl::OkStatus();
   });
 }

@@ -574,6 +574,7 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
     seq.stats.rebuilt_tokens = lease->plan().rebuild_tokens;
   }
   seq.lease = *std::move(lease);
+  seq.spare->Set(0, -1);  // a spare belongs to its lease (already tagged so: belt and braces)
   seq.pages = std::move(pages);
   seq.committed = false;
   seq.renew_due = absl::Now() + seq.lease.step().lease_timeout / 3;
@@ -666,6 +667,10 @@ std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs
   std::vector<Sequence*> waited;
   int64_t rolled = 0;
   for (Sequence* seq : seqs) {
+    // An earlier call off the step thread failed (a commit, or an extension
+    // that never took effect): the daemon's pages are not what this sequence
+    // assumes. It is not rolled over; the next step ends it with the error.
+    if (!seq->call_error->Get().ok()) continue;
     const uint64_t lease_id = seq->lease.lease_id();
     const int32_t spare = seq->spare->Take(lease_id);
     if (spare < 0) {
@@ -674,12 +679,13 @@ std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs
     }
     const absl::Span<const int32_t> full = page_of(*seq);
     std::vector<int32_t> page(full.begin(), full.end());
+    const int64_t position = seq->pages.context_tokens() - b;
     seq->pages.StartPrivatePage(spare);
-    seq->renew_due = absl::Now() + seq->lease.step().lease_timeout / 3;
-    seq->last_call = EnqueueCall([this, lease_id, page = std::move(page), spare,
+    // renew_due stays: the daemon renews the lease only once the call lands.
+    seq->last_call = EnqueueCall([this, lease_id, position, page = std::move(page), spare,
                                   slot = seq->spare, error = seq->call_error] {
-      absl::StatusOr<LeaseExtension> next =
-          daemon_->ExtendLease(lease_id, page, /*reserve_spare=*/true, options_.rpc_timeout);
+      absl::StatusOr<LeaseExtension> next = daemon_->ExtendLease(
+          lease_id, position, page, /*reserve_spare=*/true, options_.rpc_timeout);
       if (!next.ok()) {
         error->Set(next.status());
       } else if (next->block != spare) {
@@ -699,17 +705,32 @@ std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs
   const absl::Time start = absl::Now();
   ForEachConcurrently(waited.size(), [&](size_t i) {
     Sequence& seq = *waited[i];  // one sequence per call: no two threads share one
-    extensions[i] = seq.lease.Extend(page_of(seq), /*reserve_spare=*/true, options_.rpc_timeout);
+    extensions[i] = seq.lease.Extend(seq.pages.context_tokens() - b, page_of(seq),
+                                     /*reserve_spare=*/true, options_.rpc_timeout);
   });
   const double rpc = waited.empty() ? 0.0 : SecondsSince(start);
   std::vector<Sequence*> failed;
   int64_t waited_ok = 0;
   for (size_t i = 0; i < waited.size(); ++i) {
     Sequence& seq = *waited[i];
-    // Any failure (pool full, an expired lease, a daemon without the RPC)
-    // falls back to planning the longer context, which handles each case.
-    if (!extensions[i].ok() || extensions[i]->position != seq.pages.context_tokens()) {
+    const absl::Status& status = extensions[i].status();
+    if (absl::IsResourceExhausted(status) || absl::IsUnimplemented(status)) {
+      // No block for the next page now, or a daemon without ExtendLease:
+      // planning the longer context handles both (it waits, or copies).
       failed.push_back(&seq);
+      continue;
+    }
+    if (!status.ok()) {
+      // The lease is gone or the daemon disagrees about its pages: its blocks
+      // may belong to others now, so nothing is copied from them. The next
+      // step ends the request with the error.
+      seq.call_error->Set(status);
+      continue;
+    }
+    if (extensions[i]->position != seq.pages.context_tokens()) {
+      seq.call_error->Set(absl::InternalError(
+          absl::StrCat("ExtendLease: the daemon's next page starts at ", extensions[i]->position,
+                       ", not at ", seq.pages.context_tokens())));
       continue;
     }
     seq.pages.StartPrivatePage(extensions[i]->block);
@@ -810,11 +831,13 @@ void Engine::ReleaseLeases(Sequence& seq, bool with_agent) {
   seq.last_call = EnqueueCall([this, lease_id, agent = std::move(agent)] {
     (void)daemon_->ReleaseStep(lease_id, agent, options_.rpc_timeout);
   });
-  last_release_ticket_ = seq.last_call;
 }
 
 void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string& reason) {
-  ReleaseLeases(seq, /*with_agent=*/status.ok());
+  if (seq.lease.active()) {
+    ReleaseLeases(seq, /*with_agent=*/status.ok());
+    last_release_ticket_ = seq.last_call;  // blocks come free: a refused admission may retry
+  }
   {
     absl::MutexLock lock(&mu_);
     --queued_;
@@ -830,7 +853,11 @@ void Engine::Finish(Sequence& seq, const absl::Status& status, const std::string
 }
 
 void Engine::Preempt(Sequence& seq) {
-  ReleaseLeases(seq, /*with_agent=*/false);
+  if (seq.lease.active()) {
+    ReleaseLeases(seq, /*with_agent=*/false);
+    last_release_ticket_ = seq.last_call;
+  }
+  seq.spare->Set(0, -1);
   seq.pages = SequencePages();
   seq.committed = false;
   seq.logits_only = false;
@@ -900,7 +927,14 @@ bool Engine::Step() {
     absl::flat_hash_set<Sequence*> failed;
     for (size_t i = 0; i < to_plan.size(); ++i) {
       Sequence& seq = *to_plan[i];
-      const absl::Status s = AdoptPlan(seq, std::move(leases[i]), targets[i], &seq.blocked);
+      // A call of its own that failed meanwhile (its commit, say): nothing of
+      // the previous lease is copied; the new lease goes back with `leases`.
+      absl::Status s = seq.call_error->Get();
+      if (s.ok()) {
+        s = AdoptPlan(seq, std::move(leases[i]), targets[i], &seq.blocked);
+      } else {
+        s = DaemonCallError("CommitStep/ExtendLease", s);
+      }
       if (!s.ok()) {
         Finish(seq, s, "");
         failed.insert(&seq);

@@ -334,7 +334,8 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   uint64_t next_daemon_sequence_ = 0;
-  // The call-queue ticket of the latest lease release (ReleaseLeases).
+  // The call-queue ticket of the latest release of a finished or preempted
+  // request's lease (blocks came free; a re-plan's release frees none net).
   uint64_t last_release_ticket_ = 0;
   // The head of the queue's latest refused plan (options_.admission_retry_interval).
   struct AdmissionRefusal {

@@ -267,7 +267,7 @@ TEST(KvCacheTest, ExtendLeaseSealsTheFullPrivatePageAndAllocatesTheNext) {
   for (int i = 0; i < 8; ++i) context.push_back(7000 + i);  // decode fills the page (48)
   events.clear();
   auto first = cache->ExtendLease(
-      a->lease_id, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)));
+      a->lease_id, 32, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)));
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_TRUE(first->sealed);
   EXPECT_EQ(first->position, 48);
@@ -287,7 +287,7 @@ TEST(KvCacheTest, ExtendLeaseSealsTheFullPrivatePageAndAllocatesTheNext) {
   // The next page started empty: its tokens are all the decode's.
   for (int i = 0; i < kB; ++i) context.push_back(8000 + i);  // 64
   auto second = cache->ExtendLease(
-      a->lease_id, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)));
+      a->lease_id, 48, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)));
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_TRUE(second->sealed);
   EXPECT_EQ(second->position, 64);
@@ -319,7 +319,7 @@ TEST(KvCacheTest, ExtendLeaseReservesASpareForTheFollowingPage) {
   ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
   for (int i = 0; i < 12; ++i) context.push_back(500 + i);  // 32
   auto first = cache->ExtendLease(
-      a->lease_id, absl::MakeConstSpan(context).subspan(16, static_cast<size_t>(kB)), true);
+      a->lease_id, 16, absl::MakeConstSpan(context).subspan(16, static_cast<size_t>(kB)), true);
   ASSERT_TRUE(first.ok()) << first.status();
   ASSERT_NE(first->spare, kNoBlock);
   EXPECT_NE(first->spare, first->block);
@@ -328,7 +328,7 @@ TEST(KvCacheTest, ExtendLeaseReservesASpareForTheFollowingPage) {
   // The spare becomes the private page; the pool (6 blocks: 3 sealed, 2 in
   // this lease, 1 free) still has one for a new spare.
   auto second = cache->ExtendLease(
-      a->lease_id, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)), true);
+      a->lease_id, 32, absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB)), true);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(second->block, first->spare);
   EXPECT_EQ(second->position, 48);
@@ -340,7 +340,7 @@ TEST(KvCacheTest, ExtendLeaseReservesASpareForTheFollowingPage) {
   EXPECT_EQ(cache->GetStats().pool.free, 0);
   for (int i = 0; i < kB; ++i) context.push_back(700 + i);  // 64
   auto third = cache->ExtendLease(
-      a->lease_id, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)), true);
+      a->lease_id, 48, absl::MakeConstSpan(context).subspan(48, static_cast<size_t>(kB)), true);
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_EQ(third->block, second->spare);
   EXPECT_EQ(third->spare, kNoBlock);
@@ -359,7 +359,7 @@ TEST(KvCacheTest, ExtendLeaseOfTheFirstPageChainsFromTheSaltRoot) {
   ASSERT_TRUE(a.ok());
   ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
   for (int i = 0; i < kB - 5; ++i) context.push_back(50 + i);
-  auto extended = cache->ExtendLease(a->lease_id, context);
+  auto extended = cache->ExtendLease(a->lease_id, 0, context);
   ASSERT_TRUE(extended.ok()) << extended.status();
   EXPECT_EQ(extended->position, kB);
   context.push_back(9);
@@ -380,19 +380,23 @@ TEST(KvCacheTest, ExtendLeaseErrorsChangeNothing) {
   for (int i = 0; i < 8; ++i) context.push_back(7000 + i);
   const auto page = absl::MakeConstSpan(context).subspan(32, static_cast<size_t>(kB));
 
-  EXPECT_EQ(cache->ExtendLease(a->lease_id ^ 1, page).status().code(),
+  EXPECT_EQ(cache->ExtendLease(a->lease_id ^ 1, 32, page).status().code(),
             absl::StatusCode::kNotFound);
-  const auto uncommitted = cache->ExtendLease(a->lease_id, page).status();
+  const auto uncommitted = cache->ExtendLease(a->lease_id, 32, page).status();
   EXPECT_EQ(uncommitted.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(uncommitted.message(), HasSubstr("not committed"));
   ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
 
-  const auto short_page = cache->ExtendLease(a->lease_id, page.first(15)).status();
+  // A stale or reordered call names another page than the private one.
+  const auto stale = cache->ExtendLease(a->lease_id, 16, page).status();
+  EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(stale.message(), HasSubstr("starts at position 32, not 16"));
+  const auto short_page = cache->ExtendLease(a->lease_id, 32, page.first(15)).status();
   EXPECT_EQ(short_page.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(short_page.message(), HasSubstr("15 tokens"));
   std::vector<TokenId> wrong(page.begin(), page.end());
   wrong[3] += 1;  // one of the 8 tokens the plan hashed
-  const auto mismatch = cache->ExtendLease(a->lease_id, wrong).status();
+  const auto mismatch = cache->ExtendLease(a->lease_id, 32, wrong).status();
   EXPECT_EQ(mismatch.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(mismatch.message(), HasSubstr("planned for the page at position 32"));
 
@@ -400,7 +404,7 @@ TEST(KvCacheTest, ExtendLeaseErrorsChangeNothing) {
   auto other = cache->BeginStep(StepRequest{"other", 2, Tokens(3, 500)});
   ASSERT_TRUE(other.ok());
   const KvCache::Stats before = cache->GetStats();
-  const auto full = cache->ExtendLease(a->lease_id, page).status();
+  const auto full = cache->ExtendLease(a->lease_id, 32, page).status();
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(full.message(), HasSubstr("ExtendLease"));
   const KvCache::Stats after = cache->GetStats();
@@ -413,7 +417,7 @@ TEST(KvCacheTest, ExtendLeaseErrorsChangeNothing) {
 
   // Once a block is free the same call succeeds: the lease came back intact.
   ASSERT_TRUE(cache->ReleaseStep(other->lease_id).ok());
-  auto extended = cache->ExtendLease(a->lease_id, page);
+  auto extended = cache->ExtendLease(a->lease_id, 32, page);
   ASSERT_TRUE(extended.ok()) << extended.status();
   EXPECT_TRUE(extended->sealed);
 
@@ -422,7 +426,7 @@ TEST(KvCacheTest, ExtendLeaseErrorsChangeNothing) {
   auto sealed = cache->BeginStep(StepRequest{"t", 3, Tokens(20, 100)});
   ASSERT_TRUE(sealed.ok()) << sealed.status();
   ASSERT_TRUE(cache->CommitStep(sealed->lease_id, KvCache::CommitOptions{false}, nullptr).ok());
-  const auto no_private = cache->ExtendLease(sealed->lease_id, Tokens(kB, 100)).status();
+  const auto no_private = cache->ExtendLease(sealed->lease_id, 16, Tokens(kB, 100)).status();
   EXPECT_EQ(no_private.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(no_private.message(), HasSubstr("no private page"));
   ASSERT_TRUE(cache->ReleaseStep(sealed->lease_id).ok());
@@ -445,8 +449,8 @@ TEST(KvCacheTest, ExtendLeaseOfADuplicatePageKeepsItPrivate) {
   ASSERT_TRUE(cache->CommitStep(b->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
   for (int i = 0; i < 8; ++i) context.push_back(600 + i);
   const auto page = absl::MakeConstSpan(context).subspan(16, static_cast<size_t>(kB));
-  auto first = cache->ExtendLease(a->lease_id, page);
-  auto second = cache->ExtendLease(b->lease_id, page);
+  auto first = cache->ExtendLease(a->lease_id, 16, page);
+  auto second = cache->ExtendLease(b->lease_id, 16, page);
   ASSERT_TRUE(first.ok());
   ASSERT_TRUE(second.ok());
   EXPECT_TRUE(first->sealed);
@@ -470,7 +474,7 @@ TEST(KvCacheTest, ExpiredExtendedLeaseFreesItsPrivatePage) {
   ASSERT_TRUE(cache->CommitStep(a->lease_id, KvCache::CommitOptions{true}, nullptr).ok());
   for (int i = 0; i < 6; ++i) context.push_back(70 + i);
   clock.Advance(absl::Seconds(8));
-  ASSERT_TRUE(cache->ExtendLease(a->lease_id, context).ok());  // renews: 10 s from now
+  ASSERT_TRUE(cache->ExtendLease(a->lease_id, 0, context).ok());  // renews: 10 s from now
   clock.Advance(absl::Seconds(8));
   EXPECT_EQ(cache->ExpireLeases(), 0);
   clock.Advance(absl::Seconds(2));

@@ -189,9 +189,9 @@ TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
   const absl::Span<const TokenId> page = absl::MakeConstSpan(context).subspan(2 * B, B);
 
   // Bad input: precise errors, nothing changes.
-  EXPECT_EQ(client_->ExtendLease(lease.lease_id() + 1, page).status().code(),
+  EXPECT_EQ(client_->ExtendLease(lease.lease_id() + 1, 2 * B, page).status().code(),
             absl::StatusCode::kNotFound);
-  const absl::Status short_page = lease.Extend(page.first(B - 1)).status();
+  const absl::Status short_page = lease.Extend(2 * B, page.first(B - 1)).status();
   EXPECT_EQ(short_page.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(short_page.message()), HasSubstr("block_tokens"));
   DaemonStats stats = Stats();
@@ -199,7 +199,7 @@ TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
   EXPECT_EQ(stats.writing_blocks, 1);
   EXPECT_EQ(stats.lease_extensions, 0);
 
-  ASSERT_OK_AND_ASSIGN(LeaseExtension extension, lease.Extend(page));
+  ASSERT_OK_AND_ASSIGN(LeaseExtension extension, lease.Extend(2 * B, page));
   EXPECT_TRUE(extension.sealed);
   EXPECT_EQ(extension.position, 3 * B);
   EXPECT_NE(extension.block, private_block);
@@ -214,7 +214,7 @@ TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
   // With reserve_spare the lease keeps the following page's block too.
   for (int i = 0; i < B; ++i) context.push_back(950 + i);
   ASSERT_OK_AND_ASSIGN(LeaseExtension spared,
-                       lease.Extend(absl::MakeConstSpan(context).subspan(3 * B, B),
+                       lease.Extend(3 * B, absl::MakeConstSpan(context).subspan(3 * B, B),
                                     /*reserve_spare=*/true));
   EXPECT_NE(spared.spare, kNoBlock);
   EXPECT_EQ(Stats().writing_blocks, 2);  // the private page and the spare
@@ -229,7 +229,7 @@ TEST_F(ClientStepsTest, ExtendLeaseRollsTheDecodePageOverWithoutAPlan) {
   stats = Stats();
   EXPECT_EQ(stats.writing_blocks, 0);
   EXPECT_EQ(stats.free_blocks + stats.sealed_blocks, stats.capacity_blocks);
-  EXPECT_EQ(lease.Extend(page).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(lease.Extend(2 * B, page).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ClientStepsTest, ScopedLeaseReleasesOnDestructionAndRenews) {

@@ -163,12 +163,13 @@ class DaemonApiTest(unittest.TestCase):
             page = context[2 * BLOCK_TOKENS:]
             before = self.stats()
             extended = self.stub.ExtendLease(
-                pb.ExtendLeaseRequest(lease_id=reply.lease_id, page_tokens=page), timeout=TIMEOUT)
+                pb.ExtendLeaseRequest(lease_id=reply.lease_id, position=2 * BLOCK_TOKENS,
+                                      page_tokens=page), timeout=TIMEOUT)
             self.assertTrue(extended.sealed)
             self.assertEqual(extended.position, 3 * BLOCK_TOKENS)
             self.assertNotIn(extended.block_id, list(reply.plan.page_ids))
             self.assertGreater(extended.lease_timeout_ms, 0)
-            self.assertEqual(extended.spare_block_id, -1)  # none asked for
+            self.assertFalse(extended.HasField("spare_block_id"))  # none asked for
             after = self.stats()
             self.assertEqual(after.lease_extensions, before.lease_extensions + 1)
             self.assertEqual(after.indexed_blocks, before.indexed_blocks + 1)
@@ -177,15 +178,16 @@ class DaemonApiTest(unittest.TestCase):
             context += [(800 + i) % VOCAB for i in range(BLOCK_TOKENS)]
             spared = self.stub.ExtendLease(
                 pb.ExtendLeaseRequest(lease_id=reply.lease_id, reserve_spare=True,
+                                      position=3 * BLOCK_TOKENS,
                                       page_tokens=context[3 * BLOCK_TOKENS:]), timeout=TIMEOUT)
             self.assertEqual(spared.position, 4 * BLOCK_TOKENS)
-            self.assertGreaterEqual(spared.spare_block_id, 0)
+            self.assertTrue(spared.HasField("spare_block_id"))
             context += [(900 + i) % VOCAB for i in range(BLOCK_TOKENS)]
             third = self.stub.ExtendLease(
-                pb.ExtendLeaseRequest(lease_id=reply.lease_id,
+                pb.ExtendLeaseRequest(lease_id=reply.lease_id, position=4 * BLOCK_TOKENS,
                                       page_tokens=context[4 * BLOCK_TOKENS:]), timeout=TIMEOUT)
             self.assertEqual(third.block_id, spared.spare_block_id)
-            self.assertEqual(third.spare_block_id, -1)
+            self.assertFalse(third.HasField("spare_block_id"))
             # Another request of that context hits the sealed pages.
             other = self.plan("py-extend", 14, context + [3])
             self.assertEqual(other.plan.hit_tokens, 5 * BLOCK_TOKENS)
@@ -194,8 +196,9 @@ class DaemonApiTest(unittest.TestCase):
             self.release(reply.lease_id)
 
     def test_extend_lease_refusals_change_nothing(self):
-        extend = lambda lease, page: self.stub.ExtendLease(
-            pb.ExtendLeaseRequest(lease_id=lease, page_tokens=page), timeout=TIMEOUT)
+        extend = lambda lease, page, position=BLOCK_TOKENS: self.stub.ExtendLease(
+            pb.ExtendLeaseRequest(lease_id=lease, position=position, page_tokens=page),
+            timeout=TIMEOUT)
         context = tokens(BLOCK_TOKENS + 3, 9)
         page = context[BLOCK_TOKENS:] + tokens(BLOCK_TOKENS - 3, 10)  # the full second page
         self.assert_refused(lambda: extend(0xFFFFFFFF0001, page), grpc.StatusCode.NOT_FOUND,
@@ -212,6 +215,12 @@ class DaemonApiTest(unittest.TestCase):
             wrong = [(t + 1) % VOCAB for t in page]  # not the page's 3 planned tokens
             self.assert_refused(lambda: extend(reply.lease_id, wrong),
                                 grpc.StatusCode.INVALID_ARGUMENT, "page_tokens")
+            self.assert_refused(lambda: extend(reply.lease_id, page[:-1] + [VOCAB]),
+                                grpc.StatusCode.INVALID_ARGUMENT, "page_tokens[15]")
+            self.assert_refused(lambda: extend(reply.lease_id, page, 2 * BLOCK_TOKENS),
+                                grpc.StatusCode.FAILED_PRECONDITION, "position")
+            self.assert_refused(lambda: extend(reply.lease_id, page, MAX_CONTEXT_TOKENS),
+                                grpc.StatusCode.INVALID_ARGUMENT, "max_context_tokens")
         finally:
             self.release(reply.lease_id)
 

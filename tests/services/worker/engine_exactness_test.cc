@@ -242,10 +242,13 @@ TEST_P(EngineRolloverTest, FixedSmallChunksAndDecodePageRolloversStayExact) {
   const std::vector<int32_t> generated = sink->tokens();
   again.prompt.insert(again.prompt.end(), generated.begin(), generated.begin() + 26);  // 176
   again.max_new_tokens = 1;
+  again.return_logits = true;
   auto second = std::make_shared<CollectingSink>();
   ASSERT_TRUE(stack->engine->Submit(again, second).ok());
   ASSERT_TRUE(second->Wait());
   EXPECT_EQ(second->stats().hit_tokens, 176);
+  // Its logits come from the rolled-over pages' K/V alone: exact or not.
+  EXPECT_EQ(Compare(*second, Reference(weights, again), "from the sealed pages"), "");
   EXPECT_EQ(second->tokens(), std::vector<int32_t>{generated[26]});
 }
 
@@ -365,8 +368,9 @@ TEST(EngineTest, ARefusedAdmissionIsPlannedAgainAfterARelease) {
     const EngineStats stats = stack->engine->stats();
     EXPECT_GE(stats.admission_refusals, 1);
     if (interval == absl::Hours(1)) {
-      // Refused while the first decodes (no release: its pages roll over by
-      // ExtendLease), planned again after the first's release.
+      // Refused while the first decodes (its pages roll over by ExtendLease;
+      // the re-plan of its block-aligned prompt's first decode token releases
+      // a lease but frees nothing net), planned again after the first ends.
       EXPECT_LE(stats.admission_refusals, 2);
     } else {
       EXPECT_GE(stats.admission_refusals, 20);  // once a step while the first decodes
