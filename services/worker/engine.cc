@@ -764,16 +764,19 @@ void Engine::Admit() {
                        Mix64(std::hash<std::string>{}(seq.request.session_id))) |
                  1);
     }
+    // The head waited for pool space longer than admission_timeout: it ends.
+    auto timed_out = [&]() {
+      if (absl::Now() - seq.arrival <= options_.admission_timeout) return false;
+      Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
+                      "no KV blocks for this request within ",
+                      absl::FormatDuration(options_.admission_timeout),
+                      " (the pool stayed full); retry later or elsewhere")),
+             "");
+      waiting_.pop_front();
+      return true;
+    };
     if (!MayRetryAdmission(seq)) {
-      if (absl::Now() - seq.arrival > options_.admission_timeout) {
-        Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
-                        "no KV blocks for this request within ",
-                        absl::FormatDuration(options_.admission_timeout),
-                        " (the pool stayed full); retry later or elsewhere")),
-               "");
-        waiting_.pop_front();
-        continue;
-      }
+      if (timed_out()) continue;
       break;  // refused before and nothing came free since: no plan this step
     }
     bool blocked = false;
@@ -794,15 +797,7 @@ void Engine::Admit() {
         absl::MutexLock lock(&mu_);
         ++stats_.admission_refusals;
       }
-      if (absl::Now() - seq.arrival > options_.admission_timeout) {
-        Finish(seq, absl::ResourceExhaustedError(absl::StrCat(
-                        "no KV blocks for this request within ",
-                        absl::FormatDuration(options_.admission_timeout),
-                        " (the pool stayed full); retry later or elsewhere")),
-               "");
-        waiting_.pop_front();
-        continue;
-      }
+      if (timed_out()) continue;
       break;  // FCFS: later requests wait behind it
     }
     running_.push_back(std::move(waiting_.front()));
