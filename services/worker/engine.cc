@@ -108,6 +108,9 @@ struct Engine::SpareBlock {
   }
 };
 
+// What a failure of a sequence's calls off the step thread is reported as.
+constexpr absl::string_view kAsyncCalls = "CommitStep/ExtendLease/RenewLease";
+
 // One request in the engine (step thread only, after arrival).
 struct Engine::Sequence {
   uint64_t id = 0;
@@ -587,7 +590,7 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
 absl::Status Engine::PlanNext(Sequence& seq, int64_t target_tokens, bool* blocked) {
   // Its commit must have landed, so the plan finds the pages it sealed.
   WaitForCall(seq.last_call);
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep/ExtendLease", s);
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError(kAsyncCalls, s);
   double rpc = 0;
   absl::StatusOr<ScopedLease> lease;
   {
@@ -747,7 +750,7 @@ std::vector<Engine::Sequence*> Engine::RollOver(absl::Span<Sequence* const> seqs
 }
 
 absl::Status Engine::Advance(Sequence& seq, bool* blocked) {
-  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError("CommitStep/ExtendLease", s);
+  if (absl::Status s = seq.call_error->Get(); !s.ok()) return DaemonCallError(kAsyncCalls, s);
   const std::optional<int64_t> target = PlanTarget(seq);
   if (!target.has_value()) return absl::OkStatus();
   return PlanNext(seq, *target, blocked);
@@ -876,24 +879,20 @@ bool Engine::Step() {
     Sequence& seq = **it;
     seq.blocked = false;
     absl::Status s = seq.call_error->Get();
-    if (!s.ok()) s = DaemonCallError("CommitStep/ExtendLease", s);
-    // Keep leases alive through long decodes (in-place extensions make no RPC).
+    if (!s.ok()) s = DaemonCallError(kAsyncCalls, s);
+    // Keep leases alive through long decodes (in-place extensions make no
+    // RPC). On the call thread, in order with the sequence's commits and
+    // extensions: one of those holds the lease for a moment, and a renewal
+    // racing it from this thread would find it missing. A failure ends the
+    // request at its next step, as a commit's does.
     if (s.ok() && seq.lease.active() && absl::Now() >= seq.renew_due) {
-      double rpc = 0;
-      absl::StatusOr<absl::Duration> renewed;
-      {
-        AddTime timer(&rpc);
-        renewed = seq.lease.Renew(options_.rpc_timeout);
-      }
-      {
-        absl::MutexLock lock(&mu_);
-        stats_.rpc_seconds += rpc;
-      }
-      if (renewed.ok()) {
-        seq.renew_due = absl::Now() + *renewed / 3;
-      } else {
-        s = DaemonCallError("RenewLease", renewed.status());
-      }
+      const uint64_t lease_id = seq.lease.lease_id();
+      seq.last_call = EnqueueCall([this, lease_id, error = seq.call_error] {
+        absl::StatusOr<absl::Duration> renewed =
+            daemon_->RenewLease(lease_id, options_.rpc_timeout);
+        if (!renewed.ok()) error->Set(renewed.status());
+      });
+      seq.renew_due = absl::Now() + seq.lease.step().lease_timeout / 3;
     }
     if (!s.ok()) {
       Finish(seq, s, "");
@@ -928,7 +927,7 @@ bool Engine::Step() {
       if (s.ok()) {
         s = AdoptPlan(seq, std::move(leases[i]), targets[i], &seq.blocked);
       } else {
-        s = DaemonCallError("CommitStep/ExtendLease", s);
+        s = DaemonCallError(kAsyncCalls, s);
       }
       if (!s.ok()) {
         Finish(seq, s, "");

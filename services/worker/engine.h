@@ -210,8 +210,8 @@ struct EngineStats {
   // prefill (the load the coordinator's router weighs).
   int64_t queued_prefill_tokens = 0;
   double step_seconds = 0;
-  double rpc_seconds = 0;        // daemon RPCs on the step thread (plans, renewals)
-  double async_rpc_seconds = 0;  // daemon RPCs off it (commits, releases; sinks' OnFinish)
+  double rpc_seconds = 0;        // daemon RPCs on the step thread (plans, first rollovers)
+  double async_rpc_seconds = 0;  // off it (commits, extensions, renewals, releases; OnFinish)
   double import_seconds = 0;     // block imports from prefill daemons (importer thread)
   double forward_seconds = 0;
   // Times the daemon was seen restarted and its new pool mapped.

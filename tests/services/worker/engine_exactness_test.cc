@@ -379,6 +379,34 @@ TEST(EngineTest, ARefusedAdmissionIsPlannedAgainAfterARelease) {
   }
 }
 
+// A decode longer than the daemon's lease timeout: the engine renews its lease
+// (off the step thread, every third of the timeout) and the rollovers renew it
+// too; the request ends normally, exact, and leaves nothing behind.
+TEST(EngineTest, ADecodeLongerThanTheLeaseTimeoutKeepsItsLease) {
+  const model::WeightSource weights = TinyWeights(14);
+  DaemonOptions daemon_options = SmallDaemonOptions(64);
+  daemon_options.lease_timeout = absl::Milliseconds(400);
+  absl::StatusOr<EngineStack> stack = StartStack(daemon_options, weights, {});
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(19);
+  GenerationRequest request;
+  request.prompt = RandomTokens(rng, 37);
+  request.max_new_tokens = 300;
+  request.return_logits = true;
+  auto sink = std::make_shared<CollectingSink>();
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(stack->engine->Submit(request, sink).ok());
+  ASSERT_TRUE(sink->Wait());
+  EXPECT_TRUE(sink->status().ok()) << sink->status();
+  EXPECT_EQ(Compare(*sink, Reference(weights, request), "long decode"), "");
+  if (absl::Now() - start < absl::Milliseconds(400)) {
+    GTEST_LOG_(INFO) << "the decode took less than one lease timeout: renewals not needed";
+  }
+  const DaemonStats stats = stack->Stats();
+  EXPECT_EQ(stats.active_leases, 0);
+  EXPECT_EQ(stats.writing_blocks, 0);
+}
+
 TEST(EngineTest, AGenerationThatOutgrowsThePoolEndsWithResourceExhausted) {
   const model::WeightSource weights = TinyWeights(12);
   absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(8), weights, {});
