@@ -6,6 +6,7 @@ STEP_TRACES=1) or the simulator's modeled ones (asymcache-sim
 --step-trace-dir; there forward = step = predicted).
 
   step_trace_summary.py TRACE[.gz] [TRACE ...]
+  step_trace_summary.py --outside TRACE[.gz] [TRACE ...]
 
 One markdown row per trace: steps and busy time (step_ms summed), the forward's
 share and the rest of the step (RPCs, planning), the cost model's prediction,
@@ -13,7 +14,11 @@ prefill/rebuild tokens computed with their mean absolute position and the
 attention work they imply (query-key pairs of a causal chunk over all keys
 before it: sum of (end^2 - begin^2) / 2 over chunks, so the same token count
 deeper in a context costs more), chunk steps split by whether requests waited
-for admission (`waiting`), and decode-only steps. Exit 0; 2 on an unreadable
+for admission (`waiting`), and decode-only steps. --outside instead splits
+each trace's time outside the forward (step_ms - forward_ms) by step kind
+(decode only, mixed, prefill only), whether a request waited for admission,
+and whether a decode of the step started a new page (its context - 1 is a
+multiple of 16, the worker's page: a rollover). Exit 0; 2 on an unreadable
 or malformed trace (the message names the file and line).
 """
 import gzip
@@ -69,6 +74,26 @@ def summarize(rows):
     return s
 
 
+def outside_split(rows, block_tokens=16):
+    """{(kind, waiting, rollover): [steps, seconds outside the forward]}."""
+    split = {}
+    for r in rows:
+        kind = "decode" if not r["chunks"] else ("prefill" if not r["decodes"] else "mixed")
+        rollover = any((c - 1) % block_tokens == 0 for c in r["decodes"])
+        cell = split.setdefault((kind, r["waiting"] > 0, rollover), [0, 0.0])
+        cell[0] += 1
+        cell[1] += (r["step_ms"] - r["forward_ms"]) / 1e3
+    return split
+
+
+def print_outside(name, split):
+    print(f"\n{name}\n\n| steps | count | outside the forward | mean |\n|---|---:|---:|---:|")
+    for (kind, waiting, rollover), (n, sec) in sorted(split.items()):
+        label = (f"{kind}, {'waiting' if waiting else 'nobody waiting'}, "
+                 f"{'rollover' if rollover else 'no rollover'}")
+        print(f"| {label} | {n} | {sec:.2f} s | {sec / n * 1e3:.3f} ms |")
+
+
 def row(name, s):
     per = lambda tok, n: f"{tok / n:.0f}" if n else "—"  # noqa: E731
     rate = lambda tok, sec: f"{tok / sec / 1e3:.1f}k" if sec else "—"  # noqa: E731
@@ -81,14 +106,24 @@ def row(name, s):
 
 
 def main(argv):
-    if len(argv) < 2:
+    outside = len(argv) > 1 and argv[1] == "--outside"
+    paths = argv[2:] if outside else argv[1:]
+    if not paths:
         print(__doc__, file=sys.stderr)
         return 2
+    if outside:
+        for path in paths:
+            try:
+                print_outside(path, outside_split(read_trace(path)))
+            except (OSError, ValueError) as exc:
+                print(f"step_trace_summary: {exc}", file=sys.stderr)
+                return 2
+        return 0
     print("| trace | steps | busy s | forward s | rest ms/step | predicted s | prompt tokens computed | "
           "mean position | attention pairs | chunk steps, requests waiting | chunk steps, none waiting | "
           "decode-only steps |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for path in argv[1:]:
+    for path in paths:
         try:
             s = summarize(read_trace(path))
         except (OSError, ValueError) as exc:

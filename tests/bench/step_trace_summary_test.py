@@ -8,6 +8,8 @@
 2. A hand-made trace gives the hand-computed positions, attention pairs and
    waiting split.
 3. A malformed trace exits 2 naming the file and line.
+4. --outside: the split of the time outside the forward by step kind, waiting
+   and rollover (hand-made trace) adds up to the trace's total.
 """
 import json
 import os
@@ -57,6 +59,19 @@ def test_hand_made_trace():
     assert abs(s["busy_s"] - 0.010) < 1e-12 and abs(s["forward_s"] - 0.007) < 1e-12
 
 
+def test_outside_split():
+    rows = [{"decodes": [17], "chunks": [], "step_ms": 3.0, "forward_ms": 1.0, "waiting": 0},
+            {"decodes": [18], "chunks": [], "step_ms": 1.5, "forward_ms": 1.0, "waiting": 1},
+            {"decodes": [33, 40], "chunks": [[1, 0, 8]], "step_ms": 9.0, "forward_ms": 5.0,
+             "waiting": 2},
+            {"decodes": [], "chunks": [[1, 8, 16]], "step_ms": 4.0, "forward_ms": 4.0, "waiting": 0}]
+    split = summary.outside_split(rows)
+    assert split == {("decode", False, True): [1, 0.002], ("decode", True, False): [1, 0.0005],
+                     ("mixed", True, True): [1, 0.004], ("prefill", False, False): [1, 0.0]}, split
+    total = sum(sec for _, sec in split.values())
+    assert abs(total - sum(r["step_ms"] - r["forward_ms"] for r in rows) / 1e3) < 1e-12
+
+
 def test_malformed_trace_is_refused():
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.write(json.dumps({"schema": "asymcache.step_trace.v1"}) + "\n{not json\n")
@@ -72,5 +87,6 @@ def test_malformed_trace_is_refused():
 if __name__ == "__main__":
     test_committed_traces_match_worker_counters()
     test_hand_made_trace()
+    test_outside_split()
     test_malformed_trace_is_refused()
     print("step_trace_summary_test: ok")
