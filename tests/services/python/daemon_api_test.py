@@ -221,6 +221,8 @@ class DaemonApiTest(unittest.TestCase):
                                 grpc.StatusCode.FAILED_PRECONDITION, "position")
             self.assert_refused(lambda: extend(reply.lease_id, page, MAX_CONTEXT_TOKENS),
                                 grpc.StatusCode.INVALID_ARGUMENT, "max_context_tokens")
+            self.assert_refused(lambda: extend(reply.lease_id, page, -BLOCK_TOKENS),
+                                grpc.StatusCode.INVALID_ARGUMENT, "position -16")
         finally:
             self.release(reply.lease_id)
 
