@@ -44,7 +44,8 @@
 # 24GiB: 12288 blocks, the simulator's pool for long-doc-qa), SEED (the
 # workload generator's seed, asymcache-bench --seed; default 1: at saturation
 # one seed's arrivals decide rankings within ~25%, so compare systems over
-# several).
+# several), LOG_ROOT (where the services' logs and traces go while a part runs, default
+# /tmp/asymcache-e2e-logs; give concurrent runs on one machine different folders).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -72,6 +73,7 @@ SYSTEMS_AGENT="${SYSTEMS_AGENT:-vllm,pensieve,asymcache,vllm+pins,asymcache+pins
 SYSTEMS_DOCQA="${SYSTEMS_DOCQA:-vllm,pensieve,asymcache,asym-fixed,front-first-adaptive}"
 SYSTEMS_CHAT="${SYSTEMS_CHAT:-vllm,pensieve,asymcache}"
 SYSTEMS_LONGDOCQA="${SYSTEMS_LONGDOCQA:-vllm,pensieve,asymcache}"
+LOG_ROOT="${LOG_ROOT:-/tmp/asymcache-e2e-logs}"
 mkdir -p "$OUT"
 
 if [[ -n "${ASYMCACHE_BIN_DIR:-}" ]]; then
@@ -91,17 +93,17 @@ run_part() {
   [[ "${STEP_TRACES:-0}" == 1 ]] && traces=(--step-traces)
   echo "== $part: ${BENCH[*]} $* ${traces[*]}" | tee -a "$OUT/run.log"
   "${BENCH[@]}" "$@" "${traces[@]}" --json="$OUT/$part.json" \
-    --log-dir="/tmp/asymcache-e2e-logs/$part" > "$OUT/$part.txt" 2>> "$OUT/run.log"
+    --log-dir="$LOG_ROOT/$part" > "$OUT/$part.txt" 2>> "$OUT/run.log"
   local rc=$?
   if ((${#traces[@]})); then
     mkdir -p "$OUT/$part-traces"
-    (cd "/tmp/asymcache-e2e-logs/$part" && find . -name '*.steps.jsonl' -print0 |
+    (cd "$LOG_ROOT/$part" && find . -name '*.steps.jsonl' -print0 |
        xargs -0 -r cp --parents -t "$OUT/$part-traces")
   fi
   cat "$OUT/$part.txt"
   if [[ $rc -ne 0 ]]; then
     echo "== $part failed (exit $rc); logs:" | tee -a "$OUT/run.log"
-    tail -n 20 /tmp/asymcache-e2e-logs/"$part"/*/*.log >> "$OUT/run.log" 2>/dev/null
+    tail -n 20 "$LOG_ROOT/$part"/*/*.log >> "$OUT/run.log" 2>/dev/null
     status=1
   fi
 }

@@ -3,29 +3,62 @@
 # several runs (at saturation one run's mean TTFT moves by ~15% between identical runs).
 # Runs ON the GPU machine from the repository root with the services bundle carried
 # (scripts/gpu_bundle.sh, .bundle/gpu-services):
-#   SEED=6 bash scripts/gpu_longdocqa_runs.sh SYSTEM[:LABEL[:WORKER_FLAGS]] ...
+#   SEED=6 [GPUS=4] bash scripts/gpu_longdocqa_runs.sh SYSTEM[:LABEL[:WORKER_FLAGS]] ...
 # e.g.  vllm:1 vllm:2 "vllm:plan:--extend-leases=false" asymcache:1
 # Each argument is one scripts/gpu_e2e_run.sh longdocqa run (24 sessions at 0.15/s, real think
 # times, step traces, the card's engine calibration), written to $OUT/s<SEED>_<SYSTEM>_<LABEL>/
 # and tarred to $OUT/s<SEED>_<SYSTEM>_<LABEL>.tar.gz as soon as it ends, so a call that hits its
-# time limit keeps the runs that finished (about 3.6 min per run on an H200). Environment: SEED
-# (default 6), SESSIONS (24), RATE (0.15), OUT (required: the tool's output folder).
+# time limit keeps the runs that finished (about 3.6 min per run on an H200).
+# GPUS=N (default 1) spreads the runs over the machine's first N GPUs: argument i runs on GPU
+# i mod N (CUDA_VISIBLE_DEVICES), the runs of one GPU one after another, the GPUs at the same
+# time — each run still has a whole GPU (daemon, worker and pool on it) and its own log folder;
+# the host's CPUs and PCIe are shared, so list the systems to compare in the same round (one
+# argument per GPU) to give them the same neighbours. Environment: SEED (default 6), SESSIONS
+# (24), RATE (0.15), GPUS (1), OUT (required: the tool's output folder).
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
 SEED="${SEED:-6}"
+GPUS="${GPUS:-1}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-status=0
-for spec in "$@"; do
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "GPUS must be a positive integer, got '$GPUS'" >&2; exit 2; }
+
+# One run; prints its result line. $1 = spec, $2 = GPU index.
+run_one() {
+  local spec="$1" gpu="$2" system label flags
   IFS=: read -r system label flags <<<"$spec"
-  name="s${SEED}_${system}_${label:-1}"
-  OUT="$OUT/$name" SEED="$SEED" DELAY_SCALE=1 SYSTEMS_LONGDOCQA="$system" \
-    SESSIONS_LONGDOCQA="${SESSIONS:-24}" LONGDOCQA_RATES="${RATE:-0.15}" STEP_TRACES=1 \
-    WORKER_FLAGS="${flags:-}" "$ROOT/scripts/gpu_e2e_run.sh" longdocqa >"$OUT/$name.stdout" 2>&1
-  rc=$?
-  ((rc == 0)) || status=1
-  echo "$name rc=$rc $(date -u +%T)"
+  local name="s${SEED}_${system}_${label:-1}"
+  local logs="/tmp/asymcache-e2e-logs-$name"
+  CUDA_VISIBLE_DEVICES="$gpu" LOG_ROOT="$logs" OUT="$OUT/$name" SEED="$SEED" DELAY_SCALE=1 \
+    SYSTEMS_LONGDOCQA="$system" SESSIONS_LONGDOCQA="${SESSIONS:-24}" \
+    LONGDOCQA_RATES="${RATE:-0.15}" STEP_TRACES=1 WORKER_FLAGS="${flags:-}" \
+    "$ROOT/scripts/gpu_e2e_run.sh" longdocqa >"$OUT/$name.stdout" 2>&1
+  local rc=$?
+  echo "$name gpu=$gpu rc=$rc $(date -u +%T)"
   grep -E "^\s*$system\b" "$OUT/$name/longdocqa.txt" 2>/dev/null | head -3
-  rm -rf /tmp/asymcache-e2e-logs/longdocqa  # gpu_e2e_run.sh copied this run's traces already
-  tar -C "$OUT" -czf "$OUT/$name.tar.gz" "$name" "$name.stdout" && rm -rf "${OUT:?}/$name" "$OUT/$name.stdout"
+  rm -rf "$logs"  # gpu_e2e_run.sh copied this run's traces already
+  tar -C "$OUT" -czf "$OUT/$name.tar.gz" "$name" "$name.stdout" &&
+    rm -rf "${OUT:?}/$name" "$OUT/$name.stdout"
+  return $rc
+}
+
+# The runs of GPU $1, one after another; exit status 1 when any failed.
+run_gpu() {
+  local gpu="$1" status=0 i
+  shift
+  for ((i = gpu; i < $#; i += GPUS)); do
+    local args=("$@")
+    run_one "${args[$i]}" "$gpu" || status=1
+  done
+  return $status
+}
+
+pids=()
+for ((g = 0; g < GPUS && g < $#; ++g)); do
+  run_gpu "$g" "$@" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=1
 done
 exit $status
