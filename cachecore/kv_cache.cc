@@ -126,7 +126,8 @@ absl::StatusOr<StepLease> KvCache::BeginStep(const StepRequest& request) {
 }
 
 absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId sequence,
-                                             absl::Span<const TokenId> tokens) {
+                                             absl::Span<const TokenId> tokens,
+                                             const BeginStepOptions& options) {
   if (tokens.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("BeginStep: sequence ", sequence, " has no tokens"));
@@ -139,6 +140,40 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   SessionChain chain = TakeChain(salt, sequence, tokens, &hashed);
   // Every path below returns the chain through PutChain, which also counts
   // `hashed` under the lock it takes anyway.
+  if (options.defer_if_pending_tokens > 0) {
+    const int block_tokens = options_.model.block_tokens;
+    const absl::Span<const BlockHash> hashes = chain.chain.hashes();
+    const size_t full_pages = tokens.size() / static_cast<size_t>(block_tokens);
+    std::vector<BlockHash> pending;
+    uint64_t writer = 0;
+    {
+      absl::MutexLock lock(&leases_mu_);
+      if (!writing_.empty()) {
+        for (size_t k = 0; k < full_pages; ++k) {
+          auto it = writing_.find(hashes[k]);
+          if (it == writing_.end() || it->second.sequence == sequence) continue;
+          pending.push_back(hashes[k]);
+          if (writer == 0) writer = it->second.lease_id;
+        }
+      }
+    }
+    // A page the cache holds in another block is a hit, not a wait.
+    const std::vector<int64_t> held = LookupPositions(pending);
+    const int64_t pending_tokens =
+        block_tokens * std::count(held.begin(), held.end(), int64_t{-1});
+    if (pending_tokens >= options.defer_if_pending_tokens) {
+      PutChain(sequence, std::move(chain), hashed);
+      {
+        absl::MutexLock lock(&leases_mu_);
+        ++deferred_plans_;
+      }
+      return absl::AbortedError(absl::StrCat(
+          "BeginStep: sequence ", sequence, ": ", pending_tokens,
+          " of the context's tokens are being written by lease ", writer,
+          " (defer_if_pending_tokens = ", options.defer_if_pending_tokens,
+          "); plan again after it commits"));
+    }
+  }
   PlanInput input;
   input.sequence = sequence;
   input.context_tokens = static_cast<int64_t>(tokens.size());
@@ -179,6 +214,12 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
   {
     absl::MutexLock lock(&leases_mu_);
     result.lease_id = NextLeaseIdLocked();
+    lease.id = result.lease_id;
+    for (const IndexedBlockInfo& info : lease.to_seal) {
+      if (info.tokens == options_.model.block_tokens) {
+        writing_.try_emplace(info.hash, Writer{result.lease_id, sequence});
+      }
+    }
     ++steps_;
     hit_tokens_ += plan.hit_tokens;
     rebuild_tokens_ += plan.rebuild_tokens;
@@ -270,6 +311,10 @@ absl::Status KvCache::CommitStep(uint64_t lease_id, const CommitOptions& options
   // Freed at release: duplicates and the private partial page (still writing).
   duplicates.insert(duplicates.end(), kept_private.begin(), kept_private.end());
   lease.allocated = std::move(duplicates);
+  {
+    absl::MutexLock lock(&leases_mu_);
+    ForgetWritingLocked(lease);  // indexed now (or duplicates of indexed pages)
+  }
   lease.to_seal.clear();
   lease.committed = true;
   lease.deadline = clock_->Now() + options_.lease_timeout;
@@ -392,7 +437,19 @@ absl::StatusOr<BlockId> KvCache::AllocateOne(SequenceId owner) {
   return ids->front();
 }
 
+void KvCache::ForgetWritingLocked(const Lease& lease) {
+  if (writing_.empty()) return;
+  for (const IndexedBlockInfo& info : lease.to_seal) {
+    auto it = writing_.find(info.hash);
+    if (it != writing_.end() && it->second.lease_id == lease.id) writing_.erase(it);
+  }
+}
+
 void KvCache::ReleaseLease(Lease lease) {
+  if (!lease.to_seal.empty()) {  // released before its commit: nothing will be written
+    absl::MutexLock lock(&leases_mu_);
+    ForgetWritingLocked(lease);
+  }
   lease.pins.Reset();
   const absl::Status aborted = pool_.AbortMany(lease.allocated);
   ABSL_RAW_CHECK(aborted.ok(), "ReleaseStep: freeing the lease's own blocks failed");
@@ -601,6 +658,8 @@ KvCache::Stats KvCache::GetStats() const {
     stats.rebuild_tokens = rebuild_tokens_;
     stats.new_tokens = new_tokens_;
     stats.lease_extensions = lease_extensions_;
+    stats.deferred_plans = deferred_plans_;
+    stats.writing_pages = static_cast<int64_t>(writing_.size());
   }
   {
     absl::MutexLock lock(&sessions_mu_);
@@ -647,6 +706,21 @@ absl::Status KvCache::CheckConsistency() const {
     sealed += s == BlockState::kSealed || s == BlockState::kPinned;
   }
   if (pins_seen != stats.pinned) return fail("pinned counter ", stats.pinned, " vs ", pins_seen);
+  {
+    // Every page being written belongs to an uncommitted lease that allocated it.
+    absl::MutexLock lock(&leases_mu_);
+    for (const auto& [hash, writer] : writing_) {
+      auto it = leases_.find(writer.lease_id);
+      const bool owns =
+          it != leases_.end() && !it->second.committed &&
+          std::any_of(it->second.to_seal.begin(), it->second.to_seal.end(),
+                      [&hash](const IndexedBlockInfo& info) { return info.hash == hash; });
+      if (!owns) {
+        return fail("page ", hash.ToHex(), " is listed as being written by lease ",
+                    writer.lease_id, ", which is not an uncommitted lease allocating it");
+      }
+    }
+  }
   if (sealed != static_cast<int64_t>(entries.size())) {
     return fail(sealed, " sealed blocks but ", entries.size(), " index entries");
   }

@@ -89,6 +89,19 @@ struct StepLease {
   StepPlan plan;
 };
 
+struct BeginStepOptions {
+  // Deferral of duplicate work. Full pages an uncommitted lease of another
+  // sequence allocated and is writing now are "being written": the cache does
+  // not hold them yet, so a plan would allocate and compute its own copy (a
+  // duplicate at commit). When at least this many of the context's tokens sit
+  // in such pages (and the cache holds no other copy), BeginStep plans
+  // nothing and returns ABORTED naming the writing lease: nothing is pinned,
+  // allocated, evicted or counted; the caller plans again once that lease
+  // committed (or ended) and hits those pages. 0 (default) = never defer.
+  // A lease of the same sequence never defers it (no self-wait).
+  int64_t defer_if_pending_tokens = 0;
+};
+
 // A block stored in / removed from the index. `block` identifies the copy:
 // an index change and its event are not one atomic step, so a REMOVED of an
 // evicted copy can follow a STORED of a newer copy of the same hash; a
@@ -114,10 +127,11 @@ class KvCache {
 
   // INVALID_ARGUMENT for empty tokens (or > INT32_MAX); RESOURCE_EXHAUSTED when
   // the pool cannot supply the holes and tail (nothing pinned or allocated
-  // then).
+  // then); ABORTED when options.defer_if_pending_tokens defers it (see there).
   absl::StatusOr<StepLease> BeginStep(const StepRequest& request);
   absl::StatusOr<StepLease> BeginStep(absl::string_view salt, SequenceId sequence,
-                                      absl::Span<const TokenId> tokens);
+                                      absl::Span<const TokenId> tokens,
+                                      const BeginStepOptions& options = {});
   // NOT_FOUND for an unknown (or expired) lease; FAILED_PRECONDITION if
   // already committed. `result`, when given, receives the counts.
   struct CommitResult {
@@ -230,6 +244,8 @@ class KvCache {
     int64_t new_tokens = 0;
     int64_t hashed_tokens = 0;    // tokens hashed by BeginStep (chain reuse saves these)
     int64_t lease_extensions = 0;  // successful ExtendLease calls
+    int64_t deferred_plans = 0;    // BeginStep calls deferred (ABORTED) by defer_if_pending_tokens
+    int64_t writing_pages = 0;     // full pages uncommitted leases are writing now
   };
   Stats GetStats() const;
 
@@ -254,6 +270,7 @@ class KvCache {
     BlockHash planned_hash;    // ChainBlock(parent, those tokens) when planned_tokens > 0
   };
   struct Lease {
+    uint64_t id = 0;
     SequenceId sequence = 0;
     absl::Time deadline;
     bool committed = false;
@@ -287,7 +304,10 @@ class KvCache {
   // returns its chain.
   SessionChain EraseSessionLocked(SessionMap::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
-  void ReleaseLease(Lease lease);
+  void ReleaseLease(Lease lease) ABSL_LOCKS_EXCLUDED(leases_mu_);
+  // Drops the lease's entries of writing_ (its pages are sealed, duplicates
+  // or freed now).
+  void ForgetWritingLocked(const Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   uint64_t NextLeaseIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   // One block for `owner` (evicting as Allocate does, kRemoved events).
   absl::StatusOr<BlockId> AllocateOne(SequenceId owner);
@@ -330,6 +350,14 @@ class KvCache {
   int64_t rebuild_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t new_tokens_ ABSL_GUARDED_BY(leases_mu_) = 0;
   int64_t lease_extensions_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  int64_t deferred_plans_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  // Full pages uncommitted leases allocated and are writing: chain hash ->
+  // the first such lease (BeginStepOptions::defer_if_pending_tokens).
+  struct Writer {
+    uint64_t lease_id = 0;
+    SequenceId sequence = 0;
+  };
+  absl::flat_hash_map<BlockHash, Writer> writing_ ABSL_GUARDED_BY(leases_mu_);
 
   mutable absl::Mutex sessions_mu_;
   SessionMap sessions_ ABSL_GUARDED_BY(sessions_mu_);

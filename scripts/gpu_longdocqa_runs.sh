@@ -13,14 +13,18 @@
 # i mod N (CUDA_VISIBLE_DEVICES), the runs of one GPU one after another, the GPUs at the same
 # time — each run still has a whole GPU (daemon, worker and pool on it) and its own log folder;
 # the host's CPUs and PCIe are shared, so list the systems to compare in the same round (one
-# argument per GPU) to give them the same neighbours. Environment: SEED (default 6), SESSIONS
-# (24), RATE (0.15), GPUS (1), OUT (required: the tool's output folder).
+# argument per GPU) to give them the same neighbours. FIRST_GPU=K (default 0) starts at GPU K
+# (two calls of this script with other seeds can share a machine). Environment: SEED (default
+# 6), SESSIONS (24), RATE (0.15), GPUS (1), FIRST_GPU (0), OUT (required: the tool's output
+# folder).
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
 SEED="${SEED:-6}"
 GPUS="${GPUS:-1}"
+FIRST_GPU="${FIRST_GPU:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "GPUS must be a positive integer, got '$GPUS'" >&2; exit 2; }
+[[ "$FIRST_GPU" =~ ^[0-9]+$ ]] || { echo "FIRST_GPU must be an integer >= 0, got '$FIRST_GPU'" >&2; exit 2; }
 
 # One run; prints its result line. $1 = spec, $2 = GPU index.
 run_one() {
@@ -47,7 +51,7 @@ run_gpu() {
   shift
   for ((i = gpu; i < $#; i += GPUS)); do
     local args=("$@")
-    run_one "${args[$i]}" "$gpu" || status=1
+    run_one "${args[$i]}" "$((FIRST_GPU + gpu))" || status=1
   done
   return $status
 }

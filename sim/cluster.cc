@@ -240,6 +240,7 @@ absl::StatusOr<ClusterResult> ClusterReplay::Run(RoutingMode mode) {
     run.evictions += t.evictions;
     run.pins_granted += t.pins_granted;
     run.pins_released_under_pressure += t.pins_released_under_pressure;
+    run.deferred_plans += t.deferred_plans;
     run.preemptions += t.preemptions;
     run.blocked_decode_steps += t.blocked_decode_steps;
     run.final_pool.capacity += t.final_pool.capacity;

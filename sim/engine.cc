@@ -219,9 +219,21 @@ absl::Status EngineInstance::Admit() {
     // tokens so far: the prompt, and the tokens generated before a preemption.
     const int64_t planned =
         grow ? request.prompt_tokens + request.generated : request.context_tokens;
+    const BeginStepOptions begin{.defer_if_pending_tokens = options_.defer_pending_tokens};
     absl::StatusOr<StepLease> lease = cache_->BeginStep(
         request.salt, request.sequence,
-        absl::MakeConstSpan(context.data(), static_cast<size_t>(planned)));
+        absl::MakeConstSpan(context.data(), static_cast<size_t>(planned)), begin);
+    if (absl::IsAborted(lease.status())) {
+      // Deferred: a running request is computing its pages. It waits (FCFS)
+      // and is planned again at the next step, as the worker plans it again
+      // once that request's commit landed.
+      if (running_.empty()) {
+        return absl::InternalError(absl::StrCat("BeginStep deferred with nothing running: ",
+                                                lease.status().message()));
+      }
+      ++totals_.deferred_plans;
+      return absl::OkStatus();
+    }
     if (!lease.ok() && absl::IsResourceExhausted(lease.status()) && pins_ != nullptr) {
       const double waited = now_s_ - replay_->record(request.record).arrival_s;
       const absl::Duration wait =
@@ -635,6 +647,14 @@ absl::Status EngineOptions::Validate() const {
   if (max_step_latency < absl::ZeroDuration() || max_step_latency == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError("EngineOptions.max_step_latency must be finite and >= 0");
   }
+  if (defer_pending_tokens < 0) {
+    return absl::InvalidArgumentError("EngineOptions.defer_pending_tokens must be >= 0 (0 = never)");
+  }
+  if (defer_pending_tokens > 0 && !commit_at_prefill_end) {
+    return absl::InvalidArgumentError(
+        "EngineOptions.defer_pending_tokens requires commit_at_prefill_end (a request committed "
+        "at finish would make the deferred one wait for its whole decode)");
+  }
   if (grow_output_blocks && !commit_at_prefill_end) {
     return absl::InvalidArgumentError(
         "EngineOptions.grow_output_blocks requires commit_at_prefill_end (a decoding request's "
@@ -692,6 +712,7 @@ absl::StatusOr<RunResult> RunSystem(const Workload& workload, const SystemSpec& 
   result.evictions = totals.evictions;
   result.pins_granted = totals.pins_granted;
   result.pins_released_under_pressure = totals.pins_released_under_pressure;
+  result.deferred_plans = totals.deferred_plans;
   result.preemptions = totals.preemptions;
   result.blocked_decode_steps = totals.blocked_decode_steps;
   result.final_pool = totals.final_pool;

@@ -127,6 +127,15 @@ struct EngineOptions {
   // request when nothing can run. Requires commit_at_prefill_end (the
   // next page's plan finds the earlier pages only once they are sealed).
   bool grow_output_blocks = false;
+  // The worker's deferral of duplicate prefill (its
+  // EngineOptions::defer_pending_tokens, default 2048 there): a request whose
+  // admission plan has at least this many tokens in pages a running request
+  // is still computing waits at the head of the queue until that request's
+  // commit, then hits them. 0 (the default here, so that earlier results
+  // reproduce) = never: each computes its own copy. > 0 requires
+  // commit_at_prefill_end (committing at finish would make it wait for the
+  // writer's whole decode).
+  int64_t defer_pending_tokens = 0;
   // Keep every step's work (RunResult::steps; single-engine runs, RunSystem):
   // what asymcache-sim --step-trace-dir writes as step traces
   // (cachecore/step_trace.h). ~100 bytes a step plus 24 per decode: off by
@@ -218,6 +227,9 @@ struct RunResult {
   int64_t evictions = 0;
   int64_t pins_granted = 0;             // AgentPinTable decisions that pinned
   int64_t pins_released_under_pressure = 0;
+  // defer_pending_tokens: admission plans deferred (one per step the head of
+  // the queue waited for pages being written).
+  int64_t deferred_plans = 0;
   // grow_output_blocks: RequestRecord's counts, over all requests.
   int64_t preemptions = 0;
   int64_t blocked_decode_steps = 0;
@@ -355,6 +367,7 @@ struct EngineTotals {
   int64_t evictions = 0;
   int64_t pins_granted = 0;
   int64_t pins_released_under_pressure = 0;
+  int64_t deferred_plans = 0;        // RunResult's
   int64_t preemptions = 0;           // RunResult's
   int64_t blocked_decode_steps = 0;  // RunResult's
   std::vector<SimStep> steps;        // RunResult's (record_steps)

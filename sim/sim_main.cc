@@ -96,6 +96,11 @@ ABSL_FLAG(bool, grow_output_blocks, false,
           "prompt only, a decoding request takes one block per 16 tokens, skips steps while the "
           "pool cannot supply one, and the newest request is preempted when none can run; off: "
           "admission reserves the outputs' blocks with the prompt");
+ABSL_FLAG(int64_t, defer_pending_tokens, 0,
+          "the worker's deferral of duplicate prefill (needs --commit-at-prefill-end): a request "
+          "whose admission plan has at least this many tokens in pages a running request is "
+          "computing waits for that request's commit and hits them; 0 = never (the worker's "
+          "default is 2048)");
 ABSL_FLAG(std::string, requests_csv, "",
           "single-rate runs: write every request of every system (queue / prefill time, hit / "
           "rebuilt / new tokens) and each run's step mix as CSV to this file");
@@ -242,6 +247,7 @@ absl::StatusOr<SimOptions> ParseOptions() {
   o.engine.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
   o.engine.commit_at_prefill_end = absl::GetFlag(FLAGS_commit_at_prefill_end);
   o.engine.grow_output_blocks = absl::GetFlag(FLAGS_grow_output_blocks);
+  o.engine.defer_pending_tokens = absl::GetFlag(FLAGS_defer_pending_tokens);
   if (absl::Status s = o.engine.Validate(); !s.ok()) return s;
   absl::StatusOr<std::vector<RoutingMode>> routing =
       ParseRoutingModes(absl::GetFlag(FLAGS_routing));

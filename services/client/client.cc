@@ -189,6 +189,7 @@ absl::StatusOr<LeasedStep> Client::PlanStep(absl::string_view salt, SequenceId s
   request.mutable_tokens()->Add(tokens.begin(), tokens.end());
   for (const BlockHash& hash : options.block_hashes) ToProto(hash, request.add_block_hashes());
   if (options.agent.has_value()) ToProto(*options.agent, request.mutable_agent());
+  request.set_defer_if_pending_tokens(options.defer_if_pending_tokens);
   if (options.expected_model.has_value()) {
     ToProto(*options.expected_model, request.mutable_expected_model());
   }
@@ -451,6 +452,8 @@ absl::StatusOr<DaemonStats> Client::GetStats(absl::Duration timeout) {
   stats.last_event_sequence = response.last_event_sequence();
   stats.uptime_s = response.uptime_s();
   stats.lease_extensions = response.lease_extensions();
+  stats.deferred_plans = response.deferred_plans();
+  stats.writing_pages = response.writing_pages();
   return stats;
 }
 

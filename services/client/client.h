@@ -117,6 +117,11 @@ struct PlanStepOptions {
   // tokens) so the returned StepPlan is complete and passes ValidateStepPlan;
   // false leaves plan.hashes empty (the plan is still usable for kernels).
   bool compute_plan_hashes = true;
+  // Deferral of duplicate work (0 = never, the default): ABORTED from the
+  // daemon, nothing planned, when at least this many of the context's tokens
+  // are in full pages another sequence's uncommitted lease is writing now;
+  // plan again after that lease committed (PlanStepRequest.defer_if_pending_tokens).
+  int64_t defer_if_pending_tokens = 0;
 };
 
 // A planned step: the lease and its plan.
@@ -199,6 +204,8 @@ struct DaemonStats {
   uint64_t last_event_sequence = 0;
   double uptime_s = 0;
   int64_t lease_extensions = 0;   // successful ExtendLease calls
+  int64_t deferred_plans = 0;     // PlanStep calls deferred (defer_if_pending_tokens)
+  int64_t writing_pages = 0;      // full pages uncommitted leases are writing now
 };
 
 // One KvEventBatch of WatchEvents (cache_daemon.proto explains snapshots).

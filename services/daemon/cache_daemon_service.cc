@@ -144,9 +144,15 @@ grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerConte
         }
       }
     }
+    if (request->defer_if_pending_tokens() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PlanStep: defer_if_pending_tokens must be >= 0 (0 = never defer), got ",
+          request->defer_if_pending_tokens()));
+    }
+    const BeginStepOptions begin{.defer_if_pending_tokens = request->defer_if_pending_tokens()};
     const absl::Time start = absl::Now();
     absl::StatusOr<StepLease> lease =
-        state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens);
+        state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens, begin);
     if (!lease.ok() && absl::IsResourceExhausted(lease.status())) {
       // Soft pins: a request refused for memory for longer than a pinned
       // job's expected benefit (the rebuild time its pins save) takes those
@@ -156,7 +162,7 @@ grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerConte
       const int64_t needed = (static_cast<int64_t>(tokens.size()) + options.model.block_tokens - 1) /
                              options.model.block_tokens;
       if (state_->pins().ReleaseUnderPressure(needed, waited) > 0) {
-        lease = state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens);
+        lease = state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens, begin);
       }
     }
     if (!lease.ok()) return lease.status();
@@ -616,6 +622,8 @@ grpc::ServerUnaryReactor* CacheDaemonService::GetStats(grpc::CallbackServerConte
     response->set_last_event_sequence(state_->events().last_sequence());
     response->set_uptime_s(absl::ToDoubleSeconds(absl::Now() - state_->started()));
     response->set_lease_extensions(stats.lease_extensions);
+    response->set_deferred_plans(stats.deferred_plans);
+    response->set_writing_pages(stats.writing_pages);
     return absl::OkStatus();
   });
 }

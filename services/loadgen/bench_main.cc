@@ -312,6 +312,9 @@ EngineOptions PredictionOptions(const SystemRun& system, int64_t pool_blocks,
   // context page by page (services/worker/engine.h).
   engine.commit_at_prefill_end = worker_memory;
   engine.grow_output_blocks = worker_memory;
+  // The worker's --defer-pending-tokens default: an admission waits for the
+  // pages another request is computing.
+  engine.defer_pending_tokens = worker_memory ? 2048 : 0;
   return engine;
 }
 
@@ -327,7 +330,8 @@ nlohmann::json EngineOptionsJson(const EngineOptions& o) {
           {"tile_tokens", o.tile_tokens},
           {"agent_pins", o.agent_pins},
           {"commit_at_prefill_end", o.commit_at_prefill_end},
-          {"grow_output_blocks", o.grow_output_blocks}};
+          {"grow_output_blocks", o.grow_output_blocks},
+          {"defer_pending_tokens", o.defer_pending_tokens}};
 }
 
 // The simulator's replay of the same workload on the same system, pool and

@@ -63,6 +63,7 @@ absl::Status EngineOptions::Validate() const {
       admission_retry_interval == absl::InfiniteDuration()) {
     return bad("admission_retry_interval: must be finite and >= 0");
   }
+  if (defer_pending_tokens < 0) return bad("defer_pending_tokens: must be >= 0 (0 = never)");
   if (daemon_check_interval < absl::ZeroDuration()) {
     return bad("daemon_check_interval: must be >= 0");
   }
@@ -130,6 +131,8 @@ struct Engine::Sequence {
   bool logits_only = false;
   // Its last plan got RESOURCE_EXHAUSTED this step.
   bool blocked = false;
+  // Its admission plan was deferred (EngineOptions::defer_pending_tokens).
+  bool deferred = false;
   absl::Time renew_due;
   // This step runs one query at its last known position: a decode token, or
   // the logits-only re-run of a fully resident context.
@@ -524,6 +527,9 @@ absl::StatusOr<ScopedLease> Engine::BeginPlan(const Sequence& seq, int64_t targe
   if (!seq.planned_once && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
     plan_options.agent = seq.request.agent;
   }
+  // Only an admission waits for pages another request is writing: a running
+  // sequence's re-plan goes on (it holds pages others may wait for).
+  if (!seq.lease.active()) plan_options.defer_if_pending_tokens = options_.defer_pending_tokens;
   return daemon_->BeginStep(seq.request.salt, seq.daemon_sequence,
                             absl::MakeConstSpan(seq.tokens).first(target_tokens), plan_options,
                             options_.rpc_timeout);
@@ -533,6 +539,12 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
                                int64_t target_tokens, bool* blocked) {
   if (absl::IsResourceExhausted(lease.status())) {
     *blocked = true;
+    return absl::OkStatus();
+  }
+  if (absl::IsAborted(lease.status()) && !seq.lease.active()) {
+    // Deferred (defer_pending_tokens): another request is writing its pages.
+    *blocked = true;
+    seq.deferred = true;
     return absl::OkStatus();
   }
   if (!lease.ok()) return DaemonCallError("PlanStep", lease.status());
@@ -795,11 +807,13 @@ void Engine::Admit() {
       continue;
     }
     if (blocked) {
-      refusal_ = AdmissionRefusal{seq.id, absl::Now(), last_release_ticket_};
+      refusal_ = AdmissionRefusal{seq.id, absl::Now(), last_release_ticket_, last_commit_ticket_,
+                                  seq.deferred};
       {
         absl::MutexLock lock(&mu_);
-        ++stats_.admission_refusals;
+        ++(seq.deferred ? stats_.deferred_admissions : stats_.admission_refusals);
       }
+      seq.deferred = false;
       if (timed_out()) continue;
       break;  // FCFS: later requests wait behind it
     }
@@ -812,6 +826,10 @@ bool Engine::MayRetryAdmission(const Sequence& seq) {
   if (!refusal_.has_value() || refusal_->request_id != seq.id) return true;
   if (last_release_ticket_ > refusal_->release_ticket) {
     WaitForCall(last_release_ticket_);  // its blocks are free once it landed
+    return true;
+  }
+  if (refusal_->deferred && last_commit_ticket_ > refusal_->commit_ticket) {
+    WaitForCall(last_commit_ticket_);  // the pages it waits for are in the cache once it landed
     return true;
   }
   return absl::Now() - refusal_->at >= options_.admission_retry_interval;
@@ -1128,6 +1146,7 @@ bool Engine::Step() {
           lease_id, CommitOptions{.keep_partial_last_page = keep_partial}, options_.rpc_timeout);
       if (!committed.ok()) error->Set(committed.status());
     });
+    last_commit_ticket_ = seq.last_call;  // pages came into the cache: a deferred head may retry
     seq.committed = true;
     seq.pages.set_last_page_private(keep_partial && seq.pages.LastPageIsOwnPartial());
   }

@@ -159,6 +159,21 @@ struct EngineOptions {
   // agent pin TTLs. 0 = plan it again every step (the behaviour before
   // 2026-11-28). >= 0.
   absl::Duration admission_retry_interval = absl::Milliseconds(500);
+  // Deferral of duplicate prefill. A request is planned at admission; when
+  // at least this many of its context's tokens are in pages another request
+  // is computing right now (its prefill started, its lease not committed:
+  // two requests on one document, the second arriving during the first's
+  // prefill), the daemon plans nothing (PlanStep ABORTED) and the request
+  // waits at the head of the queue until one of this engine's commits
+  // landed (the writer's prefill ended), a release landed (it ended), or
+  // admission_retry_interval passed (a writer of another engine); then it is
+  // planned again and hits those pages instead of computing a second copy
+  // at the same time. 2048: a fixed-budget step's prefill (smaller overlaps
+  // cost less than the wait). 0 = never defer (each computes its own copy,
+  // the behaviour before 2026-11-28). >= 0. Only plans at admission are
+  // deferred (a request's first, or its re-admission after a preemption);
+  // an old daemon ignores the field (never defers).
+  int64_t defer_pending_tokens = 2048;
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
   CalibrationParams calibration;
@@ -203,6 +218,9 @@ struct EngineStats {
   int64_t waited_rollovers = 0;
   // Plans of the queue's head refused for pool space (admission_retry_interval).
   int64_t admission_refusals = 0;
+  // Plans of the queue's head deferred because another request was computing
+  // its pages (defer_pending_tokens).
+  int64_t deferred_admissions = 0;
   int64_t preemptions = 0;
   int64_t finished_requests = 0;
   // Prompt/hole tokens not yet computed: the context of every request not
@@ -337,11 +355,17 @@ class Engine {
   // The call-queue ticket of the latest release of a finished or preempted
   // request's lease (blocks came free; a re-plan's release frees none net).
   uint64_t last_release_ticket_ = 0;
-  // The head of the queue's latest refused plan (options_.admission_retry_interval).
+  // The call-queue ticket of the latest commit (a prefill's pages came into
+  // the cache: a deferred admission may retry).
+  uint64_t last_commit_ticket_ = 0;
+  // The head of the queue's latest refused or deferred plan
+  // (options_.admission_retry_interval, options_.defer_pending_tokens).
   struct AdmissionRefusal {
     uint64_t request_id = 0;
     absl::Time at;
     uint64_t release_ticket = 0;  // last_release_ticket_ then
+    uint64_t commit_ticket = 0;   // last_commit_ticket_ then
+    bool deferred = false;        // waits for pages being written, not for space
   };
   std::optional<AdmissionRefusal> refusal_;
   // Whether the head `seq`, refused before, may be planned again now (waits

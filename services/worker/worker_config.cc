@@ -160,6 +160,11 @@ const Table& Settings() {
                           "of this worker or this long after the refusal (0 = every step)",
                           kDurationExamples,
                           [](auto* o) { return &o->engine.admission_retry_interval; }),
+          Table::Integer<int64_t>(
+              "defer-pending-tokens",
+              "a request whose admission plan has at least this many tokens in pages another "
+              "request is computing waits for that prefill's commit and hits them (0 = never)",
+              [](auto* o) { return &o->engine.defer_pending_tokens; }),
           Table::Duration("daemon-check-interval",
                           "how often the daemon's run is checked, to follow a restart (0 = never)",
                           kDurationExamples,

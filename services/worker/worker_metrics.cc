@@ -91,6 +91,10 @@ WorkerMetrics::WorkerMetrics(MetricFamilyRegistrar& families, const Info& info) 
                            "K/V rows copied from a request's own pages instead of recomputed.");
   page_rollovers_ = counter("asymcache_worker_page_rollovers_total",
                             "Decode pages rolled over by the daemon's ExtendLease (no plan).");
+  deferred_admissions_ = counter(
+      "asymcache_worker_deferred_admissions_total",
+      "Admission plans deferred while another request computed the same pages "
+      "(--defer-pending-tokens).");
   preemptions_ = counter("asymcache_worker_preemptions_total",
                          "Sequences whose blocks were given back under pool pressure.");
   finished_requests_ = counter("asymcache_worker_finished_requests_total",
@@ -123,6 +127,7 @@ void WorkerMetrics::Update(const EngineStats& stats) {
   Advance(prefill_tokens_, last_.prefill_tokens, stats.prefill_tokens);
   Advance(copied_tokens_, last_.copied_tokens, stats.copied_tokens);
   Advance(page_rollovers_, last_.page_rollovers, stats.page_rollovers);
+  Advance(deferred_admissions_, last_.deferred_admissions, stats.deferred_admissions);
   Advance(preemptions_, last_.preemptions, stats.preemptions);
   Advance(finished_requests_, last_.finished_requests, stats.finished_requests);
   running_->Set(static_cast<double>(stats.running));

@@ -12,6 +12,7 @@
 //   asymcache_worker_prefill_tokens_total             counter (prompt/hole tokens computed)
 //   asymcache_worker_copied_tokens_total              counter (K/V rows copied, not recomputed)
 //   asymcache_worker_page_rollovers_total             counter (decode pages from ExtendLease)
+//   asymcache_worker_deferred_admissions_total        counter (waited for pages being written)
 //   asymcache_worker_preemptions_total                counter
 //   asymcache_worker_finished_requests_total          counter
 //   asymcache_worker_running_sequences                gauge (the decode batch)
@@ -94,6 +95,7 @@ class WorkerMetrics {
   prometheus::Counter* prefill_tokens_ = nullptr;
   prometheus::Counter* copied_tokens_ = nullptr;
   prometheus::Counter* page_rollovers_ = nullptr;
+  prometheus::Counter* deferred_admissions_ = nullptr;
   prometheus::Counter* preemptions_ = nullptr;
   prometheus::Counter* finished_requests_ = nullptr;
   prometheus::Gauge* running_ = nullptr;

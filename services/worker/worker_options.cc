@@ -103,6 +103,10 @@ absl::Status WorkerOptions::Validate() const {
                           absl::FormatDuration(engine.admission_retry_interval),
                           "must be finite and >= 0 (0 = every step)");
   }
+  if (engine.defer_pending_tokens < 0) {
+    return FlagValueError("defer-pending-tokens", engine.defer_pending_tokens,
+                          "must be >= 0 (0 = never defer)");
+  }
   if (engine.daemon_check_interval < absl::ZeroDuration() ||
       engine.daemon_check_interval == absl::InfiniteDuration()) {
     return FlagValueError("daemon-check-interval",

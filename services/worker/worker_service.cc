@@ -319,6 +319,7 @@ grpc::ServerUnaryReactor* WorkerService::GetWorkerStats(grpc::CallbackServerCont
   response->set_prefill_tokens(s.prefill_tokens);
   response->set_copied_tokens(s.copied_tokens);
   response->set_page_rollovers(s.page_rollovers);
+  response->set_deferred_admissions(s.deferred_admissions);
   response->set_preemptions(s.preemptions);
   response->set_step_seconds(s.step_seconds);
   response->set_plan_rpc_seconds(s.rpc_seconds);

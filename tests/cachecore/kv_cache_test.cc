@@ -770,5 +770,119 @@ TEST(KvCacheThreadTest, ConcurrentStepsStayConsistent) {
   EXPECT_GT(stats.hit_tokens, 0);
 }
 
+// Deferral: a plan whose pages another sequence's uncommitted lease is writing
+// is refused (ABORTED, nothing changed) until that lease commits, then hits.
+TEST(KvCacheTest, APlanOfPagesAnotherLeaseIsWritingIsDeferredUntilItCommits) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 64);
+  const std::vector<TokenId> doc = Tokens(8 * kB);
+  std::vector<TokenId> question = doc;
+  question.push_back(9000);
+  absl::StatusOr<StepLease> writer = cache->BeginStep("s", 1, doc);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  EXPECT_EQ(cache->GetStats().writing_pages, 8);
+  const KvCache::Stats before = cache->GetStats();
+
+  const BeginStepOptions defer{.defer_if_pending_tokens = 4 * kB};
+  absl::StatusOr<StepLease> deferred = cache->BeginStep("s", 2, question, defer);
+  EXPECT_EQ(deferred.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(deferred.status().message(), HasSubstr(absl::StrCat(8 * kB, " of the context")));
+  EXPECT_THAT(deferred.status().message(), HasSubstr(absl::StrCat("lease ", writer->lease_id)));
+  const KvCache::Stats refused = cache->GetStats();
+  EXPECT_EQ(refused.deferred_plans, 1);
+  EXPECT_EQ(refused.steps, before.steps);
+  EXPECT_EQ(refused.active_leases, before.active_leases);
+  EXPECT_EQ(refused.pool.free, before.pool.free);
+  EXPECT_EQ(refused.pool.writing, before.pool.writing);
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+
+  // Below the threshold, another salt (other hashes) and the writer's own
+  // sequence are never deferred.
+  const BeginStepOptions high{.defer_if_pending_tokens = 9 * kB};
+  absl::StatusOr<StepLease> own = cache->BeginStep("s", 1, question, defer);
+  EXPECT_TRUE(own.ok()) << own.status();
+  absl::StatusOr<StepLease> other_salt = cache->BeginStep("t", 3, question, defer);
+  EXPECT_TRUE(other_salt.ok()) << other_salt.status();
+  absl::StatusOr<StepLease> not_enough = cache->BeginStep("s", 4, question, high);
+  ASSERT_TRUE(not_enough.ok()) << not_enough.status();
+  EXPECT_EQ(not_enough->plan.hit_tokens, 0);  // computes its own copy
+  for (const auto* lease : {&own, &other_salt, &not_enough}) {
+    ASSERT_TRUE(cache->ReleaseStep((*lease)->lease_id).ok());
+  }
+  EXPECT_EQ(cache->GetStats().writing_pages, 8);  // still the first writer's
+
+  ASSERT_TRUE(cache->CommitStep(writer->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().writing_pages, 0);
+  absl::StatusOr<StepLease> after = cache->BeginStep("s", 2, question, defer);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->plan.hit_tokens, 8 * kB);
+  EXPECT_EQ(after->plan.new_tokens, 1);
+  ASSERT_TRUE(cache->ReleaseStep(after->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(writer->lease_id).ok());
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+// A writer that ends without committing (released or expired) stops deferring
+// others: nothing will be written.
+TEST(KvCacheTest, AWriterReleasedOrExpiredBeforeItsCommitNoLongerDefers) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 64);
+  const std::vector<TokenId> doc = Tokens(6 * kB);
+  const BeginStepOptions defer{.defer_if_pending_tokens = 1};
+  absl::StatusOr<StepLease> writer = cache->BeginStep("s", 1, doc);
+  ASSERT_TRUE(writer.ok());
+  EXPECT_EQ(cache->BeginStep("s", 2, doc, defer).status().code(), absl::StatusCode::kAborted);
+  ASSERT_TRUE(cache->ReleaseStep(writer->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().writing_pages, 0);
+  absl::StatusOr<StepLease> second = cache->BeginStep("s", 2, doc, defer);
+  ASSERT_TRUE(second.ok()) << second.status();  // now the writer itself
+  EXPECT_EQ(cache->GetStats().writing_pages, 6);
+  EXPECT_EQ(cache->BeginStep("s", 3, doc, defer).status().code(), absl::StatusCode::kAborted);
+  clock.Advance(absl::Seconds(11));  // past the 10 s lease timeout
+  EXPECT_EQ(cache->ExpireLeases(), 1);
+  EXPECT_EQ(cache->GetStats().writing_pages, 0);
+  absl::StatusOr<StepLease> third = cache->BeginStep("s", 3, doc, defer);
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_TRUE(cache->ReleaseStep(third->lease_id).ok());
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
+// Only full pages count, and only those the cache does not hold: a partial
+// last page is not shared, a page held elsewhere is a hit.
+TEST(KvCacheTest, OnlyFullPagesTheCacheDoesNotHoldCountAsBeingWritten) {
+  FakeClock clock;
+  auto cache = MakeCache(&clock, 64);
+  const std::vector<TokenId> partial = Tokens(kB - 1);
+  absl::StatusOr<StepLease> writer = cache->BeginStep("s", 1, partial);
+  ASSERT_TRUE(writer.ok());
+  EXPECT_EQ(cache->GetStats().writing_pages, 0);
+  const BeginStepOptions defer{.defer_if_pending_tokens = 1};
+  absl::StatusOr<StepLease> reader = cache->BeginStep("s", 2, partial, defer);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE(cache->ReleaseStep(reader->lease_id).ok());
+  ASSERT_TRUE(cache->ReleaseStep(writer->lease_id).ok());
+
+  // Two sequences write the same full pages; the second commits first: its
+  // copies are indexed, so a third plan hits them although the first writer
+  // is still writing.
+  const std::vector<TokenId> doc = Tokens(4 * kB, 100);
+  absl::StatusOr<StepLease> first = cache->BeginStep("s", 1, doc);
+  absl::StatusOr<StepLease> second = cache->BeginStep("s", 2, doc);
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(cache->CommitStep(second->lease_id).ok());
+  EXPECT_EQ(cache->GetStats().writing_pages, 4);  // the first writer's entries
+  absl::StatusOr<StepLease> third = cache->BeginStep("s", 3, doc, defer);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->plan.hit_tokens, 4 * kB);
+  KvCache::CommitResult duplicates;
+  ASSERT_TRUE(cache->CommitStep(first->lease_id, &duplicates).ok());
+  EXPECT_EQ(duplicates.duplicate_blocks, 4);
+  EXPECT_EQ(cache->GetStats().writing_pages, 0);
+  for (const auto* lease : {&first, &second, &third}) {
+    ASSERT_TRUE(cache->ReleaseStep((*lease)->lease_id).ok());
+  }
+  EXPECT_TRUE(cache->CheckConsistency().ok()) << cache->CheckConsistency();
+}
+
 }  // namespace
 }  // namespace asymcache

@@ -33,7 +33,7 @@ STATE_FIELDS = (
     "capacity_blocks", "free_blocks", "writing_blocks", "sealed_blocks", "pinned_blocks",
     "in_transfer_blocks", "indexed_blocks", "evictions", "active_leases", "active_exports",
     "agent_pinned_blocks", "agent_pinned_jobs", "steps", "hit_tokens", "rebuild_tokens",
-    "new_tokens", "last_event_sequence", "lease_extensions")
+    "new_tokens", "last_event_sequence", "lease_extensions", "deferred_plans", "writing_pages")
 
 
 VOCAB = 1024      # the tiny model's vocabulary: token ids must lie in [0, VOCAB)
@@ -225,6 +225,39 @@ class DaemonApiTest(unittest.TestCase):
                                 grpc.StatusCode.INVALID_ARGUMENT, "position -16")
         finally:
             self.release(reply.lease_id)
+
+    def test_a_plan_of_pages_being_written_is_deferred_until_their_commit(self):
+        document = tokens(6 * BLOCK_TOKENS, 11)
+        writer = self.plan("py-defer", 41, document)
+        try:
+            self.assertEqual(self.stats().writing_pages, 6)
+            question = document + tokens(5, 12)
+            before = self.state()
+            with self.assertRaises(grpc.RpcError) as raised:
+                self.plan("py-defer", 42, question, defer_if_pending_tokens=BLOCK_TOKENS)
+            self.assertEqual(raised.exception.code(), grpc.StatusCode.ABORTED,
+                             raised.exception.details())
+            self.assertIn("96 of the context's tokens are being written by lease %d"
+                          % writer.lease_id, raised.exception.details())
+            after = self.state()
+            self.assertEqual(after.pop("deferred_plans"), before.pop("deferred_plans") + 1)
+            self.assertEqual(after, before)  # nothing planned, pinned or allocated
+            # 0 (the default) never defers: the plan computes its own copy.
+            duplicate = self.plan("py-defer", 43, question)
+            self.assertEqual(duplicate.plan.hit_tokens, 0)
+            self.release(duplicate.lease_id)
+            self.commit(writer.lease_id)
+            self.assertEqual(self.stats().writing_pages, 0)
+            reader = self.plan("py-defer", 42, question, defer_if_pending_tokens=BLOCK_TOKENS)
+            self.assertEqual(reader.plan.hit_tokens, len(document))
+            self.release(reader.lease_id)
+        finally:
+            self.release(writer.lease_id)
+
+    def test_negative_defer_if_pending_tokens_is_invalid(self):
+        self.assert_refused(
+            lambda: self.plan("py-bad", 44, tokens(8, 1), defer_if_pending_tokens=-1),
+            grpc.StatusCode.INVALID_ARGUMENT, "defer_if_pending_tokens")
 
     def test_watch_events_snapshot_matches_the_index(self):
         reply = self.plan("py-events", 21, tokens(3 * BLOCK_TOKENS, 2))

@@ -379,6 +379,64 @@ TEST(EngineTest, ARefusedAdmissionIsPlannedAgainAfterARelease) {
   }
 }
 
+// Two requests on one document, the second submitted while the first's
+// prefill runs: with defer_pending_tokens the second waits for the first's
+// commit and hits the document instead of computing a second copy at the same
+// time (without it, it computes its own); exact either way.
+class EngineDeferralTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(EngineDeferralTest, ASecondRequestOnADocumentBeingComputedWaitsAndHitsIt) {
+  const bool defer = GetParam();
+  const model::WeightSource weights = TinyWeights(23);
+  EngineOptions options;
+  options.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
+  options.chunking.fixed_budget_tokens = 16;  // the document takes 40 steps
+  options.defer_pending_tokens = defer ? 64 : 0;
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(128), weights, options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(29);
+  const std::vector<int32_t> document = RandomTokens(rng, 40 * 16);
+  std::vector<GenerationRequest> requests(2);
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (GenerationRequest& request : requests) {
+    request.prompt = document;
+    const std::vector<int32_t> question = RandomTokens(rng, 9);
+    request.prompt.insert(request.prompt.end(), question.begin(), question.end());
+    request.max_new_tokens = 4;
+    request.return_logits = true;
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(stack->engine->Submit(request, sinks.back()).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    ASSERT_TRUE(sinks[i]->Wait());
+    EXPECT_EQ(Compare(*sinks[i], Reference(weights, requests[i]), absl::StrCat("request ", i)),
+              "");
+  }
+  const EngineStats engine = stack->engine->stats();
+  const DaemonStats daemon = stack->Stats();
+  const int64_t prompt = static_cast<int64_t>(requests[0].prompt.size());
+  if (defer) {
+    EXPECT_GE(engine.deferred_admissions, 1);
+    EXPECT_GE(daemon.deferred_plans, engine.deferred_admissions);
+    EXPECT_EQ(sinks[1]->stats().hit_tokens, static_cast<int64_t>(document.size()));
+    EXPECT_EQ(engine.prefill_tokens, prompt + 9);  // the document once, both questions
+  } else {
+    EXPECT_EQ(engine.deferred_admissions, 0);
+    EXPECT_EQ(daemon.deferred_plans, 0);
+    EXPECT_EQ(sinks[1]->stats().hit_tokens, 0);
+    EXPECT_EQ(engine.prefill_tokens, 2 * prompt);  // a second copy of the document
+  }
+  EXPECT_EQ(daemon.active_leases, 0);
+  EXPECT_EQ(daemon.writing_blocks, 0);
+  EXPECT_EQ(daemon.writing_pages, 0);
+  stack->engine->Shutdown();
+}
+
+INSTANTIATE_TEST_SUITE_P(Deferral, EngineDeferralTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return std::string(info.param ? "Deferred" : "Duplicated");
+                         });
+
 // A decode longer than the daemon's lease timeout: the engine renews its lease
 // (off the step thread, every third of the timeout) and the rollovers renew it
 // too; the request ends normally, exact, and leaves nothing behind.
