@@ -17,7 +17,7 @@
 5. The committed calibration/h100-llama-3-8b-engine.json and h200-llama-3-8b-engine.json are
    what --trace --fit_out gives from the card's step-fitted file and that card's seed-6
    long-doc-qa vllm run's trace (docs/results/e2e_h100_engine/traces/ and
-   docs/results/e2e_h200_extend/traces/, gzipped).
+   docs/results/e2e_h200_defer/traces/, gzipped).
 Usage: fit_steps_test.py FIT_STEPS_BINARY (run from the repository root).
 """
 import gzip
@@ -185,7 +185,7 @@ with tempfile.TemporaryDirectory() as tmp:
     engine_fits = [
         ("docs/results/e2e_h100_engine/traces/longdocqa-seed6-vllm-0.15.steps.jsonl.gz",
          "calibration/h100-llama-3-8b-steps.json", "calibration/h100-llama-3-8b-engine.json"),
-        ("docs/results/e2e_h200_extend/traces/seed6_vllm_gate.steps.jsonl.gz",
+        ("docs/results/e2e_h200_defer/traces/s6_vllm_d1.steps.jsonl.gz",
          "calibration/h200-llama-3-8b-steps.json", "calibration/h200-llama-3-8b-engine.json"),
     ]
     for trace_gz, steps_file, engine_committed in engine_fits:
