@@ -80,7 +80,29 @@ absl::Status ChunkSchedulerOptions::Validate() const {
   if (mode != Mode::kFixed && mode != Mode::kAdaptive) {
     return absl::InvalidArgumentError("ChunkSchedulerOptions.mode is not kFixed or kAdaptive");
   }
+  if (prefill_order != PrefillOrder::kArrival && prefill_order != PrefillOrder::kLeastRemaining) {
+    return absl::InvalidArgumentError(
+        "ChunkSchedulerOptions.prefill_order is not kArrival or kLeastRemaining");
+  }
+  if (reorder_wait_limit <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ChunkSchedulerOptions.reorder_wait_limit must be > 0, got ",
+                     absl::FormatDuration(reorder_wait_limit)));
+  }
   return absl::OkStatus();
+}
+
+absl::string_view PrefillOrderName(ChunkSchedulerOptions::PrefillOrder order) {
+  return order == ChunkSchedulerOptions::PrefillOrder::kArrival ? "arrival" : "least-remaining";
+}
+
+absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> ParsePrefillOrder(absl::string_view name) {
+  for (auto order : {ChunkSchedulerOptions::PrefillOrder::kArrival,
+                     ChunkSchedulerOptions::PrefillOrder::kLeastRemaining}) {
+    if (name == PrefillOrderName(order)) return order;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("must be arrival or least-remaining, got '", name, "'"));
 }
 
 absl::string_view TpotSloName(ChunkSchedulerOptions::TpotSlo slo) {
@@ -197,8 +219,28 @@ double ChunkScheduler::StepLatencyLimit(absl::Span<const DecodeWork> decodes) co
 }
 
 StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
-                                      absl::Span<const PrefillWork> pending,
+                                      absl::Span<const PrefillWork> given,
                                       bool overloaded) const {
+  // PrefillOrder::kLeastRemaining: sequences that waited past the limit keep
+  // the caller's order, ahead; the others by fewest remaining tokens.
+  std::vector<PrefillWork> reordered;
+  absl::Span<const PrefillWork> pending = given;
+  if (options_.prefill_order == ChunkSchedulerOptions::PrefillOrder::kLeastRemaining &&
+      given.size() > 1) {
+    const double limit_s = absl::ToDoubleSeconds(options_.reorder_wait_limit);
+    std::vector<std::pair<int64_t, size_t>> keys;  // (remaining or -1 when starved, index)
+    keys.reserve(given.size());
+    for (size_t i = 0; i < given.size(); ++i) {
+      int64_t remaining = 0;
+      for (const auto& [begin, end] : given[i].runs) remaining += end - begin;
+      keys.emplace_back(given[i].waited_s >= limit_s ? -1 : remaining, i);
+    }
+    std::stable_sort(keys.begin(), keys.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    reordered.reserve(given.size());
+    for (const auto& key : keys) reordered.push_back(given[key.second]);
+    pending = reordered;
+  }
   const int64_t tile = options_.tile_tokens;
   int64_t pending_tokens = 0;
   for (const PrefillWork& work : pending) {

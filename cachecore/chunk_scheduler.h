@@ -18,7 +18,9 @@
 //     engine keeps the fixed-budget baseline's prefill throughput instead of
 //     trading it for per-step latency.
 //   * Chunks never exceed the budget in total; sequences are served in the
-//     order given (the caller's FCFS order); within a sequence strictly in
+//     order given (the caller's FCFS order) under PrefillOrder::kArrival, or
+//     fewest remaining prefill tokens first under kLeastRemaining (see
+//     there); within a sequence strictly in
 //     position order, never skipping a run, so every chunk's queries find all
 //     earlier positions present (already resident, rebuilt by an earlier step,
 //     or in this step's earlier chunks of the same sequence).
@@ -111,14 +113,41 @@ struct ChunkSchedulerOptions {
   // multiple of tile_tokens; above max_budget_tokens it acts as
   // max_budget_tokens.
   int64_t overload_budget_tokens = 2048;
+  // Which sequence's prefill goes first.
+  //  * kArrival (default; the rule until 2026-11-28, vLLM's and Pensieve's
+  //    FCFS): the caller's order.
+  //  * kLeastRemaining (cache-aware shortest-remaining-first, in the spirit
+  //    of SGLang's longest-prefix-match schedule): the sequence with the
+  //    fewest prefill/rebuild tokens left goes first (ties: the caller's
+  //    order). At saturation on shared long documents a follow-up turn whose
+  //    context is resident needs ~100 tokens but waited behind 30-60k-token
+  //    document prefills for 10+ s (H200 long-doc-qa traces, 2026-11-28);
+  //    serving it first costs the long one one short chunk. A sequence that
+  //    waited `reorder_wait_limit` or longer (PrefillWork::waited_s) keeps
+  //    its place ahead of the reordered ones, in the caller's order, so a
+  //    long prompt is never starved by a stream of short ones.
+  enum class PrefillOrder { kArrival, kLeastRemaining };
+  PrefillOrder prefill_order = PrefillOrder::kArrival;
+  // kLeastRemaining's starvation bound. 20 s: a third of the worker's 60 s
+  // admission timeout, above the mean TTFT of every system at the saturated
+  // long-doc-qa load (4-9 s) so that reordering acts there. > 0 (infinite:
+  // never).
+  absl::Duration reorder_wait_limit = absl::Seconds(20);
 
   // INVALID_ARGUMENT naming the field: tile_tokens <= 0; budgets not positive
   // multiples of tile_tokens; min_budget_tokens > max_budget_tokens;
   // overload_budget_tokens negative or not a multiple of tile_tokens;
   // tpot_target <= 0 or infinite; tpot_slo not one of its values;
-  // max_step_latency infinite or negative.
+  // max_step_latency infinite or negative; prefill_order not one of its
+  // values; reorder_wait_limit <= 0.
   absl::Status Validate() const;
 };
+
+// The names of ChunkSchedulerOptions::PrefillOrder in flags and files:
+// "arrival" and "least-remaining". ParsePrefillOrder returns INVALID_ARGUMENT
+// "must be arrival or least-remaining, got 'NAME'" for any other name.
+absl::string_view PrefillOrderName(ChunkSchedulerOptions::PrefillOrder order);
+absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> ParsePrefillOrder(absl::string_view name);
 
 // The names of ChunkSchedulerOptions::TpotSlo in flags and files:
 // "request-mean" (kRequestMean) and "per-step" (kPerStep). ParseTpotSlo
@@ -149,6 +178,9 @@ struct PrefillWork {
   SequenceId sequence = 0;
   std::vector<std::pair<int64_t, int64_t>> runs;
   int64_t context_tokens = 0;
+  // Seconds since the request arrived (the caller's clock): the starvation
+  // bound of PrefillOrder::kLeastRemaining. 0 (default): just arrived.
+  double waited_s = 0;
 };
 
 // A slice [begin, end) of one run of `sequence`, scheduled this step.
@@ -163,8 +195,8 @@ struct Chunk {
 };
 
 struct StepSchedule {
-  // In service order: sequences in the order given, each sequence's chunks in
-  // position order (consecutive).
+  // In service order: sequences in the order served (the order given, or
+  // PrefillOrder's), each sequence's chunks in position order (consecutive).
   std::vector<Chunk> chunks;
   // The budget chosen (kFixed: fixed_budget_tokens; kAdaptive: the searched
   // budget, capped at the pending work rounded up to a tile; 0 with no work).

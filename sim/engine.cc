@@ -180,6 +180,9 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   chunking.max_budget_tokens = std::max(options.max_budget_tokens, options.tile_tokens);
   chunking.min_budget_tokens = options.tile_tokens;
   chunking.overload_budget_tokens = options.overload_budget_tokens;
+  chunking.prefill_order = system.least_remaining_first
+                               ? ChunkSchedulerOptions::PrefillOrder::kLeastRemaining
+                               : ChunkSchedulerOptions::PrefillOrder::kArrival;
   if (absl::Status s = chunking.Validate(); !s.ok()) return s;
   engine->scheduler_ = std::make_unique<ChunkScheduler>(&cost, chunking);
   if (options.agent_pins && system.reuse) {
@@ -467,6 +470,7 @@ absl::StatusOr<bool> EngineInstance::StartStep(double now_s) {
         work.sequence = r.sequence;
         work.runs.assign(r.runs.begin() + static_cast<std::ptrdiff_t>(r.next_run), r.runs.end());
         work.context_tokens = options_.grow_output_blocks ? r.planned_tokens : r.prompt_tokens;
+        work.waited_s = now_s_ - replay_->record(r.record).arrival_s;
         pending.push_back(std::move(work));
         prefilling_[r.sequence] = i;
       }

@@ -16,16 +16,18 @@ struct BaseSystem {
   const char* policy;
   bool adaptive;
   bool reuse;
+  bool least_remaining = false;
 };
 
 constexpr BaseSystem kSystems[] = {
     {"vllm", "lru-tail", false, true},
     {"pensieve", "front-first", false, true},
-    {"asymcache", "asym", true, true},
+    {"asymcache", "asym", true, true, true},
     {"asym-fixed", "asym", false, true},
     {"front-first-adaptive", "front-first", true, true},
     {"lru-fixed", "lru", false, true},
     {"none", "lru", false, false},
+    {"asymcache-arrival", "asym", true, true, false},
 };
 
 }  // namespace
@@ -66,7 +68,8 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
     if (base == "all") {
       if (has_budget) return absl::InvalidArgumentError("'all' takes no budget suffix");
       for (const BaseSystem& b : kSystems) {
-        add(SystemSpec{b.name, b.name, b.policy, b.adaptive, default_budget_tokens, b.reuse});
+        add(SystemSpec{b.name, b.name, b.policy, b.adaptive, default_budget_tokens, b.reuse,
+                       b.least_remaining});
       }
       continue;
     }
@@ -83,7 +86,7 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
           absl::StrCat("system '", base, "' uses adaptive chunking and takes no budget suffix"));
     }
     add(SystemSpec{std::string(item), found->name, found->policy, found->adaptive, budget,
-                   found->reuse});
+                   found->reuse, found->least_remaining});
   }
   if (out.empty()) return absl::InvalidArgumentError("no system given");
   return out;

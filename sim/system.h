@@ -4,12 +4,16 @@
 // Named systems (`--system`):
 //   vllm                  lru-tail    + fixed budget   (vLLM automatic prefix caching + chunked prefill)
 //   pensieve              front-first + fixed budget   (Pensieve: leading blocks first, non-contiguous reuse)
-//   asymcache             asym        + adaptive budget (ours)
+//   asymcache             asym        + adaptive budget, least-remaining prefill first (ours)
 //   asym-fixed            asym        + fixed budget   (ablation: eviction lever only)
 //   front-first-adaptive  front-first + adaptive       (ablation: chunking lever only)
 //   lru-fixed             lru         + fixed budget   (ablation: plain LRU with non-contiguous reuse)
 //   none                  lru         + fixed budget, no reuse (a fresh salt per request: nothing ever hits)
-// `all` expands to all seven in this order. A fixed-budget system takes an
+//   asymcache-arrival     asym        + adaptive, arrival order (ablation: the prefill-order lever)
+// Every system but asymcache serves prefills in arrival order (FCFS, as vLLM
+// and Pensieve do); asymcache serves the fewest remaining prefill tokens
+// first (ChunkSchedulerOptions::PrefillOrder::kLeastRemaining).
+// `all` expands to all eight in this order. A fixed-budget system takes an
 // explicit budget with a suffix, e.g. `vllm:512`, `pensieve:8192`; without one
 // it uses the default budget given to ParseSystems (the `--budget` flag).
 //
@@ -33,9 +37,11 @@ struct SystemSpec {
   bool adaptive_chunking = false;
   int64_t fixed_budget_tokens = 2048;  // used when !adaptive_chunking
   bool reuse = true;           // false: `none` (every request gets a fresh salt)
+  // Prefill order: fewest remaining tokens first (asymcache) or arrival (FCFS).
+  bool least_remaining_first = false;
 };
 
-// The seven base names, in report order.
+// The eight base names, in report order.
 std::vector<std::string> SystemNames();
 
 // Parses a comma-separated list of names (`all` allowed, `name:N` budget

@@ -710,6 +710,7 @@ absl::Status Main(int argc, char** argv) {
         c.calibration = absl::GetFlag(FLAGS_calibration);
         c.chunking = system.spec.adaptive_chunking ? "adaptive" : "fixed";
         c.fixed_budget_tokens = system.spec.fixed_budget_tokens;
+        c.prefill_order = system.spec.least_remaining_first ? "least-remaining" : "arrival";
         c.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
         c.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
         c.tpot_slo = absl::GetFlag(FLAGS_tpot_slo);
@@ -819,6 +820,8 @@ absl::Status Main(int argc, char** argv) {
                             {"policy", system.spec.policy},
                             {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
                             {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
+                            {"prefill_order",
+                             system.spec.least_remaining_first ? "least-remaining" : "arrival"},
                             {"tpot_target_ms", absl::GetFlag(FLAGS_tpot_target_ms)},
                             {"overload_budget_tokens", absl::GetFlag(FLAGS_overload_budget_tokens)},
                             {"tpot_slo", absl::GetFlag(FLAGS_tpot_slo)},

@@ -71,6 +71,10 @@ absl::Status LocalClusterOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("chunking: must be adaptive or fixed, got '", chunking, "'"));
   }
+  if (!ParsePrefillOrder(prefill_order).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prefill_order: must be arrival or least-remaining, got '", prefill_order, "'"));
+  }
   if (fixed_budget_tokens < 16 || fixed_budget_tokens % 16 != 0) {
     return absl::InvalidArgumentError("fixed_budget_tokens: must be a positive multiple of 16");
   }
@@ -169,6 +173,7 @@ absl::Status LocalCluster::StartAll() {
         absl::StrCat("--cpu-threads=", options_.cpu_threads), absl::StrCat("--role=", role),
         absl::StrCat("--chunking=", options_.chunking),
         absl::StrCat("--fixed-budget-tokens=", options_.fixed_budget_tokens),
+        absl::StrCat("--prefill-order=", options_.prefill_order),
         absl::StrCat("--tpot-target=", absl::FormatDuration(options_.tpot_target)),
         absl::StrCat("--tpot-slo=", options_.tpot_slo),
         absl::StrCat("--overload-budget-tokens=", options_.overload_budget_tokens),

@@ -76,6 +76,9 @@ struct LocalClusterOptions {
   // (fixed_budget_tokens a step).
   std::string chunking = "adaptive";
   int64_t fixed_budget_tokens = 2048;
+  // Prefill order of every worker (--prefill-order): "arrival" (FCFS) or
+  // "least-remaining".
+  std::string prefill_order = "arrival";
   absl::Duration tpot_target = absl::Milliseconds(50);
   // What tpot_target bounds (the worker's --tpot-slo): "request-mean" or
   // "per-step".

@@ -978,7 +978,8 @@ bool Engine::Step() {
       }
       decodes.push_back(decode);
     } else if (!seq->pages.done()) {
-      prefills.push_back({seq->id, seq->pages.pending(), context});
+      prefills.push_back({seq->id, seq->pages.pending(), context,
+                          absl::ToDoubleSeconds(plan_time - seq->arrival)});
     } else {
       continue;
     }

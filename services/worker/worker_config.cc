@@ -114,6 +114,15 @@ const Table& Settings() {
                {std::string(TpotSloName(ChunkSchedulerOptions::TpotSlo::kPerStep)),
                 ChunkSchedulerOptions::TpotSlo::kPerStep}},
               [](auto* o) { return &o->engine.chunking.tpot_slo; }),
+          Table::Choice<ChunkSchedulerOptions::PrefillOrder>(
+              "prefill-order",
+              "which request's prefill goes first: arrival (FCFS) or least-remaining (fewest "
+              "prefill tokens left first; a request waiting 20 s or more keeps its place)",
+              {{std::string(PrefillOrderName(ChunkSchedulerOptions::PrefillOrder::kArrival)),
+                ChunkSchedulerOptions::PrefillOrder::kArrival},
+               {std::string(PrefillOrderName(ChunkSchedulerOptions::PrefillOrder::kLeastRemaining)),
+                ChunkSchedulerOptions::PrefillOrder::kLeastRemaining}},
+              [](auto* o) { return &o->engine.chunking.prefill_order; }),
           Table::Duration("max-step-latency",
                           "adaptive chunking, request-mean: the longest step banked slack may buy",
                           kDurationExamples,

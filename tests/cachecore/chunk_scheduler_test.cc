@@ -149,6 +149,27 @@ TEST_F(ChunkSchedulerTest, ValidateRejectsBadOptions) {
   o = {};
   o.tpot_slo = static_cast<ChunkSchedulerOptions::TpotSlo>(7);
   expect_invalid(o, "tpot_slo");
+  o = ChunkSchedulerOptions{};
+  o.prefill_order = static_cast<ChunkSchedulerOptions::PrefillOrder>(5);
+  expect_invalid(o, "prefill_order");
+  o = ChunkSchedulerOptions{};
+  o.reorder_wait_limit = absl::ZeroDuration();
+  expect_invalid(o, "reorder_wait_limit");
+}
+
+TEST(PrefillOrderNames, RoundTripAndRefuseOthers) {
+  for (auto order : {ChunkSchedulerOptions::PrefillOrder::kArrival,
+                     ChunkSchedulerOptions::PrefillOrder::kLeastRemaining}) {
+    absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> parsed =
+        ParsePrefillOrder(PrefillOrderName(order));
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(*parsed, order);
+  }
+  EXPECT_EQ(PrefillOrderName(ChunkSchedulerOptions::PrefillOrder::kLeastRemaining),
+            "least-remaining");
+  const absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> bad = ParsePrefillOrder("sjf");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "must be arrival or least-remaining, got 'sjf'");
 }
 
 TEST(TpotSloNames, RoundTripAndRefuseOthers) {
@@ -265,6 +286,35 @@ TEST_F(ChunkSchedulerTest, FixedBudgetCutsLongTailAtBudget) {
   EXPECT_THAT(s.chunks, ElementsAre(Chunk{1, 0, 512}));
   EXPECT_EQ(s.prefill_tokens, 512);
   EXPECT_GT(s.predicted_latency_s, 0);
+}
+
+// kArrival serves the caller's order; kLeastRemaining the sequence with the
+// fewest tokens left first (a follow-up turn ahead of a document), except one
+// that waited reorder_wait_limit or longer, which keeps its place ahead.
+TEST_F(ChunkSchedulerTest, LeastRemainingServesTheShortestPrefillFirstUnlessOneWaitedTooLong) {
+  const std::vector<PrefillWork> pending = {Tail(1, 0, 40000), Tail(2, 5000, 5100),
+                                            PrefillWork{3, {{0, 64}, {900, 932}}, 932}};
+  ChunkSchedulerOptions options = Fixed(512);
+  ChunkScheduler arrival(&cost_, options);
+  EXPECT_THAT(arrival.Schedule({}, pending).chunks, ElementsAre(Chunk{1, 0, 512}));
+
+  options.prefill_order = ChunkSchedulerOptions::PrefillOrder::kLeastRemaining;
+  ChunkScheduler least(&cost_, options);
+  const StepSchedule s = least.Schedule({}, pending);
+  // 3 (96 tokens), then 2 (100), then 1 with what is left (316, tile-aligned).
+  EXPECT_THAT(s.chunks, ElementsAre(Chunk{3, 0, 64}, Chunk{3, 900, 932}, Chunk{2, 5000, 5100},
+                                    Chunk{1, 0, 304}));
+  EXPECT_EQ(s.prefill_tokens, 96 + 100 + 304);
+
+  std::vector<PrefillWork> starved = pending;
+  starved[0].waited_s = 20.0;  // the default limit: it keeps its place ahead
+  starved[2].waited_s = 19.9;
+  EXPECT_THAT(least.Schedule({}, starved).chunks, ElementsAre(Chunk{1, 0, 512}));
+  starved[0].waited_s = 0;
+  starved[1].waited_s = 25;  // ahead of 3 although 3 has less left
+  EXPECT_THAT(least.Schedule({}, starved).chunks,
+              ElementsAre(Chunk{2, 5000, 5100}, Chunk{3, 0, 64}, Chunk{3, 900, 932},
+                          Chunk{1, 0, 304}));
 }
 
 TEST_F(ChunkSchedulerTest, FixedModeIgnoresLoad) {

@@ -33,7 +33,7 @@ std::vector<std::string> RowCells(const std::string& text, const std::string& se
 TEST(Systems, ParseNamesBudgetsAndErrors) {
   absl::StatusOr<std::vector<SystemSpec>> all = ParseSystems("all", 1024);
   ASSERT_TRUE(all.ok());
-  ASSERT_EQ(all->size(), 7u);
+  ASSERT_EQ(all->size(), 8u);
   EXPECT_EQ((*all)[0].name, "vllm");
   EXPECT_EQ((*all)[0].policy, "lru-tail");
   EXPECT_FALSE((*all)[0].adaptive_chunking);
@@ -41,7 +41,12 @@ TEST(Systems, ParseNamesBudgetsAndErrors) {
   EXPECT_EQ((*all)[2].name, "asymcache");
   EXPECT_EQ((*all)[2].policy, "asym");
   EXPECT_TRUE((*all)[2].adaptive_chunking);
+  EXPECT_TRUE((*all)[2].least_remaining_first);
   EXPECT_FALSE((*all)[6].reuse);
+  EXPECT_EQ((*all)[7].name, "asymcache-arrival");
+  EXPECT_TRUE((*all)[7].adaptive_chunking);
+  EXPECT_FALSE((*all)[7].least_remaining_first);
+  for (size_t i : {0, 1, 3, 4, 5, 6}) EXPECT_FALSE((*all)[i].least_remaining_first) << i;
 
   absl::StatusOr<std::vector<SystemSpec>> some = ParseSystems("vllm:512, vllm:8192,pensieve,vllm:512", 2048);
   ASSERT_TRUE(some.ok());

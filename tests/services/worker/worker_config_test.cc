@@ -89,6 +89,7 @@ const std::vector<std::pair<std::string, std::string>>& NonDefaults() {
       {"admission-timeout", "45s"},
       {"admission-retry-interval", "250ms"},
       {"defer-pending-tokens", "4096"},
+      {"prefill-order", "least-remaining"},
       {"daemon-check-interval", "250ms"},
       {"coordinators", "c1:50061,c2:50061"},
       {"member-id", "worker-7"},
