@@ -437,6 +437,53 @@ INSTANTIATE_TEST_SUITE_P(Deferral, EngineDeferralTest, ::testing::Bool(),
                            return std::string(info.param ? "Deferred" : "Duplicated");
                          });
 
+// --prefill-order: a short prompt submitted behind a long one waits for the
+// whole long prefill under arrival order (FCFS) and goes first under
+// least-remaining; exact either way.
+class EnginePrefillOrderTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(EnginePrefillOrderTest, LeastRemainingServesAShortPromptBeforeALongOne) {
+  const bool least_remaining = GetParam();
+  const model::WeightSource weights = TinyWeights(31);
+  EngineOptions options;
+  options.chunking.mode = ChunkSchedulerOptions::Mode::kFixed;
+  options.chunking.fixed_budget_tokens = 16;  // the long prompt takes 40 steps
+  options.chunking.prefill_order = least_remaining
+                                       ? ChunkSchedulerOptions::PrefillOrder::kLeastRemaining
+                                       : ChunkSchedulerOptions::PrefillOrder::kArrival;
+  absl::StatusOr<EngineStack> stack = StartStack(SmallDaemonOptions(128), weights, options);
+  ASSERT_TRUE(stack.ok()) << stack.status();
+  std::mt19937_64 rng(37);
+  std::vector<GenerationRequest> requests(2);
+  requests[0].prompt = RandomTokens(rng, 40 * 16);
+  requests[1].prompt = RandomTokens(rng, 12);
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (GenerationRequest& request : requests) {
+    request.max_new_tokens = 3;
+    request.return_logits = true;
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(stack->engine->Submit(request, sinks.back()).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    ASSERT_TRUE(sinks[i]->Wait());
+    EXPECT_EQ(Compare(*sinks[i], Reference(weights, requests[i]), absl::StrCat("request ", i)),
+              "");
+  }
+  const double long_ttft = sinks[0]->stats().ttft_seconds;
+  const double short_ttft = sinks[1]->stats().ttft_seconds;
+  if (least_remaining) {
+    EXPECT_LT(short_ttft, long_ttft);
+  } else {
+    EXPECT_GT(short_ttft, long_ttft);  // behind all 40 steps of the long prefill
+  }
+  stack->engine->Shutdown();
+}
+
+INSTANTIATE_TEST_SUITE_P(PrefillOrder, EnginePrefillOrderTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return std::string(info.param ? "LeastRemaining" : "Arrival");
+                         });
+
 // A decode longer than the daemon's lease timeout: the engine renews its lease
 // (off the step thread, every third of the timeout) and the rollovers renew it
 // too; the request ends normally, exact, and leaves nothing behind.
