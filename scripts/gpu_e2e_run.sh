@@ -20,8 +20,17 @@
 #           at $LONGDOCQA_RATES with a $POOL_LONG pool. 24 sessions at 0.1/s
 #           arrive over 4 minutes: about 5 minutes per (system, rate), so give
 #           a GPU call one rate;
+#   quick   a few minutes for iteration: long-doc-qa with $SESSIONS_QUICK (8)
+#           sessions at $QUICK_RATE (0.15) sessions/s, vllm, pensieve and
+#           asymcache, a $POOL_LONG pool (about a minute per system plus the
+#           cluster starts; not yet timed on a GPU);
+#   sweep   every GPU part above: agent docqa chat longdocqa;
 #   cpu     the same flow on the CPU (tiny model, host pool): what the ctest
 #           gpu_e2e_cpu_run checks.
+# With GPUS=N (default 1) the parts run at the same time, part i on GPU
+# i mod N (asymcache-bench --gpus), the parts of one GPU one after another:
+# `GPUS=4 scripts/gpu_e2e_run.sh sweep` spreads the sweep over four GPUs
+# (each run still has a whole GPU; the host is shared).
 # Each part writes $OUT/<part>.json (asymcache-bench's JSON: per run the
 # summary, the simulator's prediction with the daemon's calibration, and every
 # request's TTFT/TPOT) and $OUT/<part>.txt (the table). Plots and the results
@@ -73,6 +82,10 @@ SYSTEMS_AGENT="${SYSTEMS_AGENT:-vllm,pensieve,asymcache,vllm+pins,asymcache+pins
 SYSTEMS_DOCQA="${SYSTEMS_DOCQA:-vllm,pensieve,asymcache,asym-fixed,front-first-adaptive}"
 SYSTEMS_CHAT="${SYSTEMS_CHAT:-vllm,pensieve,asymcache}"
 SYSTEMS_LONGDOCQA="${SYSTEMS_LONGDOCQA:-vllm,pensieve,asymcache}"
+SESSIONS_QUICK="${SESSIONS_QUICK:-8}"
+QUICK_RATE="${QUICK_RATE:-0.15}"
+GPUS="${GPUS:-1}"
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "GPUS must be a positive integer, got '$GPUS'" >&2; exit 2; }
 LOG_ROOT="${LOG_ROOT:-/tmp/asymcache-e2e-logs}"
 mkdir -p "$OUT"
 
@@ -110,28 +123,59 @@ run_part() {
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
   --format=csv > "$OUT/card.txt" 2>&1
-for part in "$@"; do
+
+# One part on GPU $2 (its exit status in $status).
+run_named_part() {
+  local part="$1" gpu=("--gpus=$2")
   case "$part" in
     agent)
-      run_part agent "${GPU_ARGS[@]}" --workload=agent --sessions="$SESSIONS_AGENT" \
+      run_part agent "${GPU_ARGS[@]}" "${gpu[@]}" --workload=agent --sessions="$SESSIONS_AGENT" \
         --rates="$AGENT_RATES" --systems="$SYSTEMS_AGENT" ;;
     docqa)
-      run_part docqa "${GPU_ARGS[@]}" --workload=doc-qa --sessions="$SESSIONS_DOCQA" \
+      run_part docqa "${GPU_ARGS[@]}" "${gpu[@]}" --workload=doc-qa --sessions="$SESSIONS_DOCQA" \
         --rates="$DOCQA_RATES" \
         --systems="$SYSTEMS_DOCQA" ;;
     chat)
-      run_part chat "${GPU_ARGS[@]}" --workload=chat --sessions="$SESSIONS_CHAT" \
+      run_part chat "${GPU_ARGS[@]}" "${gpu[@]}" --workload=chat --sessions="$SESSIONS_CHAT" \
         --rates="$CHAT_RATES" --systems="$SYSTEMS_CHAT" ;;
     longdocqa)
       # The later --pool-bytes wins over GPU_ARGS'.
-      run_part longdocqa "${GPU_ARGS[@]}" --pool-bytes="$POOL_LONG" --workload=long-doc-qa \
-        --sessions="$SESSIONS_LONGDOCQA" --rates="$LONGDOCQA_RATES" \
+      run_part longdocqa "${GPU_ARGS[@]}" "${gpu[@]}" --pool-bytes="$POOL_LONG" \
+        --workload=long-doc-qa --sessions="$SESSIONS_LONGDOCQA" --rates="$LONGDOCQA_RATES" \
         --systems="$SYSTEMS_LONGDOCQA" ;;
+    quick)
+      run_part quick "${GPU_ARGS[@]}" "${gpu[@]}" --pool-bytes="$POOL_LONG" \
+        --workload=long-doc-qa --sessions="$SESSIONS_QUICK" --rates="$QUICK_RATE" \
+        --systems=vllm,pensieve,asymcache ;;
     cpu)
       run_part cpu --model=tiny --backend=host --pool-bytes=4MiB --workload=agent,doc-qa \
         --sessions=2 --scale-lengths=0.05 --scale-delays=0.05 --rates=2 --cpu-threads=1 \
         --systems=vllm,asymcache,vllm+pins --require-no-errors --require-same-tokens ;;
-    *) echo "unknown part '$part' (agent, docqa, chat, longdocqa, cpu)" >&2; exit 2 ;;
+  esac
+}
+
+parts=()
+for part in "$@"; do
+  case "$part" in
+    sweep) parts+=(agent docqa chat longdocqa) ;;
+    agent|docqa|chat|longdocqa|quick|cpu) parts+=("$part") ;;
+    *) echo "unknown part '$part' (agent, docqa, chat, longdocqa, quick, sweep, cpu)" >&2; exit 2 ;;
   esac
 done
+start_s=$SECONDS
+if ((GPUS == 1)); then
+  for part in "${parts[@]}"; do run_named_part "$part" 0; done
+else
+  pids=()
+  for ((g = 0; g < GPUS && g < ${#parts[@]}; ++g)); do
+    (
+      status=0
+      for ((i = g; i < ${#parts[@]}; i += GPUS)); do run_named_part "${parts[$i]}" "$g"; done
+      exit $status
+    ) &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+fi
+echo "== parts ${parts[*]} on $GPUS GPU(s): $((SECONDS - start_s)) s" | tee -a "$OUT/run.log"
 exit $status
