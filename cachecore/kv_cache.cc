@@ -145,7 +145,7 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
     const absl::Span<const BlockHash> hashes = chain.chain.hashes();
     const size_t full_pages = tokens.size() / static_cast<size_t>(block_tokens);
     std::vector<BlockHash> pending;
-    uint64_t writer = 0;
+    std::vector<uint64_t> writers;
     {
       absl::MutexLock lock(&leases_mu_);
       if (!writing_.empty()) {
@@ -153,14 +153,22 @@ absl::StatusOr<StepLease> KvCache::BeginStep(absl::string_view salt, SequenceId 
           auto it = writing_.find(hashes[k]);
           if (it == writing_.end() || it->second.sequence == sequence) continue;
           pending.push_back(hashes[k]);
-          if (writer == 0) writer = it->second.lease_id;
+          writers.push_back(it->second.lease_id);
         }
       }
     }
-    // A page the cache holds in another block is a hit, not a wait.
+    // A page the cache holds in another block is a hit, not a wait. (Check
+    // and plan are not one critical section: two plans racing on the same
+    // pages may both compute them, as without deferral; one copy is a
+    // duplicate at commit.)
     const std::vector<int64_t> held = LookupPositions(pending);
-    const int64_t pending_tokens =
-        block_tokens * std::count(held.begin(), held.end(), int64_t{-1});
+    int64_t pending_tokens = 0;
+    uint64_t writer = 0;
+    for (size_t i = 0; i < held.size(); ++i) {
+      if (held[i] >= 0) continue;
+      pending_tokens += block_tokens;
+      if (writer == 0) writer = writers[i];
+    }
     if (pending_tokens >= options.defer_if_pending_tokens) {
       PutChain(sequence, std::move(chain), hashed);
       {
@@ -709,15 +717,19 @@ absl::Status KvCache::CheckConsistency() const {
   {
     // Every page being written belongs to an uncommitted lease that allocated it.
     absl::MutexLock lock(&leases_mu_);
-    for (const auto& [hash, writer] : writing_) {
+    for (const auto& entry : writing_) {
+      const BlockHash& hash = entry.first;
+      const Writer& writer = entry.second;
       auto it = leases_.find(writer.lease_id);
       const bool owns =
           it != leases_.end() && !it->second.committed &&
+          it->second.sequence == writer.sequence &&
           std::any_of(it->second.to_seal.begin(), it->second.to_seal.end(),
                       [&hash](const IndexedBlockInfo& info) { return info.hash == hash; });
       if (!owns) {
         return fail("page ", hash.ToHex(), " is listed as being written by lease ",
-                    writer.lease_id, ", which is not an uncommitted lease allocating it");
+                    writer.lease_id, " of sequence ", writer.sequence,
+                    ", which is not an uncommitted lease of it allocating the page");
       }
     }
   }

@@ -32,7 +32,9 @@
 //
 // Invariant at quiescence (no call in flight), checked by CheckConsistency():
 // every index entry maps to a sealed block with that hash and position, and
-// every sealed block is indexed.
+// every sealed block is indexed; every page recorded as being written
+// (BeginStepOptions) belongs to an uncommitted lease of the recorded sequence
+// that allocated it.
 //
 // Thread-safety: thread-safe. Locks: the pool's mutex, the index shards, and
 // the cache's own leases_mu_ / sessions_mu_ / events_mu_ (never held while
@@ -95,10 +97,14 @@ struct BeginStepOptions {
   // not hold them yet, so a plan would allocate and compute its own copy (a
   // duplicate at commit). When at least this many of the context's tokens sit
   // in such pages (and the cache holds no other copy), BeginStep plans
-  // nothing and returns ABORTED naming the writing lease: nothing is pinned,
-  // allocated, evicted or counted; the caller plans again once that lease
-  // committed (or ended) and hits those pages. 0 (default) = never defer.
-  // A lease of the same sequence never defers it (no self-wait).
+  // nothing and returns ABORTED naming a writing lease: nothing is pinned,
+  // allocated or evicted and no step is counted (GetStats().deferred_plans
+  // is; the sequence's hash chain is cached as for any BeginStep); the
+  // caller plans again once that lease committed (or ended) and hits those
+  // pages. 0 (default) = never defer. A lease of the same sequence never
+  // defers it (no self-wait). Only the first uncommitted lease allocating a
+  // page is recorded for it, and the check is not atomic with the plan:
+  // concurrent plans of the same pages may still both compute them.
   int64_t defer_if_pending_tokens = 0;
 };
 

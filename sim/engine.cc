@@ -222,7 +222,11 @@ absl::Status EngineInstance::Admit() {
     // tokens so far: the prompt, and the tokens generated before a preemption.
     const int64_t planned =
         grow ? request.prompt_tokens + request.generated : request.context_tokens;
-    const BeginStepOptions begin{.defer_if_pending_tokens = options_.defer_pending_tokens};
+    const bool may_defer =
+        request.deferred_since_s < 0 ||
+        now_s_ - request.deferred_since_s < absl::ToDoubleSeconds(options_.defer_pending_max_wait);
+    const BeginStepOptions begin{.defer_if_pending_tokens =
+                                     may_defer ? options_.defer_pending_tokens : 0};
     absl::StatusOr<StepLease> lease = cache_->BeginStep(
         request.salt, request.sequence,
         absl::MakeConstSpan(context.data(), static_cast<size_t>(planned)), begin);
@@ -235,6 +239,7 @@ absl::Status EngineInstance::Admit() {
                                                 lease.status().message()));
       }
       ++totals_.deferred_plans;
+      if (request.deferred_since_s < 0) request.deferred_since_s = now_s_;
       return absl::OkStatus();
     }
     if (!lease.ok() && absl::IsResourceExhausted(lease.status()) && pins_ != nullptr) {
@@ -653,6 +658,10 @@ absl::Status EngineOptions::Validate() const {
   }
   if (defer_pending_tokens < 0) {
     return absl::InvalidArgumentError("EngineOptions.defer_pending_tokens must be >= 0 (0 = never)");
+  }
+  if (defer_pending_max_wait <= absl::ZeroDuration() ||
+      defer_pending_max_wait == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("EngineOptions.defer_pending_max_wait must be finite and > 0");
   }
   if (defer_pending_tokens > 0 && !commit_at_prefill_end) {
     return absl::InvalidArgumentError(

@@ -136,6 +136,10 @@ struct EngineOptions {
   // commit_at_prefill_end (committing at finish would make it wait for the
   // writer's whole decode).
   int64_t defer_pending_tokens = 0;
+  // The worker's defer_pending_max_wait: a request stops waiting this long
+  // after its first deferral and computes its own copy. 10 s (the worker's
+  // default). > 0.
+  absl::Duration defer_pending_max_wait = absl::Seconds(10);
   // Keep every step's work (RunResult::steps; single-engine runs, RunSystem):
   // what asymcache-sim --step-trace-dir writes as step traces
   // (cachecore/step_trace.h). ~100 bytes a step plus 24 per decode: off by
@@ -275,6 +279,8 @@ struct EngineRequest {
   bool last_page_resident = false;
   bool decode_blocked = false;
   double blocked_since_s = -1;
+  // When its admission plan was first deferred (-1: never; defer_pending_tokens).
+  double deferred_since_s = -1;
 
   bool prefilled() const { return next_run == runs.size(); }
   // Prefill/rebuild query tokens not computed yet (admitted requests).

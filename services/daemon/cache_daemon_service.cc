@@ -161,6 +161,9 @@ grpc::ServerUnaryReactor* CacheDaemonService::PlanStep(grpc::CallbackServerConte
       const absl::Duration waited = state_->NoteBlocked(request->sequence_id());
       const int64_t needed = (static_cast<int64_t>(tokens.size()) + options.model.block_tokens - 1) /
                              options.model.block_tokens;
+      // (The retry can still be deferred — ABORTED — when another lease began
+      // writing these pages meanwhile: the released pins then bought nothing
+      // this time, as when the retry finds the pool taken again.)
       if (state_->pins().ReleaseUnderPressure(needed, waited) > 0) {
         lease = state_->cache().BeginStep(request->salt(), request->sequence_id(), tokens, begin);
       }

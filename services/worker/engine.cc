@@ -64,6 +64,10 @@ absl::Status EngineOptions::Validate() const {
     return bad("admission_retry_interval: must be finite and >= 0");
   }
   if (defer_pending_tokens < 0) return bad("defer_pending_tokens: must be >= 0 (0 = never)");
+  if (defer_pending_max_wait <= absl::ZeroDuration() ||
+      defer_pending_max_wait == absl::InfiniteDuration()) {
+    return bad("defer_pending_max_wait: must be finite and > 0");
+  }
   if (daemon_check_interval < absl::ZeroDuration()) {
     return bad("daemon_check_interval: must be >= 0");
   }
@@ -131,8 +135,10 @@ struct Engine::Sequence {
   bool logits_only = false;
   // Its last plan got RESOURCE_EXHAUSTED this step.
   bool blocked = false;
-  // Its admission plan was deferred (EngineOptions::defer_pending_tokens).
+  // Its admission plan was deferred (EngineOptions::defer_pending_tokens)
+  // this step, and when that first happened (InfinitePast: never).
   bool deferred = false;
+  absl::Time deferred_since = absl::InfinitePast();
   absl::Time renew_due;
   // This step runs one query at its last known position: a decode token, or
   // the logits-only re-run of a fully resident context.
@@ -527,9 +533,13 @@ absl::StatusOr<ScopedLease> Engine::BeginPlan(const Sequence& seq, int64_t targe
   if (!seq.planned_once && seq.request.agent.has_value() && !seq.request.agent->job_id.empty()) {
     plan_options.agent = seq.request.agent;
   }
-  // Only an admission waits for pages another request is writing: a running
-  // sequence's re-plan goes on (it holds pages others may wait for).
-  if (!seq.lease.active()) plan_options.defer_if_pending_tokens = options_.defer_pending_tokens;
+  // Only an admission waits for pages another request is writing (a running
+  // sequence's re-plan goes on: it holds pages others may wait for), and not
+  // longer than defer_pending_max_wait from its first deferral.
+  if (!seq.lease.active() && (seq.deferred_since == absl::InfinitePast() ||
+                              absl::Now() - seq.deferred_since < options_.defer_pending_max_wait)) {
+    plan_options.defer_if_pending_tokens = options_.defer_pending_tokens;
+  }
   return daemon_->BeginStep(seq.request.salt, seq.daemon_sequence,
                             absl::MakeConstSpan(seq.tokens).first(target_tokens), plan_options,
                             options_.rpc_timeout);
@@ -541,10 +551,12 @@ absl::Status Engine::AdoptPlan(Sequence& seq, absl::StatusOr<ScopedLease> lease,
     *blocked = true;
     return absl::OkStatus();
   }
-  if (absl::IsAborted(lease.status()) && !seq.lease.active()) {
+  if (absl::IsAborted(lease.status()) && !seq.lease.active() &&
+      options_.defer_pending_tokens > 0) {
     // Deferred (defer_pending_tokens): another request is writing its pages.
     *blocked = true;
     seq.deferred = true;
+    if (seq.deferred_since == absl::InfinitePast()) seq.deferred_since = absl::Now();
     return absl::OkStatus();
   }
   if (!lease.ok()) return DaemonCallError("PlanStep", lease.status());

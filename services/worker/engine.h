@@ -174,6 +174,12 @@ struct EngineOptions {
   // deferred (a request's first, or its re-admission after a preemption);
   // an old daemon ignores the field (never defers).
   int64_t defer_pending_tokens = 2048;
+  // How long one request may wait that way, from its first deferral: after
+  // it, its plan computes its own copy instead of waiting further (a writer
+  // on another engine, or one starved by --prefill-order). 10 s: two to three
+  // 64k-token prefills on an H100/H200, well inside admission_timeout, so a
+  // deferred request never times out for a deferral alone. > 0.
+  absl::Duration defer_pending_max_wait = absl::Seconds(10);
   // Calibrated step costs for the chunk scheduler; the daemon's (GetStats)
   // is what the worker passes.
   CalibrationParams calibration;

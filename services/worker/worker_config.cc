@@ -174,6 +174,11 @@ const Table& Settings() {
               "a request whose admission plan has at least this many tokens in pages another "
               "request is computing waits for that prefill's commit and hits them (0 = never)",
               [](auto* o) { return &o->engine.defer_pending_tokens; }),
+          Table::Duration("defer-pending-max-wait",
+                          "how long one request may wait for pages another is computing, from "
+                          "its first deferral; then it computes its own copy",
+                          kDurationExamples,
+                          [](auto* o) { return &o->engine.defer_pending_max_wait; }),
           Table::Duration("daemon-check-interval",
                           "how often the daemon's run is checked, to follow a restart (0 = never)",
                           kDurationExamples,

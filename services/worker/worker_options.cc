@@ -107,6 +107,12 @@ absl::Status WorkerOptions::Validate() const {
     return FlagValueError("defer-pending-tokens", engine.defer_pending_tokens,
                           "must be >= 0 (0 = never defer)");
   }
+  if (engine.defer_pending_max_wait <= absl::ZeroDuration() ||
+      engine.defer_pending_max_wait == absl::InfiniteDuration()) {
+    return FlagValueError("defer-pending-max-wait",
+                          absl::FormatDuration(engine.defer_pending_max_wait),
+                          "must be finite and > 0");
+  }
   if (engine.daemon_check_interval < absl::ZeroDuration() ||
       engine.daemon_check_interval == absl::InfiniteDuration()) {
     return FlagValueError("daemon-check-interval",

@@ -261,6 +261,59 @@ EngineOptions WorkerMemory(int64_t pool_blocks) {
   return o;
 }
 
+// Two sessions read the same new 32k document; the second arrives while the
+// first still prefills it. Without deferral it computes its own copy at the
+// same time; with it, it waits for the first's commit and hits the document.
+// A deferral bound shorter than that prefill makes it compute its copy again.
+TEST(Engine, DeferralWaitsForADocumentBeingComputedInsteadOfComputingItTwice) {
+  const Workload w =
+      OneStepReaders("two-readers", {0.0, 0.05},
+                     {InputPart::Shared("doc", 32768), InputPart::Unique(32)}, 8, "corpus");
+  const SystemSpec vllm = (*ParseSystems("vllm", 2048))[0];
+  for (const int64_t defer : {int64_t{0}, int64_t{2048}}) {
+    SCOPED_TRACE(absl::StrCat("defer_pending_tokens ", defer));
+    EngineOptions o = WorkerMemory(1 << 20);
+    o.defer_pending_tokens = defer;
+    absl::StatusOr<RunResult> r = RunSystem(w, vllm, Cost(), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ExpectConservation(w, *r);
+    const RequestRecord& first = r->requests[0];
+    const RequestRecord& second = r->requests[1];
+    ASSERT_EQ(second.session, 1);
+    ASSERT_LT(second.arrival_s, first.first_token_s) << "the second should arrive mid-prefill";
+    EXPECT_TRUE(r->consistency.ok()) << r->consistency;
+    if (defer > 0) {
+      EXPECT_GT(r->deferred_plans, 0);
+      EXPECT_GE(second.admitted_s, first.first_token_s);
+      EXPECT_EQ(second.hit_tokens, 32768);
+      EXPECT_EQ(r->prefill_tokens, 32768 + 2 * 32);
+    } else {
+      EXPECT_EQ(r->deferred_plans, 0);
+      EXPECT_EQ(second.hit_tokens, 0);
+      EXPECT_EQ(r->prefill_tokens, 2 * (32768 + 32));
+    }
+  }
+  EngineOptions bounded = WorkerMemory(1 << 20);
+  bounded.defer_pending_tokens = 2048;
+  bounded.defer_pending_max_wait = absl::Milliseconds(1);  // far shorter than the prefill
+  absl::StatusOr<RunResult> r = RunSystem(w, vllm, Cost(), bounded);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->deferred_plans, 0);
+  EXPECT_EQ(r->requests[1].hit_tokens, 0);
+  EXPECT_EQ(r->prefill_tokens, 2 * (32768 + 32));
+
+  EngineOptions bad = WorkerMemory(1 << 20);
+  bad.defer_pending_tokens = -1;
+  EXPECT_THAT(bad.Validate().message(), ::testing::HasSubstr("defer_pending_tokens"));
+  bad.defer_pending_tokens = 2048;
+  bad.commit_at_prefill_end = false;
+  bad.grow_output_blocks = false;
+  EXPECT_THAT(bad.Validate().message(), ::testing::HasSubstr("requires commit_at_prefill_end"));
+  bad = WorkerMemory(1 << 20);
+  bad.defer_pending_max_wait = absl::ZeroDuration();
+  EXPECT_THAT(bad.Validate().message(), ::testing::HasSubstr("defer_pending_max_wait"));
+}
+
 // One request alone: a 160-token prompt (10 full pages) and 40 outputs, so
 // its last position is 160 + 39 - 1 = 198 (13 pages; the last token is
 // never fed). Decode tokens go into a private page; rolling a full page over
