@@ -514,7 +514,15 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     absl::StatusOr<std::vector<SystemRun>> parsed = ParseSystemRuns(
         run["system"].get<std::string>(), run.value("fixed_budget_tokens", int64_t{2048}));
     if (!parsed.ok()) return Prefixed(parsed.status(), absl::StrCat(where, ": "));
-    const SystemRun& system = parsed->front();
+    SystemRun system = parsed->front();
+    // The prefill order the run's workers used (recorded since 2026-11-28;
+    // older runs: arrival, the only order then).
+    const std::string prefill_order = run.value("prefill_order", std::string("arrival"));
+    if (!ParsePrefillOrder(prefill_order).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": prefill_order must be arrival or least-remaining, got '", prefill_order, "'"));
+    }
+    system.spec.least_remaining_first = prefill_order == "least-remaining";
     const double rate = run["rate"].get<double>();
     const Workload at_rate =
         workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
@@ -535,6 +543,19 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     // options since 2026-11-28; older runs: EngineOptions' default, theirs).
     const nlohmann::json recorded_options =
         run.value("predicted_engine_options", nlohmann::json::object());
+    // The deferral of duplicate prefill (recorded since 2026-11-28; older
+    // runs' workers had none).
+    if (worker_memory) {
+      const nlohmann::json defer = recorded_options.is_object()
+                                       ? recorded_options.value("defer_pending_tokens", nlohmann::json(0))
+                                       : nlohmann::json(0);
+      if (!defer.is_number_integer() || defer.get<int64_t>() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": predicted_engine_options.defer_pending_tokens must be an integer >= 0, got ",
+            defer.dump()));
+      }
+      engine.defer_pending_tokens = defer.get<int64_t>();
+    }
     if (recorded_options.is_object() && recorded_options.contains("max_step_latency_ms")) {
       const nlohmann::json& cap = recorded_options["max_step_latency_ms"];
       if (!cap.is_number() || !std::isfinite(cap.get<double>()) || cap.get<double>() < 0) {
