@@ -11,12 +11,16 @@ records.
 2. With a calibration whose step overhead is 5 ms longer, every run's predicted
    mean TTFT is longer than that.
 3. A run whose recorded engine options name another stall cap
-   (max_step_latency_ms) is re-predicted with that cap, and records it.
+   (max_step_latency_ms) is re-predicted with that cap, and records it; a run
+   recorded before the prefill order and the deferral existed (no
+   prefill_order, no defer_pending_tokens) is re-predicted with arrival order
+   and no deferral.
 4. Workload flags that do not regenerate the run's workload (another session
    count, another delay scale), a file that is not a bench JSON, a missing
    file, a run without its pool size and runs without a recorded calibration
-   (and no --calibration), and a recorded stall cap that is not a number >= 0
-   are refused with a message naming the problem.
+   (and no --calibration), a recorded stall cap that is not a number >= 0, an
+   unknown prefill order and a negative deferral are refused with a message
+   naming the problem.
 Usage: repredict_test.py ASYMCACHE_BENCH RUN_JSON OUT_DIR
 """
 import json
@@ -99,6 +103,24 @@ else:
                             f"{now['predicted_engine_options']}")
 
 
+older_runs = os.path.join(out_dir, "older_runs.json")
+aged = json.loads(json.dumps(doc))
+for r in aged["runs"]:
+    r.pop("prefill_order", None)
+    r["predicted_engine_options"].pop("defer_pending_tokens", None)
+json.dump(aged, open(older_runs, "w"))
+result = run(*workload_args, f"--repredict={older_runs}", f"--json={out}")
+if result.returncode != 0:
+    failures.append(f"--repredict of runs without prefill_order / deferral failed: {result.stderr}")
+else:
+    for now in json.load(open(out))["runs"]:
+        if now["predicted_engine_options"]["defer_pending_tokens"] != 0:
+            failures.append(f"{now['system']}: an older run re-predicted with a deferral: "
+                            f"{now['predicted_engine_options']}")
+if not any(r.get("prefill_order") == "least-remaining" for r in doc["runs"] if r["system"] == "asymcache"):
+    failures.append("the asymcache run does not record prefill_order least-remaining")
+
+
 def with_flag(name, value):
     return [a for a in workload_args if not a.startswith(name + "=")] + [f"{name}={value}"]
 
@@ -118,6 +140,14 @@ bad_slo = os.path.join(out_dir, "bad_slo.json")
 mangled = json.loads(json.dumps(doc))
 mangled["runs"][0]["tpot_slo"] = "p99"
 json.dump(mangled, open(bad_slo, "w"))
+bad_order = os.path.join(out_dir, "bad_order.json")
+mangled = json.loads(json.dumps(doc))
+mangled["runs"][0]["prefill_order"] = "random"
+json.dump(mangled, open(bad_order, "w"))
+bad_defer = os.path.join(out_dir, "bad_defer.json")
+mangled = json.loads(json.dumps(doc))
+mangled["runs"][0]["predicted_engine_options"]["defer_pending_tokens"] = -5
+json.dump(mangled, open(bad_defer, "w"))
 bad_cap = os.path.join(out_dir, "bad_cap.json")
 mangled = json.loads(json.dumps(doc))
 mangled["runs"][0]["predicted_engine_options"]["max_step_latency_ms"] = -1
@@ -133,6 +163,10 @@ cases = [
      "runs[0]: tpot_slo must be request-mean or per-step, got 'p99'"),
     (workload_args + [f"--repredict={bad_cap}"], 2,
      "runs[0]: predicted_engine_options.max_step_latency_ms must be a number >= 0, got -1"),
+    (workload_args + [f"--repredict={bad_order}"], 2,
+     "runs[0]: prefill_order must be arrival or least-remaining, got 'random'"),
+    (workload_args + [f"--repredict={bad_defer}"], 2,
+     "runs[0]: predicted_engine_options.defer_pending_tokens must be an integer >= 0, got -5"),
     (workload_args + [f"--repredict={run_json}", "--predict-memory=guess"], 2,
      "--predict-memory must be worker or reserve"),
 ]
