@@ -379,6 +379,27 @@ TEST(EngineTest, ARefusedAdmissionIsPlannedAgainAfterARelease) {
   }
 }
 
+// Submits every request at once (each with max_new_tokens and logits), waits
+// for all and checks each against the dense reference; returns their sinks.
+std::vector<std::shared_ptr<CollectingSink>> SubmitAllExact(EngineStack& stack,
+                                                            const model::WeightSource& weights,
+                                                            std::vector<GenerationRequest>& requests,
+                                                            int32_t max_new_tokens) {
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (GenerationRequest& request : requests) {
+    request.max_new_tokens = max_new_tokens;
+    request.return_logits = true;
+    sinks.push_back(std::make_shared<CollectingSink>());
+    EXPECT_TRUE(stack.engine->Submit(request, sinks.back()).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    EXPECT_TRUE(sinks[i]->Wait());
+    EXPECT_EQ(Compare(*sinks[i], Reference(weights, requests[i]), absl::StrCat("request ", i)),
+              "");
+  }
+  return sinks;
+}
+
 // Two requests on one document, the second submitted while the first's
 // prefill runs: with defer_pending_tokens the second waits for the first's
 // commit and hits the document instead of computing a second copy at the same
@@ -399,21 +420,13 @@ TEST_P(EngineDeferralTest, ASecondRequestOnADocumentBeingComputedWaitsAndHitsIt)
   std::mt19937_64 rng(29);
   const std::vector<int32_t> document = RandomTokens(rng, 40 * 16);
   std::vector<GenerationRequest> requests(2);
-  std::vector<std::shared_ptr<CollectingSink>> sinks;
   for (GenerationRequest& request : requests) {
     request.prompt = document;
     const std::vector<int32_t> question = RandomTokens(rng, 9);
     request.prompt.insert(request.prompt.end(), question.begin(), question.end());
-    request.max_new_tokens = 4;
-    request.return_logits = true;
-    sinks.push_back(std::make_shared<CollectingSink>());
-    ASSERT_TRUE(stack->engine->Submit(request, sinks.back()).ok());
   }
-  for (size_t i = 0; i < sinks.size(); ++i) {
-    ASSERT_TRUE(sinks[i]->Wait());
-    EXPECT_EQ(Compare(*sinks[i], Reference(weights, requests[i]), absl::StrCat("request ", i)),
-              "");
-  }
+  const std::vector<std::shared_ptr<CollectingSink>> sinks =
+      SubmitAllExact(*stack, weights, requests, /*max_new_tokens=*/4);
   const EngineStats engine = stack->engine->stats();
   const DaemonStats daemon = stack->Stats();
   const int64_t prompt = static_cast<int64_t>(requests[0].prompt.size());
@@ -459,18 +472,8 @@ TEST_P(EnginePrefillOrderTest, LeastRemainingServesAShortPromptBeforeALongOne) {
   std::vector<GenerationRequest> requests(2);
   requests[0].prompt = RandomTokens(rng, 40 * 16);
   requests[1].prompt = RandomTokens(rng, 12);
-  std::vector<std::shared_ptr<CollectingSink>> sinks;
-  for (GenerationRequest& request : requests) {
-    request.max_new_tokens = 3;
-    request.return_logits = true;
-    sinks.push_back(std::make_shared<CollectingSink>());
-    ASSERT_TRUE(stack->engine->Submit(request, sinks.back()).ok());
-  }
-  for (size_t i = 0; i < sinks.size(); ++i) {
-    ASSERT_TRUE(sinks[i]->Wait());
-    EXPECT_EQ(Compare(*sinks[i], Reference(weights, requests[i]), absl::StrCat("request ", i)),
-              "");
-  }
+  const std::vector<std::shared_ptr<CollectingSink>> sinks =
+      SubmitAllExact(*stack, weights, requests, /*max_new_tokens=*/3);
   const double long_ttft = sinks[0]->stats().ttft_seconds;
   const double short_ttft = sinks[1]->stats().ttft_seconds;
   if (least_remaining) {
