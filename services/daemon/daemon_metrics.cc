@@ -133,6 +133,14 @@ DaemonMetrics::DaemonMetrics(MetricFamilyRegistrar& families, const DaemonMetric
   active_leases_ = &families.Add(BuildGauge(), "asymcache_active_leases",
                              "Step leases held (begun and not yet released or expired).")
                         .Add({});
+  writing_pages_ = &families.Add(BuildGauge(), "asymcache_writing_pages",
+                                "Full KV pages uncommitted leases are writing now (a plan of them "
+                                "with defer_if_pending_tokens waits for their commit).")
+                       .Add({});
+  deferred_plans_ = &families.Add(BuildCounter(), "asymcache_deferred_plans_total",
+                                  "PlanStep calls deferred because another lease was writing "
+                                  "their pages (defer_if_pending_tokens).")
+                         .Add({});
   agent_pinned_blocks_ = &families.Add(BuildGauge(), "asymcache_agent_pinned_blocks",
                                    "KV blocks pinned for agent jobs waiting on a tool call.")
                               .Add({});
@@ -216,6 +224,14 @@ void DaemonMetrics::SetBlockStates(const BlockPool::Stats& stats) {
 
 void DaemonMetrics::SetLeases(int64_t active_leases) {
   active_leases_->Set(static_cast<double>(active_leases));
+}
+
+void DaemonMetrics::SetWritingPages(int64_t pages) {
+  writing_pages_->Set(static_cast<double>(pages));
+}
+
+void DaemonMetrics::AddDeferredPlans(int64_t plans) {
+  if (plans > 0) deferred_plans_->Increment(static_cast<double>(plans));
 }
 
 void DaemonMetrics::SetAgentPins(int64_t pinned_blocks, int64_t pinned_jobs) {

@@ -11,6 +11,8 @@
 //   asymcache_rpc_duration_seconds{method,code}             histogram, 20 µs .. 1 s
 //   asymcache_evictions_total{policy,reason=capacity|invalidate}    counter (blocks)
 //   asymcache_active_leases                                 gauge
+//   asymcache_writing_pages                                 gauge (full pages uncommitted leases write)
+//   asymcache_deferred_plans_total                          counter (plans deferred: pages being written)
 //   asymcache_agent_pinned_blocks, asymcache_agent_pinned_jobs      gauge
 //   asymcache_transfers_total{direction=import|export}      counter (successful transfers)
 //   asymcache_transfer_bytes_total{direction}               counter (bytes of successful transfers)
@@ -132,6 +134,9 @@ class DaemonMetrics {
   // Snapshot of the pool (gauges replaced).
   void SetBlockStates(const BlockPool::Stats& stats);
   void SetLeases(int64_t active_leases);
+  // The deferral of duplicate prefill (KvCache::Stats writing_pages, deferred_plans).
+  void SetWritingPages(int64_t pages);
+  void AddDeferredPlans(int64_t plans);
   void SetAgentPins(int64_t pinned_blocks, int64_t pinned_jobs);
 
   void AddEvictions(EvictionReason reason, int64_t blocks);
@@ -160,6 +165,8 @@ class DaemonMetrics {
   prometheus::Histogram* plan_duration_;
   std::array<prometheus::Counter*, 2> evictions_;        // by EvictionReason
   prometheus::Gauge* active_leases_;
+  prometheus::Gauge* writing_pages_;
+  prometheus::Counter* deferred_plans_;
   prometheus::Gauge* agent_pinned_blocks_;
   prometheus::Gauge* agent_pinned_jobs_;
   std::array<prometheus::Counter*, 2> transfers_;        // by TransferDirection

@@ -182,6 +182,11 @@ void CacheDaemonState::RunMaintenance() {
   const KvCache::Stats stats = cache_->GetStats();
   metrics_->SetBlockStates(stats.pool);
   metrics_->SetLeases(stats.active_leases);
+  metrics_->SetWritingPages(stats.writing_pages);
+  if (stats.deferred_plans > deferred_plans_seen_) {
+    metrics_->AddDeferredPlans(stats.deferred_plans - deferred_plans_seen_);
+    deferred_plans_seen_ = stats.deferred_plans;
+  }
   metrics_->SetAgentPins(pins_->pinned_blocks(), static_cast<int64_t>(pins_->pinned_jobs()));
   if (stats.pool.evictions > evictions_seen_) {
     metrics_->AddEvictions(EvictionReason::kCapacity, stats.pool.evictions - evictions_seen_);

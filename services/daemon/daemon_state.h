@@ -90,6 +90,7 @@ class CacheDaemonState {
   std::string instance_;
   absl::Time started_;
   int64_t evictions_seen_ = 0;  // maintenance thread only
+  int64_t deferred_plans_seen_ = 0;  // maintenance thread only
   absl::Mutex blocked_mu_;
   absl::flat_hash_map<SequenceId, absl::Time> blocked_since_ ABSL_GUARDED_BY(blocked_mu_);
 };

@@ -120,6 +120,10 @@ void RecordKnownValues(DaemonMetrics& metrics) {
   stats.in_transfer = 5;
   metrics.SetBlockStates(stats);
   metrics.SetLeases(3);
+  metrics.SetWritingPages(40);
+  metrics.AddDeferredPlans(2);
+  metrics.AddDeferredPlans(0);
+  metrics.AddDeferredPlans(1);
   metrics.SetAgentPins(12, 2);
   metrics.AddEvictions(EvictionReason::kCapacity, 5);
   metrics.AddEvictions(EvictionReason::kInvalidate, 1);
@@ -233,6 +237,8 @@ TEST(DaemonMetricsTest, ExpositionHasExactValuesAndLabels) {
       R"(asymcache_evictions_total{policy="asym",reason="capacity"} 5)",
       R"(asymcache_evictions_total{policy="asym",reason="invalidate"} 1)",
       R"(asymcache_active_leases 3)",
+      R"(asymcache_writing_pages 40)",
+      R"(asymcache_deferred_plans_total 3)",
       R"(asymcache_agent_pinned_blocks 12)",
       R"(asymcache_agent_pinned_jobs 2)",
       R"(asymcache_transfers_total{direction="import"} 2)",
@@ -277,6 +283,8 @@ TEST(DaemonMetricsTest, FreshRegistryShowsEveryFixedSeriesAtZero) {
   EXPECT_THAT(lines, Contains(R"(asymcache_evictions_total{policy="asym",reason="invalidate"} 0)"));
   EXPECT_THAT(lines, Contains(R"(asymcache_transfer_errors_total{direction="import"} 0)"));
   EXPECT_THAT(lines, Contains(R"(asymcache_kv_events_total{kind="removed"} 0)"));
+  EXPECT_THAT(lines, Contains(R"(asymcache_deferred_plans_total 0)"));
+  EXPECT_THAT(lines, Contains(R"(asymcache_writing_pages 0)"));
   // rpc_methods are precreated with code OK only.
   EXPECT_THAT(lines, Contains(R"(asymcache_rpc_duration_seconds_count{code="OK",method="BeginStep"} 0)"));
   EXPECT_TRUE(LinesWithPrefix(Exposition(registry), "asymcache_calibration_info{").empty());
