@@ -25,6 +25,13 @@ absl::Status CheckBudget(const char* field, int64_t value, int64_t tile) {
   return absl::OkStatus();
 }
 
+// Prefill/rebuild tokens a sequence has left.
+int64_t RemainingTokens(const PrefillWork& work) {
+  int64_t tokens = 0;
+  for (const auto& [begin, end] : work.runs) tokens += end - begin;
+  return tokens;
+}
+
 // Debug-build check of the PrefillWork preconditions.
 [[maybe_unused]] bool WellFormed(const PrefillWork& work) {
   int64_t previous_end = 0;
@@ -231,21 +238,19 @@ StepSchedule ChunkScheduler::Schedule(absl::Span<const DecodeWork> decodes,
     std::vector<std::pair<int64_t, size_t>> keys;  // (remaining or -1 when starved, index)
     keys.reserve(given.size());
     for (size_t i = 0; i < given.size(); ++i) {
-      int64_t remaining = 0;
-      for (const auto& [begin, end] : given[i].runs) remaining += end - begin;
-      keys.emplace_back(given[i].waited_s >= limit_s ? -1 : remaining, i);
+      keys.emplace_back(given[i].waited_s >= limit_s ? -1 : RemainingTokens(given[i]), i);
     }
-    std::stable_sort(keys.begin(), keys.end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    reordered.reserve(given.size());
-    for (const auto& key : keys) reordered.push_back(given[key.second]);
-    pending = reordered;
+    const auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+    if (!std::is_sorted(keys.begin(), keys.end(), by_key)) {  // copy only when the order changes
+      std::stable_sort(keys.begin(), keys.end(), by_key);
+      reordered.reserve(given.size());
+      for (const auto& key : keys) reordered.push_back(given[key.second]);
+      pending = reordered;
+    }
   }
   const int64_t tile = options_.tile_tokens;
   int64_t pending_tokens = 0;
-  for (const PrefillWork& work : pending) {
-    for (const auto& [begin, end] : work.runs) pending_tokens += end - begin;
-  }
+  for (const PrefillWork& work : pending) pending_tokens += RemainingTokens(work);
 
   StepSchedule schedule;
   if (pending_tokens == 0) {
