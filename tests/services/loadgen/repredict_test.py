@@ -46,6 +46,17 @@ def run(*args):
 
 failures = []
 out = os.path.join(out_dir, "repredicted.json")
+
+
+def variant(name, change):
+    """Writes a copy of the run's JSON with `change(copy)` applied; returns its path."""
+    copy = json.loads(json.dumps(doc))
+    change(copy)
+    path = os.path.join(out_dir, name)
+    json.dump(copy, open(path, "w"))
+    return path
+
+
 result = run(*workload_args, f"--repredict={run_json}", f"--json={out}")
 if result.returncode != 0:
     sys.exit(f"--repredict failed ({result.returncode}): {result.stderr}")
@@ -88,11 +99,12 @@ else:
         if not now["predicted"]["ttft_s"]["mean"] > before["predicted"]["ttft_s"]["mean"]:
             failures.append(f"{before['system']}: a 5 ms longer step did not lengthen TTFT")
 
-other_cap = os.path.join(out_dir, "other_cap.json")
-capped = json.loads(json.dumps(doc))
-for r in capped["runs"]:
-    r["predicted_engine_options"]["max_step_latency_ms"] = 75.0
-json.dump(capped, open(other_cap, "w"))
+def cap_75(d):
+    for r in d["runs"]:
+        r["predicted_engine_options"]["max_step_latency_ms"] = 75.0
+
+
+other_cap = variant("other_cap.json", cap_75)
 result = run(*workload_args, f"--repredict={other_cap}", f"--json={out}")
 if result.returncode != 0:
     failures.append(f"--repredict with a recorded 75 ms cap failed: {result.stderr}")
@@ -103,12 +115,13 @@ else:
                             f"{now['predicted_engine_options']}")
 
 
-older_runs = os.path.join(out_dir, "older_runs.json")
-aged = json.loads(json.dumps(doc))
-for r in aged["runs"]:
-    r.pop("prefill_order", None)
-    r["predicted_engine_options"].pop("defer_pending_tokens", None)
-json.dump(aged, open(older_runs, "w"))
+def before_order_and_deferral(d):
+    for r in d["runs"]:
+        r.pop("prefill_order", None)
+        r["predicted_engine_options"].pop("defer_pending_tokens", None)
+
+
+older_runs = variant("older_runs.json", before_order_and_deferral)
 result = run(*workload_args, f"--repredict={older_runs}", f"--json={out}")
 if result.returncode != 0:
     failures.append(f"--repredict of runs without prefill_order / deferral failed: {result.stderr}")
@@ -127,31 +140,15 @@ def with_flag(name, value):
 not_bench = os.path.join(out_dir, "not_bench.json")
 json.dump({"schema": "something.else"}, open(not_bench, "w"))
 # The run's own file with one run missing its pool size, and with no recorded calibration.
-no_pool = os.path.join(out_dir, "no_pool.json")
-broken = json.loads(json.dumps(doc))
-del broken["runs"][0]["pool_blocks"]
-json.dump(broken, open(no_pool, "w"))
-no_calibration = os.path.join(out_dir, "no_calibration.json")
-older = json.loads(json.dumps(doc))
-for r in older["runs"]:
-    del r["calibration"]
-json.dump(older, open(no_calibration, "w"))
-bad_slo = os.path.join(out_dir, "bad_slo.json")
-mangled = json.loads(json.dumps(doc))
-mangled["runs"][0]["tpot_slo"] = "p99"
-json.dump(mangled, open(bad_slo, "w"))
-bad_order = os.path.join(out_dir, "bad_order.json")
-mangled = json.loads(json.dumps(doc))
-mangled["runs"][0]["prefill_order"] = "random"
-json.dump(mangled, open(bad_order, "w"))
-bad_defer = os.path.join(out_dir, "bad_defer.json")
-mangled = json.loads(json.dumps(doc))
-mangled["runs"][0]["predicted_engine_options"]["defer_pending_tokens"] = -5
-json.dump(mangled, open(bad_defer, "w"))
-bad_cap = os.path.join(out_dir, "bad_cap.json")
-mangled = json.loads(json.dumps(doc))
-mangled["runs"][0]["predicted_engine_options"]["max_step_latency_ms"] = -1
-json.dump(mangled, open(bad_cap, "w"))
+no_pool = variant("no_pool.json", lambda d: d["runs"][0].pop("pool_blocks"))
+no_calibration = variant("no_calibration.json",
+                         lambda d: [r.pop("calibration") for r in d["runs"]])
+bad_slo = variant("bad_slo.json", lambda d: d["runs"][0].update(tpot_slo="p99"))
+bad_order = variant("bad_order.json", lambda d: d["runs"][0].update(prefill_order="random"))
+bad_defer = variant("bad_defer.json", lambda d: d["runs"][0]["predicted_engine_options"].update(
+    defer_pending_tokens=-5))
+bad_cap = variant("bad_cap.json", lambda d: d["runs"][0]["predicted_engine_options"].update(
+    max_step_latency_ms=-1))
 cases = [
     (with_flag("--sessions", 7) + [f"--repredict={run_json}"], 1, "do not regenerate"),
     (with_flag("--scale-delays", 0.5) + [f"--repredict={run_json}"], 1, "--scale-delays="),
