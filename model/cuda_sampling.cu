@@ -104,9 +104,26 @@ __global__ void TopPWeightsKernel(const float* __restrict__ logits, int64_t voca
   }
 }
 
-// One block per slot s: the nucleus from the sorted weights, then the
-// inverse-CDF draw over the nucleus in ascending token id order
-// (id_weights_all: the slots' unsorted weights, id order; model/sampling.cc).
+// A nucleus token's Gumbel score and id (-1: none yet).
+struct Scored {
+  double score;
+  int32_t index;
+};
+
+// The larger score, ties to the lower id (model/sampling.cc step 6).
+struct HigherScore {
+  __device__ __forceinline__ Scored operator()(const Scored& a, const Scored& b) const {
+    if (b.index < 0) return a;
+    if (a.index < 0) return b;
+    if (b.score > a.score) return b;
+    if (b.score < a.score) return a;
+    return b.index < a.index ? b : a;
+  }
+};
+
+// One block per slot s: the nucleus from the sorted weights, then Gumbel-max
+// over its tokens (id_weights_all: the slots' unsorted weights, id order;
+// model/sampling.cc).
 __global__ void __launch_bounds__(kRowThreads)
     TopPSelectKernel(const double* __restrict__ keys, const int32_t* __restrict__ values,
                      const double* __restrict__ id_weights_all,
@@ -114,12 +131,14 @@ __global__ void __launch_bounds__(kRowThreads)
                      const int32_t* __restrict__ argmax, const float* __restrict__ logits,
                      const SampleRowParams* __restrict__ params, int32_t* __restrict__ tokens) {
   using Scan = cub::BlockScan<double, kRowThreads>;
+  using Reduce = cub::BlockReduce<Scored, kRowThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ typename Reduce::TempStorage reduce_storage;
   __shared__ int32_t s_last;
-  __shared__ int32_t s_pick;
 
   const int32_t row = rows[blockIdx.x];
-  const float m = logits[static_cast<int64_t>(row) * vocab + argmax[row]];
+  const float* l = logits + static_cast<int64_t>(row) * vocab;
+  const float m = l[argmax[row]];
   if (!isfinite(m)) {  // every logit NaN -> 0; an infinite maximum -> argmax
     if (threadIdx.x == 0) tokens[row] = isnan(m) ? 0 : argmax[row];
     return;
@@ -136,14 +155,12 @@ __global__ void __launch_bounds__(kRowThreads)
   double prefix = 0.0;
   double total = 0.0;
   Scan(scan_storage).ExclusiveSum(local, prefix, total);
-  if (threadIdx.x == 0) {
-    s_last = n;
-    s_pick = n;
-  }
+  if (threadIdx.x == 0) s_last = n;
   __syncthreads();
 
   // Shortest prefix whose mass reaches top_p * total.
-  const double target = static_cast<double>(params[row].top_p) * total;
+  const SampleRowParams p = params[row];
+  const double target = static_cast<double>(p.top_p) * total;
   double c = prefix;
   for (int32_t j = begin; j < end; ++j) {
     c += w[j];
@@ -157,43 +174,22 @@ __global__ void __launch_bounds__(kRowThreads)
 
   // Nucleus membership by id: a weight above the edge token's, or equal to it
   // with an id not above the edge token's (ties were ordered lower id first).
+  // Zero weights (NaN, -inf, underflow) never win.
   const double edge_weight = w[last];
   const int32_t edge_id = index[last];
   const double* iw = id_weights_all + static_cast<int64_t>(blockIdx.x) * vocab;
-  auto member = [&](int32_t i) {
-    return iw[i] > edge_weight || (iw[i] == edge_weight && i <= edge_id);
-  };
-  double local_nucleus = 0.0;
+  const double temperature = static_cast<double>(p.temperature);
+  Scored best{0.0, -1};
   for (int32_t i = begin; i < end; ++i) {
-    if (member(i)) local_nucleus += iw[i];
+    const double wi = iw[i];
+    if (!(wi > 0.0)) continue;
+    if (!(wi > edge_weight || (wi == edge_weight && i <= edge_id))) continue;
+    const double score = (static_cast<double>(l[i]) - static_cast<double>(m)) / temperature +
+                         SampleGumbel(p.seed, p.position, i);
+    best = HigherScore()(best, Scored{score, i});
   }
-  double id_prefix = 0.0;
-  double nucleus_total = 0.0;
-  Scan(scan_storage).ExclusiveSum(local_nucleus, id_prefix, nucleus_total);
-  __shared__ int32_t s_last_member;
-  if (threadIdx.x == 0) s_last_member = -1;
-  __syncthreads();
-  // The first member (id order) whose running sum exceeds u * total, else the
-  // last member.
-  const SampleRowParams p = params[row];
-  const double r = static_cast<double>(SampleUniform(p.seed, p.position)) * nucleus_total;
-  c = id_prefix;
-  for (int32_t i = begin; i < end; ++i) {
-    if (!member(i)) continue;
-    c += iw[i];
-    if (c > r) {
-      atomicMin(&s_pick, i);
-      break;
-    }
-  }
-  for (int32_t i = end - 1; i >= begin; --i) {
-    if (member(i)) {
-      atomicMax(&s_last_member, i);
-      break;
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) tokens[row] = s_pick < n ? s_pick : s_last_member;
+  best = Reduce(reduce_storage).Reduce(best, HigherScore());
+  if (threadIdx.x == 0) tokens[row] = best.index < 0 ? argmax[row] : best.index;
 }
 
 }  // namespace

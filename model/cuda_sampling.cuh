@@ -6,13 +6,13 @@
 //     w_i = exp((double(l_i) - double(m)) / double(temperature)) (NaN -> 0);
 //     tokens ordered by w descending, ties by lower index (a stable radix sort
 //     of the double keys); cumulative sums c_k in that order; the nucleus is
-//     the shortest prefix with c_k >= top_p * c_(V-1); r = u * c_k with
-//     u = SampleUniform(seed, position); the token is the first j <= k with
-//     c_j > r (else the k-th).
+//     the shortest prefix with c_k >= top_p * c_(V-1); among its tokens with
+//     w > 0, the largest score (double(l_i) - double(m)) / temperature +
+//     SampleGumbel(seed, position, i), ties to the lower id (Gumbel-max).
 // The cumulative sums are computed by a block-wide scan in double rather than
-// the host's left-to-right sum, and the device exp may differ from the host's
-// in the last bit: choices agree except when r lands within double rounding
-// (~1e-16 relative) of a boundary.
+// the host's left-to-right sum, and the device exp/log may differ from the
+// host's in the last bit: choices agree except when the nucleus edge or the
+// two best scores are within double rounding (~1e-16 relative) of each other.
 //
 // Ownership: owns its device buffers (sort keys/values for up to
 // sort_rows rows of the vocabulary, cub's temporary storage, per-row argmax).

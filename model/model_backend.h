@@ -22,11 +22,11 @@
 // temperature <= 0 is greedy (argmax, lowest index on ties); otherwise
 // softmax(logits / temperature) restricted to the smallest set of tokens, in
 // descending probability (ties: lower index first), whose mass reaches top_p,
-// sampled by inverse CDF over that set taken in ascending token id order
-// (stable when two logits are almost equal; model/sampling.cc says why)
-// with u = SampleUniform(seed, position) where
-// `position` is the absolute position the sampled token will occupy (the
-// sample row's query position + 1). The draw depends
+// sampled by Gumbel-max over that set: the token maximising
+// (logit - max logit) / temperature + SampleGumbel(seed, position, token)
+// (as stable as greedy when logits differ in the last bits; model/sampling.cc
+// says why), where `position` is the absolute position the sampled token will
+// occupy (the sample row's query position + 1). The draw depends
 // on (seed, position) only, never on batching, so a cached and an uncached
 // run sample the same token from the same logits.
 //

@@ -9,18 +9,23 @@
 //   4. order tokens by w descending, ties by lower index first.
 //   5. c_k = w_(0) + ... + w_(k), summed in that order in double; Z = c_(V-1).
 //      The nucleus is the shortest prefix [0, k] with c_k >= top_p * Z.
-//   6. The nucleus's tokens are then taken in ASCENDING TOKEN ID order (not
-//      by weight): Z' = their weights summed in that order; u =
-//      SampleUniform(seed, position); r = u * Z'; the sampled token is the
-//      first of them whose running sum exceeds r (the last of them when
-//      rounding leaves none).
+//   6. Gumbel-max over the nucleus: each of its tokens with w_i > 0 scores
+//      s_i = (double(l_i) - double(m)) / double(temperature)
+//            + SampleGumbel(seed, position, i);
+//      the sampled token is the one with the largest score, ties by lower id.
+//      P(i) = w_i / (sum of the nucleus's weights): the tempered, truncated
+//      softmax, as an inverse-CDF draw would give.
 // Softmax normalisation cancels out of 5 and 6, so it is never computed.
-// Why id order in 6: two tokens with almost equal logits swap places in a
-// weight order under a 1e-7 change of the logits (another summation order,
-// a cached vs a recomputed K/V), and the draw would then pick the other one.
-// In id order only a draw within rounding of a cumulative boundary, or a
-// token exactly at the nucleus edge, can flip: the sample is as stable as
-// greedy decoding.
+// Why Gumbel-max in 6 rather than one uniform draw walked along a cumulative
+// sum: the logits of a cached and of a recomputed context differ in the last
+// bits (another summation order), by some delta per logit. A score difference
+// s_a - s_b moves by at most 2 delta / temperature (m cancels), so the sample
+// changes only when the two best scores are that close: as rare as a greedy
+// near-tie, whatever the vocabulary size. A walk along a cumulative sum
+// changes when any partial sum before the draw moves past it, and those move
+// by the sum of many perturbations (~sqrt(V) delta / temperature relative to a
+// token's width): the sampled token flipped often on GPUs (bf16 logits) and
+// now and then even on the fp32 CPU backend.
 #include "model/sampling.h"
 
 #include <algorithm>
@@ -76,17 +81,22 @@ int32_t SampleToken(absl::Span<const float> logits, const SamplingParams& params
   size_t last = 0;
   while (last + 1 < vocab && cumulative[last] < target) ++last;
 
-  std::vector<int32_t> nucleus(order.begin(), order.begin() + static_cast<int64_t>(last) + 1);
-  std::sort(nucleus.begin(), nucleus.end());
-  double total = 0.0;
-  for (int32_t token : nucleus) total += weights[token];
-  const double threshold = static_cast<double>(SampleUniform(params.seed, position)) * total;
-  double running_in_id_order = 0.0;
-  for (size_t j = 0; j + 1 < nucleus.size(); ++j) {
-    running_in_id_order += weights[nucleus[j]];
-    if (running_in_id_order > threshold) return nucleus[j];
+  // Gumbel-max over the nucleus order[0..last] (any order: the maximum and
+  // its lowest-id tie-break do not depend on it).
+  int32_t best = -1;
+  double best_score = 0.0;
+  for (size_t k = 0; k <= last; ++k) {
+    const int32_t token = order[k];
+    if (!(weights[token] > 0.0)) continue;
+    const double score =
+        (static_cast<double>(logits[token]) - static_cast<double>(max_logit)) / temperature +
+        SampleGumbel(params.seed, position, token);
+    if (best < 0 || score > best_score || (score == best_score && token < best)) {
+      best = token;
+      best_score = score;
+    }
   }
-  return nucleus.back();
+  return best < 0 ? argmax : best;
 }
 
 }  // namespace asymcache::model

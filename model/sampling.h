@@ -6,6 +6,7 @@
 #ifndef ASYMCACHE_MODEL_SAMPLING_H_
 #define ASYMCACHE_MODEL_SAMPLING_H_
 
+#include <cmath>
 #include <cstdint>
 
 #include "absl/types/span.h"
@@ -14,11 +15,16 @@
 
 namespace asymcache::model {
 
-// The uniform in [0, 1) used to sample the token at absolute `position`
-// (24 random bits from SplitMix64 of (seed, position)); host and device.
-ASYMCACHE_HOST_DEVICE inline float SampleUniform(uint64_t seed, int64_t position) {
-  const uint64_t h = SplitMix64(SplitMix64(seed ^ 0x5A17C0DEull) ^ static_cast<uint64_t>(position));
-  return static_cast<float>(static_cast<uint32_t>(h >> 40)) * (1.0f / 16777216.0f);
+// The standard Gumbel noise -log(-log(u)) of `token` for the sample at
+// absolute `position`, u in (0, 1) from the top 53 bits of SplitMix64 of
+// (seed, position, token) (a half-step offset keeps u off 0 and 1); in double
+// on host and device (their log may differ in the last bit).
+ASYMCACHE_HOST_DEVICE inline double SampleGumbel(uint64_t seed, int64_t position, int32_t token) {
+  const uint64_t h = SplitMix64(SplitMix64(SplitMix64(seed ^ 0x5A17C0DEull) ^
+                                           static_cast<uint64_t>(position)) ^
+                                static_cast<uint64_t>(static_cast<uint32_t>(token)));
+  const double u = (static_cast<double>(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  return -log(-log(u));
 }
 
 // Greedy: argmax, the lowest index among equal maxima. NaN logits are never

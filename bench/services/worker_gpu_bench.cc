@@ -38,11 +38,10 @@
 //     token: rounding alone explains the divergence. For greedy, (1) implies
 //     that the reference's logits of the two tokens are within 2 * tol * RMS
 //     (the top-2 criterion). For sampled requests the report adds the
-//     reference's probability mass between the draw and the worker token's
-//     interval (id-ordered nucleus), beside the most that a perturbation of
-//     tol * RMS per logit can move an interval's edge with the nucleus fixed:
-//     (e^s - 1) / 4, s = 2 tol RMS / T. (Random weights give nearly flat
-//     next-token distributions, so sampled near-ties are common.) Anything
+//     gap between the reference's Gumbel scores of the two tokens (Gumbel-max
+//     over the nucleus, model/sampling.cc), beside the most that a
+//     perturbation of tol * RMS per logit can move it: 2 tol RMS / T (the
+//     sampled analogue of greedy's top-2 criterion). Anything
 //     else is a FAILURE: logits outside tolerance, a token the rule would not
 //     pick from the worker's own logits (checked on every token), a missing
 //     token, an error status.
@@ -561,59 +560,45 @@ LogitError CompareLogits(absl::Span<const float> got, absl::Span<const float> wa
   return e;
 }
 
-// For a sampled mismatch: the reference's probability mass (of its id-ordered
-// nucleus, model/sampling.cc) between the draw and the worker token's
-// interval (0 when the draw is inside it; -1 when that token is outside the
-// reference's nucleus), and how much mass a perturbation of `delta` per logit
-// can move a boundary by at most (the bound reported beside it).
-struct DrawMargin {
-  double mass_to_token = -1;
-  double movable_mass = 0;
+// For a sampled mismatch: the reference's Gumbel scores (model/sampling.cc
+// step 6) of its own token and of the worker's, their gap (>= 0; -1 when the
+// worker's token is outside the reference's nucleus), and the most that a
+// perturbation of `delta` per logit can move a score difference: 2 delta / T.
+struct ScoreGap {
+  double gap = -1;
+  double movable = 0;
 };
 
-DrawMargin SampledDrawMargin(absl::Span<const float> ref, const model::SamplingParams& params,
-                             int64_t position, int32_t token, double delta) {
-  DrawMargin margin;
-  const size_t vocab = ref.size();
-  const int32_t argmax = model::ArgmaxToken(ref);
+ScoreGap SampledScoreGap(absl::Span<const float> ref, const model::SamplingParams& params,
+                         int64_t position, int32_t worker, int32_t reference, double delta) {
+  ScoreGap out;
   const double temperature = params.temperature;
+  out.movable = 2.0 * delta / temperature;
+  const size_t vocab = ref.size();
+  const double m = ref[model::ArgmaxToken(ref)];
   std::vector<double> w(vocab);
   for (size_t i = 0; i < vocab; ++i) {
-    w[i] = std::isnan(ref[i]) ? 0.0 : std::exp((double{ref[i]} - ref[argmax]) / temperature);
+    w[i] = std::isnan(ref[i]) ? 0.0 : std::exp((double{ref[i]} - m) / temperature);
   }
   std::vector<int32_t> order(vocab);
   for (size_t i = 0; i < vocab; ++i) order[i] = static_cast<int32_t>(i);
   std::sort(order.begin(), order.end(),
             [&w](int32_t a, int32_t b) { return w[a] != w[b] ? w[a] > w[b] : a < b; });
-  double total_all = 0;
-  for (int32_t t : order) total_all += w[t];
-  std::vector<int32_t> nucleus;
+  double total = 0;
+  for (int32_t t : order) total += w[t];
   double running = 0;
+  bool worker_in_nucleus = false;
   for (int32_t t : order) {
-    nucleus.push_back(t);
+    worker_in_nucleus = worker_in_nucleus || t == worker;
     running += w[t];
-    if (running >= params.top_p * total_all) break;
+    if (running >= params.top_p * total) break;
   }
-  std::sort(nucleus.begin(), nucleus.end());
-  double z = 0;
-  for (int32_t t : nucleus) z += w[t];
-  // Every logit moving by at most delta scales each weight by a factor in
-  // [e^{-delta/T}, e^{delta/T}], so an edge at mass fraction F goes to at most
-  // F e^s / (F e^s + 1 - F) and at least F e^{-s} / (F e^{-s} + 1 - F), with
-  // s = 2 delta / T: a move of at most F (1 - F) (e^s - 1) <= (e^s - 1) / 4.
-  margin.movable_mass = (std::exp(2.0 * delta / temperature) - 1.0) / 4.0;
-  const double u = model::SampleUniform(params.seed, position);
-  double before = 0;
-  for (int32_t t : nucleus) {
-    if (t == token) {
-      const double lo = before / z;
-      const double hi = (before + w[t]) / z;
-      margin.mass_to_token = u < lo ? lo - u : (u >= hi ? u - hi : 0.0);
-      return margin;
-    }
-    before += w[t];
-  }
-  return margin;
+  if (!worker_in_nucleus || !(w[worker] > 0)) return out;
+  auto score = [&](int32_t t) {
+    return (double{ref[t]} - m) / temperature + model::SampleGumbel(params.seed, position, t);
+  };
+  out.gap = score(reference) - score(worker);
+  return out;
 }
 
 // One request as sent, its worker result and its (later) verdict.
@@ -656,14 +641,14 @@ std::string DescribeNearTie(absl::Span<const float> r, const model::SamplingPara
         "(gap %.4f <= 2*tol*RMS %.4f)",
         i, worker, reference, r[reference], r[worker], double{r[reference]} - r[worker], 2 * delta);
   }
-  const DrawMargin m = SampledDrawMargin(r, sampling, position, worker, delta);
+  const ScoreGap g = SampledScoreGap(r, sampling, position, worker, reference, delta);
   return absl::StrFormat(
-      "sampled token %d (T %.2f, top_p %.2f): worker %d, reference %d; reference mass between "
-      "the draw and the worker's token %s (a tol*RMS perturbation moves up to %.3g)",
+      "sampled token %d (T %.2f, top_p %.2f): worker %d, reference %d; reference Gumbel "
+      "scores %s (a tol*RMS perturbation moves a gap up to %.3g)",
       i, sampling.temperature, sampling.top_p, worker, reference,
-      m.mass_to_token < 0 ? std::string("n/a: outside the reference nucleus")
-                          : absl::StrFormat("%.3g", m.mass_to_token),
-      m.movable_mass);
+      g.gap < 0 ? std::string("n/a: the worker's token is outside the reference nucleus")
+                : absl::StrFormat("%.4g apart", g.gap),
+      g.movable);
 }
 
 // Compares one request with the dense reference (see the file comment). After
