@@ -46,7 +46,9 @@ ABSL_FLAG(std::string, workload, "chat",
 ABSL_FLAG(std::string, trace, "", "JSONL trace file to replay instead of --workload");
 ABSL_FLAG(std::string, system, "all",
           "comma-separated systems: all | vllm | pensieve | asymcache | asym-fixed | "
-          "front-first-adaptive | lru-fixed | none; fixed-budget systems take :N, e.g. vllm:512");
+          "front-first-adaptive | lru-fixed | none | asymcache-arrival; fixed-budget systems "
+          "take :N, e.g. vllm:512; any takes @arrival or @least-remaining last (the prefill "
+          "order), e.g. asym-fixed@least-remaining");
 ABSL_FLAG(double, rate, 0,
           "session (job) starts per second; 0 = the workload's default (traces: as recorded)");
 ABSL_FLAG(double, duration, 0, "generate every session starting in [0, duration) seconds "

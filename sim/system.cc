@@ -1,6 +1,7 @@
 #include "sim/system.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -57,7 +58,20 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
   };
   for (absl::string_view item : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
     item = absl::StripAsciiWhitespace(item);
-    std::vector<absl::string_view> parts = absl::StrSplit(item, absl::MaxSplits(':', 1));
+    // An order suffix comes last: name[:N][@arrival|@least-remaining].
+    std::optional<bool> least_remaining;
+    absl::string_view rest = item;
+    if (const size_t at = item.find('@'); at != absl::string_view::npos) {
+      const absl::string_view order = item.substr(at + 1);
+      if (order == "arrival" || order == "least-remaining") {
+        least_remaining = order == "least-remaining";
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "system '", item, "': prefill order must be @arrival or @least-remaining"));
+      }
+      rest = item.substr(0, at);
+    }
+    std::vector<absl::string_view> parts = absl::StrSplit(rest, absl::MaxSplits(':', 1));
     const absl::string_view base = parts[0];
     const bool has_budget = parts.size() == 2;
     int64_t budget = default_budget_tokens;
@@ -66,7 +80,9 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
                                                      "multiple of ", tile_tokens));
     }
     if (base == "all") {
-      if (has_budget) return absl::InvalidArgumentError("'all' takes no budget suffix");
+      if (has_budget || least_remaining.has_value()) {
+        return absl::InvalidArgumentError("'all' takes no budget or order suffix");
+      }
       for (const BaseSystem& b : kSystems) {
         add(SystemSpec{b.name, b.name, b.policy, b.adaptive, default_budget_tokens, b.reuse,
                        b.least_remaining});
@@ -86,7 +102,7 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
           absl::StrCat("system '", base, "' uses adaptive chunking and takes no budget suffix"));
     }
     add(SystemSpec{std::string(item), found->name, found->policy, found->adaptive, budget,
-                   found->reuse, found->least_remaining});
+                   found->reuse, least_remaining.value_or(found->least_remaining)});
   }
   if (out.empty()) return absl::InvalidArgumentError("no system given");
   return out;

@@ -15,7 +15,10 @@
 // first (ChunkSchedulerOptions::PrefillOrder::kLeastRemaining).
 // `all` expands to all eight in this order. A fixed-budget system takes an
 // explicit budget with a suffix, e.g. `vllm:512`, `pensieve:8192`; without one
-// it uses the default budget given to ParseSystems (the `--budget` flag).
+// it uses the default budget given to ParseSystems (the `--budget` flag). Any
+// system takes a prefill-order suffix last, `@arrival` or `@least-remaining`,
+// e.g. `asym-fixed@least-remaining`, `pensieve:4096@least-remaining`: the
+// named system with that order (reported under the name as given).
 //
 // Contract: plain values; thread-safe as values.
 #ifndef ASYMCACHE_SIM_SYSTEM_H_
@@ -45,9 +48,11 @@ struct SystemSpec {
 std::vector<std::string> SystemNames();
 
 // Parses a comma-separated list of names (`all` allowed, `name:N` budget
-// suffix for fixed-budget systems). Duplicates are dropped (first wins).
-// INVALID_ARGUMENT for unknown names, a suffix on an adaptive system, or a
-// budget that is not a positive multiple of `tile_tokens`.
+// suffix for fixed-budget systems, `@order` suffix for any). Duplicates are
+// dropped (first wins). INVALID_ARGUMENT for unknown names, a budget suffix on
+// an adaptive system, any suffix on `all`, an order other than arrival or
+// least-remaining, or a budget that is not a positive multiple of
+// `tile_tokens`.
 absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
                                                      int64_t default_budget_tokens,
                                                      int64_t tile_tokens = 16);

@@ -75,7 +75,8 @@ ABSL_FLAG(double, scale_lengths, 1.0,
 ABSL_FLAG(double, scale_delays, 1.0,
           "multiply every tool-call and think time of the workload by this (demo runs: 0.1)");
 ABSL_FLAG(std::string, systems, "vllm,pensieve,asymcache",
-          "systems (asymcache-sim names, `all`, NAME:BUDGET, NAME+pins for agent pins)");
+          "systems (asymcache-sim names, `all`, NAME:BUDGET, NAME@arrival or "
+          "NAME@least-remaining for the prefill order, NAME+pins for agent pins)");
 ABSL_FLAG(int64_t, budget, 2048, "prefill tokens per step of fixed-budget systems");
 ABSL_FLAG(std::string, target, "",
           "drive this running cluster (HOST:PORT of a coordinator or worker) instead of "

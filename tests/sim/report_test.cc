@@ -55,6 +55,27 @@ TEST(Systems, ParseNamesBudgetsAndErrors) {
   EXPECT_EQ((*some)[1].fixed_budget_tokens, 8192);
   EXPECT_EQ((*some)[2].fixed_budget_tokens, 2048);
 
+  // A prefill-order suffix, after a budget if any; reported as given.
+  absl::StatusOr<std::vector<SystemSpec>> ordered = ParseSystems(
+      "asym-fixed@least-remaining,pensieve:4096@least-remaining,asymcache@arrival,vllm@arrival",
+      2048);
+  ASSERT_TRUE(ordered.ok()) << ordered.status();
+  ASSERT_EQ(ordered->size(), 4u);
+  EXPECT_EQ((*ordered)[0].name, "asym-fixed@least-remaining");
+  EXPECT_EQ((*ordered)[0].base, "asym-fixed");
+  EXPECT_EQ((*ordered)[0].policy, "asym");
+  EXPECT_FALSE((*ordered)[0].adaptive_chunking);
+  EXPECT_TRUE((*ordered)[0].least_remaining_first);
+  EXPECT_EQ((*ordered)[1].fixed_budget_tokens, 4096);
+  EXPECT_TRUE((*ordered)[1].least_remaining_first);
+  EXPECT_TRUE((*ordered)[2].adaptive_chunking);
+  EXPECT_FALSE((*ordered)[2].least_remaining_first);
+  EXPECT_FALSE((*ordered)[3].least_remaining_first);
+  for (const char* bad : {"asym-fixed@fifo", "asym-fixed@", "all@arrival", "vllm@arrival:512",
+                          "asymcache:512@arrival", "nope@arrival"}) {
+    EXPECT_EQ(ParseSystems(bad, 2048).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+
   EXPECT_EQ(ParseSystems("vllm:500", 2048).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseSystems("asymcache:512", 2048).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseSystems("sglang", 2048).status().code(), absl::StatusCode::kInvalidArgument);

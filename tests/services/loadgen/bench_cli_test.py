@@ -20,6 +20,9 @@ def run(args, timeout):
 bad = run(["--systems=bogus"], 30)
 assert bad.returncode == 2, (bad.returncode, bad.stderr)
 assert "unknown system 'bogus'" in bad.stderr, bad.stderr
+bad = run(["--systems=vllm@fifo"], 30)
+assert bad.returncode == 2, (bad.returncode, bad.stderr)
+assert "prefill order must be @arrival or @least-remaining" in bad.stderr, bad.stderr
 bad = run(["--rates=0"], 30)
 assert bad.returncode == 2 and "--rates: bad rate '0'" in bad.stderr, bad.stderr
 bad = run(["--overload-budget-tokens=100"], 30)
@@ -40,7 +43,7 @@ assert "127.0.0.1:1" in down.stderr, down.stderr
 # 3 MiB pool (96 blocks of the tiny shape, 1536 tokens) so that the workload evicts.
 args = [
     "--workload=agent,chat", "--sessions=2", "--scale-lengths=0.03", "--scale-delays=0.02",
-    "--systems=none,vllm,asymcache", "--split-roles", "--daemons=2", "--pool-bytes=3MiB",
+    "--systems=none@least-remaining,vllm,asymcache", "--split-roles", "--daemons=2", "--pool-bytes=3MiB",
     "--cpu-threads=1", "--rates=4", "--require-same-tokens", "--require-no-errors",
     "--log-dir=" + os.path.join(out_dir, "logs"), "--json=" + result_path,
 ]
@@ -53,7 +56,8 @@ assert "identical token for token" in done.stdout
 with open(result_path) as f:
     result = json.load(f)
 runs = {r["system"]: r for r in result["runs"]}
-assert set(runs) == {"none", "vllm", "asymcache"}, runs.keys()
+assert set(runs) == {"none@least-remaining", "vllm", "asymcache"}, runs.keys()
+runs["none"] = runs.pop("none@least-remaining")
 steps = result["steps"]
 for name, r in runs.items():
     s = r["summary"]
@@ -72,4 +76,10 @@ assert runs["vllm"]["summary"]["hit_tokens"] > 0, runs["vllm"]["summary"]
 assert runs["asymcache"]["summary"]["hit_tokens"] > 0, runs["asymcache"]["summary"]
 assert runs["vllm"]["chunking"] == "fixed" and runs["asymcache"]["chunking"] == "adaptive"
 assert runs["vllm"]["policy"] == "lru-tail" and runs["asymcache"]["policy"] == "asym"
+# The prefill order: vllm's arrival, asymcache's least-remaining, and a suffix
+# overriding a system's (the bench starts that system's workers with it).
+assert runs["vllm"]["prefill_order"] == "arrival", runs["vllm"]
+assert runs["asymcache"]["prefill_order"] == "least-remaining", runs["asymcache"]
+assert runs["none"]["prefill_order"] == "least-remaining", runs["none"]
+assert runs["none"]["policy"] == "lru" and runs["none"]["reuse"] is False, runs["none"]
 print("bench_cli_test: ok")
