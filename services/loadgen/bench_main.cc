@@ -120,6 +120,13 @@ ABSL_FLAG(std::string, predict_memory, "worker",
           "admission, one block per 16 decode tokens, commit when computed, preemption) or "
           "reserve (outputs reserved at admission, commit at finish: the predictions recorded "
           "before 2026-11-28)");
+ABSL_FLAG(bool, predict_only, false,
+          "start nothing: print (and with --json write) the simulator's prediction of every "
+          "--systems x --rates run of the workload on --pool-blocks blocks, with --calibration "
+          "(required) and the worker's defaults");
+ABSL_FLAG(int64_t, pool_blocks, 0,
+          "with --predict-only: the pool in blocks (what a run's daemon reports as pool_blocks: "
+          "12288 for llama-3-8b in 24GiB)");
 ABSL_FLAG(std::string, repredict, "",
           "start nothing: predict every run of this bench JSON again (with --calibration, or the "
           "calibration the run recorded) and compare with its measurements; the workload flags "
@@ -588,6 +595,66 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
   return WriteJson(absl::GetFlag(FLAGS_json), out);
 }
 
+// --predict-only: the simulator's prediction of each (system, rate) run on
+// `pool_blocks` blocks, with the worker's defaults (PredictionOptions).
+absl::Status PredictOnly(const Workload& workload, const std::vector<SystemRun>& systems,
+                         const std::vector<double>& rates, int64_t pool_blocks,
+                         int64_t overload_budget_tokens, ChunkSchedulerOptions::TpotSlo tpot_slo,
+                         bool worker_memory) {
+  if (pool_blocks <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--predict-only needs --pool-blocks > 0 (a run's pool_blocks), got ", pool_blocks));
+  }
+  const std::string calibration_path = absl::GetFlag(FLAGS_calibration);
+  if (calibration_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--predict-only needs --calibration (the card's calibration file, e.g. "
+        "calibration/h200-llama-3-8b-engine.json)");
+  }
+  absl::StatusOr<CalibrationParams> calibration =
+      CostModel::LoadCalibrationFile(calibration_path);
+  if (!calibration.ok()) return calibration.status();
+  absl::StatusOr<ModelConfig> model = ModelConfig::Named(absl::GetFlag(FLAGS_model));
+  if (!model.ok()) return Prefixed(model.status(), "--model: ");
+  std::printf("predicting %s (%zu sessions) on %lld blocks with %s, %s memory\n",
+              workload.name.c_str(), workload.sessions.size(),
+              static_cast<long long>(pool_blocks), calibration_path.c_str(),
+              worker_memory ? "the worker's" : "reserved-output");
+  std::printf("%-36s %6s %9s %9s %9s %9s %7s %9s\n", "system", "rate", "ttft_ms", "p99_ms",
+              "tpot_ms", "p99_ms", "hit", "rebuilt");
+  nlohmann::json out = {{"schema", "asymcache.predict.v1"},
+                        {"workload", workload.name},
+                        {"sessions", workload.sessions.size()},
+                        {"steps", workload.total_steps()},
+                        {"seed", absl::GetFlag(FLAGS_seed)},
+                        {"model", absl::GetFlag(FLAGS_model)},
+                        {"calibration", calibration_path},
+                        {"runs", nlohmann::json::array()}};
+  for (double rate : rates) {
+    const Workload at_rate =
+        workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
+    for (const SystemRun& system : systems) {
+      const EngineOptions engine =
+          PredictionOptions(system, pool_blocks, absl::GetFlag(FLAGS_tpot_target_ms),
+                            overload_budget_tokens, tpot_slo, worker_memory);
+      absl::StatusOr<RunSummary> predicted =
+          Predict(at_rate, system, *model, *calibration, engine);
+      if (!predicted.ok()) return Prefixed(predicted.status(), absl::StrCat(system.label, ": "));
+      std::printf("%-36s %6.3g %9s %9s %9s %9s %6.1f%% %9lld\n", system.label.c_str(), rate,
+                  Ms(predicted->ttft_s.mean).c_str(), Ms(predicted->ttft_s.p99).c_str(),
+                  Ms(predicted->tpot_s.mean).c_str(), Ms(predicted->tpot_s.p99).c_str(),
+                  predicted->hit_rate * 100, static_cast<long long>(predicted->rebuilt_tokens));
+      out["runs"].push_back(
+          {{"system", system.label},
+           {"rate", rate},
+           {"prefill_order", system.spec.least_remaining_first ? "least-remaining" : "arrival"},
+           {"predicted", SummaryJson(*predicted)},
+           {"predicted_engine_options", EngineOptionsJson(engine)}});
+    }
+  }
+  return WriteJson(absl::GetFlag(FLAGS_json), out);
+}
+
 absl::Status Main(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
@@ -662,6 +729,13 @@ absl::Status Main(int argc, char** argv) {
                      absl::GetFlag(FLAGS_repredict));
   }
   if (rates->empty()) rates->push_back(workload.session_rate() > 0 ? workload.session_rate() : 1);
+  if (absl::GetFlag(FLAGS_predict_only)) {
+    if (!target.empty()) {
+      return absl::InvalidArgumentError("--predict-only starts nothing: drop --target");
+    }
+    return PredictOnly(workload, *systems, *rates, absl::GetFlag(FLAGS_pool_blocks), overload,
+                       *tpot_slo, *worker_memory);
+  }
 
   // Launched clusters are plaintext on 127.0.0.1; --target may need TLS.
   TransportSecurityOptions security;

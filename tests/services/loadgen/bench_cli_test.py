@@ -39,6 +39,37 @@ down = run(["--target=127.0.0.1:1", "--workload=chat", "--sessions=1"], 60)
 assert down.returncode == 1, (down.returncode, down.stderr)
 assert "127.0.0.1:1" in down.stderr, down.stderr
 
+# --predict-only: the simulator's prediction of every system x rate, nothing
+# started; the order suffix reaches the prediction.
+calibration = os.path.join(os.getcwd(), "calibration", "h200-llama-3-8b-engine.json")
+predict_path = os.path.join(out_dir, "predict.json")
+predict_args = ["--predict-only", "--pool-blocks=256", "--model=llama-3-8b",
+                "--calibration=" + calibration, "--workload=doc-qa", "--sessions=4",
+                "--scale-lengths=0.05", "--rates=0.5,2",
+                "--systems=pensieve,pensieve@least-remaining,asymcache"]
+bad = run(predict_args[:3] + predict_args[4:], 30)  # no --calibration
+assert bad.returncode == 2 and "--predict-only needs --calibration" in bad.stderr, bad.stderr
+bad = run(["--pool-blocks=0"] + predict_args[:1] + predict_args[2:], 30)
+assert bad.returncode == 2 and "--predict-only needs --pool-blocks > 0" in bad.stderr, bad.stderr
+bad = run(predict_args + ["--target=127.0.0.1:1"], 30)
+assert bad.returncode == 2 and "--predict-only starts nothing" in bad.stderr, bad.stderr
+predicted = run(predict_args + ["--json=" + predict_path], 120)
+assert predicted.returncode == 0, predicted.stderr
+with open(predict_path) as f:
+    prediction = json.load(f)
+assert prediction["schema"] == "asymcache.predict.v1", prediction
+keys = [(r["system"], r["rate"]) for r in prediction["runs"]]
+assert keys == [(s, r) for r in (0.5, 2) for s in ("pensieve", "pensieve@least-remaining",
+                                                   "asymcache")], keys
+for r in prediction["runs"]:
+    assert r["predicted"]["finished"] == prediction["steps"], r
+    assert r["predicted"]["ttft_s"]["mean"] > 0, r
+    assert r["predicted_engine_options"]["pool_blocks"] == 256, r
+    assert r["system"] in predicted.stdout
+orders = {r["system"]: r["prefill_order"] for r in prediction["runs"]}
+assert orders == {"pensieve": "arrival", "pensieve@least-remaining": "least-remaining",
+                  "asymcache": "least-remaining"}, orders
+
 # A coordinator, two daemons, a prefill and a decode worker per system; a
 # 3 MiB pool (96 blocks of the tiny shape, 1536 tokens) so that the workload evicts.
 args = [
