@@ -14,25 +14,32 @@
 # time — each run still has a whole GPU (daemon, worker and pool on it) and its own log folder;
 # the host's CPUs and PCIe are shared, so list the systems to compare in the same round (one
 # argument per GPU) to give them the same neighbours. FIRST_GPU=K (default 0) starts at GPU K
-# (two calls of this script with other seeds can share a machine). Environment: SEED (default
-# 6), SESSIONS (24), RATE (0.15), GPUS (1), FIRST_GPU (0), OUT (required: the tool's output
-# folder).
+# (two calls of this script with other seeds can share a machine). SEEDS="1 6 2" runs every
+# argument once per seed, seed by seed (the runs of one seed first, so with as many arguments as
+# GPUS each round compares the systems on one seed): at saturation one seed's ranking says little
+# (docs/scheduling.md, "Prefill order"). Environment: SEED (default 6), SEEDS (default: SEED),
+# SESSIONS (24), RATE (0.15), GPUS (1), FIRST_GPU (0), OUT (required: the tool's output folder).
 set -u
 : "${OUT:?set OUT to the folder the results go to}"
 SEED="${SEED:-6}"
+SEEDS="${SEEDS:-$SEED}"
 GPUS="${GPUS:-1}"
 FIRST_GPU="${FIRST_GPU:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "GPUS must be a positive integer, got '$GPUS'" >&2; exit 2; }
 [[ "$FIRST_GPU" =~ ^[0-9]+$ ]] || { echo "FIRST_GPU must be an integer >= 0, got '$FIRST_GPU'" >&2; exit 2; }
+for seed in $SEEDS; do
+  [[ "$seed" =~ ^[0-9]+$ ]] || { echo "SEEDS must be integers >= 0, got '$seed'" >&2; exit 2; }
+done
+[[ $# -gt 0 ]] || { echo "usage: [SEEDS=...] [GPUS=N] $0 SYSTEM[:LABEL[:WORKER_FLAGS]] ..." >&2; exit 2; }
 
-# One run; prints its result line. $1 = spec, $2 = GPU index.
+# One run; prints its result line. $1 = seed/spec, $2 = GPU index.
 run_one() {
-  local spec="$1" gpu="$2" system label flags
+  local seed="${1%%/*}" spec="${1#*/}" gpu="$2" system label flags
   IFS=: read -r system label flags <<<"$spec"
-  local name="s${SEED}_${system}_${label:-1}"
+  local name="s${seed}_${system}_${label:-1}"
   local logs="/tmp/asymcache-e2e-logs-$name"
-  CUDA_VISIBLE_DEVICES="$gpu" LOG_ROOT="$logs" OUT="$OUT/$name" SEED="$SEED" DELAY_SCALE=1 \
+  CUDA_VISIBLE_DEVICES="$gpu" LOG_ROOT="$logs" OUT="$OUT/$name" SEED="$seed" DELAY_SCALE=1 \
     SYSTEMS_LONGDOCQA="$system" SESSIONS_LONGDOCQA="${SESSIONS:-24}" \
     LONGDOCQA_RATES="${RATE:-0.15}" STEP_TRACES=1 WORKER_FLAGS="${flags:-}" \
     "$ROOT/scripts/gpu_e2e_run.sh" longdocqa >"$OUT/$name.stdout" 2>&1
@@ -56,9 +63,14 @@ run_gpu() {
   return $status
 }
 
+# Every (seed, argument), seed by seed, as "SEED/SPEC".
+runs=()
+for seed in $SEEDS; do
+  for spec in "$@"; do runs+=("$seed/$spec"); done
+done
 pids=()
-for ((g = 0; g < GPUS && g < $#; ++g)); do
-  run_gpu "$g" "$@" &
+for ((g = 0; g < GPUS && g < ${#runs[@]}; ++g)); do
+  run_gpu "$g" "${runs[@]}" &
   pids+=($!)
 done
 status=0
