@@ -8,7 +8,9 @@ little. This script runs `asymcache-bench --predict-only` (the bench's own workl
 worker's defaults, what --repredict checks against GPU runs) once per seed and prints, per system:
 the mean over seeds of its mean TTFT and p99 TTFT, the geometric means over seeds of the ratios
 baseline / system for mean TTFT and mean TPOT against each --baseline, and on how many seeds it
-beats each baseline's mean TTFT.
+beats each baseline's mean TTFT. Workloads with agent jobs (every prediction has job latencies)
+add the geometric mean of baseline / system for mean job latency (e.g. --baselines vllm+pins,
+issue 7's agent comparison).
 
 Usage (from the repository root):
   python3 bench/predict_seeds.py --bench build/main/services/loadgen/asymcache-bench \\
@@ -82,8 +84,17 @@ def table(per_seed, baselines):
                 [b["tpot_s"]["mean"] / s["tpot_s"]["mean"] for b, s in pairs])
             row[f"wins_vs_{base}"] = sum(
                 1 for b, s in pairs if s["ttft_s"]["mean"] < b["ttft_s"]["mean"])
+            if has_jobs(per_seed):
+                row[f"job_vs_{base}"] = geometric_mean(
+                    [b["job_latency_s"]["mean"] / s["job_latency_s"]["mean"] for b, s in pairs])
         rows.append(row)
     return rows
+
+
+def has_jobs(per_seed):
+    """Whether every prediction has agent job latencies."""
+    return all(p["job_latency_s"]["count"] > 0 and p["job_latency_s"]["mean"] > 0
+               for _, predictions in per_seed for p in predictions.values())
 
 
 def main():
@@ -117,9 +128,13 @@ def main():
     rows = table(per_seed, baselines)
     header = f"| system | mean TTFT | mean p99 TTFT |"
     rule = "|---|---:|---:|"
+    jobs = has_jobs(per_seed)
     for base in baselines:
         header += f" TTFT vs {base} | TPOT vs {base} | beats {base} |"
         rule += "---:|---:|---:|"
+        if jobs:
+            header += f" job latency vs {base} |"
+            rule += "---:|"
     print(f"{len(seeds)} seeds ({args.seeds}); ratios are geometric means over seeds of "
           "baseline / system (> 1: the system is faster)")
     print(header)
@@ -129,6 +144,8 @@ def main():
         for base in baselines:
             line += (f" {row[f'ttft_vs_{base}']:.2f}× | {row[f'tpot_vs_{base}']:.2f}× |"
                      f" {row[f'wins_vs_{base}']}/{len(seeds)} |")
+            if jobs:
+                line += f" {row[f'job_vs_{base}']:.2f}× |"
         print(line)
     if args.json:
         with open(args.json, "w") as f:

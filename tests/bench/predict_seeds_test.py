@@ -6,7 +6,8 @@ Usage: predict_seeds_test.py ASYMCACHE_BENCH
 1. Seed lists parse ('1-3,7'), empty ranges and negatives are refused.
 2. Two seeds of a small doc-qa workload, three systems: the table's ratios and win counts equal the
    ones computed here from the per-seed predictions it wrote (a baseline against itself is 1 and
-   never wins), and the printed table names every system.
+   never wins), and the printed table names every system; no job-latency column (no agent jobs).
+   An agent workload with pins adds the job-latency ratio, equal to the one computed here.
 3. Bad arguments exit 2 with the reason (an empty seed range, a baseline that was not predicted,
    two rates); a failing asymcache-bench exits 1 with its message.
 """
@@ -70,6 +71,29 @@ if done.returncode == 0:
     check(rows["vllm"]["tpot_vs_vllm"] == 1.0, rows["vllm"])
     mean = (preds["1"]["asymcache"]["ttft_s"]["mean"] + preds["2"]["asymcache"]["ttft_s"]["mean"]) / 2
     check(abs(rows["asymcache"]["mean_ttft_s"] - mean) < 1e-12, rows["asymcache"])
+
+    # doc-qa has no agent jobs: no job-latency column.
+    check("job latency" not in done.stdout and "job_vs_vllm" not in rows["vllm"], rows["vllm"])
+
+# An agent workload adds the job-latency ratio (pins over vllm as the baseline).
+agent_out = os.path.join(tmp, "agent.json")
+agent_args = ["--workload=agent", "--sessions=3", "--scale-lengths=0.05", "--rates=1",
+              "--pool-blocks=256", "--model=llama-3-8b",
+              "--calibration=calibration/h200-llama-3-8b-engine.json",
+              "--systems=vllm+pins,asymcache+pins"]
+done = subprocess.run([sys.executable, "bench/predict_seeds.py", "--bench", bench, "--seeds",
+                       "1-2", "--baselines", "vllm+pins", "--json", agent_out, "--"] + agent_args,
+                      capture_output=True, text=True, timeout=120)
+check(done.returncode == 0, f"agent run: exit {done.returncode}: {done.stderr}")
+if done.returncode == 0:
+    with open(agent_out) as f:
+        doc = json.load(f)
+    check("job latency vs vllm+pins" in done.stdout, done.stdout)
+    preds = doc["predictions"]
+    row = {r["system"]: r for r in doc["table"]}["asymcache+pins"]
+    ratios = [preds[s]["vllm+pins"]["job_latency_s"]["mean"] /
+              preds[s]["asymcache+pins"]["job_latency_s"]["mean"] for s in ("1", "2")]
+    check(abs(row["job_vs_vllm+pins"] - math.sqrt(ratios[0] * ratios[1])) < 1e-9, row)
 
 # 3. Bad arguments and a failing bench.
 def run(seeds, baselines, extra):
