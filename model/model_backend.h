@@ -18,7 +18,8 @@
 // pointer on the CPU backend, a device pointer (CUDA IPC mapping of the
 // daemon's pool) on the CUDA backend.
 //
-// Sampling (both backends, bit-for-bit the same rule; model/sampling.h):
+// Sampling (both backends, the same rule; their choices agree except where
+// exp/log rounding decides, model/cuda_sampling.cuh; model/sampling.h):
 // temperature <= 0 is greedy (argmax, lowest index on ties); otherwise
 // softmax(logits / temperature) restricted to the smallest set of tokens, in
 // descending probability (ties: lower index first), whose mass reaches top_p,
@@ -26,9 +27,9 @@
 // (logit - max logit) / temperature + SampleGumbel(seed, position, token)
 // (as stable as greedy when logits differ in the last bits; model/sampling.cc
 // says why), where `position` is the absolute position the sampled token will
-// occupy (the sample row's query position + 1). The draw depends
-// on (seed, position) only, never on batching, so a cached and an uncached
-// run sample the same token from the same logits.
+// occupy (the sample row's query position + 1). The noise depends on
+// (seed, position, token id) only, never on batching, so a cached and an
+// uncached run sample the same token from the same logits.
 //
 // Contract: a backend is used by one thread at a time (the engine's step
 // thread). Forward() and CopyPageRows() are synchronous: when they return the

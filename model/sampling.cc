@@ -2,8 +2,9 @@
 //
 // The rule step by step, so that a device implementation can follow it:
 //   1. temperature <= 0 (or not a number): ArgmaxToken.
-//   2. m = the largest non-NaN logit. If there is none, token 0; if m is +inf,
-//      ArgmaxToken (the first +inf logit).
+//   2. m = the largest non-NaN logit. If there is none, token 0; if m is
+//      infinite, ArgmaxToken (+inf: the first +inf logit; -inf: every logit is
+//      -inf or NaN, the first -inf one).
 //   3. weight w_i = exp((double(l_i) - double(m)) / double(temperature)) in
 //      double; NaN logits get 0 (-inf logits get 0 from exp).
 //   4. order tokens by w descending, ties by lower index first.
@@ -19,9 +20,10 @@
 // Why Gumbel-max in 6 rather than one uniform draw walked along a cumulative
 // sum: the logits of a cached and of a recomputed context differ in the last
 // bits (another summation order), by some delta per logit. A score difference
-// s_a - s_b moves by at most 2 delta / temperature (m cancels), so the sample
-// changes only when the two best scores are that close: as rare as a greedy
-// near-tie, whatever the vocabulary size. A walk along a cumulative sum
+// s_a - s_b moves by at most 2 delta / temperature (m cancels), so with the
+// nucleus unchanged the sample changes only when the two best scores are that
+// close: as rare as a greedy near-tie, whatever the vocabulary size (a token
+// at the nucleus edge moving in or out changes it only if that token wins). A walk along a cumulative sum
 // changes when any partial sum before the draw moves past it, and those move
 // by the sum of many perturbations (~sqrt(V) delta / temperature relative to a
 // token's width): the sampled token flipped often on GPUs (bf16 logits) and
@@ -55,7 +57,7 @@ int32_t SampleToken(absl::Span<const float> logits, const SamplingParams& params
   const int32_t argmax = ArgmaxToken(logits);
   const float max_logit = logits[argmax];
   if (std::isnan(max_logit)) return 0;  // every logit is NaN
-  if (std::isinf(max_logit) && max_logit > 0) return argmax;
+  if (std::isinf(max_logit)) return argmax;  // +inf takes all; -inf: nothing has weight
 
   const size_t vocab = logits.size();
   const double temperature = static_cast<double>(params.temperature);

@@ -562,8 +562,10 @@ LogitError CompareLogits(absl::Span<const float> got, absl::Span<const float> wa
 
 // For a sampled mismatch: the reference's Gumbel scores (model/sampling.cc
 // step 6) of its own token and of the worker's, their gap (>= 0; -1 when the
-// worker's token is outside the reference's nucleus), and the most that a
-// perturbation of `delta` per logit can move a score difference: 2 delta / T.
+// worker's token is outside the reference's nucleus or has zero weight there:
+// then the nucleus edge moved, which the gap does not measure), and the most
+// that a perturbation of `delta` per logit can move a score difference with
+// the nucleus fixed: 2 delta / T.
 struct ScoreGap {
   double gap = -1;
   double movable = 0;
@@ -646,7 +648,8 @@ std::string DescribeNearTie(absl::Span<const float> r, const model::SamplingPara
       "sampled token %d (T %.2f, top_p %.2f): worker %d, reference %d; reference Gumbel "
       "scores %s (a tol*RMS perturbation moves a gap up to %.3g)",
       i, sampling.temperature, sampling.top_p, worker, reference,
-      g.gap < 0 ? std::string("n/a: the worker's token is outside the reference nucleus")
+      g.gap < 0 ? std::string("n/a: the worker's token is outside the reference nucleus "
+                              "(the nucleus edge moved)")
                 : absl::StrFormat("%.4g apart", g.gap),
       g.movable);
 }
