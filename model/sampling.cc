@@ -23,8 +23,9 @@
 // s_a - s_b moves by at most 2 delta / temperature (m cancels), so with the
 // nucleus unchanged the sample changes only when the two best scores are that
 // close: as rare as a greedy near-tie, whatever the vocabulary size (a token
-// at the nucleus edge moving in or out changes it only if that token wins). A walk along a cumulative sum
-// changes when any partial sum before the draw moves past it, and those move
+// at the nucleus edge moving in or out changes it only if that token wins).
+// A walk along a cumulative sum changes when any partial sum before the draw
+// moves past it, and those move
 // by the sum of many perturbations (~sqrt(V) delta / temperature relative to a
 // token's width): the sampled token flipped often on GPUs (bf16 logits) and
 // now and then even on the fp32 CPU backend.

@@ -276,7 +276,8 @@ TEST(SampleTokenTest, NaNAndMinusInfLogitsAreNeverSampled) {
   EXPECT_EQ(SampleToken(std::vector<float>{-kInf, -kInf}, params, 6), 0);
   // -inf logits next to finite ones are never sampled.
   for (int64_t position = 0; position < 200; ++position) {
-    const int32_t token = SampleToken(std::vector<float>{-kInf, 0.0f, -kInf, 0.0f}, params, position);
+    const std::vector<float> logits = {-kInf, 0.0f, -kInf, 0.0f};
+    const int32_t token = SampleToken(logits, params, position);
     ASSERT_TRUE(token == 1 || token == 3) << token;
   }
 }
