@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cub/cub.cuh>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "model/cuda_sampling.cuh"
+#include "model/device_sampling.h"
 #include "model/sampling.h"
 
 namespace asymcache::model::cuda {
@@ -299,3 +301,60 @@ absl::Status DeviceSampler::Sample(const float* logits, int32_t rows, const Samp
 }
 
 }  // namespace asymcache::model::cuda
+
+namespace asymcache::model {
+
+absl::StatusOr<std::vector<int32_t>> SampleOnDevice(absl::Span<const float> logits,
+                                                    int64_t vocab,
+                                                    absl::Span<const SamplingParams> params,
+                                                    absl::Span<const int64_t> positions) {
+  if (absl::Status status = CheckSampleOnDeviceArgs(logits, vocab, params, positions);
+      !status.ok()) {
+    return status;
+  }
+  const auto rows = static_cast<int32_t>(params.size());
+  std::vector<cuda::SampleRowParams> staged(params.size());
+  std::vector<int32_t> top_p_rows;
+  for (int32_t i = 0; i < rows; ++i) {
+    const SamplingParams& p = params[i];
+    staged[i] = cuda::SampleRowParams{p.temperature, p.top_p, p.seed, positions[i]};
+    if (p.temperature > 0.0f) top_p_rows.push_back(i);  // as CudaBackend stages them
+  }
+  absl::StatusOr<cuda::DeviceSampler> sampler = cuda::DeviceSampler::Create(vocab, rows);
+  if (!sampler.ok()) return sampler.status();
+  const size_t logit_bytes = logits.size() * sizeof(float);
+  const size_t param_bytes = staged.size() * sizeof(cuda::SampleRowParams);
+  const size_t row_bytes = params.size() * sizeof(int32_t);
+  msa::DeviceBuffer d_logits, d_params, d_top_p, d_tokens;
+  for (auto [bytes, buffer] : {std::pair{logit_bytes, &d_logits}, std::pair{param_bytes, &d_params},
+                               std::pair{row_bytes, &d_top_p}, std::pair{row_bytes, &d_tokens}}) {
+    absl::StatusOr<msa::DeviceBuffer> allocated = msa::DeviceBuffer::Allocate(bytes);
+    if (!allocated.ok()) return allocated.status();
+    *buffer = *std::move(allocated);
+  }
+  for (auto [dst, src, bytes] :
+       {std::tuple{d_logits.data(), static_cast<const void*>(logits.data()), logit_bytes},
+        std::tuple{d_params.data(), static_cast<const void*>(staged.data()), param_bytes},
+        std::tuple{d_top_p.data(), static_cast<const void*>(top_p_rows.data()),
+                   top_p_rows.size() * sizeof(int32_t)}}) {
+    if (bytes == 0) continue;
+    if (absl::Status status = msa::CopyHostToDevice(dst, src, bytes); !status.ok()) return status;
+  }
+  if (absl::Status status = sampler->Sample(
+          static_cast<const float*>(d_logits.data()), rows,
+          static_cast<const cuda::SampleRowParams*>(d_params.data()),
+          static_cast<const int32_t*>(d_top_p.data()), static_cast<int32_t>(top_p_rows.size()),
+          static_cast<int32_t*>(d_tokens.data()), /*stream=*/nullptr);
+      !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = msa::SynchronizeStream(nullptr); !status.ok()) return status;
+  std::vector<int32_t> tokens(params.size());
+  if (absl::Status status = msa::CopyDeviceToHost(tokens.data(), d_tokens.data(), row_bytes);
+      !status.ok()) {
+    return status;
+  }
+  return tokens;
+}
+
+}  // namespace asymcache::model
