@@ -180,9 +180,7 @@ absl::StatusOr<std::unique_ptr<EngineInstance>> EngineInstance::Create(
   chunking.max_budget_tokens = std::max(options.max_budget_tokens, options.tile_tokens);
   chunking.min_budget_tokens = options.tile_tokens;
   chunking.overload_budget_tokens = options.overload_budget_tokens;
-  chunking.prefill_order = system.least_remaining_first
-                               ? ChunkSchedulerOptions::PrefillOrder::kLeastRemaining
-                               : ChunkSchedulerOptions::PrefillOrder::kArrival;
+  chunking.prefill_order = PrefillOrderOf(system);
   if (absl::Status s = chunking.Validate(); !s.ok()) return s;
   engine->scheduler_ = std::make_unique<ChunkScheduler>(&cost, chunking);
   if (options.agent_pins && system.reuse) {

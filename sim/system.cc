@@ -33,6 +33,11 @@ constexpr BaseSystem kSystems[] = {
 
 }  // namespace
 
+ChunkSchedulerOptions::PrefillOrder PrefillOrderOf(const SystemSpec& system) {
+  return system.least_remaining_first ? ChunkSchedulerOptions::PrefillOrder::kLeastRemaining
+                                      : ChunkSchedulerOptions::PrefillOrder::kArrival;
+}
+
 std::vector<std::string> SystemNames() {
   std::vector<std::string> names;
   for (const BaseSystem& s : kSystems) names.push_back(s.name);
@@ -62,13 +67,13 @@ absl::StatusOr<std::vector<SystemSpec>> ParseSystems(absl::string_view list,
     std::optional<bool> least_remaining;
     absl::string_view rest = item;
     if (const size_t at = item.find('@'); at != absl::string_view::npos) {
-      const absl::string_view order = item.substr(at + 1);
-      if (order == "arrival" || order == "least-remaining") {
-        least_remaining = order == "least-remaining";
-      } else {
+      const absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> order =
+          ParsePrefillOrder(item.substr(at + 1));
+      if (!order.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "system '", item, "': prefill order must be @arrival or @least-remaining"));
       }
+      least_remaining = *order == ChunkSchedulerOptions::PrefillOrder::kLeastRemaining;
       rest = item.substr(0, at);
     }
     std::vector<absl::string_view> parts = absl::StrSplit(rest, absl::MaxSplits(':', 1));

@@ -30,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "cachecore/chunk_scheduler.h"
 
 namespace asymcache {
 
@@ -43,6 +44,10 @@ struct SystemSpec {
   // Prefill order: fewest remaining tokens first (asymcache) or arrival (FCFS).
   bool least_remaining_first = false;
 };
+
+// The spec's prefill order as the chunk scheduler takes it (and, through
+// PrefillOrderName, as flags and files name it).
+ChunkSchedulerOptions::PrefillOrder PrefillOrderOf(const SystemSpec& system);
 
 // The eight base names, in report order.
 std::vector<std::string> SystemNames();

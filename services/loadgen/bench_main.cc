@@ -525,12 +525,14 @@ absl::Status Repredict(const Workload& workload, double scale_lengths, double sc
     SystemRun system = parsed->front();
     // The prefill order the run's workers used (recorded since 2026-11-28;
     // older runs: arrival, the only order then).
-    const std::string prefill_order = run.value("prefill_order", std::string("arrival"));
-    if (!ParsePrefillOrder(prefill_order).ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": prefill_order must be arrival or least-remaining, got '", prefill_order, "'"));
+    const absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> prefill_order =
+        ParsePrefillOrder(run.value("prefill_order", std::string("arrival")));
+    if (!prefill_order.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": prefill_order ", prefill_order.status().message()));
     }
-    system.spec.least_remaining_first = prefill_order == "least-remaining";
+    system.spec.least_remaining_first =
+        *prefill_order == ChunkSchedulerOptions::PrefillOrder::kLeastRemaining;
     const double rate = run["rate"].get<double>();
     const Workload at_rate =
         workload.session_rate() > 0 ? workload.WithSessionRate(rate) : workload;
@@ -647,7 +649,7 @@ absl::Status PredictOnly(const Workload& workload, const std::vector<SystemRun>&
       out["runs"].push_back(
           {{"system", system.label},
            {"rate", rate},
-           {"prefill_order", system.spec.least_remaining_first ? "least-remaining" : "arrival"},
+           {"prefill_order", std::string(PrefillOrderName(PrefillOrderOf(system.spec)))},
            {"predicted", SummaryJson(*predicted)},
            {"predicted_engine_options", EngineOptionsJson(engine)}});
     }
@@ -806,7 +808,7 @@ absl::Status Main(int argc, char** argv) {
         c.calibration = absl::GetFlag(FLAGS_calibration);
         c.chunking = system.spec.adaptive_chunking ? "adaptive" : "fixed";
         c.fixed_budget_tokens = system.spec.fixed_budget_tokens;
-        c.prefill_order = system.spec.least_remaining_first ? "least-remaining" : "arrival";
+        c.prefill_order = std::string(PrefillOrderName(PrefillOrderOf(system.spec)));
         c.tpot_target = absl::Milliseconds(absl::GetFlag(FLAGS_tpot_target_ms));
         c.overload_budget_tokens = absl::GetFlag(FLAGS_overload_budget_tokens);
         c.tpot_slo = absl::GetFlag(FLAGS_tpot_slo);
@@ -917,7 +919,7 @@ absl::Status Main(int argc, char** argv) {
                             {"chunking", system.spec.adaptive_chunking ? "adaptive" : "fixed"},
                             {"fixed_budget_tokens", system.spec.fixed_budget_tokens},
                             {"prefill_order",
-                             system.spec.least_remaining_first ? "least-remaining" : "arrival"},
+                             std::string(PrefillOrderName(PrefillOrderOf(system.spec)))},
                             {"tpot_target_ms", absl::GetFlag(FLAGS_tpot_target_ms)},
                             {"overload_budget_tokens", absl::GetFlag(FLAGS_overload_budget_tokens)},
                             {"tpot_slo", absl::GetFlag(FLAGS_tpot_slo)},

@@ -71,9 +71,9 @@ absl::Status LocalClusterOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("chunking: must be adaptive or fixed, got '", chunking, "'"));
   }
-  if (!ParsePrefillOrder(prefill_order).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prefill_order: must be arrival or least-remaining, got '", prefill_order, "'"));
+  if (absl::StatusOr<ChunkSchedulerOptions::PrefillOrder> order = ParsePrefillOrder(prefill_order);
+      !order.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill_order: ", order.status().message()));
   }
   if (fixed_budget_tokens < 16 || fixed_budget_tokens % 16 != 0) {
     return absl::InvalidArgumentError("fixed_budget_tokens: must be a positive multiple of 16");
