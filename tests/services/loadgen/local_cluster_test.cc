@@ -36,6 +36,11 @@ TEST(LocalClusterOptionsTest, BadFieldsAreNamed) {
               HasSubstr("tpot_slo: must be request-mean or per-step, got 'p99'"));
   o.tpot_slo = "per-step";
   EXPECT_TRUE(o.Validate().ok()) << o.Validate();
+  o.prefill_order = "fifo";
+  EXPECT_THAT(o.Validate().message(),
+              HasSubstr("prefill_order: must be arrival or least-remaining, got 'fifo'"));
+  o.prefill_order = "least-remaining";
+  EXPECT_TRUE(o.Validate().ok()) << o.Validate();
 }
 
 TEST(LocalClusterTest, MissingBinaryIsNotFoundAndStartsNothing) {
